@@ -1,0 +1,136 @@
+"""Dense, Chain, WrappedFunction and FlattenLayer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
+from ._init import Initializer, activation_name, uniform_fan_in
+
+
+class Dense(AbstractLayer):
+    r"""Fully connected layer, :math:`y = \sigma(x W^\top + b)`.
+
+    Args:
+        in_dims: size of the last axis of ``x``.
+        out_dims: size of the last axis of ``y``.
+        activation: element-wise :math:`\sigma`; ``None`` is the identity.
+        use_bias: whether to add :math:`b`.
+        init_weight, init_bias: ``init(key, shape, dtype)``; default U(±1/√in_dims).
+
+    Parameters: ``weight`` of shape ``(out_dims, in_dims)`` (Lux's layout), ``bias`` of shape
+    ``(out_dims,)``. Input ``(..., in_dims)`` → output ``(..., out_dims)``.
+    """
+
+    def __init__(
+        self,
+        in_dims: int,
+        out_dims: int,
+        activation: Callable | None = None,
+        *,
+        use_bias: bool = True,
+        init_weight: Initializer | None = None,
+        init_bias: Initializer | None = None,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        for name, v in (("in_dims", in_dims), ("out_dims", out_dims)):
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"Dense: {name} must be a non-negative int; received {v!r}")
+        self.in_dims, self.out_dims, self.activation = in_dims, out_dims, activation
+        self.use_bias, self.dtype = use_bias, dtype
+        self.init_weight = init_weight or uniform_fan_in(in_dims)
+        self.init_bias = init_bias or uniform_fan_in(in_dims)
+
+    def init_parameters(self, key: jax.Array) -> dict:
+        kw, kb = jax.random.split(key)
+        ps = {"weight": self.init_weight(kw, (self.out_dims, self.in_dims), self.dtype)}
+        if self.use_bias:
+            ps["bias"] = self.init_bias(kb, (self.out_dims,), self.dtype)
+        return ps
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        self._check_features(x, self.in_dims)
+        y = jnp.matmul(x, ps["weight"].T)
+        if self.use_bias:
+            y = y + ps["bias"]
+        return (self.activation(y) if self.activation else y), st
+
+    def summary(self) -> str:
+        act = activation_name(self.activation)
+        extra = "" if self.use_bias else ", use_bias=False"
+        return f"Dense({self.in_dims} => {self.out_dims}{', ' + act if act else ''}{extra})"
+
+
+class WrappedFunction(AbstractLayer):
+    """A parameter-free layer computing ``f(x)``."""
+
+    def __init__(self, f: Callable[[Any], Any]):
+        if not callable(f):
+            raise TypeError(f"WrappedFunction expects a callable; received {type(f).__name__}")
+        self.f = f
+
+    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+        return self.f(x), st
+
+    def summary(self) -> str:
+        return f"WrappedFunction({activation_name(self.f)})"
+
+
+class FlattenLayer(AbstractLayer):
+    """Flattens every axis after the batch axis: ``(N, d1, d2, ...)`` → ``(N, d1*d2*...)``."""
+
+    def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
+        self._check_rank(x, 1, "a batch axis first, (N, ...)")
+        return jnp.reshape(x, (x.shape[0], -1)), st
+
+    def summary(self) -> str:
+        return "FlattenLayer()"
+
+
+class Chain(AbstractContainerLayer):
+    """Applies its layers in order; ``ps``/``st`` hold ``layer_1`` … ``layer_n``.
+
+    Plain callables are wrapped in :class:`WrappedFunction`, as Lux does.
+    """
+
+    def __init__(self, *layers: AbstractLayer | Callable, name: str | None = None):
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        wrapped = []
+        for i, layer in enumerate(layers):
+            if isinstance(layer, AbstractLayer):
+                wrapped.append(layer)
+            elif callable(layer):
+                wrapped.append(WrappedFunction(layer))
+            else:
+                raise TypeError(
+                    f"Chain: argument {i + 1} must be a luxc layer or a callable; "
+                    f"received {type(layer).__name__}"
+                )
+        self.layers = tuple(wrapped)
+        self.name = name
+
+    def sublayers(self) -> dict[str, AbstractLayer]:
+        return {f"layer_{i + 1}": layer for i, layer in enumerate(self.layers)}
+
+    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+        new_st = {}
+        for name, layer in self.sublayers().items():
+            try:
+                x, new_st[name] = layer(x, ps[name], st[name])
+            except LayerShapeError as e:
+                raise LayerShapeError(f"Chain {name}: {e}") from None
+        return x, new_st
+
+    def summary(self) -> str:
+        return self.name or "Chain(...)"
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> AbstractLayer:
+        return self.layers[i]

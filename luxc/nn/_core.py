@@ -1,0 +1,227 @@
+"""The LuxCore model: a layer is an immutable description; parameters and state live outside.
+
+``ps, st = setup(key, layer)`` draws the parameters and the initial state; ``layer(x, ps, st)``
+returns ``(y, new_st)``. ``ps`` and ``st`` are nested ``dict``s of ``jax.Array`` (pytrees), so
+every ``jax.tree_util`` function and every optax optimiser works on them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+PyTree = Any
+
+
+@jax.tree_util.register_pytree_node_class
+class Val:
+    """A static value inside a pytree, Lux's ``Val(true)``.
+
+    ``Val`` has no children: its value is part of the tree *structure*, so it is never traced,
+    and changing it (``trainmode`` → ``testmode``) changes the compiled program's key rather than
+    a runtime input. ``bool(Val(True))`` is ``True``.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Hashable):
+        self.value = value
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Val) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash((Val, self.value))
+
+    def __repr__(self) -> str:
+        return f"Val({self.value!r})"
+
+    def tree_flatten(self):
+        return (), self.value
+
+    @classmethod
+    def tree_unflatten(cls, value, children):
+        return cls(value)
+
+
+class LayerShapeError(ValueError):
+    """An input whose shape a layer cannot take; the message names the layer and both shapes."""
+
+
+class AbstractLayer:
+    """Base class of every luxc layer (LuxCore's ``AbstractLuxLayer``).
+
+    Subclasses hold only static configuration and implement ``init_parameters``,
+    ``init_states`` (both default to ``{}``) and ``__call__(x, ps, st) -> (y, st)``.
+    """
+
+    def init_parameters(self, key: jax.Array) -> dict:
+        return {}
+
+    def init_states(self, key: jax.Array) -> dict:
+        return {}
+
+    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+        raise TypeError(f"{type(self).__name__} does not define __call__(x, ps, st)")
+
+    def summary(self) -> str:
+        """One line in Lux's style, e.g. ``Dense(784 => 512, relu)``."""
+        return type(self).__name__ + "()"
+
+    def __repr__(self) -> str:
+        return render(self)
+
+    def _check_rank(self, x: jax.Array, min_rank: int, what: str) -> None:
+        if np.ndim(x) < min_rank:
+            raise LayerShapeError(
+                f"{self.summary()} expects {what}; received an input of shape {np.shape(x)}"
+            )
+
+    def _check_features(self, x: jax.Array, expected: int, axis: int = -1) -> None:
+        shape = np.shape(x)
+        if len(shape) == 0 or shape[axis] != expected:
+            raise LayerShapeError(
+                f"{self.summary()} expects {expected} features on axis {axis} "
+                f"(input shape (..., {expected})); received an input of shape {shape}"
+            )
+
+
+class AbstractContainerLayer(AbstractLayer):
+    """A layer made of named sub-layers; its ``ps``/``st`` hold one entry per sub-layer."""
+
+    def sublayers(self) -> dict[str, AbstractLayer]:
+        raise TypeError(f"{type(self).__name__} does not define sublayers()")
+
+    def init_parameters(self, key: jax.Array) -> dict:
+        layers = self.sublayers()
+        keys = _split(key, len(layers))
+        return {n: layer.init_parameters(k) for (n, layer), k in zip(layers.items(), keys)}
+
+    def init_states(self, key: jax.Array) -> dict:
+        layers = self.sublayers()
+        keys = _split(key, len(layers))
+        return {n: layer.init_states(k) for (n, layer), k in zip(layers.items(), keys)}
+
+
+def _split(key: jax.Array, n: int) -> list[jax.Array]:
+    return list(jax.random.split(key, n)) if n else []
+
+
+def _as_key(key: Any) -> jax.Array:
+    if isinstance(key, int):
+        return jax.random.key(key)
+    if not isinstance(key, jax.Array | np.ndarray):
+        raise TypeError(
+            f"setup expects a jax.random key (jax.random.key(0)) or an int seed; "
+            f"received {type(key).__name__}"
+        )
+    return key
+
+
+def setup(key: jax.Array | int, layer: AbstractLayer) -> tuple[dict, dict]:
+    """Draw the parameters and the initial state of ``layer`` from ``key``.
+
+    The same key always gives the same ``(ps, st)``; parameters and state use independent
+    sub-keys so adding state to a layer does not change its parameters.
+
+    >>> import jax, luxc
+    >>> ps, st = luxc.setup(jax.random.key(0), luxc.nn.Dense(3, 2))
+    >>> ps["weight"].shape, ps["bias"].shape
+    ((2, 3), (2,))
+    """
+    if not isinstance(layer, AbstractLayer):
+        raise TypeError(f"setup expects a luxc layer; received {type(layer).__name__}")
+    kp, ks = jax.random.split(_as_key(key))
+    return layer.init_parameters(kp), layer.init_states(ks)
+
+
+def apply(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+    """``layer(x, ps, st)``, LuxCore's ``apply``."""
+    return layer(x, ps, st)
+
+
+def _count(tree: PyTree) -> int:
+    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def parameter_count(layer: AbstractLayer) -> int:
+    """Number of trainable scalars of ``layer`` (computed from shapes only, nothing drawn)."""
+    shapes = jax.eval_shape(layer.init_parameters, jax.random.key(0))
+    return _count(shapes)
+
+
+def state_count(layer: AbstractLayer) -> int:
+    """Number of array scalars in the state of ``layer`` (static ``Val`` flags do not count)."""
+    return _count(jax.eval_shape(layer.init_states, jax.random.key(0)))
+
+
+def _set_training(st: PyTree, value: bool) -> PyTree:
+    if isinstance(st, dict):
+        return {
+            k: Val(value) if k == "training" and isinstance(v, Val) else _set_training(v, value)
+            for k, v in st.items()
+        }
+    if isinstance(st, list | tuple):
+        return type(st)(_set_training(v, value) for v in st)
+    return st
+
+
+def trainmode(st: PyTree) -> PyTree:
+    """Return ``st`` with every ``training`` flag set to ``Val(True)``."""
+    return _set_training(st, True)
+
+
+def testmode(st: PyTree) -> PyTree:
+    """Return ``st`` with every ``training`` flag set to ``Val(False)`` (BatchNorm uses its
+    running statistics, Dropout is the identity)."""
+    return _set_training(st, False)
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:_}"
+
+
+def _children(layer: AbstractLayer) -> Iterator[tuple[str, AbstractLayer]]:
+    if isinstance(layer, AbstractContainerLayer):
+        yield from layer.sublayers().items()
+
+
+def render(layer: AbstractLayer, indent: int = 0) -> str:
+    """Lux-style printing: the layer tree, parameter counts on the right, totals at the end."""
+    lines = _render_lines(layer, indent)
+    if indent == 0:
+        total = f"Total: {_fmt_int(parameter_count(layer))} parameters,"
+        if len(lines) == 1:  # a leaf layer: its own count is the total
+            total = lines[0][1] or total
+        lines[-1] = (lines[-1][0], total)
+        width = max(len(line) for line, _ in lines)
+        out = [f"{line:<{width}}  # {note}" if note else line for line, note in lines]
+        out.append(f"{'':<{width}}  #        plus {_fmt_int(state_count(layer))} states.")
+        return "\n".join(out)
+    return "\n".join(line for line, _ in lines)
+
+
+def _render_lines(layer: AbstractLayer, indent: int) -> list[tuple[str, str]]:
+    pad = "    " * indent
+    custom = getattr(layer, "_render_lines", None)
+    if custom is not None:
+        return custom(indent)
+    children = list(_children(layer))
+    if not children:
+        n = parameter_count(layer)
+        return [(pad + layer.summary(), f"{_fmt_int(n)} parameters" if n else "")]
+    lines = [(pad + type(layer).__name__ + "(", "")]
+    for name, child in children:
+        sub = _render_lines(child, indent + 1)
+        first, note = sub[0]
+        lines.append((f"{pad}    {name} = {first.strip()}", note))
+        lines.extend(sub[1:])
+        lines[-1] = (lines[-1][0] + ",", lines[-1][1])
+    lines.append((pad + ")", ""))
+    return lines

@@ -1,0 +1,113 @@
+"""LuxOps: small operations that are useful in deep-learning code (Lux's ``LuxOps``)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .nn._core import Val
+
+__all__ = ["eachslice", "foldl_init", "getproperty", "istraining", "multigate", "rsqrt", "xlogx",
+           "xlogy"]
+
+
+def eachslice(x: jax.Array, dims: int) -> tuple[jax.Array, ...]:
+    """The slices of ``x`` along axis ``dims`` (that axis removed), as a tuple of arrays.
+
+    >>> [s.shape for s in eachslice(jnp.zeros((2, 3)), 1)]
+    [(2,), (2,), (2,)]
+    """
+    if isinstance(dims, Val):
+        dims = dims.value
+    if not isinstance(dims, int) or not -jnp.ndim(x) <= dims < jnp.ndim(x):
+        raise ValueError(f"eachslice: dims must be an axis of an array of shape {jnp.shape(x)}; "
+                         f"received {dims!r}")
+    return tuple(jnp.moveaxis(jnp.asarray(x), dims, 0))
+
+
+def foldl_init(op: Callable[[Any, Any], Any], x: Any, init: Any = None) -> Any:
+    """``foldl(op, x; init)``: ``op(…op(op(init, x[0]), x[1])…, x[n-1])``.
+
+    Differentiable w.r.t. ``init`` as well as ``x``. An array ``x`` is folded over its leading
+    axis with ``lax.scan`` (one traced ``op``, whatever the length); anything else with a
+    Python loop.
+    """
+    if init is None:
+        items = list(x)
+        if not items:
+            raise ValueError("foldl_init: an empty collection needs init")
+        return functools.reduce(op, items[1:], items[0])
+    if isinstance(x, jax.Array) and jnp.ndim(x) > 0:
+        init = jnp.asarray(init)
+        carry, _ = lax.scan(lambda c, xi: (jnp.asarray(op(c, xi), init.dtype), None), init, x)
+        return carry
+    return functools.reduce(op, x, init)
+
+
+def getproperty(x: Any, name: str | Val) -> Any:
+    """``x[name]`` for a dict, ``x.name`` otherwise; ``None`` when absent."""
+    if isinstance(name, Val):
+        name = name.value
+    if isinstance(x, dict):
+        return x.get(name)
+    return getattr(x, name, None)
+
+
+@jax.custom_jvp
+def xlogx(x: jax.Array) -> jax.Array:
+    r""":math:`x \log x` for :math:`x \ge 0`, with ``xlogx(0) == 0`` (the limit from above)."""
+    x = jnp.asarray(x)
+    safe = jnp.where(x == 0, jnp.ones_like(x), x)
+    return jnp.where(x == 0, jnp.zeros_like(x), x * jnp.log(safe))
+
+
+@xlogx.defjvp
+def _xlogx_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return xlogx(x), dx * (jnp.log(x) + 1)
+
+
+@jax.custom_jvp
+def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+    r""":math:`x \log y`, and ``0`` wherever ``x == 0`` (so ``xlogy(0, 0) == 0``)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    safe = jnp.where(x == 0, jnp.ones_like(y), y)
+    return jnp.where(x == 0, jnp.zeros(jnp.broadcast_shapes(x.shape, y.shape), jnp.result_type(x, y)),
+                     x * jnp.log(safe))
+
+
+@xlogy.defjvp
+def _xlogy_jvp(primals, tangents):
+    (x, y), (dx, dy) = primals, tangents
+    # Exactly zero sensitivity to y where x == 0, since xlogy(0, y) == 0 for every y.
+    safe = jnp.where(x == 0, jnp.ones_like(y), y)
+    dy_term = jnp.where(x == 0, jnp.zeros_like(dy * safe), dy * x / safe)
+    return xlogy(x, y), dx * jnp.log(y) + dy_term
+
+
+def istraining(st: Any) -> bool:
+    """``True`` for ``True``/``Val(True)``, or a state dict whose ``training`` entry is true."""
+    if isinstance(st, dict):
+        return bool(st.get("training", False))
+    return bool(st)
+
+
+def multigate(x: jax.Array, n: int | Val) -> tuple[jax.Array, ...]:
+    """Split ``x`` into ``n`` equal chunks along the feature axis (the last one): the gates of
+    an LSTM/GRU cell computed by one matrix product. ``x``: ``(..., n * d)`` → ``n`` × ``(..., d)``."""
+    if isinstance(n, Val):
+        n = n.value
+    size = jnp.shape(x)[-1]
+    if size % n:
+        raise ValueError(f"multigate: the last axis ({size}) is not divisible into {n} chunks")
+    return tuple(jnp.split(x, n, axis=-1))
+
+
+def rsqrt(x: jax.Array) -> jax.Array:
+    r""":math:`1/\sqrt{x}`, lowered to one ``stablehlo.rsqrt``."""
+    return lax.rsqrt(jnp.asarray(x))

@@ -1,0 +1,108 @@
+"""TrainState: the model, its parameters and state, the optimiser and its state, the step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from ..nn._core import AbstractLayer
+from ..runtime import ExecutableCache
+
+
+class ConsumedStateError(RuntimeError):
+    """A TrainState (or an array of it) whose buffers an earlier in-place call donated."""
+
+
+@jax.tree_util.register_pytree_node_class
+class TrainState:
+    """Training state, as Lux's ``TrainState``.
+
+    Fields: ``model``, ``parameters``, ``states``, ``optimizer`` (an optax
+    ``GradientTransformation``), ``optimizer_state``, ``step`` (number of parameter updates, a
+    host ``int`` so that reading it never waits for the device); internal: ``cache`` (the
+    compiled executables, shared by every TrainState derived from this one),
+    ``allocator_cache`` (unused on XLA, which pools memory itself) and ``objective_function``
+    (the last objective used).
+
+    >>> import jax, optax, luxc
+    >>> model = luxc.nn.Dense(2, 1)
+    >>> ps, st = luxc.setup(jax.random.key(0), model)
+    >>> ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
+    >>> ts.step
+    0
+    """
+
+    __slots__ = (
+        "model", "parameters", "states", "optimizer", "optimizer_state", "step", "cache",
+        "allocator_cache", "objective_function", "_consumed_by",
+    )
+
+    def __init__(
+        self,
+        model: AbstractLayer,
+        parameters: Any,
+        states: Any,
+        optimizer: optax.GradientTransformation,
+    ):
+        if not isinstance(model, AbstractLayer):
+            raise TypeError(f"TrainState: model must be a luxc layer; received {type(model).__name__}")
+        if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+            raise TypeError(
+                "TrainState: optimizer must be an optax GradientTransformation (e.g. "
+                f"optax.adam(1e-3)); received {type(optimizer).__name__}"
+            )
+        self._set(
+            model=model, parameters=parameters, states=states, optimizer=optimizer,
+            optimizer_state=optimizer.init(parameters), step=0, cache=ExecutableCache(),
+            allocator_cache=None, objective_function=None, _consumed_by=None,
+        )
+
+    def _set(self, **fields: Any) -> None:
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("TrainState is immutable: use the TrainState a training call returns")
+
+    def replace(self, **changes: Any) -> TrainState:
+        """A copy with some fields changed (the cache is shared)."""
+        new = object.__new__(TrainState)
+        for k in TrainState.__slots__:
+            object.__setattr__(new, k, changes[k] if k in changes else getattr(self, k))
+        if "_consumed_by" not in changes:
+            object.__setattr__(new, "_consumed_by", None)
+        return new
+
+    def check_alive(self) -> None:
+        """Raise ConsumedStateError if an in-place call already donated this state's buffers."""
+        if self._consumed_by is not None:
+            raise ConsumedStateError(
+                f"this TrainState's parameter and optimizer-state buffers were donated to "
+                f"{self._consumed_by} and freed; use the TrainState that call returned "
+                f"(or the non-donating variant, without the trailing underscore)"
+            )
+
+    def consume(self, by: str) -> None:
+        object.__setattr__(self, "_consumed_by", by)
+
+    def tree_flatten(self):
+        children = (self.parameters, self.states, self.optimizer_state, self.step)
+        aux = (self.model, self.optimizer, self.cache, self.objective_function)
+        return children, aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        new = object.__new__(cls)
+        model, optimizer, cache, objective = aux
+        ps, st, opt_state, step = children
+        new._set(model=model, parameters=ps, states=st, optimizer=optimizer,
+                 optimizer_state=opt_state, step=step, cache=cache, allocator_cache=None,
+                 objective_function=objective, _consumed_by=None)
+        return new
+
+    def __repr__(self) -> str:
+        n = sum(int(getattr(x, "size", 1)) for x in jax.tree_util.tree_leaves(self.parameters))
+        return (f"TrainState(model={self.model.summary()}, parameters={n:_} scalars, "
+                f"step={self.step}, cache={self.cache.info()})")

@@ -1,0 +1,105 @@
+"""The training step as pure functions of arrays, shared by every backend.
+
+``obj_fn(model, ps, st, data) -> (loss, new_st, stats)`` is the objective contract (Lux's).
+From it this module builds
+
+* ``gradients(ps, st, data) -> (grads, loss, new_st, stats)``   (reverse or forward mode)
+* ``train(ps, opt_state, st, data) -> (ps, opt_state, new_st, loss, stats, grads | None)``
+* ``evaluate(ps, st, data) -> (loss, new_st, stats)``
+
+AutoJAX calls them directly; AutoXLA traces them into one StableHLO module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from ..nn._core import AbstractLayer
+
+
+class ObjectiveFunction(Protocol):
+    def __call__(self, model: AbstractLayer, ps: Any, st: Any, data: Any) -> tuple[Any, Any, Any]:
+        ...
+
+
+class ObjectiveError(TypeError):
+    """The objective function broke the ``(loss, new_st, stats)`` contract."""
+
+
+def evaluate_objective(obj_fn: ObjectiveFunction, model: AbstractLayer, ps: Any, st: Any,
+                       data: Any) -> tuple[jax.Array, Any, Any]:
+    out = obj_fn(model, ps, st, data)
+    name = getattr(obj_fn, "__name__", type(obj_fn).__name__)
+    if not (isinstance(out, tuple) and len(out) == 3):
+        got = f"a tuple of length {len(out)}" if isinstance(out, tuple) else type(out).__name__
+        raise ObjectiveError(
+            f"objective function {name} must return (loss, new_state, stats); received {got}"
+        )
+    loss, new_st, stats = out
+    if jnp.ndim(loss) != 0:
+        raise ObjectiveError(
+            f"objective function {name} must return a scalar loss; received shape {jnp.shape(loss)}"
+            " (aggregate it, e.g. with agg='mean')"
+        )
+    return loss, new_st, stats
+
+
+def reverse_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    def gradients(ps: Any, st: Any, data: Any):
+        def f(p):
+            loss, new_st, stats = evaluate_objective(obj_fn, model, p, st, data)
+            return loss, (new_st, stats)
+
+        (loss, (new_st, stats)), grads = jax.value_and_grad(f, has_aux=True)(ps)
+        return grads, loss, new_st, stats
+
+    return gradients
+
+
+def forward_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    def gradients(ps: Any, st: Any, data: Any):
+        flat, unravel = ravel_pytree(ps)
+        if not jnp.issubdtype(flat.dtype, jnp.inexact):
+            raise ObjectiveError("AutoForwardDiff needs floating-point parameters")
+
+        def f(v):
+            loss, new_st, stats = evaluate_objective(obj_fn, model, unravel(v), st, data)
+            return loss, (loss, new_st, stats)
+
+        g, (loss, new_st, stats) = jax.jacfwd(f, has_aux=True)(flat)
+        return unravel(g), loss, new_st, stats
+
+    return gradients
+
+
+def update(optimizer: optax.GradientTransformation) -> Callable:
+    def apply(ps: Any, opt_state: Any, grads: Any):
+        updates, opt_state = optimizer.update(grads, opt_state, ps)
+        return optax.apply_updates(ps, updates), opt_state
+
+    return apply
+
+
+def train(gradients: Callable, optimizer: optax.GradientTransformation,
+          return_gradients: bool) -> Callable:
+    apply = update(optimizer)
+
+    def step(ps: Any, opt_state: Any, st: Any, data: Any):
+        grads, loss, new_st, stats = gradients(ps, st, data)
+        ps, opt_state = apply(ps, opt_state, grads)
+        return ps, opt_state, new_st, loss, stats, (grads if return_gradients else None)
+
+    return step
+
+
+def evaluate(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    def run(ps: Any, st: Any, data: Any):
+        return evaluate_objective(obj_fn, model, ps, st, data)
+
+    return run

@@ -1,0 +1,188 @@
+"""Recursive pytree utilities, precision converters and ``match_eltype`` (Lux's utilities).
+
+The ``recursive_*`` functions are deprecated, as in Lux since v1.3: each warns
+``DeprecationWarning`` and names its ``jax.tree_util`` replacement.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from ._preferences import preference
+from .nn._core import AbstractLayer
+
+
+def _deprecated(name: str, instead: str) -> None:
+    warnings.warn(f"luxc.{name} is deprecated (as in Lux >= 1.3); use {instead}",
+                  DeprecationWarning, stacklevel=3)
+
+
+def recursive_map(f: Any, x: Any, *args: Any) -> Any:
+    """``f`` applied leaf-wise over ``x`` and ``args`` (same structure). Deprecated: use
+    ``jax.tree_util.tree_map(f, x, *args)``."""
+    _deprecated("recursive_map", "jax.tree_util.tree_map(f, x, *args)")
+    return jax.tree_util.tree_map(f, x, *args)
+
+
+def recursive_add_(x: Any, y: Any) -> Any:
+    """Leaf-wise ``x + y``; NumPy leaves of ``x`` are updated in place (jax arrays are
+    immutable, so those leaves are new arrays). Deprecated: use
+    ``jax.tree_util.tree_map(jnp.add, x, y)``."""
+    _deprecated("recursive_add_", "jax.tree_util.tree_map(jnp.add, x, y)")
+
+    def add(a: Any, b: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.flags.writeable:
+            np.add(a, b, out=a, casting="unsafe")
+            return a
+        return a + b
+
+    return jax.tree_util.tree_map(add, x, y)
+
+
+def recursive_copyto_(x: Any, y: Any) -> Any:
+    """Copy the leaves of ``y`` into ``x``: NumPy leaves in place, jax leaves replaced by
+    ``y``'s. Deprecated: use ``jax.tree_util.tree_map(lambda _, b: b, x, y)``."""
+    _deprecated("recursive_copyto_", "jax.tree_util.tree_map(lambda a, b: b, x, y)")
+
+    def copy(a: Any, b: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.flags.writeable:
+            np.copyto(a, np.asarray(b))
+            return a
+        if isinstance(a, jax.Array | np.ndarray):
+            return jnp.asarray(b, dtype=a.dtype)
+        raise TypeError(f"recursive_copyto_: cannot copy into an immutable leaf {a!r}")
+
+    return jax.tree_util.tree_map(copy, x, y)
+
+
+def recursive_make_zero(x: Any) -> Any:
+    """Zeros shaped like every leaf of ``x``. Deprecated: use
+    ``jax.tree_util.tree_map(jnp.zeros_like, x)``."""
+    _deprecated("recursive_make_zero", "jax.tree_util.tree_map(jnp.zeros_like, x)")
+    return jax.tree_util.tree_map(jnp.zeros_like, x)
+
+
+def recursive_make_zero_(x: Any) -> Any:
+    """``recursive_make_zero``, zeroing NumPy leaves in place. Deprecated: use
+    ``jax.tree_util.tree_map(jnp.zeros_like, x)``."""
+    _deprecated("recursive_make_zero_", "jax.tree_util.tree_map(jnp.zeros_like, x)")
+
+    def zero(a: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.flags.writeable:
+            a.fill(0)
+            return a
+        return jnp.zeros_like(a)
+
+    return jax.tree_util.tree_map(zero, x)
+
+
+def _dtype_of(leaf: Any) -> np.dtype:
+    if leaf is None or isinstance(leaf, bool):
+        return np.dtype(bool)
+    return np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else np.dtype(leaf.dtype)
+
+
+def recursive_eltype(x: Any) -> np.dtype:
+    """The element type of the leaves of ``x``, promoted (``bool`` for ``None`` or no leaves, as
+    Lux returns ``Bool`` for ambiguous inputs)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    if not leaves:
+        return np.dtype(bool)
+    return np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
+
+
+def _convert(x: Any, dtype: Any) -> Any:
+    def conv(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.asarray(leaf, dtype)
+        if isinstance(leaf, float):
+            return jnp.asarray(leaf, dtype)
+        return leaf
+
+    return jax.tree_util.tree_map(conv, x)
+
+
+def f16(x: Any) -> Any:
+    """Floating-point leaves of ``x`` as float16; integers and other leaves untouched."""
+    return _convert(x, jnp.float16)
+
+
+def f32(x: Any) -> Any:
+    """Floating-point leaves of ``x`` as float32; integers and other leaves untouched."""
+    return _convert(x, jnp.float32)
+
+
+def bf16(x: Any) -> Any:
+    """Floating-point leaves of ``x`` as bfloat16; integers and other leaves untouched."""
+    return _convert(x, ml_dtypes.bfloat16)
+
+
+def f64(x: Any) -> Any:
+    """Floating-point leaves of ``x`` as float64. Needs 64-bit mode in jax."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            "f64 needs jax's 64-bit mode: call jax.config.update('jax_enable_x64', True) at "
+            "start-up, or set the environment variable JAX_ENABLE_X64=1"
+        )
+    return _convert(x, jnp.float64)
+
+
+class EltypeMismatchError(TypeError):
+    """``match_eltype`` found a mismatch while ``eltype_mismatch_handling`` is ``"error"``."""
+
+
+_warned: set[int] = set()
+_CONVERT = {  # (parameters' dtype, argument's kind) -> convert? (Lux's table)
+    ("float64", "i"): True, ("float32", "f64"): True, ("float32", "i"): True,
+    ("float16", "f64"): True, ("float16", "f32"): True, ("float16", "i"): True,
+}
+
+
+def _kind(dt: np.dtype) -> str:
+    if np.issubdtype(dt, np.integer) or dt == np.bool_:
+        return "i"
+    return {8: "f64", 4: "f32"}.get(dt.itemsize, str(dt))
+
+
+def match_eltype(layer: AbstractLayer, ps: Any, st: Any, *args: Any) -> Any:
+    """Maybe match the element type of ``args`` to that of the layer's parameters and states.
+
+    The ``eltype_mismatch_handling`` preference decides: ``"none"`` (default) returns ``args``
+    unchanged; ``"warn"`` warns once per layer; ``"convert"`` warns and converts per Lux's
+    table (f64←int; f32←f64, int; f16←f64, f32, int); ``"error"`` raises
+    :class:`EltypeMismatchError`. Returns the single argument, or a tuple for several.
+    """
+    mode = preference("eltype_mismatch_handling")
+    out = args
+    if mode != "none":
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves((ps, st))
+                  if jnp.issubdtype(_dtype_of(leaf), jnp.floating)]
+        if leaves:
+            target = np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
+            out = tuple(_match(layer, target, a, mode) for a in args)
+    return out[0] if len(out) == 1 else out
+
+
+def _match(layer: AbstractLayer, target: np.dtype, arg: Any, mode: str) -> Any:
+    def one(leaf: Any) -> Any:
+        dt = _dtype_of(leaf)
+        if dt == target or not hasattr(leaf, "dtype"):
+            return leaf
+        message = (f"{layer.summary()}: parameters/states are {target} but an input is {dt}; "
+                   f"this promotes the computation (eltype_mismatch_handling={mode!r})")
+        if mode == "error":
+            raise EltypeMismatchError(message)
+        if id(layer) not in _warned:
+            _warned.add(id(layer))
+            warnings.warn(message, stacklevel=4)
+        if mode == "convert" and _CONVERT.get((str(target), _kind(dt))):
+            return jnp.asarray(leaf, target)
+        return leaf
+
+    return jax.tree_util.tree_map(one, arg)

@@ -1,0 +1,105 @@
+"""luxc's StableHLO → StableHLO passes, one module each, run by MLIR's greedy rewrite driver.
+
+``available()`` lists them; ``run_pipeline(module, names)`` runs them in order and returns one
+:class:`PassRecord` each; ``default_pipeline(platform)`` is what ``CompileOptions(passes=
+"default")`` means on that platform: only passes measured to be faster there (``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jaxlib.mlir import ir
+
+from . import fuse_loss_reductions, fuse_rsqrt
+from ._match import count_ops
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one pass did: ``rewrites`` and the op counts before and after."""
+
+    name: str
+    rewrites: int
+    ops_before: int
+    ops_after: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    description: str
+    run: Callable[[ir.Module], int]
+    default_on: tuple[str, ...]
+
+
+_REGISTRY: dict[str, PassInfo] = {
+    # Not in the CPU default: XLA:CPU's algebraic simplifier already turns a / sqrt(b) into
+    # a * rsqrt(b), so the pass is neutral there (benchmarks/bench_passes.py).
+    fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run,
+                              ("cuda", "rocm", "tpu")),
+    # Not in the CPU default: a variadic reduce was measured slower than separate reduces on
+    # XLA:CPU with default flags (benchmarks/bench_passes.py).
+    fuse_loss_reductions.NAME: PassInfo(fuse_loss_reductions.NAME,
+                                        fuse_loss_reductions.DESCRIPTION,
+                                        fuse_loss_reductions.run, ("cuda", "rocm", "tpu")),
+}
+
+
+def available() -> dict[str, str]:
+    """Pass name → one-line description."""
+    return {name: info.description for name, info in _REGISTRY.items()}
+
+
+def default_pipeline(platform: str) -> tuple[str, ...]:
+    """The passes that are faster on ``platform`` ("cpu", "cuda", "rocm", "tpu")."""
+    return tuple(n for n, info in _REGISTRY.items() if platform in info.default_on)
+
+
+def resolve(passes: str | Sequence[str], platform: str) -> tuple[str, ...]:
+    """``"default"`` / ``"none"`` / ``"all"`` / names → a tuple of pass names (validated)."""
+    if isinstance(passes, str):
+        if passes == "default":
+            return default_pipeline(platform)
+        if passes == "none":
+            return ()
+        if passes == "all":
+            return tuple(_REGISTRY)
+        passes = [p.strip() for p in passes.split(",") if p.strip()]
+    unknown = [p for p in passes if p not in _REGISTRY]
+    if unknown:
+        raise ValueError(
+            f"unknown pass {unknown[0]!r}; available passes are {', '.join(_REGISTRY)} "
+            "(or 'default', 'none', 'all')"
+        )
+    return tuple(passes)
+
+
+def run_pipeline(module: ir.Module, names: Sequence[str],
+                 dump_dir: str | Path | None = None) -> list[PassRecord]:
+    """Run the named passes on ``module`` in place, in order.
+
+    With ``dump_dir``, writes ``00-input.mlir`` and ``NN-<pass>.mlir`` after each pass.
+    """
+    records = []
+    dump = Path(dump_dir) if dump_dir is not None else None
+    if dump is not None:
+        dump.mkdir(parents=True, exist_ok=True)
+        (dump / "00-input.mlir").write_text(str(module))
+    for i, name in enumerate(names, start=1):
+        info = _REGISTRY[name]
+        before = count_ops(module)
+        t0 = time.perf_counter()
+        rewrites = info.run(module)
+        seconds = time.perf_counter() - t0
+        records.append(PassRecord(name, rewrites, before, count_ops(module), seconds))
+        if dump is not None:
+            (dump / f"{i:02d}-{name}.mlir").write_text(str(module))
+    return records
+
+
+__all__ = ["PassRecord", "available", "default_pipeline", "resolve", "run_pipeline"]

@@ -1,0 +1,41 @@
+"""fuse_rsqrt: ``a / sqrt(b)`` → ``a * rsqrt(b)`` and ``1 / sqrt(b)`` → ``rsqrt(b)``.
+
+Where it comes from: normalisation layers (``(x - μ) / sqrt(σ² + ε)``), the gradient of
+``sqrt`` (``0.5 / sqrt(x)``) and RMS-style optimisers.
+
+Why it is exact: ``rsqrt(b)`` is ``1 / sqrt(b)`` by definition, and ``a · (1/sqrt(b)) =
+a / sqrt(b)`` in real arithmetic for every ``b > 0``; for ``b = 0`` both give ``±inf`` (or NaN for
+``a = 0``), for ``b < 0`` both give NaN. In floating point the hardware ``rsqrt`` may differ from
+the correctly rounded quotient by an ulp or two, which the end-to-end test bounds.
+"""
+
+from __future__ import annotations
+
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+from ._match import producer, splat_value
+from ._rewrite import PatternRewriter, apply_greedily
+
+NAME = "fuse_rsqrt"
+DESCRIPTION = "a / sqrt(b) -> a * rsqrt(b); 1 / sqrt(b) -> rsqrt(b)"
+
+
+def run(module: ir.Module) -> int:
+    """Rewrite ``module`` in place; return the number of divides rewritten."""
+    rewrites = 0
+
+    def divide_by_sqrt(op: ir.Operation, rewriter: PatternRewriter) -> bool:
+        nonlocal rewrites
+        den = producer(op.operands[1])
+        if den is None or den.name != "stablehlo.sqrt" or den.results[0].type != op.results[0].type:
+            return True
+        with rewriter.ip, op.location:
+            r = stablehlo.RsqrtOp(den.operands[0]).result
+            new = r if splat_value(op.operands[0]) == 1.0 else stablehlo.MulOp(op.operands[0], r).result
+        rewriter.replace_op(op, [new])
+        rewrites += 1
+        return False
+
+    apply_greedily(module, [("stablehlo.divide", divide_by_sqrt)])
+    return rewrites

@@ -1,0 +1,10 @@
+"""Compile (XLA through PJRT via jax), cache, execute, and save/load compiled artefacts."""
+
+from .cache import CacheInfo as CacheInfo
+from .cache import ExecutableCache as ExecutableCache
+from .cache import RecompileError as RecompileError
+from .cache import RecompileWarning as RecompileWarning
+from .cache import cache_info as cache_info
+from .executable import DonationWarning as DonationWarning
+from .executable import Executable as Executable
+from .options import CompileOptions as CompileOptions

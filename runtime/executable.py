@@ -1,0 +1,170 @@
+"""From a pure step function to a cached XLA executable called through jax's C++ dispatch.
+
+    fn, example args ──jax.export──▶ StableHLO ──luxc.passes──▶ StableHLO' ──XLA──▶ Compiled
+
+The rewritten module goes back into a ``jax.export.Exported``, and ``jax.jit(exported.call)``
+is lowered and compiled: the resulting ``jax.stages.Compiled`` is called directly, so a cache
+hit costs what a hand-written ``jax.jit`` call costs (the arguments' signature is checked in
+C++). The exported module is also the portable, versioned artefact ``luxc compile`` writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+from jax import export as jax_export
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+from ..passes import PassRecord, run_pipeline
+from ._jax_internal import ir_context
+from .options import DEFAULT, CompileOptions
+
+Stage = Literal["traced", "optimized", "hlo"]
+
+
+class DonationWarning(UserWarning):
+    """XLA could not reuse a donated input buffer for an output."""
+
+
+def _abstract(x: Any) -> Any:
+    if isinstance(x, jax.Array):
+        sharding = x.sharding if len(x.sharding.device_set) > 1 else None
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    return x
+
+
+def export(fn: Callable, args: Sequence[Any], *, platforms: Sequence[str] | None = None,
+           precision: str = "default") -> jax_export.Exported:
+    """Trace ``fn(*args)`` once and lower it to StableHLO (one public ``main``)."""
+    abstract = jax.tree_util.tree_map(_abstract, tuple(args))
+    with jax.default_matmul_precision(None if precision == "default" else precision):
+        return jax_export.export(jax.jit(fn), platforms=platforms)(*abstract)
+
+
+def rewrite(exported: jax_export.Exported, pass_names: Sequence[str],
+            dump_dir: str | None = None) -> tuple[jax_export.Exported, list[PassRecord]]:
+    """Run luxc's passes on the exported module; return the new Exported and the records."""
+    if not pass_names and dump_dir is None:
+        return exported, []
+    with ir_context() as ctx:
+        module = stablehlo.deserialize_portable_artifact(ctx, exported.mlir_module_serialized)
+        records = run_pipeline(module, pass_names, dump_dir)
+        data = stablehlo.serialize_portable_artifact(module, _TARGET_VERSION)
+    return dataclasses.replace(exported, mlir_module_serialized=data), records
+
+
+# The target jax.export itself uses: a jaxlib up to four weeks older can still load the module.
+_TARGET_VERSION = stablehlo.get_version_from_compatibility_requirement(
+    stablehlo.StablehloCompatibilityRequirement.WEEK_4
+)
+
+
+def module_text(serialized: bytes) -> str:
+    with ir_context() as ctx:
+        return str(stablehlo.deserialize_portable_artifact(ctx, serialized))
+
+
+def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
+                     donate_argnums: tuple[int, ...] = (),
+                     xla_options: dict[str, Any] | None = None,
+                     arg_names: Sequence[str] | None = None) -> tuple[jax.stages.Compiled, float]:
+    """Compile ``exported`` for the local devices; return the executable and the seconds taken.
+
+    A donated buffer XLA cannot reuse (no output of its shape and dtype) is reported as a
+    :class:`DonationWarning` naming the input, never silently ignored.
+    """
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
+        compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
+    seconds = time.perf_counter() - t0
+    for w in caught:
+        text = str(w.message)
+        if "donated buffers were not usable" in text:
+            where = f" (inputs: {', '.join(arg_names)})" if arg_names else ""
+            warnings.warn(
+                f"XLA could not reuse some donated buffers{where}: no output has their shape and "
+                f"dtype, so they are freed but not updated in place. {text}",
+                DonationWarning, stacklevel=3,
+            )
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return compiled, seconds
+
+
+class Executable:
+    """A compiled program and how it was made: the stages' text, the pass report, XLA's
+    figures. Calling it runs the program (jax's C++ dispatch)."""
+
+    def __init__(self, traced: jax_export.Exported, optimized: jax_export.Exported,
+                 compiled: jax.stages.Compiled, pass_report: list[PassRecord],
+                 compile_seconds: float, trace_seconds: float):
+        self.traced, self.optimized, self.compiled = traced, optimized, compiled
+        self.pass_report = pass_report
+        self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
+        self.call = compiled  # the hot path: no Python between the caller and jax's dispatch
+
+    def as_text(self, stage: Stage = "optimized") -> str:
+        """The module before luxc's passes (``"traced"``), after them (``"optimized"``), or
+        XLA's optimised HLO (``"hlo"``)."""
+        if stage == "traced":
+            return module_text(self.traced.mlir_module_serialized)
+        if stage == "optimized":
+            return module_text(self.optimized.mlir_module_serialized)
+        if stage == "hlo":
+            return self.compiled.as_text()
+        raise ValueError(f"as_text: stage must be 'traced', 'optimized' or 'hlo'; received {stage!r}")
+
+    def cost_analysis(self) -> dict[str, float] | None:
+        """XLA's cost figures (``flops``, ``bytes accessed`` …), or ``None`` if unavailable."""
+        try:
+            cost = self.compiled.cost_analysis()
+        except Exception:  # noqa: BLE001 - an optional query, as in jax.stages
+            return None
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else None
+        return dict(cost) if cost else None
+
+    def memory_stats(self) -> dict[str, int] | None:
+        """XLA's memory figures (argument, output, alias, temp bytes), or ``None``."""
+        try:
+            stats = self.compiled.memory_analysis()
+        except Exception:  # noqa: BLE001
+            return None
+        if stats is None:
+            return None
+        return {k: int(getattr(stats, k)) for k in dir(stats)
+                if k.endswith("_in_bytes") and not k.startswith("_")}
+
+
+def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAULT,
+          donate_argnums: tuple[int, ...] = (), arg_names: Sequence[str] | None = None,
+          platform: str | None = None) -> Executable:
+    """Trace, rewrite and compile ``fn`` for ``args``: the whole AutoXLA pipeline."""
+    platform = platform or jax.default_backend()
+    t0 = time.perf_counter()
+    traced = export(fn, args, precision=options.precision)
+    optimized, records = rewrite(traced, options.pass_names(platform), options.dump_dir)
+    trace_seconds = time.perf_counter() - t0
+    compiled, seconds = compile_exported(
+        optimized, args, donate_argnums=donate_argnums,
+        xla_options=dict(options.xla_options), arg_names=arg_names,
+    )
+    exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds)
+    if options.dump_dir is not None:
+        Path(options.dump_dir, "99-xla-optimized.hlo.txt").write_text(compiled.as_text())
+    return exe
+
+
+def ir_module(exe: Executable) -> ir.Module:
+    """The optimised module parsed in a fresh context (for inspection)."""
+    ctx = ir_context()
+    return stablehlo.deserialize_portable_artifact(ctx, exe.optimized.mlir_module_serialized)

@@ -1,0 +1,76 @@
+"""CompileOptions: what a user can change about how a step is compiled (Reactant's
+``CompileOptions`` role). Changing any field compiles a new executable; equal options hit the
+cache."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Precision = Literal["default", "high", "highest"]
+_PRECISIONS = ("default", "high", "highest")
+XlaValue = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile a training step.
+
+    Args:
+        passes: the StableHLO pass pipeline: ``"default"`` (the passes measured faster on the
+            target platform), ``"none"``, ``"all"``, or a sequence of pass names
+            (``luxc.passes.available()``).
+        xla_options: XLA debug options for this executable, e.g.
+            ``{"xla_cpu_enable_fast_math": True}`` (passed to XLA's compile, not the process).
+        precision: dot/convolution precision, ``"default"``, ``"high"`` or ``"highest"`` (Lux's
+            ``precision_config`` preference).
+        dump_dir: write the module before and after every pass, and XLA's optimised HLO, here.
+
+    >>> import luxc
+    >>> luxc.CompileOptions(passes=["fuse_rsqrt"], precision="highest").precision
+    'highest'
+    """
+
+    passes: str | tuple[str, ...] = "default"
+    xla_options: tuple[tuple[str, XlaValue], ...] = field(default=())
+    precision: Precision = "default"
+    dump_dir: str | None = None
+
+    def __init__(
+        self,
+        passes: str | Sequence[str] = "default",
+        xla_options: Mapping[str, XlaValue] | Sequence[tuple[str, XlaValue]] | None = None,
+        precision: Precision = "default",
+        dump_dir: str | Path | None = None,
+    ):
+        from ..passes import resolve
+
+        if not isinstance(passes, str):
+            passes = tuple(passes)
+        resolve(passes, "cpu")  # validates names now, not inside a later compile
+        if precision not in _PRECISIONS:
+            raise ValueError(
+                f"CompileOptions: precision must be one of {', '.join(map(repr, _PRECISIONS))}; "
+                f"received {precision!r}"
+            )
+        items = dict(xla_options or {})
+        for k, v in items.items():
+            if not (isinstance(k, str) and k.startswith("xla_")):
+                raise ValueError(f"CompileOptions: XLA option names start with 'xla_'; received {k!r}")
+            if not isinstance(v, bool | int | float | str):
+                raise ValueError(f"CompileOptions: XLA option {k} must be a bool, number or string; "
+                                 f"received {type(v).__name__}")
+        object.__setattr__(self, "passes", passes)
+        object.__setattr__(self, "xla_options", tuple(sorted(items.items())))
+        object.__setattr__(self, "precision", precision)
+        object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
+
+    def pass_names(self, platform: str) -> tuple[str, ...]:
+        from ..passes import resolve
+
+        return resolve(self.passes, platform)
+
+
+DEFAULT = CompileOptions()
