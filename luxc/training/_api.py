@@ -83,8 +83,11 @@ def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool
 
         return run("train", obj_fn, data, ts, return_gradients=return_gradients, donate=donate,
                    compile_options=compile_options, sync=sync, caller=caller)
-    grads, loss, stats, ts = compute_gradients(ad, obj_fn, data, ts)
-    ts = apply_gradients_(ts, grads) if donate else apply_gradients(ts, grads)
+    grads, loss, stats, new = compute_gradients(ad, obj_fn, data, ts)
+    new = apply_gradients_(new, grads) if donate else apply_gradients(new, grads)
+    if donate:
+        ts.consume(f"{caller} (step {ts.step})")
+    ts = new
     if sync:
         jax.block_until_ready((ts.parameters, loss))
     return (grads if return_gradients else None), loss, stats, ts

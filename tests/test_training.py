@@ -1,0 +1,205 @@
+"""The training API on every backend: learning, gradients, state, donation and errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import luxc
+from luxc import nn
+from luxc.training import (
+    apply_gradients,
+    apply_gradients_,
+    compute_gradients,
+    compute_objective,
+    single_train_step,
+    single_train_step_,
+)
+
+BACKENDS = [luxc.AutoJAX(), luxc.AutoXLA()]
+
+
+def _regression(key):
+    """The seed's @compact example: fit y = 2x - x³ on x ∈ [-2, 2]."""
+    @luxc.compact(w1=nn.Dense(1, 32), w2=[nn.Dense(32, 32) for _ in range(2)],
+                  w3=nn.Dense(32, 1), act=jax.nn.relu)
+    def model(self, x):
+        h = self.act(self.w1(x))
+        for w in self.w2:
+            h = self.act(w(h))
+        return self.w3(h)
+
+    x = jnp.arange(-2.0, 2.05, 0.1)[:, None]
+    ps, st = luxc.setup(key, model)
+    return luxc.TrainState(model, ps, st, optax.adam(1e-2)), (x, 2 * x - x**3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: type(b).__name__)
+def test_regression_loss_falls_tenfold(key, backend):
+    ts, data = _regression(key)
+    _, first, _, ts = single_train_step_(backend, luxc.MSELoss(), data, ts)
+    for _ in range(300):
+        _, loss, _, ts = single_train_step_(backend, luxc.MSELoss(), data, ts)
+    assert float(loss) < float(first) / 10
+    assert ts.step == 301
+
+
+def test_classifier_learns(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    centers = jnp.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    labels = jax.random.randint(k1, (300,), 0, 3)
+    x = centers[labels] + 0.5 * jax.random.normal(k2, (300, 2))
+    y = jax.nn.one_hot(labels, 3)
+    model = nn.Chain(nn.Dense(2, 16, jax.nn.relu), nn.BatchNorm(16), nn.Dense(16, 3))
+    ps, st = luxc.setup(k3, model)
+    ts = luxc.TrainState(model, ps, st, optax.adam(3e-2))
+    loss_fn = luxc.CrossEntropyLoss(logits=True)
+    _, first, _, ts = single_train_step_(luxc.AutoXLA(), loss_fn, (x, y), ts)
+    for _ in range(200):
+        _, loss, _, ts = single_train_step_(luxc.AutoXLA(), loss_fn, (x, y), ts)
+    assert float(loss) < float(first) / 10
+    logits, _ = model(x, ts.parameters, luxc.testmode(ts.states))
+    assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) > 0.95
+
+
+def test_forward_and_reverse_mode_gradients_agree(key):
+    ts, data = _regression(key)
+    g_rev, l_rev, _, _ = compute_gradients(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+    g_fwd, l_fwd, _, _ = compute_gradients(luxc.AutoForwardDiff(), luxc.MSELoss(), data, ts)
+    assert float(l_rev) == pytest.approx(float(l_fwd), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(g_rev), jax.tree.leaves(g_fwd)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_apply_gradients_is_optax_update(key):
+    ts, data = _regression(key)
+    grads, _, _, ts = compute_gradients(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+    new = apply_gradients(ts, grads)
+    opt = optax.adam(1e-2)
+    updates, _ = opt.update(grads, opt.init(ts.parameters), ts.parameters)
+    expected = optax.apply_updates(ts.parameters, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
+                 new.parameters, expected)
+    assert new.step == ts.step + 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: type(b).__name__)
+def test_batchnorm_state_is_updated_by_a_step_and_frozen_in_test_mode(key, backend):
+    model = nn.Chain(nn.Dense(3, 4), nn.BatchNorm(4))
+    ps, st = luxc.setup(key, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    data = (jax.random.normal(key, (16, 3)), jnp.zeros((16, 4)))
+    _, _, _, ts2 = single_train_step(backend, luxc.MSELoss(), data, ts)
+    assert not bool(jnp.all(ts2.states["layer_2"]["running_mean"] == 0))
+    frozen = ts2.replace(states=luxc.testmode(ts2.states))
+    _, _, _, ts3 = single_train_step(backend, luxc.MSELoss(), data, frozen)
+    np.testing.assert_array_equal(ts3.states["layer_2"]["running_mean"],
+                                  ts2.states["layer_2"]["running_mean"])
+
+
+def test_return_gradients_false_returns_none(key):
+    ts, data = _regression(key)
+    for backend in BACKENDS:
+        grads, _, _, ts = single_train_step_(backend, luxc.MSELoss(), data, ts,
+                                             return_gradients=False)
+        assert grads is None
+
+
+def test_stats_are_returned(key):
+    ts, data = _regression(key)
+
+    def obj(model, ps, st, d):
+        y, st = model(d[0], ps, st)
+        loss = jnp.mean((y - d[1]) ** 2)
+        return loss, st, {"max_error": jnp.max(jnp.abs(y - d[1]))}
+
+    for backend in BACKENDS:
+        _, loss, stats, _ = single_train_step(backend, obj, data, ts)
+        assert float(stats["max_error"]) >= float(loss) ** 0.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: type(b).__name__)
+def test_using_a_consumed_train_state_names_the_call(key, backend):
+    ts, data = _regression(key)
+    _, _, _, new = single_train_step_(backend, luxc.MSELoss(), data, ts)
+    with pytest.raises(luxc.training.ConsumedStateError,
+                       match=r"donated to single_train_step_ \(step 0\)"):
+        single_train_step_(backend, luxc.MSELoss(), data, ts)
+    single_train_step_(backend, luxc.MSELoss(), data, new)
+
+
+def test_in_place_variants_free_the_old_buffers(key):
+    ts, data = _regression(key)
+    old = jax.tree.leaves(ts.parameters)
+    grads, _, _, ts2 = compute_gradients(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+    apply_gradients_(ts2, grads)
+    assert all(leaf.is_deleted() for leaf in old)
+
+
+def test_non_donating_step_keeps_the_old_state_usable(key):
+    ts, data = _regression(key)
+    for backend in BACKENDS:
+        single_train_step(backend, luxc.MSELoss(), data, ts)
+        assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(ts.parameters))
+
+
+def test_unknown_backend_is_a_type_error_naming_the_supported_ones(key):
+    ts, data = _regression(key)
+    with pytest.raises(TypeError, match=r"luxc.AutoJAX\(\), luxc.AutoForwardDiff\(\), luxc.AutoXLA\(\)"):
+        single_train_step_("zygote", luxc.MSELoss(), data, ts)
+
+
+def test_objective_breaking_the_contract_is_explained(key):
+    ts, data = _regression(key)
+    with pytest.raises(luxc.training.ObjectiveError, match=r"must return \(loss, new_state, stats\)"):
+        compute_gradients(luxc.AutoJAX(), lambda m, p, s, d: 1.0, data, ts)
+    with pytest.raises(luxc.training.ObjectiveError, match="must return a scalar loss"):
+        compute_gradients(luxc.AutoJAX(),
+                          lambda m, p, s, d: (m(d[0], p, s)[0], s, {}), data, ts)
+
+
+def test_train_state_fields_and_validation(key):
+    ts, _ = _regression(key)
+    for field in ("model", "parameters", "states", "optimizer", "optimizer_state", "step", "cache",
+                  "allocator_cache", "objective_function"):
+        assert hasattr(ts, field)
+    with pytest.raises(AttributeError, match="immutable"):
+        ts.step = 3
+    with pytest.raises(TypeError, match="optax GradientTransformation"):
+        luxc.TrainState(ts.model, ts.parameters, ts.states, "adam")
+    leaves = jax.tree.leaves(ts)
+    assert len(leaves) == len(jax.tree.leaves((ts.parameters, ts.optimizer_state))) + 1
+
+
+def test_compute_objective_matches_the_loss(key):
+    ts, data = _regression(key)
+    y, _ = ts.model(data[0], ts.parameters, ts.states)
+    expected = float(luxc.MSELoss()(y, data[1]))
+    for backend in BACKENDS:
+        loss, _, stats = compute_objective(backend, luxc.MSELoss(), data, ts)
+        assert float(loss) == pytest.approx(expected, rel=1e-6) and stats == {}
+
+
+def test_adjust_changes_the_learning_rate(key):
+    ts, data = _regression(key)
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    ts = luxc.TrainState(ts.model, ts.parameters, ts.states, opt)
+    grads, _, _, _ = compute_gradients(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+    slow = luxc.training.adjust(ts, learning_rate=0.01)
+    assert float(ts.optimizer_state.hyperparams["learning_rate"]) == pytest.approx(0.1)
+    a = apply_gradients(ts, grads).parameters["w3"]["bias"] - ts.parameters["w3"]["bias"]
+    b = apply_gradients(slow, grads).parameters["w3"]["bias"] - ts.parameters["w3"]["bias"]
+    np.testing.assert_allclose(b, a / 10, rtol=1e-5)
+    luxc.training.adjust_(ts, learning_rate=0.5)
+    assert float(ts.optimizer_state.hyperparams["learning_rate"]) == pytest.approx(0.5)
+
+
+def test_adjust_explains_fixed_hyperparameters(key):
+    ts, _ = _regression(key)
+    with pytest.raises(ValueError, match="optax.inject_hyperparams"):
+        luxc.training.adjust(ts, learning_rate=0.1)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+    ts = luxc.TrainState(ts.model, ts.parameters, ts.states, opt)
+    with pytest.raises(ValueError, match="no hyperparameter 'momentum'; it has b1, b2, eps"):
+        luxc.training.adjust(ts, momentum=0.1)
