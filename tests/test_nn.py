@@ -74,6 +74,14 @@ def test_maxpool_takes_window_maxima():
     np.testing.assert_array_equal(y[0, :, :, 0], [[5.0, 7.0], [13.0, 15.0]])
 
 
+def test_maxpool_gradient_reaches_only_the_maxima():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    g = jax.grad(lambda x: jnp.sum(nn.MaxPool((2, 2))(x, {}, {})[0]))(x)
+    expected = np.zeros(16)
+    expected[[5, 7, 13, 15]] = 1.0
+    np.testing.assert_array_equal(g.ravel(), expected)
+
+
 def test_batchnorm_normalises_and_updates_running_stats(key):
     layer = nn.BatchNorm(3, momentum=0.1)
     ps, st = luxc.setup(key, layer)

@@ -130,10 +130,8 @@ class MaxPool(AbstractLayer):
         n = len(self.window)
         self._check_rank(x, n + 2, f"a (N, {', '.join(['d'] * n)}, C) input")
         pad = self.pad if isinstance(self.pad, str) else [(0, 0), *self.pad, (0, 0)]
-        init = jnp.array(-jnp.inf, x.dtype)
-        y = lax.reduce_window(
-            x, init, lax.max, (1, *self.window, 1), (1, *self.stride, 1), pad
-        )
+        # A Python -inf init is what lets jax recognise the max monoid (and differentiate it).
+        y = lax.reduce_window(x, -jnp.inf, lax.max, (1, *self.window, 1), (1, *self.stride, 1), pad)
         return y, st
 
     def summary(self) -> str:

@@ -1,0 +1,29 @@
+"""Interleaved timing: variants run in turns (A B C A B C …) so machine noise hits all alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
+                calls: int = 50) -> dict[str, float]:
+    """Median seconds per call of each variant; each round times ``calls`` calls of each."""
+    for fn in variants.values():  # warm-up (and compile)
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / calls)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def report(title: str, medians: dict[str, float], baseline: str) -> None:
+    print(f"\n{title}")
+    base = medians[baseline]
+    for name, t in medians.items():
+        print(f"  {name:<48} {t * 1e6:10.1f} µs   {t / base:5.2f}× {baseline}")

@@ -1,0 +1,299 @@
+"""AutoXLA: the compiled step equals the eager one, and the cache behaves as documented."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import luxc
+from luxc import nn
+from luxc.training import compute_gradients, compute_objective, single_train_step, single_train_step_
+
+XLA, EAGER = luxc.AutoXLA(), luxc.AutoJAX()
+
+
+def _close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=rtol, atol=atol), a, b)
+
+
+def _state(model, key=jax.random.key(0), opt=None):
+    ps, st = luxc.setup(key, model)
+    return luxc.TrainState(model, ps, st, opt or optax.adam(1e-2))
+
+
+def _mlp():
+    return nn.Chain(nn.Dense(4, 16, jax.nn.relu), nn.Dense(16, 3))
+
+
+def _data(n=8, d=4, k=3, key=jax.random.key(1)):
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (n, d)), jax.nn.one_hot(jax.random.randint(ky, (n,), 0, k), k)
+
+
+MODELS = {
+    "dense": (_mlp, lambda: _data()),
+    "conv": (lambda: nn.Chain(nn.Conv((3, 3), 1, 4, jax.nn.relu), nn.MaxPool((2, 2)),
+                              nn.FlattenLayer(), nn.Dense(4 * 3 * 3, 3)),
+             lambda: (jax.random.normal(jax.random.key(2), (8, 8, 8, 1)), _data()[1])),
+    # No bias before BatchNorm: its true gradient is 0, and Adam would amplify rounding noise.
+    "batchnorm": (lambda: nn.Chain(nn.Dense(4, 16, use_bias=False), nn.BatchNorm(16, jax.nn.relu),
+                                   nn.Dense(16, 3)),
+                  lambda: _data()),
+    "dropout": (lambda: nn.Chain(nn.Dense(4, 16, jax.nn.relu), nn.Dropout(0.3), nn.Dense(16, 3)),
+                lambda: _data()),
+    "layernorm": (lambda: nn.Chain(nn.Dense(4, 16), nn.LayerNorm(16), nn.Dense(16, 3)),
+                  lambda: _data()),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_compiled_step_equals_eager_step(name):
+    make_model, make_data = MODELS[name]
+    ts, data = _state(make_model()), make_data()
+    loss_fn = luxc.CrossEntropyLoss(logits=True)
+    g1, l1, _, ts1 = single_train_step(EAGER, loss_fn, data, ts)
+    g2, l2, _, ts2 = single_train_step(XLA, loss_fn, data, ts)
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+    _close(g1, g2)
+    _close(ts1.parameters, ts2.parameters)
+    _close(ts1.states, ts2.states)
+    _close(ts1.optimizer_state, ts2.optimizer_state)
+    assert ts2.step == 1
+
+
+LOSSES = [luxc.MSELoss(), luxc.MAELoss(), luxc.MSLELoss(), luxc.HuberLoss(), luxc.HingeLoss(),
+          luxc.SquaredHingeLoss(), luxc.PoissonLoss(), luxc.SiameseContrastiveLoss(),
+          luxc.BinaryCrossEntropyLoss(), luxc.BinaryCrossEntropyLoss(logits=True, label_smoothing=0.1),
+          luxc.BinaryFocalLoss(), luxc.CrossEntropyLoss(), luxc.CrossEntropyLoss(logits=True),
+          luxc.FocalLoss(), luxc.KLDivergenceLoss(), luxc.DiceCoeffLoss(),
+          luxc.GenericLossFunction(lambda p, y: jnp.abs(p - y) ** 3)]
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES, ids=lambda f: type(f).__name__)
+def test_every_loss_compiles_to_the_eager_result(loss_fn):
+    model = nn.Chain(nn.Dense(4, 16, jax.nn.relu), nn.Dense(16, 3), jax.nn.softmax)
+    ts, data = _state(model), _data()
+    options = luxc.CompileOptions(passes="all")
+    g1, l1, _, ts1 = single_train_step(EAGER, loss_fn, data, ts)
+    g2, l2, _, ts2 = single_train_step(XLA, loss_fn, data, ts, compile_options=options)
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5, abs=1e-7)
+    _close(g1, g2, rtol=1e-4, atol=1e-6)
+    _close(ts1.parameters, ts2.parameters, rtol=1e-4, atol=1e-6)
+
+
+def test_one_compile_then_hits():
+    ts, data = _state(_mlp()), _data()
+    for _ in range(5):
+        _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    info = luxc.cache_info(ts)
+    assert (info.misses, info.hits, info.entries) == (1, 4, 1)
+    assert info.compile_seconds > 0
+
+
+def test_a_new_shape_recompiles_once_and_both_entries_share_the_parameters():
+    ts, data = _state(_mlp()), _data()
+    small = (data[0][:3], data[1][:3])
+    for batch in (data, small, data, small, data):
+        _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), batch, ts)
+    info = luxc.cache_info(ts)
+    assert (info.misses, info.entries, info.hits) == (2, 2, 3)
+
+
+def test_new_compile_options_recompile_and_equal_ones_hit():
+    ts, data = _state(_mlp()), _data()
+    for options in (None, luxc.CompileOptions(precision="highest"),
+                    luxc.CompileOptions(precision="highest"), None):
+        single_train_step(XLA, luxc.MSELoss(), data, ts, compile_options=options)
+    assert (luxc.cache_info(ts).misses, luxc.cache_info(ts).hits) == (2, 2)
+
+
+def test_return_gradients_false_is_its_own_program_and_returns_none():
+    ts, data = _state(_mlp()), _data()
+    grads, _, _, _ = single_train_step(XLA, luxc.MSELoss(), data, ts, return_gradients=False)
+    assert grads is None
+    without = luxc.compile_step(luxc.MSELoss(), data, ts, return_gradients=False)
+    with_grads = luxc.compile_step(luxc.MSELoss(), data, ts)
+    n_params = len(jax.tree.leaves(ts.parameters))
+    assert without.executable.compiled.out_tree.num_leaves == \
+        with_grads.executable.compiled.out_tree.num_leaves - n_params
+
+
+def test_adjusting_the_learning_rate_does_not_recompile():
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+    ts, data = _state(_mlp(), opt=opt), _data()
+    _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    for lr in (1e-3, 1e-4, 3e-4):
+        ts = luxc.training.adjust(ts, learning_rate=lr)
+        _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    assert luxc.cache_info(ts).misses == 1
+    assert float(ts.optimizer_state.hyperparams["learning_rate"]) == pytest.approx(3e-4)
+
+
+def test_a_schedule_does_not_recompile_every_step():
+    opt = optax.adam(optax.exponential_decay(1e-2, 1, 0.5))
+    ts, data = _state(_mlp(), opt=opt), _data()
+    for _ in range(4):
+        _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    assert luxc.cache_info(ts).misses == 1
+
+
+def test_adjusted_learning_rate_changes_the_compiled_update():
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    ts, data = _state(_mlp(), opt=opt), _data()
+    _, _, _, fast = single_train_step(XLA, luxc.MSELoss(), data, ts)
+    _, _, _, slow = single_train_step(XLA, luxc.MSELoss(), data, luxc.training.adjust(ts, learning_rate=0.01))
+    d_fast = fast.parameters["layer_2"]["bias"] - ts.parameters["layer_2"]["bias"]
+    d_slow = slow.parameters["layer_2"]["bias"] - ts.parameters["layer_2"]["bias"]
+    np.testing.assert_allclose(d_slow, d_fast / 10, rtol=1e-5)
+
+
+def test_compute_objective_compiles_once_and_matches_eager():
+    model = nn.Chain(nn.Dense(4, 16), nn.BatchNorm(16), nn.Dense(16, 3))
+    ts, data = _state(model), _data()
+    ts = ts.replace(states=luxc.testmode(ts.states))
+    expected, _, _ = compute_objective(EAGER, luxc.MSELoss(), data, ts)
+    for _ in range(3):
+        loss, st, stats = compute_objective(XLA, luxc.MSELoss(), data, ts)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert (luxc.cache_info(ts).misses, luxc.cache_info(ts).hits) == (1, 2)
+
+
+def test_compute_gradients_compiled_equals_eager():
+    ts, data = _state(_mlp()), _data()
+    g1, l1, _, _ = compute_gradients(EAGER, luxc.MSELoss(), data, ts)
+    g2, l2, _, _ = compute_gradients(XLA, luxc.MSELoss(), data, ts)
+    _close(g1, g2)
+
+
+def test_donation_frees_the_old_buffers():
+    ts, data = _state(_mlp()), _data()
+    _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    old = jax.tree.leaves((ts.parameters, ts.optimizer_state))
+    _, _, _, ts2 = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    assert all(leaf.is_deleted() for leaf in old)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(ts2.parameters))
+
+
+def test_compiled_module_aliases_donated_inputs_to_outputs():
+    ts, data = _state(_mlp()), _data()
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts, donate=True)
+    assert "input_output_alias" in cs.as_text("hlo")
+    assert cs.memory_stats()["alias_size_in_bytes"] > 0
+
+
+def test_reusing_a_donated_array_in_a_new_state_is_explained():
+    ts, data = _state(_mlp()), _data()
+    _, _, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    stale = ts.replace(parameters=ts.parameters)  # a new TrainState around the same buffers
+    single_train_step_(XLA, luxc.MSELoss(), data, ts)
+    with pytest.raises(luxc.training.ConsumedStateError, match=r"parameters\['layer_1'\]"):
+        single_train_step_(XLA, luxc.MSELoss(), data, stale)
+
+
+@pytest.fixture
+def recompile_check(monkeypatch):
+    def set_to(value):
+        monkeypatch.setattr(luxc._preferences, "_values", None)
+        monkeypatch.setenv("LUXC_RECOMPILE_CHECK", value)
+    yield set_to
+    monkeypatch.setattr(luxc._preferences, "_values", None)
+
+
+def test_recompile_check_warn_says_what_changed(recompile_check):
+    recompile_check("warn")
+    ts, data = _state(_mlp()), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    with pytest.warns(luxc.runtime.RecompileWarning,
+                      match=r"input shapes \(input \d+: \(8, 4\) -> \(5, 4\)"):
+        single_train_step(XLA, luxc.MSELoss(), (data[0][:5], data[1][:5]), ts)
+    with pytest.warns(luxc.runtime.RecompileWarning, match="the compile options"):
+        single_train_step(XLA, luxc.MSELoss(), data, ts,
+                          compile_options=luxc.CompileOptions(precision="high"))
+
+
+def test_recompile_check_error_raises_and_none_is_silent(recompile_check):
+    recompile_check("error")
+    ts, data = _state(_mlp()), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    with pytest.raises(luxc.runtime.RecompileError, match="input dtypes"):
+        single_train_step(XLA, luxc.MSELoss(), (data[0].astype(jnp.bfloat16), data[1]), ts)
+    recompile_check("none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        single_train_step(XLA, luxc.MSELoss(), (data[0][:2], data[1][:2]), ts)
+
+
+def test_testmode_is_part_of_the_program_key():
+    model = nn.Chain(nn.Dense(4, 8), nn.Dropout(0.5), nn.Dense(8, 3))
+    ts, data = _state(model), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    single_train_step(XLA, luxc.MSELoss(), data, ts.replace(states=luxc.testmode(ts.states)))
+    assert luxc.cache_info(ts).misses == 2
+
+
+def test_the_cache_is_bounded():
+    ts, data = _state(_mlp()), _data()
+    ts.cache.max_entries = 2
+    for n in (2, 3, 4, 5):
+        single_train_step(XLA, luxc.MSELoss(), (data[0][:n], data[1][:n]), ts)
+    assert luxc.cache_info(ts).entries == 2
+
+
+def test_compile_step_stages_and_figures():
+    ts, data = _state(nn.Chain(nn.Dense(4, 16), nn.BatchNorm(16), nn.Dense(16, 3))), _data()
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts,
+                           compile_options=luxc.CompileOptions(passes=["fuse_rsqrt"]))
+    traced, optimized = cs.as_text("traced"), cs.as_text("optimized")
+    assert "func.func public @main" in traced and "stablehlo.rsqrt" not in traced
+    assert "stablehlo.rsqrt" in optimized
+    assert "HloModule" in cs.as_text("hlo")
+    (record,) = cs.pass_report
+    assert record.name == "fuse_rsqrt" and record.rewrites >= 1
+    assert cs.cost_analysis()["flops"] > 0
+    grads, loss, stats, ts2 = cs(ts, data)
+    assert ts2.step == 1 and np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="stage must be"):
+        cs.as_text("llvm")
+
+
+def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
+    ts, data = _state(_mlp()), _data()
+    options = luxc.CompileOptions(passes="all", dump_dir=tmp_path)
+    luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["00-input.mlir", "01-fuse_rsqrt.mlir", "02-fuse_loss_reductions.mlir",
+                     "99-xla-optimized.hlo.txt"]
+
+
+def test_xla_options_reach_the_compiler():
+    ts, data = _state(_mlp()), _data()
+    options = luxc.CompileOptions(xla_options={"xla_cpu_enable_fast_math": True})
+    _, loss, _, _ = single_train_step(XLA, luxc.MSELoss(), data, ts, compile_options=options)
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="start with 'xla_'"):
+        luxc.CompileOptions(xla_options={"fast_math": True})
+
+
+def test_compile_options_validate_their_arguments():
+    with pytest.raises(ValueError, match="precision must be one of 'default', 'high', 'highest'"):
+        luxc.CompileOptions(precision="max")
+    with pytest.raises(ValueError, match="unknown pass 'fuse_everything'"):
+        luxc.CompileOptions(passes=["fuse_everything"])
+    with pytest.raises(TypeError, match="compile_options must be a luxc.CompileOptions"):
+        luxc.compile_step(luxc.MSELoss(), _data(), _state(_mlp()), compile_options={"passes": "all"})
+
+
+def test_precision_reaches_the_dot_products():
+    ts, data = _state(_mlp()), _data()
+    highest = luxc.compile_step(luxc.MSELoss(), data, ts,
+                                compile_options=luxc.CompileOptions(precision="highest"))
+    assert "HIGHEST" in highest.as_text("traced")
+
+
+def test_sync_blocks_until_the_result_is_ready():
+    ts, data = _state(_mlp()), _data()
+    _, loss, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts, sync=True)
+    assert loss.is_ready()

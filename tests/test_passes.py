@@ -1,0 +1,162 @@
+"""luxc.passes: golden StableHLO in → out, and numbers unchanged end to end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jaxlib.mlir import ir
+from luxc.runtime._jax_internal import ir_context
+
+import luxc
+from luxc import nn, passes
+
+
+def _run(text: str, name: str) -> tuple[str, int]:
+    with ir_context():
+        module = ir.Module.parse(text)
+        (record,) = passes.run_pipeline(module, [name])
+        return str(module), record.rewrites
+
+
+def _body(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith(("module", "func.func", "}"))]
+
+
+RSQRT_IN = """
+func.func @main(%a: tensor<4xf32>, %b: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xf32>) {
+  %one = stablehlo.constant dense<1.0> : tensor<4xf32>
+  %s = stablehlo.sqrt %b : tensor<4xf32>
+  %c = stablehlo.convert %s : tensor<4xf32>
+  %0 = stablehlo.divide %a, %c : tensor<4xf32>
+  %1 = stablehlo.divide %one, %s : tensor<4xf32>
+  return %0, %1 : tensor<4xf32>, tensor<4xf32>
+}"""
+
+
+def test_fuse_rsqrt_rewrites_both_forms_through_identity_converts():
+    out, rewrites = _run(RSQRT_IN, "fuse_rsqrt")
+    assert rewrites == 2
+    assert _body(out) == [
+        "%0 = stablehlo.rsqrt %arg1 : tensor<4xf32>",
+        "%1 = stablehlo.multiply %arg0, %0 : tensor<4xf32>",
+        "%2 = stablehlo.rsqrt %arg1 : tensor<4xf32>",
+        "return %1, %2 : tensor<4xf32>, tensor<4xf32>",
+    ]
+
+
+def test_fuse_rsqrt_leaves_other_divides_alone():
+    text = """
+func.func @main(%a: tensor<4xf32>, %b: tensor<4xf32>) -> tensor<4xf32> {
+  %e = stablehlo.exponential %b : tensor<4xf32>
+  %0 = stablehlo.divide %a, %e : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}"""
+    out, rewrites = _run(text, "fuse_rsqrt")
+    assert rewrites == 0 and "stablehlo.divide" in out
+
+
+REDUCE_IN = """
+func.func @main(%a: tensor<8x4xf32>, %b: tensor<8x4xf32>) -> (tensor<8xf32>, tensor<8xf32>, tensor<4xf32>) {
+  %z = stablehlo.constant dense<0.0> : tensor<f32>
+  %ab = stablehlo.multiply %a, %b : tensor<8x4xf32>
+  %aa = stablehlo.multiply %a, %a : tensor<8x4xf32>
+  %0 = stablehlo.reduce(%ab init: %z) applies stablehlo.add across dimensions = [1] : (tensor<8x4xf32>, tensor<f32>) -> tensor<8xf32>
+  %1 = stablehlo.reduce(%aa init: %z) applies stablehlo.add across dimensions = [1] : (tensor<8x4xf32>, tensor<f32>) -> tensor<8xf32>
+  %2 = stablehlo.reduce(%ab init: %z) applies stablehlo.add across dimensions = [0] : (tensor<8x4xf32>, tensor<f32>) -> tensor<4xf32>
+  return %0, %1, %2 : tensor<8xf32>, tensor<8xf32>, tensor<4xf32>
+}"""
+
+
+def test_fuse_loss_reductions_merges_siblings_over_the_same_axes():
+    out, rewrites = _run(REDUCE_IN, "fuse_loss_reductions")
+    assert rewrites == 2
+    assert _body(out) == [
+        "%cst = stablehlo.constant dense<0.000000e+00> : tensor<f32>",
+        "%0 = stablehlo.multiply %arg0, %arg1 : tensor<8x4xf32>",
+        "%1 = stablehlo.multiply %arg0, %arg0 : tensor<8x4xf32>",
+        "%2:2 = stablehlo.reduce(%0 init: %cst), (%1 init: %cst) across dimensions = [1] : "
+        "(tensor<8x4xf32>, tensor<8x4xf32>, tensor<f32>, tensor<f32>) -> (tensor<8xf32>, tensor<8xf32>)",
+        "reducer(%arg2: tensor<f32>, %arg4: tensor<f32>) (%arg3: tensor<f32>, %arg5: tensor<f32>)  {",
+        "%4 = stablehlo.add %arg2, %arg4 : tensor<f32>",
+        "%5 = stablehlo.add %arg3, %arg5 : tensor<f32>",
+        "stablehlo.return %4, %5 : tensor<f32>, tensor<f32>",
+        # A reduce over another axis has another signature and stays on its own.
+        "%3 = stablehlo.reduce(%0 init: %cst) applies stablehlo.add across dimensions = [0] : "
+        "(tensor<8x4xf32>, tensor<f32>) -> tensor<4xf32>",
+        "return %2#0, %2#1, %3 : tensor<8xf32>, tensor<8xf32>, tensor<4xf32>",
+    ]
+
+
+def test_fuse_loss_reductions_respects_dependencies():
+    text = """
+func.func @main(%a: tensor<8xf32>) -> tensor<f32> {
+  %z = stablehlo.constant dense<0.0> : tensor<f32>
+  %0 = stablehlo.reduce(%a init: %z) applies stablehlo.add across dimensions = [0] : (tensor<8xf32>, tensor<f32>) -> tensor<f32>
+  %b = stablehlo.broadcast_in_dim %0, dims = [] : (tensor<f32>) -> tensor<8xf32>
+  %c = stablehlo.subtract %a, %b : tensor<8xf32>
+  %1 = stablehlo.reduce(%c init: %z) applies stablehlo.add across dimensions = [0] : (tensor<8xf32>, tensor<f32>) -> tensor<f32>
+  return %1 : tensor<f32>
+}"""
+    out, rewrites = _run(text, "fuse_loss_reductions")
+    assert rewrites == 0 and out.count("stablehlo.reduce(") == 2
+
+
+def test_variadic_reduce_computes_the_same_sums():
+    def three_sums(a, b):
+        return jnp.sum(a * b, axis=1), jnp.sum(a * a, axis=1), jnp.sum(b * b, axis=1)
+
+    a, b = jax.random.normal(jax.random.key(0), (2, 64, 300))
+    exported = jax.export.export(jax.jit(three_sums))(a, b)
+    from luxc.runtime.executable import rewrite
+
+    fused, (record,) = rewrite(exported, ["fuse_loss_reductions"])
+    assert record.rewrites == 3
+    terms = (a * b, a * a, b * b)
+    for x, y, t in zip(exported.call(a, b), fused.call(a, b), terms):
+        # Two summation orders of n terms differ by at most ~n·eps·Σ|terms| (Higham, 2002).
+        bound = t.shape[1] * np.finfo(np.float32).eps * np.sum(np.abs(np.asarray(t)), axis=1)
+        assert np.all(np.abs(np.asarray(x) - np.asarray(y)) <= bound)
+
+
+def test_available_lists_every_pass_with_a_description():
+    listed = passes.available()
+    assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions"}
+    assert all(isinstance(d, str) and d for d in listed.values())
+
+
+def test_default_pipeline_only_has_passes_measured_faster_there():
+    assert passes.default_pipeline("cpu") == ()
+    assert set(passes.default_pipeline("cuda")) == {"fuse_rsqrt", "fuse_loss_reductions"}
+
+
+def test_resolve_names_and_keywords():
+    assert passes.resolve("none", "cpu") == ()
+    assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
+        "fuse_rsqrt", "fuse_loss_reductions")
+    with pytest.raises(ValueError, match="available passes are fuse_rsqrt, fuse_loss_reductions"):
+        passes.resolve(["nope"], "cpu")
+
+
+@pytest.mark.parametrize("pipeline", [["fuse_rsqrt"], ["fuse_loss_reductions"], "all"])
+def test_training_with_a_pass_gives_the_same_numbers(pipeline):
+    model = nn.Chain(nn.Dense(8, 32, use_bias=False), nn.BatchNorm(32, jax.nn.relu),
+                     nn.Dense(32, 4), jax.nn.sigmoid)
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x = jax.random.normal(jax.random.key(1), (32, 8))
+    y = (jax.random.uniform(jax.random.key(2), (32, 4)) > 0.5).astype(jnp.float32)
+    runs = {}
+    for name, options in (("none", luxc.CompileOptions(passes="none")),
+                          ("with", luxc.CompileOptions(passes=pipeline))):
+        ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+        for _ in range(5):
+            _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.DiceCoeffLoss(),
+                                                             (x, y), ts, compile_options=options)
+        runs[name] = (float(loss), ts.parameters)
+        if name == "with":
+            cs = luxc.compile_step(luxc.DiceCoeffLoss(), (x, y), ts, compile_options=options)
+            assert sum(r.rewrites for r in cs.pass_report) > 0
+    assert runs["with"][0] == pytest.approx(runs["none"][0], rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 runs["with"][1], runs["none"][1])
