@@ -12,8 +12,12 @@ from . import runtime as runtime
 from . import training as training
 from ._preferences import preference as preference
 from ._preferences import set_preferences as set_preferences
+from .checkpoint import load_state as load_state
+from .checkpoint import save_state as save_state
 from .compiler import CompiledStep as CompiledStep
 from .compiler import compile_step as compile_step
+from .export import export_step as export_step
+from .export import load as load
 from .losses import BinaryCrossEntropyLoss as BinaryCrossEntropyLoss
 from .losses import BinaryFocalLoss as BinaryFocalLoss
 from .losses import CrossEntropyLoss as CrossEntropyLoss

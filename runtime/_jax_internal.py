@@ -21,3 +21,10 @@ except ImportError as e:  # pragma: no cover - depends on the installed jax
 def ir_context() -> ir.Context:
     """A fresh MLIR context that can parse and print any module jax produces."""
     return _jax_mlir.make_ir_context()
+
+
+def reset_compilation_cache() -> None:
+    """Make jax re-read the persistent cache configuration (it initialises the cache once)."""
+    from jax._src import compilation_cache
+
+    compilation_cache.reset_cache()

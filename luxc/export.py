@@ -1,0 +1,75 @@
+"""Export a training step to an artefact directory (``luxc compile``) and load it back.
+
+The exported step has a flat signature, ``step(*state, *data) -> (*state, loss, *stats)``,
+where ``state`` is the leaves of ``(parameters, optimizer_state, states)``: a process that
+loads it needs neither the model's source nor optax's classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .runtime import CompileOptions
+from .runtime import artifact as _artifact
+from .training import _step
+from .training._state import TrainState
+
+load = _artifact.load
+LoadedStep = _artifact.LoadedStep
+
+
+def _paths(tree: Any, prefix: str) -> list[str]:
+    return [prefix + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def flat_step(obj_fn: Any, data: Any, ts: TrainState):
+    """The step with a flat signature, its state and data leaves, and their layout."""
+    state_tree = (ts.parameters, ts.optimizer_state, ts.states)
+    state, state_def = jax.tree.flatten(state_tree)
+    leaves, data_def = jax.tree.flatten(data)
+    leaves = [jnp.asarray(x) for x in leaves]
+    train = _step.train(_step.reverse_gradients(obj_fn, ts.model), ts.optimizer, False)
+    n = len(state)
+
+    def step(*args: Any):
+        ps, opt_state, st = jax.tree.unflatten(state_def, args[:n])
+        ps, opt_state, st, loss, stats, _ = train(ps, opt_state, st,
+                                                  jax.tree.unflatten(data_def, args[n:]))
+        new, new_def = jax.tree.flatten((ps, opt_state, st))
+        if new_def != state_def:
+            raise ValueError("the step changed the structure of the state; it cannot be "
+                             f"exported with a flat signature ({state_def} -> {new_def})")
+        return (*new, loss, *jax.tree.leaves(stats))
+
+    stats_shape = jax.eval_shape(step, *state, *leaves)[n + 1:]
+    layout = {
+        "n_state": n,
+        "n_data": len(leaves),
+        "state_names": _paths(state_tree, "(parameters, optimizer_state, states)"),
+        "data_names": _paths(data, "data"),
+        "n_stats": len(stats_shape),
+        "step": int(ts.step),
+        "model": ts.model.summary(),
+    }
+    return step, state, leaves, layout
+
+
+def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
+                platforms: Sequence[str] | None = None,
+                compile_options: CompileOptions | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Write the artefact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``.
+
+    ``platforms`` defaults to this machine's; the executable is compiled for this machine when
+    it is one of them. Returns the manifest.
+    """
+    ts.check_alive()
+    step, state, leaves, layout = flat_step(obj_fn, data, ts)
+    return _artifact.save(out, step, state, leaves, layout=layout,
+                          platforms=list(platforms or [jax.default_backend()]),
+                          options=compile_options or CompileOptions(), force=force)
