@@ -45,6 +45,7 @@ from .executable import compile_exported, export, module_text, rewrite
 from .files import (
     ArtifactError,
     describe,
+    make_dir_public,
     read_json,
     read_tensors,
     sha256,
@@ -123,6 +124,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
             write_atomic(tmp / name, content)
             manifest["files"][name] = sha256(tmp / name)
         write_json(tmp / MANIFEST, manifest)  # last: a directory without it is never valid
+        make_dir_public(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

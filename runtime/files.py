@@ -42,10 +42,22 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_dir_public(path: str | Path) -> None:
+    """``mkdtemp`` makes 0700 directories; give the permissions a plain ``mkdir`` would."""
+    os.chmod(path, 0o777 & ~_umask())
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -63,8 +75,8 @@ def read_json(path: str | Path, what: str) -> Any:
 
 def tensor_bytes(arrays: Sequence[Any], metadata: dict[str, str] | None = None) -> bytes:
     """safetensors bytes of ``arrays``, named ``00000``, ``00001``… in order."""
-    named = {f"{i:05d}": np.ascontiguousarray(np.asarray(jax.device_get(a)))
-             for i, a in enumerate(arrays)}
+    # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d arrays into (1,).
+    named = {f"{i:05d}": np.asarray(jax.device_get(a), order="C") for i, a in enumerate(arrays)}
     return save(named, metadata=metadata)
 
 

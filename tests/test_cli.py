@@ -1,0 +1,235 @@
+"""The luxc command, run in subprocesses as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FACTORY = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax, luxc
+    from luxc import nn
+
+    def factory():
+        model = nn.Chain(nn.Dense(3, 16, jax.nn.relu), nn.Dense(16, 1))
+        ps, st = luxc.setup(jax.random.key(0), model)
+        x = jnp.linspace(-1, 1, 24).reshape(8, 3)
+        y = jnp.sum(x, axis=1, keepdims=True)
+        return luxc.MSELoss(), (x, y), luxc.TrainState(model, ps, st, optax.adam(1e-2))
+
+    def broken():
+        raise ValueError("no data today")
+
+    def bad_objective():
+        loss, data, ts = factory()
+        return (lambda m, p, s, d: (jnp.ones(3), s, {})), data, ts
+""")
+
+
+def luxc(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, r.stderr
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    (d / "model_src.py").write_text(FACTORY)
+    return d
+
+
+@pytest.fixture(scope="module")
+def artefact(workdir):
+    r = luxc("compile", "model_src.py:factory", "--out", "step.luxc", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "wrote step.luxc" in r.stdout
+    return workdir / "step.luxc"
+
+
+def _expected_losses(n):
+    sys_path = sys.path[:]
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_loader("factory_src", loader=None)
+        module = importlib.util.module_from_spec(spec)
+        exec(FACTORY, module.__dict__)
+        import luxc as lx
+
+        obj, data, ts = module.factory()
+        out = []
+        for _ in range(n):
+            _, loss, _, ts = lx.training.single_train_step_(lx.AutoXLA(), obj, data, ts)
+            out.append(float(loss))
+        return out
+    finally:
+        sys.path[:] = sys_path
+
+
+def test_compile_writes_a_complete_artefact(artefact):
+    manifest = json.loads((artefact / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"step.jaxexport", "step.mlir", "executable.bin",
+                                      "state.safetensors", "data.safetensors"}
+    assert manifest["platforms"] == ["cpu"] and manifest["executable_platform"] == "cpu"
+    assert manifest["versions"]["jax"] and manifest["layout"]["n_data"] == 2
+    assert "func.func public @main" in (artefact / "step.mlir").read_text()
+
+
+def test_inspect_shows_the_manifest_and_figures(artefact, workdir):
+    r = luxc("inspect", artefact, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "data[0]: float32[8, 3]" in r.stdout and "flops" in r.stdout and "peak" in r.stdout
+    r = luxc("inspect", artefact, "--json", cwd=workdir)
+    assert json.loads(r.stdout)["format"] == "luxc-artifact"
+
+
+def test_run_needs_no_model_source_and_matches_in_process_training(artefact, tmp_path):
+    copy = tmp_path / "shipped.luxc"
+    subprocess.run(["cp", "-r", str(artefact), str(copy)], check=True)
+    r = luxc("run", copy, "--steps", "4", "--save-state", "final.safetensors", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
+    np.testing.assert_allclose(losses, _expected_losses(4), rtol=1e-5)
+    assert (tmp_path / "final.safetensors").is_file()
+
+
+def test_run_takes_data_from_an_npz(artefact, tmp_path):
+    x = np.zeros((8, 3), np.float32)
+    np.savez(tmp_path / "zeros.npz", x, np.zeros((8, 1), np.float32))
+    r = luxc("run", artefact, "--steps", "1", "--data", tmp_path / "zeros.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    np.savez(tmp_path / "wrong.npz", np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32))
+    r = luxc("run", artefact, "--steps", "1", "--data", tmp_path / "wrong.npz", cwd=tmp_path)
+    assert_one_line_error(r, "data array 0 has shape [4, 3]", "compiled for shape [8, 3]")
+
+
+def test_a_corrupted_artefact_is_refused(artefact, tmp_path):
+    bad = tmp_path / "bad.luxc"
+    subprocess.run(["cp", "-r", str(artefact), str(bad)], check=True)
+    blob = bytearray((bad / "executable.bin").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (bad / "executable.bin").write_bytes(bytes(blob))
+    assert_one_line_error(luxc("run", bad, cwd=tmp_path), "checksum mismatch", "executable.bin")
+    (bad / "manifest.json").write_text("{not json")
+    assert_one_line_error(luxc("inspect", bad, cwd=tmp_path), "is corrupt")
+
+
+def test_another_jaxlib_falls_back_to_the_portable_module(artefact, tmp_path):
+    other = tmp_path / "other.luxc"
+    subprocess.run(["cp", "-r", str(artefact), str(other)], check=True)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["versions"]["jaxlib"] = "0.0.1"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    r = luxc("run", other, "--steps", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "compiled the portable StableHLO" in r.stderr
+    assert r.stdout.count("loss") == 2
+
+
+def test_unknown_format_version_is_refused(artefact, tmp_path):
+    old = tmp_path / "old.luxc"
+    subprocess.run(["cp", "-r", str(artefact), str(old)], check=True)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert_one_line_error(luxc("run", old, cwd=tmp_path), "format version 99")
+
+
+def test_several_platforms_and_a_foreign_platform(workdir):
+    r = luxc("compile", "model_src.py:factory", "--out", "multi.luxc", "--platform", "cpu",
+             "--platform", "cuda", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((workdir / "multi.luxc/manifest.json").read_text())["platforms"] == ["cpu", "cuda"]
+    assert luxc("run", "multi.luxc", "--steps", "1", cwd=workdir).returncode == 0
+    r = luxc("compile", "model_src.py:factory", "--out", "gpu.luxc", "--platform", "cuda", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert not (workdir / "gpu.luxc/executable.bin").exists()
+    assert_one_line_error(luxc("run", "gpu.luxc", cwd=workdir), "targets cuda", "--platform cpu")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("missing.py:factory", "SPEC file not found: missing.py"),
+    ("model_src.py", "bad SPEC"),
+    ("model_src.py:nothing", "has no callable 'nothing'"),
+    ("model_src.py:broken", "factory model_src.py:broken raised ValueError: no data today"),
+    ("no_such_module:factory", "cannot import module 'no_such_module'"),
+    ("model_src.py:bad_objective", "must return a scalar loss"),
+])
+def test_compile_errors_are_one_line(workdir, spec, message):
+    r = luxc("compile", spec, "--out", "never.luxc", cwd=workdir)
+    assert_one_line_error(r, message)
+    assert not (workdir / "never.luxc").exists()
+    assert not list(workdir.glob(".never.luxc.*"))
+
+
+def test_compile_never_overwrites_without_force(artefact, workdir):
+    before = (artefact / "manifest.json").read_bytes()
+    r = luxc("compile", "model_src.py:factory", "--out", artefact.name, cwd=workdir)
+    assert_one_line_error(r, "already exists", "--force")
+    assert (artefact / "manifest.json").read_bytes() == before
+
+
+def test_missing_artefact_is_one_line(workdir):
+    assert_one_line_error(luxc("run", "nowhere.luxc", cwd=workdir), "artefact directory not found")
+
+
+def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
+    r = luxc("profile", "model_src.py:factory", "--steps", "5", "--trace", tmp_path / "trace",
+             cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    for word in ("cold", "warm (persistent cache)", "median", "p95", "steps/s", "peak memory",
+                 "GFLOP/s"):
+        assert word in r.stdout
+    assert any((tmp_path / "trace").rglob("*.xplane.pb"))
+
+
+def test_passes_lists_every_pass(workdir):
+    r = luxc("passes", cwd=workdir)
+    assert r.returncode == 0 and "fuse_rsqrt" in r.stdout and "fuse_loss_reductions" in r.stdout
+    assert "default on cpu" in r.stdout
+
+
+def test_demo_trains_and_reports(workdir):
+    r = luxc("demo", "--steps", "60", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "Total: 49_921 parameters" in r.stdout and "pass report" in r.stdout
+    assert "compiled the whole step" in r.stdout and "µs/step" in r.stdout
+    first, last = (float(v) for v in r.stdout.split("\nloss ")[1].split(" in ")[0].split(" -> "))
+    assert last < first / 10
+
+
+def test_a_second_process_loads_the_step_from_the_persistent_cache(tmp_path):
+    script = textwrap.dedent("""
+        import jax, luxc
+        from luxc.runtime import persistent_cache
+        hits = []
+        jax.monitoring.register_event_listener(
+            lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
+        persistent_cache.enable()
+        exec(open("model_src.py").read())
+        obj, data, ts = factory()
+        luxc.compile_step(obj, data, ts)
+        print("HITS", len(hits))
+    """)
+    (tmp_path / "model_src.py").write_text(FACTORY)
+    env = {"LUXC_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=300) for _ in range(2)]
+    counts = [int(r.stdout.split("HITS")[-1]) for r in runs]
+    assert counts[0] == 0 and counts[1] >= 1, [r.stderr[-500:] for r in runs]
+    assert any((tmp_path / "cache").glob("*-cache"))
