@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from luxc.runtime.files import ArtifactError
 
 import luxc
 from luxc import nn
-from luxc.runtime.files import ArtifactError
 from luxc.training import single_train_step_
 
 
