@@ -13,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import jax
+import numpy as np
 from jax import export as jax_export
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
@@ -77,27 +79,39 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
                      arg_names: Sequence[str] | None = None) -> tuple[jax.stages.Compiled, float]:
     """Compile ``exported`` for the local devices; return the executable and the seconds taken.
 
-    A donated buffer XLA cannot reuse (no output of its shape and dtype) is reported as a
-    :class:`DonationWarning` naming the input, never silently ignored.
+    A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
+    the input, never silently freed.
     """
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
-        compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
+    lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
+    compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
     seconds = time.perf_counter() - t0
-    for w in caught:
-        text = str(w.message)
-        if "donated buffers were not usable" in text:
-            where = f" (inputs: {', '.join(arg_names)})" if arg_names else ""
-            warnings.warn(
-                f"XLA could not reuse some donated buffers{where}: no output has their shape and "
-                f"dtype, so they are freed but not updated in place. {text}",
-                DonationWarning, stacklevel=3,
-            )
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if donate_argnums:
+        _check_donation(exported, args, donate_argnums, arg_names)
     return compiled, seconds
+
+
+def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
+                    donate_argnums: tuple[int, ...], arg_names: Sequence[str] | None) -> None:
+    # jax hands a donation it cannot match to XLA as "may alias" and says nothing; XLA can only
+    # reuse a buffer for an output of the same shape and dtype, so an unmatched one is freed
+    # without being updated in place.
+    free = Counter((tuple(a.shape), str(a.dtype)) for a in exported.out_avals)
+    unusable = []
+    for i in donate_argnums:
+        name = arg_names[i] if arg_names and i < len(arg_names) else f"argument {i}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(args[i])[0]:
+            key = (tuple(np.shape(leaf)), str(leaf.dtype))
+            if free[key]:
+                free[key] -= 1
+            else:
+                unusable.append(f"{name}{jax.tree_util.keystr(path)} ({key[1]}{list(key[0])})")
+    if unusable:
+        warnings.warn(
+            f"XLA cannot update {', '.join(unusable[:5])}{' …' if len(unusable) > 5 else ''} in "
+            "place: no output of the step has that shape and dtype, so the donated buffer is "
+            "freed without being reused (does the optimizer change a state leaf's dtype or "
+            "shape?)", DonationWarning, stacklevel=4)
 
 
 class Executable:

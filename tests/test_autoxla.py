@@ -297,3 +297,23 @@ def test_sync_blocks_until_the_result_is_ready():
     ts, data = _state(_mlp()), _data()
     _, loss, _, ts = single_train_step_(XLA, luxc.MSELoss(), data, ts, sync=True)
     assert loss.is_ready()
+
+
+def test_donation_xla_cannot_honour_names_the_buffer():
+    def init(params):
+        return {"counter": jnp.zeros(3, jnp.int32)}
+
+    def update(grads, state, params=None):  # changes the state leaf's dtype
+        return jax.tree.map(lambda g: -0.1 * g, grads), {"counter": state["counter"] + 0.5}
+
+    ts = _state(_mlp(), opt=optax.GradientTransformation(init, update))
+    with pytest.warns(luxc.runtime.DonationWarning,
+                      match=r"optimizer_state\['counter'\] \(int32\[3\]\) in place"):
+        single_train_step_(XLA, luxc.MSELoss(), _data(), ts)
+
+
+def test_donation_of_an_ordinary_step_is_silent():
+    ts, data = _state(_mlp()), _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        single_train_step_(XLA, luxc.MSELoss(), data, ts)

@@ -1,0 +1,42 @@
+"""The compiled step on several devices (8 host CPU devices, in a subprocess)."""
+
+import textwrap
+
+import pytest
+
+from tests.conftest import run_python
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax, luxc
+    from luxc import nn
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    assert jax.device_count() == 8
+    mesh = jax.make_mesh((8,), ("data",))
+    model = nn.Chain(nn.Dense(4, 32, jax.nn.relu), nn.Dense(32, 3))
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x = jax.random.normal(jax.random.key(1), (64, 4))
+    y = jax.nn.one_hot(jnp.arange(64) % 3, 3)
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    _, l0, _, ref = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), (x, y), ts)
+    batch = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+    ts = ts.replace(parameters=jax.device_put(ts.parameters, replicated),
+                    optimizer_state=jax.device_put(ts.optimizer_state, replicated))
+    data = (jax.device_put(x, batch), jax.device_put(y, batch))
+    _, l1, _, out = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+    diff = max(float(jnp.max(jnp.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
+    w = out.parameters["layer_1"]["weight"]
+    print("RESULT", float(l0), float(l1), diff, len(w.sharding.device_set))
+""")
+
+
+def test_a_data_parallel_step_equals_the_single_device_one():
+    r = run_python(SCRIPT, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    l0, l1, diff, devices = r.stdout.split("RESULT")[-1].split()
+    assert float(l0) == pytest.approx(float(l1), rel=1e-6)
+    assert float(diff) < 1e-6
+    assert int(devices) == 8  # the updated parameters stay replicated over the mesh
