@@ -64,12 +64,25 @@ def batchnorm_mlp(batch: int = 256):
     })
 
 
+def lenet(batch: int = 128):
+    """LeNet-5: two 2×2 max-pools, whose gradient XLA:CPU computes with select_and_scatter."""
+    from examples.lenet import factory
+
+    loss, data, ts = factory(batch)
+    return _step_variants(loss, ts.model, data, {
+        "none": luxc.CompileOptions(passes="none"),
+        "maxpool_grad_select": luxc.CompileOptions(passes=["maxpool_grad_select"]),
+    })
+
+
 def main() -> None:
     print(f"jax {jax.__version__} on {jax.default_backend()}; medians of 7 interleaved rounds")
     m = interleaved(dice_segmentation(), rounds=7, calls=10)
     report("Dice loss step, (16, 128, 128) per-pixel head", m, next(iter(m)))
     m = interleaved(batchnorm_mlp(), rounds=7, calls=20)
     report("BatchNorm MLP step, batch 256", m, next(iter(m)))
+    m = interleaved(lenet(), rounds=7, calls=10)
+    report("LeNet-5 step, batch 128", m, next(iter(m)))
 
 
 if __name__ == "__main__":

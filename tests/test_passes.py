@@ -122,20 +122,20 @@ def test_variadic_reduce_computes_the_same_sums():
 
 def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
-    assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions"}
+    assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
 def test_default_pipeline_only_has_passes_measured_faster_there():
-    assert passes.default_pipeline("cpu") == ()
-    assert set(passes.default_pipeline("cuda")) == {"fuse_rsqrt", "fuse_loss_reductions"}
+    assert passes.default_pipeline("cpu") == ("maxpool_grad_select",)
+    assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
 def test_resolve_names_and_keywords():
     assert passes.resolve("none", "cpu") == ()
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
-    with pytest.raises(ValueError, match="available passes are fuse_rsqrt, fuse_loss_reductions"):
+    with pytest.raises(ValueError, match="available passes are maxpool_grad_select, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
 
@@ -160,3 +160,69 @@ def test_training_with_a_pass_gives_the_same_numbers(pipeline):
     assert runs["with"][0] == pytest.approx(runs["none"][0], rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  runs["with"][1], runs["none"][1])
+
+
+def _maxpool_grad(window, shape):
+    from jax import lax
+
+    def f(x):
+        pooled = lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *window, 1), "VALID")
+        return jnp.sum(jnp.sin(pooled) * 3)
+
+    return jax.jit(jax.grad(f)), shape
+
+
+@pytest.mark.parametrize("window,shape", [((2, 2), (2, 6, 4, 3)), ((3, 2), (1, 9, 4, 2)),
+                                          ((1, 4), (2, 3, 8, 1))])
+def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape):
+    from luxc.runtime.executable import rewrite
+
+    g, shape = _maxpool_grad(window, shape)
+    x = jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2  # many ties
+    exported = jax.export.export(g)(x)
+    new, (record,) = rewrite(exported, ["maxpool_grad_select"])
+    assert record.rewrites == 1
+    np.testing.assert_array_equal(exported.call(x), new.call(x))
+    from luxc.runtime.executable import module_text
+
+    assert "stablehlo.select_and_scatter" not in module_text(new.mlir_module_serialized)
+
+
+def test_maxpool_grad_select_leaves_overlapping_windows_alone():
+    from jax import lax
+
+    from luxc.runtime.executable import rewrite
+
+    def f(x):
+        return jnp.sum(lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID"))
+
+    exported = jax.export.export(jax.jit(jax.grad(f)))(jnp.ones((1, 7, 7, 1)))
+    _, (record,) = rewrite(exported, ["maxpool_grad_select"])
+    assert record.rewrites == 0
+
+
+SELECT_AND_SCATTER_IN = """
+func.func @main(%x: tensor<1x2x2x1xf32>, %s: tensor<1x1x1x1xf32>) -> tensor<1x2x2x1xf32> {
+  %z = stablehlo.constant dense<0.0> : tensor<f32>
+  %0 = "stablehlo.select_and_scatter"(%x, %s, %z) <{padding = dense<0> : tensor<4x2xi64>, window_dimensions = array<i64: 1, 2, 2, 1>, window_strides = array<i64: 1, 2, 2, 1>}> ({
+  ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+    %c = stablehlo.compare GE, %a, %b, FLOAT : (tensor<f32>, tensor<f32>) -> tensor<i1>
+    stablehlo.return %c : tensor<i1>
+  }, {
+  ^bb0(%a: tensor<f32>, %b: tensor<f32>):
+    %c = stablehlo.add %a, %b : tensor<f32>
+    stablehlo.return %c : tensor<f32>
+  }) : (tensor<1x2x2x1xf32>, tensor<1x1x1x1xf32>, tensor<f32>) -> tensor<1x2x2x1xf32>
+  return %0 : tensor<1x2x2x1xf32>
+}"""
+
+
+def test_maxpool_grad_select_golden_text():
+    out, rewrites = _run(SELECT_AND_SCATTER_IN, "maxpool_grad_select")
+    assert rewrites == 1
+    body = _body(out)
+    assert sum("stablehlo.slice %arg0" in line for line in body) == 4
+    assert sum("stablehlo.select" in line for line in body) == 4
+    assert sum("stablehlo.concatenate" in line for line in body) == 3
+    assert "select_and_scatter" not in out
+    assert body[-1].startswith("return") and "tensor<1x2x2x1xf32>" in body[-1]

@@ -1,0 +1,129 @@
+"""maxpool_grad_select: the gradient of a non-overlapping max-pool, ``select_and_scatter``,
+rewritten as strided slices, compares and selects.
+
+XLA:CPU lowers ``select_and_scatter`` to a scalar loop that scatters one window at a time; on a
+LeNet step it costs more than a whole convolution. When windows do not overlap (stride = window,
+no padding, every pooled axis divisible by its window) each input element belongs to exactly one
+window, and the scatter is a selection: for window offset ``o`` (in row-major order),
+
+    x_o   = x[o_0::w_0, o_1::w_1, ...]                  (the pooled shape)
+    m     = max_o x_o                                   (the window maximum)
+    sel_o = (x_o == m) and not (x_p == m for any p < o)  (the FIRST maximum)
+    g_o   = sel_o ? source : init
+
+and the result interleaves the ``g_o`` back into the input's shape (reshape + concatenate).
+
+Why it is exact: ``select_and_scatter`` with select ``a >= b`` keeps the current choice unless a
+later element is strictly greater, i.e. it selects the first maximum of each window in row-major
+order, and adds the source value to ``init`` at that one position; with non-overlapping windows
+no position receives two values, so the result is ``init + source`` there and ``init`` elsewhere
+— what the selects compute (``init`` must be ``0`` for ``init + source == source``). Windows
+holding a NaN are the one difference: there the rewrite gives ``init`` everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+from ._match import splat_value
+from ._rewrite import PatternRewriter, apply_greedily
+
+NAME = "maxpool_grad_select"
+DESCRIPTION = "non-overlapping max-pool gradient (select_and_scatter) -> slices + selects"
+
+
+def _ints(op: ir.Operation, name: str, rank: int, default: int) -> list[int]:
+    if name not in op.attributes:
+        return [default] * rank
+    return list(ir.DenseI64ArrayAttr(op.attributes[name]))
+
+
+def _region_is(op: ir.Operation, index: int, body: str, direction: str | None = None) -> bool:
+    ops = list(op.regions[index].blocks[0].operations)
+    if len(ops) != 2 or ops[0].operation.name != body:
+        return False
+    inner = ops[0].operation
+    args = list(op.regions[index].blocks[0].arguments)
+    if [v for v in inner.operands] != args:
+        return False
+    if direction is not None:
+        return str(inner.attributes["comparison_direction"]) == f"#stablehlo<comparison_direction {direction}>"
+    return True
+
+
+def _matches(op: ir.Operation) -> tuple[list[int], list[int]] | None:
+    operand, source = op.operands[0], op.operands[1]
+    shape = list(ir.RankedTensorType(operand.type).shape)
+    rank = len(shape)
+    window = _ints(op, "window_dimensions", rank, 1)
+    strides = _ints(op, "window_strides", rank, 1)
+    padding = ir.DenseIntElementsAttr(op.attributes["padding"]) if "padding" in op.attributes else None
+    if padding is not None and any(int(v) for v in padding):
+        return None
+    if window != strides or any(d % w for d, w in zip(shape, window)):
+        return None
+    if list(ir.RankedTensorType(source.type).shape) != [d // w for d, w in zip(shape, window)]:
+        return None
+    if splat_value(op.operands[2]) != 0.0:
+        return None
+    if not (_region_is(op, 0, "stablehlo.compare", "GE") and _region_is(op, 1, "stablehlo.add")):
+        return None
+    return shape, window
+
+
+def _rewrite(op: ir.Operation, shape: list[int], window: list[int]) -> ir.Value:
+    x, source, init = op.operands
+    rank = len(shape)
+    pooled = [d // w for d, w in zip(shape, window)]
+    element = ir.RankedTensorType(x.type).element_type
+    pooled_type = ir.RankedTensorType.get(pooled, element)
+    zeros = stablehlo.BroadcastInDimOp(pooled_type, init, []).result
+    offsets = list(itertools.product(*(range(w) for w in window)))  # row-major window order
+    slices = {o: stablehlo.SliceOp(x, list(o), shape, window).result for o in offsets}
+    m = slices[offsets[0]]
+    for o in offsets[1:]:
+        m = stablehlo.MaxOp(m, slices[o]).result
+    eq_dir = stablehlo.ComparisonDirectionAttr.get("EQ")
+    found = None
+    interleaved = ir.RankedTensorType.get(
+        [d for p in pooled for d in (p, 1)], element)
+    pieces = {}
+    for o in offsets:
+        eq = stablehlo.CompareOp(slices[o], m, eq_dir).result
+        sel = eq if found is None else stablehlo.AndOp(eq, stablehlo.NotOp(found).result).result
+        found = eq if found is None else stablehlo.OrOp(found, eq).result
+        chosen = stablehlo.SelectOp(sel, source, zeros).result
+        pieces[o] = stablehlo.ReshapeOp(interleaved, chosen).result
+
+    def assemble(prefix: tuple[int, ...]) -> ir.Value:
+        d = len(prefix)
+        if d == rank:
+            return pieces[prefix]
+        parts = [assemble(prefix + (i,)) for i in range(window[d])]
+        return parts[0] if len(parts) == 1 else stablehlo.ConcatenateOp(parts, 2 * d + 1).result
+
+    full = assemble(())
+    return stablehlo.ReshapeOp(op.results[0].type, full).result
+
+
+def run(module: ir.Module) -> int:
+    """Rewrite ``module`` in place; return the number of select_and_scatter ops replaced."""
+    rewrites = 0
+
+    def select_and_scatter(op: ir.Operation, rewriter: PatternRewriter) -> bool:
+        nonlocal rewrites
+        match = _matches(op.operation)
+        if match is None or math.prod(match[1]) > 64:
+            return True
+        with rewriter.ip, op.location:
+            new = _rewrite(op.operation, *match)
+        rewriter.replace_op(op, [new])
+        rewrites += 1
+        return False
+
+    apply_greedily(module, [("stablehlo.select_and_scatter", select_and_scatter)])
+    return rewrites
