@@ -51,7 +51,8 @@ def _region_is(op: ir.Operation, index: int, body: str, direction: str | None = 
     if [v for v in inner.operands] != args:
         return False
     if direction is not None:
-        return str(inner.attributes["comparison_direction"]) == f"#stablehlo<comparison_direction {direction}>"
+        expected = f"#stablehlo<comparison_direction {direction}>"
+        return str(inner.attributes["comparison_direction"]) == expected
     return True
 
 

@@ -190,7 +190,6 @@ def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape):
 
 def test_maxpool_grad_select_leaves_overlapping_windows_alone():
     from jax import lax
-
     from luxc.runtime.executable import rewrite
 
     def f(x):
