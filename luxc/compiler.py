@@ -84,6 +84,8 @@ class CompiledStep:
     def __call__(self, ts: TrainState, data: Any, *, sync: bool = False):
         ts.check_alive()
         out = _call(self, ts, data, "CompiledStep")
+        if self.key.donate:
+            ts.consume(f"a donating CompiledStep (step {ts.step})")
         if sync:
             jax.block_until_ready(out)
         return _results(self.kind, self.key, ts, out)

@@ -195,6 +195,8 @@ class ExecutableCache:
             evicted = p.entries.pop(s)
             if p.last is evicted:
                 p.last = next(reversed(p.entries.values()), None)
+            for fast_key in [k for k, v in self.aux.items() if v is evicted]:
+                del self.aux[fast_key]
 
     def entries(self) -> list[Any]:
         return [e for p in self._programs.values() for e in p.entries.values()]

@@ -240,6 +240,17 @@ def test_the_cache_is_bounded():
     for n in (2, 3, 4, 5):
         single_train_step(XLA, luxc.MSELoss(), (data[0][:n], data[1][:n]), ts)
     assert luxc.cache_info(ts).entries == 2
+    kept = {id(e) for e in ts.cache.entries()}
+    assert all(id(v) in kept for v in ts.cache.aux.values() if isinstance(v, luxc.CompiledStep))
+
+
+def test_a_donating_compiled_step_consumes_its_train_state():
+    ts, data = _state(_mlp()), _data()
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts, donate=True)
+    _, _, _, new = cs(ts, data)
+    with pytest.raises(luxc.training.ConsumedStateError, match="donating CompiledStep"):
+        cs(ts, data)
+    cs(new, data)
 
 
 def test_compile_step_stages_and_figures():

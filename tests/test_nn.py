@@ -165,15 +165,9 @@ def test_printing_is_lux_style():
 
 
 def _seed_mlp():
-    @luxc.compact(w1=nn.Dense(1, 128), w2=[nn.Dense(128, 128) for _ in range(3)],
-                  w3=nn.Dense(128, 1), act=jax.nn.relu)
-    def model(self, x):
-        h = self.act(self.w1(x))
-        for w in self.w2:
-            h = self.act(w(h))
-        return self.w3(h)
+    from luxc.examples.regression import make_model
 
-    return model
+    return make_model()
 
 
 def test_compact_seed_mlp_has_49921_parameters(key):
