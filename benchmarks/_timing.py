@@ -1,4 +1,8 @@
-"""Interleaved timing: variants run in turns (A B C A B C …) so machine noise hits all alike."""
+"""Interleaved timing: variants run in turns so machine noise hits all alike.
+
+The order rotates every round (A B C, B C A, C A B, …): a variant that leaves work behind
+(torch's OpenMP threads spin after a step) then slows every other variant equally often.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
     for fn in variants.values():  # warm-up (and compile)
         fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = variants[name]
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()

@@ -66,7 +66,7 @@ def batchnorm_mlp(batch: int = 256):
 
 def lenet(batch: int = 128):
     """LeNet-5: two 2×2 max-pools, whose gradient XLA:CPU computes with select_and_scatter."""
-    from examples.lenet import factory
+    from luxc.examples.lenet import factory
 
     loss, data, ts = factory(batch)
     return _step_variants(loss, ts.model, data, {
