@@ -72,6 +72,8 @@ def lenet(batch: int = 128):
     return _step_variants(loss, ts.model, data, {
         "none": luxc.CompileOptions(passes="none"),
         "maxpool_grad_select": luxc.CompileOptions(passes=["maxpool_grad_select"]),
+        "conv_few_channels": luxc.CompileOptions(passes=["conv_few_channels"]),
+        "both": luxc.CompileOptions(passes=["maxpool_grad_select", "conv_few_channels"]),
     })
 
 

@@ -275,8 +275,8 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     options = luxc.CompileOptions(passes="all", dump_dir=tmp_path)
     luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-fuse_rsqrt.mlir",
-                     "03-fuse_loss_reductions.mlir", "99-xla-optimized.hlo.txt"]
+    assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
+                     "03-fuse_rsqrt.mlir", "04-fuse_loss_reductions.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():

@@ -122,12 +122,13 @@ def test_variadic_reduce_computes_the_same_sums():
 
 def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
-    assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select"}
+    assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
+                           "conv_few_channels"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
 def test_default_pipeline_only_has_passes_measured_faster_there():
-    assert passes.default_pipeline("cpu") == ("maxpool_grad_select",)
+    assert passes.default_pipeline("cpu") == ("maxpool_grad_select", "conv_few_channels")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
@@ -135,7 +136,7 @@ def test_resolve_names_and_keywords():
     assert passes.resolve("none", "cpu") == ()
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
-    with pytest.raises(ValueError, match="available passes are maxpool_grad_select, fuse_rsqrt"):
+    with pytest.raises(ValueError, match="available passes are maxpool_grad_select, conv_few_channels, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
 
@@ -225,3 +226,52 @@ def test_maxpool_grad_select_golden_text():
     assert sum("stablehlo.concatenate" in line for line in body) == 3
     assert "select_and_scatter" not in out
     assert body[-1].startswith("return") and "tensor<1x2x2x1xf32>" in body[-1]
+
+
+@pytest.mark.parametrize("pad,channels_out", [("VALID", 6), ("SAME", 4), (((2, 1), (0, 3)), 3)])
+def test_conv_few_channels_computes_the_convolution(pad, channels_out):
+    from jax import lax
+    from luxc.runtime.executable import rewrite
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 1))
+    w = jax.random.normal(jax.random.key(1), (3, 4, 1, channels_out))
+    exported = jax.export.export(jax.jit(conv))(x, w)
+    new, (record,) = rewrite(exported, ["conv_few_channels"])
+    assert record.rewrites == 1
+    np.testing.assert_allclose(new.call(x, w), exported.call(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_few_channels_leaves_multichannel_and_strided_convolutions_alone():
+    from jax import lax
+    from luxc.runtime.executable import rewrite
+
+    def convs(x3, x1, w3, w1):
+        dn = ("NHWC", "HWIO", "NHWC")
+        return (lax.conv_general_dilated(x3, w3, (1, 1), "VALID", dimension_numbers=dn),
+                lax.conv_general_dilated(x1, w1, (2, 2), "VALID", dimension_numbers=dn))
+
+    args = (jnp.ones((2, 8, 8, 3)), jnp.ones((2, 8, 8, 1)), jnp.ones((3, 3, 3, 4)), jnp.ones((3, 3, 1, 4)))
+    _, (record,) = rewrite(jax.export.export(jax.jit(convs))(*args), ["conv_few_channels"])
+    assert record.rewrites == 0
+
+
+def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
+    from luxc.examples.lenet import factory
+
+    loss, data, ts = factory(batch=16)
+    results = {}
+    for name in ("none", "default"):
+        cs = luxc.compile_step(loss, data, ts.replace(cache=luxc.runtime.ExecutableCache()),
+                               compile_options=luxc.CompileOptions(passes=name))
+        results[name] = cs(ts, data)
+        if name == "default":
+            assert {r.name: r.rewrites for r in cs.pass_report} == {
+                "maxpool_grad_select": 2, "conv_few_channels": 1}
+    (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
+    assert float(l0) == pytest.approx(float(l1), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 t0.parameters, t1.parameters)

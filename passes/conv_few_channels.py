@@ -1,0 +1,134 @@
+"""conv_few_channels: a convolution over one input channel (a first layer on grayscale images)
+→ a sum of shifted, broadcast multiply-adds.
+
+With ``I`` input channels and ``K`` kernel taps, the convolution is
+
+    out[b, s, o] = Σ_{k, i} xp[b, s + k, i] · w[k, i, o]          (xp: the padded input)
+
+— ``K·I`` terms, each an element-wise product of a shifted slice of the input (broadcast over
+``o``) and one kernel tap (broadcast over ``b, s``). XLA fuses the whole sum into one loop over
+the output; for ``I = 1`` on XLA:CPU that loop was measured 3.8× faster than XLA's own
+convolution, which is built for many channels; whole training steps with such a first layer
+were 0.89×–0.97× (LeNet-5: 0.91×). With 2 or 3 input channels it was measured both faster and
+slower (3→16 channels: 1.24×), so only ``I ≤ MAX_CHANNELS = 1`` is rewritten.
+
+Why it is exact: it is the defining sum of the convolution; only the order of the additions
+differs, as between any two convolution algorithms.
+
+Matched: unit strides, no dilation, one feature and batch group, non-negative padding.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+from ._rewrite import PatternRewriter, apply_greedily
+
+NAME = "conv_few_channels"
+DESCRIPTION = "convolution over 1 input channel -> sum of shifted multiply-adds (one fused loop)"
+
+MAX_CHANNELS = 1
+MAX_TERMS = 128
+
+
+def _all_ones(op: ir.Operation, name: str) -> bool:
+    return name not in op.attributes or all(v == 1 for v in ir.DenseI64ArrayAttr(op.attributes[name]))
+
+
+def _int_attr(op: ir.Operation, name: str) -> int:
+    return ir.IntegerAttr(op.attributes[name]).value if name in op.attributes else 1
+
+
+def _padding(op: ir.Operation, n: int) -> list[tuple[int, int]] | None:
+    if "padding" not in op.attributes:
+        return [(0, 0)] * n
+    flat = [int(v) for v in ir.DenseIntElementsAttr(op.attributes["padding"])]
+    pads = list(zip(flat[0::2], flat[1::2]))
+    return pads if all(lo >= 0 and hi >= 0 for lo, hi in pads) else None
+
+
+def _plan(op: ir.Operation):
+    if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
+            and _all_ones(op, "rhs_dilation")):
+        return None
+    if "window_reversal" in op.attributes and any(ir.DenseBoolArrayAttr(op.attributes["window_reversal"])):
+        return None
+    if _int_attr(op, "feature_group_count") != 1 or _int_attr(op, "batch_group_count") != 1:
+        return None
+    dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
+    rhs_shape = list(ir.RankedTensorType(op.operands[1].type).shape)
+    channels = rhs_shape[dn.kernel_input_feature_dimension]
+    taps = 1
+    for d in dn.kernel_spatial_dimensions:
+        taps *= rhs_shape[d]
+    pads = _padding(op, len(dn.input_spatial_dimensions))
+    if pads is None or channels > MAX_CHANNELS or taps * channels > MAX_TERMS:
+        return None
+    return dn, pads
+
+
+def _rewrite(op: ir.Operation, dn, pads) -> ir.Value:
+    x, w = op.operands
+    out_type = ir.RankedTensorType(op.results[0].type)
+    element = out_type.element_type
+    lhs_rank = len(ir.RankedTensorType(x.type).shape)
+    ls, lf, lb = list(dn.input_spatial_dimensions), dn.input_feature_dimension, dn.input_batch_dimension
+    rs, ri, ro = list(dn.kernel_spatial_dimensions), dn.kernel_input_feature_dimension, \
+        dn.kernel_output_feature_dimension
+    w_shape = list(ir.RankedTensorType(w.type).shape)
+    spatial = [out_type.shape[d] for d in dn.output_spatial_dimensions]
+    if any(lo or hi for lo, hi in pads):
+        low, high = [0] * lhs_rank, [0] * lhs_rank
+        for d, (lo, hi) in zip(ls, pads):
+            low[d], high[d] = lo, hi
+        zero = stablehlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+            ir.RankedTensorType.get([], element), ir.FloatAttr.get(element, 0.0))).result
+        x = stablehlo.PadOp(x, zero, low, high, [0] * lhs_rank).result
+    padded = list(ir.RankedTensorType(x.type).shape)
+    # Where each input dimension lands in the output: batch -> ob, spatial d -> os[d].
+    x_to_out = {lb: dn.output_batch_dimension}
+    x_to_out.update({d: dn.output_spatial_dimensions[i] for i, d in enumerate(ls)})
+    x_dims = [j for j in range(lhs_rank) if j != lf]
+    total = None
+    for k in itertools.product(*(range(w_shape[d]) for d in rs)):
+        for i in range(w_shape[ri]):
+            begin, end = [0] * lhs_rank, list(padded)
+            for d, k_d, s_d in zip(ls, k, spatial):
+                begin[d], end[d] = k_d, k_d + s_d
+            begin[lf], end[lf] = i, i + 1
+            xs = stablehlo.SliceOp(x, begin, end, [1] * lhs_rank).result
+            xs = stablehlo.ReshapeOp(ir.RankedTensorType.get(
+                [end[j] - begin[j] for j in x_dims], element), xs).result
+            xs = stablehlo.BroadcastInDimOp(out_type, xs, [x_to_out[j] for j in x_dims]).result
+            w_begin, w_end = [0] * len(w_shape), list(w_shape)
+            for d, k_d in zip(rs, k):
+                w_begin[d], w_end[d] = k_d, k_d + 1
+            w_begin[ri], w_end[ri] = i, i + 1
+            tap = stablehlo.SliceOp(w, w_begin, w_end, [1] * len(w_shape)).result
+            tap = stablehlo.ReshapeOp(ir.RankedTensorType.get([w_shape[ro]], element), tap).result
+            tap = stablehlo.BroadcastInDimOp(out_type, tap, [dn.output_feature_dimension]).result
+            term = stablehlo.MulOp(xs, tap).result
+            total = term if total is None else stablehlo.AddOp(total, term).result
+    return total
+
+
+def run(module: ir.Module) -> int:
+    """Rewrite ``module`` in place; return the number of convolutions replaced."""
+    rewrites = 0
+
+    def convolution(op: ir.Operation, rewriter: PatternRewriter) -> bool:
+        nonlocal rewrites
+        plan = _plan(op.operation)
+        if plan is None:
+            return True
+        with rewriter.ip, op.location:
+            new = _rewrite(op.operation, *plan)
+        rewriter.replace_op(op, [new])
+        rewrites += 1
+        return False
+
+    apply_greedily(module, [("stablehlo.convolution", convolution)])
+    return rewrites
