@@ -1,11 +1,13 @@
 """Interleaved timing: variants run in turns so machine noise hits all alike.
 
-The order rotates every round (A B C, B C A, C A B, …): a variant that leaves work behind
-(torch's OpenMP threads spin after a step) then slows every other variant equally often.
+The order is shuffled every round (seeded): a variant that leaves work behind (torch's OpenMP
+threads spin after a step) then precedes every other variant about equally often. (A cyclic
+rotation does not do that: each variant keeps the same predecessor.)
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -18,8 +20,10 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
         fn()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        order.shuffle(names)
+        for name in names:
             fn = variants[name]
             t0 = time.perf_counter()
             for _ in range(calls):

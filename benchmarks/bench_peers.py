@@ -13,6 +13,7 @@ Peers that are not installed are skipped (and said so).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 
 import jax
@@ -165,6 +166,9 @@ def _equinox(kind, x, y):
 
 
 def _torch(kind, x, y, compiled):
+    # Before torch loads OpenMP: idle threads sleep instead of spinning on the cores the next
+    # variant needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(2)

@@ -137,6 +137,12 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
     1
     """
     _check_options(compile_options)
+    if kind not in _ARG_NAMES:
+        raise ValueError(f"compile_step: kind must be 'train', 'gradients' or 'objective'; "
+                         f"received {kind!r}")
+    if donate and kind != "train":
+        raise ValueError("compile_step: donate=True applies to kind='train' only (it donates the "
+                         "parameters and the optimizer state the step replaces)")
     ts.check_alive()
     key = _program_key(kind, obj_fn, ts, return_gradients, donate, compile_options)
     return _compile(ts.cache, key, kind, obj_fn, ts, data)
@@ -173,14 +179,15 @@ def _consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateErro
 
 
 def _results(kind: Kind, key: ProgramKey, ts: TrainState, out: tuple):
+    objective = key.objective.obj if isinstance(key.objective, Identity) else key.objective
     if kind == "train":
         ps, opt_state, st, loss, stats, grads = out
         new = ts.replace(parameters=ps, optimizer_state=opt_state, states=st, step=ts.step + 1,
-                         objective_function=key.objective)
+                         objective_function=objective)
         return grads, loss, stats, new
     if kind == "gradients":
         grads, loss, st, stats = out
-        return grads, loss, stats, ts.replace(states=st, objective_function=key.objective)
+        return grads, loss, stats, ts.replace(states=st, objective_function=objective)
     return out
 
 

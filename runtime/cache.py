@@ -103,7 +103,6 @@ def _sharding(x: Any) -> Hashable:
 
 
 _PROGRAM_PARTS = {
-    "kind": "the kind of call (train step, gradients, objective)",
     "objective": "the objective function",
     "model": "the model",
     "optimizer": "the optimizer",
@@ -154,7 +153,7 @@ class ExecutableCache:
         self.compile_seconds = 0.0
         self._programs: dict[ProgramKey, _Program] = {}
         self._keys: OrderedDict = OrderedDict()
-        self._last_key: tuple[ProgramKey, Signature] | None = None
+        self._last_by_kind: dict[str, tuple[ProgramKey, Signature]] = {}
         self.aux: dict[Hashable, Any] = {}
 
     def program(self, key: ProgramKey) -> _Program:
@@ -173,10 +172,12 @@ class ExecutableCache:
         return entry
 
     def check_recompile(self, key: ProgramKey, sig: Signature, policy: RecompileCheck) -> None:
-        """Called on a miss, before compiling: warns or raises when this is a recompile."""
-        if self._last_key is None or policy == "none":
+        """Called on a miss, before compiling: warns or raises when this is a recompile, i.e.
+        a call of a kind (train step, gradients, objective) that already compiled once."""
+        last = self._last_by_kind.get(key.kind)
+        if last is None or policy == "none":
             return
-        message = explain(self._last_key, (key, sig))
+        message = explain(last, (key, sig))
         if policy == "error":
             raise RecompileError(message + " (recompile_check='error')")
         warnings.warn(message, RecompileWarning, stacklevel=4)
@@ -186,7 +187,7 @@ class ExecutableCache:
         prog.entries[sig] = entry
         prog.last = entry
         self._keys[(key, sig)] = None
-        self._last_key = (key, sig)
+        self._last_by_kind[key.kind] = (key, sig)
         self.misses += 1
         self.compile_seconds += seconds
         while len(self._keys) > self.max_entries:
@@ -208,7 +209,7 @@ class ExecutableCache:
         self._programs.clear()
         self._keys.clear()
         self.aux.clear()
-        self._last_key = None
+        self._last_by_kind.clear()
 
 
 def cache_info(ts_or_cache: Any) -> CacheInfo:

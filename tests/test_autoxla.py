@@ -328,3 +328,28 @@ def test_donation_of_an_ordinary_step_is_silent():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         single_train_step_(XLA, luxc.MSELoss(), data, ts)
+
+
+def test_the_train_state_remembers_the_objective_function():
+    ts, data = _state(_mlp()), _data()
+
+    def objective(model, ps, st, d):
+        return luxc.MSELoss()(model, ps, st, d)
+
+    _, _, _, ts2 = single_train_step(XLA, objective, data, ts)
+    assert ts2.objective_function is objective
+
+
+def test_compile_step_rejects_donation_outside_the_train_step():
+    with pytest.raises(ValueError, match="donate=True applies to kind='train' only"):
+        luxc.compile_step(luxc.MSELoss(), _data(), _state(_mlp()), donate=True, kind="objective")
+
+
+def test_a_first_evaluation_program_is_not_a_recompile(recompile_check):
+    recompile_check("error")
+    ts, data = _state(_mlp()), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    compute_objective(XLA, luxc.MSELoss(), data, ts)
+    compute_gradients(XLA, luxc.MSELoss(), data, ts)
+    with pytest.raises(luxc.runtime.RecompileError, match="the objective function"):
+        single_train_step(XLA, luxc.MAELoss(), data, ts)
