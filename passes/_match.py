@@ -14,22 +14,46 @@ def op_of(value: ir.Value) -> ir.Operation | None:
     return owner.operation if hasattr(owner, "operation") else owner
 
 
+def _is_identity(op: ir.Operation) -> bool:
+    # An identity convert (jax emits them around element-wise ops) or a sharding constraint
+    # (jax adds them in multi-device modules): neither changes the value.
+    if op.name == "sdy.sharding_constraint":
+        return True
+    return op.name == "stablehlo.convert" and op.operands[0].type == op.results[0].type
+
+
 def producer(value: ir.Value) -> ir.Operation | None:
-    """The defining operation of ``value``, looking through identity ``stablehlo.convert``s
-    (jax emits them around element-wise ops; they do nothing)."""
+    """The defining operation of ``value``, looking through identity converts and sharding
+    constraints."""
     op = op_of(value)
-    while op is not None and op.name == "stablehlo.convert" and op.operands[0].type == op.results[0].type:
+    while op is not None and _is_identity(op):
         op = op_of(op.operands[0])
     return op
 
 
 def source(value: ir.Value) -> ir.Value:
-    """``value`` with identity converts stripped."""
+    """``value`` with identity converts and sharding constraints stripped."""
     op = op_of(value)
-    while op is not None and op.name == "stablehlo.convert" and op.operands[0].type == op.results[0].type:
+    while op is not None and _is_identity(op):
         value = op.operands[0]
         op = op_of(value)
     return value
+
+
+def region_op(region: ir.Region) -> ir.Operation | None:
+    """The one computation of a reduction-style region: ``^bb(args): r = op(args); return r``
+    (sharding constraints on ``r`` allowed), else ``None``."""
+    block = region.blocks[0]
+    ops = [o.operation for o in block.operations]
+    body = [o for o in ops[:-1] if not _is_identity(o)]
+    if len(body) != 1 or len(ops[-1].operands) != 1:
+        return None
+    inner = body[0]
+    if list(inner.operands) != list(block.arguments):
+        return None
+    if producer(ops[-1].operands[0]) != inner:
+        return None
+    return inner
 
 
 def splat_value(value: ir.Value) -> float | None:

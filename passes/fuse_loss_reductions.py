@@ -26,7 +26,7 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import op_of, splat_value
+from ._match import op_of, region_op, splat_value
 from ._rewrite import PatternRewriter, apply_greedily
 
 NAME = "fuse_loss_reductions"
@@ -36,14 +36,8 @@ _BODIES = ("stablehlo.add", "stablehlo.maximum", "stablehlo.minimum", "stablehlo
 
 
 def _body_kind(op: ir.Operation) -> str | None:
-    body = op.regions[0].blocks[0]
-    ops = list(body.operations)
-    if len(ops) != 2 or ops[0].operation.name not in _BODIES:
-        return None
-    inner = ops[0].operation
-    if not all(isinstance(v.owner, ir.Block) for v in inner.operands):
-        return None
-    return inner.name
+    inner = region_op(op.regions[0])
+    return inner.name if inner is not None and inner.name in _BODIES else None
 
 
 def _signature(op: ir.Operation) -> tuple | None:

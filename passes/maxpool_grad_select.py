@@ -29,7 +29,7 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import splat_value
+from ._match import region_op, splat_value
 from ._rewrite import PatternRewriter, apply_greedily
 
 NAME = "maxpool_grad_select"
@@ -43,12 +43,8 @@ def _ints(op: ir.Operation, name: str, rank: int, default: int) -> list[int]:
 
 
 def _region_is(op: ir.Operation, index: int, body: str, direction: str | None = None) -> bool:
-    ops = list(op.regions[index].blocks[0].operations)
-    if len(ops) != 2 or ops[0].operation.name != body:
-        return False
-    inner = ops[0].operation
-    args = list(op.regions[index].blocks[0].arguments)
-    if [v for v in inner.operands] != args:
+    inner = region_op(op.regions[index])
+    if inner is None or inner.name != body:
         return False
     if direction is not None:
         expected = f"#stablehlo<comparison_direction {direction}>"

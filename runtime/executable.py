@@ -21,11 +21,10 @@ from typing import Any, Literal
 import jax
 import numpy as np
 from jax import export as jax_export
-from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from ..passes import PassRecord, run_pipeline
-from ._jax_internal import ir_context
+from ._jax_internal import deserialize_module, ir_context, serialize_module
 from .options import DEFAULT, CompileOptions
 
 Stage = Literal["traced", "optimized", "hlo"]
@@ -56,9 +55,11 @@ def rewrite(exported: jax_export.Exported, pass_names: Sequence[str],
     if not pass_names and dump_dir is None:
         return exported, []
     with ir_context() as ctx:
-        module = stablehlo.deserialize_portable_artifact(ctx, exported.mlir_module_serialized)
+        module = deserialize_module(exported.mlir_module_serialized, ctx)
         records = run_pipeline(module, pass_names, dump_dir)
-        data = stablehlo.serialize_portable_artifact(module, _TARGET_VERSION)
+        if not any(r.rewrites for r in records):
+            return exported, records
+        data = serialize_module(module, _TARGET_VERSION)
     return dataclasses.replace(exported, mlir_module_serialized=data), records
 
 
@@ -70,7 +71,7 @@ _TARGET_VERSION = stablehlo.get_version_from_compatibility_requirement(
 
 def module_text(serialized: bytes) -> str:
     with ir_context() as ctx:
-        return str(stablehlo.deserialize_portable_artifact(ctx, serialized))
+        return str(deserialize_module(serialized, ctx))
 
 
 def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
@@ -178,7 +179,3 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     return exe
 
 
-def ir_module(exe: Executable) -> ir.Module:
-    """The optimised module parsed in a fresh context (for inspection)."""
-    ctx = ir_context()
-    return stablehlo.deserialize_portable_artifact(ctx, exe.optimized.mlir_module_serialized)
