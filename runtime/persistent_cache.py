@@ -5,7 +5,8 @@ It is jax's own cache, configured for luxc: every executable is cached (no minim
 time or size) and a size bound is set, which makes jax guard reads and writes with a file
 lock, so several processes can share one directory safely.
 
-The directory is ``$LUXC_CACHE_DIR`` if set, else ``~/.cache/luxc/xla``.
+The directory is ``$LUXC_CACHE_DIR`` if set, else ``~/.cache/luxc/xla``. Setting
+``LUXC_CACHE_DIR`` also turns the cache on when luxc is imported; otherwise call :func:`enable`.
 """
 
 from __future__ import annotations
@@ -51,3 +52,8 @@ def entries(directory: str | Path | None = None) -> int:
     """Number of executables stored in the cache directory."""
     path = Path(directory) if directory is not None else default_directory()
     return sum(1 for p in path.glob("*-cache")) if path.is_dir() else 0
+
+
+def enable_from_environment() -> Path | None:
+    """Turn the cache on if ``LUXC_CACHE_DIR`` is set (called when luxc is imported)."""
+    return enable() if os.environ.get("LUXC_CACHE_DIR") else None

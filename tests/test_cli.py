@@ -208,12 +208,10 @@ def test_demo_trains_and_reports(workdir):
 
 def test_a_second_process_loads_the_step_from_the_persistent_cache(tmp_path):
     script = textwrap.dedent("""
-        import jax, luxc
-        from luxc.runtime import persistent_cache
+        import jax, luxc  # LUXC_CACHE_DIR turns the persistent cache on
         hits = []
         jax.monitoring.register_event_listener(
             lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
-        persistent_cache.enable()
         exec(open("model_src.py").read())
         obj, data, ts = factory()
         luxc.compile_step(obj, data, ts)
