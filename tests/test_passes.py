@@ -275,3 +275,23 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  t0.parameters, t1.parameters)
+
+
+CONV_IN = """
+func.func @main(%x: tensor<1x3x3x1xf32>, %w: tensor<2x2x1x2xf32>) -> tensor<1x2x2x2xf32> {
+  %0 = stablehlo.convolution(%x, %w) dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f], window = {stride = [1, 1]} {batch_group_count = 1 : i64, feature_group_count = 1 : i64} : (tensor<1x3x3x1xf32>, tensor<2x2x1x2xf32>) -> tensor<1x2x2x2xf32>
+  return %0 : tensor<1x2x2x2xf32>
+}"""
+
+
+def test_conv_few_channels_golden_text():
+    out, rewrites = _run(CONV_IN, "conv_few_channels")
+    assert rewrites == 1
+    body = _body(out)
+    assert not any("convolution" in line for line in body)
+    # One shifted view of the input and one kernel tap per tap: 4 of each, 4 products, 3 sums.
+    assert sum(line.split(" = ")[-1].startswith("stablehlo.slice %arg0") for line in body) == 4
+    assert sum(line.split(" = ")[-1].startswith("stablehlo.slice %arg1") for line in body) == 4
+    assert sum("stablehlo.multiply" in line for line in body) == 4
+    assert sum("stablehlo.add" in line for line in body) == 3
+    assert "stablehlo.slice %arg0 [0:1, 1:3, 1:3, 0:1]" in out  # the tap at kernel offset (1, 1)

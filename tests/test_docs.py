@@ -1,0 +1,20 @@
+"""The examples in docstrings run and print what they say."""
+
+import doctest
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.training._state", "luxc.compiler",
+           "luxc.runtime.options", "luxc.losses", "luxc.ops"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp}, verbose=False,
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
