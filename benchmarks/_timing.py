@@ -32,6 +32,16 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def steps(fn: Callable[[], object], n: int) -> Callable[[], None]:
+    """``n`` calls of a step, then wait for the last result: what a training loop sees."""
+    def run() -> None:
+        for _ in range(n):
+            out = fn()
+        out.block_until_ready()
+
+    return run
+
+
 def report(title: str, medians: dict[str, float], baseline: str) -> None:
     print(f"\n{title}")
     base = medians[baseline]

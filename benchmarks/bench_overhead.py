@@ -16,9 +16,9 @@ from luxc import nn
 from luxc.training import single_train_step_
 
 try:
-    from benchmarks._timing import interleaved, report
+    from benchmarks._timing import interleaved, report, steps
 except ImportError:
-    from _timing import interleaved, report
+    from _timing import interleaved, report, steps
 
 
 def _hand_written(model, optimizer):
@@ -52,15 +52,8 @@ def compare(model, x, y, calls: int):
         hs["ps"], hs["opt"], out = hand(hs["ps"], hs["opt"], st, x, y)
         return out
 
-    # Time dispatch + compute of `calls` steps, then wait: what a training loop sees.
-    def run(fn):
-        def many():
-            for _ in range(calls):
-                out = fn()
-            out.block_until_ready()
-        return many
-
-    return interleaved({"hand-written jax.jit": run(jitted), "luxc AutoXLA": run(autoxla)},
+    return interleaved({"hand-written jax.jit": steps(jitted, calls),
+                        "luxc AutoXLA": steps(autoxla, calls)},
                        rounds=9, calls=1)
 
 

@@ -26,9 +26,9 @@ from luxc import nn
 from luxc.training import single_train_step_
 
 try:
-    from benchmarks._timing import interleaved, report
+    from benchmarks._timing import interleaved, report, steps
 except ImportError:
-    from _timing import interleaved, report
+    from _timing import interleaved, report, steps
 
 Case = dict[str, Callable[[], object]]
 
@@ -242,14 +242,7 @@ def main(calls: int = 20) -> None:
     for kind in ("mlp", "lenet"):
         title, variants, baseline = _case(kind)
 
-        def many(fn):
-            def run():
-                for _ in range(calls):
-                    out = fn()
-                out.block_until_ready()
-            return run
-
-        medians = interleaved({k: many(v) for k, v in variants.items()}, rounds=9, calls=1)
+        medians = interleaved({k: steps(v, calls) for k, v in variants.items()}, rounds=9, calls=1)
         report(title, {k: v / calls for k, v in medians.items()}, baseline)
 
 

@@ -4,6 +4,7 @@ private path. A jaxlib upgrade that moves them touches this file alone."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxlib.mlir import ir
 
@@ -34,3 +35,24 @@ def apply_greedily(module: ir.Module, patterns: Sequence[tuple[str, Pattern]]) -
         _rewrite.apply_patterns_and_fold_greedily(
             module, patterns_set.freeze(), _rewrite.GreedyRewriteConfig()
         )
+
+
+def replace_each(module: ir.Module, root: str, match: Callable[[ir.Operation], Any],
+                 build: Callable[..., ir.Value]) -> int:
+    """Replace every ``root`` op for which ``match(op)`` returns a plan (not ``None``) by
+    ``build(op, plan)``, built just before it; returns the number of ops replaced."""
+    rewrites = 0
+
+    def pattern(op: ir.Operation, rewriter: PatternRewriter) -> bool:
+        nonlocal rewrites
+        plan = match(op.operation)
+        if plan is None:
+            return True
+        with rewriter.ip, op.location:
+            new = build(op.operation, plan)
+        rewriter.replace_op(op, [new])
+        rewrites += 1
+        return False
+
+    apply_greedily(module, [(root, pattern)])
+    return rewrites

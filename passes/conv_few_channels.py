@@ -25,7 +25,7 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._rewrite import PatternRewriter, apply_greedily
+from ._rewrite import replace_each
 
 NAME = "conv_few_channels"
 DESCRIPTION = "convolution over 1 input channel -> sum of shifted multiply-adds (one fused loop)"
@@ -117,18 +117,5 @@ def _rewrite(op: ir.Operation, dn, pads) -> ir.Value:
 
 def run(module: ir.Module) -> int:
     """Rewrite ``module`` in place; return the number of convolutions replaced."""
-    rewrites = 0
-
-    def convolution(op: ir.Operation, rewriter: PatternRewriter) -> bool:
-        nonlocal rewrites
-        plan = _plan(op.operation)
-        if plan is None:
-            return True
-        with rewriter.ip, op.location:
-            new = _rewrite(op.operation, *plan)
-        rewriter.replace_op(op, [new])
-        rewrites += 1
-        return False
-
-    apply_greedily(module, [("stablehlo.convolution", convolution)])
-    return rewrites
+    return replace_each(module, "stablehlo.convolution", _plan,
+                        lambda op, plan: _rewrite(op, *plan))

@@ -15,27 +15,24 @@ from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from ._match import producer, splat_value
-from ._rewrite import PatternRewriter, apply_greedily
+from ._rewrite import replace_each
 
 NAME = "fuse_rsqrt"
 DESCRIPTION = "a / sqrt(b) -> a * rsqrt(b); 1 / sqrt(b) -> rsqrt(b)"
 
 
+def _sqrt_denominator(op: ir.Operation) -> ir.Operation | None:
+    den = producer(op.operands[1])
+    if den is None or den.name != "stablehlo.sqrt" or den.results[0].type != op.results[0].type:
+        return None
+    return den
+
+
+def _multiply_by_rsqrt(op: ir.Operation, sqrt: ir.Operation) -> ir.Value:
+    r = stablehlo.RsqrtOp(sqrt.operands[0]).result
+    return r if splat_value(op.operands[0]) == 1.0 else stablehlo.MulOp(op.operands[0], r).result
+
+
 def run(module: ir.Module) -> int:
     """Rewrite ``module`` in place; return the number of divides rewritten."""
-    rewrites = 0
-
-    def divide_by_sqrt(op: ir.Operation, rewriter: PatternRewriter) -> bool:
-        nonlocal rewrites
-        den = producer(op.operands[1])
-        if den is None or den.name != "stablehlo.sqrt" or den.results[0].type != op.results[0].type:
-            return True
-        with rewriter.ip, op.location:
-            r = stablehlo.RsqrtOp(den.operands[0]).result
-            new = r if splat_value(op.operands[0]) == 1.0 else stablehlo.MulOp(op.operands[0], r).result
-        rewriter.replace_op(op, [new])
-        rewrites += 1
-        return False
-
-    apply_greedily(module, [("stablehlo.divide", divide_by_sqrt)])
-    return rewrites
+    return replace_each(module, "stablehlo.divide", _sqrt_denominator, _multiply_by_rsqrt)

@@ -30,7 +30,7 @@ from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from ._match import region_op, splat_value
-from ._rewrite import PatternRewriter, apply_greedily
+from ._rewrite import replace_each
 
 NAME = "maxpool_grad_select"
 DESCRIPTION = "non-overlapping max-pool gradient (select_and_scatter) -> slices + selects"
@@ -107,20 +107,12 @@ def _rewrite(op: ir.Operation, shape: list[int], window: list[int]) -> ir.Value:
     return stablehlo.ReshapeOp(op.results[0].type, full).result
 
 
+def _plan(op: ir.Operation) -> tuple[list[int], list[int]] | None:
+    match = _matches(op)
+    return match if match is not None and math.prod(match[1]) <= 64 else None
+
+
 def run(module: ir.Module) -> int:
     """Rewrite ``module`` in place; return the number of select_and_scatter ops replaced."""
-    rewrites = 0
-
-    def select_and_scatter(op: ir.Operation, rewriter: PatternRewriter) -> bool:
-        nonlocal rewrites
-        match = _matches(op.operation)
-        if match is None or math.prod(match[1]) > 64:
-            return True
-        with rewriter.ip, op.location:
-            new = _rewrite(op.operation, *match)
-        rewriter.replace_op(op, [new])
-        rewrites += 1
-        return False
-
-    apply_greedily(module, [("stablehlo.select_and_scatter", select_and_scatter)])
-    return rewrites
+    return replace_each(module, "stablehlo.select_and_scatter", _plan,
+                        lambda op, plan: _rewrite(op, *plan))
