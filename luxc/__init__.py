@@ -45,6 +45,7 @@ from .nn import testmode as testmode
 from .nn import trainmode as trainmode
 from .runtime import CompileOptions as CompileOptions
 from .runtime import cache_info as cache_info
+from .runtime import explain_recompiles as explain_recompiles
 from .training import AutoForwardDiff as AutoForwardDiff
 from .training import AutoJAX as AutoJAX
 from .training import AutoXLA as AutoXLA

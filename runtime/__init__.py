@@ -6,6 +6,7 @@ from .cache import ExecutableCache as ExecutableCache
 from .cache import RecompileError as RecompileError
 from .cache import RecompileWarning as RecompileWarning
 from .cache import cache_info as cache_info
+from .cache import explain_recompiles as explain_recompiles
 from .executable import DonationWarning as DonationWarning
 from .executable import Executable as Executable
 from .options import CompileOptions as CompileOptions

@@ -109,6 +109,8 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "executable_platform": host if "executable.bin" in files else None,
         "layout": layout,
         "inputs": describe(args),
+        "outputs": [{"name": name, "shape": list(a.shape), "dtype": str(a.dtype)}
+                    for name, a in zip(_output_names(layout), optimized.out_avals)],
         "pass_report": [dataclasses.asdict(r) for r in records],
         "compile_options": {"passes": options.passes, "xla_options": dict(options.xla_options),
                             "precision": options.precision},
@@ -130,6 +132,10 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _output_names(layout: dict[str, Any]) -> list[str]:
+    return [*layout["state_names"], "loss", *(f"stats[{i}]" for i in range(layout["n_stats"]))]
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -14,7 +14,7 @@ of the key changed, and the ``recompile_check`` preference makes that a warning 
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -154,6 +154,7 @@ class ExecutableCache:
         self._programs: dict[ProgramKey, _Program] = {}
         self._keys: OrderedDict = OrderedDict()
         self._last_by_kind: dict[str, tuple[ProgramKey, Signature]] = {}
+        self.recompiles: deque[str] = deque(maxlen=100)
         self.aux: dict[Hashable, Any] = {}
 
     def program(self, key: ProgramKey) -> _Program:
@@ -175,9 +176,12 @@ class ExecutableCache:
         """Called on a miss, before compiling: warns or raises when this is a recompile, i.e.
         a call of a kind (train step, gradients, objective) that already compiled once."""
         last = self._last_by_kind.get(key.kind)
-        if last is None or policy == "none":
+        if last is None:
             return
         message = explain(last, (key, sig))
+        self.recompiles.append(message)
+        if policy == "none":
+            return
         if policy == "error":
             raise RecompileError(message + " (recompile_check='error')")
         warnings.warn(message, RecompileWarning, stacklevel=4)
@@ -219,3 +223,13 @@ def cache_info(ts_or_cache: Any) -> CacheInfo:
         raise TypeError(f"cache_info expects a TrainState or an ExecutableCache; "
                         f"received {type(ts_or_cache).__name__}")
     return cache.info()
+
+
+def explain_recompiles(ts_or_cache: Any) -> list[str]:
+    """Why each recompile of a TrainState's cache happened (the last 100), oldest first, e.g.
+    ``"recompiling because input shapes (input 7: (64, 1) -> (17, 1)) changed"``."""
+    cache = getattr(ts_or_cache, "cache", ts_or_cache)
+    if not isinstance(cache, ExecutableCache):
+        raise TypeError(f"explain_recompiles expects a TrainState or an ExecutableCache; "
+                        f"received {type(ts_or_cache).__name__}")
+    return list(cache.recompiles)

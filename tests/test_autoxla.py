@@ -353,3 +353,13 @@ def test_a_first_evaluation_program_is_not_a_recompile(recompile_check):
     compute_gradients(XLA, luxc.MSELoss(), data, ts)
     with pytest.raises(luxc.runtime.RecompileError, match="the objective function"):
         single_train_step(XLA, luxc.MAELoss(), data, ts)
+
+
+def test_explain_recompiles_records_every_recompile_with_its_reason():
+    ts, data = _state(_mlp()), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    assert luxc.explain_recompiles(ts) == []
+    single_train_step(XLA, luxc.MSELoss(), (data[0][:4], data[1][:4]), ts)
+    (reason,) = luxc.explain_recompiles(ts)
+    assert reason.startswith("recompiling because input shapes") and "(8, 4) -> (4, 4)" in reason

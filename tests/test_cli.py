@@ -80,6 +80,9 @@ def test_compile_writes_a_complete_artefact(artefact):
                                       "state.safetensors", "data.safetensors"}
     assert manifest["platforms"] == ["cpu"] and manifest["executable_platform"] == "cpu"
     assert manifest["versions"]["jax"] and manifest["layout"]["n_data"] == 2
+    names = [o["name"] for o in manifest["outputs"]]
+    assert names[manifest["layout"]["n_state"]] == "loss" and len(names) == manifest["layout"]["n_state"] + 1
+    assert names[0].startswith("(parameters, optimizer_state, states)[0]['layer_1']")
     assert "func.func public @main" in (artefact / "step.mlir").read_text()
 
 
