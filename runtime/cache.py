@@ -126,6 +126,8 @@ def explain(old: tuple[ProgramKey, Signature], new: tuple[ProgramKey, Signature]
         if getattr(old[0], part) != getattr(new[0], part):
             changed.append(words)
     for part, words in _SIGNATURE_PARTS.items():
+        if part != "structure" and old[1].structure != new[1].structure:
+            continue  # leaf-by-leaf comparisons mean nothing across different structures
         a, b = getattr(old[1], part), getattr(new[1], part)
         if a != b:
             if part in ("shapes", "dtypes") and len(a) == len(b):

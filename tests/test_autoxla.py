@@ -363,3 +363,11 @@ def test_explain_recompiles_records_every_recompile_with_its_reason():
     single_train_step(XLA, luxc.MSELoss(), (data[0][:4], data[1][:4]), ts)
     (reason,) = luxc.explain_recompiles(ts)
     assert reason.startswith("recompiling because input shapes") and "(8, 4) -> (4, 4)" in reason
+
+
+def test_a_new_pytree_structure_is_explained_as_such():
+    ts, data = _state(_mlp()), _data()
+    single_train_step(XLA, luxc.MSELoss(), data, ts)
+    single_train_step(XLA, luxc.MSELoss(), [data[0], data[1]], ts)
+    assert luxc.explain_recompiles(ts) == [
+        "recompiling because the pytree structure of the inputs changed"]
