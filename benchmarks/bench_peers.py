@@ -52,22 +52,26 @@ def _luxc(model, x, y):
 
 def _jax_jit(model, x, y):
     ps, st = luxc.setup(jax.random.key(0), model)
+    return _optax_jit_step(lambda p, x: model(x, p, st)[0], ps, x, y)
+
+
+def _optax_jit_step(apply: Callable, params, x, y) -> Callable[[], object]:
+    """The plain-JAX way: value_and_grad + optax Adam in one donating ``jax.jit``."""
     opt = optax.adam(1e-3)
 
-    def loss_fn(ps, x, y):
-        logits, _ = model(x, ps, st)
-        return jnp.mean(optax.softmax_cross_entropy(logits, y))
+    def update(params, opt_state, x, y):
+        def loss_fn(p):
+            return jnp.mean(optax.softmax_cross_entropy(apply(p, x), y))
 
-    def update(ps, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(ps, x, y)
-        updates, opt_state = opt.update(grads, opt_state, ps)
-        return optax.apply_updates(ps, updates), opt_state, loss
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
 
     update = jax.jit(update, donate_argnums=(0, 1))
-    state = {"ps": ps, "opt": opt.init(ps)}
+    state = {"p": params, "o": opt.init(params)}
 
     def step():
-        state["ps"], state["opt"], out = update(state["ps"], state["opt"], x, y)
+        state["p"], state["o"], out = update(state["p"], state["o"], x, y)
         return out
 
     return step
@@ -95,24 +99,7 @@ def _flax(kind, x, y):
 
     module = MLP() if kind == "mlp" else LeNet()
     params = module.init(jax.random.key(0), x)
-    opt = optax.adam(1e-3)
-
-    def update(params, opt_state, x, y):
-        def loss_fn(p):
-            return jnp.mean(optax.softmax_cross_entropy(module.apply(p, x), y))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    update = jax.jit(update, donate_argnums=(0, 1))
-    state = {"p": params, "o": opt.init(params)}
-
-    def step():
-        state["p"], state["o"], out = update(state["p"], state["o"], x, y)
-        return out
-
-    return step
+    return _optax_jit_step(module.apply, params, x, y)
 
 
 def _equinox(kind, x, y):

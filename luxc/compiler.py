@@ -85,7 +85,7 @@ class CompiledStep:
         ts.check_alive()
         out = _call(self, ts, data, "CompiledStep")
         if self.key.donate:
-            ts.consume(f"a donating CompiledStep (step {ts.step})")
+            ts.consume("a donating CompiledStep", ts.step)
         if sync:
             jax.block_until_ready(out)
         return _results(self.kind, self.key, ts, out)
@@ -205,13 +205,9 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients:
     out = None
     if cs is not None:
         try:
-            out = cs.executable.call(*_args(kind, ts, data))
+            out = _call(cs, ts, data, caller)
         except TypeError:  # another signature: jax refused before running anything
             cs = None
-        except ValueError as e:
-            if "deleted or donated" in str(e) or "has been deleted" in str(e):
-                raise _consumed_error(ts, data, caller) from None
-            raise
         else:
             cache.hits += 1
     if cs is None:
@@ -225,7 +221,7 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients:
             cache.aux[fast] = cs
         out = _call(cs, ts, data, caller)
     if donate:
-        ts.consume(f"{caller} (step {ts.step})")
+        ts.consume(caller, ts.step)
     if sync:
         jax.block_until_ready(out)
     return _results(kind, cs.key, ts, out)

@@ -69,7 +69,7 @@ def apply_gradients_(ts: TrainState, grads: Any) -> TrainState:
     (updated in place by XLA) and must not be used again; use the returned TrainState."""
     _check_state(ts, "apply_gradients_")
     ps, opt_state = _jitted_update(ts, donate=True)(ts.parameters, ts.optimizer_state, grads)
-    ts.consume(f"apply_gradients_ (step {ts.step})")
+    ts.consume("apply_gradients_", ts.step)
     return ts.replace(parameters=ps, optimizer_state=opt_state, step=ts.step + 1)
 
 
@@ -86,7 +86,7 @@ def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool
     grads, loss, stats, new = compute_gradients(ad, obj_fn, data, ts)
     new = apply_gradients_(new, grads) if donate else apply_gradients(new, grads)
     if donate:
-        ts.consume(f"{caller} (step {ts.step})")
+        ts.consume(caller, ts.step)
     ts = new
     if sync:
         jax.block_until_ready((ts.parameters, loss))

@@ -78,14 +78,16 @@ class TrainState:
     def check_alive(self) -> None:
         """Raise ConsumedStateError if an in-place call already donated this state's buffers."""
         if self._consumed_by is not None:
+            call, step = self._consumed_by
             raise ConsumedStateError(
                 f"this TrainState's parameter and optimizer-state buffers were donated to "
-                f"{self._consumed_by} and freed; use the TrainState that call returned "
+                f"{call} (step {step}) and freed; use the TrainState that call returned "
                 f"(or the non-donating variant, without the trailing underscore)"
             )
 
-    def consume(self, by: str) -> None:
-        object.__setattr__(self, "_consumed_by", by)
+    def consume(self, call: str, step: int) -> None:
+        """Mark the buffers as donated by ``call`` at ``step`` (formatted only if misused)."""
+        object.__setattr__(self, "_consumed_by", (call, step))
 
     def tree_flatten(self):
         children = (self.parameters, self.states, self.optimizer_state, self.step)
