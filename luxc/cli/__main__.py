@@ -1,0 +1,3 @@
+from luxc.cli import main
+
+main()

@@ -1,0 +1,157 @@
+"""What every ``luxc`` command shares: the command group, its one-line errors, SPEC loading
+and the compile-option flags."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class CliError(click.ClickException):
+    def format_message(self) -> str:
+        return self.message
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the CLI's contract: one line, no traceback
+            if os.environ.get("LUXC_DEBUG"):
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            raise CliError(f"{type(e).__name__}: {message}") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="luxc")
+def main() -> None:
+    """luxc: Lux.jl's training utilities on JAX, with the step compiled ahead of time."""
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """``path/file.py:factory`` or ``module:factory`` → the factory function."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise CliError(f"bad SPEC {spec!r}: use path/file.py:factory or module:factory")
+    if target.endswith(".py") or os.sep in target:
+        path = Path(target)
+        if not path.is_file():
+            raise CliError(f"SPEC file not found: {path}")
+        module_name = f"_luxc_spec_{abs(hash(path.resolve()))}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001
+            raise CliError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise CliError(f"cannot import module {target!r}: {e}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise CliError(f"{target} has no callable {name!r}")
+    return factory
+
+
+def call_factory(spec: str):
+    import luxc
+
+    factory = load_factory(spec)
+    try:
+        out = factory()
+    except Exception as e:  # noqa: BLE001
+        raise CliError(f"factory {spec} raised {type(e).__name__}: {e}") from None
+    if not (isinstance(out, tuple) and len(out) == 3 and isinstance(out[2], luxc.TrainState)):
+        raise CliError(f"factory {spec} must return (objective, data, train_state); received "
+                       f"{type(out).__name__}")
+    return out
+
+
+def compile_options(passes: str, precision: str, xla_option: tuple[str, ...]):
+    import luxc
+
+    xla = {}
+    for item in xla_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--xla-option takes NAME=VALUE; received {item!r}")
+        xla[key] = {"true": True, "false": False}.get(value.lower(), value)
+        if isinstance(xla[key], str):
+            try:
+                xla[key] = int(value)
+            except ValueError:
+                try:
+                    xla[key] = float(value)
+                except ValueError:
+                    pass
+    return luxc.CompileOptions(passes=passes, precision=precision, xla_options=xla)
+
+
+passes_option = click.option("--passes", default="default", show_default=True,
+                              help="'default', 'none', 'all' or comma-separated pass names")
+precision_option = click.option("--precision", type=click.Choice(["default", "high", "highest"]),
+                                 default="default", show_default=True)
+xla_option = click.option("--xla-option", multiple=True, metavar="NAME=VALUE",
+                           help="an XLA option for this executable (repeatable)")
+
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+
+def load_artifact(directory: str):
+    import warnings
+
+    from luxc.runtime import artifact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = artifact.load(directory)
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+    return loaded
+
+
+def read_npz(path: str) -> list:
+    import numpy as np
+
+    if not Path(path).is_file():
+        raise CliError(f"data file not found: {path}")
+    try:
+        with np.load(path) as f:
+            return [f[k] for k in f.files]
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read {path} as .npz: {e}") from None
+
+
+def peak_bytes(mem: dict | None) -> int | None:
+    # XLA:CPU's peak_memory_in_bytes leaves out temporaries; bound it from the buffer sizes.
+    if not mem:
+        return None
+    total = (mem.get("argument_size_in_bytes", 0) + mem.get("output_size_in_bytes", 0)
+             - mem.get("alias_size_in_bytes", 0) + mem.get("temp_size_in_bytes", 0))
+    return max(total, mem.get("peak_memory_in_bytes", 0))
+

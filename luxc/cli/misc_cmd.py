@@ -1,0 +1,26 @@
+"""``luxc passes`` and ``luxc demo``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="passes")
+def list_passes():
+    """List luxc's StableHLO passes and each platform's default pipeline."""
+    from luxc import passes
+
+    for name, description in passes.available().items():
+        click.echo(f"{name:<24} {description}")
+    for platform in ("cpu", "cuda", "tpu"):
+        click.echo(f"default on {platform:<5} {', '.join(passes.default_pipeline(platform)) or '(none)'}")
+
+
+@click.command()
+@click.option("--steps", default=400, show_default=True, type=click.IntRange(min=1))
+def demo(steps):
+    """Train the seed's regression example with the compiled step (AutoXLA)."""
+    from luxc._demo import run_demo
+
+    run_demo(steps, click.echo)
+
