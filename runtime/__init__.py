@@ -10,5 +10,3 @@ from .cache import explain_recompiles as explain_recompiles
 from .executable import DonationWarning as DonationWarning
 from .executable import Executable as Executable
 from .options import CompileOptions as CompileOptions
-
-persistent_cache.enable_from_environment()

@@ -5,10 +5,16 @@
 * ``deserialize_module`` / ``serialize_module`` — the portable-artefact (VHLO) round trip jax's
   own ``jax.export`` uses. Unlike the public ``stablehlo.serialize_portable_artifact`` binding,
   it handles the Shardy (``sdy``) sharding attributes of multi-device modules.
-* ``reset_compilation_cache()`` — make jax re-read the persistent cache configuration.
+* ``compilation_cache_scope(cache)`` — jax's compiles use luxc's (authenticated) cache object
+  for the duration of one luxc compile; jax's own cache state is restored after.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 from jaxlib.mlir import ir
@@ -41,8 +47,39 @@ def serialize_module(module: ir.Module, target_version: str) -> bytes:
         module, target_version, _xla_bridge.get_backend().serialize_with_sdy)
 
 
-def reset_compilation_cache() -> None:
-    """Make jax re-read the persistent cache configuration (it initialises the cache once)."""
-    from jax._src import compilation_cache
+# The persistent compilation cache, scoped to luxc's own compiles. jax keeps ONE process-wide
+# cache object, initialised once from the jax_compilation_cache_dir option; luxc puts its own
+# cache object there only for the duration of a luxc compile and puts jax's state back after, so
+# the host program's own jits never see luxc's cache and no jax option is changed for good.
+_scope_lock = threading.RLock()
 
-    compilation_cache.reset_cache()
+
+def cache_interface() -> type:
+    """The base class jax's compilation cache implementations derive from."""
+    from jax._src.compilation_cache_interface import CacheInterface
+
+    return CacheInterface
+
+
+@contextlib.contextmanager
+def compilation_cache_scope(cache: Any) -> Iterator[None]:
+    """Within the block, jax's compiles read and write ``cache`` (an object with ``get(key)`` and
+    ``put(key, value)``), whatever the compile time or size; before and after, jax's own."""
+    from jax._src import compilation_cache, config
+
+    with _scope_lock:
+        with compilation_cache._cache_initialized_mutex:
+            saved = (compilation_cache._cache, compilation_cache._cache_initialized,
+                     compilation_cache._cache_checked, compilation_cache._cache_used)
+            compilation_cache._cache = cache
+            compilation_cache._cache_initialized = True
+            compilation_cache._cache_checked = True
+            compilation_cache._cache_used = True
+        try:
+            with config.persistent_cache_min_compile_time_secs(0.0), \
+                    config.persistent_cache_min_entry_size_bytes(0):
+                yield
+        finally:
+            with compilation_cache._cache_initialized_mutex:
+                (compilation_cache._cache, compilation_cache._cache_initialized,
+                 compilation_cache._cache_checked, compilation_cache._cache_used) = saved

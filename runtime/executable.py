@@ -24,6 +24,7 @@ from jax import export as jax_export
 from jaxlib.mlir.dialects import stablehlo
 
 from ..passes import PassRecord, run_pipeline
+from . import persistent_cache
 from ._jax_internal import deserialize_module, ir_context, serialize_module
 from .options import DEFAULT, CompileOptions
 
@@ -77,15 +78,19 @@ def module_text(serialized: bytes) -> str:
 def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
                      donate_argnums: tuple[int, ...] = (),
                      xla_options: dict[str, Any] | None = None,
-                     arg_names: Sequence[str] | None = None) -> tuple[jax.stages.Compiled, float]:
+                     arg_names: Sequence[str] | None = None,
+                     cache: Any = None) -> tuple[jax.stages.Compiled, float]:
     """Compile ``exported`` for the local devices; return the executable and the seconds taken.
+
+    The compile reads and writes ``cache`` (default: luxc's persistent cache, when enabled).
 
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
     the input, never silently freed.
     """
     t0 = time.perf_counter()
     lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
-    compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
+    with persistent_cache.compiling(cache):
+        compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
     seconds = time.perf_counter() - t0
     if donate_argnums:
         _check_donation(exported, args, donate_argnums, arg_names)

@@ -6,6 +6,14 @@ import jax
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_luxc_key(tmp_path_factory):
+    """Every test (and every process it starts) signs with a key of its own, never the user's."""
+    os.environ["LUXC_KEY_FILE"] = str(tmp_path_factory.mktemp("luxc-key") / "key")
+    yield
+    os.environ.pop("LUXC_KEY_FILE", None)
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 from jaxlib.mlir import ir
-from luxc.runtime._jax_internal import ir_context
 
 import luxc
 from luxc import nn, passes
+from luxc.runtime._jax_internal import ir_context
 
 
 def _run(text: str, name: str) -> tuple[str, int]:
@@ -191,6 +191,7 @@ def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape):
 
 def test_maxpool_grad_select_leaves_overlapping_windows_alone():
     from jax import lax
+
     from luxc.runtime.executable import rewrite
 
     def f(x):
@@ -231,6 +232,7 @@ def test_maxpool_grad_select_golden_text():
 @pytest.mark.parametrize("pad,channels_out", [("VALID", 6), ("SAME", 4), (((2, 1), (0, 3)), 3)])
 def test_conv_few_channels_computes_the_convolution(pad, channels_out):
     from jax import lax
+
     from luxc.runtime.executable import rewrite
 
     def conv(x, w):
@@ -246,6 +248,7 @@ def test_conv_few_channels_computes_the_convolution(pad, channels_out):
 
 def test_conv_few_channels_leaves_multichannel_and_strided_convolutions_alone():
     from jax import lax
+
     from luxc.runtime.executable import rewrite
 
     def convs(x3, x1, w3, w1):

@@ -17,11 +17,14 @@ from luxc.cli._common import call_factory, compile_options, passes_option, preci
 @passes_option
 @precision_option
 @xla_option
-@click.option("--force", is_flag=True, help="replace an existing artefact directory")
+@click.option("--force", is_flag=True,
+              help="replace an existing luxc artefact directory (never any other directory)")
 def compile(spec, out, platforms, passes, precision, xla_option, force):
     """Compile the step of SPEC (path/file.py:factory or module:factory) into DIR."""
     import luxc
+    from luxc.runtime.artifact import check_output
 
+    check_output(out, force)  # before the factory and the compile: refuse early, lose nothing
     obj, data, ts = call_factory(spec)
     manifest = luxc.export_step(obj, data, ts, out, platforms=list(platforms) or None,
                                 compile_options=compile_options(passes, precision, xla_option),

@@ -14,10 +14,10 @@ from luxc.cli._common import format_bytes, peak_bytes
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 def inspect(directory, as_json):
     """Show an artefact's manifest, pass report, FLOPs and memory."""
-    from luxc.runtime import artifact
+    from luxc.runtime.artifact_format import read_artifact
 
-    manifest = artifact.read_manifest(directory)
-    artifact.verify(directory, manifest)
+    artifact = read_artifact(directory)
+    manifest = artifact.manifest
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
         return
@@ -47,4 +47,8 @@ def inspect(directory, as_json):
                    f"{format_bytes(mem.get('temp_size_in_bytes'))}, peak "
                    f"{format_bytes(peak_bytes(mem))}")
     click.echo("files       " + ", ".join(sorted(manifest["files"])))
+    click.echo("signed      " + ("by this user's luxc key: its executable will be loaded"
+                                 if artifact.signed_by_this_user else
+                                 f"no: {artifact.unsigned_reason}; luxc will compile its "
+                                 "StableHLO instead of loading its executable"))
 

@@ -34,8 +34,10 @@ def _profile_spec(spec, steps, options, trace):
     from luxc.runtime import persistent_cache
 
     obj, data, ts = call_factory(spec)
-    with tempfile.TemporaryDirectory(prefix="luxc-profile-cache-") as cache_dir:
-        persistent_cache.enable(cache_dir)
+    # Cold and warm compiles in a cache of its own: the user's cache is neither read, written
+    # nor reconfigured.
+    with tempfile.TemporaryDirectory(prefix="luxc-profile-cache-") as cache_dir, \
+            persistent_cache.using(cache_dir):
         t0 = time.perf_counter()
         cs = luxc.compile_step(obj, data, ts, compile_options=options, donate=True)
         cold = time.perf_counter() - t0
@@ -44,7 +46,6 @@ def _profile_spec(spec, steps, options, trace):
         t0 = time.perf_counter()
         luxc.compile_step(obj, data, ts_warm, compile_options=options, donate=True)
         warm = time.perf_counter() - t0
-        persistent_cache.disable()
     times = []
 
     def one(ts):
@@ -98,6 +99,10 @@ def _profile_dir(directory, steps, trace):
 @xla_option
 def profile(target, steps, trace, passes, precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True."""
+    if trace:
+        from luxc.runtime.files import check_writable_directory
+
+        check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
         cold, warm, times, cost, mem = _profile_dir(target, steps, trace)
         what = "load + compile"

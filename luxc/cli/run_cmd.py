@@ -16,6 +16,10 @@ from luxc.cli._common import load_artifact, read_npz
 @click.option("--save-state", type=click.Path(dir_okay=False), help="write the final state here")
 def run(directory, steps, data_path, save_state):
     """Train STEPS steps with the artefact in DIRECTORY (no model source needed)."""
+    if save_state:
+        from luxc.runtime.files import check_writable_file
+
+        check_writable_file(save_state, "--save-state")
     loaded = load_artifact(directory)
     data = loaded.check_data(read_npz(data_path)) if data_path else None
     if steps >= 100 and sys.stderr.isatty():
