@@ -326,7 +326,7 @@ def load(directory: str | Path) -> LoadedStep:
     compiled, _ = compile_exported(exported, args,
                                    xla_options=manifest["compile_options"]["xla_options"],
                                    cache=cache)
-    loaded_executable = cache is not None and cache.hits > 0
+    loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
         notes.append("the artefact's executable does not match this machine's XLA (devices or "
                      "options differ); compiled its StableHLO instead")

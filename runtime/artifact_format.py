@@ -108,10 +108,12 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     _check(manifest, _SCHEMA, "")
     for i, spec in enumerate(manifest["inputs"] + manifest["outputs"]):
         try:
-            np.dtype(spec["dtype"])
+            kind = np.dtype(spec["dtype"]).kind
         except TypeError:
-            raise ArtifactError(f"manifest input/output {i} has an unknown dtype "
-                                f"{spec['dtype']!r}") from None
+            kind = "O"
+        if kind not in "biufcV" or spec["dtype"] in ("void", "V"):  # V: bfloat16, float8…
+            raise ArtifactError(f"manifest input/output {i} has dtype {spec['dtype']!r}, which "
+                                "is not an array dtype") from None
         if any(d < 0 for d in spec["shape"]):
             raise ArtifactError(f"manifest input/output {i} has a negative dimension")
     layout = manifest["layout"]

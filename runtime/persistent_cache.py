@@ -104,7 +104,7 @@ class MemoryCache(cache_interface()):
 
     def __init__(self, entries: dict[str, bytes] | None = None):
         self.entries = dict(entries or {})
-        self.hits = 0
+        self.hits = self.puts = 0
 
     def get(self, key: str) -> bytes | None:
         value = self.entries.get(key)
@@ -112,7 +112,14 @@ class MemoryCache(cache_interface()):
         return value
 
     def put(self, key: str, value: bytes) -> None:
+        self.puts += 1
         self.entries[key] = value
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a compile in its scope loaded an entry: jax found one and, unlike after a
+        miss or an entry it could not deserialize, did not compile and store a new one."""
+        return self.hits > 0 and self.puts == 0
 
     def clear(self) -> None:
         self.entries.clear()

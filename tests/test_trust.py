@@ -1,0 +1,501 @@
+"""Adversarial tests: a file someone else wrote is data, never code, and nothing a user owns is
+lost. Each test is one attack on an artefact, a checkpoint, the persistent cache or a command's
+output path (README, "Trust")."""
+
+import json
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import luxc
+from luxc.runtime import artifact_format, files, persistent_cache, trust
+from luxc.runtime.files import ArtifactError, sha256
+
+# ---------------------------------------------------------------- helpers
+
+
+def _train_state(objective_seed=0):
+    model = luxc.nn.Chain(luxc.nn.Dense(3, 8, jax.nn.relu), luxc.nn.Dense(8, 1))
+    ps, st = luxc.setup(jax.random.key(objective_seed), model)
+    return luxc.TrainState(model, ps, st, optax.adam(1e-2))
+
+
+def _data():
+    x = jnp.linspace(-1, 1, 24).reshape(8, 3)
+    return x, jnp.sum(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    out = tmp_path_factory.mktemp("template") / "step.luxc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), out)
+    return out
+
+
+@pytest.fixture
+def art(template, tmp_path):
+    d = tmp_path / "art"
+    shutil.copytree(template, d)
+    return d
+
+
+def _manifest(d):
+    return json.loads((d / "manifest.json").read_text())
+
+
+def _write_manifest(d, manifest):
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _replace_file(d, name, data, *, relist=True):
+    """What an attacker with write access does: new bytes, hash and size recomputed."""
+    (d / name).write_bytes(data)
+    if relist:
+        m = _manifest(d)
+        m["files"][name] = {"sha256": sha256(data), "size": len(data)}
+        _write_manifest(d, m)
+
+
+def _payload(marker):
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps(RunsCode())
+
+
+def _load(d):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = luxc.load(d)
+    return loaded, [str(w.message) for w in caught]
+
+
+def _reference_losses(steps=3):
+    ts = _train_state()
+    losses = []
+    for _ in range(steps):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _data(), ts)
+        losses.append(float(loss))
+    return losses
+
+
+# ---------------------------------------------------------------- artefacts: code execution
+
+
+def test_our_own_signed_artefact_loads_its_serialized_executable(art):
+    loaded, notes = _load(art)
+    assert loaded.executable_source == "serialized executable" and notes == []
+    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+
+
+def test_a_pickle_payload_with_recomputed_hashes_never_runs(art, tmp_path):
+    marker = tmp_path / "payload-ran"
+    _replace_file(art, "executable.bin", _payload(marker))
+    loaded, notes = _load(art)
+    assert not marker.exists()
+    assert loaded.executable_source == "compiled from StableHLO"
+    assert any("signature is not this user's" in n for n in notes), notes
+    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+
+
+def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art, tmp_path):
+    # The worst case: the attacker can sign (e.g. the user was tricked into re-signing). The
+    # executable bytes go to XLA's deserializer, never to pickle, so the payload still cannot run.
+    marker = tmp_path / "payload-ran"
+    _replace_file(art, "executable.bin", _payload(marker))
+    manifest = (art / "manifest.json").read_bytes()
+    (art / "manifest.sig").write_text(trust.sign(artifact_format.SIGNATURE_DOMAIN, manifest))
+    loaded, notes = _load(art)
+    assert not marker.exists()
+    assert loaded.executable_source == "compiled from StableHLO"
+    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+
+
+def test_an_artefact_signed_with_another_users_key_compiles_its_stablehlo(art, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "someone-else" / "key"))
+    loaded, notes = _load(art)
+    assert loaded.executable_source == "compiled from StableHLO"
+    assert any("did not load the artefact's executable (native code)" in n for n in notes)
+
+
+def test_a_key_file_others_can_read_is_not_used(art, tmp_path, monkeypatch):
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o644)
+    monkeypatch.setenv("LUXC_KEY_FILE", str(key))
+    assert "readable or writable by others" in trust.key_problem()
+    loaded, notes = _load(art)
+    assert loaded.executable_source == "compiled from StableHLO"
+    assert any("chmod 600" in n for n in notes), notes
+
+
+def test_a_symlinked_key_file_is_refused(tmp_path, monkeypatch):
+    real = tmp_path / "real"
+    real.write_bytes(os.urandom(32))
+    real.chmod(0o600)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "link"))
+    assert "symbolic link" in trust.key_problem()
+
+
+def test_the_key_is_created_private_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "new" / "key"))
+    tag = trust.sign("test", b"abc")
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
+    assert trust.verify(tag, "test", b"abc") and not trust.verify(tag, "other", b"abc")
+
+
+# ---------------------------------------------------------------- artefacts: what is read
+
+
+def test_each_file_is_read_once_and_the_checked_bytes_are_used(art, monkeypatch):
+    reads = []
+    original = files.read_regular
+
+    def counting(path, what, max_bytes):
+        reads.append(os.path.basename(path))
+        return original(path, what, max_bytes)
+
+    monkeypatch.setattr(artifact_format, "read_regular", counting)
+    _load(art)
+    assert sorted(reads) == sorted(["manifest.json", "manifest.sig", "step.jaxexport", "step.mlir",
+                                    "state.safetensors", "data.safetensors", "executable.bin"])
+
+
+def test_a_state_file_dropped_from_the_manifest_is_an_error_not_silently_read(art):
+    np.save(art / "sevens.npy", np.full(3, 7.0))
+    m = _manifest(art)
+    del m["files"]["state.safetensors"]
+    _write_manifest(art, m)
+    with pytest.raises(ArtifactError, match="does not list state.safetensors"):
+        luxc.load(art)
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/etc/passwd", "sub/step.mlir", "notes.txt"])
+def test_manifest_names_outside_the_format_are_refused_without_being_read(art, monkeypatch, name):
+    reads = []
+    monkeypatch.setattr(artifact_format, "read_regular",
+                        lambda path, *a: reads.append(str(path)) or files.read_regular(path, *a))
+    m = _manifest(art)
+    m["files"][name] = {"sha256": "0" * 64, "size": 1}
+    _write_manifest(art, m)
+    with pytest.raises(ArtifactError, match="not a file of the luxc artefact format"):
+        luxc.load(art)
+    assert all(os.path.dirname(p) == str(art) for p in reads)
+    assert not any(name.split("/")[-1] in p for p in reads if "manifest" not in p)
+
+
+def test_a_symlinked_file_is_refused_even_with_the_right_bytes(art, tmp_path):
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.move(art / "state.safetensors", elsewhere)
+    (art / "state.safetensors").symlink_to(elsewhere)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        luxc.load(art)
+
+
+def test_a_file_larger_than_the_manifest_says_is_not_read_past_its_size(art):
+    with open(art / "step.mlir", "ab") as f:
+        f.write(b"x" * (1 << 20))
+    with pytest.raises(ArtifactError, match="more than the .* expected"):
+        luxc.load(art)
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(art):
+    (art / "data.safetensors").unlink()
+    os.mkfifo(art / "data.safetensors")
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        luxc.load(art)
+
+
+def test_an_endless_file_claimed_huge_in_the_manifest_is_refused(art):
+    m = _manifest(art)
+    m["files"]["step.mlir"]["size"] = 1 << 40
+    _write_manifest(art, m)
+    (art / "step.mlir").unlink()
+    (art / "step.mlir").symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        luxc.load(art)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("layout"), "manifest field layout is missing"),
+    (lambda m: m.update(platforms="cpu"), "manifest field platforms must be a list"),
+    (lambda m: m["layout"].update(step="3"), "manifest field layout.step must be int"),
+    (lambda m: m["inputs"][0].update(dtype="object"), "dtype"),
+    (lambda m: m["files"]["step.mlir"].update(size=-1), "malformed"),
+    (lambda m: m.update(executable_key=None), "executable without its key"),
+])
+def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
+    m = _manifest(art)
+    edit(m)
+    _write_manifest(art, m)
+    with pytest.raises(ArtifactError, match=message):
+        luxc.load(art)
+
+
+def test_state_tensors_that_disagree_with_the_manifest_are_refused(art):
+    state = files.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
+    _replace_file(art, "state.safetensors", state)
+    with pytest.raises(ArtifactError, match="holds 1 arrays; the manifest lists"):
+        luxc.load(art)
+
+
+# ---------------------------------------------------------------- commands: nothing is lost
+
+
+def _luxc(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+FACTORY = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax, luxc
+    def factory():
+        model = luxc.nn.Dense(3, 1)
+        ps, st = luxc.setup(jax.random.key(0), model)
+        x = jnp.ones((8, 3))
+        return luxc.MSELoss(), (x, x[:, :1]), luxc.TrainState(model, ps, st, optax.sgd(0.1))
+""")
+
+
+def test_compile_force_refuses_a_directory_that_is_not_an_artefact(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "model.py").write_text(FACTORY)
+    r = _luxc("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
+    assert r.returncode == 1 and "is not a luxc artefact" in r.stderr.strip().splitlines()[-1]
+    assert (project / "model.py").read_text() == FACTORY
+    r = _luxc("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
+    assert r.returncode == 1 and (project / "model.py").exists()
+
+
+def test_compile_force_replaces_an_artefact_in_one_step(tmp_path, art):
+    (tmp_path / "model.py").write_text(FACTORY)
+    before = _manifest(art)
+    r = _luxc("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    after = _manifest(art)
+    assert after["layout"]["model"] != before["layout"]["model"] and len(after["inputs"]) == 4
+    assert not [p for p in tmp_path.iterdir() if ".luxc-" in p.name]  # no leftovers
+
+
+def test_compile_refuses_an_unwritable_out_before_running_the_factory(tmp_path):
+    marker = tmp_path / "factory-ran"
+    (tmp_path / "model.py").write_text(FACTORY + f"\nopen({str(marker)!r}, 'w')\n")
+    (tmp_path / "file").write_text("x")
+    r = _luxc("compile", "model.py:factory", "--out", "file/sub", cwd=tmp_path)
+    assert r.returncode == 1 and not marker.exists(), r.stderr
+
+
+def test_run_checks_save_state_before_training(art, tmp_path):
+    for bad in (tmp_path / "no-such-dir" / "state.safetensors", tmp_path):
+        r = _luxc("run", art, "--steps", "3", "--save-state", bad, cwd=tmp_path)
+        assert r.returncode != 0 and "--save-state" in r.stderr
+        assert "loss" not in r.stdout  # refused before the first step
+
+
+def test_profile_checks_trace_before_compiling(art, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = _luxc("profile", art, "--trace", tmp_path / "file" / "trace", cwd=tmp_path)
+    assert r.returncode == 1 and "--trace" in r.stderr and "step time" not in r.stdout
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _rewrite_checkpoint(path, edit):
+    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    edit(meta)
+    path.write_bytes(files.tensor_bytes(arrays, meta))
+
+
+def test_an_edited_checkpoint_step_is_caught_by_the_checksum(tmp_path):
+    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    luxc.save_state(path, ts)
+
+    def edit(meta):
+        meta["contents"] = meta["contents"].replace('"step": 0', '"step": 9')
+
+    _rewrite_checkpoint(path, edit)
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        luxc.load_state(path, like=ts)
+
+
+def test_a_negative_step_with_a_recomputed_checksum_is_refused(tmp_path):
+    from luxc.checkpoint import _digest
+
+    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    luxc.save_state(path, ts)
+    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    meta["contents"] = meta["contents"].replace('"step": 0', '"step": -5')
+    meta["sha256"] = _digest(meta["contents"].encode(), arrays)
+    path.write_bytes(files.tensor_bytes(arrays, meta))
+    with pytest.raises(ArtifactError, match="step -5; a step is a whole number >= 0"):
+        luxc.load_state(path, like=ts)
+
+
+def test_the_next_save_removes_only_the_temporaries_of_dead_writers(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ckpt.safetensors.luxc-{dead.pid}-0123456789ab.tmp"
+    live = tmp_path / f".ckpt.safetensors.luxc-{os.getppid()}-0123456789ab.tmp"
+    foreign = [tmp_path / ".ckpt.safetensors.tmp", tmp_path / f".other.luxc-{dead.pid}-0123456789ab.tmp"]
+    for p in [stale, live, *foreign]:
+        p.write_bytes(b"x" * 1000)
+    luxc.save_state(path, _train_state())
+    assert not stale.exists()
+    assert live.exists() and all(p.exists() for p in foreign)
+
+
+@pytest.mark.slow
+def test_a_save_killed_mid_write_never_leaves_a_checkpoint_that_loads_wrong(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    script = textwrap.dedent(f"""
+        import jax, optax, luxc
+        model = luxc.nn.Dense(1024, 2048)
+        ps, st = luxc.setup(jax.random.key(0), model)
+        ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
+        print("ready", flush=True)
+        while True:
+            luxc.save_state({str(path)!r}, ts)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    import time
+
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".ckpt.safetensors.luxc-*.tmp")) and time.time() < deadline:
+        time.sleep(0.005)
+    child.kill()
+    child.wait()
+    model = luxc.nn.Dense(1024, 2048)
+    ps, st = luxc.setup(jax.random.key(0), model)
+    like = luxc.TrainState(model, ps, st, optax.adam(1e-3))
+    if path.exists():  # an earlier complete save: it loads and equals what was saved
+        loaded = luxc.load_state(path, like=like)
+        np.testing.assert_array_equal(loaded.parameters["weight"], ps["weight"])
+    luxc.save_state(path, like)
+    assert not list(tmp_path.glob(".ckpt.safetensors.luxc-*.tmp"))
+
+
+# ---------------------------------------------------------------- the persistent cache
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    d = tmp_path / "cache"
+    with persistent_cache.using(d):
+        yield d
+
+
+def _compile_and_loss(objective):
+    jax.clear_caches()  # forget in-memory executables: the next compile asks the disk cache
+    ts = _train_state()
+    _, loss, _, _ = luxc.compile_step(objective, _data(), ts)(ts, _data())
+    return float(loss)
+
+
+def test_a_foreign_entry_copied_under_this_steps_key_is_not_run(cache_dir):
+    mse = _compile_and_loss(luxc.MSELoss())
+    (mse_entry,) = list(cache_dir.glob("*.luxc-xla"))
+    mae = _compile_and_loss(luxc.MAELoss())
+    (mae_entry,) = [p for p in cache_dir.glob("*.luxc-xla") if p != mse_entry]
+    shutil.copy(mae_entry, mse_entry)  # another program's executable under the MSE step's key
+    cache = persistent_cache.active()
+    rejected = cache.rejected
+    assert _compile_and_loss(luxc.MSELoss()) == pytest.approx(mse) != pytest.approx(mae)
+    assert cache.rejected == rejected + 1
+
+
+def test_an_entry_this_user_did_not_sign_is_compiled_afresh(cache_dir):
+    _compile_and_loss(luxc.MSELoss())
+    (entry,) = list(cache_dir.glob("*.luxc-xla"))
+    data = entry.read_bytes()
+    entry.write_bytes(b"0" * 64 + data[64:])
+    cache = persistent_cache.active()
+    hits = cache.hits
+    _compile_and_loss(luxc.MSELoss())
+    assert cache.hits == hits and cache.rejected >= 1
+    _compile_and_loss(luxc.MSELoss())  # the fresh compile was stored, signed: now it loads
+    assert cache.hits == hits + 1
+
+
+def test_a_cache_directory_others_can_write_is_not_loaded_from(tmp_path):
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    with persistent_cache.using(d), pytest.warns(persistent_cache.PersistentCacheWarning,
+                                                match="can be written by other users"):
+        _compile_and_loss(luxc.MSELoss())
+    assert not list(d.glob("*.luxc-xla"))
+
+
+def test_the_cache_directory_is_private(cache_dir):
+    _compile_and_loss(luxc.MSELoss())
+    assert stat.S_IMODE(os.stat(cache_dir).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in cache_dir.glob("*.luxc-xla"))
+
+
+def test_luxc_leaves_the_users_jax_cache_configuration_alone(tmp_path):
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users-own"))
+    try:
+        with persistent_cache.using(tmp_path / "luxc"):
+            _compile_and_loss(luxc.MSELoss())
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "users-own")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_import_changes_no_jax_option_and_a_bad_cache_dir_is_one_warning(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    code = textwrap.dedent("""
+        import warnings, jax
+        before = (jax.config.jax_compilation_cache_dir,
+                  jax.config.jax_persistent_cache_min_compile_time_secs)
+        import luxc
+        assert (jax.config.jax_compilation_cache_dir,
+                jax.config.jax_persistent_cache_min_compile_time_secs) == before
+        model = luxc.nn.Dense(2, 1)
+        ps, st = luxc.setup(jax.random.key(0), model)
+        ts = luxc.TrainState(model, ps, st, __import__("optax").sgd(0.1))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            luxc.compile_step(luxc.MSELoss(), (jax.numpy.ones((2, 2)), jax.numpy.ones((2, 1))), ts)
+        print("WARN", [str(x.message) for x in w])
+        assert jax.config.jax_compilation_cache_dir == before[0]
+    """)
+    env = {**os.environ, "LUXC_CACHE_DIR": str(tmp_path / "a-file" / "cache")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "LUXC_CACHE_DIR" in r.stdout and "compiling without a persistent cache" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "passes"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_nothing_reads_or_changes_the_process_umask(art, tmp_path, monkeypatch):
+    def forbidden(*_):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    luxc.save_state(tmp_path / "ckpt.safetensors", _train_state())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "new.luxc")
