@@ -30,6 +30,7 @@ import numpy as np
 from jax import export as jax_export
 
 from luxc.passes import resolve
+from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import (
     FORMAT,
     FORMAT_VERSION,
@@ -220,6 +221,7 @@ class LoadedStep:
         self.state = [jax.numpy.asarray(a) for a in state]
         self.data = [jax.numpy.asarray(a) for a in data]
         self.step_count = int(self.layout["step"])
+        self._scans: dict[int, Callable] = {}
 
     @property
     def pass_report(self) -> list[dict[str, Any]]:
@@ -260,17 +262,48 @@ class LoadedStep:
         return list(outs[:n]), outs[n], list(outs[n + 1:])
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
-            on_step: Callable[[int, float], None] | None = None) -> list[float]:
-        """Train ``steps`` steps from the current state; returns the losses."""
+            on_step: Callable[[int, float], None] | None = None, *,
+            steps_per_call: int = 1) -> list[float]:
+        """Train ``steps`` steps from the current state; returns the losses.
+
+        ``steps_per_call=K`` runs K steps in one compiled call (a ``lax.scan`` of the stored
+        step, compiled from its StableHLO once), Keras's ``steps_per_execution``: the host
+        waits for the device once per K steps. ``on_step`` still sees every step's loss."""
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
-        losses = []
-        for _ in range(steps):
-            self.state, loss, _ = self(self.state, data)
-            self.step_count += 1
-            losses.append(float(loss))
-            if on_step is not None:
-                on_step(self.step_count, losses[-1])
+        losses: list[float] = []
+        while len(losses) < steps:
+            k = min(steps_per_call, steps - len(losses))
+            if k == 1:
+                self.state, loss, _ = self(self.state, data)
+                chunk = [float(loss)]
+            else:
+                self.state, chunk_losses = self._scanned(k)(self.state, data)
+                chunk = [float(x) for x in np.asarray(chunk_losses)]
+            for loss in chunk:
+                self.step_count += 1
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(self.step_count, loss)
         return losses
+
+    def _scanned(self, k: int) -> Callable:
+        """``k`` steps as one executable, compiled once per ``k`` (data: the stored StableHLO)."""
+        if k not in self._scans:
+            n, call = len(self.state), self.exported.call
+
+            def steps(state, data):
+                def body(carry, _):
+                    outs = call(*carry, *data)
+                    return list(outs[:n]), outs[n]
+
+                return jax.lax.scan(body, list(state), None, length=k)
+
+            lowered = jax.jit(steps).lower(self.state, self.data)
+            with persistent_cache.compiling():
+                self._scans[k] = lowered.compile()
+        return self._scans[k]
 
     def save_state(self, path: str | Path) -> None:
         """Write the current state (and step) to a safetensors file, atomically."""

@@ -94,6 +94,13 @@ def test_inspect_shows_the_manifest_and_figures(artefact, workdir):
     assert json.loads(r.stdout)["format"] == "luxc-artifact"
 
 
+def test_run_with_several_steps_per_call_gives_the_same_losses(artefact, tmp_path):
+    r = luxc("run", artefact, "--steps", "7", "--steps-per-call", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    losses = [float(line.split("loss")[1]) for line in r.stdout.splitlines() if line.startswith("step ")]
+    np.testing.assert_allclose(losses, _expected_losses(7), rtol=1e-4)
+
+
 def test_run_needs_no_model_source_and_matches_in_process_training(artefact, tmp_path):
     copy = tmp_path / "shipped.luxc"
     subprocess.run(["cp", "-r", str(artefact), str(copy)], check=True)
