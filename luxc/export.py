@@ -69,6 +69,7 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     it is one of them. Returns the manifest.
     """
     ts.check_alive()
+    _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing
     step, state, leaves, layout = flat_step(obj_fn, data, ts)
     return _artifact.save(out, step, state, leaves, layout=layout,
                           platforms=list(platforms or [jax.default_backend()]),
