@@ -48,6 +48,7 @@ from luxc.runtime.files import (
     json_bytes,
     parse_json,
     read_regular,
+    remove_stale_temporaries,
     replace_directory,
     sha256,
     tensor_bytes,
@@ -152,6 +153,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
 
 
 def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> None:
+    remove_stale_temporaries(out)  # what a killed `luxc compile --out` of the same name left
     tmp = out.with_name(f".{out.name}.luxc-{os.getpid()}-{secrets.token_hex(6)}.partial")
     tmp.mkdir(mode=0o777)  # the umask applies, as for any directory the user makes
     try:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import struct
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.luxc-{os.getpid()}-{secrets.token_hex(6)}.tmp")
 
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.luxc-(?P<pid>\d+)-[0-9a-f]{12}\.tmp")
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.luxc-(?P<pid>\d+)-[0-9a-f]{12}\.(?P<kind>tmp|partial|old)")
 
 
 def _alive(pid: int) -> bool:
@@ -57,7 +58,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Remove the temporaries that killed writers left next to ``path``; return them."""
+    """Remove the temporaries that killed writers left next to ``path`` (files, and the
+    directories of an artefact being written or replaced); return them."""
     path = Path(path)
     removed = []
     try:
@@ -72,9 +74,16 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         if pid == os.getpid() or _alive(pid):
             continue
         try:
-            if stat.S_ISREG(os.lstat(p).st_mode) and os.lstat(p).st_uid == os.getuid():
+            info = os.lstat(p)
+            if info.st_uid != os.getuid():
+                continue
+            if m["kind"] == "tmp" and stat.S_ISREG(info.st_mode):
                 p.unlink()
-                removed.append(p)
+            elif m["kind"] != "tmp" and stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(p)
+            else:
+                continue
+            removed.append(p)
         except OSError:
             continue
     return removed

@@ -363,6 +363,20 @@ def test_the_next_save_removes_only_the_temporaries_of_dead_writers(tmp_path):
     assert live.exists() and all(p.exists() for p in foreign)
 
 
+def test_a_compile_removes_what_a_killed_compile_of_the_same_out_left(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".new.luxc.luxc-{dead.pid}-0123456789ab.partial"
+    live = tmp_path / f".new.luxc.luxc-{os.getppid()}-0123456789ab.partial"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "step.mlir").write_text("partial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "new.luxc")
+    assert not stale.exists() and live.exists() and (tmp_path / "new.luxc" / "manifest.json").exists()
+
+
 @pytest.mark.slow
 def test_a_save_killed_mid_write_never_leaves_a_checkpoint_that_loads_wrong(tmp_path):
     path = tmp_path / "ckpt.safetensors"
