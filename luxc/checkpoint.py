@@ -29,7 +29,9 @@ from luxc.runtime.files import (
 from luxc.training._state import TrainState
 
 _FORMAT = "luxc-checkpoint-2"
-_HEADER_ALLOWANCE = 64 << 20  # bytes beyond the tensors a checkpoint file may have
+# Bytes beyond the tensors a checkpoint file may have: the safetensors header and the contents
+# table, a few hundred bytes a leaf.
+_HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 
 
 def _parts(ts: TrainState) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def _check_contents(path: Path, meta: dict[str, str], arrays: list[np.ndarray]) 
         contents = json.loads(description)
         step = contents["step"]
         leaves = contents["leaves"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ArtifactError(f"checkpoint {path} has no valid contents table") from None
     if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
         raise ArtifactError(f"checkpoint {path} has step {step!r}; a step is a whole number >= 0")
@@ -97,8 +99,8 @@ def _check_contents(path: Path, meta: dict[str, str], arrays: list[np.ndarray]) 
                             f"{len(leaves) if isinstance(leaves, list) else '?'} leaves for "
                             f"{len(arrays)} tensors")
     for entry, a in zip(leaves, arrays):
-        if entry != {"path": entry.get("path") if isinstance(entry, dict) else None,
-                     "dtype": str(a.dtype), "shape": list(a.shape)}:
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)) or entry != {
+                "path": entry["path"], "dtype": str(a.dtype), "shape": list(a.shape)}:
             raise ArtifactError(f"checkpoint {path}: the contents table does not describe its "
                                 f"tensors ({entry!r})")
     return contents
@@ -114,7 +116,7 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
     names, refs, treedef = _leaves(like)
     expected = _describe(names, refs)
     limit = sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
-                for e in expected) + _HEADER_ALLOWANCE
+                for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * len(expected)
     arrays, meta = tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
     contents = _check_contents(path, meta, arrays)
     saved = contents["leaves"]

@@ -7,6 +7,8 @@
   it handles the Shardy (``sdy``) sharding attributes of multi-device modules.
 * ``compilation_cache_scope(cache)`` — jax's compiles use luxc's (authenticated) cache object
   for the duration of one luxc compile; jax's own cache state is restored after.
+* ``stable_custom_call_targets()`` — the custom-call targets jax.export accepts, to check an
+  artefact's module against.
 """
 
 from __future__ import annotations
@@ -83,3 +85,11 @@ def compilation_cache_scope(cache: Any) -> Iterator[None]:
             with compilation_cache._cache_initialized_mutex:
                 (compilation_cache._cache, compilation_cache._cache_initialized,
                  compilation_cache._cache_checked, compilation_cache._cache_used) = saved
+
+
+def stable_custom_call_targets() -> set[str]:
+    """The custom-call targets jax.export guarantees stable (what jax itself lets an exported
+    module call)."""
+    from jax._src.export import _export
+
+    return set(_export._CUSTOM_CALL_TARGETS_GUARANTEED_STABLE)

@@ -32,6 +32,7 @@ from jax import export as jax_export
 from luxc.passes import resolve
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import (
+    ARTIFACT_FILES,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -45,6 +46,7 @@ from luxc.runtime.files import (
     ArtifactError,
     check_writable_directory,
     describe,
+    holds_only_luxc_files,
     json_bytes,
     parse_json,
     read_regular,
@@ -55,6 +57,7 @@ from luxc.runtime.files import (
     tensors_from_bytes,
     write_atomic,
 )
+from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
 from luxc.runtime.persistent_cache import MemoryCache
 from luxc.runtime.trust import KeyUnavailable, sign
@@ -73,8 +76,9 @@ def _pipeline(options: CompileOptions, platforms: Sequence[str]) -> tuple[str, .
 
 
 def is_artifact_directory(path: Path) -> bool:
-    """Whether ``path`` is a real directory holding a luxc manifest (any format version)."""
-    if path.is_symlink() or not path.is_dir():
+    """Whether ``path`` is a real directory holding a luxc manifest (any format version) and
+    nothing but the files luxc writes into an artefact: the only kind luxc may delete."""
+    if path.is_symlink() or not path.is_dir() or not holds_only_luxc_files(path):
         return False
     try:
         manifest = parse_json(read_regular(path / MANIFEST, "manifest", 64 << 20), "manifest")
@@ -85,18 +89,24 @@ def is_artifact_directory(path: Path) -> bool:
 
 def check_output(out: str | Path, force: bool) -> None:
     """Refuse, before any work, an ``--out`` luxc must not write: an existing path without
-    ``force``, or anything but a luxc artefact with it (luxc never deletes what it did not
-    make), or a place it cannot write."""
+    ``force``; with it, anything but a directory holding only a luxc artefact (luxc never
+    deletes what it did not make); a place it cannot write."""
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise ArtifactError(f"--out {str(out)!r} names no new directory; give the artefact a "
+                            "directory name, e.g. --out step.luxc")
     if out.exists() or out.is_symlink():
         if not force:
             raise ArtifactError(f"{out} already exists; choose another --out, or pass --force to "
                                 "replace the artefact there")
         if not is_artifact_directory(out):
-            raise ArtifactError(f"{out} exists and is not a luxc artefact (no luxc manifest.json "
-                                "in it); luxc replaces only artefact directories, so choose "
-                                "another --out")
-    check_writable_directory(out.parent if out.parent != Path("") else Path("."), "--out parent")
+            extra = [] if not out.is_dir() or out.is_symlink() else sorted(
+                p.name for p in out.iterdir() if p.name not in ARTIFACT_FILES)
+            raise ArtifactError(
+                f"{out} is not a luxc artefact" + (f" (it also holds {', '.join(extra[:5])})"
+                                                   if extra else "")
+                + "; luxc replaces only directories it wrote, so choose another --out")
+    check_writable_directory(out.parent, "--out parent")
 
 
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
@@ -153,6 +163,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
 
 
 def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)  # what a killed `luxc compile --out` of the same name left
     tmp = out.with_name(f".{out.name}.luxc-{os.getpid()}-{secrets.token_hex(6)}.partial")
     tmp.mkdir(mode=0o777)  # the umask applies, as for any directory the user makes
@@ -174,9 +185,11 @@ def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> Non
     if old is not None:
         if is_artifact_directory(old):
             shutil.rmtree(old, ignore_errors=True)
-        else:
+        else:  # swapped in by someone while luxc compiled: keep it, under a name to see
+            kept = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            old.rename(kept)
             warnings.warn(f"{out} was replaced while luxc wrote it; what was there is now at "
-                          f"{old}", stacklevel=3)
+                          f"{kept}", stacklevel=3)
 
 
 def _output_names(layout: dict[str, Any]) -> list[str]:
@@ -326,6 +339,30 @@ def _tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list
     return arrays
 
 
+# XLA options are instructions to the compiler, not data: some write files (xla_dump_to), some
+# abort the process (an unknown name). From an artefact this user did not sign, luxc applies
+# only these, which change how fast or how exactly the step runs and nothing else.
+_SAFE_XLA_OPTIONS = {
+    "xla_cpu_enable_fast_math": bool, "xla_cpu_fast_math_honor_nans": bool,
+    "xla_cpu_fast_math_honor_infs": bool, "xla_cpu_fast_math_honor_division": bool,
+    "xla_cpu_fast_math_honor_functions": bool, "xla_cpu_use_fusion_emitters": bool,
+    "xla_cpu_use_xnnpack": bool, "xla_cpu_use_onednn": bool, "xla_cpu_prefer_vector_width": int,
+    "xla_gpu_enable_fast_min_max": bool, "xla_backend_optimization_level": int,
+}
+
+
+def _xla_options(options: dict[str, Any], signed: bool, notes: list[str]) -> dict[str, Any]:
+    if signed:
+        return dict(options)
+    safe = {k: v for k, v in options.items()
+            if k in _SAFE_XLA_OPTIONS and type(v) is _SAFE_XLA_OPTIONS[k]}
+    dropped = sorted(set(options) - set(safe))
+    if dropped:
+        notes.append(f"ignored the XLA options {', '.join(dropped)} of an artefact this user did "
+                     "not sign (only performance options are taken from one)")
+    return safe
+
+
 def load(directory: str | Path) -> LoadedStep:
     """Load an artefact: read and verify every file once, then use its executable if this
     user's luxc signed it and this machine's platform and jaxlib match the ones that built it;
@@ -336,6 +373,8 @@ def load(directory: str | Path) -> LoadedStep:
     if host not in manifest["platforms"]:
         raise ArtifactError(f"this artefact targets {', '.join(manifest['platforms'])} but this "
                             f"machine runs {host}; recompile it with --platform {host}")
+    if not artifact.signed_by_this_user:
+        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory))
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
@@ -358,9 +397,11 @@ def load(directory: str | Path) -> LoadedStep:
                      f"{artifact.unsigned_reason}; compiled its StableHLO instead")
     else:
         cache = MemoryCache({manifest["executable_key"]: artifact.files["executable.bin"]})
-    compiled, _ = compile_exported(exported, args,
-                                   xla_options=manifest["compile_options"]["xla_options"],
-                                   cache=cache)
+    xla_options = _xla_options(manifest["compile_options"]["xla_options"],
+                               artifact.signed_by_this_user, notes)
+    # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
+    compile_cache = cache or persistent_cache.active() or MemoryCache()
+    compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache)
     loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
         notes.append("the artefact's executable does not match this machine's XLA (devices or "

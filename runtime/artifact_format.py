@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from luxc.runtime.files import ArtifactError, parse_json, read_regular, sha256
@@ -40,6 +41,8 @@ SIGNATURE = "manifest.sig"
 SIGNATURE_DOMAIN = "luxc-artifact-manifest-v2"
 REQUIRED_FILES = ("step.jaxexport", "step.mlir", "state.safetensors", "data.safetensors")
 OPTIONAL_FILES = ("executable.bin",)
+ARTIFACT_FILES = (MANIFEST, SIGNATURE, *REQUIRED_FILES, *OPTIONAL_FILES)
+_MAX_DIMENSION = 1 << 40
 MAX_MANIFEST_BYTES = 64 << 20
 
 _NUMBER = (int, float)
@@ -65,7 +68,14 @@ _SCHEMA: dict[str, Any] = {
     "compile_seconds": _OPTIONAL_NUMBER,
     "files": dict,
 }
+# Optional fields: checked when present.
+_OPTIONAL = {"flops": _OPTIONAL_NUMBER, "bytes_accessed": _OPTIONAL_NUMBER,
+             "memory": (dict, type(None))}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_ARRAY_DTYPES = {str(np.dtype(t)) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float16, np.float32, np.float64, np.complex64, np.complex128, ml_dtypes.bfloat16,
+    ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)}
 
 
 def _type_names(t: Any) -> str:
@@ -106,16 +116,20 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
         raise ArtifactError(f"artefact format version {manifest.get('format_version')!r}; this "
                             f"luxc reads version {FORMAT_VERSION}: recompile it with this luxc")
     _check(manifest, _SCHEMA, "")
+    for key, schema in _OPTIONAL.items():
+        if key in manifest:
+            _check(manifest[key], schema, key)
+    if any(type(v) not in (int, float) for v in (manifest.get("memory") or {}).values()):
+        raise ArtifactError("manifest field memory must map names to numbers")
+    for name, value in manifest["compile_options"]["xla_options"].items():
+        if not isinstance(value, bool | int | float | str):
+            raise ArtifactError(f"manifest XLA option {name} must be a bool, number or string")
     for i, spec in enumerate(manifest["inputs"] + manifest["outputs"]):
-        try:
-            kind = np.dtype(spec["dtype"]).kind
-        except TypeError:
-            kind = "O"
-        if kind not in "biufcV" or spec["dtype"] in ("void", "V"):  # V: bfloat16, float8…
-            raise ArtifactError(f"manifest input/output {i} has dtype {spec['dtype']!r}, which "
-                                "is not an array dtype") from None
-        if any(d < 0 for d in spec["shape"]):
-            raise ArtifactError(f"manifest input/output {i} has a negative dimension")
+        if spec["dtype"] not in _ARRAY_DTYPES:
+            raise ArtifactError(f"manifest input/output {i} has dtype {spec['dtype'][:40]!r}, "
+                                "which is not an array dtype luxc writes")
+        if any(not 0 <= d < _MAX_DIMENSION for d in spec["shape"]):
+            raise ArtifactError(f"manifest input/output {i} has a dimension out of range")
     layout = manifest["layout"]
     if layout["n_state"] + layout["n_data"] != len(manifest["inputs"]) or min(
             layout["n_state"], layout["n_data"]) < 0:

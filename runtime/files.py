@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load, save
+from safetensors.numpy import save
 
 
 class ArtifactError(RuntimeError):
@@ -48,13 +48,31 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.luxc-(?P<pid>\d+)-[0-9a-f]{12}\.(?P<ki
 
 
 def _alive(pid: int) -> bool:
+    if not 0 < pid < 1 << 22:  # Linux's pid_max bound: no process ever had this id
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # another user's process: alive
     return True
+
+
+# A stale directory is removed only if it holds nothing but what luxc writes there: files of
+# the artefact format and luxc's own temporaries.
+_LUXC_DIRECTORY_ENTRIES = re.compile(
+    r"manifest\.json|manifest\.sig|step\.jaxexport|step\.mlir|executable\.bin|"
+    r"state\.safetensors|data\.safetensors|\..+\.luxc-\d+-[0-9a-f]{12}\.tmp")
+
+
+def holds_only_luxc_files(directory: Path) -> bool:
+    """Whether every entry of ``directory`` is a regular file luxc writes into an artefact."""
+    try:
+        return all(_LUXC_DIRECTORY_ENTRIES.fullmatch(p.name) and not p.is_symlink() and p.is_file()
+                   for p in directory.iterdir())
+    except OSError:
+        return False
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -70,16 +88,14 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         m = _TEMPORARY.fullmatch(p.name)
         if m is None or m["name"] != path.name:
             continue
-        pid = int(m["pid"])
-        if pid == os.getpid() or _alive(pid):
-            continue
         try:
             info = os.lstat(p)
-            if info.st_uid != os.getuid():
+            pid = int(m["pid"])
+            if info.st_uid != os.getuid() or pid == os.getpid() or _alive(pid):
                 continue
             if m["kind"] == "tmp" and stat.S_ISREG(info.st_mode):
                 p.unlink()
-            elif m["kind"] != "tmp" and stat.S_ISDIR(info.st_mode):
+            elif m["kind"] != "tmp" and stat.S_ISDIR(info.st_mode) and holds_only_luxc_files(p):
                 shutil.rmtree(p)
             else:
                 continue
@@ -89,16 +105,16 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either the old file or the new one.
 
-    The new file gets the permissions of a plain ``open`` (0666 less the umask), which the
-    kernel applies: luxc never reads or changes the process umask."""
+    The new file is created with ``mode`` less the umask (by default the permissions of a
+    plain ``open``), which the kernel applies: luxc never reads or changes the process umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = _temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -110,7 +126,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def read_regular(path: str | Path, what: str, max_bytes: int) -> bytes:
+def read_regular(path: str | Path, what: str, max_bytes: int) -> bytearray:
     """The bytes of ``path``, read once; refuses symbolic links, non-regular files and files
     larger than ``max_bytes``."""
     path = Path(path)
@@ -130,19 +146,18 @@ def read_regular(path: str | Path, what: str, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise ArtifactError(f"{what} {path} has {info.st_size} bytes, more than the "
                                 f"{max_bytes} expected")
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
+        buffer = bytearray(info.st_size)
+        view, filled = memoryview(buffer), 0
+        while filled < info.st_size:
+            n = os.readv(fd, [view[filled:]])
+            if n == 0:
                 break
-            chunks.append(chunk)
-            left -= len(chunk)
+            filled += n
+        if filled < info.st_size or os.read(fd, 1):
+            raise ArtifactError(f"{what} {path} changed size while it was read")
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        raise ArtifactError(f"{what} {path} grew past the {max_bytes} bytes expected while read")
-    return data
+    return buffer
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -156,8 +171,8 @@ def json_bytes(obj: Any) -> bytes:
 def parse_json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{what} is corrupt (not valid JSON: {e})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit ints, nesting
+        raise ArtifactError(f"{what} is corrupt (not valid JSON: {type(e).__name__})") from None
 
 
 def tensor_bytes(arrays: Sequence[Any], metadata: dict[str, str] | None = None) -> bytes:
@@ -167,20 +182,52 @@ def tensor_bytes(arrays: Sequence[Any], metadata: dict[str, str] | None = None) 
     return save(named, metadata=metadata)
 
 
-def tensors_from_bytes(data: bytes, what: str) -> tuple[list[np.ndarray], dict[str, str]]:
-    """The arrays of bytes written by :func:`tensor_bytes`, in order, and the metadata."""
-    try:
-        (header_size,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + header_size]) if header_size <= len(data) - 8 else None
-        if not isinstance(header, dict):
-            raise ValueError("bad header")
-        named = load(data)
-    except (SafetensorError, struct.error, ValueError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{what} is corrupt ({e})") from None
-    metadata = header.get("__metadata__") or {}
+# safetensors dtype names (the format's own) and their numpy dtypes, ml_dtypes' included.
+_SAFETENSORS_DTYPES = {
+    "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
+    "U32": np.uint32, "I32": np.int32, "U64": np.uint64, "I64": np.int64, "F16": np.float16,
+    "F32": np.float32, "F64": np.float64, "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+    "C64": np.complex64, "C128": np.complex128,
+}
+_MAX_TENSORS = 1 << 20
+
+
+def tensors_from_bytes(data: bytes | bytearray, what: str) -> tuple[list[np.ndarray],
+                                                                    dict[str, str]]:
+    """The arrays of bytes written by :func:`tensor_bytes`, in order, and the metadata.
+
+    The safetensors header is checked here, not trusted: every tensor's dtype is a known one,
+    its byte range lies inside the data, matches its shape, and overlaps no other."""
+    if len(data) < 8:
+        raise ArtifactError(f"{what} is corrupt (shorter than a safetensors header)")
+    (header_size,) = struct.unpack("<Q", bytes(data[:8]))
+    if header_size > len(data) - 8:
+        raise ArtifactError(f"{what} is corrupt (its header runs past the end of the file)")
+    header = parse_json(bytes(data[8:8 + header_size]), what)
+    if not isinstance(header, dict) or len(header) > _MAX_TENSORS:
+        raise ArtifactError(f"{what} is corrupt (its header is not a table of tensors)")
+    metadata = header.pop("__metadata__", None) or {}
     if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise ArtifactError(f"{what} is corrupt (its metadata is not a table of strings)")
-    return [named[k] for k in sorted(named)], metadata
+    body = memoryview(data)[8 + header_size:]
+    arrays, ranges = {}, []
+    for name, entry in header.items():
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body) or \
+                    end - begin != int(np.prod(shape, dtype=object)) * dtype.itemsize:
+                raise ValueError
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise ArtifactError(f"{what} is corrupt (tensor {name!r} is malformed)") from None
+        ranges.append((begin, end))
+        arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape)
+    ranges.sort()
+    if any(a_end > b_begin for (_, a_end), (b_begin, _) in zip(ranges, ranges[1:])):
+        raise ArtifactError(f"{what} is corrupt (two tensors share bytes)")
+    return [arrays[k] for k in sorted(arrays)], metadata
 
 
 def describe(arrays: Sequence[Any]) -> list[dict[str, Any]]:
@@ -198,6 +245,10 @@ def check_writable_file(path: str | Path, what: str) -> None:
         raise ArtifactError(f"{what} {path}: the directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):  # the new file is renamed in place there
         raise ArtifactError(f"{what} {path}: the directory {parent} is not writable")
+    if path.exists() and os.stat(parent).st_mode & stat.S_ISVTX and \
+            os.lstat(path).st_uid != os.getuid():
+        raise ArtifactError(f"{what} {path} belongs to another user in a shared directory; luxc "
+                            "cannot replace it")
 
 
 def check_writable_directory(path: str | Path, what: str) -> None:

@@ -30,7 +30,13 @@ from pathlib import Path
 
 from luxc.runtime._jax_internal import cache_interface, compilation_cache_scope
 from luxc.runtime.files import ArtifactError, read_regular, write_atomic
-from luxc.runtime.trust import key_problem, shared_directory_problem, sign, verify
+from luxc.runtime.trust import (
+    KeyUnavailable,
+    key_problem,
+    shared_directory_problem,
+    sign,
+    verify,
+)
 
 DEFAULT_MAX_BYTES = 4 << 30
 _SUFFIX = ".luxc-xla"
@@ -51,8 +57,13 @@ class AuthenticatedFileCache(cache_interface()):
 
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self._path, self.max_bytes = path, max_bytes
-        self.loads_refused: str | None = shared_directory_problem(path) or key_problem()
         self.hits = self.rejected = 0
+
+    @property
+    def loads_refused(self) -> str | None:
+        """Why nothing is loaded from (or stored in) the directory now, or ``None``; asked at
+        every use, since the directory's permissions can change while luxc runs."""
+        return shared_directory_problem(self._path) or key_problem()
 
     def _file(self, key: str) -> Path:
         return self._path / (hashlib.sha256(key.encode()).hexdigest() + _SUFFIX)
@@ -72,19 +83,27 @@ class AuthenticatedFileCache(cache_interface()):
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        if self.loads_refused is not None:
+        self._path.mkdir(mode=0o700, parents=True, exist_ok=True)  # deleted while luxc ran
+        if shared_directory_problem(self._path) is not None:
             return  # a directory others can write is not one to leave executables in either
-        write_atomic(self._file(key), sign(_DOMAIN, key.encode(), value).encode() + value)
-        os.chmod(self._file(key), 0o600)
+        try:
+            tag = sign(_DOMAIN, key.encode(), value)  # creates the key on first use
+        except KeyUnavailable:
+            return
+        write_atomic(self._file(key), tag.encode() + value, mode=0o600)
         self._evict()
 
-    def _evict(self) -> None:
+    def _own_entries(self) -> list[tuple[os.stat_result, Path]]:
         entries = []
         for p in self._path.glob("*" + _SUFFIX):
             with contextlib.suppress(OSError):
                 info = os.lstat(p)
                 if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
-                    entries.append((info.st_atime, info.st_size, p))
+                    entries.append((info, p))
+        return entries
+
+    def _evict(self) -> None:
+        entries = [(info.st_atime, info.st_size, p) for info, p in self._own_entries()]
         total = sum(size for _, size, _ in entries)
         for _, size, p in sorted(entries):
             if total <= self.max_bytes:
@@ -94,7 +113,7 @@ class AuthenticatedFileCache(cache_interface()):
                 total -= size
 
     def clear(self) -> None:
-        for p in self._path.glob("*" + _SUFFIX):
+        for _, p in self._own_entries():
             with contextlib.suppress(OSError):
                 p.unlink()
 
@@ -169,11 +188,12 @@ def active() -> AuthenticatedFileCache | None:
                 warnings.warn(f"{e}; compiling without a persistent cache", PersistentCacheWarning,
                               stacklevel=3)
     cache = _state["cache"]
-    if cache is not None and cache.loads_refused and not _state["warned"]:
+    refused = (cache is not None and not _state["warned"] and cache._path.exists()
+               and shared_directory_problem(cache._path))
+    if refused:
         _state["warned"] = True
-        warnings.warn(f"not loading executables from the persistent cache: "
-                      f"{cache.loads_refused}; compiling instead", PersistentCacheWarning,
-                      stacklevel=3)
+        warnings.warn(f"not loading executables from the persistent cache: {refused}; compiling "
+                      "instead", PersistentCacheWarning, stacklevel=3)
     return cache
 
 

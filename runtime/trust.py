@@ -58,25 +58,32 @@ def _read_key(path: Path) -> bytes:
 
 
 def _create_key(path: Path) -> None:
+    # Written in full under a private name, then linked into place: another process starting
+    # at the same moment sees no key or the whole key, never a partial one.
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return  # another process made it first: use theirs
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, secrets.token_bytes(KEY_BYTES))
         os.fsync(fd)
-    finally:
         os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def user_key() -> bytes:
-    """This user's key, created on first use. Raises :class:`KeyUnavailable`."""
+def user_key(*, create: bool = True) -> bytes:
+    """This user's key, created on first use unless ``create=False``. Raises
+    :class:`KeyUnavailable`."""
     path = key_path()
     try:
         return _read_key(path)
     except FileNotFoundError:
-        pass
+        if not create:
+            raise KeyUnavailable(f"there is no luxc key at {path} yet") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise KeyUnavailable(f"the luxc key {path} is a symbolic link; luxc refuses it") from None
@@ -89,18 +96,18 @@ def user_key() -> bytes:
 
 
 def key_problem() -> str | None:
-    """Why this user's key cannot be used, or ``None`` when it can."""
+    """Why this user's key cannot be used, or ``None`` when it can (never creates one)."""
     try:
-        user_key()
+        user_key(create=False)
     except KeyUnavailable as e:
         return str(e)
     return None
 
 
-def sign(domain: str, *parts: bytes) -> str:
+def sign(domain: str, *parts: bytes, create_key: bool = True) -> str:
     """HMAC-SHA256 (hex) of ``parts`` under this user's key, separated by ``domain`` so that a
     tag made for one purpose (an artefact manifest) never verifies for another (a cache entry)."""
-    mac = hmac.new(user_key(), domain.encode() + b"\0", hashlib.sha256)
+    mac = hmac.new(user_key(create=create_key), domain.encode() + b"\0", hashlib.sha256)
     for part in parts:
         mac.update(len(part).to_bytes(8, "little"))  # unambiguous framing of the parts
         mac.update(part)
@@ -108,14 +115,15 @@ def sign(domain: str, *parts: bytes) -> str:
 
 
 def verify(tag: str | bytes, domain: str, *parts: bytes) -> bool:
-    """Whether ``tag`` is :func:`sign` of ``parts`` (constant time; ``False`` without a key)."""
-    if isinstance(tag, bytes):
+    """Whether ``tag`` is :func:`sign` of ``parts`` (constant time; ``False`` without a key —
+    checking never creates one)."""
+    if isinstance(tag, bytes | bytearray):
         try:
             tag = tag.decode("ascii")
         except UnicodeDecodeError:
             return False
     try:
-        expected = sign(domain, *parts)
+        expected = sign(domain, *parts, create_key=False)
     except KeyUnavailable:
         return False
     return hmac.compare_digest(expected, tag.strip())

@@ -125,6 +125,18 @@ def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art,
     np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
 
 
+def test_xla_options_of_an_unsigned_artefact_cannot_write_files_or_abort(art, tmp_path):
+    dump = tmp_path / "dumped-here"
+    m = _manifest(art)
+    m["compile_options"]["xla_options"] = {"xla_dump_to": str(dump), "xla_no_such_flag": True,
+                                           "xla_cpu_enable_fast_math": False}
+    _write_manifest(art, m)
+    loaded, notes = _load(art)
+    assert not dump.exists()
+    assert any("ignored the XLA options xla_dump_to, xla_no_such_flag" in n for n in notes), notes
+    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+
+
 def test_an_artefact_signed_with_another_users_key_compiles_its_stablehlo(art, tmp_path, monkeypatch):
     monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "someone-else" / "key"))
     loaded, notes = _load(art)
@@ -278,10 +290,21 @@ def test_compile_force_refuses_a_directory_that_is_not_an_artefact(tmp_path):
     project.mkdir()
     (project / "model.py").write_text(FACTORY)
     r = _luxc("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
-    assert r.returncode == 1 and "is not a luxc artefact" in r.stderr.strip().splitlines()[-1]
-    assert (project / "model.py").read_text() == FACTORY
+    assert r.returncode == 1 and "names no new directory" in r.stderr.strip().splitlines()[-1]
     r = _luxc("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
-    assert r.returncode == 1 and (project / "model.py").exists()
+    assert r.returncode == 1 and "is not a luxc artefact" in r.stderr
+    assert (project / "model.py").read_text() == FACTORY
+
+
+def test_compile_force_refuses_a_fake_manifest_beside_the_users_files(tmp_path):
+    (tmp_path / "model.py").write_text(FACTORY)
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "manifest.json").write_text('{"format": "luxc-artifact"}')
+    (proj / "thesis.tex").write_text("thesis")
+    r = _luxc("compile", "model.py:factory", "--out", proj, "--force", cwd=tmp_path)
+    assert r.returncode == 1 and "it also holds src, thesis.tex" in r.stderr, r.stderr
+    assert (proj / "thesis.tex").read_text() == "thesis" and (proj / "src").is_dir()
 
 
 def test_compile_force_replaces_an_artefact_in_one_step(tmp_path, art):
@@ -513,3 +536,133 @@ def test_nothing_reads_or_changes_the_process_umask(art, tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "new.luxc")
+
+
+# ---------------------------------------------------------------- found by attacking the above
+
+
+def _exported_with_custom_call(target):
+    """A module whose one op calls the native function ``target`` by name."""
+    import dataclasses
+
+    from jax import export as jax_export
+
+    from luxc.runtime._jax_internal import ir_context, serialize_module
+    from luxc.runtime.executable import _TARGET_VERSION
+
+    exported = jax_export.export(jax.jit(lambda x: x * 2.0))(jnp.ones(3))
+    text = textwrap.dedent(f"""
+        module @jit_f attributes {{jax.uses_shape_polymorphism = false, mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{
+          func.func public @main(%arg0: tensor<3xf32>) -> (tensor<3xf32> {{jax.result_info = "result"}}) {{
+            %0 = stablehlo.custom_call @{target}(%arg0) : (tensor<3xf32>) -> tensor<3xf32>
+            return %0 : tensor<3xf32>
+          }}
+        }}""")
+    from jaxlib.mlir import ir
+
+    with ir_context():
+        module = ir.Module.parse(text)
+        data = serialize_module(module, _TARGET_VERSION)
+    return bytes(dataclasses.replace(exported, mlir_module_serialized=data).serialize())
+
+
+def test_an_unsigned_module_calling_native_functions_by_name_is_refused(art):
+    from luxc.runtime.module_check import check_untrusted
+
+    with pytest.raises(ArtifactError, match="calls native functions xla_ffi_python_cpu_callback"):
+        check_untrusted(_exported_with_custom_call("xla_ffi_python_cpu_callback"), "art")
+    _replace_file(art, "step.jaxexport", _exported_with_custom_call("my_native_kernel"))
+    with pytest.raises(ArtifactError, match="calls native functions my_native_kernel by name"):
+        luxc.load(art)
+
+
+def test_an_unsigned_module_that_breaks_the_parser_fails_in_a_child_process_not_here():
+    from luxc.runtime.module_check import check_untrusted
+
+    with pytest.raises(ArtifactError, match="made the checking process fail"):
+        check_untrusted(b"\x00garbage that is no jax.export artefact", "art")
+
+
+def test_xla_options_of_a_signed_artefact_are_the_users_own_choice(art):
+    loaded, notes = _load(art)  # signed: its options (none here) apply, nothing is dropped
+    assert not any("ignored the XLA options" in n for n in notes)
+
+
+def test_a_temporary_with_an_impossible_pid_does_not_break_a_save(tmp_path):
+    odd = tmp_path / f".ckpt.safetensors.luxc-{10**20}-0123456789ab.tmp"
+    odd.write_bytes(b"x")
+    luxc.save_state(tmp_path / "ckpt.safetensors", _train_state())
+    assert (tmp_path / "ckpt.safetensors").exists() and not odd.exists()
+
+
+def test_processes_creating_the_key_at_once_all_get_the_whole_same_key(tmp_path):
+    code = "from luxc.runtime import trust; print(trust.user_key().hex())"
+    env = {**os.environ, "LUXC_KEY_FILE": str(tmp_path / "fresh" / "key")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=env) for _ in range(4)]
+    keys = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert len(keys) == 1 and len(keys.pop()) == 64
+
+
+def test_reading_an_artefact_never_creates_a_key(art, tmp_path, monkeypatch):
+    monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "none-yet" / "key"))
+    artifact = artifact_format.read_artifact(art)
+    assert not artifact.signed_by_this_user and not (tmp_path / "none-yet").exists()
+
+
+def test_compile_creates_a_missing_parent_of_out(tmp_path):
+    (tmp_path / "model.py").write_text(FACTORY)
+    r = _luxc("compile", "model.py:factory", "--out", "nd/sub/art", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "nd/sub/art/manifest.json").exists()
+
+
+def test_bfloat16_checkpoints_round_trip(tmp_path):
+    ts = _train_state()
+    ts = ts.replace(parameters=luxc.bf16(ts.parameters))
+    ts = luxc.TrainState(ts.model, ts.parameters, ts.states, optax.sgd(0.1))
+    luxc.save_state(tmp_path / "bf16.safetensors", ts)
+    back = luxc.load_state(tmp_path / "bf16.safetensors", like=ts)
+    for a, b in zip(jax.tree.leaves(ts.parameters), jax.tree.leaves(back.parameters)):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+@pytest.mark.parametrize("manifest", ['{"format": "luxc-artifact", "format_version": 2, "x": ' + "9" * 5000 + "}",
+                                      '{"a": ' + "[" * 100000 + "]" * 100000 + "}"])
+def test_hostile_json_is_one_artifact_error(art, manifest):
+    (art / "manifest.json").write_text(manifest)
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        luxc.load(art)
+
+
+def test_a_checkpoint_leaf_without_a_name_is_one_artifact_error(tmp_path):
+    from luxc.checkpoint import _digest
+
+    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    luxc.save_state(path, ts)
+    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    contents = json.loads(meta["contents"])
+    contents["leaves"][0]["path"] = None
+    meta["contents"] = json.dumps(contents)
+    meta["sha256"] = _digest(meta["contents"].encode(), arrays)
+    path.write_bytes(files.tensor_bytes(arrays, meta))
+    with pytest.raises(ArtifactError, match="does not describe its tensors"):
+        luxc.load_state(path, like=ts)
+
+
+def test_overlapping_tensors_in_a_safetensors_header_are_refused():
+    import struct
+
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    data = struct.pack("<Q", len(header)) + header + b"\0" * 12
+    with pytest.raises(ArtifactError, match="share bytes"):
+        files.tensors_from_bytes(data, "state")
+
+
+def test_a_deleted_cache_directory_is_recreated_private(cache_dir):
+    _compile_and_loss(luxc.MSELoss())
+    shutil.rmtree(cache_dir)
+    _compile_and_loss(luxc.MAELoss())
+    assert stat.S_IMODE(os.stat(cache_dir).st_mode) == 0o700

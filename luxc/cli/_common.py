@@ -25,6 +25,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # `luxc inspect … | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(1) from None
         except Exception as e:  # noqa: BLE001 - the CLI's contract: one line, no traceback
             if os.environ.get("LUXC_DEBUG"):
                 raise

@@ -1,0 +1,91 @@
+"""Checking StableHLO that someone else wrote before this process touches it.
+
+Parsing and compiling a module runs none of its author's code, but two things still reach
+native code from it: a ``custom_call`` names a native function by string (a host callback, any
+registered kernel) and calls it with the author's operands; and MLIR's deserializer is not
+hardened against hostile bytes (fuzzed modules crashed it with heap corruption, or hung it). So
+an artefact this user did not sign is first parsed and lowered in a child process, with a time
+limit, and its custom calls are checked against the targets jax itself guarantees stable (minus
+those that call back into a foreign runtime). A crash or a hang stays in the child and becomes
+one ``ArtifactError``; only a module that passed is then loaded here.
+
+Run as ``python -m luxc.runtime.module_check`` it is that child: a ``.jaxexport`` on standard
+input, the custom-call targets as JSON on standard output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from luxc.runtime._jax_internal import (
+    deserialize_module,
+    ir_context,
+    stable_custom_call_targets,
+)
+from luxc.runtime.files import ArtifactError
+
+CHECK_SECONDS = 120
+# Targets that hand control to another runtime's code are not data, whoever wrote them.
+_NEVER = {"tf.call_tf_function"}
+
+
+def custom_call_targets(exported) -> set[str]:
+    """The ``call_target_name`` of every ``stablehlo.custom_call`` in ``exported``'s module."""
+    targets: set[str] = set()
+
+    def visit(op) -> None:
+        if op.name == "stablehlo.custom_call":
+            targets.add(str(op.attributes["call_target_name"]).strip('"'))
+        for region in op.regions:
+            for block in region:
+                for child in block:
+                    visit(child.operation)
+
+    with ir_context() as ctx:
+        visit(deserialize_module(exported.mlir_module_serialized, ctx).operation)
+    return targets
+
+
+def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS) -> None:
+    """Parse, lower and check the custom calls of ``jaxexport`` in a child process."""
+    try:
+        child = subprocess.run([sys.executable, "-m", "luxc.runtime.module_check"],
+                               input=bytes(jaxexport), capture_output=True, timeout=timeout,
+                               env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(f"{what}: checking its StableHLO did not finish in {timeout:.0f} s; "
+                            "luxc refuses it") from None
+    if child.returncode != 0:
+        how = (f"killed by signal {signal.Signals(-child.returncode).name}"
+               if child.returncode < 0 else f"exit code {child.returncode}")
+        last = (child.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+        raise ArtifactError(f"{what}: its StableHLO made the checking process fail ({how}"
+                            f"{': ' + last[:200] if last else ''}); luxc refuses it")
+    targets = set(json.loads(child.stdout.decode().strip().splitlines()[-1]))
+    allowed = _allowed_targets()
+    refused = sorted(t for t in targets if t not in allowed)
+    if refused:
+        raise ArtifactError(f"{what}: its StableHLO calls native functions {', '.join(refused)} "
+                            "by name (custom_call), which luxc does not accept from an artefact "
+                            "this user did not sign")
+
+
+def _allowed_targets() -> set[str]:
+    return stable_custom_call_targets() - _NEVER
+
+
+def _main() -> None:
+    import jax
+    from jax import export as jax_export
+
+    exported = jax_export.deserialize(bytearray(sys.stdin.buffer.read()))
+    jax.jit(exported.call).lower(*exported.in_avals)  # where fuzzed modules crashed or hung
+    print(json.dumps(sorted(custom_call_targets(exported))))
+
+
+if __name__ == "__main__":
+    _main()
