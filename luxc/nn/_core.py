@@ -34,20 +34,25 @@ class Val:
         return bool(self.value)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Val) and self.value == other.value
+        # The type takes part so that Val(1) and Val(True) are different program keys.
+        return (isinstance(other, Val) and type(self.value) is type(other.value)
+                and self.value == other.value)
 
     def __hash__(self) -> int:
-        return hash((Val, self.value))
+        return hash((Val, type(self.value), self.value))
 
     def __repr__(self) -> str:
-        return f"Val({self.value!r})"
+        # A function prints by name, not address: the repr is part of the pytree structure's
+        # text, which checkpoints compare across processes.
+        name = getattr(self.value, "__name__", None) if callable(self.value) else None
+        return f"Val({name or repr(self.value)})"
 
     def tree_flatten(self):
-        return (), self.value
+        return (), self
 
     @classmethod
-    def tree_unflatten(cls, value, children):
-        return cls(value)
+    def tree_unflatten(cls, aux, children):
+        return aux
 
 
 class LayerShapeError(ValueError):
@@ -147,7 +152,9 @@ def apply(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
 
 
 def _count(tree: PyTree) -> int:
-    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+    # A static Val counts as one, as LuxCore's ``statelength(::Any) = 1``.
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda v: isinstance(v, Val))
+    return sum(1 if isinstance(leaf, Val) else int(np.size(leaf)) for leaf in leaves)
 
 
 def parameter_count(layer: AbstractLayer) -> int:
@@ -157,7 +164,8 @@ def parameter_count(layer: AbstractLayer) -> int:
 
 
 def state_count(layer: AbstractLayer) -> int:
-    """Number of array scalars in the state of ``layer`` (static ``Val`` flags do not count)."""
+    """Number of state scalars of ``layer``: array elements, plus one per static ``Val`` (a
+    ``training`` flag, a function kept by ``@compact``), as LuxCore's ``statelength``."""
     return _count(jax.eval_shape(layer.init_states, jax.random.key(0)))
 
 
