@@ -97,40 +97,62 @@ def recursive_eltype(x: Any) -> np.dtype:
     return np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
 
 
-def _convert(x: Any, dtype: Any) -> Any:
+_COMPLEX = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
+
+
+def _convert(x: Any, dtype: Any, name: str) -> Any:
+    # As Lux's LuxEltypeAdaptor: floating arrays become `dtype`, complex arrays complex of
+    # `dtype`; numbers and every other leaf are left alone.
+    dtype = np.dtype(dtype)
+
     def conv(leaf: Any) -> Any:
-        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            return leaf
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
             return jnp.asarray(leaf, dtype)
-        if isinstance(leaf, float):
-            return jnp.asarray(leaf, dtype)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            if dtype not in _COMPLEX:
+                raise TypeError(f"{name}: a {leaf.dtype} leaf has no {dtype} complex counterpart "
+                                "in JAX (Lux would make it Complex{Float16}); convert the complex "
+                                "leaves with f32 or leave them out")
+            return jnp.asarray(leaf, _COMPLEX[dtype])
         return leaf
 
     return jax.tree_util.tree_map(conv, x)
 
 
 def f16(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float16; integers and other leaves untouched."""
-    return _convert(x, jnp.float16)
+    """Floating-point arrays of ``x`` as float16; integers, numbers and other leaves untouched.
+    A complex array is an error: JAX has no half-precision complex type."""
+    return _convert(x, jnp.float16, "f16")
 
 
 def f32(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float32; integers and other leaves untouched."""
-    return _convert(x, jnp.float32)
+    """Floating-point arrays of ``x`` as float32, complex ones as complex64; integers, numbers
+    and other leaves untouched.
+
+    >>> import jax.numpy as jnp
+    >>> f32({"w": jnp.ones(2, jnp.float16), "n": 3})["w"].dtype
+    dtype('float32')
+    """
+    return _convert(x, jnp.float32, "f32")
 
 
 def bf16(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as bfloat16; integers and other leaves untouched."""
-    return _convert(x, ml_dtypes.bfloat16)
+    """Floating-point arrays of ``x`` as bfloat16; integers, numbers and other leaves untouched.
+    A complex array is an error: JAX has no bfloat16 complex type."""
+    return _convert(x, ml_dtypes.bfloat16, "bf16")
 
 
 def f64(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float64. Needs 64-bit mode in jax."""
+    """Floating-point arrays of ``x`` as float64, complex ones as complex128. Needs 64-bit mode
+    in jax."""
     if not jax.config.jax_enable_x64:
         raise RuntimeError(
             "f64 needs jax's 64-bit mode: call jax.config.update('jax_enable_x64', True) at "
             "start-up, or set the environment variable JAX_ENABLE_X64=1"
         )
-    return _convert(x, jnp.float64)
+    return _convert(x, jnp.float64, "f64")
 
 
 class EltypeMismatchError(TypeError):
