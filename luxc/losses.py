@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .nn._stability import check_output, enabled
 from .ops import xlogx, xlogy
 
 Agg = str | Callable[[jax.Array], jax.Array] | None
@@ -95,7 +96,10 @@ class AbstractLoss:
         if self.check_shapes and y_pred.shape != y.shape:
             raise ValueError(f"{type(self).__name__}: prediction shape {y_pred.shape} and target "
                              f"shape {y.shape} differ")
-        return self.compute(y_pred, y)
+        out = self.compute(y_pred, y)
+        if enabled("luxlib"):
+            check_output("luxlib", type(self).__name__, y_pred.dtype, out)
+        return out
 
     def _eps(self, dtype: jnp.dtype) -> Any:
         eps = getattr(self, "epsilon", None)
@@ -388,6 +392,9 @@ class DiceCoeffLoss(AbstractLoss):
         den = jnp.sum(jnp.square(y_pred), axis=axes) + jnp.sum(jnp.square(y), axis=axes) + a
         return _aggregate(self.agg, 1 - num / den)
 
+
+L1Loss = MAELoss  # Lux's aliases (losses.jl: const L1Loss = MAELoss, const L2Loss = MSELoss)
+L2Loss = MSELoss
 
 ALL = (GenericLossFunction, BinaryCrossEntropyLoss, BinaryFocalLoss, CrossEntropyLoss,
        DiceCoeffLoss, FocalLoss, HingeLoss, HuberLoss, KLDivergenceLoss, MAELoss, MSELoss,

@@ -1,4 +1,5 @@
-"""Recursive pytree utilities, precision converters and ``match_eltype`` (Lux's utilities).
+"""Recursive pytree utilities, precision converters and ``match_eltype`` (Lux's utilities;
+``match_eltype`` lives with the layers that call it, in ``luxc.nn``).
 
 The ``recursive_*`` functions are deprecated, as in Lux since v1.3: each warns
 ``DeprecationWarning`` and names its ``jax.tree_util`` replacement.
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._preferences import preference
-from .nn._core import AbstractLayer
+from .nn._eltype import EltypeMismatchError as EltypeMismatchError
+from .nn._eltype import match_eltype as match_eltype
 
 
 def _deprecated(name: str, instead: str) -> None:
@@ -153,58 +154,3 @@ def f64(x: Any) -> Any:
             "start-up, or set the environment variable JAX_ENABLE_X64=1"
         )
     return _convert(x, jnp.float64, "f64")
-
-
-class EltypeMismatchError(TypeError):
-    """``match_eltype`` found a mismatch while ``eltype_mismatch_handling`` is ``"error"``."""
-
-
-_warned: set[int] = set()
-_CONVERT = {  # (parameters' dtype, argument's kind) -> convert? (Lux's table)
-    ("float64", "i"): True, ("float32", "f64"): True, ("float32", "i"): True,
-    ("float16", "f64"): True, ("float16", "f32"): True, ("float16", "i"): True,
-}
-
-
-def _kind(dt: np.dtype) -> str:
-    if np.issubdtype(dt, np.integer) or dt == np.bool_:
-        return "i"
-    return {8: "f64", 4: "f32"}.get(dt.itemsize, str(dt))
-
-
-def match_eltype(layer: AbstractLayer, ps: Any, st: Any, *args: Any) -> Any:
-    """Maybe match the element type of ``args`` to that of the layer's parameters and states.
-
-    The ``eltype_mismatch_handling`` preference decides: ``"none"`` (default) returns ``args``
-    unchanged; ``"warn"`` warns once per layer; ``"convert"`` warns and converts per Lux's
-    table (f64←int; f32←f64, int; f16←f64, f32, int); ``"error"`` raises
-    :class:`EltypeMismatchError`. Returns the single argument, or a tuple for several.
-    """
-    mode = preference("eltype_mismatch_handling")
-    out = args
-    if mode != "none":
-        leaves = [leaf for leaf in jax.tree_util.tree_leaves((ps, st))
-                  if jnp.issubdtype(_dtype_of(leaf), jnp.floating)]
-        if leaves:
-            target = np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
-            out = tuple(_match(layer, target, a, mode) for a in args)
-    return out[0] if len(out) == 1 else out
-
-
-def _match(layer: AbstractLayer, target: np.dtype, arg: Any, mode: str) -> Any:
-    def one(leaf: Any) -> Any:
-        dt = _dtype_of(leaf)
-        if dt == target or not hasattr(leaf, "dtype"):
-            return leaf
-        message = (f"{layer.summary()}: parameters/states are {target} but an input is {dt}; "
-                   f"this promotes the computation (eltype_mismatch_handling={mode!r})")
-        if mode == "error":
-            raise EltypeMismatchError(message)
-        if id(layer) not in _warned:
-            _warned.add(id(layer))
-            warnings.warn(message, stacklevel=4)
-        if mode == "convert" and _CONVERT.get((str(target), _kind(dt))):
-            return jnp.asarray(leaf, target)
-        return leaf
-
-    return jax.tree_util.tree_map(one, arg)

@@ -139,19 +139,20 @@ def test_match_eltype_none_is_a_no_op(key):
 
 @pytest.mark.parametrize("mode", ["warn", "convert", "error"])
 def test_match_eltype_modes(key, mode, monkeypatch):
+    monkeypatch.setattr(luxc.nn._eltype, "_warned", set())
     monkeypatch.setattr(luxc._preferences, "_values", None)
     monkeypatch.setenv("LUXC_ELTYPE_MISMATCH_HANDLING", mode)
     layer, ps, st = _dense_f32(key)
     x = np.ones((1, 2), np.int32)
     if mode == "error":
-        with pytest.raises(luxc.utils.EltypeMismatchError, match="parameters/states are float32"):
+        with pytest.raises(luxc.utils.EltypeMismatchError, match="layer with float32 parameters and states received int32 input"):
             luxc.match_eltype(layer, ps, st, x)
         return
     with pytest.warns(UserWarning, match="int32"):
         out = luxc.match_eltype(layer, ps, st, x)
     assert out.dtype == (np.float32 if mode == "convert" else np.int32)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per layer
+        warnings.simplefilter("error")  # once per kind of mismatch, as Lux's maxlog=1
         luxc.match_eltype(layer, ps, st, x)
     monkeypatch.setattr(luxc._preferences, "_values", None)
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
+from ._eltype import match_eltype
 from ._init import Initializer, activation_name, uniform_fan_in
 
 
@@ -54,6 +55,7 @@ class Dense(AbstractLayer):
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         self._check_features(x, self.in_dims)
+        x = match_eltype(self, ps, st, x)
         y = jnp.matmul(x, ps["weight"].T)
         if self.use_bias:
             y = y + ps["bias"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._core import AbstractLayer
+from ._eltype import match_eltype
 from ._init import Initializer, activation_name, uniform_fan_in
 
 _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -89,6 +90,7 @@ class Conv(AbstractLayer):
         n = len(self.kernel_size)
         self._check_rank(x, n + 2, f"a (N, {', '.join(['d'] * n)}, {self.in_chs}) input")
         self._check_features(x, self.in_chs)
+        x = match_eltype(self, ps, st, x)
         y = lax.conv_general_dilated(
             x,
             ps["weight"],

@@ -7,11 +7,14 @@ every ``jax.tree_util`` function and every optax optimiser works on them directl
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+import functools
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
+
+from ._stability import check_output, enabled, floating_dtype
 
 PyTree = Any
 
@@ -55,6 +58,18 @@ class Val:
         return aux
 
 
+def _checked(call: Callable) -> Callable:
+    @functools.wraps(call)
+    def checked_call(self: AbstractLayer, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
+        out = call(self, x, ps, st)
+        if enabled("luxcore"):
+            expected = floating_dtype(ps) or floating_dtype(x)
+            check_output("luxcore", self.summary(), expected, out[0])
+        return out
+
+    return checked_call
+
+
 class LayerShapeError(ValueError):
     """An input whose shape a layer cannot take; the message names the layer and both shapes."""
 
@@ -63,8 +78,16 @@ class AbstractLayer:
     """Base class of every luxc layer (LuxCore's ``AbstractLuxLayer``).
 
     Subclasses hold only static configuration and implement ``init_parameters``,
-    ``init_states`` (both default to ``{}``) and ``__call__(x, ps, st) -> (y, st)``.
+    ``init_states`` (both default to ``{}``) and ``__call__(x, ps, st) -> (y, st)``. Every
+    subclass's ``__call__`` is checked for type stability when the ``luxcore`` level of
+    ``luxc.set_dispatch_doctor_preferences`` is on (a no-op by default).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _checked(call)
 
     def init_parameters(self, key: jax.Array) -> dict:
         return {}
@@ -178,17 +201,6 @@ def _set_training(st: PyTree, value: bool) -> PyTree:
     if isinstance(st, list | tuple):
         return type(st)(_set_training(v, value) for v in st)
     return st
-
-
-def trainmode(st: PyTree) -> PyTree:
-    """Return ``st`` with every ``training`` flag set to ``Val(True)``."""
-    return _set_training(st, True)
-
-
-def testmode(st: PyTree) -> PyTree:
-    """Return ``st`` with every ``training`` flag set to ``Val(False)`` (BatchNorm uses its
-    running statistics, Dropout is the identity)."""
-    return _set_training(st, False)
 
 
 def _fmt_int(n: int) -> str:
