@@ -9,6 +9,8 @@ References: Lux.jl ``src/helpers/match_eltype.jl`` (the six pairs; ``maxlog = 1`
 ``lux-training-utilities.md`` (Element Type Matching, Miscellaneous).
 """
 
+import doctest
+import importlib
 import warnings
 
 import jax
@@ -135,3 +137,12 @@ def test_eachslice_rnn_orderings():
 def test_l1_and_l2_loss_aliases():
     # losses.jl: const L1Loss = MAELoss; const L2Loss = MSELoss.
     assert luxc.L1Loss is luxc.MAELoss and luxc.L2Loss is luxc.MSELoss
+
+
+@pytest.mark.parametrize("name", ["luxc.nn._stateful", "luxc.nn._eltype", "luxc.training._adjust",
+                                  "luxc.utils", "luxc._preferences"])
+def test_docstring_examples_of_the_new_helpers_run(name, prefs):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, verbose=False,
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,7 +1,8 @@
-"""Ops, losses and precision converters against Lux.jl's source (issue 11, items 2, 4, 6, 8, 10).
+"""Ops, losses and precision converters against Lux.jl's source (issue 11, items 2, 4, 6, 7, 8, 10).
 
 References: Lux.jl ``src/extended_ops.jl``, ``src/helpers/losses.jl``,
-``src/helpers/eltype_conversion.jl``, ``test/misc/helpers/loss_tests.jl``; the seed
+``src/helpers/eltype_conversion.jl``, ``src/helpers/training.jl`` (adjust, item 7),
+``test/misc/helpers/loss_tests.jl``; the seed
 ``lux-training-utilities.md`` (Loss Functions).
 """
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 import pytest
 
 import luxc
@@ -129,3 +131,34 @@ def test_converters_leave_numbers_alone_and_convert_complex_arrays():
         with pytest.raises(TypeError, match=f"complex64 leaf has no {dt} complex counterpart"):
             conv({"c": jnp.ones(2, jnp.complex64)})
     assert luxc.bf16(jnp.ones(2)).dtype == ml_dtypes.bfloat16
+
+
+def _adam_state(key):
+    model = luxc.nn.Dense(2, 1)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+    return luxc.TrainState(model, *luxc.setup(key, model), opt)
+
+
+def _lr(ts):
+    return pytest.approx(float(ts.optimizer_state.hyperparams["learning_rate"]), rel=1e-6)
+
+
+def test_adjust_takes_the_learning_rate_positionally(key):
+    # Lux.jl src/helpers/training.jl: Optimisers.adjust!(ts::TrainState, eta::Real) and
+    # Optimisers.adjust(ts::TrainState, eta::Real).
+    ts = _adam_state(key)
+    assert _lr(luxc.training.adjust(ts, 1e-3)) == 1e-3 and _lr(ts) == 0.1
+    assert luxc.training.adjust_(ts, 0.5) is ts and _lr(ts) == 0.5
+    with pytest.raises(TypeError, match="given twice"):
+        luxc.training.adjust(ts, 1e-3, learning_rate=1e-2)
+
+
+def test_adjust_in_place_is_all_or_nothing(key):
+    ts = _adam_state(key)
+    earlier = ts.replace(step=3)  # shares the optimiser state
+    with pytest.raises(ValueError, match="no hyperparameter 'momentum'"):
+        luxc.training.adjust_(ts, 1e-3, b1=0.5, momentum=0.9)
+    with pytest.raises(TypeError):
+        luxc.training.adjust_(ts, b1=0.5, b2="fast")
+    for t in (ts, earlier):
+        assert _lr(t) == 0.1 and float(t.optimizer_state.hyperparams["b1"]) == pytest.approx(0.9)
