@@ -146,3 +146,19 @@ def test_docstring_examples_of_the_new_helpers_run(name, prefs):
     result = doctest.testmod(module, verbose=False,
                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("activation,gain", [(None, 1.0), (jax.nn.relu, 2.0), (jnp.tanh, 5 / 3)])
+def test_default_weight_init_is_lux_kaiming_uniform(activation, gain, key):
+    # Lux.jl src/layers/basic.jl and conv.jl: kaiming_uniform(...; gain=calculate_gain(σ, √5))
+    # (src/utils.jl: identity 1, relu 2, tanh 5/3); WeightInitializers kaiming_uniform:
+    # bound = √3 * gain / √fan_in. The bias: U(±1/√fan_in).
+    fan_in = 16
+    for layer, shape in ((nn.Dense(fan_in, 4000, activation), (4000, fan_in)),
+                         (nn.Conv((2, 2), 4, 1000, activation), (2, 2, 4, 1000))):
+        ps, _ = luxc.setup(key, layer)
+        bound = np.sqrt(3) * gain / np.sqrt(fan_in)
+        w = np.abs(np.asarray(ps["weight"]))
+        assert ps["weight"].shape == shape and w.max() <= bound and w.max() > 0.99 * bound
+        b = np.abs(np.asarray(ps["bias"]))
+        assert b.max() <= 1 / np.sqrt(fan_in) and b.max() > 0.9 / np.sqrt(fan_in)

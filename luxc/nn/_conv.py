@@ -11,7 +11,7 @@ from jax import lax
 
 from ._core import AbstractLayer
 from ._eltype import match_eltype
-from ._init import Initializer, activation_name, uniform_fan_in
+from ._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
 _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -41,6 +41,9 @@ class Conv(AbstractLayer):
         stride, pad, dilation: per spatial axis (an int applies to all); ``pad`` may be
             ``"same"`` or ``"valid"``.
         groups: grouped convolution; ``in_chs`` and ``out_chs`` must be divisible by it.
+        init_weight: ``init(key, shape, dtype)``; default as Lux: U(±√3·gain/√fan_in) with the
+            gain of ``activation`` (``lux_gain``), ``fan_in = prod(kernel_size) * in_chs //
+            groups``; the bias is U(±1/√fan_in).
 
     Shapes: ``x`` is ``(N, *spatial, in_chs)``; ``weight`` is ``(*kernel_size, in_chs // groups,
     out_chs)``; ``bias`` is ``(out_chs,)``.
@@ -75,7 +78,7 @@ class Conv(AbstractLayer):
         self.pad = _padding(pad, n)
         self.use_bias, self.dtype = use_bias, dtype
         fan_in = (in_chs // groups) * math.prod(self.kernel_size)
-        self.init_weight = init_weight or uniform_fan_in(fan_in)
+        self.init_weight = init_weight or uniform_fan_in(fan_in, lux_gain(activation))
         self.init_bias = uniform_fan_in(fan_in)
 
     def init_parameters(self, key: jax.Array) -> dict:
