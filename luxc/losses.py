@@ -207,7 +207,7 @@ class HingeLoss(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, jnp.maximum(0, 1 - y * y_pred))
+        return _aggregate(self.agg, jax.nn.relu(1 - y * y_pred))
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class SquaredHingeLoss(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, jnp.square(jnp.maximum(0, 1 - y * y_pred)))
+        return _aggregate(self.agg, jnp.square(jax.nn.relu(1 - y * y_pred)))
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,12 @@ def test_adjust_in_place_is_all_or_nothing(key):
         luxc.training.adjust_(ts, b1=0.5, b2="fast")
     for t in (ts, earlier):
         assert _lr(t) == 0.1 and float(t.optimizer_state.hyperparams["b1"]) == pytest.approx(0.9)
+
+
+def test_hinge_value_from_the_seed_and_the_true_gradient():
+    # Seed: HingeLoss()([0.1, 0.3, 1, 1.5], [1, -1, 1, 1]) ≈ 0.55. Deliberate difference
+    # (README): the gradient is the true -y where 1 - yŷ > 0 (Lux's derivative(l1_hinge_loss)
+    # gives 1), and 0 at the kink yŷ == 1 as Lux's.
+    p, y = jnp.array([0.1, 0.3, 1.0, 1.5]), jnp.array([1.0, -1.0, 1.0, 1.0])
+    assert float(luxc.HingeLoss()(p, y)) == pytest.approx(0.55)
+    np.testing.assert_array_equal(jax.grad(luxc.HingeLoss(agg="sum"))(p, y), [-1, 1, 0, 0])
