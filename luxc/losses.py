@@ -8,18 +8,14 @@ Gradients flow to the prediction only (the target is wrapped in ``stop_gradient`
 boolean targets are converted to the prediction's floating dtype; float16/bfloat16 predictions
 give a result in their own dtype. ``epsilon=None`` means ``eps`` of that dtype, as in Lux.
 
-``agg`` is ``"mean"`` (default), ``"sum"``, ``None`` (no aggregation: the element-wise or
-per-sample losses) or any callable taking an array. As in Julia, where ``sum(x)`` and
-``mean(x)`` reduce the whole array, Python's ``sum``, ``max`` and ``min``, ``statistics.mean``,
-``statistics.fmean`` and ``statistics.median``, ``math.prod`` and NumPy's ``sum``, ``mean``,
-``max``, ``min``, ``median`` and ``prod`` are replaced by their whole-array ``jax.numpy``
-reductions (Python's builtins would iterate over the first axis); any other callable receives
-the array as is. With ``agg=None`` the losses reduced over ``dims`` return the per-sample
-losses, shape ``(batch,)``: the class axis is dropped (Lux keeps it as size 1; a ``(batch, 1)``
-result would silently broadcast against ``(batch,)`` per-sample weights).
-
-A 0-d target (``loss(ŷ, 1)``, as in Lux's tests) is broadcast to the prediction's shape; any
-other shape difference is an error.
+``agg`` is ``"mean"`` (default), ``"sum"``, ``None`` (the element-wise or per-sample losses)
+or a callable. Julia's ``sum(x)`` reduces the whole array, Python's iterates over the first
+axis: Python's ``sum``/``max``/``min``, ``statistics.mean``/``fmean``/``median``,
+``math.prod`` and NumPy's ``sum``/``mean``/``max``/``min``/``median``/``prod`` are replaced by
+whole-array ``jax.numpy`` reductions; any other callable receives the array as is. With
+``agg=None`` the losses reduced over ``dims`` have shape ``(batch,)`` (Lux keeps a size-1 axis,
+which would silently broadcast against ``(batch,)`` weights). A 0-d target is broadcast to the
+prediction's shape, as in Lux's tests; any other shape difference is an error.
 """
 
 from __future__ import annotations

@@ -116,11 +116,14 @@ def classify(name: str, v: Any) -> Kind:
     return "state"
 
 
-def _map_layers(fn: Callable[[AbstractLayer, jax.Array], Any], v: Any, key: jax.Array) -> Any:
+def _init_layers(v: Any, want: Kind, key: jax.Array) -> Any:
+    """``init_parameters`` or ``init_states`` of a layer, or of each layer of a container."""
+    method = "init_parameters" if want == "parameter" else "init_states"
     if isinstance(v, AbstractLayer):
-        return fn(v, key)
+        return getattr(v, method)(key)
     leaves, treedef = jax.tree_util.tree_flatten(v)
-    return treedef.unflatten([fn(layer, k) for layer, k in zip(leaves, _split(key, len(leaves)))])
+    return treedef.unflatten([getattr(layer, method)(k)
+                              for layer, k in zip(leaves, _split(key, len(leaves)))])
 
 
 def _as_state(v: Any, traced_numbers: bool) -> Any:
@@ -211,9 +214,7 @@ class CompactLayer(AbstractLayer):
         for (name, v), k in zip(self.fields.items(), _split(key, len(self.fields))):
             kind = self.kinds[name]
             if kind == "layer":
-                init = (lambda layer, kk: layer.init_parameters(kk)) if want == "parameter" \
-                    else (lambda layer, kk: layer.init_states(kk))
-                out[name] = _map_layers(init, v, k)
+                out[name] = _init_layers(v, want, k)
             elif kind != want:
                 continue
             elif isinstance(v, InitFn):

@@ -60,9 +60,10 @@ class Val:
 
 def _checked(call: Callable) -> Callable:
     @functools.wraps(call)
-    def checked_call(self: AbstractLayer, x: Any, ps: Any, st: Any) -> tuple[Any, Any]:
-        out = call(self, x, ps, st)
-        if enabled("luxcore"):
+    def checked_call(self: AbstractLayer, *args: Any, **kwargs: Any) -> Any:
+        out = call(self, *args, **kwargs)
+        if enabled("luxcore") and len(args) >= 2:  # the LuxCore call, layer(x, ps, st)
+            x, ps = args[:2]
             expected = floating_dtype(ps) or floating_dtype(x)
             check_output("luxcore", self.summary(), expected, out[0])
         return out
