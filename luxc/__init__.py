@@ -11,6 +11,7 @@ from . import passes as passes
 from . import runtime as runtime
 from . import training as training
 from ._preferences import preference as preference
+from ._preferences import set_dispatch_doctor_preferences as set_dispatch_doctor_preferences
 from ._preferences import set_preferences as set_preferences
 from .checkpoint import load_state as load_state
 from .checkpoint import save_state as save_state
@@ -27,6 +28,8 @@ from .losses import GenericLossFunction as GenericLossFunction
 from .losses import HingeLoss as HingeLoss
 from .losses import HuberLoss as HuberLoss
 from .losses import KLDivergenceLoss as KLDivergenceLoss
+from .losses import L1Loss as L1Loss
+from .losses import L2Loss as L2Loss
 from .losses import MAELoss as MAELoss
 from .losses import MSELoss as MSELoss
 from .losses import MSLELoss as MSLELoss
@@ -43,6 +46,7 @@ from .nn import setup as setup
 from .nn import state_count as state_count
 from .nn import testmode as testmode
 from .nn import trainmode as trainmode
+from .nn import update_state as update_state
 from .runtime import CompileOptions as CompileOptions
 from .runtime import cache_info as cache_info
 from .runtime import explain_recompiles as explain_recompiles

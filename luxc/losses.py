@@ -8,32 +8,46 @@ Gradients flow to the prediction only (the target is wrapped in ``stop_gradient`
 boolean targets are converted to the prediction's floating dtype; float16/bfloat16 predictions
 give a result in their own dtype. ``epsilon=None`` means ``eps`` of that dtype, as in Lux.
 
-``agg`` is ``"mean"`` (default), ``"sum"``, ``None`` (no aggregation: the element-wise or
-per-sample losses) or any callable taking an array.
+``agg`` is ``"mean"`` (default), ``"sum"``, ``None`` (the element-wise or per-sample losses)
+or a callable. Julia's ``sum(x)`` reduces the whole array, Python's iterates over the first
+axis: Python's ``sum``/``max``/``min``, ``statistics.mean``/``fmean``/``median``,
+``math.prod`` and NumPy's ``sum``/``mean``/``max``/``min``/``median``/``prod`` are replaced by
+whole-array ``jax.numpy`` reductions; any other callable receives the array as is. With
+``agg=None`` the losses reduced over ``dims`` have shape ``(batch,)`` (Lux keeps a size-1 axis,
+which would silently broadcast against ``(batch,)`` weights). A 0-d target is broadcast to the
+prediction's shape, as in Lux's tests; any other shape difference is an error.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from .nn._stability import check_output, enabled
 from .ops import xlogx, xlogy
 
 Agg = str | Callable[[jax.Array], jax.Array] | None
 
 
+_WHOLE_ARRAY: dict[Any, Callable[[jax.Array], jax.Array]] = {
+    "mean": jnp.mean, "sum": jnp.sum, sum: jnp.sum, max: jnp.max, min: jnp.min,
+    statistics.mean: jnp.mean, statistics.fmean: jnp.mean, statistics.median: jnp.median,
+    math.prod: jnp.prod, np.sum: jnp.sum, np.mean: jnp.mean, np.max: jnp.max, np.min: jnp.min,
+    np.median: jnp.median, np.prod: jnp.prod,
+}
+
+
 def _aggregate(agg: Agg, x: jax.Array) -> jax.Array:
-    if agg == "mean":
-        return jnp.mean(x)
-    if agg == "sum":
-        return jnp.sum(x)
     if agg is None:
         return x
-    return agg(x)
+    return _WHOLE_ARRAY.get(agg, agg)(x)  # type: ignore[arg-type]
 
 
 def _check_agg(agg: Agg, loss: str) -> None:
@@ -73,10 +87,15 @@ class AbstractLoss:
         dtype = _float_dtype(y_pred)
         y_pred = jnp.asarray(y_pred, dtype)
         y = jax.lax.stop_gradient(jnp.asarray(y, dtype))
+        if y.ndim == 0:
+            y = jnp.broadcast_to(y, y_pred.shape)
         if self.check_shapes and y_pred.shape != y.shape:
             raise ValueError(f"{type(self).__name__}: prediction shape {y_pred.shape} and target "
                              f"shape {y.shape} differ")
-        return self.compute(y_pred, y)
+        out = self.compute(y_pred, y)
+        if enabled("luxlib"):
+            check_output("luxlib", type(self).__name__, y_pred.dtype, out)
+        return out
 
     def _eps(self, dtype: jnp.dtype) -> Any:
         eps = getattr(self, "epsilon", None)
@@ -88,7 +107,14 @@ class AbstractLoss:
 
 @dataclass(frozen=True)
 class GenericLossFunction(AbstractLoss):
-    r"""``agg(loss_fn(ŷ, y))`` for an element-wise ``loss_fn(ŷ, y)``.
+    r"""``agg(loss_fn(ŷ, y))`` for a ``loss_fn`` of two numbers, applied element-wise.
+
+    As in Lux, ``loss_fn`` maps two numbers to a number. If it is array-aware (called on the
+    arrays it returns an array of their shape, e.g. ``lambda yp, y: (yp - y) ** 2``) it is
+    called once on the arrays; otherwise (it fails on arrays, or reduces them, e.g.
+    ``lambda yp, y: jnp.linalg.norm(jnp.stack([yp, y]))`` or one using ``lax.cond``) it is
+    applied to each pair of elements with ``jnp.vectorize``. Python ``if``/``max`` on the
+    values cannot be traced by JAX in either case: use ``jnp.where``/``jnp.maximum``.
 
     >>> mse = GenericLossFunction(lambda yp, y: (yp - y) ** 2)
     >>> round(float(mse(jnp.array([1.1, 1.9, 3.1]), jnp.array([1, 2, 3]))), 4)
@@ -99,7 +125,23 @@ class GenericLossFunction(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, self.loss_fn(y_pred, y))
+        return _aggregate(self.agg, self._elementwise(y_pred, y))
+
+    def _elementwise(self, y_pred: jax.Array, y: jax.Array) -> jax.Array:
+        try:
+            aware = jax.eval_shape(self.loss_fn, y_pred, y).shape == y_pred.shape
+        except (TypeError, ValueError, AttributeError):
+            aware = False
+        if aware:
+            return self.loss_fn(y_pred, y)
+        try:
+            return jnp.vectorize(self.loss_fn)(y_pred, y)
+        except jax.errors.ConcretizationTypeError:
+            raise TypeError(
+                "GenericLossFunction: loss_fn is applied element-wise (jnp.vectorize) but uses "
+                "Python control flow (if, max, min) on a traced value, which JAX cannot trace; "
+                "write it with jnp.where / jnp.maximum / lax.cond"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -119,7 +161,10 @@ class MAELoss(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, jnp.abs(y_pred - y))
+        d = y_pred - y
+        # sign(d) * d == |d|, and its derivative is sign(d): 0 at ŷ == y, as Lux's
+        # derivative(l1_distance_loss) (jnp.abs has derivative 1 there).
+        return _aggregate(self.agg, jnp.sign(d) * d)
 
 
 @dataclass(frozen=True)
@@ -158,7 +203,7 @@ class HingeLoss(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, jnp.maximum(0, 1 - y * y_pred))
+        return _aggregate(self.agg, jax.nn.relu(1 - y * y_pred))
 
 
 @dataclass(frozen=True)
@@ -168,7 +213,7 @@ class SquaredHingeLoss(AbstractLoss):
     agg: Agg = "mean"
 
     def compute(self, y_pred, y):
-        return _aggregate(self.agg, jnp.square(jnp.maximum(0, 1 - y * y_pred)))
+        return _aggregate(self.agg, jnp.square(jax.nn.relu(1 - y * y_pred)))
 
 
 @dataclass(frozen=True)
@@ -260,13 +305,14 @@ class CrossEntropyLoss(AbstractLoss):
     :math:`\mathrm{agg}(-\sum_{dims}\tilde y\log(\hat y+\epsilon))`; with ``logits=True``
     :math:`\mathrm{agg}(-\sum_{dims}\tilde y\,\mathrm{logsoftmax}(\hat y))` (stable).
 
-    Label smoothing: :math:`\tilde y = (1-\alpha)y + \alpha/K`, ``K`` = size of the class axis.
+    Label smoothing: :math:`\tilde y = (1-\alpha)y + \alpha/K`, ``K`` = size of the class axis
+    (the product of the sizes for a tuple ``dims``).
     ``y`` is one-hot, shaped like ``ŷ``: ``(batch, classes)``.
     """
 
     agg: Agg = "mean"
     epsilon: float | None = None
-    dims: int = -1
+    dims: int | tuple[int, ...] = -1
     logits: bool = False
     label_smoothing: float | None = None
 
@@ -277,7 +323,8 @@ class CrossEntropyLoss(AbstractLoss):
     def compute(self, y_pred, y):
         if self.label_smoothing is not None:
             a = self.label_smoothing
-            y = y * (1 - a) + a / y.shape[self.dims]
+            axes = (self.dims,) if isinstance(self.dims, int) else tuple(self.dims)
+            y = y * (1 - a) + a / math.prod(y.shape[d] for d in axes)
         if self.logits:
             terms = y * jax.nn.log_softmax(y_pred, axis=self.dims)
         else:
@@ -293,7 +340,7 @@ class FocalLoss(AbstractLoss):
     cross-entropy."""
 
     gamma: float = 2.0
-    dims: int = -1
+    dims: int | tuple[int, ...] = -1
     agg: Agg = "mean"
     epsilon: float | None = None
 
@@ -309,7 +356,7 @@ class KLDivergenceLoss(AbstractLoss):
     the cross-entropy of ``ŷ`` against ``y`` (see :class:`CrossEntropyLoss` for ``epsilon``
     and ``label_smoothing``) minus the entropy :math:`\mathrm{agg}(\sum_{dims} y\log y)`."""
 
-    dims: int = -1
+    dims: int | tuple[int, ...] = -1
     agg: Agg = "mean"
     epsilon: float | None = None
     label_smoothing: float | None = None
@@ -341,6 +388,9 @@ class DiceCoeffLoss(AbstractLoss):
         den = jnp.sum(jnp.square(y_pred), axis=axes) + jnp.sum(jnp.square(y), axis=axes) + a
         return _aggregate(self.agg, 1 - num / den)
 
+
+L1Loss = MAELoss  # Lux's aliases (losses.jl: const L1Loss = MAELoss, const L2Loss = MSELoss)
+L2Loss = MSELoss
 
 ALL = (GenericLossFunction, BinaryCrossEntropyLoss, BinaryFocalLoss, CrossEntropyLoss,
        DiceCoeffLoss, FocalLoss, HingeLoss, HuberLoss, KLDivergenceLoss, MAELoss, MSELoss,

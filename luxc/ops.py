@@ -12,18 +12,41 @@ from jax import lax
 
 from .nn._core import Val
 
-__all__ = ["eachslice", "foldl_init", "getproperty", "istraining", "multigate", "rsqrt", "xlogx",
-           "xlogy"]
+__all__ = ["BatchLastIndex", "TimeLastIndex", "eachslice", "foldl_init", "getproperty",
+           "istraining", "multigate", "rsqrt", "xlogx", "xlogy"]
 
 
-def eachslice(x: jax.Array, dims: int) -> tuple[jax.Array, ...]:
+class TimeLastIndex:
+    """Lux's ``TimeLastIndex`` ordering: Julia's ``(features, batch, time)`` is luxc's
+    row-major ``(time, batch, features)``, so :func:`eachslice` slices axis 0."""
+
+
+class BatchLastIndex:
+    """Lux's ``BatchLastIndex`` ordering (Lux's RNN default): Julia's ``(features, time,
+    batch)`` is luxc's ``(batch, time, features)``, so :func:`eachslice` slices axis 1 (axis 0
+    of an unbatched ``(time, features)`` matrix)."""
+
+
+def eachslice(x: jax.Array, dims: int | Val | TimeLastIndex | BatchLastIndex) -> tuple[jax.Array, ...]:
     """The slices of ``x`` along axis ``dims`` (that axis removed), as a tuple of arrays.
+
+    ``dims`` may also be one of Lux's RNN orderings, translated to the row-major layout as
+    every Lux ``dims`` is (Julia's axis ``k`` is luxc's axis ``ndim - k``): ``BatchLastIndex()``
+    gives the time steps of a ``(batch, time, features)`` array, ``TimeLastIndex()`` those of a
+    ``(time, batch, features)`` array.
 
     >>> [s.shape for s in eachslice(jnp.zeros((2, 3)), 1)]
     [(2,), (2,), (2,)]
+    >>> [s.shape for s in eachslice(jnp.zeros((4, 7, 5)), BatchLastIndex())][:1]
+    [(4, 5)]
     """
     if isinstance(dims, Val):
         dims = dims.value
+    if isinstance(dims, TimeLastIndex | BatchLastIndex):
+        if jnp.ndim(x) < 2:
+            raise ValueError(f"eachslice: {type(dims).__name__}() needs an array with at least "
+                             f"2 axes; received shape {jnp.shape(x)}")
+        dims = 1 if isinstance(dims, BatchLastIndex) and jnp.ndim(x) > 2 else 0
     if not isinstance(dims, int) or not -jnp.ndim(x) <= dims < jnp.ndim(x):
         raise ValueError(f"eachslice: dims must be an axis of an array of shape {jnp.shape(x)}; "
                          f"received {dims!r}")
@@ -31,22 +54,29 @@ def eachslice(x: jax.Array, dims: int) -> tuple[jax.Array, ...]:
 
 
 def foldl_init(op: Callable[[Any, Any], Any], x: Any, init: Any = None) -> Any:
-    """``foldl(op, x; init)``: ``op(…op(op(init, x[0]), x[1])…, x[n-1])``.
+    """``foldl(op, x; init)``: ``op(…op(op(init, x[0]), x[1])…, x[n-1])``, as Lux.
 
-    Differentiable w.r.t. ``init`` as well as ``x``. An array ``x`` is folded over its leading
-    axis with ``lax.scan`` (one traced ``op``, whatever the length); anything else with a
-    Python loop.
+    The accumulator takes whatever type ``op`` gives it (``foldl_init(jnp.add, [0.5, 0.5], 0)``
+    is ``1.0``, not an int). Differentiable w.r.t. ``init`` as well as ``x``. An array ``x`` is
+    folded over its leading axis with ``lax.scan`` (one traced ``op``, whatever the length)
+    once the accumulator's shape and dtype are stable after the first step; otherwise, and
+    for any other ``x``, with a Python loop.
+
+    >>> float(foldl_init(jnp.add, jnp.array([0.5, 0.5]), 0))
+    1.0
     """
     if init is None:
         items = list(x)
         if not items:
             raise ValueError("foldl_init: an empty collection needs init")
         return functools.reduce(op, items[1:], items[0])
-    if isinstance(x, jax.Array) and jnp.ndim(x) > 0:
-        init = jnp.asarray(init)
-        carry, _ = lax.scan(lambda c, xi: (jnp.asarray(op(c, xi), init.dtype), None), init, x)
-        return carry
-    return functools.reduce(op, x, init)
+    if not (isinstance(x, jax.Array) and jnp.ndim(x) > 0 and len(x) > 1):
+        return functools.reduce(op, x, init)
+    carry = op(init, x[0])
+    if jax.eval_shape(op, carry, x[1]) != jax.eval_shape(lambda c: c, carry):
+        return functools.reduce(op, x[1:], carry)
+    carry, _ = lax.scan(lambda c, xi: (op(c, xi), None), carry, x[1:])
+    return carry
 
 
 def getproperty(x: Any, name: str | Val) -> Any:
@@ -69,7 +99,9 @@ def xlogx(x: jax.Array) -> jax.Array:
 @xlogx.defjvp
 def _xlogx_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    return xlogx(x), dx * (jnp.log(x) + 1)
+    # Zero sensitivity at x == 0, as Lux's rrule (log(0) would turn a zero tangent into NaN).
+    safe = jnp.where(x == 0, jnp.ones_like(x), x)
+    return xlogx(x), jnp.where(x == 0, jnp.zeros_like(dx), dx * (jnp.log(safe) + 1))
 
 
 @jax.custom_jvp
@@ -84,10 +116,13 @@ def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
 @xlogy.defjvp
 def _xlogy_jvp(primals, tangents):
     (x, y), (dx, dy) = primals, tangents
-    # Exactly zero sensitivity to y where x == 0, since xlogy(0, y) == 0 for every y.
-    safe = jnp.where(x == 0, jnp.ones_like(y), y)
-    dy_term = jnp.where(x == 0, jnp.zeros_like(dy * safe), dy * x / safe)
-    return xlogy(x, y), dx * jnp.log(y) + dy_term
+    # Exactly zero sensitivity to x and y where x == 0, as Lux's rrule: xlogy(0, y) == 0 for
+    # every y, and log(y) is kept finite there so 0 * log(0) never makes a NaN in either mode.
+    zero = x == 0
+    safe = jnp.where(zero, jnp.ones_like(y), y)
+    dx_term = jnp.where(zero, jnp.zeros_like(dx * safe), dx * jnp.log(safe))
+    dy_term = jnp.where(zero, jnp.zeros_like(dy * safe), dy * x / safe)
+    return xlogy(x, y), dx_term + dy_term
 
 
 def istraining(st: Any) -> bool:

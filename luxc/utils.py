@@ -1,4 +1,5 @@
-"""Recursive pytree utilities, precision converters and ``match_eltype`` (Lux's utilities).
+"""Recursive pytree utilities, precision converters and ``match_eltype`` (Lux's utilities;
+``match_eltype`` lives with the layers that call it, in ``luxc.nn``).
 
 The ``recursive_*`` functions are deprecated, as in Lux since v1.3: each warns
 ``DeprecationWarning`` and names its ``jax.tree_util`` replacement.
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._preferences import preference
-from .nn._core import AbstractLayer
+from .nn._eltype import EltypeMismatchError as EltypeMismatchError
+from .nn._eltype import match_eltype as match_eltype
 
 
 def _deprecated(name: str, instead: str) -> None:
@@ -97,92 +98,59 @@ def recursive_eltype(x: Any) -> np.dtype:
     return np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
 
 
-def _convert(x: Any, dtype: Any) -> Any:
+_COMPLEX = {np.dtype(np.float32): np.dtype(np.complex64), np.dtype(np.float64): np.dtype(np.complex128)}
+
+
+def _convert(x: Any, dtype: Any, name: str) -> Any:
+    # As Lux's LuxEltypeAdaptor: floating arrays become `dtype`, complex arrays complex of
+    # `dtype`; numbers and every other leaf are left alone.
+    dtype = np.dtype(dtype)
+
     def conv(leaf: Any) -> Any:
-        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            return leaf
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
             return jnp.asarray(leaf, dtype)
-        if isinstance(leaf, float):
-            return jnp.asarray(leaf, dtype)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            if dtype not in _COMPLEX:
+                raise TypeError(f"{name}: a {leaf.dtype} leaf has no {dtype} complex counterpart "
+                                "in JAX (Lux would make it Complex{Float16}); convert the complex "
+                                "leaves with f32 or leave them out")
+            return jnp.asarray(leaf, _COMPLEX[dtype])
         return leaf
 
     return jax.tree_util.tree_map(conv, x)
 
 
 def f16(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float16; integers and other leaves untouched."""
-    return _convert(x, jnp.float16)
+    """Floating-point arrays of ``x`` as float16; integers, numbers and other leaves untouched.
+    A complex array is an error: JAX has no half-precision complex type."""
+    return _convert(x, jnp.float16, "f16")
 
 
 def f32(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float32; integers and other leaves untouched."""
-    return _convert(x, jnp.float32)
+    """Floating-point arrays of ``x`` as float32, complex ones as complex64; integers, numbers
+    and other leaves untouched.
+
+    >>> import jax.numpy as jnp
+    >>> f32({"w": jnp.ones(2, jnp.float16), "n": 3})["w"].dtype
+    dtype('float32')
+    """
+    return _convert(x, jnp.float32, "f32")
 
 
 def bf16(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as bfloat16; integers and other leaves untouched."""
-    return _convert(x, ml_dtypes.bfloat16)
+    """Floating-point arrays of ``x`` as bfloat16; integers, numbers and other leaves untouched.
+    A complex array is an error: JAX has no bfloat16 complex type."""
+    return _convert(x, ml_dtypes.bfloat16, "bf16")
 
 
 def f64(x: Any) -> Any:
-    """Floating-point leaves of ``x`` as float64. Needs 64-bit mode in jax."""
+    """Floating-point arrays of ``x`` as float64, complex ones as complex128. Needs 64-bit mode
+    in jax."""
     if not jax.config.jax_enable_x64:
         raise RuntimeError(
             "f64 needs jax's 64-bit mode: call jax.config.update('jax_enable_x64', True) at "
             "start-up, or set the environment variable JAX_ENABLE_X64=1"
         )
-    return _convert(x, jnp.float64)
-
-
-class EltypeMismatchError(TypeError):
-    """``match_eltype`` found a mismatch while ``eltype_mismatch_handling`` is ``"error"``."""
-
-
-_warned: set[int] = set()
-_CONVERT = {  # (parameters' dtype, argument's kind) -> convert? (Lux's table)
-    ("float64", "i"): True, ("float32", "f64"): True, ("float32", "i"): True,
-    ("float16", "f64"): True, ("float16", "f32"): True, ("float16", "i"): True,
-}
-
-
-def _kind(dt: np.dtype) -> str:
-    if np.issubdtype(dt, np.integer) or dt == np.bool_:
-        return "i"
-    return {8: "f64", 4: "f32"}.get(dt.itemsize, str(dt))
-
-
-def match_eltype(layer: AbstractLayer, ps: Any, st: Any, *args: Any) -> Any:
-    """Maybe match the element type of ``args`` to that of the layer's parameters and states.
-
-    The ``eltype_mismatch_handling`` preference decides: ``"none"`` (default) returns ``args``
-    unchanged; ``"warn"`` warns once per layer; ``"convert"`` warns and converts per Lux's
-    table (f64←int; f32←f64, int; f16←f64, f32, int); ``"error"`` raises
-    :class:`EltypeMismatchError`. Returns the single argument, or a tuple for several.
-    """
-    mode = preference("eltype_mismatch_handling")
-    out = args
-    if mode != "none":
-        leaves = [leaf for leaf in jax.tree_util.tree_leaves((ps, st))
-                  if jnp.issubdtype(_dtype_of(leaf), jnp.floating)]
-        if leaves:
-            target = np.dtype(jnp.result_type(*(_dtype_of(leaf) for leaf in leaves)))
-            out = tuple(_match(layer, target, a, mode) for a in args)
-    return out[0] if len(out) == 1 else out
-
-
-def _match(layer: AbstractLayer, target: np.dtype, arg: Any, mode: str) -> Any:
-    def one(leaf: Any) -> Any:
-        dt = _dtype_of(leaf)
-        if dt == target or not hasattr(leaf, "dtype"):
-            return leaf
-        message = (f"{layer.summary()}: parameters/states are {target} but an input is {dt}; "
-                   f"this promotes the computation (eltype_mismatch_handling={mode!r})")
-        if mode == "error":
-            raise EltypeMismatchError(message)
-        if id(layer) not in _warned:
-            _warned.add(id(layer))
-            warnings.warn(message, stacklevel=4)
-        if mode == "convert" and _CONVERT.get((str(target), _kind(dt))):
-            return jnp.asarray(leaf, target)
-        return leaf
-
-    return jax.tree_util.tree_map(one, arg)
+    return _convert(x, jnp.float64, "f64")

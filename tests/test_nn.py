@@ -153,9 +153,14 @@ def test_chain_rejects_non_layers():
 
 
 def test_parameter_and_state_counts():
-    model = nn.Chain(nn.Dense(2, 4), nn.BatchNorm(4), nn.Dropout(0.1))
-    assert luxc.parameter_count(model) == 12 + 8
-    assert luxc.state_count(model) == 8 + 2  # running stats + the dropout key data
+    # Lux.jl src/layers/containers.jl (Chain docstring): "Total: 23 parameters, plus 7 states"
+    # (running mean and variance, 3 each, and the training flag: statelength(::Any) = 1).
+    model = nn.Chain(nn.Dense(2, 3, jax.nn.relu), nn.BatchNorm(3), nn.Dense(3, 2))
+    assert luxc.parameter_count(model) == 23
+    assert luxc.state_count(model) == 7
+    assert repr(model).endswith("plus 7 states.")
+    # Dropout: the key data (uint32[2]) and the training flag.
+    assert luxc.state_count(nn.Dropout(0.1)) == 2 + 1
 
 
 def test_printing_is_lux_style():

@@ -18,9 +18,12 @@ from ._core import apply as apply
 from ._core import parameter_count as parameter_count
 from ._core import setup as setup
 from ._core import state_count as state_count
-from ._core import testmode as testmode
-from ._core import trainmode as trainmode
 from ._dropout import Dropout as Dropout
+from ._eltype import EltypeMismatchError as EltypeMismatchError
 from ._normalize import BatchNorm as BatchNorm
 from ._normalize import LayerNorm as LayerNorm
+from ._stability import TypeInstabilityError as TypeInstabilityError
 from ._stateful import StatefulLuxLayer as StatefulLuxLayer
+from ._stateful import testmode as testmode
+from ._stateful import trainmode as trainmode
+from ._stateful import update_state as update_state

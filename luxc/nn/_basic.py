@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from ._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
-from ._init import Initializer, activation_name, uniform_fan_in
+from ._eltype import match_eltype
+from ._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
 
 class Dense(AbstractLayer):
@@ -20,7 +21,9 @@ class Dense(AbstractLayer):
         out_dims: size of the last axis of ``y``.
         activation: element-wise :math:`\sigma`; ``None`` is the identity.
         use_bias: whether to add :math:`b`.
-        init_weight, init_bias: ``init(key, shape, dtype)``; default U(±1/√in_dims).
+        init_weight, init_bias: ``init(key, shape, dtype)``; defaults as Lux: the weight
+            U(±√3·gain/√in_dims) with the gain of ``activation`` (relu 2, tanh 5/3, …, see
+            ``lux_gain``), the bias U(±1/√in_dims).
 
     Parameters: ``weight`` of shape ``(out_dims, in_dims)`` (Lux's layout), ``bias`` of shape
     ``(out_dims,)``. Input ``(..., in_dims)`` → output ``(..., out_dims)``.
@@ -42,7 +45,7 @@ class Dense(AbstractLayer):
                 raise ValueError(f"Dense: {name} must be a non-negative int; received {v!r}")
         self.in_dims, self.out_dims, self.activation = in_dims, out_dims, activation
         self.use_bias, self.dtype = use_bias, dtype
-        self.init_weight = init_weight or uniform_fan_in(in_dims)
+        self.init_weight = init_weight or uniform_fan_in(in_dims, lux_gain(activation))
         self.init_bias = init_bias or uniform_fan_in(in_dims)
 
     def init_parameters(self, key: jax.Array) -> dict:
@@ -54,6 +57,7 @@ class Dense(AbstractLayer):
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         self._check_features(x, self.in_dims)
+        x = match_eltype(self, ps, st, x)
         y = jnp.matmul(x, ps["weight"].T)
         if self.use_bias:
             y = y + ps["bias"]

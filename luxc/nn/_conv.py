@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._core import AbstractLayer
-from ._init import Initializer, activation_name, uniform_fan_in
+from ._eltype import match_eltype
+from ._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
 _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -40,6 +41,9 @@ class Conv(AbstractLayer):
         stride, pad, dilation: per spatial axis (an int applies to all); ``pad`` may be
             ``"same"`` or ``"valid"``.
         groups: grouped convolution; ``in_chs`` and ``out_chs`` must be divisible by it.
+        init_weight: ``init(key, shape, dtype)``; default as Lux: U(±√3·gain/√fan_in) with the
+            gain of ``activation`` (``lux_gain``), ``fan_in = prod(kernel_size) * in_chs //
+            groups``; the bias is U(±1/√fan_in).
 
     Shapes: ``x`` is ``(N, *spatial, in_chs)``; ``weight`` is ``(*kernel_size, in_chs // groups,
     out_chs)``; ``bias`` is ``(out_chs,)``.
@@ -74,7 +78,7 @@ class Conv(AbstractLayer):
         self.pad = _padding(pad, n)
         self.use_bias, self.dtype = use_bias, dtype
         fan_in = (in_chs // groups) * math.prod(self.kernel_size)
-        self.init_weight = init_weight or uniform_fan_in(fan_in)
+        self.init_weight = init_weight or uniform_fan_in(fan_in, lux_gain(activation))
         self.init_bias = uniform_fan_in(fan_in)
 
     def init_parameters(self, key: jax.Array) -> dict:
@@ -89,6 +93,7 @@ class Conv(AbstractLayer):
         n = len(self.kernel_size)
         self._check_rank(x, n + 2, f"a (N, {', '.join(['d'] * n)}, {self.in_chs}) input")
         self._check_features(x, self.in_chs)
+        x = match_eltype(self, ps, st, x)
         y = lax.conv_general_dilated(
             x,
             ps["weight"],

@@ -7,11 +7,14 @@ every ``jax.tree_util`` function and every optax optimiser works on them directl
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+import functools
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
+
+from ._stability import check_output, enabled, floating_dtype
 
 PyTree = Any
 
@@ -34,20 +37,38 @@ class Val:
         return bool(self.value)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Val) and self.value == other.value
+        # The type takes part so that Val(1) and Val(True) are different program keys.
+        return (isinstance(other, Val) and type(self.value) is type(other.value)
+                and self.value == other.value)
 
     def __hash__(self) -> int:
-        return hash((Val, self.value))
+        return hash((Val, type(self.value), self.value))
 
     def __repr__(self) -> str:
-        return f"Val({self.value!r})"
+        # A function prints by name, not address: the repr is part of the pytree structure's
+        # text, which checkpoints compare across processes.
+        name = getattr(self.value, "__name__", None) if callable(self.value) else None
+        return f"Val({name or repr(self.value)})"
 
     def tree_flatten(self):
-        return (), self.value
+        return (), self
 
     @classmethod
-    def tree_unflatten(cls, value, children):
-        return cls(value)
+    def tree_unflatten(cls, aux, children):
+        return aux
+
+
+def _checked(call: Callable) -> Callable:
+    @functools.wraps(call)
+    def checked_call(self: AbstractLayer, *args: Any, **kwargs: Any) -> Any:
+        out = call(self, *args, **kwargs)
+        if enabled("luxcore") and len(args) >= 2:  # the LuxCore call, layer(x, ps, st)
+            x, ps = args[:2]
+            expected = floating_dtype(ps) or floating_dtype(x)
+            check_output("luxcore", self.summary(), expected, out[0])
+        return out
+
+    return checked_call
 
 
 class LayerShapeError(ValueError):
@@ -58,8 +79,16 @@ class AbstractLayer:
     """Base class of every luxc layer (LuxCore's ``AbstractLuxLayer``).
 
     Subclasses hold only static configuration and implement ``init_parameters``,
-    ``init_states`` (both default to ``{}``) and ``__call__(x, ps, st) -> (y, st)``.
+    ``init_states`` (both default to ``{}``) and ``__call__(x, ps, st) -> (y, st)``. Every
+    subclass's ``__call__`` is checked for type stability when the ``luxcore`` level of
+    ``luxc.set_dispatch_doctor_preferences`` is on (a no-op by default).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _checked(call)
 
     def init_parameters(self, key: jax.Array) -> dict:
         return {}
@@ -147,7 +176,9 @@ def apply(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
 
 
 def _count(tree: PyTree) -> int:
-    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+    # A static Val counts as one, as LuxCore's ``statelength(::Any) = 1``.
+    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda v: isinstance(v, Val))
+    return sum(1 if isinstance(leaf, Val) else int(np.size(leaf)) for leaf in leaves)
 
 
 def parameter_count(layer: AbstractLayer) -> int:
@@ -157,7 +188,8 @@ def parameter_count(layer: AbstractLayer) -> int:
 
 
 def state_count(layer: AbstractLayer) -> int:
-    """Number of array scalars in the state of ``layer`` (static ``Val`` flags do not count)."""
+    """Number of state scalars of ``layer``: array elements, plus one per static ``Val`` (a
+    ``training`` flag, a function kept by ``@compact``), as LuxCore's ``statelength``."""
     return _count(jax.eval_shape(layer.init_states, jax.random.key(0)))
 
 
@@ -170,17 +202,6 @@ def _set_training(st: PyTree, value: bool) -> PyTree:
     if isinstance(st, list | tuple):
         return type(st)(_set_training(v, value) for v in st)
     return st
-
-
-def trainmode(st: PyTree) -> PyTree:
-    """Return ``st`` with every ``training`` flag set to ``Val(True)``."""
-    return _set_training(st, True)
-
-
-def testmode(st: PyTree) -> PyTree:
-    """Return ``st`` with every ``training`` flag set to ``Val(False)`` (BatchNorm uses its
-    running statistics, Dropout is the identity)."""
-    return _set_training(st, False)
 
 
 def _fmt_int(n: int) -> str:

@@ -11,14 +11,27 @@ import jax.numpy as jnp
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
 
-def uniform_fan_in(fan_in: int) -> Initializer:
-    """U(-1/√fan_in, 1/√fan_in): Lux 1.x's (and PyTorch's) default for Dense and Conv."""
-    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+def uniform_fan_in(fan_in: int, gain: float = 1 / math.sqrt(3)) -> Initializer:
+    r"""U(-b, b) with :math:`b = \sqrt{3}\,\mathrm{gain}/\sqrt{\mathrm{fan\_in}}` (Kaiming
+    uniform). The default gain gives U(±1/√fan_in), Lux's default bias; Lux's default weight
+    uses :func:`lux_gain` of the activation."""
+    bound = math.sqrt(3) * gain / math.sqrt(fan_in) if fan_in else 0.0
 
     def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
         return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
 
     return init
+
+
+_GAINS = {jax.nn.relu: 2.0, jnp.tanh: 5 / 3, jax.nn.leaky_relu: math.sqrt(2 / (1 + 5)),
+          jax.nn.selu: 3 / 4}
+
+
+def lux_gain(activation: Callable | None) -> float:
+    """The gain Lux's Dense and Conv give ``kaiming_uniform`` for their default weight
+    (``Utils.calculate_gain(activation, √5)``): relu 2, tanh 5/3, leaky_relu √(1/3), selu 3/4,
+    anything else (identity, sigmoid, ...) 1."""
+    return _GAINS.get(activation, 1.0)
 
 
 def zeros(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:

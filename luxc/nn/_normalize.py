@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._core import AbstractLayer, Val
+from ._eltype import match_eltype
 from ._init import activation_name
 
 
@@ -57,6 +58,7 @@ class BatchNorm(AbstractLayer):
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         self._check_rank(x, 2, f"a (N, ..., {self.chs}) input")
         self._check_features(x, self.chs)
+        x = match_eltype(self, ps, st, x)
         axes = tuple(range(x.ndim - 1))
         training = bool(st["training"])
         if training or not self.track_stats:
@@ -117,6 +119,7 @@ class LayerNorm(AbstractLayer):
                 f"{self.summary()} expects an input of shape (..., {', '.join(map(str, self.shape))})"
                 f"; received {jnp.shape(x)}"
             )
+        x = match_eltype(self, ps, st, x)
         axes = tuple(range(x.ndim - n, x.ndim))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)

@@ -1,7 +1,7 @@
 """Lux's training API: TrainState, compute_gradients, apply_gradients(_), single_train_step(_)."""
 
-from ._api import adjust as adjust
-from ._api import adjust_ as adjust_
+from ._adjust import adjust as adjust
+from ._adjust import adjust_ as adjust_
 from ._api import apply_gradients as apply_gradients
 from ._api import apply_gradients_ as apply_gradients_
 from ._api import compute_gradients as compute_gradients

@@ -1,13 +1,11 @@
-"""The training API of Lux.jl: compute_gradients, apply_gradients(_), single_train_step(_),
-compute_objective and adjust(_)."""
+"""The training API of Lux.jl: compute_gradients, apply_gradients(_), single_train_step(_) and
+compute_objective (adjust(_) is in _adjust.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from ..runtime import CompileOptions
 from . import _step
@@ -143,60 +141,3 @@ def compute_objective(ad: Any, objective_function: Any, data: Any, ts: TrainStat
     if sync:
         jax.block_until_ready(out)
     return out
-
-
-_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-
-
-def _injected_states(opt_state: Any) -> list:
-    found = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, _INJECTED):
-            found.append(node)
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-        elif isinstance(node, dict):
-            for child in node.values():
-                visit(child)
-
-    visit(opt_state)
-    return found
-
-
-def _set_hyperparameters(states: list, hyperparameters: dict) -> None:
-    if not states:
-        raise ValueError(
-            "adjust: the optimizer has fixed hyperparameters. Build it with "
-            "optax.inject_hyperparams, e.g. optax.inject_hyperparams(optax.adam)(learning_rate="
-            "1e-3), so they live in the optimizer state as device scalars and can change "
-            "without recompiling"
-        )
-    known = set().union(*(s.hyperparams for s in states))
-    for name, value in hyperparameters.items():
-        if name not in known:
-            raise ValueError(f"adjust: the optimizer has no hyperparameter {name!r}; "
-                             f"it has {', '.join(sorted(known))}")
-        for s in states:
-            if name in s.hyperparams:
-                old = s.hyperparams[name]
-                # Same dtype, shape and weak type: the compiled step's signature is unchanged.
-                s.hyperparams[name] = jnp.full_like(old, value)
-
-
-def adjust(ts: TrainState, **hyperparameters: Any) -> TrainState:
-    """A new TrainState whose optimiser uses new hyperparameters, e.g.
-    ``adjust(ts, learning_rate=1e-4)`` (Lux's ``adjust``). No recompile: hyperparameters are
-    inputs of the compiled step. Needs an optimiser built with ``optax.inject_hyperparams``."""
-    _check_state(ts, "adjust")
-    opt_state = jax.tree_util.tree_map(lambda x: x, ts.optimizer_state)
-    _set_hyperparameters(_injected_states(opt_state), hyperparameters)
-    return ts.replace(optimizer_state=opt_state)
-
-
-def adjust_(ts: TrainState, **hyperparameters: Any) -> TrainState:
-    """``adjust`` in place (Lux's ``adjust!``): changes ``ts``'s optimiser state and returns it."""
-    _check_state(ts, "adjust_")
-    _set_hyperparameters(_injected_states(ts.optimizer_state), hyperparameters)
-    return ts
