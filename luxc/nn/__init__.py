@@ -1,5 +1,7 @@
 """Layers in the LuxCore style: ``ps, st = setup(key, layer)``; ``y, st = layer(x, ps, st)``."""
 
+from ._adapters import FromEquinox as FromEquinox
+from ._adapters import FromFlax as FromFlax
 from ._basic import Chain as Chain
 from ._basic import Dense as Dense
 from ._basic import FlattenLayer as FlattenLayer
