@@ -1,7 +1,8 @@
-"""The seed's @compact example: an MLP (49,921 parameters) fitting y = 2x - x³ on [-2, 2].
+"""The regression example of Lux.jl's training documentation: an @compact MLP (49,921
+parameters) fitting y = 2x - x³ on [-2, 2].
 
 Run it:   python examples/regression.py
-Compile:  luxc compile examples/regression.py:factory --out regression.luxc
+Compile:  luxc compile examples/regression.py:factory --out artifacts/regression   (a directory)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(steps: int = 500) -> None:
         _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), loss_fn, data, ts,
                                                           return_gradients=False)
         if i % 100 == 0 or i == steps - 1:
-            print(f"step {ts.step:4d}  loss {float(loss):.5f}")
+            print(f"step {ts.step:4d}  loss {float(loss):.3g}")
     print(luxc.cache_info(ts))
 
 

@@ -67,3 +67,13 @@ from .utils import recursive_make_zero_ as recursive_make_zero_
 from .utils import recursive_map as recursive_map
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lux keeps the training functions in its Training module, and so does luxc; a user who
+    # reaches for them at the top level is pointed there instead of left with a bare error.
+    if not name.startswith("_") and hasattr(training, name):
+        raise AttributeError(f"module 'luxc' has no attribute {name!r}; it lives in luxc.training "
+                             f"(Lux's Training module): luxc.training.{name}, or "
+                             f"`from luxc.training import {name}`")
+    raise AttributeError(f"module 'luxc' has no attribute {name!r}")

@@ -1,8 +1,10 @@
-"""``luxc demo``: train the seed's regression example with the compiled step and show what
-happened: the model, the pass report, compile and step times, the loss curve."""
+"""``luxc demo``: fit y = 2x - x³ with a small MLP (the regression example of Lux.jl's training
+documentation, ``examples/regression.py``) using the compiled step, and show what happened: the
+model, the pass report, compile and step times, the loss curve."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -16,8 +18,15 @@ from luxc.training import single_train_step_
 
 def _loss_curve(losses: list[float]) -> str:
     plotext.clear_figure()
-    plotext.plot(list(range(1, len(losses) + 1)), losses, marker="braille")
+    steps = len(losses)
+    plotext.plot(list(range(1, steps + 1)), losses, marker="braille")
     plotext.yscale("log")
+    # Whole steps on x; powers of ten on y (plotext's default labels are fractional steps and
+    # fixed-point numbers that print 2.6e-6 as 0.000003).
+    plotext.xticks(sorted({1, *range(0, steps + 1, max(1, steps // 4))} - {0}))
+    decades = [10.0**k for k in range(math.floor(math.log10(max(min(losses), 1e-30))),
+                                      math.ceil(math.log10(max(losses))) + 1)]
+    plotext.yticks(decades, [f"{d:.0e}" for d in decades])
     plotext.title("training loss (MSE, log scale)")
     plotext.xlabel("step")
     plotext.plotsize(72, 16)
@@ -74,7 +83,7 @@ def run_demo(steps: int, echo: Callable[[str], None] = print) -> list[float]:
     eager_step = (time.perf_counter() - t0) / n_eager
 
     echo("\n" + _loss_curve(losses))
-    echo(f"\nloss {losses[0]:.4f} -> {losses[-1]:.5f} in {steps} steps "
+    echo(f"\nloss {losses[0]:.3g} -> {losses[-1]:.3g} in {steps} steps "
          f"({losses[0] / max(losses[-1], 1e-12):.0f}x lower)")
     echo(f"step time: AutoXLA {compiled_step * 1e6:.0f} µs/step, AutoJAX (op by op) "
          f"{eager_step * 1e6:.0f} µs/step: {eager_step / compiled_step:.0f}x faster compiled")

@@ -32,6 +32,17 @@ class ObjectiveError(TypeError):
     """The objective function broke the ``(loss, new_st, stats)`` contract."""
 
 
+def check_objective(obj_fn: Any) -> None:
+    """A loss given by name (``"mse"``) or any other non-callable fails when the step is built,
+    in the user's terms, rather than as ``'str' object is not callable`` inside jax's trace."""
+    if not callable(obj_fn):
+        raise ObjectiveError(
+            f"the objective must be a function obj_fn(model, ps, st, data) -> (loss, new_state, "
+            f"stats) or a luxc loss object such as luxc.MSELoss() or luxc.CrossEntropyLoss(); "
+            f"received the {type(obj_fn).__name__} {obj_fn!r}"
+        )
+
+
 def evaluate_objective(obj_fn: ObjectiveFunction, model: AbstractLayer, ps: Any, st: Any,
                        data: Any) -> tuple[jax.Array, Any, Any]:
     out = obj_fn(model, ps, st, data)
@@ -51,6 +62,8 @@ def evaluate_objective(obj_fn: ObjectiveFunction, model: AbstractLayer, ps: Any,
 
 
 def reverse_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    check_objective(obj_fn)
+
     def gradients(ps: Any, st: Any, data: Any):
         def f(p):
             loss, new_st, stats = evaluate_objective(obj_fn, model, p, st, data)
@@ -63,6 +76,8 @@ def reverse_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callab
 
 
 def forward_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    check_objective(obj_fn)
+
     def gradients(ps: Any, st: Any, data: Any):
         flat, unravel = ravel_pytree(ps)
         if not jnp.issubdtype(flat.dtype, jnp.inexact):
@@ -99,6 +114,8 @@ def train(gradients: Callable, optimizer: optax.GradientTransformation,
 
 
 def evaluate(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
+    check_objective(obj_fn)
+
     def run(ps: Any, st: Any, data: Any):
         return evaluate_objective(obj_fn, model, ps, st, data)
 
