@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .runtime import CompileOptions
 from .runtime import artifact as _artifact
@@ -25,6 +26,36 @@ LoadedStep = _artifact.LoadedStep
 
 def _paths(tree: Any, prefix: str) -> list[str]:
     return [prefix + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def describe_objective(obj_fn: Any) -> str:
+    """A luxc loss's repr (``MSELoss(agg='mean')``); a function's qualified name."""
+    if hasattr(obj_fn, "__qualname__"):
+        return f"{obj_fn.__module__}.{obj_fn.__qualname__}"
+    return repr(obj_fn)
+
+
+def describe_optimizer(optimizer: Any, opt_state: Any) -> str:
+    """What an optax optimiser is, from what it leaves behind: an optax transformation's repr
+    is two function addresses, but its state's classes name the algorithm (``ScaleByAdamState``)
+    and ``inject_hyperparams`` states hold the hyperparameters."""
+    states: list[str] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            hyper = getattr(node, "hyperparams", None)
+            if isinstance(hyper, dict):
+                values = ", ".join(f"{k}={float(v):g}" for k, v in hyper.items() if np.size(v) == 1)
+                states.append(f"{type(node).__name__}({values})")
+            elif type(node).__name__ != "EmptyState":
+                states.append(type(node).__name__)
+        if isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+
+    visit(opt_state)
+    name = getattr(optimizer.init, "__qualname__", type(optimizer).__name__).split(".<locals>")[0]
+    return f"optax {name} (states: {', '.join(states) or 'none'})"
 
 
 def flat_step(obj_fn: Any, data: Any, ts: TrainState):
@@ -50,11 +81,14 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState):
     layout = {
         "n_state": n,
         "n_data": len(leaves),
-        "state_names": _paths(state_tree, "(parameters, optimizer_state, states)"),
+        "state_names": [*_paths(ts.parameters, "parameters"),
+                        *_paths(ts.optimizer_state, "optimizer_state"), *_paths(ts.states, "states")],
         "data_names": _paths(data, "data"),
         "n_stats": len(stats_shape),
         "step": int(ts.step),
         "model": ts.model.summary(),
+        "objective": describe_objective(obj_fn),
+        "optimizer": describe_optimizer(ts.optimizer, ts.optimizer_state),
     }
     return step, state, leaves, layout
 

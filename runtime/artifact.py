@@ -146,7 +146,8 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "executable_platform": host if "executable.bin" in files else None,
         "executable_key": executable_key,
         "layout": layout,
-        "inputs": describe(args),
+        "inputs": [{"name": name, **spec} for name, spec in
+                   zip([*layout["state_names"], *layout["data_names"]], describe(args))],
         "outputs": [{"name": name, "shape": list(a.shape), "dtype": str(a.dtype)}
                     for name, a in zip(_output_names(layout), optimized.out_avals)],
         "pass_report": [dataclasses.asdict(r) for r in records],

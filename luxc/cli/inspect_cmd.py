@@ -27,6 +27,8 @@ def inspect(directory, as_json):
                f"{manifest['created']})")
     click.echo(f"built with  luxc {v['luxc']}, jax {v['jax']}, jaxlib {v['jaxlib']}")
     click.echo(f"model       {layout['model']} at step {layout['step']}")
+    click.echo(f"objective   {layout.get('objective', '(not recorded by this luxc version)')}")
+    click.echo(f"optimizer   {layout.get('optimizer', '(not recorded by this luxc version)')}")
     click.echo(f"platforms   {', '.join(manifest['platforms'])}; executable for "
                f"{manifest['executable_platform'] or 'none'}")
     click.echo(f"inputs      {layout['n_state']} state arrays, {layout['n_data']} data arrays")
