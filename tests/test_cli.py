@@ -82,7 +82,9 @@ def test_compile_writes_a_complete_artefact(artefact):
     assert manifest["versions"]["jax"] and manifest["layout"]["n_data"] == 2
     names = [o["name"] for o in manifest["outputs"]]
     assert names[manifest["layout"]["n_state"]] == "loss" and len(names) == manifest["layout"]["n_state"] + 1
-    assert names[0].startswith("(parameters, optimizer_state, states)[0]['layer_1']")
+    inputs = [i["name"] for i in manifest["inputs"]]
+    assert names[0] == inputs[0] == "parameters['layer_1']['bias']"  # named by their path
+    assert "optimizer_state[0].mu['layer_1']['bias']" in inputs and inputs[-2:] == ["data[0]", "data[1]"]
     assert "func.func public @main" in (artefact / "step.mlir").read_text()
 
 
@@ -90,8 +92,13 @@ def test_inspect_shows_the_manifest_and_figures(artefact, workdir):
     r = luxc("inspect", artefact, cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "data[0]: float32[8, 3]" in r.stdout and "flops" in r.stdout and "peak" in r.stdout
+    assert "objective   MSELoss(agg='mean')" in r.stdout  # what the factory trains with
+    assert "optimizer   optax chain (states: ScaleByAdamState)" in r.stdout  # optax.adam's state
     r = luxc("inspect", artefact, "--json", cwd=workdir)
-    assert json.loads(r.stdout)["format"] == "luxc-artifact"
+    manifest = json.loads(r.stdout)
+    assert manifest["format"] == "luxc-artifact"
+    assert manifest["inputs"][0] == {"name": "parameters['layer_1']['bias']", "shape": [16],
+                                     "dtype": "float32"}
 
 
 def test_run_with_several_steps_per_call_gives_the_same_losses(artefact, tmp_path):
@@ -109,6 +116,27 @@ def test_run_needs_no_model_source_and_matches_in_process_training(artefact, tmp
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
     np.testing.assert_allclose(losses, _expected_losses(4), rtol=1e-5)
     assert (tmp_path / "final.safetensors").is_file()
+
+
+def test_run_prints_every_n_steps_and_a_summary(artefact, tmp_path):
+    r = luxc("run", artefact, "--steps", "30", "--every", "10", "--plot", "loss.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("step ")] == ["10", "20", "30"]
+    expected = _expected_losses(30)
+    summary = next(line for line in lines if line.startswith("ran 30 steps (1-30) in "))
+    first, last = (float(v) for v in summary.split("loss ")[1].split(" -> "))
+    np.testing.assert_allclose([first, last], [expected[0], expected[-1]], rtol=1e-4)
+    assert "steps/s" in summary
+    assert "executable: serialized executable" in r.stdout  # this user's own artefact
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_quiet_prints_only_the_summary(artefact, tmp_path):
+    r = luxc("run", artefact, "--steps", "3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not any(line.startswith("step ") for line in r.stdout.splitlines())
+    assert "ran 3 steps (1-3)" in r.stdout
 
 
 def test_run_takes_data_from_an_npz(artefact, tmp_path):
@@ -195,9 +223,15 @@ def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
     r = luxc("profile", "model_src.py:factory", "--steps", "5", "--trace", tmp_path / "trace",
              cwd=workdir)
     assert r.returncode == 0, r.stderr
-    for word in ("cold", "warm (persistent cache)", "median", "p95", "steps/s", "peak memory",
-                 "GFLOP/s"):
+    for word in ("cold", "warm (persistent cache)", "median", "min", "max", "over 5 steps",
+                 "steps/s", "peak memory", "GFLOP/s"):
         assert word in r.stdout
+    assert "batch          8 (leading axis of data[0])" in r.stdout  # the factory's x is (8, 3)
+    assert "passes         maxpool_grad_select (0 rewrites)" in r.stdout
+    rows = [line for line in r.stdout.splitlines()
+            if line.split()[0] in ("compile", "step", "throughput", "peak", "achieved")]
+    assert len(rows) == 5
+    assert {len(line[:25].rstrip()) for line in rows} == {25}  # every number ends in one column
     assert any((tmp_path / "trace").rglob("*.xplane.pb"))
 
 

@@ -10,7 +10,7 @@ from luxc.cli._common import call_factory, compile_options, passes_option, preci
 @click.command()
 @click.argument("spec")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="artefact directory to write")
+              help="the artefact directory to write (a directory, created by luxc)")
 @click.option("--platform", "platforms", multiple=True,
               type=click.Choice(["cpu", "cuda", "rocm", "tpu"]),
               help="target platform (repeatable; default: this machine's)")
@@ -20,7 +20,14 @@ from luxc.cli._common import call_factory, compile_options, passes_option, preci
 @click.option("--force", is_flag=True,
               help="replace an existing luxc artefact directory (never any other directory)")
 def compile(spec, out, platforms, passes, precision, xla_option, force):
-    """Compile the step of SPEC (path/file.py:factory or module:factory) into DIR."""
+    """Compile the training step of SPEC into the artefact directory --out.
+
+    SPEC is path/file.py:factory or module:factory. factory() takes no arguments and returns
+    (objective, data, train_state): what luxc.training.single_train_step_ takes after the
+    backend. --out becomes a directory holding the optimised StableHLO, the XLA executable for
+    this machine, the initial state, the example data and a manifest; `luxc run` and
+    `luxc inspect` take it.
+    """
     import luxc
     from luxc.runtime.artifact import check_output
 

@@ -20,9 +20,18 @@ from luxc.cli._common import (
 )
 
 
-def _percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+def _row(label: str, value: str, unit: str = "", note: str = "") -> str:
+    """One aligned row: the numbers right-aligned in one column, their units in the next."""
+    return f"{label:<15}{value:>10} {unit:<8}{note}".rstrip()
+
+
+def _batch(data_leaves: list) -> str:
+    shapes = [getattr(x, "shape", ()) for x in data_leaves]
+    return f"{shapes[0][0]} (leading axis of data[0])" if shapes and shapes[0] else "? (scalar data)"
+
+
+def _passes(report: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} ({n} rewrite{'' if n == 1 else 's'})" for name, n in report) or "none"
 
 
 def _profile_spec(spec, steps, options, trace):
@@ -63,7 +72,9 @@ def _profile_spec(spec, steps, options, trace):
     else:
         for _ in range(steps):
             ts = one(ts)
-    return cold, warm, times, cs.cost_analysis(), cs.memory_stats()
+    facts = {"batch": _batch(jax.tree.leaves(data)),
+             "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report])}
+    return cold, warm, times, cs.cost_analysis(), cs.memory_stats(), facts
 
 
 def _profile_dir(directory, steps, trace):
@@ -87,41 +98,53 @@ def _profile_dir(directory, steps, trace):
     finally:
         if ctx:
             ctx.__exit__(None, None, None)
-    return cold, None, times, loaded.cost_analysis(), loaded.memory_stats()
+    facts = {"batch": _batch(loaded.data),
+             "passes": _passes([(r["name"], r["rewrites"]) for r in loaded.pass_report]),
+             "executable": loaded.executable_source}
+    return cold, None, times, loaded.cost_analysis(), loaded.memory_stats(), facts
 
 
 @click.command()
 @click.argument("target")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
+              help="timed steps (after one untimed warm-up step)")
 @click.option("--trace", type=click.Path(file_okay=False), help="write a jax profiler trace here")
 @passes_option
 @precision_option
 @xla_option
 def profile(target, steps, trace, passes, precision, xla_option):
-    """Time the step of TARGET (a SPEC or an artefact directory) with sync=True."""
+    """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
+
+    Reports the compile (or load) time, the step time's min / median / max over --steps
+    steps, steps/s, XLA's peak memory and the achieved FLOP/s, with the batch size and the
+    passes the step was compiled with.
+    """
     if trace:
         from luxc.runtime.files import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
-        cold, warm, times, cost, mem = _profile_dir(target, steps, trace)
+        cold, warm, times, cost, mem, facts = _profile_dir(target, steps, trace)
         what = "load + compile"
     else:
-        cold, warm, times, cost, mem = _profile_spec(target, steps,
-                                                     compile_options(passes, precision, xla_option), trace)
+        cold, warm, times, cost, mem, facts = _profile_spec(
+            target, steps, compile_options(passes, precision, xla_option), trace)
         what = "compile"
-    median, p95 = statistics.median(times), _percentile(times, 0.95)
-    click.echo(f"{what:<14} {cold:8.3f} s cold" + (f", {warm:.3f} s warm (persistent cache)"
-                                                   if warm is not None else ""))
-    click.echo(f"{'step time':<14} {median * 1e3:8.3f} ms median, {p95 * 1e3:.3f} ms p95 "
-               f"({len(times)} steps, sync=True)")
-    click.echo(f"{'throughput':<14} {1 / median:8.1f} steps/s")
-    click.echo(f"{'peak memory':<14} {format_bytes(peak_bytes(mem)):>8} "
-               "(XLA buffers: arguments + outputs - aliased + temporaries)")
+    median = statistics.median(times)
+    for label in ("batch", "passes", "executable"):
+        if label in facts:
+            click.echo(f"{label:<15}{facts[label]}")
+    click.echo(_row(what, f"{cold:.3f}", "s", "cold" + (f", {warm:.3f} s warm (persistent cache)"
+                                                       if warm is not None else "")))
+    click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min {min(times) * 1e3:.3f} ms, "
+                    f"max {max(times) * 1e3:.3f} ms over {len(times)} steps (sync=True)"))
+    click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))
+    value, _, unit = format_bytes(peak_bytes(mem)).partition(" ")
+    click.echo(_row("peak memory", value, unit,
+                    "XLA buffers: arguments + outputs - aliased + temporaries"))
     flops = (cost or {}).get("flops")
     if flops:
-        click.echo(f"{'achieved':<14} {flops / median / 1e9:8.2f} GFLOP/s "
-                   f"({flops / 1e6:.1f} MFLOP per step)")
+        click.echo(_row("achieved", f"{flops / median / 1e9:.2f}", "GFLOP/s",
+                        f"{flops / 1e6:.1f} MFLOP per step"))
     if trace:
-        click.echo(f"{'trace':<14} {trace} (open with Perfetto or TensorBoard)")
-
+        click.echo(f"{'trace':<15}{trace} (open with Perfetto or TensorBoard)")
