@@ -29,9 +29,11 @@ def _paths(tree: Any, prefix: str) -> list[str]:
 
 
 def describe_objective(obj_fn: Any) -> str:
-    """A luxc loss's repr (``MSELoss(agg='mean')``); a function's qualified name."""
-    if hasattr(obj_fn, "__qualname__"):
-        return f"{obj_fn.__module__}.{obj_fn.__qualname__}"
+    """A luxc loss's repr (``MSELoss(agg='mean')``); a function's name and where it is defined
+    (``objective (digits.py:66)``: a SPEC file's module name is luxc's, not the user's)."""
+    code = getattr(obj_fn, "__code__", None)
+    if code is not None:
+        return f"{obj_fn.__qualname__} ({Path(code.co_filename).name}:{code.co_firstlineno})"
     return repr(obj_fn)
 
 
