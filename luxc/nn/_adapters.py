@@ -239,8 +239,9 @@ class FromEquinox(AbstractLayer):
     ``eqx.nn.make_with_state``) goes into ``st["state"]``. ``st["training"]`` sets
     ``eqx.nn.inference_mode`` (``inference = not training``) when the module has such layers
     (Dropout, BatchNorm); if ``__call__`` takes ``key``, a key kept in ``st["rng"]`` is split
-    on every call. The module's current values are the initial ones (``setup``'s key is not
-    used). Parameters count as in equinox: every inexact array leaf.
+    on every training call (``key=None`` in test mode). The module's current values are the
+    initial ones (``setup``'s key is not used). Parameters count as in equinox: every inexact
+    array leaf.
 
     Equinox modules act on one sample; with ``vmap=True`` (default) the layer maps the module
     over the batch axis (axis name ``axis_name``, the one ``eqx.nn.BatchNorm`` averages over).
@@ -290,11 +291,14 @@ class FromEquinox(AbstractLayer):
         return self.eqx.nn.inference_mode(module, not training) if self.has_flag else module
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        module = self._module(ps, _training(st))
+        training = _training(st)
+        module = self._module(ps, training)
         stateful = self.state_treedef.num_leaves > 0
         state = self.state_treedef.unflatten(st["state"]) if stateful else None
+        # As luxc's Dropout: a test-mode call draws nothing and leaves the key alone.
+        draws = self.has_rng and (training or not self.has_flag)
         keys = None
-        if self.has_rng:
+        if draws:
             st, (key,) = _split_rng(st, 1)
             keys = jax.random.split(key, _batch_size(x)) if self.vmap else key
 
@@ -303,7 +307,7 @@ class FromEquinox(AbstractLayer):
             return module(x, state, **kwargs) if stateful else (module(x, **kwargs), state)
 
         if self.vmap:
-            call = jax.vmap(call, in_axes=(0, None, 0 if self.has_rng else None),
+            call = jax.vmap(call, in_axes=(0, None, 0 if draws else None),
                             out_axes=(0, None), axis_name=self.axis_name)
         y, state = call(x, state, keys)
         return y, ({**st, "state": jax.tree.leaves(state)} if stateful else st)
