@@ -86,12 +86,17 @@ class AbstractLoss:
     def _loss(self, y_pred: Any, y: Any) -> jax.Array:
         dtype = _float_dtype(y_pred)
         y_pred = jnp.asarray(y_pred, dtype)
+        labels = jnp.issubdtype(jnp.result_type(y), jnp.integer)
         y = jax.lax.stop_gradient(jnp.asarray(y, dtype))
         if y.ndim == 0:
             y = jnp.broadcast_to(y, y_pred.shape)
         if self.check_shapes and y_pred.shape != y.shape:
+            hint = ""
+            if labels and y.shape == y_pred.shape[:-1]:
+                hint = (f"; are these integer class labels? One-hot them first: "
+                        f"jax.nn.one_hot(y, {y_pred.shape[-1]})")
             raise ValueError(f"{type(self).__name__}: prediction shape {y_pred.shape} and target "
-                             f"shape {y.shape} differ")
+                             f"shape {y.shape} differ{hint}")
         out = self.compute(y_pred, y)
         if enabled("luxlib"):
             check_output("luxlib", type(self).__name__, y_pred.dtype, out)

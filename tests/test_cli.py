@@ -269,3 +269,10 @@ def test_a_second_process_loads_the_step_from_the_persistent_cache(tmp_path):
     counts = [int(r.stdout.split("HITS")[-1]) for r in runs]
     assert counts[0] == 0 and counts[1] >= 1, [r.stderr[-500:] for r in runs]
     assert any((tmp_path / "cache").glob("*.luxc-xla"))
+
+
+def test_errors_read_the_same_way_whatever_their_source(tmp_path):
+    missing = luxc("run", tmp_path / "nowhere", cwd=tmp_path).stderr.strip().splitlines()[-1]
+    assert missing == f"Error: artefact directory not found: {tmp_path / 'nowhere'}"
+    bad_spec = luxc("compile", "no-colon", "--out", "x", cwd=tmp_path).stderr.strip().splitlines()[-1]
+    assert bad_spec.startswith("Error: bad SPEC 'no-colon'")

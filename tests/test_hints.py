@@ -41,3 +41,12 @@ def test_the_demo_curve_has_whole_step_ticks_and_readable_small_losses():
     x_axis = lines[next(i for i, line in enumerate(lines) if "└" in line) + 1]
     assert x_axis.split() == ["1", "100", "200", "300", "400"]
     assert re.search(r"^1e-05[┌┤└│]", text, re.MULTILINE)
+
+
+def test_integer_labels_for_cross_entropy_hint_at_one_hot():
+    y_pred = jnp.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"integer class labels\? One-hot them first: "
+                                         r"jax.nn.one_hot\(y, 3\)"):
+        luxc.CrossEntropyLoss()(y_pred, jnp.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"differ$"):  # floats of another shape: no guess
+        luxc.CrossEntropyLoss()(y_pred, jnp.zeros((4,)))

@@ -32,7 +32,11 @@ class _Group(click.Group):
             if os.environ.get("LUXC_DEBUG"):
                 raise
             message = " ".join(str(e).split()) or type(e).__name__
-            raise CliError(f"{type(e).__name__}: {message}") from None
+            # luxc's own errors are written for the user: their message is the whole story. Any
+            # other exception keeps its type, which is part of what it says.
+            if not type(e).__module__.startswith("luxc."):
+                message = f"{type(e).__name__}: {message}"
+            raise CliError(message) from None
 
 
 @click.group(cls=_Group)
