@@ -14,7 +14,14 @@ from pathlib import Path
 
 from jaxlib.mlir import ir
 
-from . import conv_few_channels, fuse_loss_reductions, fuse_rsqrt, maxpool_grad_select
+from . import (
+    conv_few_channels,
+    conv_input_grad_dot,
+    conv_weight_grad_dot,
+    fuse_loss_reductions,
+    fuse_rsqrt,
+    maxpool_grad_select,
+)
 from ._match import count_ops
 
 
@@ -37,7 +44,7 @@ class PassInfo:
     default_on: tuple[str, ...]
 
 
-# default_on lists the platforms where the pass was MEASURED faster (benchmarks/bench_passes.py,
+# default_on lists the platforms where the pass was MEASURED faster (python -m benchmarks.ablation,
 # interleaved medians). No GPU or TPU has been available to measure on, so no pass is in their
 # default pipelines yet: they are opt-in there (CompileOptions(passes=[...]) or "all").
 _REGISTRY: dict[str, PassInfo] = {
@@ -48,6 +55,10 @@ _REGISTRY: dict[str, PassInfo] = {
     # 0.89x-0.97x on other one-channel first layers.
     conv_few_channels.NAME: PassInfo(conv_few_channels.NAME, conv_few_channels.DESCRIPTION,
                                      conv_few_channels.run, ("cpu",)),
+    conv_input_grad_dot.NAME: PassInfo(conv_input_grad_dot.NAME, conv_input_grad_dot.DESCRIPTION,
+                                       conv_input_grad_dot.run, ()),
+    conv_weight_grad_dot.NAME: PassInfo(conv_weight_grad_dot.NAME, conv_weight_grad_dot.DESCRIPTION,
+                                        conv_weight_grad_dot.run, ()),
     # XLA:CPU: 0.99x on a BatchNorm MLP step (its algebraic simplifier already does this).
     fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run, ()),
     # XLA:CPU: alone 1.54x SLOWER on a Dice step (a variadic reduce leaves the fused reduction
