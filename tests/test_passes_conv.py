@@ -112,9 +112,24 @@ func.func @main(%x: tensor<2x4x4x1xf32>, %g: tensor<2x3x3x5xf32>) -> tensor<2x2x
 
 
 def test_conv_weight_grad_dot_golden_text():
-    body, dot = _rewritten_once(WEIGHT_GRAD_IN, "conv_weight_grad_dot")
-    # One 3x3 window of the input per kernel tap (2x2 of them), stacked, then one product
-    # contracting the window and the batch: (4, 2, 3, 3, 1) x (2, 3, 3, 5) -> (4, 1, 5).
-    assert sum(line.split(" = ")[-1].startswith("stablehlo.slice %arg0") for line in body) == 4
-    assert body[4] == "%4 = stablehlo.slice %arg0 [0:2, 1:4, 0:3, 0:1] : (tensor<2x4x4x1xf32>) -> tensor<2x3x3x1xf32>"
-    assert "contracting_dims = [2, 3, 1] x [1, 2, 0]" in dot and "-> tensor<4x1x5xf32>" in dot
+    body, _ = _rewritten_once(WEIGHT_GRAD_IN, "conv_weight_grad_dot")
+    # The input as (channel, batch, h, w); one 3x3 window per kernel tap (2x2 of them), each
+    # flattened to a row; one (4, 18) @ (18, 5) product; reshaped to the kernel (2, 2, 1, 5).
+    assert body == [
+        "%0 = stablehlo.transpose %arg0, dims = [3, 0, 1, 2] : (tensor<2x4x4x1xf32>) -> tensor<1x2x4x4xf32>",
+        "%1 = stablehlo.slice %0 [0:1, 0:2, 0:3, 0:3] : (tensor<1x2x4x4xf32>) -> tensor<1x2x3x3xf32>",
+        "%2 = stablehlo.reshape %1 : (tensor<1x2x3x3xf32>) -> tensor<1x18xf32>",
+        "%3 = stablehlo.slice %0 [0:1, 0:2, 0:3, 1:4] : (tensor<1x2x4x4xf32>) -> tensor<1x2x3x3xf32>",
+        "%4 = stablehlo.reshape %3 : (tensor<1x2x3x3xf32>) -> tensor<1x18xf32>",
+        "%5 = stablehlo.slice %0 [0:1, 0:2, 1:4, 0:3] : (tensor<1x2x4x4xf32>) -> tensor<1x2x3x3xf32>",
+        "%6 = stablehlo.reshape %5 : (tensor<1x2x3x3xf32>) -> tensor<1x18xf32>",
+        "%7 = stablehlo.slice %0 [0:1, 0:2, 1:4, 1:4] : (tensor<1x2x4x4xf32>) -> tensor<1x2x3x3xf32>",
+        "%8 = stablehlo.reshape %7 : (tensor<1x2x3x3xf32>) -> tensor<1x18xf32>",
+        "%9 = stablehlo.concatenate %2, %4, %6, %8, dim = 0 : (tensor<1x18xf32>, tensor<1x18xf32>, "
+        "tensor<1x18xf32>, tensor<1x18xf32>) -> tensor<4x18xf32>",
+        "%10 = stablehlo.reshape %arg1 : (tensor<2x3x3x5xf32>) -> tensor<18x5xf32>",
+        "%11 = stablehlo.dot_general %9, %10, contracting_dims = [1] x [0] : (tensor<4x18xf32>, "
+        "tensor<18x5xf32>) -> tensor<4x5xf32>",
+        "%12 = stablehlo.reshape %11 : (tensor<4x5xf32>) -> tensor<2x2x1x5xf32>",
+        "return %12 : tensor<2x2x1x5xf32>",
+    ]
