@@ -44,9 +44,9 @@ ABLATIONS: dict[str, dict[str, dict]] = {
     "transformer": {
         "default": {},
         "passes=none": {"passes": "none"},
+        "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "xla_cpu_use_onednn": {"xla_options": {"xla_cpu_use_onednn": True}},
-        "xla_cpu_enable_fast_math": {"xla_options": {"xla_cpu_enable_fast_math": True}},
     },
     "dice": {
         "default": {},
@@ -56,6 +56,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
     },
     "mlp": {
         "default": {},
+        "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "xla_cpu_use_onednn": {"xla_options": {"xla_cpu_use_onednn": True}},
     },

@@ -18,6 +18,7 @@ from . import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
+    dot_swap_operands,
     fuse_loss_reductions,
     fuse_rsqrt,
     maxpool_grad_select,
@@ -62,6 +63,8 @@ _REGISTRY: dict[str, PassInfo] = {
     # XLA:CPU: 0.77x-1.11x on a LeNet-5 step (conv1's weight gradient); not reliably faster.
     conv_weight_grad_dot.NAME: PassInfo(conv_weight_grad_dot.NAME, conv_weight_grad_dot.DESCRIPTION,
                                         conv_weight_grad_dot.run, ()),
+    dot_swap_operands.NAME: PassInfo(dot_swap_operands.NAME, dot_swap_operands.DESCRIPTION,
+                                     dot_swap_operands.run, ()),
     # XLA:CPU: 0.99x on a BatchNorm MLP step (its algebraic simplifier already does this).
     fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run, ()),
     # XLA:CPU: alone 1.54x SLOWER on a Dice step (a variadic reduce leaves the fused reduction

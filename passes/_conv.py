@@ -115,10 +115,10 @@ def transpose(x: ir.Value, perm: list[int]) -> ir.Value:
     return x if perm == sorted(perm) else stablehlo.TransposeOp(x, perm).result
 
 
-def dot(conv_op: ir.Operation, lhs: ir.Value, rhs: ir.Value, contract_lhs: list[int],
-        contract_rhs: list[int]) -> ir.Value:
-    """``dot_general`` without batch axes, at ``conv_op``'s precision: the result holds the free
-    axes of ``lhs`` then of ``rhs``, in order."""
+def dot(lhs: ir.Value, rhs: ir.Value, contract_lhs: list[int], contract_rhs: list[int],
+        precision: ir.Attribute | None) -> ir.Value:
+    """``dot_general`` without batch axes: the result holds the free axes of ``lhs`` then of
+    ``rhs``, in order."""
     ls, rs = (list(ir.RankedTensorType(v.type).shape) for v in (lhs, rhs))
     shape = [n for d, n in enumerate(ls) if d not in contract_lhs] + \
         [n for d, n in enumerate(rs) if d not in contract_rhs]
@@ -126,5 +126,9 @@ def dot(conv_op: ir.Operation, lhs: ir.Value, rhs: ir.Value, contract_lhs: list[
     dims = stablehlo.DotDimensionNumbers.get(
         lhs_batching_dimensions=[], rhs_batching_dimensions=[],
         lhs_contracting_dimensions=contract_lhs, rhs_contracting_dimensions=contract_rhs)
-    precision = conv_op.attributes["precision_config"] if "precision_config" in conv_op.attributes else None
     return stablehlo.DotGeneralOp(out, lhs, rhs, dims, precision_config=precision).result
+
+
+def precision_of(op: ir.Operation) -> ir.Attribute | None:
+    """``op``'s ``precision_config``, to carry over to the ops that replace it."""
+    return op.attributes["precision_config"] if "precision_config" in op.attributes else None

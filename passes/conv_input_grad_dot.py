@@ -31,7 +31,16 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import Conv, dot, is_input_gradient, scalar, simple_conv, transpose, window_slice
+from ._conv import (
+    Conv,
+    dot,
+    is_input_gradient,
+    precision_of,
+    scalar,
+    simple_conv,
+    transpose,
+    window_slice,
+)
 from ._rewrite import replace_each
 
 NAME = "conv_input_grad_dot"
@@ -57,7 +66,7 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
     # z[..., k, o] = Σ_c x[..., c] · r[k, c, o]: the free axes of x, then the taps, then o.
     r = transpose(r, [dn.kernel_input_feature_dimension, *dn.kernel_spatial_dimensions,
                       dn.kernel_output_feature_dimension])
-    z = dot(op, x, r, [lf], [0])
+    z = dot(x, r, [lf], [0], precision_of(op))
     spatial = [free.index(d) for d in dn.input_spatial_dimensions]
     out_spatial = [conv.out_shape[d] for d in dn.output_spatial_dimensions]
     z_shape = list(ir.RankedTensorType(z.type).shape)

@@ -28,7 +28,16 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import Conv, dot, is_weight_gradient, simple_conv, transpose, window_slice, zero_pad
+from ._conv import (
+    Conv,
+    dot,
+    is_weight_gradient,
+    precision_of,
+    simple_conv,
+    transpose,
+    window_slice,
+    zero_pad,
+)
 from ._rewrite import replace_each
 
 NAME = "conv_weight_grad_dot"
@@ -67,7 +76,7 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
                                    dn.kernel_output_feature_dimension])
     features = conv.rhs_shape[dn.kernel_output_feature_dimension]
     g = stablehlo.ReshapeOp(ir.RankedTensorType.get([row, features], element), g).result
-    y = dot(op, stacked, g, [1], [0])
+    y = dot(stacked, g, [1], [0], precision_of(op))
     y = stablehlo.ReshapeOp(ir.RankedTensorType.get([*out_spatial, 1, features], element), y).result
     n = len(out_spatial)
     where = {dn.output_batch_dimension: n, dn.output_feature_dimension: n + 1}

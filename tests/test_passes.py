@@ -123,7 +123,8 @@ def test_variadic_reduce_computes_the_same_sums():
 def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
-                           "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot"}
+                           "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
+                           "dot_swap_operands"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
@@ -138,7 +139,7 @@ def test_resolve_names_and_keywords():
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
     with pytest.raises(ValueError, match="available passes are maxpool_grad_select, conv_few_channels, conv_input_grad_dot, "
-                       "conv_weight_grad_dot, fuse_rsqrt"):
+                       "conv_weight_grad_dot, dot_swap_operands, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
 

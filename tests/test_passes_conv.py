@@ -133,3 +133,37 @@ def test_conv_weight_grad_dot_golden_text():
         "%12 = stablehlo.reshape %11 : (tensor<4x5xf32>) -> tensor<2x2x1x5xf32>",
         "return %12 : tensor<2x2x1x5xf32>",
     ]
+
+
+DOT_IN = """
+func.func @main(%g: tensor<2x3x8xf32>, %x: tensor<2x3x4xf32>) -> tensor<8x4xf32> {
+  %0 = stablehlo.dot_general %g, %x, contracting_dims = [0, 1] x [0, 1], precision = [DEFAULT, HIGHEST] : (tensor<2x3x8xf32>, tensor<2x3x4xf32>) -> tensor<8x4xf32>
+  return %0 : tensor<8x4xf32>
+}"""
+
+
+def test_dot_swap_operands_golden_text():
+    body, rewrites = _run(DOT_IN, "dot_swap_operands")
+    assert rewrites == 1
+    assert body == [
+        "%0 = stablehlo.dot_general %arg1, %arg0, contracting_dims = [0, 1] x [0, 1], "
+        "precision = [HIGHEST, DEFAULT] : (tensor<2x3x4xf32>, tensor<2x3x8xf32>) -> tensor<4x8xf32>",
+        "%1 = stablehlo.transpose %0, dims = [1, 0] : (tensor<4x8xf32>) -> tensor<8x4xf32>",
+        "return %1 : tensor<8x4xf32>",
+    ]
+    # Already the smaller operand first: nothing to do.
+    _, rewrites = _run(DOT_IN.replace("tensor<2x3x8xf32>", "tensor<2x3x2xf32>").replace(
+        "8x4", "2x4"), "dot_swap_operands")
+    assert rewrites == 0
+
+
+def test_dot_swap_operands_gives_the_same_dense_weight_gradient():
+    def loss(w, x):  # a Dense layer on (batch, tokens, features), widening 8 -> 32
+        return jnp.sum(jnp.tanh(jnp.matmul(x, w.T)))
+
+    w = jax.random.normal(jax.random.key(0), (32, 8))
+    x = jax.random.normal(jax.random.key(1), (4, 5, 8))
+    exported = jax.export.export(jax.jit(jax.grad(loss)))(w, x)
+    new, (record,) = rewrite(exported, ["dot_swap_operands"])
+    assert record.rewrites == 1
+    np.testing.assert_allclose(new.call(w, x), exported.call(w, x), rtol=1e-5, atol=1e-5)
