@@ -23,6 +23,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class Case:
+    label: str
     title: str
     steps: int
     timings: dict[str, Timing]
@@ -138,7 +139,7 @@ def chart(cases: list[Case], names: list[str], path: Path) -> None:
     top = max(t.median / c.fastest() for c in cases for t in c.timings.values())
     ax.set_ylim(0.8, top * 3)
     ax.axhline(1.0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(cases)), [c.title.split(",")[0].split(" (")[0] for c in cases], fontsize=8)
+    ax.set_xticks(range(len(cases)), [c.label for c in cases], fontsize=8)
     ax.set_ylabel("time per step / fastest (log; lower is better)")
     ax.set_title("One training step (fwd + bwd + Adam), median of interleaved rounds")
     ax.legend(fontsize=7, ncol=len(names), loc="upper center")

@@ -25,6 +25,8 @@ except ImportError:  # run as a script from benchmarks/
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _CONV_PASSES = ["conv_input_grad_dot", "conv_weight_grad_dot"]
+# YNNPACK fusions XLA:CPU may form: only dots (and the element-wise ops around them).
+_YNN_DOTS = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
 # workload -> label -> CompileOptions arguments. "default" is what a user gets.
 ABLATIONS: dict[str, dict[str, dict]] = {
@@ -32,21 +34,21 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "default": {},
         "passes=none": {"passes": "none"},
         "maxpool + conv_few_channels": {"passes": ["maxpool_grad_select", "conv_few_channels"]},
-        "+ conv_input_grad_dot": {"passes": ["maxpool_grad_select", "conv_few_channels",
-                                             "conv_input_grad_dot"]},
-        "+ both conv gradient passes": {"passes": ["maxpool_grad_select", "conv_few_channels",
-                                                   *_CONV_PASSES]},
+        "+ conv_weight_grad_dot": {"passes": ["maxpool_grad_select", "conv_few_channels",
+                                              *_CONV_PASSES]},
         "default, no YNN fusions": {"xla_options": {_YNN: ""}},
-        "+ both conv gradient passes, no YNN fusions": {
+        "default, YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
+        "+ conv_weight_grad_dot, no YNN fusions": {
             "passes": ["maxpool_grad_select", "conv_few_channels", *_CONV_PASSES],
             "xla_options": {_YNN: ""}},
+        "passes=none, no YNN fusions": {"passes": "none", "xla_options": {_YNN: ""}},
     },
     "transformer": {
         "default": {},
         "passes=none": {"passes": "none"},
         "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
-        "xla_cpu_use_onednn": {"xla_options": {"xla_cpu_use_onednn": True}},
+        "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
     },
     "dice": {
         "default": {},
@@ -58,7 +60,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "default": {},
         "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
-        "xla_cpu_use_onednn": {"xla_options": {"xla_cpu_use_onednn": True}},
+        "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
     },
 }
 

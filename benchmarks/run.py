@@ -66,7 +66,7 @@ def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps
         runs[name] = steps(step, n_steps)
         runs[name]()  # warm: a full sample's worth
     per_step = {k: [t / n_steps for t in v] for k, v in samples(runs, rounds, 1).items()}
-    case = _report.Case(title or work.title, n_steps, {
+    case = _report.Case(work.label, title or work.title, n_steps, {
         k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()})
     print(_report.case_lines(case), flush=True)
     return case

@@ -26,6 +26,7 @@ class Workload:
     ``--quick``)."""
 
     key: str
+    label: str
     title: str
     steps: int
     quick_steps: int
@@ -88,16 +89,17 @@ def _dice_data():
 
 
 WORKLOADS = (
-    Workload("tiny", "tiny MLP 4-32-32-2, b8 (dispatch-bound)", 200, 50,
+    Workload("tiny", "tiny MLP", "tiny MLP 4-32-32-2, b8 (dispatch-bound)", 200, 50,
              lambda: (_normal((8, 4)), _normal((8, 2), 2)), tiny_mlp, luxc.MSELoss),
-    Workload("mlp", "MLP 784-512-512-10, b256", 20, 5,
+    Workload("mlp", "MLP 784-512-512-10", "MLP 784-512-512-10, b256", 20, 5,
              lambda: (_normal((256, 784)), _labels(256)), mlp,
              lambda: luxc.CrossEntropyLoss(logits=True)),
-    Workload("lenet", "LeNet-5 28x28x1, b128", 10, 3,
+    Workload("lenet", "LeNet-5", "LeNet-5 28x28x1, b128", 10, 3,
              lambda: (_normal((128, 28, 28, 1)), _labels(128)), lenet,
              lambda: luxc.CrossEntropyLoss(logits=True)),
-    Workload("transformer", f"pre-LN transformer block T{T} W{W} {H} heads MLP{M}, b{B}", 3, 1,
+    Workload("transformer", "transformer block",
+             f"pre-LN transformer block T{T} W{W} {H} heads MLP{M}, b{B}", 3, 1,
              lambda: (_normal((B, T, W)), _normal((B, T, W), 2)), transformer_block, luxc.MSELoss),
-    Workload("dice", "Dice head 16x16384x8 (loss-bound)", 20, 5, _dice_data, dice_head,
+    Workload("dice", "Dice head", "Dice head 16x16384x8 (loss-bound)", 20, 5, _dice_data, dice_head,
              luxc.DiceCoeffLoss),
 )
