@@ -9,7 +9,8 @@ Each sample times ``steps`` training steps of one variant and waits for the last
 of a workload run in a freshly shuffled order every round, so machine noise hits all alike.
 Reported: the median per step, the min-max over rounds, the ratio to the fastest variant, and
 the first call's wall time (tracing + compiling + one step). "luxc, passes=none" is luxc with
-its StableHLO passes off, in the same run: the before/after of the pass defaults.
+its StableHLO passes off, in the same run: the before/after of the pass defaults; "luxc, no YNN
+fusions" is luxc with ``xla_cpu_experimental_ynn_fusion_type=""`` (a candidate CPU default).
 A peer that is not installed is skipped, with a line saying so.
 """
 
@@ -38,12 +39,17 @@ except ImportError:  # run as a script from benchmarks/
 
 LUXC = "luxc AutoXLA"
 LUXC_NO_PASSES = "luxc, passes=none"
+LUXC_NO_YNN = "luxc, no YNN fusions"
+# XLA:CPU's YNNPACK fusions off: the largest lever measured on the CNN (benchmarks/README.md).
+_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 # name -> (module that must be installed, or None; step factory)
 PEERS: dict[str, tuple[str | None, Callable]] = {
     LUXC: (None, peers_jax.luxc_step),
     LUXC_NO_PASSES: (None, lambda w, x, y: peers_jax.luxc_step(
         w, x, y, luxc.CompileOptions(passes="none"))),
+    LUXC_NO_YNN: (None, lambda w, x, y: peers_jax.luxc_step(
+        w, x, y, luxc.CompileOptions(xla_options=_NO_YNN))),
     "jax.jit+optax": (None, peers_jax.jax_jit_step),
     "flax nnx": ("flax", peers_jax.flax_nnx_step),
     "equinox": ("equinox", peers_equinox.equinox_step),

@@ -9,10 +9,12 @@ A convolution's gradient with respect to its input is itself a convolution: the 
     dx[b, s, o]    = Σ_k z[b, s + k - lo, k, o]            K shifted, in-place additions
 
 the work is one matrix product, which XLA:CPU runs with its GEMM kernel, and ``K`` cheap
-updates of slices of the output. XLA:CPU's own convolution of this shape (LeNet's second layer,
-16 → 6 channels, 5×5) was measured 2.2× slower alone and the whole LeNet step 0.90× with the
-rewrite (``benchmarks/README.md``). The other two forms were measured differently: forward
-convolutions are left to XLA, weight gradients have their own pass (``conv_weight_grad_dot``).
+updates of slices of the output. Alone, LeNet's conv2 input gradient (16 → 6 channels, 5×5)
+took 0.36-0.46× the time of XLA:CPU's convolution; the whole LeNet step 0.71-1.03× (median
+0.89×, six interleaved runs; ``benchmarks/README.md``). Materialising the concatenated
+shifted slices instead (im2col) was 7× slower. The other two forms were measured differently:
+forward convolutions are left to XLA, weight gradients have their own pass
+(``conv_weight_grad_dot``).
 
 Why it is exact: every output element is the defining sum of the convolution,
 ``Σ_{k, c} gp[b, s + k, c] · r[k, c, o]``, with its terms grouped per tap; only the order of the

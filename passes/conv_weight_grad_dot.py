@@ -7,10 +7,12 @@ output gradient ``g`` and whose output has the kernel's small spatial shape (``P
     dw[p, o] = Σ_{b, s} x[b, s + p] · g[b, s, o]           (one input channel)
              = (stack_p flatten(x[:, p:p + S])) @ flatten(g)
 
-one (P, B·S) @ (B·S, O) matrix product. On XLA:CPU this was measured faster than
-its convolution only when the layer has a single input channel (LeNet's first layer on
-grayscale images: 2.16 → 1.75 ms), and slower with 6 channels (0.49 → 0.75 ms), so only
-``I ≤ MAX_CHANNELS = 1`` is rewritten (``benchmarks/README.md``).
+one (P, B·S) @ (B·S, O) matrix product. XLA:CPU runs LeNet's first-layer weight gradient
+(1 → 6 channels) as a YNNPACK convolution that took about a quarter of the step; the product
+is cheaper but writing the ``P`` stacked windows is not free, and the whole step was 0.86-1.21×
+in six interleaved runs (``benchmarks/README.md``), so the pass is opt-in. With 6 input
+channels the convolution was measured faster than slices + dot (0.49 against 0.75 ms), so only
+``I ≤ MAX_CHANNELS = 1`` is matched.
 
 Why it is exact: it is the defining sum of the convolution, one dot product per kernel tap;
 only the order of the additions differs, as between any two convolution algorithms.
