@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-import luxc.passes
-
 import luxc
+import luxc.passes
 
 try:
     from benchmarks import peers_jax

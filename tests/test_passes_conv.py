@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from jax import lax
 from jaxlib.mlir import ir
-from luxc.runtime._jax_internal import ir_context
-from luxc.runtime.executable import rewrite
 
 from luxc import passes
+from luxc.runtime._jax_internal import ir_context
+from luxc.runtime.executable import rewrite
 
 
 def _run(text: str, name: str) -> tuple[list[str], int]:
