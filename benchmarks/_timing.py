@@ -18,7 +18,14 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
     """Median seconds per call of each variant; each round times ``calls`` calls of each."""
     for fn in variants.values():  # warm-up (and compile)
         fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+    return {name: statistics.median(s) for name, s in samples(variants, rounds, calls).items()}
+
+
+def samples(variants: dict[str, Callable[[], object]], rounds: int,
+            calls: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round (``calls`` calls each), the
+    variants in a new shuffled order every round."""
+    out: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     order = random.Random(0)
     for _ in range(rounds):
@@ -28,8 +35,8 @@ def interleaved(variants: dict[str, Callable[[], object]], *, rounds: int = 7,
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / calls)
-    return {name: statistics.median(s) for name, s in samples.items()}
+            out[name].append((time.perf_counter() - t0) / calls)
+    return out
 
 
 def steps(fn: Callable[[], object], n: int) -> Callable[[], None]:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from jaxlib.mlir import ir
 
-from . import conv_few_channels, fuse_loss_reductions, fuse_rsqrt, maxpool_grad_select
+from . import (
+    conv_few_channels,
+    conv_input_grad_dot,
+    conv_weight_grad_dot,
+    dot_swap_operands,
+    fuse_loss_reductions,
+    fuse_rsqrt,
+    maxpool_grad_select,
+)
 from ._match import count_ops
 
 
@@ -37,7 +45,7 @@ class PassInfo:
     default_on: tuple[str, ...]
 
 
-# default_on lists the platforms where the pass was MEASURED faster (benchmarks/bench_passes.py,
+# default_on lists the platforms where the pass was MEASURED faster (python -m benchmarks.ablation,
 # interleaved medians). No GPU or TPU has been available to measure on, so no pass is in their
 # default pipelines yet: they are opt-in there (CompileOptions(passes=[...]) or "all").
 _REGISTRY: dict[str, PassInfo] = {
@@ -48,6 +56,16 @@ _REGISTRY: dict[str, PassInfo] = {
     # 0.89x-0.97x on other one-channel first layers.
     conv_few_channels.NAME: PassInfo(conv_few_channels.NAME, conv_few_channels.DESCRIPTION,
                                      conv_few_channels.run, ("cpu",)),
+    # XLA:CPU: 0.71x-1.03x (median 0.89x, six interleaved runs on a loaded machine) on a LeNet-5
+    # step on top of the two passes above; alone, LeNet's conv2 input gradient 0.36x-0.46x.
+    conv_input_grad_dot.NAME: PassInfo(conv_input_grad_dot.NAME, conv_input_grad_dot.DESCRIPTION,
+                                       conv_input_grad_dot.run, ("cpu",)),
+    # XLA:CPU: 0.86x-1.21x on a LeNet-5 step on top of conv_input_grad_dot; not reliably faster.
+    conv_weight_grad_dot.NAME: PassInfo(conv_weight_grad_dot.NAME, conv_weight_grad_dot.DESCRIPTION,
+                                        conv_weight_grad_dot.run, ()),
+    # XLA:CPU: 0.90x, 1.00x on the transformer block; 0.81x, 1.37x on the MLP: no clear win.
+    dot_swap_operands.NAME: PassInfo(dot_swap_operands.NAME, dot_swap_operands.DESCRIPTION,
+                                     dot_swap_operands.run, ()),
     # XLA:CPU: 0.99x on a BatchNorm MLP step (its algebraic simplifier already does this).
     fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run, ()),
     # XLA:CPU: alone 1.54x SLOWER on a Dice step (a variadic reduce leaves the fused reduction

@@ -15,7 +15,7 @@ slower (3→16 channels: 1.24×), so only ``I ≤ MAX_CHANNELS = 1`` is rewritte
 Why it is exact: it is the defining sum of the convolution; only the order of the additions
 differs, as between any two convolution algorithms.
 
-Matched: unit strides, no dilation, one feature and batch group, non-negative padding.
+Matched: unit strides, no dilation, one feature and batch group (any padding).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from ._conv import simple_conv
 from ._rewrite import replace_each
 
 NAME = "conv_few_channels"
@@ -34,40 +35,14 @@ MAX_CHANNELS = 1
 MAX_TERMS = 128
 
 
-def _all_ones(op: ir.Operation, name: str) -> bool:
-    return name not in op.attributes or all(v == 1 for v in ir.DenseI64ArrayAttr(op.attributes[name]))
-
-
-def _int_attr(op: ir.Operation, name: str) -> int:
-    return ir.IntegerAttr(op.attributes[name]).value if name in op.attributes else 1
-
-
-def _padding(op: ir.Operation, n: int) -> list[tuple[int, int]] | None:
-    if "padding" not in op.attributes:
-        return [(0, 0)] * n
-    flat = [int(v) for v in ir.DenseIntElementsAttr(op.attributes["padding"])]
-    pads = list(zip(flat[0::2], flat[1::2]))
-    return pads if all(lo >= 0 and hi >= 0 for lo, hi in pads) else None
-
-
 def _plan(op: ir.Operation):
-    if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
-            and _all_ones(op, "rhs_dilation")):
+    conv = simple_conv(op)
+    if conv is None:
         return None
-    if "window_reversal" in op.attributes and any(ir.DenseBoolArrayAttr(op.attributes["window_reversal"])):
+    channels = conv.rhs_shape[conv.dn.kernel_input_feature_dimension]
+    if channels > MAX_CHANNELS or conv.taps * channels > MAX_TERMS:
         return None
-    if _int_attr(op, "feature_group_count") != 1 or _int_attr(op, "batch_group_count") != 1:
-        return None
-    dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
-    rhs_shape = list(ir.RankedTensorType(op.operands[1].type).shape)
-    channels = rhs_shape[dn.kernel_input_feature_dimension]
-    taps = 1
-    for d in dn.kernel_spatial_dimensions:
-        taps *= rhs_shape[d]
-    pads = _padding(op, len(dn.input_spatial_dimensions))
-    if pads is None or channels > MAX_CHANNELS or taps * channels > MAX_TERMS:
-        return None
-    return dn, pads
+    return conv.dn, conv.pads
 
 
 def _rewrite(op: ir.Operation, dn, pads) -> ir.Value:

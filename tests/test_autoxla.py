@@ -276,7 +276,9 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
-                     "03-fuse_rsqrt.mlir", "04-fuse_loss_reductions.mlir", "99-xla-optimized.hlo.txt"]
+                     "03-conv_input_grad_dot.mlir", "04-conv_weight_grad_dot.mlir",
+                     "05-dot_swap_operands.mlir", "06-fuse_rsqrt.mlir", "07-fuse_loss_reductions.mlir",
+                     "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():

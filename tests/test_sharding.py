@@ -66,6 +66,6 @@ def test_passes_rewrite_a_sharded_module_and_keep_the_numbers():
     r = run_python(LENET, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr[-2000:]
     l0, l1, diff, rewrites = r.stdout.split("RESULT")[-1].split()
-    assert int(rewrites) == 3  # maxpool_grad_select ×2, conv_few_channels ×1
+    assert int(rewrites) == 4  # maxpool_grad_select ×2, conv_few_channels ×1, conv_input_grad_dot ×1
     assert float(l0) == pytest.approx(float(l1), rel=1e-5)
     assert float(diff) < 1e-5

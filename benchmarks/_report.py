@@ -1,0 +1,182 @@
+"""The benchmark's records and what is written from them: RESULTS.md and a bar chart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per training step over the rounds (median, min, max) and the first call's wall
+    time (tracing + compiling + one step)."""
+
+    median: float
+    low: float
+    high: float
+    first: float
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    title: str
+    steps: int
+    timings: dict[str, Timing]
+
+    def fastest(self) -> float:
+        return min(t.median for t in self.timings.values())
+
+
+@dataclass(frozen=True)
+class Run:
+    """When, where and how the benchmark ran; the load average is read at start and end."""
+
+    command: str
+    rounds: int
+    skipped: list[str]
+    started: str
+    load_start: tuple[float, ...]
+    seconds: float = 0.0
+    load_end: tuple[float, ...] = ()
+
+    @classmethod
+    def start(cls, command: str, rounds: int, skipped: list[str]) -> Run:
+        now = dt.datetime.now(dt.UTC)
+        return cls(command, rounds, skipped, now.strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg())
+
+    def finish(self) -> Run:
+        began = dt.datetime.strptime(self.started, "%Y-%m-%d %H:%M UTC").replace(tzinfo=dt.UTC)
+        return replace(self, seconds=(dt.datetime.now(dt.UTC) - began).total_seconds(),
+                       load_end=os.getloadavg())
+
+
+def _ms(t: float) -> str:
+    ms = t * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def case_lines(case: Case) -> str:
+    """A plain-text summary of one workload, for the terminal."""
+    fast = case.fastest()
+    lines = [f"\n{case.title} ({case.steps} steps per sample)"]
+    for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
+        lines.append(f"  {name:<20} {_ms(t.median):>8} ms/step  [{_ms(t.low)}-{_ms(t.high)}]  "
+                     f"{t.median / fast:5.2f}x  first call {t.first:6.2f} s")
+    return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> str:
+    out = []
+    for dist in ("jax", "jaxlib", "optax", "flax", "equinox", "torch"):
+        try:
+            out.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ", ".join(out)
+
+
+def _table(cases: list[Case], names: list[str]) -> list[str]:
+    rows = ["| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for case in cases:
+        fast = case.fastest()
+        cells = []
+        for name in names:
+            t = case.timings.get(name)
+            if t is None:
+                cells.append("-")
+                continue
+            cell = f"{_ms(t.median)} ({t.median / fast:.2f})"
+            cells.append(f"**{cell}**" if t.median == fast else cell)
+        rows.append(f"| {case.title} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _detail(case: Case) -> list[str]:
+    fast = case.fastest()
+    rows = [f"\n### {case.title}\n", "| variant | median ms/step | min-max | ratio | first call s |",
+            "|---|---:|---:|---:|---:|"]
+    for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
+        rows.append(f"| {name} | {_ms(t.median)} | {_ms(t.low)}-{_ms(t.high)} | "
+                    f"{t.median / fast:.2f} | {t.first:.2f} |")
+    return rows
+
+
+def chart(cases: list[Case], names: list[str], path: Path) -> None:
+    """Grouped bars: each variant's time per step as a multiple of the fastest (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=110)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs, ratios = [], []
+        for j, case in enumerate(cases):
+            if name in case.timings:
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ratios.append(case.timings[name].median / case.fastest())
+        bars = ax.bar(xs, ratios, width, label=name)
+        for bar, r in zip(bars, ratios):
+            ax.annotate(f"{r:.2f}", (bar.get_x() + bar.get_width() / 2, r), ha="center",
+                        va="bottom", fontsize=6, rotation=90, xytext=(0, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    top = max(t.median / c.fastest() for c in cases for t in c.timings.values())
+    ax.set_ylim(0.8, top * 3)
+    ax.axhline(1.0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(cases)), [c.label for c in cases], fontsize=8)
+    ax.set_ylabel("time per step / fastest (log; lower is better)")
+    ax.set_title("One training step (fwd + bwd + Adam), median of interleaved rounds")
+    ax.legend(fontsize=7, ncol=len(names), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(run: Run, cases: list[Case], out_dir: str) -> Path:
+    """Write ``RESULTS.md`` and ``results.png`` (if matplotlib is installed) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(n for c in cases for n in c.timings))
+    load = ", ".join(f"{a:.1f}" for a in run.load_start)
+    lines = [
+        "# Benchmark results", "",
+        f"`{run.command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d}, started {run.started}, "
+        f"{run.seconds / 60:.0f} min; {os.cpu_count()} cores ({_cpu()}); {_versions()}.", "",
+        f"Load average (1, 5, 15 min) at the start {load}, at the end "
+        f"{', '.join(f'{a:.1f}' for a in run.load_end)}: other processes shared the cores, so "
+        "compare only numbers from this one run.", "",
+        f"Median ms per training step (forward + loss + backward + Adam) over {run.rounds} "
+        "interleaved rounds, and in brackets the ratio to the fastest variant (bold).", "",
+        *_table(cases, names), "",
+    ]
+    if run.skipped:
+        lines += [f"Not installed, so skipped: {', '.join(run.skipped)}.", ""]
+    try:
+        chart(cases, names, out / "results.png")
+        lines += ["![time per step relative to the fastest](results.png)", ""]
+    except ImportError:
+        lines += ["(matplotlib is not installed: no chart.)", ""]
+    lines += ["## Per workload", "",
+              "min-max is over the rounds; *first call* is the wall time of the first step "
+              "(tracing, compiling and one step; torch eager has nothing to compile)."]
+    for case in cases:
+        lines += _detail(case)
+    path = out / "RESULTS.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,149 @@
+"""luxc and its JAX peers on the workloads: each step is written the way its users write it.
+
+Every step takes the batch as an argument (a batch closed over becomes a compile-time constant
+that XLA folds into the program) and returns a loss the caller can wait on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import luxc
+from luxc.training import single_train_step_
+
+try:
+    from benchmarks import workloads as wl
+except ImportError:  # run from benchmarks/
+    import workloads as wl
+
+Step = Callable[[], object]
+
+
+def luxc_step(work: wl.Workload, x, y, options: luxc.CompileOptions | None = None) -> Step:
+    """``single_train_step_`` with the AutoXLA backend (``options``: its CompileOptions)."""
+    model = work.model()
+    ps, st = luxc.setup(jax.random.key(0), model)
+    state = {"ts": luxc.TrainState(model, ps, st, optax.adam(1e-3))}
+    loss = work.loss()
+
+    def step():
+        _, out, _, state["ts"] = single_train_step_(luxc.AutoXLA(), loss, (x, y), state["ts"],
+                                                    return_gradients=False, compile_options=options)
+        return out
+
+    return step
+
+
+def loss_fn(key: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The workload's loss, written out as a JAX user would (the same formulas as luxc's)."""
+    if key in ("tiny", "transformer"):
+        return lambda p, y: jnp.mean(jnp.square(p - y))
+    if key in ("mlp", "lenet"):
+        return lambda p, y: jnp.mean(optax.softmax_cross_entropy(p, y))
+
+    def dice(p, y):
+        num = 2 * jnp.sum(y * p, axis=1) + 1
+        return jnp.mean(1 - num / (jnp.sum(p * p, axis=1) + jnp.sum(y * y, axis=1) + 1))
+
+    return dice
+
+
+def jax_jit_step(work: wl.Workload, x, y) -> Step:
+    """The plain-JAX way: the same model function, ``value_and_grad`` and optax Adam in one
+    donating ``jax.jit``."""
+    model = work.model()
+    params, st = luxc.setup(jax.random.key(0), model)
+    loss, opt = loss_fn(work.key), optax.adam(1e-3)
+
+    def update(params, opt_state, x, y):
+        value, grads = jax.value_and_grad(lambda p: loss(model(x, p, st)[0], y))(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    update = jax.jit(update, donate_argnums=(0, 1))
+    state = {"p": params, "o": opt.init(params)}
+
+    def step():
+        state["p"], state["o"], out = update(state["p"], state["o"], x, y)
+        return out
+
+    return step
+
+
+def _nnx_model(key: str):
+    from flax import nnx
+
+    rngs = nnx.Rngs(0)
+    if key in ("tiny", "mlp"):
+        sizes = (4, 32, 32, 2) if key == "tiny" else (784, 512, 512, 10)
+
+        class MLP(nnx.Module):
+            def __init__(self):
+                self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+
+            def __call__(self, h):
+                for layer in self.layers[:-1]:
+                    h = nnx.relu(layer(h))
+                return self.layers[-1](h)
+
+        return MLP()
+    if key == "lenet":
+        class LeNet(nnx.Module):
+            def __init__(self):
+                self.c1 = nnx.Conv(1, 6, (5, 5), padding="VALID", rngs=rngs)
+                self.c2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
+                self.d = nnx.List([nnx.Linear(256, 120, rngs=rngs), nnx.Linear(120, 84, rngs=rngs),
+                                   nnx.Linear(84, 10, rngs=rngs)])
+
+            def __call__(self, h):
+                h = nnx.max_pool(nnx.relu(self.c1(h)), (2, 2), (2, 2))
+                h = nnx.max_pool(nnx.relu(self.c2(h)), (2, 2), (2, 2))
+                h = nnx.relu(self.d[0](h.reshape(h.shape[0], -1)))
+                return self.d[2](nnx.relu(self.d[1](h)))
+
+        return LeNet()
+    if key == "transformer":
+        class Block(nnx.Module):
+            def __init__(self):
+                self.ln1, self.ln2 = nnx.LayerNorm(wl.W, rngs=rngs), nnx.LayerNorm(wl.W, rngs=rngs)
+                self.qkv = nnx.Linear(wl.W, 3 * wl.W, rngs=rngs)
+                self.out = nnx.Linear(wl.W, wl.W, rngs=rngs)
+                self.up, self.down = nnx.Linear(wl.W, wl.M, rngs=rngs), nnx.Linear(wl.M, wl.W, rngs=rngs)
+
+            def __call__(self, x):
+                q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+                heads = [t.reshape(*x.shape[:2], wl.H, wl.W // wl.H) for t in (q, k, v)]
+                x = x + self.out(wl.attention(*heads).reshape(x.shape))
+                return x + self.down(nnx.gelu(self.up(self.ln2(x))))
+
+        return Block()
+
+    class Head(nnx.Module):
+        def __init__(self):
+            self.d = nnx.Linear(8, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return nnx.sigmoid(self.d(x))[..., 0]
+
+    return Head()
+
+
+def flax_nnx_step(work: wl.Workload, x, y) -> Step:
+    """flax NNX: a stateful module and ``nnx.Optimizer`` under ``nnx.jit``."""
+    from flax import nnx
+
+    model = _nnx_model(work.key)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    loss = loss_fn(work.key)
+
+    @nnx.jit
+    def update(model, optimizer, x, y):
+        value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(model)
+        optimizer.update(model, grads)
+        return value
+
+    return lambda: update(model, optimizer, x, y)

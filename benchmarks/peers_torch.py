@@ -1,0 +1,112 @@
+"""The workloads in PyTorch, eager and ``torch.compile``: ``nn.Module``, ``loss.backward()``,
+``torch.optim.Adam``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    from benchmarks import workloads as wl
+    from benchmarks.peers_jax import Step
+except ImportError:  # run from benchmarks/
+    import workloads as wl
+    from peers_jax import Step
+
+
+def _model(key: str):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    if key == "tiny":
+        return nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    if key == "mlp":
+        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                             nn.Linear(512, 10))
+    if key == "lenet":
+        return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                             nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(),
+                             nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    if key == "transformer":
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.ln1, self.ln2 = nn.LayerNorm(wl.W), nn.LayerNorm(wl.W)
+                self.qkv, self.out = nn.Linear(wl.W, 3 * wl.W), nn.Linear(wl.W, wl.W)
+                self.mlp = nn.Sequential(nn.Linear(wl.W, wl.M), nn.GELU(approximate="tanh"),
+                                         nn.Linear(wl.M, wl.W))
+
+            def forward(self, x):
+                b, t, w = x.shape
+                q, k, v = self.qkv(self.ln1(x)).split(w, dim=-1)
+                q, k, v = (z.view(b, t, wl.H, w // wl.H).transpose(1, 2) for z in (q, k, v))
+                o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
+                x = x + self.out(o)
+                return x + self.mlp(self.ln2(x))
+
+        return Block()
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.d(x))[..., 0]
+
+    return Head()
+
+
+def _loss(key: str):
+    from torch import nn
+
+    if key in ("tiny", "transformer"):
+        return nn.MSELoss()
+    if key in ("mlp", "lenet"):
+        return nn.CrossEntropyLoss()
+
+    def dice(p, y):
+        num = 2 * (y * p).sum(1) + 1
+        return (1 - num / ((p * p).sum(1) + (y * y).sum(1) + 1)).mean()
+
+    return dice
+
+
+def torch_step(work: wl.Workload, x, y, compiled: bool) -> Step:
+    """One eager (or ``torch.compile``-d) training step; waiting on it reads the loss."""
+    # Before torch loads OpenMP: idle threads sleep instead of spinning on the cores the next
+    # variant needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = _model(work.key)
+    tx = np.array(x)  # a writable copy: torch refuses read-only buffers
+    if work.key == "lenet":
+        tx = np.transpose(tx, (0, 3, 1, 2))  # torch convolutions are channels-first
+    tx = torch.from_numpy(np.ascontiguousarray(tx))
+    ty = np.array(y)
+    ty = torch.from_numpy(ty.argmax(-1).astype(np.int64) if work.key in ("mlp", "lenet") else ty.copy())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = _loss(work.key)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(tx), ty)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = torch.compile(train_step) if compiled else train_step
+
+    class Done:
+        def __init__(self, t):
+            self.t = t
+
+        def block_until_ready(self):
+            return self.t.item()
+
+    return lambda: Done(fn())

@@ -1,0 +1,107 @@
+"""``python -m benchmarks``: luxc against its peers on five workloads, in one interleaved run.
+
+    pip install -e ".[bench]"         # torch, flax, equinox, matplotlib (peers are optional)
+    python -m benchmarks              # about 10 minutes on 2 cores; writes RESULTS.md + PNG
+    python -m benchmarks --quick      # a minute: fewer rounds and steps
+    python -m benchmarks --only lenet,transformer --rounds 21
+
+Each sample times ``steps`` training steps of one variant and waits for the last; the variants
+of a workload run in a freshly shuffled order every round, so machine noise hits all alike.
+Reported: the median per step, the min-max over rounds, the ratio to the fastest variant, and
+the first call's wall time (tracing + compiling + one step). "luxc, passes=none" is luxc with
+its StableHLO passes off, in the same run: the before/after of the pass defaults; "luxc, no YNN
+fusions" is luxc with ``xla_cpu_experimental_ynn_fusion_type=""`` (a candidate CPU default).
+A peer that is not installed is skipped, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import luxc
+
+try:
+    from benchmarks import _report, peers_equinox, peers_jax, peers_torch
+    from benchmarks import workloads as wl
+    from benchmarks._timing import samples, steps
+except ImportError:  # run as a script from benchmarks/
+    import _report
+    import peers_equinox
+    import peers_jax
+    import peers_torch
+    import workloads as wl
+    from _timing import samples, steps
+
+LUXC = "luxc AutoXLA"
+LUXC_NO_PASSES = "luxc, passes=none"
+LUXC_NO_YNN = "luxc, no YNN fusions"
+# XLA:CPU's YNNPACK fusions off: the largest lever measured on the CNN (benchmarks/README.md).
+_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+# name -> (module that must be installed, or None; step factory)
+PEERS: dict[str, tuple[str | None, Callable]] = {
+    LUXC: (None, peers_jax.luxc_step),
+    LUXC_NO_PASSES: (None, lambda w, x, y: peers_jax.luxc_step(
+        w, x, y, luxc.CompileOptions(passes="none"))),
+    LUXC_NO_YNN: (None, lambda w, x, y: peers_jax.luxc_step(
+        w, x, y, luxc.CompileOptions(xla_options=_NO_YNN))),
+    "jax.jit+optax": (None, peers_jax.jax_jit_step),
+    "flax nnx": ("flax", peers_jax.flax_nnx_step),
+    "equinox": ("equinox", peers_equinox.equinox_step),
+    "torch eager": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=False)),
+    "torch.compile": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=True)),
+}
+
+
+def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps: int,
+            title: str | None = None) -> _report.Case:
+    """Build, warm and time every variant of ``work`` (``makers``: name -> ``make(work, x, y)``
+    returning a step), print and return its :class:`_report.Case`."""
+    x, y = work.data()
+    first, runs = {}, {}
+    for name, make in makers.items():
+        step = make(work, x, y)
+        t0 = time.perf_counter()
+        step().block_until_ready()
+        first[name] = time.perf_counter() - t0
+        runs[name] = steps(step, n_steps)
+        runs[name]()  # warm: a full sample's worth
+    per_step = {k: [t / n_steps for t in v] for k, v in samples(runs, rounds, 1).items()}
+    case = _report.Case(work.label, title or work.title, n_steps, {
+        k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()})
+    print(_report.case_lines(case), flush=True)
+    return case
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds, fewer steps per sample")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 15; 3 with --quick)")
+    parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(w.key for w in wl.WORKLOADS))
+    parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 15)
+    chosen = [w for w in wl.WORKLOADS if not args.only or w.key in args.only.split(",")]
+    if not chosen:
+        parser.error(f"--only: no workload named {args.only!r}; choose from "
+                     + ", ".join(w.key for w in wl.WORKLOADS))
+    names, skipped = [], []
+    for name, (module, _) in PEERS.items():
+        (names if module is None or importlib.util.find_spec(module) else skipped).append(name)
+    for name in skipped:
+        print(f"skipped {name}: {PEERS[name][0]} is not installed (pip install -e '.[bench]')")
+    run = _report.Run.start(" ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
+                            rounds, skipped)
+    makers = {name: PEERS[name][1] for name in names}
+    cases = [measure(w, makers, rounds, w.quick_steps if args.quick else w.steps) for w in chosen]
+    path = _report.write(run.finish(), cases, args.out)
+    print(f"wrote {path} and its chart")
+
+
+if __name__ == "__main__":
+    main()

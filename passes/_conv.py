@@ -1,0 +1,134 @@
+"""Reading a ``stablehlo.convolution``: its attributes, and which of the three forms of a
+training step it is (forward, input-gradient, weight-gradient)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+from ._match import producer
+
+
+class Conv(NamedTuple):
+    """A unit-stride, undilated, ungrouped convolution; ``pads`` may be negative (a crop)."""
+
+    dn: stablehlo.ConvDimensionNumbers
+    pads: list[tuple[int, int]]
+    lhs_shape: list[int]
+    rhs_shape: list[int]
+    out_shape: list[int]
+
+    @property
+    def taps(self) -> int:
+        """Kernel window positions (the product of the kernel's spatial sizes)."""
+        return math.prod(self.rhs_shape[d] for d in self.dn.kernel_spatial_dimensions)
+
+    @property
+    def positions(self) -> int:
+        """Output window positions (the product of the output's spatial sizes)."""
+        return math.prod(self.out_shape[d] for d in self.dn.output_spatial_dimensions)
+
+
+def _all_ones(op: ir.Operation, name: str) -> bool:
+    return name not in op.attributes or all(v == 1 for v in ir.DenseI64ArrayAttr(op.attributes[name]))
+
+
+def _int_attr(op: ir.Operation, name: str) -> int:
+    return ir.IntegerAttr(op.attributes[name]).value if name in op.attributes else 1
+
+
+def _padding(op: ir.Operation, n: int) -> list[tuple[int, int]]:
+    if "padding" not in op.attributes:
+        return [(0, 0)] * n
+    flat = [int(v) for v in ir.DenseIntElementsAttr(op.attributes["padding"])]
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def simple_conv(op: ir.Operation) -> Conv | None:
+    """``op`` read as a :class:`Conv`, or ``None`` if it has strides, dilations, groups or
+    window reversal."""
+    if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
+            and _all_ones(op, "rhs_dilation")):
+        return None
+    if "window_reversal" in op.attributes and any(ir.DenseBoolArrayAttr(op.attributes["window_reversal"])):
+        return None
+    if _int_attr(op, "feature_group_count") != 1 or _int_attr(op, "batch_group_count") != 1:
+        return None
+    dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
+    pads = _padding(op, len(dn.input_spatial_dimensions))
+    shapes = [list(ir.RankedTensorType(v.type).shape) for v in (*op.operands, op.results[0])]
+    return Conv(dn, pads, *shapes)
+
+
+def is_input_gradient(op: ir.Operation, conv: Conv) -> bool:
+    """The gradient of a convolution with respect to its input: a convolution with a kernel
+    reversed along its spatial axes — what jax's transpose rule emits."""
+    rev = producer(op.operands[1])
+    if rev is None or rev.name != "stablehlo.reverse":
+        return False
+    reversed_dims = set(ir.DenseI64ArrayAttr(rev.attributes["dimensions"]))
+    return reversed_dims == set(conv.dn.kernel_spatial_dimensions)
+
+
+def is_weight_gradient(conv: Conv) -> bool:
+    """The gradient of a convolution with respect to its kernel: the output gradient is the
+    "kernel", so the window is larger than the output (jax's transpose rule also swaps the
+    batch and feature roles of the input, ``[f, 0, 1, b]``)."""
+    return conv.taps > conv.positions
+
+
+def zero_pad(x: ir.Value, spatial_dims: list[int], pads: list[tuple[int, int]]) -> ir.Value:
+    """``x`` padded with zeros by ``pads`` along ``spatial_dims`` (a negative pad crops; ``x``
+    itself if no padding)."""
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    x_type = ir.RankedTensorType(x.type)
+    rank = len(x_type.shape)
+    low, high = [0] * rank, [0] * rank
+    for d, (lo, hi) in zip(spatial_dims, pads):
+        low[d], high[d] = lo, hi
+    return stablehlo.PadOp(x, scalar(x_type.element_type, 0), low, high, [0] * rank).result
+
+
+def scalar(element: ir.Type, value: int | float) -> ir.Value:
+    """A 0-d constant of type ``element``."""
+    attr = ir.FloatAttr.get(element, value) if isinstance(element, ir.FloatType) else \
+        ir.IntegerAttr.get(element, value)
+    return stablehlo.ConstantOp(ir.DenseElementsAttr.get_splat(ir.RankedTensorType.get([], element),
+                                                               attr)).result
+
+
+def window_slice(x: ir.Value, dims: list[int], starts: tuple[int, ...], sizes: list[int]) -> ir.Value:
+    """``x[..., start:start + size, ...]`` along each of ``dims``; other axes whole."""
+    shape = list(ir.RankedTensorType(x.type).shape)
+    begin, end = [0] * len(shape), list(shape)
+    for d, s, n in zip(dims, starts, sizes):
+        begin[d], end[d] = s, s + n
+    return stablehlo.SliceOp(x, begin, end, [1] * len(shape)).result
+
+
+def transpose(x: ir.Value, perm: list[int]) -> ir.Value:
+    """``x`` with its axes permuted (``x`` itself for the identity)."""
+    return x if perm == sorted(perm) else stablehlo.TransposeOp(x, perm).result
+
+
+def dot(lhs: ir.Value, rhs: ir.Value, contract_lhs: list[int], contract_rhs: list[int],
+        precision: ir.Attribute | None) -> ir.Value:
+    """``dot_general`` without batch axes: the result holds the free axes of ``lhs`` then of
+    ``rhs``, in order."""
+    ls, rs = (list(ir.RankedTensorType(v.type).shape) for v in (lhs, rhs))
+    shape = [n for d, n in enumerate(ls) if d not in contract_lhs] + \
+        [n for d, n in enumerate(rs) if d not in contract_rhs]
+    out = ir.RankedTensorType.get(shape, ir.RankedTensorType(lhs.type).element_type)
+    dims = stablehlo.DotDimensionNumbers.get(
+        lhs_batching_dimensions=[], rhs_batching_dimensions=[],
+        lhs_contracting_dimensions=contract_lhs, rhs_contracting_dimensions=contract_rhs)
+    return stablehlo.DotGeneralOp(out, lhs, rhs, dims, precision_config=precision).result
+
+
+def precision_of(op: ir.Operation) -> ir.Attribute | None:
+    """``op``'s ``precision_config``, to carry over to the ops that replace it."""
+    return op.attributes["precision_config"] if "precision_config" in op.attributes else None
