@@ -1,47 +1,68 @@
-"""AutoXLA: the whole step as one compiled program, cached in ``TrainState.cache``.
+"""AutoXLA's compiler: from a kind of call and its arrays to a cached executable's outputs.
 
-``compile_step(obj_fn, data, ts)`` traces objective + gradient + optax update into one StableHLO
-module (``luxc.training._step``), runs luxc's passes, compiles it with XLA and returns a
-:class:`CompiledStep`. The training API (``single_train_step_(AutoXLA(), …)``) goes through
-:func:`run`, which keeps one entry per input signature and calls the cached executable directly.
+The training API hands over *what* to run — the kind of call (``"train"``, ``"train_steps"``,
+``"gradients"``, ``"objective"``, ``"update"``), the user's objective, model and optimiser, and
+the argument arrays — plus a function that builds the pure step when a compile is needed. This
+module turns the user's objects into a :class:`~luxc.runtime.cache.ProgramKey` (comparing
+objectives by value where Python allows it), asks the TrainState's
+:class:`~luxc.runtime.ExecutableCache` for an entry, and on a miss traces, rewrites and compiles
+the step (``luxc.runtime.executable.build``), warning or raising as the ``recompile_check``
+preference says.
 """
 
 from __future__ import annotations
 
+import functools
+import types
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
-import jax
+from luxc._preferences import preference
+from luxc.runtime.cache import (
+    CacheEntry,
+    ExecutableCache,
+    ProgramKey,
+    RecompileError,
+    RecompileWarning,
+)
+from luxc.runtime.executable import build
+from luxc.runtime.options import CompileOptions, normalise
+from luxc.runtime.signature import Signature
+from luxc.runtime.warn import warn_user
 
-from ._preferences import preference
-from .runtime import CompileOptions, Executable
-from .runtime.cache import ExecutableCache, Identity, ProgramKey, Signature
-from .runtime.executable import build
-from .training import _step
-from .training._state import ConsumedStateError, TrainState
-
-Kind = Literal["train", "gradients", "objective"]
-_ARG_NAMES = {
+Kind = Literal["train", "train_steps", "gradients", "objective", "update"]
+ARG_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("parameters", "optimizer_state", "states", "data"),
+    "train_steps": ("parameters", "optimizer_state", "states", "batches"),
     "gradients": ("parameters", "states", "data"),
     "objective": ("parameters", "states", "data"),
+    "update": ("parameters", "optimizer_state", "gradients"),
 }
+# What a donating call of each kind gives up: the parameters and the optimiser state it replaces.
+DONATED = (0, 1)
 
 
-def _step_fn(kind: Kind, obj_fn: Any, ts: TrainState, return_gradients: bool):
-    if kind == "train":
-        return _step.train(_step.reverse_gradients(obj_fn, ts.model), ts.optimizer, return_gradients)
-    if kind == "gradients":
-        return _step.reverse_gradients(obj_fn, ts.model)
-    return _step.evaluate(obj_fn, ts.model)
+class NewObjectiveWarning(RecompileWarning):
+    """The objective changes at every call (a fresh lambda or closure), so each call compiles."""
 
 
-def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
-    if kind == "train":
-        return (ts.parameters, ts.optimizer_state, ts.states, data)
-    return (ts.parameters, ts.states, data)
+class Identity:
+    """Keys by identity an object that cannot be compared by value (and keeps it alive while
+    its program is cached)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Identity) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
-def _hashable(obj: Any) -> Any:
+def _value(obj: Any) -> Hashable:
     try:
         hash(obj)
     except TypeError:
@@ -49,179 +70,102 @@ def _hashable(obj: Any) -> Any:
     return obj
 
 
-class CompiledStep:
-    """A compiled training step (or gradient / objective evaluation), like ``jax.stages.Compiled``.
+def objective_key(obj: Any) -> Hashable:
+    """A key under which equal objectives are equal.
 
-    ``cs(ts, data)`` runs it and returns what ``single_train_step`` returns:
-    ``(grads, loss, stats, new_ts)``; ``as_text(stage)``, ``pass_report``, ``cost_analysis()``
-    and ``memory_stats()`` describe it.
+    ``functools.partial`` of one function with equal arguments, bound methods of one object,
+    closures of one ``def``/``lambda`` over the same captured objects, and hashable callables
+    (luxc's losses are frozen dataclasses) compare by value; anything else by identity.
     """
-
-    def __init__(self, kind: Kind, executable: Executable, key: ProgramKey, signature: Signature):
-        self.kind, self.executable, self.key, self.signature = kind, executable, key, signature
-
-    @property
-    def pass_report(self):
-        return self.executable.pass_report
-
-    @property
-    def compile_seconds(self) -> float:
-        return self.executable.compile_seconds
-
-    @property
-    def trace_seconds(self) -> float:
-        return self.executable.trace_seconds
-
-    def as_text(self, stage: Literal["traced", "optimized", "hlo"] = "optimized") -> str:
-        return self.executable.as_text(stage)
-
-    def cost_analysis(self) -> dict[str, float] | None:
-        return self.executable.cost_analysis()
-
-    def memory_stats(self) -> dict[str, int] | None:
-        return self.executable.memory_stats()
-
-    def __call__(self, ts: TrainState, data: Any, *, sync: bool = False):
-        ts.check_alive()
-        out = _call(self, ts, data, "CompiledStep")
-        if self.key.donate:
-            ts.consume("a donating CompiledStep", ts.step)
-        if sync:
-            jax.block_until_ready(out)
-        return _results(self.kind, self.key, ts, out)
-
-    def __repr__(self) -> str:
-        rewrites = sum(r.rewrites for r in self.pass_report)
-        return (f"CompiledStep(kind={self.kind!r}, passes={[r.name for r in self.pass_report]}, "
-                f"rewrites={rewrites}, compile_seconds={self.compile_seconds:.3f})")
+    if isinstance(obj, functools.partial):
+        kwargs = tuple(sorted((k, _value(v)) for k, v in obj.keywords.items()))
+        return ("partial", objective_key(obj.func), tuple(_value(a) for a in obj.args), kwargs)
+    if isinstance(obj, types.MethodType):
+        return ("method", objective_key(obj.__func__), _value(obj.__self__))
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(_cell(c) for c in obj.__closure__ or ())
+        return ("function", obj.__code__, Identity(obj.__globals__), _value(obj.__defaults__),
+                _value(obj.__kwdefaults__ and tuple(sorted(obj.__kwdefaults__.items()))), cells)
+    return _value(obj)
 
 
-def _program_key(kind: Kind, obj_fn: Any, ts: TrainState, return_gradients: bool, donate: bool,
-                 options: CompileOptions | None) -> ProgramKey:
-    return ProgramKey(kind, _hashable(obj_fn), Identity(ts.model), _hashable(ts.optimizer),
-                      return_gradients and kind == "train", donate, options)
-
-
-def _compile(cache: ExecutableCache, key: ProgramKey, kind: Kind, obj_fn: Any, ts: TrainState,
-             data: Any) -> CompiledStep:
-    args = _args(kind, ts, data)
-    sig = Signature.of(args)
-    found = cache.lookup(key, sig)
-    if found is not None:
-        return found
-    cache.check_recompile(key, sig, preference("recompile_check"))
-    options = key.compile_options or CompileOptions()
-    exe = build(
-        _step_fn(kind, obj_fn, ts, key.return_gradients), args, options=options,
-        donate_argnums=(0, 1) if key.donate else (), arg_names=_ARG_NAMES[kind][:2],
-    )
-    cs = CompiledStep(kind, exe, key, sig)
-    cache.insert(key, sig, cs, exe.compile_seconds + exe.trace_seconds)
-    return cs
-
-
-def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
-                 compile_options: CompileOptions | None = None, return_gradients: bool = True,
-                 donate: bool = False, kind: Kind = "train") -> CompiledStep:
-    """Trace, optimise and compile one training step for ``data``'s shapes; cached in
-    ``ts.cache`` (so a later ``single_train_step(AutoXLA(), …)`` with the same program hits it).
-
-    >>> import jax, jax.numpy as jnp, optax, luxc
-    >>> model = luxc.nn.Dense(3, 1)
-    >>> ps, st = luxc.setup(jax.random.key(0), model)
-    >>> ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
-    >>> data = (jnp.ones((4, 3)), jnp.zeros((4, 1)))
-    >>> cs = luxc.compile_step(luxc.MSELoss(), data, ts)
-    >>> grads, loss, stats, ts = cs(ts, data)
-    >>> ts.step
-    1
-    """
-    _check_options(compile_options)
-    if kind not in _ARG_NAMES:
-        raise ValueError(f"compile_step: kind must be 'train', 'gradients' or 'objective'; "
-                         f"received {kind!r}")
-    if donate and kind != "train":
-        raise ValueError("compile_step: donate=True applies to kind='train' only (it donates the "
-                         "parameters and the optimizer state the step replaces)")
-    ts.check_alive()
-    key = _program_key(kind, obj_fn, ts, return_gradients, donate, compile_options)
-    return _compile(ts.cache, key, kind, obj_fn, ts, data)
-
-
-def _check_options(options: Any) -> None:
-    if options is not None and not isinstance(options, CompileOptions):
-        raise TypeError(f"compile_options must be a luxc.CompileOptions or None; "
-                        f"received {type(options).__name__}")
-
-
-def _call(cs: CompiledStep, ts: TrainState, data: Any, caller: str) -> tuple:
+def _cell(cell: types.CellType) -> Hashable:
     try:
-        return cs.executable.call(*_args(cs.kind, ts, data))
-    except ValueError as e:
-        if "deleted or donated" in str(e) or "has been deleted" in str(e):
-            raise _consumed_error(ts, data, caller) from None
-        raise
+        return _value(cell.cell_contents)
+    except ValueError:  # an empty cell (a name assigned after the closure was made)
+        return Identity(cell)
 
 
-def _consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError:
-    parts = {"parameters": ts.parameters, "optimizer_state": ts.optimizer_state,
-             "states": ts.states, "data": data}
-    dead = []
-    for name, tree in parts.items():
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            if isinstance(leaf, jax.Array) and leaf.is_deleted():
-                dead.append(name + jax.tree_util.keystr(path))
-    return ConsumedStateError(
-        f"{caller}: {', '.join(dead[:4]) or 'an input'} was donated to an earlier in-place call "
-        f"(single_train_step_ or apply_gradients_) and freed; use the TrainState that call "
-        f"returned"
-    )
+def _code(obj: Any) -> Any:
+    while isinstance(obj, functools.partial | types.MethodType):
+        obj = obj.func if isinstance(obj, functools.partial) else obj.__func__
+    return getattr(obj, "__code__", type(obj))
 
 
-def _results(kind: Kind, key: ProgramKey, ts: TrainState, out: tuple):
-    objective = key.objective.obj if isinstance(key.objective, Identity) else key.objective
-    if kind == "train":
-        ps, opt_state, st, loss, stats, grads = out
-        new = ts.replace(parameters=ps, optimizer_state=opt_state, states=st, step=ts.step + 1,
-                         objective_function=objective)
-        return grads, loss, stats, new
-    if kind == "gradients":
-        grads, loss, st, stats = out
-        return grads, loss, stats, ts.replace(states=st, objective_function=objective)
-    return out
+def program_key(kind: Kind, obj_fn: Any, model: Any, optimizer: Any, return_gradients: bool,
+                donate: bool, options: CompileOptions) -> ProgramKey:
+    described = {"objective": obj_fn, "model": model, "optimizer": optimizer}
+    return ProgramKey(kind, objective_key(obj_fn), Identity(model), _value(optimizer),
+                      return_gradients, donate, options, described)
 
 
-def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients: bool = True,
-        donate: bool = False, compile_options: CompileOptions | None = None, sync: bool = False,
-        caller: str = "single_train_step_"):
-    """The AutoXLA path of the training API. Returns what the caller returns."""
-    ts.check_alive()
-    cache = ts.cache
-    fast = (kind, obj_fn, ts.model, ts.optimizer, return_gradients, donate, compile_options)
+def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple,
+                  make_step: Callable[[], Callable], caller: str) -> CacheEntry:
+    """The entry for ``key`` and ``args``' signature; compiles it on a miss."""
+    signature = Signature.of(args)
+    entry = cache.get(key, signature)
+    if entry is not None:
+        return entry
+    last = cache.last(key.kind)
+    reason = cache.recompile_reason(key, signature, ARG_NAMES[key.kind])
+    if reason is not None:
+        _report(reason, caller)
+        if _fresh_objective(last[0], key) and "objective" not in cache.warned:
+            cache.warned.add("objective")
+            warn_user(
+                f"{caller}: the objective function is a new object that does not compare equal "
+                f"to the previous one (a lambda or closure capturing new values?), so each one "
+                f"compiles a new program. Define it once outside the loop, or pass what changes "
+                f"through the data", NewObjectiveWarning)
+    exe = build(make_step(), args, options=key.compile_options,
+                donate_argnums=DONATED if key.donate else (), arg_names=ARG_NAMES[key.kind][:2])
+    return cache.add(key, signature, exe)
+
+
+def _report(reason: str, caller: str) -> None:
+    policy = preference("recompile_check")
+    if policy == "error":
+        raise RecompileError(f"{caller}: {reason} (recompile_check='error')")
+    if policy == "warn":
+        warn_user(f"{caller}: {reason}", RecompileWarning)
+
+
+def _fresh_objective(old: ProgramKey, new: ProgramKey) -> bool:
+    # Lux warns when the objective changes between calls; a new program whose only difference
+    # is an objective made from the same code is the per-call lambda this catches.
+    same_rest = all(getattr(old, f) == getattr(new, f) for f in
+                    ("kind", "model", "optimizer", "return_gradients", "donate", "compile_options"))
+    a, b = old.described["objective"], new.described["objective"]
+    return same_rest and old.objective != new.objective and _code(a) == _code(b)
+
+
+def run(cache: ExecutableCache, kind: Kind, obj_fn: Any, model: Any, optimizer: Any, args: tuple,
+        make_step: Callable[[], Callable], *, return_gradients: bool = False,
+        donate: bool = False, options: CompileOptions | None = None,
+        caller: str = "single_train_step_") -> tuple[CacheEntry, Any]:
+    """Run a kind of call on ``args``: the fast path if the last entry of these objects accepts
+    them, else lookup or compile. Returns the entry and the outputs."""
+    options = normalise(options)
+    fast_key = (kind, obj_fn, id(model), id(optimizer), return_gradients, donate, options)
     try:
-        cs = cache.aux.get(fast)
-    except TypeError:  # an unhashable objective: the slow path keys it by identity
-        cs, fast = None, None
-    out = None
-    if cs is not None:
-        try:
-            out = _call(cs, ts, data, caller)
-        except TypeError:  # another signature: jax refused before running anything
-            cs = None
-        else:
-            cache.hits += 1
-    if cs is None:
-        _check_options(compile_options)
-        key = _program_key(kind, obj_fn, ts, return_gradients, donate, compile_options)
-        before = cache.misses
-        cs = _compile(cache, key, kind, obj_fn, ts, data)
-        if cache.misses == before:
-            cache.hits += 1
-        if fast is not None:
-            cache.aux[fast] = cs
-        out = _call(cs, ts, data, caller)
-    if donate:
-        ts.consume(caller, ts.step)
-    if sync:
-        jax.block_until_ready(out)
-    return _results(kind, cs.key, ts, out)
+        hit = cache.call_fast(fast_key, args)
+    except TypeError:  # an unhashable objective: keyed by value or identity on the slow path
+        hit, fast_key = None, None
+    if hit is not None:
+        return hit
+    key = program_key(kind, obj_fn, model, optimizer, return_gradients, donate, options)
+    entry = compile_entry(cache, key, args, make_step, caller)
+    if fast_key is not None:
+        # The fast key names model and optimizer by id: the entry keeps them alive with it.
+        cache.bind_fast(fast_key, entry, pins=(obj_fn, model, optimizer))
+    return entry, entry.call(*args)

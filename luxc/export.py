@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .runtime import CompileOptions
-from .runtime import artifact as _artifact
-from .training import _step
-from .training._state import TrainState
+from luxc.runtime import CompileOptions
+from luxc.runtime import artifact as _artifact
+from luxc.training import _step
+from luxc.training._state import TrainState
 
 load = _artifact.load
 LoadedStep = _artifact.LoadedStep

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .nn._stability import check_output, enabled
-from .ops import xlogx, xlogy
+from luxc.nn._stability import check_output, enabled
+from luxc.ops import xlogx, xlogy
 
 Agg = str | Callable[[jax.Array], jax.Array] | None
 

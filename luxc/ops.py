@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .nn._core import Val
+from luxc.nn._core import Val
 
 __all__ = ["BatchLastIndex", "TimeLastIndex", "eachslice", "foldl_init", "getproperty",
            "istraining", "multigate", "rsqrt", "xlogx", "xlogy"]

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from .nn._eltype import EltypeMismatchError as EltypeMismatchError
-from .nn._eltype import match_eltype as match_eltype
+from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
+from luxc.nn._eltype import match_eltype as match_eltype
 
 
 def _deprecated(name: str, instead: str) -> None:

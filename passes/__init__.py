@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaxlib.mlir import ir
 
-from . import (
+from luxc.passes import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
@@ -23,7 +23,7 @@ from . import (
     fuse_rsqrt,
     maxpool_grad_select,
 )
-from ._match import count_ops
+from luxc.passes._match import count_ops
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import producer
+from luxc.passes._match import producer
 
 
 class Conv(NamedTuple):

@@ -25,8 +25,8 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import simple_conv
-from ._rewrite import replace_each
+from luxc.passes._conv import simple_conv
+from luxc.passes._rewrite import replace_each
 
 NAME = "conv_few_channels"
 DESCRIPTION = "convolution over 1 input channel -> sum of shifted multiply-adds (one fused loop)"

@@ -33,7 +33,7 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import (
+from luxc.passes._conv import (
     Conv,
     dot,
     is_input_gradient,
@@ -43,7 +43,7 @@ from ._conv import (
     transpose,
     window_slice,
 )
-from ._rewrite import replace_each
+from luxc.passes._rewrite import replace_each
 
 NAME = "conv_input_grad_dot"
 DESCRIPTION = "input-gradient convolution -> one dot_general + shifted in-place additions"

@@ -30,7 +30,7 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import (
+from luxc.passes._conv import (
     Conv,
     dot,
     is_weight_gradient,
@@ -40,7 +40,7 @@ from ._conv import (
     window_slice,
     zero_pad,
 )
-from ._rewrite import replace_each
+from luxc.passes._rewrite import replace_each
 
 NAME = "conv_weight_grad_dot"
 DESCRIPTION = "one-channel weight-gradient convolution -> stacked shifted slices + one dot_general"

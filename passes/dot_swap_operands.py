@@ -25,8 +25,8 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._conv import dot, transpose
-from ._rewrite import replace_each
+from luxc.passes._conv import dot, transpose
+from luxc.passes._rewrite import replace_each
 
 NAME = "dot_swap_operands"
 DESCRIPTION = "weight-gradient dot_general a^T b with a larger -> (b^T a)^T (XLA:CPU transposes a copy of a)"

@@ -26,8 +26,8 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import op_of, region_op, splat_value
-from ._rewrite import PatternRewriter, apply_greedily
+from luxc.passes._match import op_of, region_op, splat_value
+from luxc.passes._rewrite import PatternRewriter, apply_greedily
 
 NAME = "fuse_loss_reductions"
 DESCRIPTION = "sibling reduces over the same axes and shape -> one variadic reduce (one data pass)"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import producer, splat_value
-from ._rewrite import replace_each
+from luxc.passes._match import producer, splat_value
+from luxc.passes._rewrite import replace_each
 
 NAME = "fuse_rsqrt"
 DESCRIPTION = "a / sqrt(b) -> a * rsqrt(b); 1 / sqrt(b) -> rsqrt(b)"

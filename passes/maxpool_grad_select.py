@@ -29,8 +29,8 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from ._match import region_op, splat_value
-from ._rewrite import replace_each
+from luxc.passes._match import region_op, splat_value
+from luxc.passes._rewrite import replace_each
 
 NAME = "maxpool_grad_select"
 DESCRIPTION = "non-overlapping max-pool gradient (select_and_scatter) -> slices + selects"

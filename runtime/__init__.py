@@ -1,12 +1,14 @@
 """Compile (XLA through PJRT via jax), cache, execute, and save/load compiled artefacts."""
 
-from . import persistent_cache as persistent_cache
-from .cache import CacheInfo as CacheInfo
-from .cache import ExecutableCache as ExecutableCache
-from .cache import RecompileError as RecompileError
-from .cache import RecompileWarning as RecompileWarning
-from .cache import cache_info as cache_info
-from .cache import explain_recompiles as explain_recompiles
-from .executable import DonationWarning as DonationWarning
-from .executable import Executable as Executable
-from .options import CompileOptions as CompileOptions
+from luxc.runtime import persistent_cache as persistent_cache
+from luxc.runtime.cache import DEFAULT_MAX_ENTRIES as DEFAULT_MAX_ENTRIES
+from luxc.runtime.cache import CacheInfo as CacheInfo
+from luxc.runtime.cache import ExecutableCache as ExecutableCache
+from luxc.runtime.cache import RecompileError as RecompileError
+from luxc.runtime.cache import RecompileWarning as RecompileWarning
+from luxc.runtime.cache import cache_info as cache_info
+from luxc.runtime.cache import explain_recompiles as explain_recompiles
+from luxc.runtime.executable import DonationWarning as DonationWarning
+from luxc.runtime.executable import Executable as Executable
+from luxc.runtime.options import CompileOptions as CompileOptions
+from luxc.runtime.stages import CompiledStages as CompiledStages

@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import numpy as np
 from jax import export as jax_export
 from jaxlib.mlir.dialects import stablehlo
 
-from ..passes import PassRecord, run_pipeline
-from . import persistent_cache
-from ._jax_internal import deserialize_module, ir_context, serialize_module
-from .options import DEFAULT, CompileOptions
-
-Stage = Literal["traced", "optimized", "hlo"]
+from luxc.passes import PassRecord, run_pipeline
+from luxc.runtime import persistent_cache
+from luxc.runtime._jax_internal import deserialize_module, ir_context, serialize_module
+from luxc.runtime.options import DEFAULT, CompileOptions
+from luxc.runtime.stages import CompiledStages, Stage
+from luxc.runtime.warn import warn_user
 
 
 class DonationWarning(UserWarning):
@@ -113,16 +112,16 @@ def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
             else:
                 unusable.append(f"{name}{jax.tree_util.keystr(path)} ({key[1]}{list(key[0])})")
     if unusable:
-        warnings.warn(
+        warn_user(
             f"XLA cannot update {', '.join(unusable[:5])}{' …' if len(unusable) > 5 else ''} in "
             "place: no output of the step has that shape and dtype, so the donated buffer is "
             "freed without being reused (does the optimizer change a state leaf's dtype or "
-            "shape?)", DonationWarning, stacklevel=4)
+            "shape?)", DonationWarning)
 
 
-class Executable:
+class Executable(CompiledStages):
     """A compiled program and how it was made: the stages' text, the pass report, XLA's
-    figures. Calling it runs the program (jax's C++ dispatch)."""
+    figures. ``call(*args)`` runs the program (jax's C++ dispatch)."""
 
     def __init__(self, traced: jax_export.Exported, optimized: jax_export.Exported,
                  compiled: jax.stages.Compiled, pass_report: list[PassRecord],
@@ -132,37 +131,15 @@ class Executable:
         self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
         self.call = compiled  # the hot path: no Python between the caller and jax's dispatch
 
-    def as_text(self, stage: Stage = "optimized") -> str:
-        """The module before luxc's passes (``"traced"``), after them (``"optimized"``), or
-        XLA's optimised HLO (``"hlo"``)."""
+    def _text(self, stage: Stage) -> str:
         if stage == "traced":
             return module_text(self.traced.mlir_module_serialized)
         if stage == "optimized":
             return module_text(self.optimized.mlir_module_serialized)
-        if stage == "hlo":
-            return self.compiled.as_text()
-        raise ValueError(f"as_text: stage must be 'traced', 'optimized' or 'hlo'; received {stage!r}")
+        return self.compiled.as_text()
 
-    def cost_analysis(self) -> dict[str, float] | None:
-        """XLA's cost figures (``flops``, ``bytes accessed`` …), or ``None`` if unavailable."""
-        try:
-            cost = self.compiled.cost_analysis()
-        except Exception:  # noqa: BLE001 - an optional query, as in jax.stages
-            return None
-        if isinstance(cost, list | tuple):
-            cost = cost[0] if cost else None
-        return dict(cost) if cost else None
-
-    def memory_stats(self) -> dict[str, int] | None:
-        """XLA's memory figures (argument, output, alias, temp bytes), or ``None``."""
-        try:
-            stats = self.compiled.memory_analysis()
-        except Exception:  # noqa: BLE001
-            return None
-        if stats is None:
-            return None
-        return {k: int(getattr(stats, k)) for k in dir(stats)
-                if k.endswith("_in_bytes") and not k.startswith("_")}
+    def _figures_source(self) -> jax.stages.Compiled:
+        return self.compiled
 
 
 def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAULT,

@@ -1,6 +1,7 @@
 """CompileOptions: what a user can change about how a step is compiled (Reactant's
 ``CompileOptions`` role). Changing any field compiles a new executable; equal options hit the
-cache."""
+cache: ``None`` is ``CompileOptions()``, a list of pass names equals the tuple (or the
+comma-separated string), and XLA option dicts compare in any order."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from luxc.passes import resolve
 
 Precision = Literal["default", "high", "highest"]
 _PRECISIONS = ("default", "high", "highest")
@@ -45,10 +48,11 @@ class CompileOptions:
         precision: Precision = "default",
         dump_dir: str | Path | None = None,
     ):
-        from ..passes import resolve
-
+        if isinstance(passes, str) and passes not in ("default", "none", "all"):
+            passes = passes.split(",")
         if not isinstance(passes, str):
-            passes = tuple(passes)
+            # A list, a tuple and "a,b" name the same pipeline, hence the same program key.
+            passes = tuple(p.strip() for p in passes if p.strip())
         resolve(passes, "cpu")  # validates names now, not inside a later compile
         if precision not in _PRECISIONS:
             raise ValueError(
@@ -68,9 +72,17 @@ class CompileOptions:
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
 
     def pass_names(self, platform: str) -> tuple[str, ...]:
-        from ..passes import resolve
-
         return resolve(self.passes, platform)
 
 
 DEFAULT = CompileOptions()
+
+
+def normalise(options: CompileOptions | None) -> CompileOptions:
+    """``None`` is the default options (one program key for both)."""
+    if options is None:
+        return DEFAULT
+    if not isinstance(options, CompileOptions):
+        raise TypeError(f"compile_options must be a luxc.CompileOptions or None; "
+                        f"received {type(options).__name__}")
+    return options

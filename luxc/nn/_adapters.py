@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._core import AbstractLayer, Val
+from luxc.nn._core import AbstractLayer, Val
 
 
 def _require(package: str, adaptor: str) -> Any:

@@ -8,9 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
-from ._eltype import match_eltype
-from ._init import Initializer, activation_name, lux_gain, uniform_fan_in
+from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
+from luxc.nn._eltype import match_eltype
+from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
 
 class Dense(AbstractLayer):

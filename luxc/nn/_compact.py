@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._core import AbstractLayer, Val, _fmt_int, _split, parameter_count
-from ._stateful import StatefulLuxLayer
+from luxc.nn._core import AbstractLayer, Val, _fmt_int, _split, parameter_count
+from luxc.nn._stateful import StatefulLuxLayer
 
 _RESERVED = ("name", "dispatch")
 Kind = Literal["layer", "parameter", "state"]

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._core import AbstractLayer
-from ._eltype import match_eltype
-from ._init import Initializer, activation_name, lux_gain, uniform_fan_in
+from luxc.nn._core import AbstractLayer
+from luxc.nn._eltype import match_eltype
+from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
 _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._stability import check_output, enabled, floating_dtype
+from luxc.nn._stability import check_output, enabled, floating_dtype
 
 PyTree = Any
 

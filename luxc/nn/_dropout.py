@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ._core import AbstractLayer, Val
+from luxc.nn._core import AbstractLayer, Val
 
 
 class Dropout(AbstractLayer):

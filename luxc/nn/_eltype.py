@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._preferences import preference
-from ._core import AbstractLayer
-from ._stability import floating_dtype
+from luxc._preferences import preference
+from luxc.nn._core import AbstractLayer
+from luxc.nn._stability import floating_dtype
 
 
 class EltypeMismatchError(TypeError):

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from ._core import AbstractLayer, Val
-from ._eltype import match_eltype
-from ._init import activation_name
+from luxc.nn._core import AbstractLayer, Val
+from luxc.nn._eltype import match_eltype
+from luxc.nn._init import activation_name
 
 
 class BatchNorm(AbstractLayer):
@@ -113,7 +113,7 @@ class LayerNorm(AbstractLayer):
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         n = len(self.shape)
         if tuple(jnp.shape(x)[-n:]) != self.shape or jnp.ndim(x) < n:
-            from ._core import LayerShapeError
+            from luxc.nn._core import LayerShapeError
 
             raise LayerShapeError(
                 f"{self.summary()} expects an input of shape (..., {', '.join(map(str, self.shape))})"

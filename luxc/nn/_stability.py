@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._preferences import preference
+from luxc._preferences import preference
 
 
 class TypeInstabilityError(TypeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._core import AbstractLayer, PyTree, _set_training
+from luxc.nn._core import AbstractLayer, PyTree, _set_training
 
 
 class StatefulLuxLayer:

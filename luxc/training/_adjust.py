@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._state import TrainState
+from luxc.training._state import TrainState
 
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 

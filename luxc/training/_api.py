@@ -7,22 +7,16 @@ from typing import Any
 
 import jax
 
-from ..runtime import CompileOptions
-from . import _step
-from ._backends import AutoForwardDiff, AutoXLA, check_backend
-from ._state import TrainState
+from luxc.runtime import CompileOptions
+from luxc.training import _compiled
+from luxc.training._backends import check_backend
+from luxc.training._state import TrainState
 
 
 def _check_state(ts: Any, fn: str) -> None:
     if not isinstance(ts, TrainState):
         raise TypeError(f"{fn}: ts must be a luxc.TrainState; received {type(ts).__name__}")
     ts.check_alive()
-
-
-def _eager_gradients(ad: Any, obj_fn: Any, ts: TrainState) -> Any:
-    if isinstance(ad, AutoForwardDiff):
-        return _step.forward_gradients(obj_fn, ts.model)
-    return _step.reverse_gradients(obj_fn, ts.model)
 
 
 def compute_gradients(ad: Any, objective_function: Any, data: Any, ts: TrainState, *,
@@ -35,40 +29,21 @@ def compute_gradients(ad: Any, objective_function: Any, data: Any, ts: TrainStat
     """
     check_backend(ad, "compute_gradients")
     _check_state(ts, "compute_gradients")
-    if isinstance(ad, AutoXLA):
-        from ..compiler import run
-
-        return run("gradients", objective_function, data, ts, sync=sync,
-                   compile_options=compile_options, caller="compute_gradients")
-    grads, loss, st, stats = _eager_gradients(ad, objective_function, ts)(
-        ts.parameters, ts.states, data
-    )
-    return grads, loss, stats, ts.replace(states=st, objective_function=objective_function)
-
-
-def _jitted_update(ts: TrainState, donate: bool) -> Any:
-    key = ("apply_gradients", ts.optimizer, donate)
-    fn = ts.cache.aux.get(key)
-    if fn is None:
-        fn = ts.cache.aux[key] = jax.jit(_step.update(ts.optimizer),
-                                         donate_argnums=(0, 1) if donate else ())
-    return fn
+    return ad.gradients(objective_function, data, ts, sync=sync, compile_options=compile_options,
+                        caller="compute_gradients")
 
 
 def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
     """A new TrainState with the optimiser's update applied to the parameters (pure)."""
     _check_state(ts, "apply_gradients")
-    ps, opt_state = _jitted_update(ts, donate=False)(ts.parameters, ts.optimizer_state, grads)
-    return ts.replace(parameters=ps, optimizer_state=opt_state, step=ts.step + 1)
+    return _compiled.update(ts, grads, donate=False, caller="apply_gradients")
 
 
 def apply_gradients_(ts: TrainState, grads: Any) -> TrainState:
     """``apply_gradients`` in place: ``ts``'s parameter and optimiser-state buffers are donated
     (updated in place by XLA) and must not be used again; use the returned TrainState."""
     _check_state(ts, "apply_gradients_")
-    ps, opt_state = _jitted_update(ts, donate=True)(ts.parameters, ts.optimizer_state, grads)
-    ts.consume("apply_gradients_", ts.step)
-    return ts.replace(parameters=ps, optimizer_state=opt_state, step=ts.step + 1)
+    return _compiled.update(ts, grads, donate=True, caller="apply_gradients_")
 
 
 def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
@@ -76,19 +51,8 @@ def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool
                 caller: str):
     check_backend(ad, caller)
     _check_state(ts, caller)
-    if isinstance(ad, AutoXLA):
-        from ..compiler import run
-
-        return run("train", obj_fn, data, ts, return_gradients=return_gradients, donate=donate,
-                   compile_options=compile_options, sync=sync, caller=caller)
-    grads, loss, stats, new = compute_gradients(ad, obj_fn, data, ts)
-    new = apply_gradients_(new, grads) if donate else apply_gradients(new, grads)
-    if donate:
-        ts.consume(caller, ts.step)
-    ts = new
-    if sync:
-        jax.block_until_ready((ts.parameters, loss))
-    return (grads if return_gradients else None), loss, stats, ts
+    return ad.train(obj_fn, data, ts, donate=donate, return_gradients=return_gradients,
+                    sync=sync, compile_options=compile_options, caller=caller)
 
 
 def single_train_step_(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
@@ -122,6 +86,71 @@ def single_train_step(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
                        sync=sync, compile_options=compile_options, caller="single_train_step")
 
 
+def _leading_axis(batches: Any, caller: str) -> int:
+    leaves = jax.tree_util.tree_flatten_with_path(batches)[0]
+    sizes = {jax.tree_util.keystr(p): (jnp.shape(x)[0] if jnp.ndim(x) else None) for p, x in leaves}
+    if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
+        shown = ", ".join(f"batches{p}: {n}" for p, n in list(sizes.items())[:4]) or "no arrays"
+        raise ValueError(f"{caller}: every leaf of batches must have the same leading axis (one "
+                         f"slice per step); received leading sizes {shown}")
+    return next(iter(sizes.values()))
+
+
+def _train_steps(ad: Any, obj_fn: Any, batches: Any, ts: TrainState, *, donate: bool,
+                 return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
+                 caller: str):
+    check_backend(ad, caller)
+    _check_state(ts, caller)
+    steps = _leading_axis(batches, caller)
+    return ad.train_steps(obj_fn, batches, ts, steps, donate=donate,
+                          return_gradients=return_gradients, sync=sync,
+                          compile_options=compile_options, caller=caller)
+
+
+def train_steps_(backend: Any, obj_fn: Any, batches: Any, ts: TrainState, *,
+                 return_gradients: bool = False, sync: bool = False,
+                 compile_options: CompileOptions | None = None):
+    """``K`` training steps in one call, in place: step ``k`` trains on ``batches``' slice ``k``
+    along the leading axis of every leaf (Keras's ``steps_per_execution``). Under ``AutoXLA``
+    the K steps are one compiled executable (a ``lax.scan``), so the per-step dispatch cost is
+    paid once; the results equal K calls of ``single_train_step_``.
+
+    Args:
+        backend: ``AutoXLA()``, ``AutoJAX()`` or ``AutoForwardDiff()``.
+        obj_fn: ``obj_fn(model, ps, st, data) -> (loss, new_st, stats)``, called on one slice.
+        batches: ``data`` for every step, stacked: leaves of shape ``(K, ...)``.
+        return_gradients: ``True`` → also return the last step's gradients.
+        sync: ``True`` → return once the device has finished.
+        compile_options: a ``luxc.CompileOptions`` (AutoXLA only).
+
+    Returns:
+        ``(grads, losses, stats, ts)``: ``grads`` of the last step or ``None``, ``losses`` of
+        shape ``(K,)``, ``stats`` stacked along a leading K axis, and ``ts`` with
+        ``ts.step`` advanced by K.
+
+    >>> import jax, jax.numpy as jnp, optax, luxc
+    >>> model = luxc.nn.Dense(3, 1)
+    >>> ps, st = luxc.setup(jax.random.key(0), model)
+    >>> ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    >>> batches = (jnp.ones((10, 4, 3)), jnp.zeros((10, 4, 1)))  # 10 steps of batch 4
+    >>> _, losses, _, ts = luxc.training.train_steps_(luxc.AutoXLA(), luxc.MSELoss(), batches, ts)
+    >>> losses.shape, ts.step
+    ((10,), 10)
+    """
+    return _train_steps(backend, obj_fn, batches, ts, donate=True,
+                        return_gradients=return_gradients, sync=sync,
+                        compile_options=compile_options, caller="train_steps_")
+
+
+def train_steps(backend: Any, obj_fn: Any, batches: Any, ts: TrainState, *,
+                return_gradients: bool = False, sync: bool = False,
+                compile_options: CompileOptions | None = None):
+    """``train_steps_`` without donation: ``ts`` stays valid."""
+    return _train_steps(backend, obj_fn, batches, ts, donate=False,
+                        return_gradients=return_gradients, sync=sync,
+                        compile_options=compile_options, caller="train_steps")
+
+
 def compute_objective(ad: Any, objective_function: Any, data: Any, ts: TrainState, *,
                       sync: bool = False, compile_options: CompileOptions | None = None):
     """Evaluate the objective without gradients: ``(loss, new_st, stats)``.
@@ -132,12 +161,5 @@ def compute_objective(ad: Any, objective_function: Any, data: Any, ts: TrainStat
     """
     check_backend(ad, "compute_objective")
     _check_state(ts, "compute_objective")
-    if isinstance(ad, AutoXLA):
-        from ..compiler import run
-
-        return run("objective", objective_function, data, ts, sync=sync,
-                   compile_options=compile_options, caller="compute_objective")
-    out = _step.evaluate(objective_function, ts.model)(ts.parameters, ts.states, data)
-    if sync:
-        jax.block_until_ready(out)
-    return out
+    return ad.objective(objective_function, data, ts, sync=sync, compile_options=compile_options,
+                        caller="compute_objective")

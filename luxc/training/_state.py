@@ -5,14 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
-from ..nn._core import AbstractLayer
-from ..runtime import ExecutableCache
+from luxc.nn._core import AbstractLayer
+from luxc.runtime import DEFAULT_MAX_ENTRIES, ExecutableCache
 
 
 class ConsumedStateError(RuntimeError):
     """A TrainState (or an array of it) whose buffers an earlier in-place call donated."""
+
+
+def _owned(tree: Any) -> Any:
+    # One on-device copy per array (same device and sharding): donation may free it.
+    return jax.tree_util.tree_map(
+        lambda x: x.copy() if isinstance(x, jax.Array) else jnp.asarray(x)
+        if isinstance(x, np.ndarray) else x, tree)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -26,6 +35,15 @@ class TrainState:
     ``allocator_cache`` (unused on XLA, which pools memory itself) and ``objective_function``
     (the last objective used).
 
+    The TrainState owns its buffers: ``parameters`` and ``states`` are copied once, on their
+    device, at construction, so an in-place call (``single_train_step_``) that donates them
+    never frees an array the caller still holds. After such a call, reading the old
+    TrainState's ``parameters`` or ``optimizer_state`` raises :class:`ConsumedStateError`.
+
+    Args:
+        max_cache_entries: how many compiled executables ``cache`` keeps (least recently used
+            evicted first; each holds its compiled code, a few MiB for a small model).
+
     >>> import jax, optax, luxc
     >>> model = luxc.nn.Dense(2, 1)
     >>> ps, st = luxc.setup(jax.random.key(0), model)
@@ -35,7 +53,7 @@ class TrainState:
     """
 
     __slots__ = (
-        "model", "parameters", "states", "optimizer", "optimizer_state", "step", "cache",
+        "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
         "allocator_cache", "objective_function", "_consumed_by",
     )
 
@@ -45,6 +63,8 @@ class TrainState:
         parameters: Any,
         states: Any,
         optimizer: optax.GradientTransformation,
+        *,
+        max_cache_entries: int = DEFAULT_MAX_ENTRIES,
     ):
         if not isinstance(model, AbstractLayer):
             raise TypeError(f"TrainState: model must be a luxc layer; received {type(model).__name__}")
@@ -53,11 +73,25 @@ class TrainState:
                 "TrainState: optimizer must be an optax GradientTransformation (e.g. "
                 f"optax.adam(1e-3)); received {type(optimizer).__name__}"
             )
+        parameters, states = _owned(parameters), _owned(states)
         self._set(
-            model=model, parameters=parameters, states=states, optimizer=optimizer,
-            optimizer_state=optimizer.init(parameters), step=0, cache=ExecutableCache(),
-            allocator_cache=None, objective_function=None, _consumed_by=None,
+            model=model, _parameters=parameters, states=states, optimizer=optimizer,
+            _optimizer_state=optimizer.init(parameters), step=0,
+            cache=ExecutableCache(max_cache_entries), allocator_cache=None,
+            objective_function=None, _consumed_by=None,
         )
+
+    @property
+    def parameters(self) -> Any:
+        if self._consumed_by is not None:
+            self.check_alive()
+        return self._parameters
+
+    @property
+    def optimizer_state(self) -> Any:
+        if self._consumed_by is not None:
+            self.check_alive()
+        return self._optimizer_state
 
     def _set(self, **fields: Any) -> None:
         for k, v in fields.items():
@@ -67,12 +101,16 @@ class TrainState:
         raise AttributeError("TrainState is immutable: use the TrainState a training call returns")
 
     def replace(self, **changes: Any) -> TrainState:
-        """A copy with some fields changed (the cache is shared)."""
+        """A copy with some fields changed (the cache is shared; arrays are not copied)."""
+        self.check_alive()
+        return self._derive(changes)
+
+    def _derive(self, changes: dict[str, Any]) -> TrainState:
         new = object.__new__(TrainState)
         for k in TrainState.__slots__:
-            object.__setattr__(new, k, changes[k] if k in changes else getattr(self, k))
-        if "_consumed_by" not in changes:
-            object.__setattr__(new, "_consumed_by", None)
+            public = k.lstrip("_")
+            object.__setattr__(new, k, changes[public] if public in changes else getattr(self, k))
+        object.__setattr__(new, "_consumed_by", None)
         return new
 
     def check_alive(self) -> None:
@@ -99,8 +137,8 @@ class TrainState:
         new = object.__new__(cls)
         model, optimizer, cache, objective = aux
         ps, st, opt_state, step = children
-        new._set(model=model, parameters=ps, states=st, optimizer=optimizer,
-                 optimizer_state=opt_state, step=step, cache=cache, allocator_cache=None,
+        new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
+                 _optimizer_state=opt_state, step=step, cache=cache, allocator_cache=None,
                  objective_function=objective, _consumed_by=None)
         return new
 

@@ -5,6 +5,7 @@ From it this module builds
 
 * ``gradients(ps, st, data) -> (grads, loss, new_st, stats)``   (reverse or forward mode)
 * ``train(ps, opt_state, st, data) -> (ps, opt_state, new_st, loss, stats, grads | None)``
+* ``train_scan(ps, opt_state, st, batches)``: ``train`` over the leading axis of ``batches``
 * ``evaluate(ps, st, data) -> (loss, new_st, stats)``
 
 AutoJAX calls them directly; AutoXLA traces them into one StableHLO module.
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..nn._core import AbstractLayer
+from luxc.nn._core import AbstractLayer
 
 
 class ObjectiveFunction(Protocol):
@@ -111,6 +112,27 @@ def train(gradients: Callable, optimizer: optax.GradientTransformation,
         return ps, opt_state, new_st, loss, stats, (grads if return_gradients else None)
 
     return step
+
+
+def train_scan(gradients: Callable, optimizer: optax.GradientTransformation,
+               return_gradients: bool) -> Callable:
+    """``K`` training steps, one per slice of ``batches``' leading axis, as one ``lax.scan``:
+    ``(ps, opt_state, st, batches) -> (ps, opt_state, st, losses[K], stats[K, ...], grads | None)``
+    with the last step's gradients."""
+    one = train(gradients, optimizer, return_gradients=True)
+
+    def steps(ps: Any, opt_state: Any, st: Any, batches: Any):
+        def body(carry, batch):
+            ps, opt_state, st, _ = carry
+            ps, opt_state, st, loss, stats, grads = one(ps, opt_state, st, batch)
+            return (ps, opt_state, st, grads if return_gradients else None), (loss, stats)
+
+        init = (ps, opt_state, st, jax.tree_util.tree_map(jnp.zeros_like, ps)
+                if return_gradients else None)
+        (ps, opt_state, st, grads), (losses, stats) = jax.lax.scan(body, init, batches)
+        return ps, opt_state, st, losses, stats, grads
+
+    return steps
 
 
 def evaluate(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
