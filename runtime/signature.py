@@ -22,21 +22,16 @@ class Leaf(NamedTuple):
     shape: tuple[int, ...]
     dtype: str
     weak_type: bool
-    placement: Hashable
-
-
-def _placement(x: Any) -> Hashable:
-    # The sharding names the committed device(s); the format adds a non-default memory layout.
-    fmt = getattr(x, "format", None)
-    if fmt is not None:
-        return (fmt.sharding, fmt.layout)
-    return getattr(x, "sharding", None)
+    sharding: Hashable  # names the committed device(s)
+    layout: Hashable  # the memory layout, if the array has one
 
 
 def _leaf(x: Any) -> Leaf:
     dtype = getattr(x, "dtype", None)
+    fmt = getattr(x, "format", None) if isinstance(x, jax.Array) else None
     return Leaf(tuple(getattr(x, "shape", ())), str(dtype) if dtype is not None else type(x).__name__,
-                bool(getattr(x, "weak_type", False)), _placement(x) if isinstance(x, jax.Array) else None)
+                bool(getattr(x, "weak_type", False)), getattr(x, "sharding", None),
+                getattr(fmt, "layout", None))
 
 
 @dataclass(frozen=True)
@@ -85,17 +80,18 @@ def _leaf_change(old: Leaf, new: Leaf) -> str:
     if old.dtype != new.dtype or old.weak_type != new.weak_type:
         weak = {True: " (weakly typed)", False: ""}
         parts.append(f"dtype {old.dtype}{weak[old.weak_type]} -> {new.dtype}{weak[new.weak_type]}")
-    if old.placement != new.placement:
-        parts.append(f"placement {_show_placement(old.placement)} -> {_show_placement(new.placement)}")
+    if old.sharding != new.sharding:
+        parts.append(f"placement {_show_sharding(old.sharding)} -> {_show_sharding(new.sharding)}")
+    if old.layout != new.layout:
+        parts.append(f"layout {old.layout} -> {new.layout}")
     return ", ".join(parts)
 
 
-def _show_placement(p: Hashable) -> str:
-    sharding, layout = p if isinstance(p, tuple) else (p, None)
+def _show_sharding(sharding: Hashable) -> str:
     devices = getattr(sharding, "device_set", None)
-    where = (f"{type(sharding).__name__} on {len(devices)} device(s) "
-             f"{sorted(d.id for d in devices)}") if devices else str(sharding)
-    return where if layout is None else f"{where} layout {layout}"
+    spec = getattr(sharding, "spec", None)
+    kind = type(sharding).__name__ + (f"({spec})" if spec is not None else "")
+    return f"{kind} on devices {sorted(d.id for d in devices)}" if devices else str(sharding)
 
 
 def _value_change(path: str, old: Any, new: Any) -> str:

@@ -203,3 +203,61 @@ def test_adjust_explains_fixed_hyperparameters(key):
     ts = luxc.TrainState(ts.model, ts.parameters, ts.states, opt)
     with pytest.raises(ValueError, match="no hyperparameter 'momentum'; it has b1, b2, eps"):
         luxc.training.adjust(ts, momentum=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: type(b).__name__)
+def test_the_arrays_passed_to_train_state_survive_an_in_place_step(key, backend):
+    # Lux.jl (src/helpers/training.jl): TrainState holds its own parameters; the user's `ps`
+    # is never invalidated by single_train_step!.
+    model = nn.Dense(3, 2)
+    ps, st = luxc.setup(key, model)
+    original = jax.tree.map(np.array, ps)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    data = (jnp.ones((4, 3)), jnp.zeros((4, 2)))
+    _, _, _, new = single_train_step_(backend, luxc.MSELoss(), data, ts)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, ps), original)
+    with pytest.raises(luxc.training.ConsumedStateError, match=r"donated to single_train_step_ \(step 0\)"):
+        _ = ts.parameters
+    with pytest.raises(luxc.training.ConsumedStateError, match="single_train_step_"):
+        _ = ts.optimizer_state
+    assert new.step == 1 and not np.allclose(new.parameters["weight"], original["weight"])
+
+
+def _objective_with_stats(model, ps, st, data):
+    x, y = data
+    y_hat, st = model(x, ps, st)
+    return jnp.mean((y_hat - y) ** 2), st, {"largest": jnp.max(jnp.abs(y_hat))}
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, luxc.AutoForwardDiff()], ids=lambda b: type(b).__name__)
+def test_train_steps_equals_k_single_steps(key, backend):
+    model = nn.Chain(nn.Dense(3, 8, jax.nn.relu), nn.BatchNorm(8), nn.Dense(8, 2))
+    k = 4
+    xs = jax.random.normal(jax.random.key(1), (k, 5, 3))
+    ys = jax.random.normal(jax.random.key(2), (k, 5, 2))
+    ps, st = luxc.setup(key, model)
+    ref = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    losses, stats = [], []
+    for i in range(k):
+        grads, loss, stat, ref = single_train_step(backend, _objective_with_stats, (xs[i], ys[i]), ref)
+        losses.append(loss)
+        stats.append(stat["largest"])
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    g, batch_losses, batch_stats, out = luxc.training.train_steps_(
+        backend, _objective_with_stats, (xs, ys), ts, return_gradients=True)
+    assert batch_losses.shape == (k,) and batch_stats["largest"].shape == (k,) and out.step == k
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    close(batch_losses, np.array(losses))
+    close(batch_stats["largest"], np.array(stats))
+    jax.tree.map(close, (g, out.parameters, out.states), (grads, ref.parameters, ref.states))
+    with pytest.raises(luxc.training.ConsumedStateError, match="train_steps_"):
+        luxc.training.train_steps_(backend, _objective_with_stats, (xs, ys), ts)
+    g, _, _, again = luxc.training.train_steps(backend, _objective_with_stats, (xs, ys), out)
+    assert g is None and again.step == 2 * k and out.step == k
+
+
+def test_train_steps_needs_one_leading_axis_for_every_leaf(key):
+    ts, _ = _regression(key)
+    with pytest.raises(ValueError, match=r"same leading axis .* received leading sizes "
+                                         r"batches\[0\]: 3, batches\[1\]: 4"):
+        luxc.training.train_steps(luxc.AutoXLA(), luxc.MSELoss(), (jnp.ones((3, 2, 1)), jnp.ones((4, 2, 1))), ts)
