@@ -38,6 +38,8 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "objective": ("parameters", "states", "data"),
     "update": ("parameters", "optimizer_state", "gradients"),
 }
+# (kind, objective, model, optimizer, return_gradients) -> the pure step function to compile.
+MakeStep = Callable[[str, Any, Any, Any, bool], Callable]
 # What a donating call of each kind gives up: the parameters and the optimiser state it replaces.
 DONATED = (0, 1)
 
@@ -109,8 +111,8 @@ def program_key(kind: Kind, obj_fn: Any, model: Any, optimizer: Any, return_grad
                       return_gradients, donate, options, described)
 
 
-def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple,
-                  make_step: Callable[[], Callable], caller: str) -> CacheEntry:
+def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple, make_step: MakeStep,
+                  caller: str) -> CacheEntry:
     """The entry for ``key`` and ``args``' signature; compiles it on a miss."""
     signature = Signature.of(args)
     entry = cache.get(key, signature)
@@ -127,7 +129,9 @@ def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple,
                 f"to the previous one (a lambda or closure capturing new values?), so each one "
                 f"compiles a new program. Define it once outside the loop, or pass what changes "
                 f"through the data", NewObjectiveWarning)
-    exe = build(make_step(), args, options=key.compile_options,
+    d = key.described
+    step = make_step(key.kind, d["objective"], d["model"], d["optimizer"], key.return_gradients)
+    exe = build(step, args, options=key.compile_options,
                 donate_argnums=DONATED if key.donate else (), arg_names=ARG_NAMES[key.kind][:2])
     return cache.add(key, signature, exe)
 
@@ -150,12 +154,11 @@ def _fresh_objective(old: ProgramKey, new: ProgramKey) -> bool:
 
 
 def run(cache: ExecutableCache, kind: Kind, obj_fn: Any, model: Any, optimizer: Any, args: tuple,
-        make_step: Callable[[], Callable], *, return_gradients: bool = False,
-        donate: bool = False, options: CompileOptions | None = None,
-        caller: str = "single_train_step_") -> tuple[CacheEntry, Any]:
-    """Run a kind of call on ``args``: the fast path if the last entry of these objects accepts
-    them, else lookup or compile. Returns the entry and the outputs."""
-    options = normalise(options)
+        make_step: MakeStep, return_gradients: bool, donate: bool,
+        options: CompileOptions | None, caller: str) -> Any:
+    """Run a kind of call on ``args`` and return its outputs: the fast path if the entry these
+    objects used last accepts them, else lookup or compile (positional arguments: this is the
+    hot path of every compiled call)."""
     fast_key = (kind, obj_fn, id(model), id(optimizer), return_gradients, donate, options)
     try:
         hit = cache.call_fast(fast_key, args)
@@ -163,9 +166,9 @@ def run(cache: ExecutableCache, kind: Kind, obj_fn: Any, model: Any, optimizer: 
         hit, fast_key = None, None
     if hit is not None:
         return hit
-    key = program_key(kind, obj_fn, model, optimizer, return_gradients, donate, options)
+    key = program_key(kind, obj_fn, model, optimizer, return_gradients, donate, normalise(options))
     entry = compile_entry(cache, key, args, make_step, caller)
     if fast_key is not None:
         # The fast key names model and optimizer by id: the entry keeps them alive with it.
         cache.bind_fast(fast_key, entry, pins=(obj_fn, model, optimizer))
-    return entry, entry.call(*args)
+    return entry.call(*args)

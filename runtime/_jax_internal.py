@@ -107,3 +107,11 @@ def release_staging_caches() -> None:
     from jax._src import util
 
     util.clear_all_caches()
+
+
+def direct_call(compiled: jax.stages.Compiled) -> object:
+    """The C++ callable behind ``compiled(*args)``: the same argument checks and dispatch,
+    without ``jax.stages.Compiled.__call__``'s Python frame (which builds it on first use and
+    forwards to it). Falls back to ``compiled`` itself where jax has no C++ path."""
+    call = compiled._executable.create_cpp_call(compiled._params)
+    return compiled if call is None else call

@@ -148,9 +148,9 @@ class ExecutableCache:
         self._fast: dict[Hashable, CacheEntry] = {}
         self._last_by_kind: dict[str, tuple[ProgramKey, Signature]] = {}
 
-    def call_fast(self, fast_key: Hashable, args: tuple) -> tuple[CacheEntry, Any] | None:
-        """Run the entry ``fast_key`` used last on ``args``; ``None`` if there is none or jax
-        refuses the arguments' signature (it checks them before running anything)."""
+    def call_fast(self, fast_key: Hashable, args: tuple) -> Any:
+        """The outputs of the entry ``fast_key`` used last, run on ``args``; ``None`` if there is
+        none or jax refuses the arguments' signature (it checks them before running anything)."""
         entry = self._fast.get(fast_key)
         if entry is None:
             return None
@@ -162,7 +162,7 @@ class ExecutableCache:
             # raises again for the caller to explain.
             return None
         self.hits += 1
-        return entry, out
+        return out
 
     def get(self, key: ProgramKey, signature: Signature) -> CacheEntry | None:
         """The entry for ``(key, signature)`` (a hit), or ``None``."""

@@ -24,7 +24,12 @@ from jaxlib.mlir.dialects import stablehlo
 
 from luxc.passes import PassRecord, run_pipeline
 from luxc.runtime import persistent_cache
-from luxc.runtime._jax_internal import deserialize_module, ir_context, serialize_module
+from luxc.runtime._jax_internal import (
+    deserialize_module,
+    direct_call,
+    ir_context,
+    serialize_module,
+)
 from luxc.runtime.options import DEFAULT, CompileOptions
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
@@ -129,7 +134,8 @@ class Executable(CompiledStages):
         self.traced, self.optimized, self.compiled = traced, optimized, compiled
         self.pass_report = pass_report
         self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
-        self.call = compiled  # the hot path: no Python between the caller and jax's dispatch
+        # The hot path: no Python between the caller and jax's C++ dispatch.
+        self.call = direct_call(compiled)
 
     def _text(self, stage: Stage) -> str:
         if stage == "traced":

@@ -26,24 +26,24 @@ def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
     return (ts._parameters, ts.states, data)
 
 
-def _maker(kind: Kind, obj_fn: Any, ts: TrainState, return_gradients: bool) -> Callable[[], Callable]:
-    model, optimizer = ts.model, ts.optimizer
+def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
+              return_gradients: bool) -> Callable:
+    """The pure step a kind of call compiles (called on a cache miss only)."""
     if kind == "train":
-        return lambda: _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
+        return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
     if kind == "train_steps":
-        return lambda: _step.train_scan(_step.reverse_gradients(obj_fn, model), optimizer,
-                                        return_gradients)
+        return _step.train_scan(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
     if kind == "gradients":
-        return lambda: _step.reverse_gradients(obj_fn, model)
-    return lambda: _step.evaluate(obj_fn, model)
+        return _step.reverse_gradients(obj_fn, model)
+    if kind == "update":
+        return _step.update(optimizer)
+    return _step.evaluate(obj_fn, model)
 
 
 def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1):
-    if kind in ("train", "train_steps"):
+    if kind == "train" or kind == "train_steps":
         ps, opt_state, st, loss, stats, grads = out
-        new = ts._derive({"parameters": ps, "optimizer_state": opt_state, "states": st,
-                          "step": ts.step + steps, "objective_function": obj_fn})
-        return grads, loss, stats, new
+        return grads, loss, stats, ts._advanced(ps, opt_state, st, steps, obj_fn)
     if kind == "gradients":
         grads, loss, st, stats = out
         return grads, loss, stats, ts._derive({"states": st, "objective_function": obj_fn})
@@ -66,26 +66,26 @@ def consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError
         f"returned")
 
 
-def _explained(ts: TrainState, data: Any, caller: str, call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except (ValueError, RuntimeError) as e:
-        error = consumed_error(ts, data, caller)
-        if error is None:
-            raise
-        raise error from e
+def _raise_if_consumed(ts: TrainState, data: Any, caller: str, error: Exception) -> None:
+    consumed = consumed_error(ts, data, caller)
+    if consumed is not None:
+        raise consumed from error
 
 
 def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients: bool = True,
         donate: bool = False, compile_options: CompileOptions | None = None, sync: bool = False,
         caller: str = "single_train_step_", steps: int = 1):
     """One AutoXLA call of the training API; returns what the caller returns."""
-    return_gradients = return_gradients and kind in ("train", "train_steps")
-    args = _args(kind, ts, data)
-    _, out = _explained(ts, data, caller, lambda: compiler.run(
-        ts.cache, kind, obj_fn, ts.model, ts.optimizer, args,
-        _maker(kind, obj_fn, ts, return_gradients), return_gradients=return_gradients,
-        donate=donate, options=compile_options, caller=caller))
+    if kind == "train" or kind == "train_steps":
+        args = (ts._parameters, ts._optimizer_state, ts.states, data)
+    else:
+        args, return_gradients = (ts._parameters, ts.states, data), False
+    try:
+        out = compiler.run(ts.cache, kind, obj_fn, ts.model, ts.optimizer, args, make_step,
+                           return_gradients, donate, compile_options, caller)
+    except (ValueError, RuntimeError) as e:
+        _raise_if_consumed(ts, data, caller, e)
+        raise
     if donate:
         ts.consume(caller, ts.step)
     if sync:
@@ -95,11 +95,13 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients:
 
 def update(ts: TrainState, grads: Any, *, donate: bool, caller: str) -> TrainState:
     """The optimiser's update of ``ts`` by ``grads``, as an ordinary cache entry."""
-    optimizer = ts.optimizer
     args = (ts._parameters, ts._optimizer_state, grads)
-    _, (ps, opt_state) = _explained(ts, grads, caller, lambda: compiler.run(
-        ts.cache, "update", None, None, optimizer, args, lambda: _step.update(optimizer),
-        donate=donate, caller=caller))
+    try:
+        ps, opt_state = compiler.run(ts.cache, "update", None, None, ts.optimizer, args, make_step,
+                                     False, donate, None, caller)
+    except (ValueError, RuntimeError) as e:
+        _raise_if_consumed(ts, grads, caller, e)
+        raise
     if donate:
         ts.consume(caller, ts.step)
     return ts._derive({"parameters": ps, "optimizer_state": opt_state, "step": ts.step + 1})
@@ -137,8 +139,11 @@ class CompiledStep(CompiledStages):
 
     def __call__(self, ts: TrainState, data: Any, *, sync: bool = False):
         ts.check_alive()
-        args = _args(self.kind, ts, data)
-        out = _explained(ts, data, "CompiledStep", lambda: self.entry.call(*args))
+        try:
+            out = self.entry.call(*_args(self.kind, ts, data))
+        except (ValueError, RuntimeError) as e:
+            _raise_if_consumed(ts, data, "CompiledStep", e)
+            raise
         if self.entry.key.donate:
             ts.consume("a donating CompiledStep", ts.step)
         if sync:
@@ -181,6 +186,5 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
     return_gradients = return_gradients and kind == "train"
     key = compiler.program_key(kind, obj_fn, ts.model, ts.optimizer, return_gradients, donate,
                                options)
-    entry = compiler.compile_entry(ts.cache, key, _args(kind, ts, data),
-                                   _maker(kind, obj_fn, ts, return_gradients), "compile_step")
+    entry = compiler.compile_entry(ts.cache, key, _args(kind, ts, data), make_step, "compile_step")
     return CompiledStep(entry)

@@ -113,6 +113,23 @@ class TrainState:
         object.__setattr__(new, "_consumed_by", None)
         return new
 
+    def _advanced(self, parameters: Any, optimizer_state: Any, states: Any, steps: int,
+                  objective: Any) -> TrainState:
+        # _derive for a training step's results, spelled out: it runs on every cache hit.
+        new = object.__new__(TrainState)
+        put = object.__setattr__
+        put(new, "model", self.model)
+        put(new, "_parameters", parameters)
+        put(new, "states", states)
+        put(new, "optimizer", self.optimizer)
+        put(new, "_optimizer_state", optimizer_state)
+        put(new, "step", self.step + steps)
+        put(new, "cache", self.cache)
+        put(new, "allocator_cache", self.allocator_cache)
+        put(new, "objective_function", objective)
+        put(new, "_consumed_by", None)
+        return new
+
     def check_alive(self) -> None:
         """Raise ConsumedStateError if an in-place call already donated this state's buffers."""
         if self._consumed_by is not None:
