@@ -1,8 +1,12 @@
 """Per-step time of AutoXLA against a hand-written ``jax.jit`` + optax step (same maths).
 
 Run: python benchmarks/bench_overhead.py
-Targets (issue "AutoXLA"): within 1.25× of the hand-written jit for the tiny model, equal or
-faster on the 784-512-512-10 MLP at batch 256. Variants run interleaved; medians reported.
+Variants run interleaved; medians reported. On the tiny, dispatch-bound model:
+
+* ``luxc AutoXLA``: ``single_train_step_`` per step; target ≤ 1.05× the hand-written jit.
+* ``luxc executable, called directly``: the same cached executable without luxc's Python, which
+  separates luxc's per-call overhead from differences in the compiled program.
+* ``luxc train_steps_, K=100``: 100 steps per call (one ``lax.scan``); target ≤ 0.25× per step.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import optax
 
 import luxc
 from luxc import nn
-from luxc.training import single_train_step_
+from luxc.training import single_train_step_, train_steps_
 
 try:
     from benchmarks._timing import interleaved, report, steps
@@ -34,14 +38,13 @@ def _hand_written(model, optimizer):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def compare(model, x, y, calls: int):
+def compare(model, x, y, calls: int, scan_steps: int = 0, rounds: int = 9):
     optimizer = optax.adam(1e-3)
     ps, st = luxc.setup(jax.random.key(0), model)
-    copy = lambda t: jax.tree.map(jnp.copy, t)
     loss = luxc.CrossEntropyLoss(logits=True)
-    state = {"ts": luxc.TrainState(model, copy(ps), st, optimizer)}
+    state = {"ts": luxc.TrainState(model, ps, st, optimizer)}
     hand = _hand_written(model, optimizer)
-    hs = {"ps": copy(ps), "opt": optimizer.init(ps)}
+    hs = {"ps": jax.tree.map(jnp.copy, ps), "opt": optimizer.init(ps)}
 
     def autoxla():
         _, out, _, state["ts"] = single_train_step_(luxc.AutoXLA(), loss, (x, y), state["ts"],
@@ -52,9 +55,30 @@ def compare(model, x, y, calls: int):
         hs["ps"], hs["opt"], out = hand(hs["ps"], hs["opt"], st, x, y)
         return out
 
-    return interleaved({"hand-written jax.jit": steps(jitted, calls),
-                        "luxc AutoXLA": steps(autoxla, calls)},
-                       rounds=9, calls=1)
+    autoxla()
+    (entry,) = state["ts"].cache.entries()
+    direct_state = luxc.TrainState(model, ps, st, optimizer)
+    ds = {"ps": direct_state.parameters, "opt": direct_state.optimizer_state}
+
+    def direct():
+        ds["ps"], ds["opt"], _, out, _, _ = entry.call(ds["ps"], ds["opt"], st, (x, y))
+        return out
+
+    variants = {"hand-written jax.jit": steps(jitted, calls), "luxc AutoXLA": steps(autoxla, calls),
+                "luxc executable, called directly": steps(direct, calls)}
+    if scan_steps:
+        batches = (jnp.broadcast_to(x, (scan_steps, *x.shape)), jnp.broadcast_to(y, (scan_steps, *y.shape)))
+        scan = {"ts": luxc.TrainState(model, ps, st, optimizer)}
+
+        def many():
+            _, out, _, scan["ts"] = train_steps_(luxc.AutoXLA(), loss, batches, scan["ts"])
+            return out
+
+        variants[f"luxc train_steps_, K={scan_steps}"] = steps(many, calls // scan_steps)
+    medians = interleaved(variants, rounds=rounds, calls=1)
+    if scan_steps:  # the K-step variant ran calls // K calls of K steps each
+        medians[f"luxc train_steps_, K={scan_steps}"] *= calls / (calls // scan_steps * scan_steps)
+    return medians
 
 
 def main() -> None:
@@ -63,7 +87,7 @@ def main() -> None:
     tiny = nn.Chain(nn.Dense(2, 32, jax.nn.relu), nn.Dense(32, 32, jax.nn.relu), nn.Dense(32, 2))
     x, y = jax.random.normal(key, (8, 2)), jax.nn.one_hot(jnp.arange(8) % 2, 2)
     n = 2000
-    m = compare(tiny, x, y, calls=n)
+    m = compare(tiny, x, y, calls=n, scan_steps=100, rounds=21)
     report(f"tiny 2-32-32-2 MLP, batch 8, Adam; per {n} steps", {k: v / n for k, v in m.items()},
            "hand-written jax.jit")
     mlp = nn.Chain(nn.Dense(784, 512, jax.nn.relu), nn.Dense(512, 512, jax.nn.relu), nn.Dense(512, 10))

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from luxc.runtime import CompileOptions
 from luxc.training import _compiled
-from luxc.training._backends import check_backend
+from luxc.training._backends import SUPPORTED, check_backend
 from luxc.training._state import TrainState
 
 
@@ -46,13 +47,15 @@ def apply_gradients_(ts: TrainState, grads: Any) -> TrainState:
     return _compiled.update(ts, grads, donate=True, caller="apply_gradients_")
 
 
-def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
+def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
                 return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                 caller: str):
-    check_backend(ad, caller)
-    _check_state(ts, caller)
-    return ad.train(obj_fn, data, ts, donate=donate, return_gradients=return_gradients,
-                    sync=sync, compile_options=compile_options, caller=caller)
+    # Positional calls and cheap checks first: this runs on every cache hit.
+    if not isinstance(ad, SUPPORTED):
+        check_backend(ad, caller)
+    if type(ts) is not TrainState or ts._consumed_by is not None:
+        _check_state(ts, caller)
+    return ad.train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller)
 
 
 def single_train_step_(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
@@ -74,16 +77,16 @@ def single_train_step_(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
     Returns:
         ``(grads, loss, stats, ts)``.
     """
-    return _train_step(backend, obj_fn, data, ts, donate=True, return_gradients=return_gradients,
-                       sync=sync, compile_options=compile_options, caller="single_train_step_")
+    return _train_step(backend, obj_fn, data, ts, True, return_gradients, sync, compile_options,
+                       "single_train_step_")
 
 
 def single_train_step(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
                       return_gradients: bool = True, sync: bool = False,
                       compile_options: CompileOptions | None = None):
     """``single_train_step_`` without donation: ``ts`` stays valid."""
-    return _train_step(backend, obj_fn, data, ts, donate=False, return_gradients=return_gradients,
-                       sync=sync, compile_options=compile_options, caller="single_train_step")
+    return _train_step(backend, obj_fn, data, ts, False, return_gradients, sync, compile_options,
+                       "single_train_step")
 
 
 def _leading_axis(batches: Any, caller: str) -> int:

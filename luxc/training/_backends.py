@@ -7,6 +7,7 @@ executable (``_compiled.update``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ class _Eager:
             jax.block_until_ready(out[:3])
         return out
 
-    def train(self, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
+    def train(self, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
               return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
               caller: str):
         grads, loss, stats, new = self.gradients(obj_fn, data, ts, sync=False,
@@ -51,9 +52,8 @@ class _Eager:
         losses, stats, grads = [], [], None
         for i in range(steps):
             batch = jax.tree_util.tree_map(lambda b, i=i: b[i], batches)
-            grads, loss, stat, ts = self.train(obj_fn, batch, ts, donate=donate,
-                                               return_gradients=return_gradients, sync=False,
-                                               compile_options=None, caller=caller)
+            grads, loss, stat, ts = self.train(obj_fn, batch, ts, donate, return_gradients, False,
+                                               None, caller)
             losses.append(loss)
             stats.append(stat)
         out = (grads, jnp.stack(losses), jax.tree_util.tree_map(lambda *s: jnp.stack(s), *stats), ts)
@@ -92,27 +92,23 @@ class AutoXLA:
 
     def gradients(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _compiled.run("gradients", obj_fn, data, ts, sync=sync,
-                             compile_options=compile_options, caller=caller)
+        return _compiled.run("gradients", obj_fn, data, ts, False, False, sync, compile_options,
+                             caller)
 
-    def train(self, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
-              return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
-              caller: str):
-        return _compiled.run("train", obj_fn, data, ts, return_gradients=return_gradients,
-                             donate=donate, compile_options=compile_options, sync=sync,
-                             caller=caller)
+    # train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller): bound
+    # without a Python frame of its own, as it runs on every cache hit.
+    train = staticmethod(functools.partial(_compiled.run, "train"))
 
     def train_steps(self, obj_fn: Any, batches: Any, ts: TrainState, steps: int, *, donate: bool,
                     return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                     caller: str):
-        return _compiled.run("train_steps", obj_fn, batches, ts, return_gradients=return_gradients,
-                             donate=donate, compile_options=compile_options, sync=sync,
-                             caller=caller, steps=steps)
+        return _compiled.run("train_steps", obj_fn, batches, ts, donate, return_gradients, sync,
+                             compile_options, caller, steps)
 
     def objective(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _compiled.run("objective", obj_fn, data, ts, sync=sync,
-                             compile_options=compile_options, caller=caller)
+        return _compiled.run("objective", obj_fn, data, ts, False, False, sync, compile_options,
+                             caller)
 
 
 SUPPORTED = (AutoJAX, AutoForwardDiff, AutoXLA)

@@ -72,10 +72,10 @@ def _raise_if_consumed(ts: TrainState, data: Any, caller: str, error: Exception)
         raise consumed from error
 
 
-def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients: bool = True,
-        donate: bool = False, compile_options: CompileOptions | None = None, sync: bool = False,
-        caller: str = "single_train_step_", steps: int = 1):
-    """One AutoXLA call of the training API; returns what the caller returns."""
+def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, donate: bool, return_gradients: bool,
+        sync: bool, compile_options: CompileOptions | None, caller: str, steps: int = 1):
+    """One AutoXLA call of the training API; returns what the caller returns (positional
+    arguments: this runs on every cache hit)."""
     if kind == "train" or kind == "train_steps":
         args = (ts._parameters, ts._optimizer_state, ts.states, data)
     else:

@@ -54,8 +54,9 @@ class TrainState:
 
     __slots__ = (
         "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
-        "allocator_cache", "objective_function", "_consumed_by",
+        "objective_function", "_consumed_by",
     )
+    allocator_cache = None  # Lux's field; XLA pools device memory itself
 
     def __init__(
         self,
@@ -77,8 +78,7 @@ class TrainState:
         self._set(
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
             _optimizer_state=optimizer.init(parameters), step=0,
-            cache=ExecutableCache(max_cache_entries), allocator_cache=None,
-            objective_function=None, _consumed_by=None,
+            cache=ExecutableCache(max_cache_entries), objective_function=None, _consumed_by=None,
         )
 
     @property
@@ -115,19 +115,18 @@ class TrainState:
 
     def _advanced(self, parameters: Any, optimizer_state: Any, states: Any, steps: int,
                   objective: Any) -> TrainState:
-        # _derive for a training step's results, spelled out: it runs on every cache hit.
-        new = object.__new__(TrainState)
-        put = object.__setattr__
-        put(new, "model", self.model)
-        put(new, "_parameters", parameters)
-        put(new, "states", states)
-        put(new, "optimizer", self.optimizer)
-        put(new, "_optimizer_state", optimizer_state)
-        put(new, "step", self.step + steps)
-        put(new, "cache", self.cache)
-        put(new, "allocator_cache", self.allocator_cache)
-        put(new, "objective_function", objective)
-        put(new, "_consumed_by", None)
+        # _derive for a training step's results, spelled out with the slots' own setters: it
+        # runs on every cache hit.
+        new = _new(TrainState)
+        _SET_MODEL(new, self.model)
+        _SET_PARAMETERS(new, parameters)
+        _SET_STATES(new, states)
+        _SET_OPTIMIZER(new, self.optimizer)
+        _SET_OPTIMIZER_STATE(new, optimizer_state)
+        _SET_STEP(new, self.step + steps)
+        _SET_CACHE(new, self.cache)
+        _SET_OBJECTIVE(new, objective)
+        _SET_CONSUMED(new, None)
         return new
 
     def check_alive(self) -> None:
@@ -155,11 +154,16 @@ class TrainState:
         model, optimizer, cache, objective = aux
         ps, st, opt_state, step = children
         new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
-                 _optimizer_state=opt_state, step=step, cache=cache, allocator_cache=None,
-                 objective_function=objective, _consumed_by=None)
+                 _optimizer_state=opt_state, step=step, cache=cache, objective_function=objective,
+                 _consumed_by=None)
         return new
 
     def __repr__(self) -> str:
         n = sum(int(getattr(x, "size", 1)) for x in jax.tree_util.tree_leaves(self.parameters))
         return (f"TrainState(model={self.model.summary()}, parameters={n:_} scalars, "
                 f"step={self.step}, cache={self.cache.info()})")
+
+
+_new = object.__new__
+(_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
+ _SET_OBJECTIVE, _SET_CONSUMED) = (getattr(TrainState, k).__set__ for k in TrainState.__slots__)
