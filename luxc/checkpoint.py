@@ -1,67 +1,149 @@
 """Checkpoints of a whole TrainState: parameters, model state, optimiser state and step.
 
-One safetensors file, written atomically (a crash leaves the previous checkpoint intact),
-carrying the step, the pytree structure and a SHA-256 of the tensors. Loading checks all
-three against the TrainState given as ``like``, so resuming gives the same training as an
-uninterrupted run.
+One safetensors file, written atomically (a crash leaves the previous checkpoint intact; the
+next save removes what a killed save left behind). Its metadata names every leaf by its key
+path (``parameters['layer_1']['weight']``) with its dtype and shape, and holds the step; one
+SHA-256 covers that metadata and every tensor, so an edited step or a swapped leaf is caught.
+Loading reads the file once, checks it against the TrainState given as ``like`` leaf by leaf, and
+places the arrays like ``like``'s (same devices and shardings), so resuming gives the same
+training as an uninterrupted run. A checkpoint is data: loading one runs no code from it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from luxc.runtime.files import ArtifactError, read_tensors, tensor_bytes, write_atomic
+from luxc.runtime.files import (
+    ArtifactError,
+    read_regular,
+    tensor_bytes,
+    tensors_from_bytes,
+    write_atomic,
+)
 from luxc.training._state import TrainState
 
-_FORMAT = "luxc-checkpoint-1"
+_FORMAT = "luxc-checkpoint-2"
+# Bytes beyond the tensors a checkpoint file may have: the safetensors header and the contents
+# table, a few hundred bytes a leaf.
+_HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 
 
-def _tree(ts: TrainState):
-    return (ts.parameters, ts.states, ts.optimizer_state)
+def _parts(ts: TrainState) -> dict[str, Any]:
+    return {"parameters": ts.parameters, "states": ts.states,
+            "optimizer_state": ts.optimizer_state}
 
 
-def _digest(arrays: list[np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _leaves(ts: TrainState) -> tuple[list[str], list[Any], Any]:
+    parts = _parts(ts)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(parts)
+    names = [f"{path[0].key}{jax.tree_util.keystr(path[1:])}" for path, _ in flat]
+    return names, [leaf for _, leaf in flat], treedef
+
+
+def _describe(names: list[str], arrays: list[Any]) -> list[dict[str, Any]]:
+    return [{"path": n, "dtype": _dtype(a), "shape": list(np.shape(a))}
+            for n, a in zip(names, arrays)]
+
+
+def _dtype(x: Any) -> str:
+    return str(np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
+def _digest(description: bytes, arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256(description)
     for a in arrays:
-        h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        data = np.ascontiguousarray(a).tobytes()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
     return h.hexdigest()
 
 
 def save_state(path: str | Path, ts: TrainState) -> None:
     """Write ``ts``'s parameters, states, optimiser state and step to ``path`` atomically."""
     ts.check_alive()
-    leaves, treedef = jax.tree.flatten(_tree(ts))
+    names, leaves, _ = _leaves(ts)
     arrays = [np.asarray(jax.device_get(x)) for x in leaves]
-    meta = {"format": _FORMAT, "step": str(int(ts.step)), "structure": str(treedef),
-            "sha256": _digest(arrays)}
+    description = json.dumps({"step": int(ts.step), "leaves": _describe(names, arrays)},
+                             sort_keys=True)
+    meta = {"format": _FORMAT, "contents": description,
+            "sha256": _digest(description.encode(), arrays)}
     write_atomic(path, tensor_bytes(arrays, meta))
+
+
+def _check_contents(path: Path, meta: dict[str, str], arrays: list[np.ndarray]) -> dict:
+    if meta.get("format") != _FORMAT:
+        if str(meta.get("format", "")).startswith("luxc-checkpoint"):
+            raise ArtifactError(f"{path} is a {meta['format']} file from an older luxc; this luxc "
+                                f"reads {_FORMAT}: save it again with this luxc")
+        raise ArtifactError(f"{path} is not a luxc checkpoint (format {meta.get('format')!r})")
+    description = meta.get("contents", "")
+    if _digest(description.encode(), arrays) != meta.get("sha256"):
+        raise ArtifactError(f"checksum mismatch in checkpoint {path}: the file is corrupted or "
+                            "was edited")
+    try:
+        contents = json.loads(description)
+        step = contents["step"]
+        leaves = contents["leaves"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ArtifactError(f"checkpoint {path} has no valid contents table") from None
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ArtifactError(f"checkpoint {path} has step {step!r}; a step is a whole number >= 0")
+    if not isinstance(leaves, list) or len(leaves) != len(arrays):
+        raise ArtifactError(f"checkpoint {path}: its contents table lists "
+                            f"{len(leaves) if isinstance(leaves, list) else '?'} leaves for "
+                            f"{len(arrays)} tensors")
+    for entry, a in zip(leaves, arrays):
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)) or entry != {
+                "path": entry["path"], "dtype": str(a.dtype), "shape": list(a.shape)}:
+            raise ArtifactError(f"checkpoint {path}: the contents table does not describe its "
+                                f"tensors ({entry!r})")
+    return contents
 
 
 def load_state(path: str | Path, like: TrainState) -> TrainState:
     """The TrainState saved at ``path``, with the model, optimiser and cache of ``like`` and the
-    arrays placed like ``like``'s (same devices and shardings)."""
-    arrays, meta = read_tensors(path, "checkpoint")
-    if meta.get("format") != _FORMAT:
-        raise ArtifactError(f"{path} is not a luxc checkpoint (format {meta.get('format')!r})")
-    if _digest(arrays) != meta.get("sha256"):
-        raise ArtifactError(f"checksum mismatch in checkpoint {path}: the file is corrupted")
-    leaves, treedef = jax.tree.flatten(_tree(like))
-    if str(treedef) != meta.get("structure") or len(leaves) != len(arrays):
-        raise ArtifactError(f"checkpoint {path} does not match this TrainState's structure "
-                            f"(saved: {meta.get('structure')}; expected: {treedef})")
-    placed = []
-    for (keypath, ref), arr in zip(jax.tree_util.tree_flatten_with_path(_tree(like))[0], arrays):
-        if tuple(arr.shape) != tuple(np.shape(ref)) or arr.dtype != np.asarray(ref).dtype:
-            raise ArtifactError(f"checkpoint {path}: {jax.tree_util.keystr(keypath)} has shape "
-                                f"{arr.shape} and dtype {arr.dtype}; expected {np.shape(ref)} "
-                                f"{np.asarray(ref).dtype}")
-        sharding = getattr(ref, "sharding", None)
-        placed.append(jax.device_put(arr, sharding) if sharding is not None else jax.numpy.asarray(arr))
-    ps, st, opt_state = jax.tree.unflatten(treedef, placed)
-    return like.replace(parameters=ps, states=st, optimizer_state=opt_state,
-                        step=int(meta["step"]))
+    arrays placed like ``like``'s (same devices and shardings).
+
+    Raises ``ArtifactError`` naming the first leaf that differs (``parameters['w']['weight']``:
+    its shape or dtype), a leaf missing or extra, a corrupt or edited file."""
+    path = Path(path)
+    names, refs, treedef = _leaves(like)
+    expected = _describe(names, refs)
+    limit = sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
+                for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * len(expected)
+    arrays, meta = tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
+    contents = _check_contents(path, meta, arrays)
+    saved = contents["leaves"]
+    saved_paths = [e["path"] for e in saved]
+    if saved_paths != names:
+        # The user's own leaves first: a parameter tells more than an optimiser counter.
+        first = {"parameters": 0, "states": 1, "optimizer_state": 2}
+        order = lambda n: first.get(n.split("[")[0].split(".")[0], 3)  # noqa: E731
+        missing = sorted((n for n in names if n not in saved_paths), key=order)
+        extra = sorted((n for n in saved_paths if n not in names), key=order)
+        raise ArtifactError(
+            f"checkpoint {path} does not match this TrainState: "
+            + "; ".join(filter(None, [
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"not in this TrainState: {', '.join(extra[:3])}" if extra else "",
+                "the same leaves in another order" if not (missing or extra) else ""])))
+    for want, got in zip(expected, saved):
+        if want != got:
+            raise ArtifactError(f"checkpoint {path}: {want['path']} has shape {tuple(got['shape'])} "
+                                f"and dtype {got['dtype']}; this TrainState expects "
+                                f"{tuple(want['shape'])} {want['dtype']}")
+    placed = [_place(arr, ref) for arr, ref in zip(arrays, refs)]
+    parts = jax.tree.unflatten(treedef, placed)
+    return like.replace(parameters=parts["parameters"], states=parts["states"],
+                        optimizer_state=parts["optimizer_state"], step=contents["step"])
+
+
+def _place(array: np.ndarray, like: Any) -> jax.Array:
+    sharding = getattr(like, "sharding", None)
+    return jax.device_put(array, sharding) if sharding is not None else jax.numpy.asarray(array)

@@ -1,33 +1,23 @@
 """Exported training steps on disk: what ``luxc compile`` writes and ``luxc run`` loads.
 
-An artefact directory holds
-
-=====================  =======================================================================
-``manifest.json``      format version, versions of luxc/jax/jaxlib, platforms, the flat input and
-                       output layout, pass report, compile options, XLA's figures, and the
-                       SHA-256 of every other file
-``step.jaxexport``     the optimised StableHLO as a jax.export artefact (portable, versioned
-                       VHLO: a newer jaxlib can load it and compile it)
-``step.mlir``          the same module as text, for reading
-``executable.bin``     the XLA executable for the host platform (only when it is a target)
-``state.safetensors``  the initial state: parameters, optimiser state and model state leaves
-``data.safetensors``   the example data
-=====================  =======================================================================
-
 The step is stored with a flat signature, ``step(*state, *data) -> (*state, loss, *stats)``, so
-no Python class (model, optax state) is needed to load and run it.
+no Python class (model, optax state) is needed to load and run it. The directory format, and how
+it is read and verified, is :mod:`luxc.runtime.artifact_format`.
 
-Trust: a serialized executable is code. It is loaded only when every file's checksum matches
-the manifest and the platform and jaxlib version match the ones that built it; otherwise the
-portable StableHLO is compiled instead and ``notes`` says why.
+Trust: the StableHLO and the tensors are data, loaded from anyone's artefact. The serialized
+executable is native code: it is loaded only when this user's luxc signed the manifest (and the
+platform, jaxlib and compile options match); otherwise the portable StableHLO is compiled and
+``notes`` says why. Nothing here unpickles anything: the executable is XLA's own serialization,
+handed to jax's compilation-cache loader.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import secrets
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,26 +28,40 @@ import jax
 import jaxlib
 import numpy as np
 from jax import export as jax_export
-from jax.experimental import serialize_executable
 
 from luxc.passes import resolve
+from luxc.runtime import persistent_cache
+from luxc.runtime.artifact_format import (
+    ARTIFACT_FILES,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SIGNATURE,
+    SIGNATURE_DOMAIN,
+    Artifact,
+    read_artifact,
+)
 from luxc.runtime.executable import compile_exported, export, module_text, rewrite
 from luxc.runtime.files import (
     ArtifactError,
+    check_writable_directory,
     describe,
-    make_dir_public,
-    read_json,
-    read_tensors,
+    holds_only_luxc_files,
+    json_bytes,
+    parse_json,
+    read_regular,
+    remove_stale_temporaries,
+    replace_directory,
     sha256,
     tensor_bytes,
+    tensors_from_bytes,
     write_atomic,
-    write_json,
 )
+from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
-
-FORMAT = "luxc-artifact"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+from luxc.runtime.persistent_cache import MemoryCache
+from luxc.runtime.stages import CompiledStages, cost_figures, memory_figures
+from luxc.runtime.trust import KeyUnavailable, sign
 
 
 def _versions() -> dict[str, str]:
@@ -72,14 +76,47 @@ def _pipeline(options: CompileOptions, platforms: Sequence[str]) -> tuple[str, .
     return tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
 
 
+def is_artifact_directory(path: Path) -> bool:
+    """Whether ``path`` is a real directory holding a luxc manifest (any format version) and
+    nothing but the files luxc writes into an artefact: the only kind luxc may delete."""
+    if path.is_symlink() or not path.is_dir() or not holds_only_luxc_files(path):
+        return False
+    try:
+        manifest = parse_json(read_regular(path / MANIFEST, "manifest", 64 << 20), "manifest")
+    except ArtifactError:
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def check_output(out: str | Path, force: bool) -> None:
+    """Refuse, before any work, an ``--out`` luxc must not write: an existing path without
+    ``force``; with it, anything but a directory holding only a luxc artefact (luxc never
+    deletes what it did not make); a place it cannot write."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise ArtifactError(f"--out {str(out)!r} names no new directory; give the artefact a "
+                            "directory name, e.g. --out step.luxc")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ArtifactError(f"{out} already exists; choose another --out, or pass --force to "
+                                "replace the artefact there")
+        if not is_artifact_directory(out):
+            extra = [] if not out.is_dir() or out.is_symlink() else sorted(
+                p.name for p in out.iterdir() if p.name not in ARTIFACT_FILES)
+            raise ArtifactError(
+                f"{out} is not a luxc artefact" + (f" (it also holds {', '.join(extra[:5])})"
+                                                   if extra else "")
+                + "; luxc replaces only directories it wrote, so choose another --out")
+    check_writable_directory(out.parent, "--out parent")
+
+
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
          layout: dict[str, Any], platforms: Sequence[str], options: CompileOptions,
          force: bool = False) -> dict[str, Any]:
     """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
     directory ``out`` atomically. Returns the manifest."""
     out = Path(out)
-    if out.exists() and not force:
-        raise ArtifactError(f"{out} already exists; choose another --out or pass --force")
+    check_output(out, force)
     host = jax.default_backend()
     args = [*state, *data]
     t0 = time.perf_counter()
@@ -93,12 +130,13 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "data.safetensors": tensor_bytes(data),
     }
     figures: dict[str, Any] = {}
-    compile_seconds = None
+    compile_seconds, executable_key = None, None
     if host in platforms:
-        compiled, compile_seconds = compile_exported(optimized, args,
-                                                     xla_options=dict(options.xla_options))
-        payload, _, _ = serialize_executable.serialize(compiled)
-        files["executable.bin"] = payload
+        captured = MemoryCache()  # catches what XLA compiled, in XLA's own serialization
+        compiled, compile_seconds = compile_exported(
+            optimized, args, xla_options=dict(options.xla_options), cache=captured)
+        if len(captured.entries) == 1:
+            executable_key, files["executable.bin"] = next(iter(captured.entries.items()))
         figures = _figures(compiled)
     manifest = {
         "format": FORMAT,
@@ -107,6 +145,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "versions": _versions(),
         "platforms": list(platforms),
         "executable_platform": host if "executable.bin" in files else None,
+        "executable_key": executable_key,
         "layout": layout,
         "inputs": [{"name": name, **spec} for name, spec in
                    zip([*layout["state_names"], *layout["data_names"]], describe(args))],
@@ -118,130 +157,100 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "trace_seconds": trace_seconds,
         "compile_seconds": compile_seconds,
         **figures,
-        "files": {name: None for name in files},
+        "files": {name: {"sha256": sha256(content), "size": len(content)}
+                  for name, content in files.items()},
     }
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
-                                prefix=f".{out.name}.", suffix=".partial"))
+    _write_directory(out, files, json_bytes(manifest))
+    return manifest
+
+
+def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # what a killed `luxc compile --out` of the same name left
+    tmp = out.with_name(f".{out.name}.luxc-{os.getpid()}-{secrets.token_hex(6)}.partial")
+    tmp.mkdir(mode=0o777)  # the umask applies, as for any directory the user makes
     try:
         for name, content in files.items():
             write_atomic(tmp / name, content)
-            manifest["files"][name] = sha256(tmp / name)
-        write_json(tmp / MANIFEST, manifest)  # last: a directory without it is never valid
-        make_dir_public(tmp)
-        _replace_dir(tmp, out)
+        write_atomic(tmp / MANIFEST, manifest)  # after the files it lists
+        try:
+            write_atomic(tmp / SIGNATURE, sign(SIGNATURE_DOMAIN, manifest).encode() + b"\n")
+        except KeyUnavailable as e:
+            warnings.warn(f"the artefact is not signed ({e}): luxc will compile its StableHLO "
+                          "instead of loading its executable", stacklevel=3)
+        if out.exists() and not is_artifact_directory(out):  # changed since check_output
+            raise ArtifactError(f"{out} is no longer a luxc artefact; nothing was replaced")
+        old = replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
+    if old is not None:
+        if is_artifact_directory(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # swapped in by someone while luxc compiled: keep it, under a name to see
+            kept = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            old.rename(kept)
+            warnings.warn(f"{out} was replaced while luxc wrote it; what was there is now at "
+                          f"{kept}", stacklevel=3)
 
 
 def _output_names(layout: dict[str, Any]) -> list[str]:
     return [*layout["state_names"], "loss", *(f"stats[{i}]" for i in range(layout["n_stats"]))]
 
 
-def _replace_dir(new: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
-
-
 def _figures(compiled: jax.stages.Compiled) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list | tuple) else cost
-        figures["flops"] = float(cost.get("flops", 0.0)) if cost else None
-        figures["bytes_accessed"] = float(cost.get("bytes accessed", 0.0)) if cost else None
-    except Exception:  # noqa: BLE001 - optional figures
-        figures["flops"] = None
-    try:
-        mem = compiled.memory_analysis()
-        figures["memory"] = {k: int(getattr(mem, k)) for k in dir(mem)
-                             if k.endswith("_in_bytes") and not k.startswith("_")}
-    except Exception:  # noqa: BLE001
-        figures["memory"] = None
-    return figures
+    cost = cost_figures(compiled) or {}
+    return {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
+            "memory": memory_figures(compiled)}
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of an artefact directory, checked for format and version."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ArtifactError(f"artefact directory not found: {directory}")
-    manifest = read_json(directory / MANIFEST, "artefact manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{directory} is not a luxc artefact (manifest format is "
-                            f"{manifest.get('format') if isinstance(manifest, dict) else '?'!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{directory} has artefact format version "
-                            f"{manifest.get('format_version')}; this luxc reads version "
-                            f"{FORMAT_VERSION}: recompile it with this luxc")
-    return manifest
-
-
-def verify(directory: str | Path, manifest: dict[str, Any]) -> None:
-    """Check every file against its SHA-256 in the manifest."""
-    for name, digest in manifest["files"].items():
-        path = Path(directory) / name
-        if not path.is_file():
-            raise ArtifactError(f"artefact file missing: {path}")
-        if sha256(path) != digest:
-            raise ArtifactError(f"checksum mismatch for {path}: the artefact was modified or "
-                                "corrupted; recompile it with `luxc compile`")
-
-
-class LoadedStep:
+class LoadedStep(CompiledStages):
     """An exported training step loaded from disk, runnable without the model's source.
 
     ``state`` (parameters, optimiser state and model state, flat) and ``data`` come from the
     artefact; ``step(state, data)`` returns ``(new_state, loss, stats)``; ``run(n)`` trains
-    ``n`` steps. ``notes`` records how it was loaded (e.g. a fallback compile).
+    ``n`` steps. ``notes`` records how it was loaded (e.g. a fallback compile) and
+    ``executable_source`` is ``"serialized executable"`` or ``"compiled from StableHLO"``.
     """
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], call: Callable,
-                 exported: jax_export.Exported, compiled: jax.stages.Compiled | None,
-                 notes: list[str]):
-        self.directory, self.manifest, self.exported = directory, manifest, exported
-        self.compiled, self.notes, self._call = compiled, notes, call
-        self.layout = manifest["layout"]
-        arrays, _ = read_tensors(directory / "state.safetensors", "artefact state")
-        self.state = [jax.numpy.asarray(a) for a in arrays]
-        data, _ = read_tensors(directory / "data.safetensors", "artefact data")
+    def __init__(self, artifact: Artifact, exported: jax_export.Exported,
+                 compiled: jax.stages.Compiled, executable_source: str, notes: list[str]):
+        self.directory, self.manifest = artifact.directory, artifact.manifest
+        self.exported, self.compiled, self._call = exported, compiled, compiled
+        self.executable_source, self.notes = executable_source, notes
+        self._text = artifact.files["step.mlir"].decode("utf-8", errors="replace")
+        self.layout = artifact.manifest["layout"]
+        n_state = self.layout["n_state"]
+        state = _tensors(artifact, "state.safetensors", self.manifest["inputs"][:n_state])
+        data = _tensors(artifact, "data.safetensors", self.manifest["inputs"][n_state:])
+        self.state = [jax.numpy.asarray(a) for a in state]
         self.data = [jax.numpy.asarray(a) for a in data]
-        self.step_count = int(self.layout.get("step", 0))
+        self.step_count = int(self.layout["step"])
+        self._scans: dict[int, Callable] = {}
 
     @property
     def pass_report(self) -> list[dict[str, Any]]:
         return self.manifest["pass_report"]
 
-    def as_text(self, stage: str = "optimized") -> str:
+    def stages(self) -> tuple[str, ...]:
+        return ("optimized", "hlo")
+
+    def _stage_text(self, stage: str) -> str | None:
         if stage == "optimized":
-            return (self.directory / "step.mlir").read_text()
-        if stage == "hlo" and self.compiled is not None:
-            return self.compiled.as_text()
-        raise ValueError(f"a loaded artefact has the 'optimized' stage (and 'hlo' once compiled); "
-                         f"received {stage!r}")
+            return self._text
+        return self.compiled.as_text() if stage == "hlo" else None
 
-    def cost_analysis(self) -> dict[str, float] | None:
-        flops = self.manifest.get("flops")
-        return None if flops is None else {"flops": flops,
-                                           "bytes accessed": self.manifest.get("bytes_accessed")}
-
-    def memory_stats(self) -> dict[str, int] | None:
-        return self.manifest.get("memory")
+    def _figures_source(self) -> jax.stages.Compiled:
+        return self.compiled
 
     def check_data(self, data: Sequence[Any]) -> list[jax.Array]:
         expected = self.manifest["inputs"][len(self.state):]
         if len(data) != len(expected):
             raise ArtifactError(f"the step takes {len(expected)} data arrays; received {len(data)}")
         out = []
-        for i, (x, spec) in enumerate(zip(data, expected)):
+        for name, x, spec in zip(self.layout["data_names"], data, expected):
             if list(np.shape(x)) != spec["shape"] or str(np.asarray(x).dtype) != spec["dtype"]:
-                raise ArtifactError(f"data array {i} has shape {list(np.shape(x))} and dtype "
+                raise ArtifactError(f"{name} has shape {list(np.shape(x))} and dtype "
                                     f"{np.asarray(x).dtype}; the step was compiled for shape "
                                     f"{spec['shape']} and dtype {spec['dtype']}")
             out.append(jax.numpy.asarray(x))
@@ -253,17 +262,48 @@ class LoadedStep:
         return list(outs[:n]), outs[n], list(outs[n + 1:])
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
-            on_step: Callable[[int, float], None] | None = None) -> list[float]:
-        """Train ``steps`` steps from the current state; returns the losses."""
+            on_step: Callable[[int, float], None] | None = None, *,
+            steps_per_call: int = 1) -> list[float]:
+        """Train ``steps`` steps from the current state; returns the losses.
+
+        ``steps_per_call=K`` runs K steps in one compiled call (a ``lax.scan`` of the stored
+        step, compiled from its StableHLO once), Keras's ``steps_per_execution``: the host
+        waits for the device once per K steps. ``on_step`` still sees every step's loss."""
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
-        losses = []
-        for _ in range(steps):
-            self.state, loss, _ = self(self.state, data)
-            self.step_count += 1
-            losses.append(float(loss))
-            if on_step is not None:
-                on_step(self.step_count, losses[-1])
+        losses: list[float] = []
+        while len(losses) < steps:
+            k = min(steps_per_call, steps - len(losses))
+            if k == 1:
+                self.state, loss, _ = self(self.state, data)
+                chunk = [float(loss)]
+            else:
+                self.state, chunk_losses = self._scanned(k)(self.state, data)
+                chunk = [float(x) for x in np.asarray(chunk_losses)]
+            for loss in chunk:
+                self.step_count += 1
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(self.step_count, loss)
         return losses
+
+    def _scanned(self, k: int) -> Callable:
+        """``k`` steps as one executable, compiled once per ``k`` (data: the stored StableHLO)."""
+        if k not in self._scans:
+            n, call = len(self.state), self.exported.call
+
+            def steps(state, data):
+                def body(carry, _):
+                    outs = call(*carry, *data)
+                    return list(outs[:n]), outs[n]
+
+                return jax.lax.scan(body, list(state), None, length=k)
+
+            lowered = jax.jit(steps).lower(self.state, self.data)
+            with persistent_cache.compiling():
+                self._scans[k] = lowered.compile()
+        return self._scans[k]
 
     def save_state(self, path: str | Path) -> None:
         """Write the current state (and step) to a safetensors file, atomically."""
@@ -271,45 +311,87 @@ class LoadedStep:
                                                      "format": "luxc-flat-state"}))
 
 
+def _tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list[np.ndarray]:
+    arrays, _ = tensors_from_bytes(artifact.files[name], f"{artifact.directory / name}")
+    if len(arrays) != len(specs):
+        raise ArtifactError(f"{artifact.directory / name} holds {len(arrays)} arrays; the manifest "
+                            f"lists {len(specs)}")
+    for i, (a, spec) in enumerate(zip(arrays, specs)):
+        if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+            raise ArtifactError(f"{artifact.directory / name}: array {i} is {a.dtype}"
+                                f"{list(a.shape)}; the manifest says {spec['dtype']}"
+                                f"{spec['shape']}")
+    return arrays
+
+
+# XLA options are instructions to the compiler, not data: some write files (xla_dump_to), some
+# abort the process (an unknown name). From an artefact this user did not sign, luxc applies
+# only these, which change how fast or how exactly the step runs and nothing else.
+_SAFE_XLA_OPTIONS = {
+    "xla_cpu_enable_fast_math": bool, "xla_cpu_fast_math_honor_nans": bool,
+    "xla_cpu_fast_math_honor_infs": bool, "xla_cpu_fast_math_honor_division": bool,
+    "xla_cpu_fast_math_honor_functions": bool, "xla_cpu_use_fusion_emitters": bool,
+    "xla_cpu_use_xnnpack": bool, "xla_cpu_use_onednn": bool, "xla_cpu_prefer_vector_width": int,
+    "xla_gpu_enable_fast_min_max": bool, "xla_backend_optimization_level": int,
+}
+
+
+def _xla_options(options: dict[str, Any], signed: bool, notes: list[str]) -> dict[str, Any]:
+    if signed:
+        return dict(options)
+    safe = {k: v for k, v in options.items()
+            if k in _SAFE_XLA_OPTIONS and type(v) is _SAFE_XLA_OPTIONS[k]}
+    dropped = sorted(set(options) - set(safe))
+    if dropped:
+        notes.append(f"ignored the XLA options {', '.join(dropped)} of an artefact this user did "
+                     "not sign (only performance options are taken from one)")
+    return safe
+
+
 def load(directory: str | Path) -> LoadedStep:
-    """Load an artefact: verify checksums, then use its executable if this machine's platform
-    and jaxlib match the ones that built it, else compile its portable StableHLO."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    verify(directory, manifest)
+    """Load an artefact: read and verify every file once, then use its executable if this
+    user's luxc signed it and this machine's platform and jaxlib match the ones that built it;
+    else compile its portable StableHLO. Each fallback is a warning and a line in ``notes``."""
+    artifact = read_artifact(directory)
+    manifest = artifact.manifest
     host = jax.default_backend()
     if host not in manifest["platforms"]:
         raise ArtifactError(f"this artefact targets {', '.join(manifest['platforms'])} but this "
                             f"machine runs {host}; recompile it with --platform {host}")
+    if not artifact.signed_by_this_user:
+        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory))
     try:
-        exported = jax_export.deserialize(bytearray((directory / "step.jaxexport").read_bytes()))
+        exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
-        raise ArtifactError(f"cannot read the StableHLO of {directory} with jaxlib "
+        raise ArtifactError(f"cannot read the StableHLO of {artifact.directory} with jaxlib "
                             f"{jaxlib.__version__} (built with jaxlib "
                             f"{manifest['versions']['jaxlib']}): {e}") from None
     args = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"]))
             for s in manifest["inputs"]]
-    notes = []
-    same = (manifest.get("executable_platform") == host
-            and manifest["versions"]["jaxlib"] == jaxlib.__version__)
-    compiled = None
-    if same and "executable.bin" in manifest["files"]:
-        in_tree = jax.tree.structure((tuple(args), {}))
-        out_tree = jax.tree.structure(tuple(exported.out_avals))
-        try:
-            compiled = serialize_executable.deserialize_and_load(
-                (directory / "executable.bin").read_bytes(), in_tree, out_tree)
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"the serialized executable did not load ({e}); compiled the StableHLO")
-    elif "executable.bin" in manifest["files"]:
+    notes: list[str] = []
+    cache = None
+    if "executable.bin" not in artifact.files:
+        notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
+    elif manifest["executable_platform"] != host or manifest["versions"]["jaxlib"] != \
+            jaxlib.__version__:
         notes.append(f"the executable was built for {manifest['executable_platform']} with jaxlib "
                      f"{manifest['versions']['jaxlib']}; compiled the portable StableHLO for "
                      f"{host} with jaxlib {jaxlib.__version__} instead")
+    elif not artifact.signed_by_this_user:
+        notes.append(f"did not load the artefact's executable (native code) because "
+                     f"{artifact.unsigned_reason}; compiled its StableHLO instead")
     else:
-        notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
-    if compiled is None:
-        compiled, _ = compile_exported(exported, args,
-                                       xla_options=manifest["compile_options"]["xla_options"])
+        cache = MemoryCache({manifest["executable_key"]: artifact.files["executable.bin"]})
+    xla_options = _xla_options(manifest["compile_options"]["xla_options"],
+                               artifact.signed_by_this_user, notes)
+    # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
+    compile_cache = cache or persistent_cache.active() or MemoryCache()
+    compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache)
+    loaded_executable = cache is not None and cache.loaded
+    if cache is not None and not loaded_executable:
+        notes.append("the artefact's executable does not match this machine's XLA (devices or "
+                     "options differ); compiled its StableHLO instead")
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return LoadedStep(directory, manifest, compiled, exported, compiled, notes)
+    source = "serialized executable" if loaded_executable else "compiled from StableHLO"
+    return LoadedStep(artifact, exported, compiled, source, notes)

@@ -137,7 +137,7 @@ class Executable(CompiledStages):
         # The hot path: no Python between the caller and jax's C++ dispatch.
         self.call = direct_call(compiled)
 
-    def _text(self, stage: Stage) -> str:
+    def _stage_text(self, stage: Stage) -> str:
         if stage == "traced":
             return module_text(self.traced.mlir_module_serialized)
         if stage == "optimized":

@@ -2,7 +2,7 @@
 out (``Executable``, ``CompiledStep``, a loaded artefact step): the ``jax.stages.Compiled``-like
 surface ``as_text(stage)``, ``cost_analysis()`` and ``memory_analysis()``.
 
-A class gets the surface by deriving from :class:`CompiledStages` and defining ``_text(stage)``
+A class gets the surface by deriving from :class:`CompiledStages` and defining ``_stage_text(stage)``
 and ``_figures_source()`` (the ``jax.stages.Compiled`` to ask, or ``None``).
 """
 
@@ -57,7 +57,7 @@ class CompiledStages(ABC):
     (``memory_stats`` is the same figures under luxc's earlier name)."""
 
     @abstractmethod
-    def _text(self, stage: str) -> str | None:
+    def _stage_text(self, stage: str) -> str | None:
         """The text of ``stage``, or ``None`` if this object does not have that stage."""
 
     @abstractmethod
@@ -67,7 +67,7 @@ class CompiledStages(ABC):
     def as_text(self, stage: Stage = "optimized") -> str:
         """The module before luxc's passes (``"traced"``), after them (``"optimized"``), or
         XLA's optimised HLO (``"hlo"``)."""
-        text = self._text(stage) if stage in STAGES else None
+        text = self._stage_text(stage) if stage in STAGES else None
         if text is None:
             raise ValueError(f"as_text: stage must be one of {', '.join(map(repr, self.stages()))}; "
                              f"received {stage!r}")

@@ -131,7 +131,7 @@ class CompiledStep(CompiledStages):
     def trace_seconds(self) -> float:
         return self.executable.trace_seconds
 
-    def _text(self, stage: Stage) -> str:
+    def _stage_text(self, stage: Stage) -> str:
         return self.executable.as_text(stage)
 
     def _figures_source(self) -> jax.stages.Compiled:
