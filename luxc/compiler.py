@@ -17,6 +17,8 @@ import types
 from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
+import jax
+
 from luxc._preferences import preference
 from luxc.runtime.cache import (
     CacheEntry,
@@ -133,6 +135,11 @@ def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple, make_ste
     step = make_step(key.kind, d["objective"], d["model"], d["optimizer"], key.return_gradients)
     exe = build(step, args, options=key.compile_options,
                 donate_argnums=DONATED if key.donate else (), arg_names=ARG_NAMES[key.kind][:2])
+    if key.kind == "update":
+        # The eager backends' update: called through jax.jit so that, as before, its outputs
+        # stay uncommitted (an ahead-of-time executable commits them to its device, and an
+        # eager user mixes them with arrays placed elsewhere).
+        exe.call = jax.jit(step, donate_argnums=DONATED if key.donate else ())
     return cache.add(key, signature, exe)
 
 
