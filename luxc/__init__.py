@@ -5,6 +5,7 @@
     grads, loss, stats, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), (x, y), ts)
 """
 
+from . import distributed as distributed
 from . import nn as nn
 from . import ops as ops
 from . import passes as passes

@@ -206,7 +206,7 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, *, return_gradients:
     if cs is not None:
         try:
             out = _call(cs, ts, data, caller)
-        except TypeError:  # another signature: jax refused before running anything
+        except (TypeError, ValueError):  # another signature or placement: jax refused to run it
             cs = None
         else:
             cache.hits += 1
