@@ -16,7 +16,11 @@ Typical use, the same script in one process or under ``luxc launch -n 2 script.p
     ts = luxc.distributed.shard(ts, mesh, strategy="fsdp")
     for x, y in local_batches:  # this process's part of each global batch
         data = luxc.distributed.shard_batch((x, y), mesh)
-        _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
+                                                          sync=jax.process_count() > 1)
+
+``sync=True`` waits for each step: XLA:CPU with several devices per process can deadlock in its
+gloo collectives when consecutive steps overlap (seen with 2 processes x 4 devices on 2 cores).
 
 The arrays are placed on ``mesh`` with *Auto* axes whatever its axis types: luxc lets the
 partitioner propagate shardings through the step (with jax's *Explicit* axes, the default of

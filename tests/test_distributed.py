@@ -215,7 +215,8 @@ LAUNCHED = textwrap.dedent("""
             if sys.argv[1:] == ["die"] and rank == 1 and step == 1:
                 print("DIES", time.time(), flush=True)
                 raise RuntimeError("this process dies")
-            _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+            _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
+                                                              sync=True)
         from jax.experimental import multihost_utils
         full = multihost_utils.process_allgather(ts.parameters, tiled=True)
         w = ts.parameters["layer_1"]["weight"]

@@ -18,11 +18,12 @@ import click
 from luxc.cli._common import CliError
 from luxc.distributed import HEARTBEAT_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
-# A dead peer turns into an error in the survivors within these many seconds (jax's defaults,
-# 100 s of heartbeats and a collective that waits as long, leave them hanging); the launcher
-# itself stops the others as soon as it sees one exit with an error.
+# A dead process is seen by the launcher at once (it stops the others); under a cluster manager,
+# the survivors' coordination client notices within HEARTBEAT_SECONDS (jax's default: 100 s). A
+# collective waiting for a live but stuck peer fails after COLLECTIVE_TIMEOUT_SECONDS: not less,
+# because one process may still be compiling a large step while the other already waits.
 HEARTBEAT_SECONDS = 10
-COLLECTIVE_TIMEOUT_SECONDS = 10
+COLLECTIVE_TIMEOUT_SECONDS = 60
 GRACE_SECONDS = 2.0
 
 
