@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from luxc.training._state import TrainState
@@ -128,13 +129,30 @@ def fsdp_spec(shape: tuple[int, ...], size: int, axis: str) -> PartitionSpec:
     return PartitionSpec(*([None] * d), axis)
 
 
-def _place(x: Any, sharding: NamedSharding) -> jax.Array:
+def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``x`` placed with ``sharding``, in one process or many.
+
+    In several processes, a host value must be the same in each (e.g. from the same seed or
+    the same checkpoint): every process supplies the pieces its own devices hold.
+    """
     if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jax.device_put(x, sharding)
-    # Several processes, a host value (the same in each, e.g. from the same seed): every
-    # process supplies the pieces its own devices hold.
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def gather(x: Any) -> np.ndarray:
+    """The whole value of ``x`` in this process's memory, gathered from the other processes if
+    it spans several; every process must call it (it is a collective then)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (nothing to wait for in one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def shard(ts: TrainState, mesh: Mesh, *, strategy: Strategy = "data", axis: str = "data") -> TrainState:
@@ -177,12 +195,12 @@ def shard(ts: TrainState, mesh: Mesh, *, strategy: Strategy = "data", axis: str 
 
     def place(x: Any) -> jax.Array:
         if strategy == "data":
-            return _place(x, replicated)
-        return _place(x, NamedSharding(mesh, fsdp_spec(np.shape(x), size, axis)))
+            return put(x, replicated)
+        return put(x, NamedSharding(mesh, fsdp_spec(np.shape(x), size, axis)))
 
     return ts.replace(parameters=jax.tree.map(place, ts.parameters),
                       optimizer_state=jax.tree.map(place, ts.optimizer_state),
-                      states=jax.tree.map(lambda x: _place(x, replicated), ts.states))
+                      states=jax.tree.map(lambda x: put(x, replicated), ts.states))
 
 
 def shard_batch(batch: Any, mesh: Mesh, *, axis: str = "data") -> Any:

@@ -131,6 +131,7 @@ def test_a_single_device_shard_trains_like_the_unsharded_state():
 # --- 8 host devices in one process ------------------------------------------------------------
 
 EIGHT_DEVICES = COMMON + textwrap.dedent("""
+    import tempfile
     assert jax.device_count() == 8
     mesh8 = jax.make_mesh((8,), ("data",))
     mesh4 = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
@@ -148,7 +149,19 @@ EIGHT_DEVICES = COMMON + textwrap.dedent("""
                "w_shards": sorted({tuple(s.data.shape) for s in w.addressable_shards}),
                "w_shape": list(w.shape)}
         if strategy == "fsdp":
-            ts = luxc.distributed.shard(ts, mesh4, strategy=strategy)
+            # A checkpoint at step 3, then two more steps, against the same two steps resumed
+            # from the checkpoint into a freshly sharded state.
+            path = tempfile.mkdtemp() + "/ckpt.safetensors"
+            luxc.save_state(path, ts)
+            step = lambda t: luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, t)[3]
+            resumed = luxc.load_state(path, like=luxc.distributed.shard(fresh(), mesh8, strategy="fsdp"))
+            out["loaded_specs"] = specs((resumed.parameters, resumed.optimizer_state))
+            out["loaded_step"] = resumed.step
+            a, b = step(step(ts)), step(step(resumed))
+            out["resumed_bit_identical"] = all(
+                np.array_equal(u, v) for u, v in zip(jax.tree.leaves((a.parameters, a.optimizer_state)),
+                                                     jax.tree.leaves((b.parameters, b.optimizer_state))))
+            ts = luxc.distributed.shard(a, mesh4, strategy=strategy)
             data4 = luxc.distributed.shard_batch((x, y), mesh4)
             for _ in range(2):
                 _, _, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data4, ts)
@@ -193,6 +206,14 @@ def test_fsdp_really_splits_the_parameters(eight_devices):
 
 
 @pytest.mark.slow
+def test_a_sharded_checkpoint_resumes_bit_identically(eight_devices):
+    r = eight_devices["fsdp"]
+    assert r["loaded_step"] == 3
+    assert r["loaded_specs"] == r["placed"]  # loaded with the shardings of `like`
+    assert r["resumed_bit_identical"]
+
+
+@pytest.mark.slow
 def test_a_new_mesh_recompiles_once(eight_devices):
     r = eight_devices["fsdp"]
     assert r["misses_after_new_mesh"] == 2 and r["w_devices_after_new_mesh"] == 4
@@ -212,7 +233,7 @@ LAUNCHED = textwrap.dedent("""
     for strategy in ("data", "fsdp"):
         ts = luxc.distributed.shard(fresh(), mesh, strategy=strategy)
         for step in range(STEPS):
-            if sys.argv[1:] == ["die"] and rank == 1 and step == 1:
+            if sys.argv[1:2] == ["die"] and rank == 1 and step == 1:
                 print("DIES", time.time(), flush=True)
                 raise RuntimeError("this process dies")
             _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
@@ -220,9 +241,19 @@ LAUNCHED = textwrap.dedent("""
         from jax.experimental import multihost_utils
         full = multihost_utils.process_allgather(ts.parameters, tiled=True)
         w = ts.parameters["layer_1"]["weight"]
-        print("RESULT", json.dumps({"rank": rank, "strategy": strategy, "diff": max_diff(full),
+        local_shards = sorted({tuple(s.data.shape) for s in w.addressable_shards})
+        resumed = {}
+        if sys.argv[1:2] == ["checkpoint"] and strategy == "fsdp":
+            # every process saves and loads; process 0 writes the gathered state
+            luxc.save_state(sys.argv[2], ts)
+            loaded = luxc.load_state(sys.argv[2], like=luxc.distributed.shard(fresh(), mesh, strategy="fsdp"))
+            resumed = {"loaded_specs_equal": specs(loaded.parameters) == specs(ts.parameters)}
+            step = lambda t: luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, t, sync=True)[3]
+            a, b = [multihost_utils.process_allgather(t.parameters, tiled=True) for t in (step(ts), step(loaded))]
+            resumed["resumed_bit_identical"] = all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        print("RESULT", json.dumps({**resumed, "rank": rank, "strategy": strategy, "diff": max_diff(full),
                                     "processes": jax.process_count(), "devices": jax.device_count(),
-                                    "local_shards": sorted({tuple(s.data.shape) for s in w.addressable_shards})}))
+                                    "local_shards": local_shards}))
 """)
 
 
@@ -235,9 +266,17 @@ def _launch(tmp_path, *args, timeout=240):
                           env={**os.environ, "XLA_FLAGS": ""})
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Both strategies trained by 2 processes x 4 devices; the FSDP state saved and resumed."""
+    tmp_path = tmp_path_factory.mktemp("two")
+    path = tmp_path / "two.safetensors"
+    return path, _result(_launch(tmp_path, "checkpoint", str(path)))
+
+
 @pytest.mark.slow
-def test_two_processes_end_with_the_single_process_parameters(tmp_path):
-    results = _result(_launch(tmp_path))
+def test_two_processes_end_with_the_single_process_parameters(two_processes):
+    _, results = two_processes
     assert sorted((r["rank"], r["strategy"]) for r in results) == [
         (0, "data"), (0, "fsdp"), (1, "data"), (1, "fsdp")]
     for r in results:
@@ -245,6 +284,20 @@ def test_two_processes_end_with_the_single_process_parameters(tmp_path):
         assert r["diff"] < 1e-5
         # the (32, 4) weight: whole on each local device, or 4 of its 8 row blocks
         assert r["local_shards"] == ([[32, 4]] if r["strategy"] == "data" else [[4, 4]])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_two_processes_resumes_in_both_and_loads_in_one(two_processes):
+    path, results = two_processes
+    fsdp = [r for r in results if r["strategy"] == "fsdp"]
+    assert sorted(r["rank"] for r in fsdp) == [0, 1]
+    assert all(r["resumed_bit_identical"] and r["loaded_specs_equal"] for r in fsdp)
+    # The same file in this one-device process: the single-process reference parameters.
+    common: dict = {}
+    exec(COMMON, common)
+    loaded = luxc.load_state(path, like=common["fresh"]())
+    assert loaded.step == 3
+    assert common["max_diff"](loaded.parameters) < 1e-5
 
 
 @pytest.mark.slow
