@@ -325,3 +325,80 @@ def test_ctrl_c_stops_every_process(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# --- artefacts of a sharded step --------------------------------------------------------------
+
+FACTORY = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax, luxc
+    from luxc import nn
+
+    def factory():
+        model = nn.Chain(nn.Dense(4, 32, jax.nn.relu), nn.Dense(32, 8))
+        ps, st = luxc.setup(jax.random.key(0), model)
+        x = jax.random.normal(jax.random.key(1), (64, 4))
+        y = jax.nn.one_hot(jnp.arange(64) % 8, 8)
+        return luxc.MSELoss(), (x, y), luxc.TrainState(model, ps, st, optax.adam(1e-2))
+""")
+
+
+def _cli(*args, cwd, devices):
+    flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XLA_FLAGS": flags})
+
+
+def _losses(r: subprocess.CompletedProcess) -> list[float]:
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [float(line.split("loss")[1]) for line in r.stdout.splitlines() if line.startswith("step")]
+
+
+@pytest.fixture(scope="module")
+def artefacts(tmp_path_factory):
+    """The factory's step compiled on one device, and with --mesh data=8 --strategy fsdp."""
+    tmp = tmp_path_factory.mktemp("artefacts")
+    (tmp / "fac.py").write_text(FACTORY)
+    one = _cli("compile", "fac.py:factory", "--out", "one", cwd=tmp, devices=1)
+    sharded = _cli("compile", "fac.py:factory", "--out", "fsdp8", "--mesh", "data=8",
+                   "--strategy", "fsdp", cwd=tmp, devices=8)
+    assert one.returncode == 0 and sharded.returncode == 0, one.stderr + sharded.stderr
+    return tmp
+
+
+@pytest.mark.slow
+def test_inspect_shows_the_mesh_and_each_inputs_sharding(artefacts):
+    r = _cli("inspect", "fsdp8", cwd=artefacts, devices=1)
+    assert r.returncode == 0, r.stderr
+    assert "mesh        data=8" in r.stdout
+    assert "[0]['layer_2']['weight']: float32[8, 32] P(None, 'data')" in r.stdout
+    assert "[1][0].count: int32[] P()" in r.stdout
+    assert "data[0]: float32[64, 4] P('data',)" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_sharded_artefact_trains_like_the_one_device_artefact(artefacts):
+    one = _losses(_cli("run", "one", "--steps", "3", cwd=artefacts, devices=1))
+    sharded = _losses(_cli("run", "fsdp8", "--steps", "3", cwd=artefacts, devices=8))
+    assert len(one) == len(sharded) == 3
+    np.testing.assert_allclose(sharded, one, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_running_a_sharded_artefact_on_too_few_devices_says_what_it_needs(artefacts):
+    r = _cli("run", "fsdp8", "--steps", "1", cwd=artefacts, devices=2)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: ArtifactError: this artefact's step is sharded over 8 devices (--mesh data=8); "
+        "this machine has 2: on CPU run it with XLA_FLAGS=--xla_force_host_platform_device_count=8, "
+        "or compile it again without --mesh")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh, message", [
+    ("data=16", "--mesh data=16 needs 16 devices; this machine has 8"),
+    ("data", "--mesh takes AXIS=N (e.g. data=8); received 'data'"),
+])
+def test_compile_refuses_a_mesh_it_cannot_build(artefacts, mesh, message):
+    r = _cli("compile", "fac.py:factory", "--out", "bad", "--mesh", mesh, cwd=artefacts, devices=8)
+    assert r.returncode != 0 and message in r.stderr
