@@ -402,3 +402,13 @@ def test_running_a_sharded_artefact_on_too_few_devices_says_what_it_needs(artefa
 def test_compile_refuses_a_mesh_it_cannot_build(artefacts, mesh, message):
     r = _cli("compile", "fac.py:factory", "--out", "bad", "--mesh", mesh, cwd=artefacts, devices=8)
     assert r.returncode != 0 and message in r.stderr
+
+
+@pytest.mark.slow
+def test_the_example_runs_on_eight_devices_with_fsdp():
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "data_parallel.py")
+    r = subprocess.run([sys.executable, example, "--strategy", "fsdp", "--steps", "3"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, **EIGHT})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ("1 process(es), 8 devices, strategy fsdp: layer_2.weight (64, 64) held as 8 local "
+            "pieces of (8, 64); 2 hits, 1 misses") in r.stdout
