@@ -222,7 +222,6 @@ def test_a_new_mesh_recompiles_once(eight_devices):
 # --- 2 processes x 4 devices through luxc launch ----------------------------------------------
 
 LAUNCHED = textwrap.dedent("""
-    import time
     import luxc
     luxc.distributed.initialize()
 """) + COMMON + textwrap.dedent("""
@@ -232,10 +231,7 @@ LAUNCHED = textwrap.dedent("""
                                          y[rank * rows:(rank + 1) * rows]), mesh)
     for strategy in ("data", "fsdp"):
         ts = luxc.distributed.shard(fresh(), mesh, strategy=strategy)
-        for step in range(STEPS):
-            if sys.argv[1:2] == ["die"] and rank == 1 and step == 1:
-                print("DIES", time.time(), flush=True)
-                raise RuntimeError("this process dies")
+        for _ in range(STEPS):
             _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
                                                               sync=True)
         from jax.experimental import multihost_utils
@@ -300,9 +296,27 @@ def test_a_checkpoint_of_two_processes_resumes_in_both_and_loads_in_one(two_proc
     assert common["max_diff"](loaded.parameters) < 1e-5
 
 
+DIES = textwrap.dedent("""
+    import time
+    import luxc
+    luxc.distributed.initialize()
+    import jax, jax.numpy as jnp
+    from jax.experimental import multihost_utils
+    multihost_utils.process_allgather(jnp.ones(2))  # both processes are up and joined
+    if jax.process_index() == 1:
+        print("DIES", time.time(), flush=True)
+        raise RuntimeError("this process dies")
+    multihost_utils.process_allgather(jnp.ones(2))  # waits for process 1, which never comes
+    print("RESULT", flush=True)
+""")
+
+
 @pytest.mark.slow
 def test_a_dying_process_makes_launch_fail_fast_with_its_exit_code(tmp_path):
-    r = _launch(tmp_path, "die")
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "launch", "-n", "2", str(script)],
+                       capture_output=True, text=True, timeout=240, env={**os.environ, "XLA_FLAGS": ""})
     ended = time.time()
     assert r.returncode == 1, r.stderr[-2000:]
     died = float(r.stdout.split("[1] DIES", 1)[1].split()[0])
