@@ -41,7 +41,13 @@ from luxc.runtime.artifact_format import (
     Artifact,
     read_artifact,
 )
-from luxc.runtime.artifact_mesh import describe_inputs, input_shardings, mesh_of, put
+from luxc.runtime.artifact_mesh import (
+    describe_inputs,
+    input_shardings,
+    mesh_of,
+    needed_devices,
+    put,
+)
 from luxc.runtime.executable import compile_exported, export, module_text, rewrite
 from luxc.runtime.files import (
     ArtifactError,
@@ -378,8 +384,10 @@ def load(directory: str | Path) -> LoadedStep:
     if host not in manifest["platforms"]:
         raise ArtifactError(f"this artefact targets {', '.join(manifest['platforms'])} but this "
                             f"machine runs {host}; recompile it with --platform {host}")
+    needed_devices(manifest)  # before reading the module: say what this machine lacks
     if not artifact.signed_by_this_user:
-        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory))
+        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
+                        mesh=manifest.get("mesh"))
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"

@@ -40,23 +40,36 @@ def describe_inputs(args: Sequence[Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def _load_mesh(manifest: dict[str, Any], exported: jax_export.Exported) -> Mesh | None:
-    """The mesh to run a sharded artefact on (this machine's first devices), or ``None``."""
-    needed = exported.nr_devices
-    if needed == 1:
-        return None
+def needed_devices(manifest: dict[str, Any]) -> int:
+    """How many devices the manifest says the step runs on; raises ``ArtifactError`` saying
+    how to get them if this machine has fewer (checked before the module is even read)."""
     axes = manifest.get("mesh")
+    if axes is None:
+        return 1
     if not (isinstance(axes, dict) and axes and all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
-            for k, v in axes.items()) and int(np.prod(list(axes.values()))) == needed):
-        raise ArtifactError(f"the step runs on {needed} devices but the manifest's mesh "
-                            f"({str(axes)[:80]}) does not describe {needed} devices")
-    described = ",".join(f"{k}={v}" for k, v in axes.items())
+            for k, v in axes.items())):
+        raise ArtifactError(f"the manifest's mesh ({str(axes)[:80]}) is not a map of axis names "
+                            "to sizes")
+    needed = int(np.prod(list(axes.values())))
     if jax.device_count() < needed:
+        described = ",".join(f"{k}={v}" for k, v in axes.items())
         raise ArtifactError(
             f"this artefact's step is sharded over {needed} devices (--mesh {described}); this "
             f"machine has {jax.device_count()}: on CPU run it with XLA_FLAGS="
             f"--xla_force_host_platform_device_count={needed}, or compile it again without --mesh")
+    return needed
+
+
+def _load_mesh(manifest: dict[str, Any], exported: jax_export.Exported) -> Mesh | None:
+    """The mesh to run a sharded artefact on (this machine's first devices), or ``None``."""
+    needed = needed_devices(manifest)
+    if exported.nr_devices != needed:
+        raise ArtifactError(f"the step runs on {exported.nr_devices} devices but the manifest's "
+                            f"mesh describes {needed}")
+    if needed == 1:
+        return None
+    axes = manifest["mesh"]
     devices = np.array(jax.devices()[:needed]).reshape(tuple(axes.values()))
     return Mesh(devices, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 

@@ -4,6 +4,7 @@
 import doctest
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -396,6 +397,13 @@ def test_a_sharded_artefact_trains_like_the_one_device_artefact(artefacts):
     sharded = _losses(_cli("run", "fsdp8", "--steps", "3", cwd=artefacts, devices=8))
     assert len(one) == len(sharded) == 3
     np.testing.assert_allclose(sharded, one, rtol=1e-5)
+    # Without this user's signature: the module is checked in a child process on the same
+    # mesh, then compiled from its StableHLO instead of loading the executable.
+    shutil.copytree(artefacts / "fsdp8", artefacts / "unsigned")
+    (artefacts / "unsigned" / "manifest.sig").unlink()
+    r = _cli("run", "unsigned", "--steps", "3", cwd=artefacts, devices=8)
+    assert "compiled its StableHLO instead" in r.stderr
+    np.testing.assert_allclose(_losses(r), one, rtol=1e-5)
 
 
 @pytest.mark.slow
