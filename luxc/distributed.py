@@ -48,8 +48,8 @@ NUM_PROCESSES_ENV = "LUXC_NUM_PROCESSES"
 PROCESS_ID_ENV = "LUXC_PROCESS_ID"
 HEARTBEAT_ENV = "LUXC_HEARTBEAT_TIMEOUT_SECONDS"
 
-# Cluster managers jax detects by itself, each with the variable giving its process count.
-_CLUSTER_SIZE_ENV = {"SLURM_NTASKS": "SLURM", "OMPI_COMM_WORLD_SIZE": "Open MPI"}
+# The process count of the cluster managers jax detects by itself (SLURM, Open MPI).
+_CLUSTER_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def _env_int(name: str) -> int:
