@@ -386,8 +386,8 @@ def test_inspect_shows_the_mesh_and_each_inputs_sharding(artefacts):
     r = _cli("inspect", "fsdp8", cwd=artefacts, devices=1)
     assert r.returncode == 0, r.stderr
     assert "mesh        data=8" in r.stdout
-    assert "[0]['layer_2']['weight']: float32[8, 32] P(None, 'data')" in r.stdout
-    assert "[1][0].count: int32[] P()" in r.stdout
+    assert "parameters['layer_2']['weight']: float32[8, 32] P(None, 'data')" in r.stdout
+    assert "optimizer_state[0].count: int32[] P()" in r.stdout
     assert "data[0]: float32[64, 4] P('data',)" in r.stdout
 
 
@@ -411,7 +411,7 @@ def test_running_a_sharded_artefact_on_too_few_devices_says_what_it_needs(artefa
     r = _cli("run", "fsdp8", "--steps", "1", cwd=artefacts, devices=2)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == (
-        "Error: ArtifactError: this artefact's step is sharded over 8 devices (--mesh data=8); "
+        "Error: this artefact's step is sharded over 8 devices (--mesh data=8); "
         "this machine has 2: on CPU run it with XLA_FLAGS=--xla_force_host_platform_device_count=8, "
         "or compile it again without --mesh")
 
