@@ -5,6 +5,7 @@
     grads, loss, stats, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), (x, y), ts)
 """
 
+from luxc import distributed as distributed
 from luxc import nn as nn
 from luxc import ops as ops
 from luxc import passes as passes

@@ -7,6 +7,14 @@ SHA-256 covers that metadata and every tensor, so an edited step or a swapped le
 Loading reads the file once, checks it against the TrainState given as ``like`` leaf by leaf, and
 places the arrays like ``like``'s (same devices and shardings), so resuming gives the same
 training as an uninterrupted run. A checkpoint is data: loading one runs no code from it.
+
+Sharded state, in one process or many (``luxc.distributed``): process 0 writes the gathered
+state, in the same one-file format, and every process loads the whole file and keeps the pieces
+its devices hold. Chosen over one file per process (orbax's way) because a checkpoint then has
+one checksum covering everything and resumes on any number of processes, devices and shardings
+(2 processes x 4 devices, then 1 device); the price is that the whole state passes through
+process 0's host memory, which holds for the models luxc targets. Every process calls
+``save_state`` and ``load_state`` with the same path, on a file system they share.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from luxc.distributed import barrier, gather, put
 from luxc.runtime.files import (
     ArtifactError,
     read_regular,
@@ -68,12 +77,14 @@ def save_state(path: str | Path, ts: TrainState) -> None:
     """Write ``ts``'s parameters, states, optimiser state and step to ``path`` atomically."""
     ts.check_alive()
     names, leaves, _ = _leaves(ts)
-    arrays = [np.asarray(jax.device_get(x)) for x in leaves]
+    arrays = [gather(x) for x in leaves]
     description = json.dumps({"step": int(ts.step), "leaves": _describe(names, arrays)},
                              sort_keys=True)
     meta = {"format": _FORMAT, "contents": description,
             "sha256": _digest(description.encode(), arrays)}
-    write_atomic(path, tensor_bytes(arrays, meta))
+    if jax.process_index() == 0:
+        write_atomic(path, tensor_bytes(arrays, meta))
+    barrier(f"luxc.save_state {path}")  # no process reads the file before it is complete
 
 
 def _check_contents(path: Path, meta: dict[str, str], arrays: list[np.ndarray]) -> dict:
@@ -146,4 +157,4 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
 
 def _place(array: np.ndarray, like: Any) -> jax.Array:
     sharding = getattr(like, "sharding", None)
-    return jax.device_put(array, sharding) if sharding is not None else jax.numpy.asarray(array)
+    return put(array, sharding) if sharding is not None else jax.numpy.asarray(array)

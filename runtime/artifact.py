@@ -41,11 +41,17 @@ from luxc.runtime.artifact_format import (
     Artifact,
     read_artifact,
 )
+from luxc.runtime.artifact_mesh import (
+    describe_inputs,
+    input_shardings,
+    mesh_of,
+    needed_devices,
+    put,
+)
 from luxc.runtime.executable import compile_exported, export, module_text, rewrite
 from luxc.runtime.files import (
     ArtifactError,
     check_writable_directory,
-    describe,
     holds_only_luxc_files,
     json_bytes,
     parse_json,
@@ -148,7 +154,8 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "executable_key": executable_key,
         "layout": layout,
         "inputs": [{"name": name, **spec} for name, spec in
-                   zip([*layout["state_names"], *layout["data_names"]], describe(args))],
+                   zip([*layout["state_names"], *layout["data_names"]], describe_inputs(args))],
+        "mesh": mesh_of(args),
         "outputs": [{"name": name, "shape": list(a.shape), "dtype": str(a.dtype)}
                     for name, a in zip(_output_names(layout), optimized.out_avals)],
         "pass_report": [dataclasses.asdict(r) for r in records],
@@ -214,7 +221,8 @@ class LoadedStep(CompiledStages):
     """
 
     def __init__(self, artifact: Artifact, exported: jax_export.Exported,
-                 compiled: jax.stages.Compiled, executable_source: str, notes: list[str]):
+                 compiled: jax.stages.Compiled, executable_source: str, notes: list[str],
+                 shardings: Sequence[Any]):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
@@ -223,8 +231,9 @@ class LoadedStep(CompiledStages):
         n_state = self.layout["n_state"]
         state = _tensors(artifact, "state.safetensors", self.manifest["inputs"][:n_state])
         data = _tensors(artifact, "data.safetensors", self.manifest["inputs"][n_state:])
-        self.state = [jax.numpy.asarray(a) for a in state]
-        self.data = [jax.numpy.asarray(a) for a in data]
+        self._shardings = list(shardings)  # None for each input on one device
+        self.state = put(state, self._shardings[:n_state])
+        self.data = put(data, self._shardings[n_state:])
         self.step_count = int(self.layout["step"])
         self._scans: dict[int, Callable] = {}
 
@@ -248,12 +257,13 @@ class LoadedStep(CompiledStages):
         if len(data) != len(expected):
             raise ArtifactError(f"the step takes {len(expected)} data arrays; received {len(data)}")
         out = []
-        for name, x, spec in zip(self.layout["data_names"], data, expected):
+        for name, x, spec, sharding in zip(self.layout["data_names"], data, expected,
+                                           self._shardings[len(self.state):]):
             if list(np.shape(x)) != spec["shape"] or str(np.asarray(x).dtype) != spec["dtype"]:
                 raise ArtifactError(f"{name} has shape {list(np.shape(x))} and dtype "
                                     f"{np.asarray(x).dtype}; the step was compiled for shape "
                                     f"{spec['shape']} and dtype {spec['dtype']}")
-            out.append(jax.numpy.asarray(x))
+            out.extend(put([x], [sharding]))
         return out
 
     def __call__(self, state: Sequence[Any], data: Sequence[Any]):
@@ -358,16 +368,19 @@ def load(directory: str | Path) -> LoadedStep:
     if host not in manifest["platforms"]:
         raise ArtifactError(f"this artefact targets {', '.join(manifest['platforms'])} but this "
                             f"machine runs {host}; recompile it with --platform {host}")
+    needed_devices(manifest)  # before reading the module: say what this machine lacks
     if not artifact.signed_by_this_user:
-        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory))
+        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
+                        mesh=manifest.get("mesh"))
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
         raise ArtifactError(f"cannot read the StableHLO of {artifact.directory} with jaxlib "
                             f"{jaxlib.__version__} (built with jaxlib "
                             f"{manifest['versions']['jaxlib']}): {e}") from None
-    args = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"]))
-            for s in manifest["inputs"]]
+    shardings = input_shardings(manifest, exported)
+    args = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"]), sharding=sharding)
+            for s, sharding in zip(manifest["inputs"], shardings)]
     notes: list[str] = []
     cache = None
     if "executable.bin" not in artifact.files:
@@ -394,4 +407,4 @@ def load(directory: str | Path) -> LoadedStep:
     for note in notes:
         warnings.warn(note, stacklevel=2)
     source = "serialized executable" if loaded_executable else "compiled from StableHLO"
-    return LoadedStep(artifact, exported, compiled, source, notes)
+    return LoadedStep(artifact, exported, compiled, source, notes, shardings)

@@ -26,6 +26,7 @@ from luxc.runtime._jax_internal import (
     ir_context,
     stable_custom_call_targets,
 )
+from luxc.runtime.artifact_mesh import input_shardings
 from luxc.runtime.files import ArtifactError
 
 CHECK_SECONDS = 120
@@ -50,10 +51,13 @@ def custom_call_targets(exported) -> set[str]:
     return targets
 
 
-def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS) -> None:
-    """Parse, lower and check the custom calls of ``jaxexport`` in a child process."""
+def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS, *,
+                    mesh: dict[str, int] | None = None) -> None:
+    """Parse, lower and check the custom calls of ``jaxexport`` in a child process; a sharded
+    module is lowered on ``mesh`` (the manifest's, e.g. ``{"data": 8}``)."""
     try:
-        child = subprocess.run([sys.executable, "-m", "luxc.runtime.module_check"],
+        child = subprocess.run([sys.executable, "-m", "luxc.runtime.module_check",
+                                json.dumps(mesh)],
                                input=bytes(jaxexport), capture_output=True, timeout=timeout,
                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
     except subprocess.TimeoutExpired:
@@ -83,7 +87,10 @@ def _main() -> None:
     from jax import export as jax_export
 
     exported = jax_export.deserialize(bytearray(sys.stdin.buffer.read()))
-    jax.jit(exported.call).lower(*exported.in_avals)  # where fuzzed modules crashed or hung
+    shardings = input_shardings({"mesh": json.loads(sys.argv[1])}, exported)
+    args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+            for a, s in zip(exported.in_avals, shardings)]
+    jax.jit(exported.call).lower(*args)  # where fuzzed modules crashed or hung
     print(json.dumps(sorted(custom_call_targets(exported))))
 
 

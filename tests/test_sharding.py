@@ -44,28 +44,31 @@ def test_a_data_parallel_step_equals_the_single_device_one():
 
 LENET = textwrap.dedent("""
     import jax, jax.numpy as jnp, luxc
-    from jax.sharding import NamedSharding, PartitionSpec as P
     from luxc.examples.lenet import factory
     loss, (x, y), ts = factory(batch=16)
     _, l0, _, ref = luxc.training.single_train_step(luxc.AutoJAX(), loss, (x, y), ts)
     mesh = jax.make_mesh((8,), ("data",))
-    batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    ts = ts.replace(parameters=jax.device_put(ts.parameters, replicated),
-                    optimizer_state=jax.device_put(ts.optimizer_state, replicated))
-    data = (jax.device_put(x, batch), jax.device_put(y, batch))
-    cs = luxc.compile_step(loss, data, ts)
-    rewrites = sum(r.rewrites for r in cs.pass_report)
-    _, l1, _, out = cs(ts, data)
-    diff = max(float(jnp.max(jnp.abs(a - b)))
-               for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
-    print("RESULT", float(l0), float(l1), diff, rewrites)
+    for strategy in ("data", "fsdp"):
+        sharded = luxc.distributed.shard(ts, mesh, strategy=strategy)
+        data = luxc.distributed.shard_batch((x, y), mesh)
+        cs = luxc.compile_step(loss, data, sharded)
+        rewrites = sum(r.rewrites for r in cs.pass_report)
+        _, l1, _, out = cs(sharded, data)
+        diff = max(float(jnp.max(jnp.abs(a - b)))
+                   for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
+        kept = all(a.sharding == b.sharding for a, b in
+                   zip(jax.tree.leaves(sharded.parameters), jax.tree.leaves(out.parameters)))
+        print("RESULT", strategy, float(l0), float(l1), diff, rewrites, kept)
 """)
 
 
-def test_passes_rewrite_a_sharded_module_and_keep_the_numbers():
+def test_passes_rewrite_a_sharded_module_and_keep_the_numbers_and_shardings():
     r = run_python(LENET, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr[-2000:]
-    l0, l1, diff, rewrites = r.stdout.split("RESULT")[-1].split()
-    assert int(rewrites) == 4  # maxpool_grad_select ×2, conv_few_channels ×1, conv_input_grad_dot ×1
-    assert float(l0) == pytest.approx(float(l1), rel=1e-5)
-    assert float(diff) < 1e-5
+    rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("RESULT")]
+    assert [row[0] for row in rows] == ["data", "fsdp"]
+    for _, l0, l1, diff, rewrites, kept in rows:
+        assert int(rewrites) == 4  # maxpool_grad_select ×2, conv_few_channels ×1, conv_input_grad_dot ×1
+        assert float(l0) == pytest.approx(float(l1), rel=1e-5)
+        assert float(diff) < 1e-5
+        assert kept == "True"  # the rewritten step returns the parameters as it received them

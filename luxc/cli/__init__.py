@@ -8,10 +8,11 @@ from luxc.cli._common import CliError as CliError
 from luxc.cli._common import main as main
 from luxc.cli.compile_cmd import compile as _compile
 from luxc.cli.inspect_cmd import inspect as _inspect
+from luxc.cli.launch_cmd import launch as _launch
 from luxc.cli.misc_cmd import demo as _demo
 from luxc.cli.misc_cmd import list_passes as _list_passes
 from luxc.cli.profile_cmd import profile as _profile
 from luxc.cli.run_cmd import run as _run
 
-for _command in (_compile, _inspect, _run, _profile, _list_passes, _demo):
+for _command in (_compile, _inspect, _run, _profile, _list_passes, _demo, _launch):
     main.add_command(_command)

@@ -32,8 +32,16 @@ def inspect(directory, as_json):
     click.echo(f"platforms   {', '.join(manifest['platforms'])}; executable for "
                f"{manifest['executable_platform'] or 'none'}")
     click.echo(f"inputs      {layout['n_state']} state arrays, {layout['n_data']} data arrays")
-    for name, spec in zip(layout["data_names"], manifest["inputs"][layout["n_state"]:]):
-        click.echo(f"            {name}: {spec['dtype']}{spec['shape']}")
+    mesh = manifest.get("mesh")
+    sharded = isinstance(mesh, dict)
+    if sharded:  # every input, with its partition spec over the mesh
+        click.echo(f"mesh        {', '.join(f'{k}={v}' for k, v in mesh.items())}")
+        rows = zip(layout["state_names"] + layout["data_names"], manifest["inputs"])
+    else:
+        rows = zip(layout["data_names"], manifest["inputs"][layout["n_state"]:])
+    for name, spec in rows:
+        sharding = f" {spec.get('sharding', 'P()')}" if sharded else ""
+        click.echo(f"            {name}: {spec['dtype']}{spec['shape']}{sharding}")
     options = manifest["compile_options"]
     click.echo(f"options     passes={options['passes']} precision={options['precision']} "
                f"xla={options['xla_options'] or '{}'}")
