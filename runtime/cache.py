@@ -51,8 +51,11 @@ class CacheInfo:
     compile_seconds: float
 
     def __str__(self) -> str:
-        return (f"{self.hits} hits, {self.misses} misses, {self.entries} entries, "
-                f"{self.compile_seconds:.2f}s compiling")
+        def count(n: int, word: str, plural: str) -> str:
+            return f"{n} {word if n == 1 else plural}"
+
+        return (f"{count(self.hits, 'hit', 'hits')}, {count(self.misses, 'miss', 'misses')}, "
+                f"{count(self.entries, 'entry', 'entries')}, {self.compile_seconds:.2f}s compiling")
 
 
 @dataclass(frozen=True)

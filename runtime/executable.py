@@ -30,7 +30,8 @@ from luxc.runtime._jax_internal import (
     ir_context,
     serialize_module,
 )
-from luxc.runtime.options import DEFAULT, CompileOptions
+from luxc.runtime.module_ops import op_names
+from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
 
@@ -87,14 +88,19 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     """Compile ``exported`` for the local devices; return the executable and the seconds taken.
 
     The compile reads and writes ``cache`` (default: luxc's persistent cache, when enabled).
+    ``xla_options`` are added to luxc's platform defaults for this module
+    (:func:`luxc.runtime.options.platform_xla_options`); the caller's win.
 
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
     the input, never silently freed.
     """
     t0 = time.perf_counter()
+    options = {**platform_xla_options(jax.default_backend(),
+                                      op_names(exported.mlir_module_serialized)),
+               **(xla_options or {})}
     lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
     with persistent_cache.compiling(cache):
-        compiled = lowered.compile(compiler_options=dict(xla_options or {}) or None)
+        compiled = lowered.compile(compiler_options=options or None)
     seconds = time.perf_counter() - t0
     if donate_argnums:
         _check_donation(exported, args, donate_argnums, arg_names)

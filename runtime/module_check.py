@@ -21,13 +21,10 @@ import signal
 import subprocess
 import sys
 
-from luxc.runtime._jax_internal import (
-    deserialize_module,
-    ir_context,
-    stable_custom_call_targets,
-)
+from luxc.runtime._jax_internal import stable_custom_call_targets
 from luxc.runtime.artifact_mesh import input_shardings
 from luxc.runtime.files import ArtifactError
+from luxc.runtime.module_ops import walk
 
 CHECK_SECONDS = 120
 # Targets that hand control to another runtime's code are not data, whoever wrote them.
@@ -41,13 +38,8 @@ def custom_call_targets(exported) -> set[str]:
     def visit(op) -> None:
         if op.name == "stablehlo.custom_call":
             targets.add(str(op.attributes["call_target_name"]).strip('"'))
-        for region in op.regions:
-            for block in region:
-                for child in block:
-                    visit(child.operation)
 
-    with ir_context() as ctx:
-        visit(deserialize_module(exported.mlir_module_serialized, ctx).operation)
+    walk(exported.mlir_module_serialized, visit)
     return targets
 
 

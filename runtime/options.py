@@ -86,3 +86,18 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
         raise TypeError(f"compile_options must be a luxc.CompileOptions or None; "
                         f"received {type(options).__name__}")
     return options
+
+
+# XLA options luxc adds for a platform when the module has certain operations (a user's own
+# xla_options always win). Measured, same interleaved run (benchmarks/RESULTS.md and
+# benchmarks/README.md): on XLA:CPU, turning YNNPACK fusions off makes a convolutional step
+# (LeNet-5) 0.51-0.72x as long, while the MLP and Dice steps, which have no convolution, were
+# 1.12-1.25x slower with it: so it is chosen per module, by whether it convolves.
+_CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def platform_xla_options(platform: str, op_names: set[str]) -> dict[str, XlaValue]:
+    """The XLA options luxc sets by default for a module with operations ``op_names``."""
+    if platform == "cpu" and "stablehlo.convolution" in op_names:
+        return dict(_CPU_CONVOLUTION_OPTIONS)
+    return {}

@@ -381,3 +381,20 @@ def test_a_new_pytree_structure_is_explained_as_such():
     single_train_step(XLA, luxc.MSELoss(), [data[0], data[1]], ts)
     assert luxc.explain_recompiles(ts) == [
         "recompiling: the pytree structure of the arguments"]
+
+
+def test_cpu_default_xla_options_follow_what_the_module_contains():
+    # benchmarks/RESULTS.md: YNNPACK fusions off speed a convolutional step up and slow the
+    # others down, so luxc decides per module; the user's own option wins.
+    from jax import export as jax_export
+
+    from luxc.runtime.module_ops import op_names
+    from luxc.runtime.options import platform_xla_options
+
+    conv = jax_export.export(jax.jit(lambda x, w: jax.lax.conv(x, w, (1, 1), "VALID")))(
+        jnp.ones((1, 1, 8, 8)), jnp.ones((2, 1, 3, 3)))
+    dense = jax_export.export(jax.jit(lambda x, w: x @ w))(jnp.ones((4, 3)), jnp.ones((3, 2)))
+    assert platform_xla_options("cpu", op_names(conv.mlir_module_serialized)) == {
+        "xla_cpu_experimental_ynn_fusion_type": ""}
+    assert platform_xla_options("cpu", op_names(dense.mlir_module_serialized)) == {}
+    assert platform_xla_options("cuda", op_names(conv.mlir_module_serialized)) == {}

@@ -433,4 +433,4 @@ def test_the_example_runs_on_eight_devices_with_fsdp():
                        capture_output=True, text=True, timeout=300, env={**os.environ, **EIGHT})
     assert r.returncode == 0, r.stderr[-2000:]
     assert ("1 process(es), 8 devices, strategy fsdp: layer_2.weight (64, 64) held as 8 local "
-            "pieces of (8, 64); 2 hits, 1 misses") in r.stdout
+            "pieces of (8, 64); 2 hits, 1 miss") in r.stdout

@@ -50,3 +50,10 @@ def test_integer_labels_for_cross_entropy_hint_at_one_hot():
         luxc.CrossEntropyLoss()(y_pred, jnp.array([0, 1, 2, 0]))
     with pytest.raises(ValueError, match=r"differ$"):  # floats of another shape: no guess
         luxc.CrossEntropyLoss()(y_pred, jnp.zeros((4,)))
+
+
+def test_cache_info_reads_as_english():
+    from luxc.runtime import CacheInfo
+
+    assert str(CacheInfo(1, 1, 1, 0.5)) == "1 hit, 1 miss, 1 entry, 0.50s compiling"
+    assert str(CacheInfo(499, 2, 2, 1.0)).startswith("499 hits, 2 misses, 2 entries")
