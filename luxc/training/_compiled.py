@@ -80,30 +80,32 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, donate: bool, return
         args = (ts._parameters, ts._optimizer_state, ts.states, data)
     else:
         args, return_gradients = (ts._parameters, ts.states, data), False
+    out = _dispatch(ts, kind, obj_fn, ts.model, args, return_gradients, donate, compile_options,
+                    caller, data)
+    if sync:
+        jax.block_until_ready(out)
+    return _results(kind, obj_fn, ts, out, steps)
+
+
+def _dispatch(ts: TrainState, kind: str, obj_fn: Any, model: Any, args: tuple,
+              return_gradients: bool, donate: bool, compile_options: CompileOptions | None,
+              caller: str, data: Any) -> Any:
+    """Run ``args`` through ``ts``'s cache; a donated input used again is luxc's error."""
     try:
-        out = compiler.run(ts.cache, kind, obj_fn, ts.model, ts.optimizer, args, make_step,
+        out = compiler.run(ts.cache, kind, obj_fn, model, ts.optimizer, args, make_step,
                            return_gradients, donate, compile_options, caller)
     except (ValueError, RuntimeError) as e:
         _raise_if_consumed(ts, data, caller, e)
         raise
     if donate:
         ts.consume(caller, ts.step)
-    if sync:
-        jax.block_until_ready(out)
-    return _results(kind, obj_fn, ts, out, steps)
+    return out
 
 
 def update(ts: TrainState, grads: Any, *, donate: bool, caller: str) -> TrainState:
     """The optimiser's update of ``ts`` by ``grads``, as an ordinary cache entry."""
     args = (ts._parameters, ts._optimizer_state, grads)
-    try:
-        ps, opt_state = compiler.run(ts.cache, "update", None, None, ts.optimizer, args, make_step,
-                                     False, donate, None, caller)
-    except (ValueError, RuntimeError) as e:
-        _raise_if_consumed(ts, grads, caller, e)
-        raise
-    if donate:
-        ts.consume(caller, ts.step)
+    ps, opt_state = _dispatch(ts, "update", None, None, args, False, donate, None, caller, grads)
     return ts._derive({"parameters": ps, "optimizer_state": opt_state, "step": ts.step + 1})
 
 
