@@ -260,6 +260,7 @@ def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
         luxc.load(art)
 
 
+@pytest.mark.filterwarnings("ignore:did not load the artefact's executable")
 def test_state_tensors_that_disagree_with_the_manifest_are_refused(art):
     state = files.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
     _replace_file(art, "state.safetensors", state)
