@@ -27,6 +27,13 @@ _CONV_PASSES = ["conv_input_grad_dot", "conv_weight_grad_dot"]
 # YNNPACK fusions XLA:CPU may form: only dots (and the element-wise ops around them).
 _YNN_DOTS = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 
+
+def _toggled(name: str) -> list[str]:
+    """The CPU default pipeline with pass ``name`` added, or taken out if it is in it."""
+    default = list(luxc.passes.default_pipeline("cpu"))
+    return [p for p in default if p != name] if name in default else [*default, name]
+
+
 # workload -> label -> CompileOptions arguments. "default" is what a user gets.
 ABLATIONS: dict[str, dict[str, dict]] = {
     "lenet": {
@@ -36,6 +43,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "+ conv_weight_grad_dot": {"passes": ["maxpool_grad_select", "conv_few_channels",
                                               *_CONV_PASSES]},
         "default, no YNN fusions": {"xla_options": {_YNN: ""}},
+        "default, dot_flatten toggled": {"passes": _toggled("dot_flatten")},
         "default, YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
         "+ conv_weight_grad_dot, no YNN fusions": {
             "passes": ["maxpool_grad_select", "conv_few_channels", *_CONV_PASSES],
@@ -48,9 +56,11 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
+        "dot_flatten toggled": {"passes": _toggled("dot_flatten")},
     },
     "dice": {
         "default": {},
+        "dot_flatten toggled": {"passes": _toggled("dot_flatten")},
         "fuse_loss_reductions": {"passes": ["fuse_loss_reductions"]},
         "fuse_loss_reductions + no fusion emitters": {
             "passes": ["fuse_loss_reductions"], "xla_options": {"xla_cpu_use_fusion_emitters": False}},

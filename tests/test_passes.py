@@ -124,13 +124,13 @@ def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
                            "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
-                           "dot_swap_operands"}
+                           "dot_flatten", "dot_swap_operands"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
 def test_default_pipeline_only_has_passes_measured_faster_there():
     assert passes.default_pipeline("cpu") == ("maxpool_grad_select", "conv_few_channels",
-                                              "conv_input_grad_dot")
+                                              "conv_input_grad_dot", "dot_flatten")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
@@ -139,7 +139,7 @@ def test_resolve_names_and_keywords():
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
     with pytest.raises(ValueError, match="available passes are maxpool_grad_select, conv_few_channels, conv_input_grad_dot, "
-                       "conv_weight_grad_dot, dot_swap_operands, fuse_rsqrt"):
+                       "conv_weight_grad_dot, dot_flatten, dot_swap_operands, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
 
@@ -275,7 +275,8 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
         results[name] = cs(ts, data)
         if name == "default":
             assert {r.name: r.rewrites for r in cs.pass_report} == {
-                "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_input_grad_dot": 1}
+                "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_input_grad_dot": 1,
+                "dot_flatten": 1}
     (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)

@@ -43,32 +43,47 @@ def test_a_data_parallel_step_equals_the_single_device_one():
 
 
 LENET = textwrap.dedent("""
-    import jax, jax.numpy as jnp, luxc
+    import jax, jax.numpy as jnp, optax, luxc
+    from luxc import nn
     from luxc.examples.lenet import factory
-    loss, (x, y), ts = factory(batch=16)
-    _, l0, _, ref = luxc.training.single_train_step(luxc.AutoJAX(), loss, (x, y), ts)
+
+    def sequence_model(batch):  # Dense layers on (batch, tokens, features): dot_flatten's case
+        model = nn.Chain(nn.LayerNorm(8), nn.Dense(8, 16, jax.nn.gelu), nn.Dense(16, 8))
+        ps, st = luxc.setup(jax.random.key(0), model)
+        x = jax.random.normal(jax.random.key(1), (batch, 6, 8))
+        return luxc.MSELoss(), (x, jnp.tanh(x)), luxc.TrainState(model, ps, st, optax.adam(1e-2))
+
     mesh = jax.make_mesh((8,), ("data",))
-    for strategy in ("data", "fsdp"):
-        sharded = luxc.distributed.shard(ts, mesh, strategy=strategy)
-        data = luxc.distributed.shard_batch((x, y), mesh)
-        cs = luxc.compile_step(loss, data, sharded)
-        rewrites = sum(r.rewrites for r in cs.pass_report)
-        _, l1, _, out = cs(sharded, data)
-        diff = max(float(jnp.max(jnp.abs(a - b)))
-                   for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
-        kept = all(a.sharding == b.sharding for a, b in
-                   zip(jax.tree.leaves(sharded.parameters), jax.tree.leaves(out.parameters)))
-        print("RESULT", strategy, float(l0), float(l1), diff, rewrites, kept)
+    for name, make in (("lenet", factory), ("sequence", sequence_model)):
+        loss, (x, y), ts = make(16)
+        _, l0, _, ref = luxc.training.single_train_step(luxc.AutoJAX(), loss, (x, y), ts)
+        for strategy in ("data", "fsdp"):
+            sharded = luxc.distributed.shard(ts, mesh, strategy=strategy)
+            data = luxc.distributed.shard_batch((x, y), mesh)
+            cs = luxc.compile_step(loss, data, sharded)
+            rewrites = {r.name: r.rewrites for r in cs.pass_report if r.rewrites}
+            _, l1, _, out = cs(sharded, data)
+            diff = max(float(jnp.max(jnp.abs(a - b)))
+                       for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
+            kept = all(a.sharding == b.sharding for a, b in
+                       zip(jax.tree.leaves(sharded.parameters), jax.tree.leaves(out.parameters)))
+            print("RESULT", name, strategy, float(l0), float(l1), diff,
+                  ",".join(f"{k}={v}" for k, v in rewrites.items()), kept)
 """)
+
+REWRITES = {
+    "lenet": "maxpool_grad_select=2,conv_few_channels=1,conv_input_grad_dot=1,dot_flatten=1",
+    "sequence": "dot_flatten=6",  # two layers: forward, input and weight gradient each
+}
 
 
 def test_passes_rewrite_a_sharded_module_and_keep_the_numbers_and_shardings():
     r = run_python(LENET, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("RESULT")]
-    assert [row[0] for row in rows] == ["data", "fsdp"]
-    for _, l0, l1, diff, rewrites, kept in rows:
-        assert int(rewrites) == 4  # maxpool_grad_select ×2, conv_few_channels ×1, conv_input_grad_dot ×1
+    assert [row[:2] for row in rows] == [[m, s] for m in REWRITES for s in ("data", "fsdp")]
+    for name, _, l0, l1, diff, rewrites, kept in rows:
+        assert rewrites == REWRITES[name]
         assert float(l0) == pytest.approx(float(l1), rel=1e-5)
         assert float(diff) < 1e-5
         assert kept == "True"  # the rewritten step returns the parameters as it received them
