@@ -148,8 +148,9 @@ def chart(cases: list[Case], names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write(run: Run, cases: list[Case], out_dir: str) -> Path:
-    """Write ``RESULTS.md`` and ``results.png`` (if matplotlib is installed) into ``out_dir``."""
+def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -> Path:
+    """Write ``RESULTS.md`` and ``results.png`` (if matplotlib is installed) into ``out_dir``;
+    ``several`` (``train_steps_`` beside one step a call) get a section of their own."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(n for c in cases for n in c.timings))
@@ -177,6 +178,12 @@ def write(run: Run, cases: list[Case], out_dir: str) -> Path:
               "(tracing, compiling and one step; torch eager has nothing to compile)."]
     for case in cases:
         lines += _detail(case)
+    if several:
+        lines += ["", "## Several steps per call", "",
+                  "`train_steps_` runs 8 steps (a `lax.scan` over 8 batches) in one compiled call; "
+                  "its time is per training step, in the same interleaved rounds as one step a call."]
+        for case in several:
+            lines += _detail(case)
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     return path

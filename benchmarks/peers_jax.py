@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 import luxc
-from luxc.training import single_train_step_
+from luxc.training import single_train_step_, train_steps_
 
 try:
     from benchmarks import workloads as wl
@@ -35,6 +35,22 @@ def luxc_step(work: wl.Workload, x, y, options: luxc.CompileOptions | None = Non
                                                     return_gradients=False, compile_options=options)
         return out
 
+    return step
+
+
+def luxc_steps(work: wl.Workload, x, y, k: int = 8) -> Step:
+    """``train_steps_``: ``k`` steps in one compiled call, on ``k`` copies of the batch (the
+    step's ``steps_per_call`` tells the timer to count each call as ``k`` steps)."""
+    model = work.model()
+    ps, st = luxc.setup(jax.random.key(0), model)
+    state = {"ts": luxc.TrainState(model, ps, st, optax.adam(1e-3))}
+    loss, batches = work.loss(), (jnp.stack([x] * k), jnp.stack([y] * k))
+
+    def step():
+        _, losses, _, state["ts"] = train_steps_(luxc.AutoXLA(), loss, batches, state["ts"])
+        return losses
+
+    step.steps_per_call = k
     return step
 
 

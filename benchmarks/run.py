@@ -40,6 +40,7 @@ except ImportError:  # run as a script from benchmarks/
 LUXC = "luxc AutoXLA"
 LUXC_NO_PASSES = "luxc, passes=none"
 LUXC_NO_YNN = "luxc, no YNN fusions"
+LUXC_STEPS = "luxc train_steps_, 8 steps a call"
 # XLA:CPU's YNNPACK fusions off: the largest lever measured on the CNN (benchmarks/README.md).
 _NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -63,15 +64,16 @@ def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps
     """Build, warm and time every variant of ``work`` (``makers``: name -> ``make(work, x, y)``
     returning a step), print and return its :class:`_report.Case`."""
     x, y = work.data()
-    first, runs = {}, {}
+    first, runs, per_call = {}, {}, {}
     for name, make in makers.items():
         step = make(work, x, y)
+        per_call[name] = getattr(step, "steps_per_call", 1)  # train_steps_: k steps a call
         t0 = time.perf_counter()
         step().block_until_ready()
         first[name] = time.perf_counter() - t0
         runs[name] = steps(step, n_steps)
         runs[name]()  # warm: a full sample's worth
-    per_step = {k: [t / n_steps for t in v] for k, v in samples(runs, rounds, 1).items()}
+    per_step = {k: [t / (n_steps * per_call[k]) for t in v] for k, v in samples(runs, rounds, 1).items()}
     case = _report.Case(work.label, title or work.title, n_steps, {
         k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()})
     print(_report.case_lines(case), flush=True)
@@ -99,7 +101,12 @@ def main(argv: list[str] | None = None) -> None:
                             rounds, skipped)
     makers = {name: PEERS[name][1] for name in names}
     cases = [measure(w, makers, rounds, w.quick_steps if args.quick else w.steps) for w in chosen]
-    path = _report.write(run.finish(), cases, args.out)
+    # Several steps per compiled call, beside one: where dispatch or per-call allocation counts.
+    several = [measure(w, {LUXC: PEERS[LUXC][1], LUXC_STEPS: peers_jax.luxc_steps,
+                           "jax.jit+optax": PEERS["jax.jit+optax"][1]},
+                       rounds, w.quick_steps if args.quick else w.steps, f"{w.title}: {LUXC_STEPS}")
+               for w in chosen if w.key in ("tiny", "transformer")]
+    path = _report.write(run.finish(), cases, args.out, several)
     print(f"wrote {path} and its chart")
 
 

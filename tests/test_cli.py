@@ -225,15 +225,37 @@ def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
              cwd=workdir)
     assert r.returncode == 0, r.stderr
     for word in ("cold", "warm (persistent cache)", "median", "min", "max", "over 5 steps",
-                 "steps/s", "peak memory", "GFLOP/s"):
+                 "steps/s", "peak memory", "page faults", "/step", "GFLOP/s"):
         assert word in r.stdout
     assert "batch          8 (leading axis of data[0])" in r.stdout  # the factory's x is (8, 3)
     assert "passes         maxpool_grad_select (0 rewrites)" in r.stdout
     rows = [line for line in r.stdout.splitlines()
-            if line.split()[0] in ("compile", "step", "throughput", "peak", "achieved")]
-    assert len(rows) == 5
+            if line.split()[0] in ("compile", "step", "throughput", "peak", "page", "achieved")]
+    assert len(rows) == 6
     assert {len(line[:25].rstrip()) for line in rows} == {25}  # every number ends in one column
     assert any((tmp_path / "trace").rglob("*.xplane.pb"))
+
+
+def test_profile_counts_the_pages_a_step_maps_anew():
+    """The page-fault row is measured, not estimated: a "step" that writes a fresh 80 MB buffer
+    (glibc maps it anew, as XLA's large temporaries) faults in ~20k pages per call."""
+    import ctypes
+
+    from luxc.cli.profile_cmd import _timed
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def fresh_buffer(n=80_000_000):  # malloc'd, written, freed: no caching allocator between
+        p = libc.malloc(n)
+        ctypes.memset(p, 1, n)
+        libc.free(p)
+
+    _, faults = _timed(fresh_buffer, 5, None)
+    assert faults > 15_000
+    _, faults = _timed(lambda: None, 5, None)
+    assert faults < 256
 
 
 def test_passes_lists_every_pass(workdir):

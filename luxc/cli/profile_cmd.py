@@ -34,6 +34,33 @@ def _passes(report: list[tuple[str, int]]) -> str:
     return ", ".join(f"{name} ({n} rewrite{'' if n == 1 else 's'})" for name, n in report) or "none"
 
 
+def _minor_faults() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(one, steps: int, trace: str | None) -> tuple[list[float], float | None]:
+    """Call ``one()`` (one synchronous step) ``steps`` times, inside a profiler trace when asked;
+    returns each call's wall time and the minor page faults per step."""
+    import contextlib
+
+    import jax
+
+    times = []
+    with jax.profiler.trace(trace) if trace else contextlib.nullcontext():
+        faults = _minor_faults()
+        for _ in range(steps):
+            t = time.perf_counter()
+            one()
+            times.append(time.perf_counter() - t)
+        if faults is not None:
+            faults = (_minor_faults() - faults) / steps
+    return times, faults
+
+
 def _profile_spec(spec, steps, options, trace):
     import tempfile
 
@@ -55,26 +82,16 @@ def _profile_spec(spec, steps, options, trace):
         t0 = time.perf_counter()
         luxc.compile_step(obj, data, ts_warm, compile_options=options, donate=True)
         warm = time.perf_counter() - t0
-    times = []
+    state = {"ts": ts}
 
-    def one(ts):
-        t = time.perf_counter()
-        _, _, _, ts = cs(ts, data, sync=True)
-        times.append(time.perf_counter() - t)
-        return ts
+    def one():
+        _, _, _, state["ts"] = cs(state["ts"], data, sync=True)
 
-    ts = one(ts)  # the first call also allocates: not a step time
-    times.clear()
-    if trace:
-        with jax.profiler.trace(trace):
-            for _ in range(steps):
-                ts = one(ts)
-    else:
-        for _ in range(steps):
-            ts = one(ts)
+    one()  # the first call also allocates: not a step time
+    times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(jax.tree.leaves(data)),
              "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report])}
-    return cold, warm, times, cs.cost_analysis(), cs.memory_stats(), facts
+    return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
 def _profile_dir(directory, steps, trace):
@@ -83,25 +100,18 @@ def _profile_dir(directory, steps, trace):
     t0 = time.perf_counter()
     loaded = load_artifact(directory)
     cold = time.perf_counter() - t0
-    state, data, times = loaded.state, loaded.data, []
-    state, _, _ = loaded(state, data)
-    jax.block_until_ready(state)
-    ctx = jax.profiler.trace(trace) if trace else None
-    if ctx:
-        ctx.__enter__()
-    try:
-        for _ in range(steps):
-            t = time.perf_counter()
-            state, loss, _ = loaded(state, data)
-            jax.block_until_ready(loss)
-            times.append(time.perf_counter() - t)
-    finally:
-        if ctx:
-            ctx.__exit__(None, None, None)
+    state, data = {"state": loaded.state}, loaded.data
+
+    def one():
+        state["state"], loss, _ = loaded(state["state"], data)
+        jax.block_until_ready(loss)
+
+    one()
+    times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
              "passes": _passes([(r["name"], r["rewrites"]) for r in loaded.pass_report]),
              "executable": loaded.executable_source}
-    return cold, None, times, loaded.cost_analysis(), loaded.memory_stats(), facts
+    return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
 
 
 @click.command()
@@ -116,18 +126,18 @@ def profile(target, steps, trace, passes, precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
-    steps, steps/s, XLA's peak memory and the achieved FLOP/s, with the batch size and the
-    passes the step was compiled with.
+    steps, steps/s, XLA's peak memory, the minor page faults per step and the achieved FLOP/s,
+    with the batch size and the passes the step was compiled with.
     """
     if trace:
         from luxc.runtime.files import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
-        cold, warm, times, cost, mem, facts = _profile_dir(target, steps, trace)
+        cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace)
         what = "load + compile"
     else:
-        cold, warm, times, cost, mem, facts = _profile_spec(
+        cold, warm, (times, faults), cost, mem, facts = _profile_spec(
             target, steps, compile_options(passes, precision, xla_option), trace)
         what = "compile"
     median = statistics.median(times)
@@ -142,6 +152,12 @@ def profile(target, steps, trace, passes, precision, xla_option):
     value, _, unit = format_bytes(peak_bytes(mem)).partition(" ")
     click.echo(_row("peak memory", value, unit,
                     "XLA buffers: arguments + outputs - aliased + temporaries"))
+    if faults is not None:
+        # A step whose temporaries glibc maps anew on every call (over 64 MiB from XLA's worker
+        # threads) shows here as ~one fault per 4 KiB page; README "Host memory" says what to do.
+        click.echo(_row("page faults", f"{faults:,.0f}", "/step",
+                        f"minor; ~{faults * 4 / 1024:,.0f} MiB of pages mapped anew per step"
+                        if faults >= 256 else "minor"))
     flops = (cost or {}).get("flops")
     if flops:
         click.echo(_row("achieved", f"{flops / median / 1e9:.2f}", "GFLOP/s",
