@@ -23,6 +23,7 @@ except ImportError:  # run as a script from benchmarks/
     from run import measure
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
+_HEAP = "xla_multiheap_size_constraint_per_heap"
 _CONV_PASSES = ["conv_input_grad_dot", "conv_weight_grad_dot"]
 # YNNPACK fusions XLA:CPU may form: only dots (and the element-wise ops around them).
 _YNN_DOTS = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
@@ -57,6 +58,8 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
         "dot_flatten toggled": {"passes": _toggled("dot_flatten")},
+        "temporaries in one heap (XLA's default)": {"xla_options": {_HEAP: -1}},
+        "temporaries in 32 MiB heaps": {"xla_options": {_HEAP: 32 << 20}},
     },
     "dice": {
         "default": {},

@@ -30,7 +30,7 @@ from luxc.runtime._jax_internal import (
     ir_context,
     serialize_module,
 )
-from luxc.runtime.module_ops import op_names
+from luxc.runtime.module_ops import summary
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
@@ -95,8 +95,7 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     the input, never silently freed.
     """
     t0 = time.perf_counter()
-    options = {**platform_xla_options(jax.default_backend(),
-                                      op_names(exported.mlir_module_serialized)),
+    options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized)),
                **(xla_options or {})}
     lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
     with persistent_cache.compiling(cache):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from jaxlib.mlir import ir
 
@@ -24,8 +26,36 @@ def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
         recurse(deserialize_module(serialized, ctx).operation)
 
 
-def op_names(serialized: bytes) -> set[str]:
-    """The names of the operations in ``serialized`` (``"stablehlo.convolution"`` …)."""
+@dataclass(frozen=True)
+class ModuleSummary:
+    """What luxc's per-module XLA defaults look at: the operations a module uses and the bytes
+    of its largest statically shaped tensor (an upper bound on any one buffer XLA allocates
+    for it)."""
+
+    op_names: frozenset[str]
+    largest_tensor_bytes: int
+
+
+def _tensor_bytes(value_type: ir.Type) -> int:
+    if not isinstance(value_type, ir.RankedTensorType) or not value_type.has_static_shape:
+        return 0
+    element, parts = value_type.element_type, 1
+    if isinstance(element, ir.ComplexType):
+        element, parts = element.element_type, 2
+    bits = getattr(element, "width", 64)  # a type of unknown width counts as 8 bytes
+    return math.prod(value_type.shape) * parts * max(1, bits // 8)
+
+
+def summary(serialized: bytes) -> ModuleSummary:
+    """The :class:`ModuleSummary` of ``serialized``."""
     names: set[str] = set()
-    walk(serialized, lambda op: names.add(op.name))
-    return names
+    largest = 0
+
+    def visit(op: ir.Operation) -> None:
+        nonlocal largest
+        names.add(op.name)
+        for result in op.results:
+            largest = max(largest, _tensor_bytes(result.type))
+
+    walk(serialized, visit)
+    return ModuleSummary(frozenset(names), largest)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from luxc.passes import resolve
+from luxc.runtime.module_ops import ModuleSummary
 
 Precision = Literal["default", "high", "highest"]
 _PRECISIONS = ("default", "high", "highest")
@@ -88,16 +89,30 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
     return options
 
 
-# XLA options luxc adds for a platform when the module has certain operations (a user's own
-# xla_options always win). Measured, same interleaved run (benchmarks/RESULTS.md and
-# benchmarks/README.md): on XLA:CPU, turning YNNPACK fusions off makes a convolutional step
-# (LeNet-5) 0.51-0.72x as long, while the MLP and Dice steps, which have no convolution, were
-# 1.12-1.25x slower with it: so it is chosen per module, by whether it convolves.
+# XLA options luxc adds for a platform, from what the module holds (a user's own xla_options
+# always win). Each measured in the same interleaved run (benchmarks/README.md):
+#
+# * YNNPACK fusions off where the module convolves: a convolutional step (LeNet-5) became
+#   0.51-0.72x as long, while the MLP and Dice steps, which have no convolution, were
+#   1.12-1.25x slower with it.
+# * Temporaries in heaps of at most 16 MiB (XLA's multiheap buffer assignment): XLA:CPU
+#   allocates a step's temporaries afresh on every call, from one of its worker threads; glibc
+#   serves a single block over 64 MiB from a thread with a new mmap, so every page of it faults
+#   in again each step (~19k faults on the transformer block). Blocks of 16 MiB are reused from
+#   the thread's heap: that step went 0.91x (four paired processes), 0.955x (interleaved), with
+#   4-7k fewer faults. Only a module whose temporaries exceed 16 MiB is split at all. The limit
+#   is raised to the module's largest tensor, which XLA cannot split (it warns otherwise).
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_CPU_HEAP_BYTES = 16 << 20
+_HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"
 
 
-def platform_xla_options(platform: str, op_names: set[str]) -> dict[str, XlaValue]:
-    """The XLA options luxc sets by default for a module with operations ``op_names``."""
-    if platform == "cpu" and "stablehlo.convolution" in op_names:
-        return dict(_CPU_CONVOLUTION_OPTIONS)
-    return {}
+def platform_xla_options(platform: str, module: ModuleSummary) -> dict[str, XlaValue]:
+    """The XLA options luxc sets by default on ``platform`` for a module (its
+    :class:`~luxc.runtime.module_ops.ModuleSummary`)."""
+    if platform != "cpu":
+        return {}
+    options: dict[str, XlaValue] = {_HEAP_OPTION: max(_CPU_HEAP_BYTES, module.largest_tensor_bytes)}
+    if "stablehlo.convolution" in module.op_names:
+        options.update(_CPU_CONVOLUTION_OPTIONS)
+    return options

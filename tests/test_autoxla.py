@@ -1,5 +1,6 @@
 """AutoXLA: the compiled step equals the eager one, and the cache behaves as documented."""
 
+import textwrap
 import warnings
 
 import jax
@@ -11,6 +12,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import compute_gradients, compute_objective, single_train_step, single_train_step_
+from tests.conftest import run_python
 
 XLA, EAGER = luxc.AutoXLA(), luxc.AutoJAX()
 
@@ -284,8 +286,8 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
                      "03-conv_input_grad_dot.mlir", "04-conv_weight_grad_dot.mlir",
-                     "05-dot_swap_operands.mlir", "06-fuse_rsqrt.mlir", "07-fuse_loss_reductions.mlir",
-                     "99-xla-optimized.hlo.txt"]
+                     "05-dot_flatten.mlir", "06-dot_swap_operands.mlir", "07-fuse_rsqrt.mlir",
+                     "08-fuse_loss_reductions.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():
@@ -384,17 +386,41 @@ def test_a_new_pytree_structure_is_explained_as_such():
 
 
 def test_cpu_default_xla_options_follow_what_the_module_contains():
-    # benchmarks/RESULTS.md: YNNPACK fusions off speed a convolutional step up and slow the
-    # others down, so luxc decides per module; the user's own option wins.
+    # benchmarks/README.md: YNNPACK fusions off speed a convolutional step up and slow the
+    # others down, so luxc decides per module; temporaries go in heaps of at most 16 MiB, or of
+    # the module's largest tensor when that is bigger; the user's own option wins.
     from jax import export as jax_export
 
-    from luxc.runtime.module_ops import op_names
+    from luxc.runtime.module_ops import summary
     from luxc.runtime.options import platform_xla_options
 
     conv = jax_export.export(jax.jit(lambda x, w: jax.lax.conv(x, w, (1, 1), "VALID")))(
         jnp.ones((1, 1, 8, 8)), jnp.ones((2, 1, 3, 3)))
     dense = jax_export.export(jax.jit(lambda x, w: x @ w))(jnp.ones((4, 3)), jnp.ones((3, 2)))
-    assert platform_xla_options("cpu", op_names(conv.mlir_module_serialized)) == {
-        "xla_cpu_experimental_ynn_fusion_type": ""}
-    assert platform_xla_options("cpu", op_names(dense.mlir_module_serialized)) == {}
-    assert platform_xla_options("cuda", op_names(conv.mlir_module_serialized)) == {}
+    big = jax_export.export(jax.jit(lambda x: jnp.outer(x, x).astype(jnp.complex64)))(jnp.ones(3000))
+    heap = "xla_multiheap_size_constraint_per_heap"
+    assert summary(big.mlir_module_serialized).largest_tensor_bytes == 3000 * 3000 * 8
+    assert platform_xla_options("cpu", summary(conv.mlir_module_serialized)) == {
+        "xla_cpu_experimental_ynn_fusion_type": "", heap: 16 << 20}
+    assert platform_xla_options("cpu", summary(dense.mlir_module_serialized)) == {heap: 16 << 20}
+    assert platform_xla_options("cpu", summary(big.mlir_module_serialized)) == {heap: 3000 * 3000 * 8}
+    assert platform_xla_options("cuda", summary(conv.mlir_module_serialized)) == {}
+
+
+def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_warnings():
+    # XLA logs a warning for each buffer larger than its per-heap limit: luxc raises the limit.
+    script = textwrap.dedent("""
+        import jax, optax, luxc
+        from luxc import nn
+        model = nn.Dense(1024, 4096)  # a (2048, 4096) f32 output: 32 MiB
+        ps, st = luxc.setup(jax.random.key(0), model)
+        ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+        x = jax.random.normal(jax.random.key(1), (2048, 1024))
+        data = (x, jax.numpy.zeros((2048, 4096)))
+        _, loss, _, _ = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        print("LOSS", float(loss))
+    """)
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "LOSS" in r.stdout
+    assert "per-heap size limit" not in r.stderr
