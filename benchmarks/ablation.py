@@ -59,7 +59,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
         "dot_flatten toggled": {"passes": _toggled("dot_flatten")},
         "temporaries in one heap (XLA's default)": {"xla_options": {_HEAP: -1}},
-        "temporaries in 32 MiB heaps": {"xla_options": {_HEAP: 32 << 20}},
+        "temporaries in 16 MiB heaps": {"xla_options": {_HEAP: 16 << 20}},
     },
     "dice": {
         "default": {},
