@@ -108,6 +108,7 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"
+_INT32_MAX = 2**31 - 1
 
 
 def platform_xla_options(platform: str, module: ModuleSummary) -> dict[str, XlaValue]:
@@ -115,7 +116,10 @@ def platform_xla_options(platform: str, module: ModuleSummary) -> dict[str, XlaV
     :class:`~luxc.runtime.module_ops.ModuleSummary`)."""
     if platform != "cpu":
         return {}
-    options: dict[str, XlaValue] = {_HEAP_OPTION: max(_CPU_HEAP_BYTES, module.largest_tensor_bytes)}
+    options: dict[str, XlaValue] = {}
+    heap = max(_CPU_HEAP_BYTES, module.largest_tensor_bytes)
+    if heap <= _INT32_MAX:  # XLA reads the limit as an int32; beyond it, XLA's one heap
+        options[_HEAP_OPTION] = heap
     if "stablehlo.convolution" in module.op_names:
         options.update(_CPU_CONVOLUTION_OPTIONS)
     return options

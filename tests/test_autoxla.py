@@ -391,7 +391,7 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     # the module's largest tensor when that is bigger; the user's own option wins.
     from jax import export as jax_export
 
-    from luxc.runtime.module_ops import summary
+    from luxc.runtime.module_ops import ModuleSummary, summary
     from luxc.runtime.options import platform_xla_options
 
     conv = jax_export.export(jax.jit(lambda x, w: jax.lax.conv(x, w, (1, 1), "VALID")))(
@@ -405,6 +405,11 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     assert platform_xla_options("cpu", summary(dense.mlir_module_serialized)) == {heap: 30 << 20}
     assert platform_xla_options("cpu", summary(big.mlir_module_serialized)) == {heap: 3000 * 3000 * 8}
     assert platform_xla_options("cuda", summary(conv.mlir_module_serialized)) == {}
+    # XLA takes the limit as an int32: a module with a 3 GB tensor keeps XLA's one heap.
+    huge = ModuleSummary(frozenset({"stablehlo.dot_general"}), 3 * 10**9)
+    assert platform_xla_options("cpu", huge) == {}
+    options = platform_xla_options("cpu", ModuleSummary(frozenset(), 2**31 - 1))
+    jax.jit(lambda x: x * 2).lower(jnp.ones(4)).compile(compiler_options=options)  # accepted
 
 
 def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_warnings():
