@@ -29,8 +29,9 @@ def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
 @dataclass(frozen=True)
 class ModuleSummary:
     """What luxc's per-module XLA defaults look at: the operations a module uses and the bytes
-    of its largest statically shaped tensor (an upper bound on any one buffer XLA allocates
-    for it)."""
+    of its largest statically shaped tensor, a float narrower than 32 bits counted as 4 bytes
+    (an upper bound on any one buffer XLA allocates for it: XLA:CPU computes bfloat16, float16
+    and float8 matrix products in float32 and keeps that product as a temporary)."""
 
     op_names: frozenset[str]
     largest_tensor_bytes: int
@@ -43,6 +44,8 @@ def _tensor_bytes(value_type: ir.Type) -> int:
     if isinstance(element, ir.ComplexType):
         element, parts = element.element_type, 2
     bits = getattr(element, "width", 64)  # a type of unknown width counts as 8 bytes
+    if isinstance(element, ir.FloatType):
+        bits = max(bits, 32)
     return math.prod(value_type.shape) * parts * max(1, bits // 8)
 
 

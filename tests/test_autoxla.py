@@ -412,6 +412,13 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     jax.jit(lambda x: x * 2).lower(jnp.ones(4)).compile(compiler_options=options)  # accepted
 
 
+def _assert_steps_without_heap_warnings(script: str) -> None:
+    r = run_python(script)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "LOSS" in r.stdout
+    assert "per-heap size limit" not in r.stderr
+
+
 def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_warnings():
     # XLA logs a warning for each buffer larger than its per-heap limit: luxc raises the limit.
     script = textwrap.dedent("""
@@ -425,7 +432,23 @@ def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_wa
         _, loss, _, _ = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
         print("LOSS", float(loss))
     """)
-    r = run_python(script)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "LOSS" in r.stdout
-    assert "per-heap size limit" not in r.stderr
+    _assert_steps_without_heap_warnings(script)
+
+
+def test_a_bfloat16_step_compiles_without_xla_heap_warnings():
+    # XLA:CPU computes a bfloat16 matrix product in float32 and keeps that float32 product as
+    # a temporary, twice the bytes of any tensor of the module: the heap limit must cover it.
+    script = textwrap.dedent("""
+        import jax, optax, luxc
+        import jax.numpy as jnp
+        from luxc import nn
+        bf16 = jnp.bfloat16
+        model = nn.Chain(nn.Dense(64, 16384, dtype=bf16), nn.Dense(16384, 1, dtype=bf16))
+        ps, st = luxc.setup(jax.random.key(0), model)
+        ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+        x = jax.random.normal(jax.random.key(1), (1024, 64), bf16)  # hidden (1024, 16384): 32 MiB
+        data = (x, jnp.zeros((1024, 1), bf16))
+        _, loss, _, _ = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        print("LOSS", float(loss))
+    """)
+    _assert_steps_without_heap_warnings(script)
