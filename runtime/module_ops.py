@@ -31,7 +31,8 @@ class ModuleSummary:
     """What luxc's per-module XLA defaults look at: the operations a module uses and the bytes
     of its largest statically shaped tensor, a float narrower than 32 bits counted as 4 bytes
     (an upper bound on any one buffer XLA allocates for it: XLA:CPU computes bfloat16, float16
-    and float8 matrix products in float32 and keeps that product as a temporary)."""
+    and float8 matrix products, sorts and cumulative sums in float32 and keeps the float32
+    result as a temporary)."""
 
     op_names: frozenset[str]
     largest_tensor_bytes: int

@@ -406,6 +406,10 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     assert platform_xla_options("cpu", summary(big.mlir_module_serialized)) == {heap: 3000 * 3000 * 8}
     assert platform_xla_options("cuda", summary(conv.mlir_module_serialized)) == {}
     # XLA takes the limit as an int32: a module with a 3 GB tensor keeps XLA's one heap.
+    # XLA:CPU sorts bfloat16 in float32: a (64, 2**18) bfloat16 sort keeps a 64 MiB temporary.
+    sort = jax_export.export(jax.jit(lambda x: jnp.sort(x, axis=1)))(
+        jax.ShapeDtypeStruct((64, 2**18), jnp.bfloat16))
+    assert platform_xla_options("cpu", summary(sort.mlir_module_serialized)) == {heap: 64 << 20}
     huge = ModuleSummary(frozenset({"stablehlo.dot_general"}), 3 * 10**9)
     assert platform_xla_options("cpu", huge) == {}
     options = platform_xla_options("cpu", ModuleSummary(frozenset(), 2**31 - 1))
