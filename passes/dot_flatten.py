@@ -17,6 +17,12 @@ same products ``lhs[..., k] · rhs[k, ...]`` over the same index set, and the re
 holds each sum where the original ``dot_general`` put it. (XLA fixes no order of summation
 within a dot either way, so the last bits may differ as between any two dot kernels.)
 
+Under sharding: merging (batch, tokens) into one axis is free when only the batch is split
+over devices, but when tokens (or features) are split the partitioner cannot keep the merged
+axis split and gathers the activations. luxc's default pipeline therefore leaves this pass out
+when an argument of rank ≥ 3 is split along an inner axis (``runtime/options.py``); an explicit
+pass list still runs it.
+
 Matched: no batch axes, no ``algorithm`` attribute, static shapes, and on each operand the
 contracted axes are its leading or its trailing axes, listed in increasing order, while some
 operand has more than one free or more than one contracted axis.

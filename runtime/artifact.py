@@ -29,7 +29,6 @@ import jaxlib
 import numpy as np
 from jax import export as jax_export
 
-from luxc.passes import resolve
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import (
     ARTIFACT_FILES,
@@ -74,9 +73,9 @@ def _versions() -> dict[str, str]:
     return {"luxc": version("luxc"), "jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
 
-def _pipeline(options: CompileOptions, platforms: Sequence[str]) -> tuple[str, ...]:
+def _pipeline(options: CompileOptions, platforms: Sequence[str], args: Sequence[Any]) -> tuple[str, ...]:
     # One module serves every target: keep only the passes each target's pipeline has.
-    per_platform = [resolve(options.passes, p) for p in platforms]
+    per_platform = [options.pass_names(p, args) for p in platforms]
     return tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
 
 
@@ -125,7 +124,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     args = [*state, *data]
     t0 = time.perf_counter()
     traced = export(step, args, platforms=list(platforms), precision=options.precision)
-    optimized, records = rewrite(traced, _pipeline(options, platforms), options.dump_dir)
+    optimized, records = rewrite(traced, _pipeline(options, platforms, args), options.dump_dir)
     trace_seconds = time.perf_counter() - t0
     files: dict[str, bytes] = {
         "step.jaxexport": bytes(optimized.serialize()),

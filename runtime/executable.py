@@ -160,7 +160,7 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     platform = platform or jax.default_backend()
     t0 = time.perf_counter()
     traced = export(fn, args, precision=options.precision)
-    optimized, records = rewrite(traced, options.pass_names(platform), options.dump_dir)
+    optimized, records = rewrite(traced, options.pass_names(platform, args), options.dump_dir)
     trace_seconds = time.perf_counter() - t0
     compiled, seconds = compile_exported(
         optimized, args, donate_argnums=donate_argnums,

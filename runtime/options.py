@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import jax
 
 from luxc.passes import resolve
 from luxc.runtime.module_ops import ModuleSummary
@@ -72,11 +74,33 @@ class CompileOptions:
         object.__setattr__(self, "precision", precision)
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
 
-    def pass_names(self, platform: str) -> tuple[str, ...]:
-        return resolve(self.passes, platform)
+    def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
+        """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline
+        leaves out what their shardings make slower (:func:`splits_an_inner_axis`)."""
+        names = resolve(self.passes, platform)
+        if self.passes == "default" and splits_an_inner_axis(args):
+            # dot_flatten merges (batch, tokens) into one axis; when an axis after the first is
+            # split over devices (tokens, or features under model parallelism), the partitioner
+            # cannot keep the merged axis split and gathers the activations on every device
+            # (same values, several all-gathers more per step). Leading-axis data parallelism
+            # and FSDP's 2-D weights are unaffected.
+            names = tuple(n for n in names if n != "dot_flatten")
+        return names
 
 
 DEFAULT = CompileOptions()
+
+
+def splits_an_inner_axis(args: Sequence[Any]) -> bool:
+    """Whether some array of rank ≥ 3 among ``args`` (any pytree) is split over devices along
+    an axis other than its first."""
+    for leaf in jax.tree.leaves(args):
+        sharding, shape = getattr(leaf, "sharding", None), getattr(leaf, "shape", ())
+        if sharding is None or len(shape) < 3:
+            continue
+        if tuple(sharding.shard_shape(tuple(shape)))[1:] != tuple(shape)[1:]:
+            return True
+    return False
 
 
 def normalise(options: CompileOptions | None) -> CompileOptions:

@@ -69,11 +69,34 @@ LENET = textwrap.dedent("""
                        zip(jax.tree.leaves(sharded.parameters), jax.tree.leaves(out.parameters)))
             print("RESULT", name, strategy, float(l0), float(l1), diff,
                   ",".join(f"{k}={v}" for k, v in rewrites.items()), kept)
+
+    # Tokens split over the devices (sequence parallelism): the default pipeline leaves out
+    # dot_flatten, which would merge the split axis into the batch and gather the activations.
+    import re
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    loss, (x, y), ts = sequence_model(4)
+    x = jax.random.normal(jax.random.key(1), (4, 64, 8))
+    _, l0, _, ref = luxc.training.single_train_step(luxc.AutoJAX(), loss, (x, jnp.tanh(x)), ts)
+    auto = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    ts = luxc.distributed.shard(ts, auto, strategy="data")
+    data = jax.device_put((x, jnp.tanh(x)), NamedSharding(auto, P(None, "data")))
+    cs = luxc.compile_step(loss, data, ts)
+    names = [r.name for r in cs.pass_report]
+    gathers = len(re.findall(" all-gather(?:-start)?[(]", cs.as_text("hlo")))
+    _, l1, _, out = cs(ts, data)
+    diff = max(float(jnp.max(jnp.abs(a - b)))
+               for a, b in zip(jax.tree.leaves(ref.parameters), jax.tree.leaves(out.parameters)))
+    print("TOKENS", "dot_flatten" in names, gathers, float(l0), float(l1), diff)
 """)
 
+_LENET = "maxpool_grad_select=2,conv_few_channels=1,conv_input_grad_dot=1"
 REWRITES = {
-    "lenet": "maxpool_grad_select=2,conv_few_channels=1,conv_input_grad_dot=1,dot_flatten=1",
-    "sequence": "dot_flatten=6",  # two layers: forward, input and weight gradient each
+    ("lenet", "data"): _LENET + ",dot_flatten=1",
+    # FSDP splits the convolution kernels along an inner axis, which takes dot_flatten out of
+    # the default pipeline (runtime/options.py, splits_an_inner_axis).
+    ("lenet", "fsdp"): _LENET,
+    ("sequence", "data"): "dot_flatten=6",  # two layers: forward, input and weight gradient each
+    ("sequence", "fsdp"): "dot_flatten=6",  # its weights are matrices: nothing split inside
 }
 
 
@@ -81,9 +104,14 @@ def test_passes_rewrite_a_sharded_module_and_keep_the_numbers_and_shardings():
     r = run_python(LENET, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("RESULT")]
-    assert [row[:2] for row in rows] == [[m, s] for m in REWRITES for s in ("data", "fsdp")]
-    for name, _, l0, l1, diff, rewrites, kept in rows:
-        assert rewrites == REWRITES[name]
+    assert [tuple(row[:2]) for row in rows] == list(REWRITES)
+    for name, strategy, l0, l1, diff, rewrites, kept in rows:
+        assert rewrites == REWRITES[name, strategy]
         assert float(l0) == pytest.approx(float(l1), rel=1e-5)
         assert float(diff) < 1e-5
         assert kept == "True"  # the rewritten step returns the parameters as it received them
+    (tokens,) = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("TOKENS")]
+    in_pipeline, gathers, l0, l1, diff = tokens
+    assert in_pipeline == "False" and int(gathers) == 0  # activations stay split by tokens
+    assert float(l0) == pytest.approx(float(l1), rel=1e-5)
+    assert float(diff) < 1e-5
