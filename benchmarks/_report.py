@@ -181,7 +181,8 @@ def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -
     if several:
         lines += ["", "## Several steps per call", "",
                   "`train_steps_` runs 8 steps (a `lax.scan` over 8 batches) in one compiled call; "
-                  "its time is per training step, in the same interleaved rounds as one step a call."]
+                  "its time is per training step, in the same interleaved rounds as one step a "
+                  "call (its *first call* compiles and runs 8 steps)."]
         for case in several:
             lines += _detail(case)
     path = out / "RESULTS.md"

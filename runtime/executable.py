@@ -95,7 +95,9 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     the input, never silently freed.
     """
     t0 = time.perf_counter()
-    options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized)),
+    serializable = cache is not None or persistent_cache.active() is not None
+    options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized),
+                                      serializable=serializable),
                **(xla_options or {})}
     lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
     with persistent_cache.compiling(cache):

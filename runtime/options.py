@@ -128,21 +128,27 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 #   heap 73.9-77.6 ms (18.8k faults), 16 MiB heaps 57.9-71.2, 30 MiB heaps 58.1-59.8 ms
 #   (0-5k faults); 30 MiB beat 16 MiB in 6 of 7 pairs, tied in one. Only a module whose temporaries exceed
 #   30 MiB is split at all. The limit is raised to the module's largest tensor, which XLA
-#   cannot split (it logs a warning otherwise).
+#   cannot split (it logs a warning otherwise). Executables that are written out keep one heap
+#   (see platform_xla_options).
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"
 _INT32_MAX = 2**31 - 1
 
 
-def platform_xla_options(platform: str, module: ModuleSummary) -> dict[str, XlaValue]:
+def platform_xla_options(platform: str, module: ModuleSummary, *,
+                         serializable: bool = False) -> dict[str, XlaValue]:
     """The XLA options luxc sets by default on ``platform`` for a module (its
-    :class:`~luxc.runtime.module_ops.ModuleSummary`)."""
+    :class:`~luxc.runtime.module_ops.ModuleSummary`); ``serializable``: the executable will be
+    written out (an artefact, the persistent cache)."""
     if platform != "cpu":
         return {}
     options: dict[str, XlaValue] = {}
     heap = max(_CPU_HEAP_BYTES, module.largest_tensor_bytes)
-    if heap <= _INT32_MAX:  # XLA reads the limit as an int32; beyond it, XLA's one heap
+    # XLA reads the limit as an int32 (beyond it: XLA's one heap), and XLA:CPU cannot serialize
+    # an executable whose temporaries span several buffers ("Multiple temp buffer allocations
+    # found"): an artefact or a persistent-cache entry keeps the one heap.
+    if heap <= _INT32_MAX and not serializable:
         options[_HEAP_OPTION] = heap
     if "stablehlo.convolution" in module.op_names:
         options.update(_CPU_CONVOLUTION_OPTIONS)

@@ -405,6 +405,8 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     assert platform_xla_options("cpu", summary(dense.mlir_module_serialized)) == {heap: 30 << 20}
     assert platform_xla_options("cpu", summary(big.mlir_module_serialized)) == {heap: 3000 * 3000 * 8}
     assert platform_xla_options("cuda", summary(conv.mlir_module_serialized)) == {}
+    # An executable that will be written out keeps one heap: XLA:CPU serializes no other.
+    assert platform_xla_options("cpu", summary(dense.mlir_module_serialized), serializable=True) == {}
     # XLA takes the limit as an int32: a module with a 3 GB tensor keeps XLA's one heap.
     # XLA:CPU sorts bfloat16 in float32: a (64, 2**18) bfloat16 sort keeps a 64 MiB temporary.
     sort = jax_export.export(jax.jit(lambda x: jnp.sort(x, axis=1)))(
@@ -421,6 +423,7 @@ def _assert_steps_without_heap_warnings(script: str) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "LOSS" in r.stdout
     assert "per-heap size limit" not in r.stderr
+    assert "Error writing persistent compilation cache entry" not in r.stderr
 
 
 def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_warnings():
@@ -437,6 +440,27 @@ def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_wa
         print("LOSS", float(loss))
     """)
     _assert_steps_without_heap_warnings(script)
+
+
+def test_a_step_with_large_temporaries_is_still_cached_and_exported_with_its_executable(tmp_path):
+    # Over 30 MiB of temporaries: training splits them into heaps, which XLA:CPU cannot
+    # serialize; the persistent cache and an artefact get the one-heap executable instead.
+    script = textwrap.dedent(f"""
+        import jax, optax, luxc
+        from luxc import nn
+        model = nn.Chain(nn.Dense(64, 4096, jax.nn.relu), nn.Dense(4096, 4096, jax.nn.relu),
+                         nn.Dense(4096, 64))  # (2048, 4096) f32 activations: 32 MiB each
+        ps, st = luxc.setup(jax.random.key(0), model)
+        ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+        x = jax.random.normal(jax.random.key(1), (2048, 64))
+        luxc.runtime.persistent_cache.enable({str(tmp_path / "cache")!r})
+        _, loss, _, _ = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), (x, x), ts)
+        luxc.export_step(luxc.MSELoss(), (x, x), ts, {str(tmp_path / "step.luxc")!r})
+        print("LOSS", float(loss))
+    """)
+    _assert_steps_without_heap_warnings(script)
+    assert len(list((tmp_path / "cache").glob("*.luxc-xla"))) == 1
+    assert (tmp_path / "step.luxc" / "executable.bin").is_file()
 
 
 def test_a_bfloat16_step_compiles_without_xla_heap_warnings():

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import click
 
+try:
+    import resource
+except ImportError:  # not on Windows: no page-fault row there
+    resource = None
+
 from luxc.cli._common import (
     call_factory,
     compile_options,
@@ -35,11 +40,7 @@ def _passes(report: list[tuple[str, int]]) -> str:
 
 
 def _minor_faults() -> int | None:
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _timed(one, steps: int, trace: str | None) -> tuple[list[float], float | None]:
@@ -70,17 +71,20 @@ def _profile_spec(spec, steps, options, trace):
     from luxc.runtime import persistent_cache
 
     obj, data, ts = call_factory(spec)
-    # Cold and warm compiles in a cache of its own: the user's cache is neither read, written
-    # nor reconfigured.
+    # The timed step is compiled as training compiles it: without a persistent cache (whose
+    # entries keep XLA:CPU's one heap of temporaries, runtime/options.py).
+    t0 = time.perf_counter()
+    cs = luxc.compile_step(obj, data, ts, compile_options=options, donate=True)
+    cold = time.perf_counter() - t0
+    # The warm compile loads from a cache of its own, written just before: the user's cache is
+    # neither read, written nor reconfigured.
     with tempfile.TemporaryDirectory(prefix="luxc-profile-cache-") as cache_dir, \
             persistent_cache.using(cache_dir):
-        t0 = time.perf_counter()
-        cs = luxc.compile_step(obj, data, ts, compile_options=options, donate=True)
-        cold = time.perf_counter() - t0
+        fresh = [ts.replace(cache=luxc.runtime.ExecutableCache()) for _ in range(2)]
+        luxc.compile_step(obj, data, fresh[0], compile_options=options, donate=True)
         jax.clear_caches()
-        ts_warm = ts.replace(cache=luxc.runtime.ExecutableCache())
         t0 = time.perf_counter()
-        luxc.compile_step(obj, data, ts_warm, compile_options=options, donate=True)
+        luxc.compile_step(obj, data, fresh[1], compile_options=options, donate=True)
         warm = time.perf_counter() - t0
     state = {"ts": ts}
 
@@ -154,10 +158,11 @@ def profile(target, steps, trace, passes, precision, xla_option):
                     "XLA buffers: arguments + outputs - aliased + temporaries"))
     if faults is not None:
         # A step whose temporaries glibc maps anew on every call (over 64 MiB from XLA's worker
-        # threads) shows here as ~one fault per 4 KiB page; README "Host memory" says what to do.
+        # threads) shows here as ~one fault per base page; README "Host memory" says what to do.
+        mib = faults * (resource.getpagesize() if resource else 4096) / 2**20
         click.echo(_row("page faults", f"{faults:,.0f}", "/step",
-                        f"minor; ~{faults * 4 / 1024:,.0f} MiB of pages mapped anew per step"
-                        if faults >= 256 else "minor"))
+                        f"minor; ~{mib:,.0f} MiB of pages mapped anew per step (at the base page "
+                        "size)" if faults >= 256 else "minor"))
     flops = (cost or {}).get("flops")
     if flops:
         click.echo(_row("achieved", f"{flops / median / 1e9:.2f}", "GFLOP/s",
