@@ -5,7 +5,7 @@ comma-separated string), and XLA option dicts compare in any order."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -76,16 +76,11 @@ class CompileOptions:
 
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline
-        leaves out what their shardings make slower (:func:`splits_an_inner_axis`)."""
+        leaves out the passes their layout makes slower (``_DEFAULT_UNLESS``)."""
         names = resolve(self.passes, platform)
-        if self.passes == "default" and splits_an_inner_axis(args):
-            # dot_flatten merges (batch, tokens) into one axis; when an axis after the first is
-            # split over devices (tokens, or features under model parallelism), the partitioner
-            # cannot keep the merged axis split and gathers the activations on every device
-            # (same values, several all-gathers more per step). Leading-axis data parallelism
-            # and FSDP's 2-D weights are unaffected.
-            names = tuple(n for n in names if n != "dot_flatten")
-        return names
+        if self.passes != "default":
+            return names  # a pipeline the user named runs as named
+        return tuple(n for n in names if n not in _DEFAULT_UNLESS or not _DEFAULT_UNLESS[n](args))
 
 
 DEFAULT = CompileOptions()
@@ -101,6 +96,16 @@ def splits_an_inner_axis(args: Sequence[Any]) -> bool:
         if tuple(sharding.shard_shape(tuple(shape)))[1:] != tuple(shape)[1:]:
             return True
     return False
+
+
+# Default passes left out for a step whose arguments make them slower (a pass named by the user
+# always runs). dot_flatten merges (batch, tokens) into one axis; when an axis after the first is
+# split over devices (tokens, or features under model parallelism), the partitioner cannot keep
+# the merged axis split and gathers the activations on every device (same values, two more
+# all-gathers a step on a token-split sequence model). Leading-axis data parallelism and FSDP's
+# matrices are unaffected; FSDP-split convolution kernels count too (LeNet's one rewrite there
+# was neutral).
+_DEFAULT_UNLESS: dict[str, Callable[[Sequence[Any]], bool]] = {"dot_flatten": splits_an_inner_axis}
 
 
 def normalise(options: CompileOptions | None) -> CompileOptions:
@@ -126,10 +131,10 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 #   Blocks of at most 30 MiB raise glibc's own mmap threshold once freed, and are then reused
 #   from the thread's heap. Transformer step, separate processes, 50 steps each, last 20: one
 #   heap 73.9-77.6 ms (18.8k faults), 16 MiB heaps 57.9-71.2, 30 MiB heaps 58.1-59.8 ms
-#   (0-5k faults); 30 MiB beat 16 MiB in 6 of 7 pairs, tied in one. Only a module whose temporaries exceed
-#   30 MiB is split at all. The limit is raised to the module's largest tensor, which XLA
-#   cannot split (it logs a warning otherwise). Executables that are written out keep one heap
-#   (see platform_xla_options).
+#   (0-5k faults); 30 MiB beat 16 MiB in 6 of 7 pairs, tied in one. Only a module whose
+#   temporaries exceed 30 MiB is split at all. The limit is raised to the module's largest
+#   tensor, which XLA cannot split (it logs a warning otherwise). Executables that are written
+#   out keep one heap (see platform_xla_options).
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"
