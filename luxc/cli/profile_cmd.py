@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -46,8 +47,6 @@ def _minor_faults() -> int | None:
 def _timed(one, steps: int, trace: str | None) -> tuple[list[float], float | None]:
     """Call ``one()`` (one synchronous step) ``steps`` times, inside a profiler trace when asked;
     returns each call's wall time and the minor page faults per step."""
-    import contextlib
-
     import jax
 
     times = []
