@@ -120,8 +120,13 @@ def _distance(a: tuple[ProgramKey, Signature], b: tuple[ProgramKey, Signature]) 
 def _change(part: str, a: Any, b: Any) -> str:
     if dataclasses.is_dataclass(a) and type(a) is type(b) and part == "compile_options":
         fields = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
-        return "; ".join(f"compile options: {f} {getattr(a, f)!r} -> {getattr(b, f)!r}" for f in fields)
+        return "; ".join(f"compile options: {_FIELD_WORDS.get(f, f)} {getattr(a, f)!r} -> "
+                         f"{getattr(b, f)!r}" for f in fields)
     return f"{_PROGRAM_PARTS[part]}: {_short(a)} -> {_short(b)}"
+
+
+# Compile-option fields named in words in a recompile reason.
+_FIELD_WORDS = {"mixed_precision": "mixed precision"}
 
 
 def _short(obj: Any) -> str:

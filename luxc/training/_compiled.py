@@ -17,6 +17,7 @@ from luxc.runtime.cache import CacheEntry
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training import _step
+from luxc.training._mixed_precision import apply_policy
 from luxc.training._state import ConsumedStateError, TrainState
 
 
@@ -27,8 +28,10 @@ def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
 
 
 def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
-              return_gradients: bool) -> Callable:
-    """The pure step a kind of call compiles (called on a cache miss only)."""
+              return_gradients: bool, options: CompileOptions) -> Callable:
+    """The pure step a kind of call compiles (called on a cache miss only); the objective
+    sees the model under ``options.mixed_precision``'s policy."""
+    model = apply_policy(model, options.mixed_precision)
     if kind == "train":
         return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
     if kind == "train_steps":
