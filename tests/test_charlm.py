@@ -48,3 +48,16 @@ def test_quick_run_learns_and_resumes_exactly(tmp_path, capsys):
     with pytest.raises(SystemExit, match="dim: 32 -> 48"):
         charlm.train(charlm.parse_args(["--quick", "--dim", "48"])[0], tmp_path / "b",
                      resume=True, log=lambda line: None)
+
+
+@pytest.mark.slow
+def test_quick_run_in_bf16_and_with_a_tied_head(tmp_path):
+    cfg, _ = charlm.parse_args(["--quick", "--bf16"])
+    ts, history, corpus = charlm.train(cfg, tmp_path / "bf16", log=lambda line: None)
+    assert history.val_bpc[-1] < charlm.unigram_bits(corpus.train, len(corpus.chars)) - 0.3
+    # Master weights stay float32 under mixed precision.
+    assert ts.parameters["head"]["weight"].dtype == np.float32
+    cfg, _ = charlm.parse_args(["--quick", "--tied"])
+    ts, history, _ = charlm.train(cfg, tmp_path / "tied", log=lambda line: None)
+    assert "head" not in ts.parameters  # the head is the transposed token embedding
+    assert history.val_bpc[-1] < history.val_bpc[0] - 0.2
