@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.checkpoint import statics
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.training import _step
@@ -87,6 +88,8 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState):
                         *_paths(ts.optimizer_state, "optimizer_state"), *_paths(ts.states, "states")],
         "data_names": _paths(data, "data"),
         "n_stats": len(stats_shape),
+        "statics": statics({"parameters": ts.parameters, "states": ts.states,
+                            "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),
         "model": ts.model.summary(),
         "objective": describe_objective(obj_fn),
