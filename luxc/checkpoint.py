@@ -29,6 +29,7 @@ import numpy as np
 
 from luxc.distributed import barrier, gather, put
 from luxc.nn._core import Val
+from luxc.runtime.atomic_write import write_atomic
 from luxc.runtime.checkpoint_format import (
     checkpoint_bytes,
     describe,
@@ -38,7 +39,8 @@ from luxc.runtime.checkpoint_format import (
     static_value,
 )
 from luxc.runtime.checkpoint_format import digest as _digest  # noqa: F401 - tests recompute it
-from luxc.runtime.files import ArtifactError, write_atomic
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.leaf_names import argument_leaf_name
 from luxc.training._state import TrainState
 
 
@@ -48,7 +50,7 @@ def _parts(ts: TrainState) -> dict[str, Any]:
 
 
 def _name(path: tuple) -> str:
-    return f"{path[0].key}{jax.tree_util.keystr(path[1:])}"
+    return argument_leaf_name(path)
 
 
 def _leaves(ts: TrainState) -> tuple[list[str], list[Any], Any]:

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from luxc.runtime.files import ArtifactError, read_regular, tensor_bytes, tensors_from_bytes
+from luxc.runtime.bounded_read import read_regular
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.tensor_codec import tensor_bytes, tensors_from_bytes
 
 FORMAT = "luxc-checkpoint-3"
 # Bytes beyond the tensors a checkpoint file may have: the safetensors header and the contents

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from luxc.runtime.files import ArtifactError
+from luxc.runtime.errors import ArtifactError
 
 _KINDS = {"b": "booleans", "i": "integers", "u": "unsigned integers", "f": "floats",
           "c": "complex numbers", "V": "raw bytes"}

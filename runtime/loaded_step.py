@@ -14,6 +14,7 @@ from jax import export as jax_export
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import Artifact
 from luxc.runtime.artifact_mesh import put
+from luxc.runtime.atomic_write import write_atomic
 from luxc.runtime.checkpoint_format import (
     canonical_order,
     check_statics,
@@ -21,8 +22,9 @@ from luxc.runtime.checkpoint_format import (
     max_bytes,
     read_checkpoint,
 )
-from luxc.runtime.files import ArtifactError, tensors_from_bytes, write_atomic
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.stages import CompiledStages
+from luxc.runtime.tensor_codec import tensors_from_bytes
 
 
 class LoadedStep(CompiledStages):

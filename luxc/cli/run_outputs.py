@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from luxc.cli._common import CliError
+from luxc.runtime.atomic_write import check_writable_directory, check_writable_file
 from luxc.runtime.checkpoint_format import is_checkpoint
-from luxc.runtime.files import check_writable_directory, check_writable_file
 
 _CHECKPOINT = re.compile(r"step-(\d{8,})\.safetensors")
 
