@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import luxc
-from luxc.runtime.files import tensors_from_bytes
+from luxc.runtime.tensor_codec import tensors_from_bytes
 
 pytestmark = pytest.mark.slow
 
