@@ -61,7 +61,7 @@ def _timed(one, steps: int, trace: str | None) -> tuple[list[float], float | Non
     return times, faults
 
 
-def _profile_spec(spec, steps, options, trace):
+def _profile_spec(spec, steps, options, trace, ops=False):
     import tempfile
 
     import jax
@@ -90,10 +90,14 @@ def _profile_spec(spec, steps, options, trace):
     def one():
         _, _, _, state["ts"] = cs(state["ts"], data, sync=True)
 
+    t0 = time.perf_counter()
     one()  # the first call also allocates: not a step time
+    first_call = time.perf_counter() - t0
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(jax.tree.leaves(data)),
-             "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report])}
+             "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report]),
+             "compile breakdown": {**cs.compile_report, "first call": first_call},
+             "ops": cs.profile(state["ts"], data, steps=min(steps, 20)) if ops else None}
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
@@ -117,38 +121,78 @@ def _profile_dir(directory, steps, trace):
     return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
 
 
+def _ops_rows(records, n: int) -> list[str]:
+    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}  source"]
+    for r in records[:n]:
+        where = " ".join(x for x in (r.source, f"[{r.scope}]" if r.scope else None) if x)
+        rows.append(f"{r.name[:33]:<34}{r.seconds * 1e6:>9.1f}us{r.share:>7.1%}{r.count:>6.0f}  "
+                    f"{r.kind[:21]:<22}{format_bytes(r.bytes) if r.bytes is not None else '-':>10}"
+                    f"  {where or '-'}")
+    return rows
+
+
+def _breakdown_rows(parts: dict[str, float]) -> list[str]:
+    total = sum(parts.values())
+    return [f"  {name:<28}{sec:>8.3f} s  {sec / total:>4.0%}" for name, sec in parts.items()]
+
+
 @click.command()
 @click.argument("target")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
               help="timed steps (after one untimed warm-up step)")
 @click.option("--trace", type=click.Path(file_okay=False), help="write a jax profiler trace here")
+@click.option("--ops", type=click.IntRange(min=1), is_flag=False, flag_value=15, default=None,
+              help="also list the N ops taking the most time per step (default N: 15)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
 @passes_option
 @precision_option
 @xla_option
-def profile(target, steps, trace, passes, precision, xla_option):
+def profile(target, steps, trace, ops, as_json, passes, precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
     steps, steps/s, XLA's peak memory, the minor page faults per step and the achieved FLOP/s,
-    with the batch size and the passes the step was compiled with.
+    with the batch size and the passes the step was compiled with; for a SPEC, where the
+    compile's time went (tracing, each pass, lowering, XLA compile, the first call). --ops N
+    lists the N HLO ops taking the most time per step, with the user's source line of each.
     """
     if trace:
         from luxc.runtime.files import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
+        if ops:
+            raise click.UsageError("--ops profiles a step compiled from a SPEC (FILE:FUNCTION), "
+                                   "not an artefact directory")
         cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace)
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(
-            target, steps, compile_options(passes, precision, xla_option), trace)
+            target, steps, compile_options(passes, precision, xla_option), trace, ops=bool(ops))
         what = "compile"
     median = statistics.median(times)
+    records = facts.pop("ops", None)
+    breakdown = facts.pop("compile breakdown", None)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            **facts, "compile_seconds": cold, "warm_compile_seconds": warm,
+            "compile_breakdown": breakdown,
+            "step_seconds": {"median": median, "min": min(times), "max": max(times),
+                             "steps": len(times)},
+            "peak_bytes": peak_bytes(mem), "minor_faults_per_step": faults,
+            "flops_per_step": (cost or {}).get("flops"),
+            "ops": [r.as_dict() for r in records[:ops]] if records is not None else None}))
+        return
     for label in ("batch", "passes", "executable"):
         if label in facts:
             click.echo(f"{label:<15}{facts[label]}")
     click.echo(_row(what, f"{cold:.3f}", "s", "cold" + (f", {warm:.3f} s warm (persistent cache)"
                                                        if warm is not None else "")))
+    if breakdown:
+        for line in _breakdown_rows(breakdown):
+            click.echo(line)
     click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min {min(times) * 1e3:.3f} ms, "
                     f"max {max(times) * 1e3:.3f} ms over {len(times)} steps (sync=True)"))
     click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))
@@ -168,3 +212,8 @@ def profile(target, steps, trace, passes, precision, xla_option):
                         f"{flops / 1e6:.1f} MFLOP per step"))
     if trace:
         click.echo(f"{'trace':<15}{trace} (open with Perfetto or TensorBoard)")
+    if records is not None:
+        click.echo(f"ops ({len(records)} in the step; top {min(ops, len(records))} by time, "
+                   f"{sum(r.share for r in records[:ops]):.0%} of the step):")
+        for line in _ops_rows(records, ops):
+            click.echo("  " + line)

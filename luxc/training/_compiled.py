@@ -14,6 +14,7 @@ import jax
 from luxc import compiler
 from luxc.compiler import Kind
 from luxc.runtime.cache import CacheEntry
+from luxc.runtime.op_profile import OpRecord, profile_executable
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training import _step
@@ -132,6 +133,17 @@ class CompiledStep(CompiledStages):
     @property
     def trace_seconds(self) -> float:
         return self.executable.trace_seconds
+
+    @property
+    def compile_report(self) -> dict[str, float]:
+        """Seconds of each phase of this step's compile, in order: ``trace + export``, each
+        ``pass <name>``, the module's parse + serialize, ``lowering``, ``XLA compile`` …"""
+        return dict(self.executable.timings)
+
+    def profile(self, ts: TrainState, data: Any, *, steps: int = 20) -> list[OpRecord]:
+        """The step's HLO ops by time per step, largest first (:class:`OpRecord`: seconds,
+        share of the step, kind, the user's source line, the layer). ``ts`` is not consumed."""
+        return profile_executable(self.executable, _args(self.kind, ts, data), steps)
 
     def _stage_text(self, stage: Stage) -> str:
         return self.executable.as_text(stage)
