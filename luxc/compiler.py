@@ -40,8 +40,8 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "objective": ("parameters", "states", "data"),
     "update": ("parameters", "optimizer_state", "gradients"),
 }
-# (kind, objective, model, optimizer, return_gradients) -> the pure step function to compile.
-MakeStep = Callable[[str, Any, Any, Any, bool], Callable]
+# (kind, objective, model, optimizer, return_gradients, options) -> the pure step to compile.
+MakeStep = Callable[[str, Any, Any, Any, bool, CompileOptions], Callable]
 # What a donating call of each kind gives up: the parameters and the optimiser state it replaces.
 DONATED = (0, 1)
 
@@ -132,7 +132,8 @@ def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple, make_ste
                 f"compiles a new program. Define it once outside the loop, or pass what changes "
                 f"through the data", NewObjectiveWarning)
     d = key.described
-    step = make_step(key.kind, d["objective"], d["model"], d["optimizer"], key.return_gradients)
+    step = make_step(key.kind, d["objective"], d["model"], d["optimizer"], key.return_gradients,
+                     key.compile_options)
     exe = build(step, args, options=key.compile_options,
                 donate_argnums=DONATED if key.donate else (), arg_names=ARG_NAMES[key.kind][:2])
     if key.kind == "update":

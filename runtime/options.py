@@ -17,6 +17,8 @@ from luxc.runtime.module_ops import ModuleSummary
 
 Precision = Literal["default", "high", "highest"]
 _PRECISIONS = ("default", "high", "highest")
+MixedPrecision = Literal["bf16", "f16"] | None
+MIXED_PRECISIONS = (None, "bf16", "f16")
 XlaValue = bool | int | float | str
 
 
@@ -33,6 +35,10 @@ class CompileOptions:
         precision: dot/convolution precision, ``"default"``, ``"high"`` or ``"highest"`` (Lux's
             ``precision_config`` preference).
         dump_dir: write the module before and after every pass, and XLA's optimised HLO, here.
+        mixed_precision: ``None`` (float32 throughout), ``"bf16"`` or ``"f16"``: the parameters
+            and the data are cast to that dtype inside the step, the parameters and optimiser
+            state stay float32, losses, normalisation statistics and gradients are float32
+            (README "Mixed precision"); ``"f16"`` adds dynamic loss scaling.
 
     >>> import luxc
     >>> luxc.CompileOptions(passes=["fuse_rsqrt"], precision="highest").precision
@@ -43,6 +49,7 @@ class CompileOptions:
     xla_options: tuple[tuple[str, XlaValue], ...] = field(default=())
     precision: Precision = "default"
     dump_dir: str | None = None
+    mixed_precision: MixedPrecision = None
 
     def __init__(
         self,
@@ -50,6 +57,7 @@ class CompileOptions:
         xla_options: Mapping[str, XlaValue] | Sequence[tuple[str, XlaValue]] | None = None,
         precision: Precision = "default",
         dump_dir: str | Path | None = None,
+        mixed_precision: MixedPrecision = None,
     ):
         if isinstance(passes, str) and passes not in ("default", "none", "all"):
             passes = passes.split(",")
@@ -62,6 +70,11 @@ class CompileOptions:
                 f"CompileOptions: precision must be one of {', '.join(map(repr, _PRECISIONS))}; "
                 f"received {precision!r}"
             )
+        if mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(
+                f"CompileOptions: mixed_precision must be one of "
+                f"{', '.join(map(repr, MIXED_PRECISIONS))}; received {mixed_precision!r}"
+            )
         items = dict(xla_options or {})
         for k, v in items.items():
             if not (isinstance(k, str) and k.startswith("xla_")):
@@ -73,6 +86,7 @@ class CompileOptions:
         object.__setattr__(self, "xla_options", tuple(sorted(items.items())))
         object.__setattr__(self, "precision", precision)
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
+        object.__setattr__(self, "mixed_precision", mixed_precision)
 
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline

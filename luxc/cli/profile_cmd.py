@@ -157,7 +157,7 @@ def profile(target, steps, trace, ops, as_json, passes, precision, xla_option):
     lists the N HLO ops taking the most time per step, with the user's source line of each.
     """
     if trace:
-        from luxc.runtime.files import check_writable_directory
+        from luxc.runtime.atomic_write import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():

@@ -14,10 +14,12 @@ import jax
 from luxc import compiler
 from luxc.compiler import Kind
 from luxc.runtime.cache import CacheEntry
+from luxc.runtime.leaf_names import argument_leaf_name
 from luxc.runtime.op_profile import OpRecord, profile_executable
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training import _step
+from luxc.training._mixed_precision import apply_policy
 from luxc.training._state import ConsumedStateError, TrainState
 
 
@@ -28,8 +30,10 @@ def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
 
 
 def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
-              return_gradients: bool) -> Callable:
-    """The pure step a kind of call compiles (called on a cache miss only)."""
+              return_gradients: bool, options: CompileOptions) -> Callable:
+    """The pure step a kind of call compiles (called on a cache miss only); the objective
+    sees the model under ``options.mixed_precision``'s policy."""
+    model = apply_policy(model, options.mixed_precision)
     if kind == "train":
         return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
     if kind == "train_steps":
@@ -51,13 +55,14 @@ def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1
     return out
 
 
+_PARTS = ("parameters", "optimizer_state", "states", "data")
+
+
 def consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError | None:
     """The error for an input an earlier in-place call freed, or ``None`` if none is."""
-    parts = {"parameters": ts._parameters, "optimizer_state": ts._optimizer_state,
-             "states": ts.states, "data": data}
-    dead = [name + jax.tree_util.keystr(path)
-            for name, tree in parts.items()
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    parts = (ts._parameters, ts._optimizer_state, ts.states, data)
+    dead = [argument_leaf_name(path, _PARTS)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(parts)[0]
             if isinstance(leaf, jax.Array) and leaf.is_deleted()]
     if not dead:
         return None
