@@ -101,3 +101,16 @@ def test_cli_ops_table_names_the_users_line():
     assert "XLA compile" in r.stdout and "trace + export" in r.stdout
     table = r.stdout[r.stdout.index("ops ("):].splitlines()[2:]
     assert len(table) == 5
+
+
+@pytest.mark.slow
+def test_cli_compare_times_both_option_sets_and_gives_their_ratio():
+    r = run_cli("--compare", "passes=none", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    a, b = report["variants"]
+    assert (a["options"]["passes"], b["options"]["passes"]) == ("default", "none")
+    assert a["steps"] == b["steps"] == 10
+    assert report["ratio"] == pytest.approx(b["median_seconds"] / a["median_seconds"])
+    bad = run_cli("--compare", "batch=3")
+    assert bad.returncode != 0 and "--compare takes passes=" in bad.stderr.strip().splitlines()[-1]

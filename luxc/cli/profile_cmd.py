@@ -15,6 +15,7 @@ except ImportError:  # not on Windows: no page-fault row there
     resource = None
 
 from luxc.cli._common import (
+    CliError,
     call_factory,
     compile_options,
     format_bytes,
@@ -136,6 +137,61 @@ def _breakdown_rows(parts: dict[str, float]) -> list[str]:
     return [f"  {name:<28}{sec:>8.3f} s  {sec / total:>4.0%}" for name, sec in parts.items()]
 
 
+def _compare_settings(base: dict, compare: tuple[str, ...]) -> dict:
+    """``base`` (``passes``, ``precision``, ``xla_option``) with each ``KEY=VALUE`` of
+    ``--compare`` applied (``xla-option=NAME=VALUE`` adds an XLA option)."""
+    other = {**base, "xla_option": tuple(base["xla_option"])}
+    for item in compare:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in other:
+            raise CliError(f"--compare takes passes=…, precision=… or xla-option=NAME=VALUE; "
+                           f"received {item!r}")
+        other[key] = other[key] + (value,) if key == "xla_option" else value
+    return other
+
+
+def _compare(spec, steps: int, settings: list[dict]) -> list[list[float]]:
+    """Each option set's step (compiled without donation, so one TrainState serves all),
+    timed in turn over ``steps`` rounds: the same load falls on every variant."""
+    import luxc
+
+    obj, data, ts = call_factory(spec)
+    steps_ = [luxc.compile_step(obj, data, ts, compile_options=compile_options(**s))
+              for s in settings]
+    for cs in steps_:
+        cs(ts, data, sync=True)  # the first call allocates
+    times = [[] for _ in steps_]
+    for _ in range(steps):
+        for cs, out in zip(steps_, times, strict=True):
+            t0 = time.perf_counter()
+            cs(ts, data, sync=True)
+            out.append(time.perf_counter() - t0)
+    return times
+
+
+def _report_compare(spec, steps, base, compare, as_json) -> None:
+    settings = [base, _compare_settings(base, compare)]
+    times = _compare(spec, steps, settings)
+    medians = [statistics.median(t) for t in times]
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"variants": [
+            {"options": {**s, "xla_option": list(s["xla_option"])}, "median_seconds": m,
+             "min_seconds": min(t), "steps": len(t)}
+            for s, m, t in zip(settings, medians, times, strict=True)],
+            "ratio": medians[1] / medians[0]}))
+        return
+    for name, s, m, t in zip(("A", "B"), settings, medians, times, strict=True):
+        opts = f"passes={s['passes']} precision={s['precision']}" + "".join(
+            f" xla-option={x}" for x in s["xla_option"])
+        click.echo(_row(f"step time {name}", f"{m * 1e3:.3f}", "ms",
+                        f"median, min {min(t) * 1e3:.3f} ms; {opts}"))
+    click.echo(_row("ratio B / A", f"{medians[1] / medians[0]:.3f}", "",
+                    f"{len(times[0])} steps each, interleaved (sync=True, no donation)"))
+
+
 @click.command()
 @click.argument("target")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
@@ -144,10 +200,14 @@ def _breakdown_rows(parts: dict[str, float]) -> list[str]:
 @click.option("--ops", type=click.IntRange(min=1), is_flag=False, flag_value=15, default=None,
               help="also list the N ops taking the most time per step (default N: 15)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
+@click.option("--compare", multiple=True, metavar="KEY=VALUE",
+              help="time the step against the same step with these options changed "
+                   "(passes=none, precision=high, xla-option=NAME=VALUE; repeatable), "
+                   "interleaved, and print the ratio")
 @passes_option
 @precision_option
 @xla_option
-def profile(target, steps, trace, ops, as_json, passes, precision, xla_option):
+def profile(target, steps, trace, ops, as_json, compare, passes, precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -155,7 +215,15 @@ def profile(target, steps, trace, ops, as_json, passes, precision, xla_option):
     with the batch size and the passes the step was compiled with; for a SPEC, where the
     compile's time went (tracing, each pass, lowering, XLA compile, the first call). --ops N
     lists the N HLO ops taking the most time per step, with the user's source line of each.
+    --compare KEY=VALUE times the step (A) against the step with those options (B) instead.
     """
+    if compare:
+        if Path(target).is_dir():
+            raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artefact "
+                                   "directory holds one compiled step")
+        _report_compare(target, steps, {"passes": passes, "precision": precision,
+                                        "xla_option": xla_option}, compare, as_json)
+        return
     if trace:
         from luxc.runtime.atomic_write import check_writable_directory
 
