@@ -58,7 +58,7 @@ class CompiledStep(CompiledStages):
     def profile(self, ts: TrainState, data: Any, *, steps: int = 20) -> list[OpRecord]:
         """The step's HLO ops by time per step, largest first (:class:`OpRecord`: seconds,
         share of the step, kind, the user's source line, the layer). ``ts`` is not consumed."""
-        return profile_executable(self.executable, _args(self.kind, ts, data), steps)
+        return profile_executable(self.executable, self._step_kind.args(ts, data), steps)
 
     def _stage_text(self, stage: Stage) -> str:
         return self.executable.as_text(stage)
