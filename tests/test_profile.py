@@ -43,7 +43,9 @@ def check_ops(ops):
     seconds = [op["seconds"] for op in ops]
     assert seconds == sorted(seconds, reverse=True)
     total = sum(op["share"] for op in ops)
-    assert 0.5 <= total <= 1.0, total
+    # The ops cover most of the step: 0.75-0.97 measured on an idle machine; on 2 cores at load
+    # 10 (a machine shared by 8 test runs) the process waits between ops and it fell to 0.35.
+    assert 0.3 <= total <= 1.0, total
     assert any("convolution" in op["kind"] for op in ops), [op["kind"] for op in ops]
     sources = {op["source"] for op in ops}
     assert f"{HERE}:{MODEL_LINE}" in sources, sources
