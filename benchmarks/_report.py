@@ -9,6 +9,10 @@ import platform
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+# The variant first-call times are compared with: hand-written jax.jit (issue 24's target: luxc's
+# first step within 1.2x of it).
+JIT_BASELINE = "jax.jit+optax"
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -30,6 +34,11 @@ class Case:
 
     def fastest(self) -> float:
         return min(t.median for t in self.timings.values())
+
+    def first_vs_jit(self, name: str) -> str:
+        """``name``'s first call as a multiple of jax.jit's, or ``-`` without a jax.jit row."""
+        jit = self.timings.get(JIT_BASELINE)
+        return f"{self.timings[name].first / jit.first:.2f}" if jit and jit.first > 0 else "-"
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,8 @@ def case_lines(case: Case) -> str:
     lines = [f"\n{case.title} ({case.steps} steps per sample)"]
     for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
         lines.append(f"  {name:<20} {_ms(t.median):>8} ms/step  [{_ms(t.low)}-{_ms(t.high)}]  "
-                     f"{t.median / fast:5.2f}x  first call {t.first:6.2f} s")
+                     f"{t.median / fast:5.2f}x  first call {t.first:6.2f} s "
+                     f"({case.first_vs_jit(name)}x jax.jit's)")
     return "\n".join(lines)
 
 
@@ -108,11 +118,11 @@ def _table(cases: list[Case], names: list[str]) -> list[str]:
 
 def _detail(case: Case) -> list[str]:
     fast = case.fastest()
-    rows = [f"\n### {case.title}\n", "| variant | median ms/step | min-max | ratio | first call s |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [f"\n### {case.title}\n", "| variant | median ms/step | min-max | ratio | first call s "
+            "| first call / jax.jit's |", "|---|---:|---:|---:|---:|---:|"]
     for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
         rows.append(f"| {name} | {_ms(t.median)} | {_ms(t.low)}-{_ms(t.high)} | "
-                    f"{t.median / fast:.2f} | {t.first:.2f} |")
+                    f"{t.median / fast:.2f} | {t.first:.2f} | {case.first_vs_jit(name)} |")
     return rows
 
 

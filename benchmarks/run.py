@@ -52,7 +52,7 @@ PEERS: dict[str, tuple[str | None, Callable]] = {
         w, x, y, luxc.CompileOptions(passes="none"))),
     LUXC_NO_YNN: (None, lambda w, x, y: peers_jax.luxc_step(
         w, x, y, luxc.CompileOptions(xla_options=_NO_YNN))),
-    "jax.jit+optax": (None, peers_jax.jax_jit_step),
+    _report.JIT_BASELINE: (None, peers_jax.jax_jit_step),
     "flax nnx": ("flax", peers_jax.flax_nnx_step),
     "equinox": ("equinox", peers_equinox.equinox_step),
     "torch eager": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=False)),

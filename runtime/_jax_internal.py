@@ -115,3 +115,22 @@ def direct_call(compiled: jax.stages.Compiled) -> object:
     forwards to it). Falls back to ``compiled`` itself where jax has no C++ path."""
     call = compiled._executable.create_cpp_call(compiled._params)
     return compiled if call is None else call
+
+
+def exclude_from_tracebacks(path: str) -> None:
+    """Frames under ``path`` are not the user's: jax's op locations (the ``source_file:line``
+    an op's metadata names) and its filtered tracebacks skip them, as equinox registers its own
+    files. Registering the same path again does nothing."""
+    from jax._src import source_info_util, traceback_util
+
+    if path not in source_info_util._exclude_paths:
+        source_info_util.register_exclusion(path)
+        traceback_util.register_exclusion(path)
+
+
+def excluded_from_tracebacks(filename: str) -> bool:
+    """Whether jax counts ``filename`` as library code (jax, the standard library, a path given
+    to :func:`exclude_from_tracebacks`), not the user's."""
+    from jax._src import source_info_util
+
+    return not source_info_util.is_user_filename(filename)

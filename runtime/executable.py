@@ -11,6 +11,8 @@ C++). The exported module is also the portable, versioned artefact ``luxc compil
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +29,7 @@ from luxc.runtime import persistent_cache
 from luxc.runtime._jax_internal import (
     deserialize_module,
     direct_call,
+    exclude_from_tracebacks,
     ir_context,
     serialize_module,
 )
@@ -48,9 +51,20 @@ def _abstract(x: Any) -> Any:
     return x
 
 
+def _exclude_luxc_frames() -> None:
+    # An op made inside luxc (nn.Conv, the training step) is located at the user's line that
+    # called into luxc: the line `luxc profile --ops` names. The front end's directory comes
+    # from its import spec (runtime/ does not import the front end).
+    dirs = [Path(__file__).parent, Path(run_pipeline.__code__.co_filename).parent]
+    dirs += [Path(d) for d in importlib.util.find_spec("luxc").submodule_search_locations]
+    for d in dirs:
+        exclude_from_tracebacks(str(d) + os.sep)
+
+
 def export(fn: Callable, args: Sequence[Any], *, platforms: Sequence[str] | None = None,
            precision: str = "default") -> jax_export.Exported:
     """Trace ``fn(*args)`` once and lower it to StableHLO (one public ``main``)."""
+    _exclude_luxc_frames()
     abstract = jax.tree_util.tree_map(_abstract, tuple(args))
     with jax.default_matmul_precision(None if precision == "default" else precision):
         return jax_export.export(jax.jit(fn), platforms=platforms)(*abstract)
@@ -85,7 +99,8 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
                      donate_argnums: tuple[int, ...] = (),
                      xla_options: dict[str, Any] | None = None,
                      arg_names: Sequence[str] | None = None,
-                     cache: Any = None) -> tuple[jax.stages.Compiled, float]:
+                     cache: Any = None,
+                     timings: dict[str, float] | None = None) -> tuple[jax.stages.Compiled, float]:
     """Compile ``exported`` for the local devices; return the executable and the seconds taken.
 
     The compile reads and writes ``cache`` (default: luxc's persistent cache, when enabled).
@@ -93,28 +108,36 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     (:func:`luxc.runtime.options.platform_xla_options`); the caller's win.
 
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
-    the input, never silently freed.
+    the input, never silently freed. ``timings`` (when given) receives the seconds of each
+    phase: ``"module summary"``, ``"lowering"``, ``"XLA compile"``.
     """
-    _, compiled, seconds = _compile(exported, args, donate_argnums, xla_options, arg_names, cache)
+    _, compiled, seconds = _compile(exported, args, donate_argnums, xla_options, arg_names, cache,
+                                    timings)
     return compiled, seconds
 
 
 def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums: tuple[int, ...],
              xla_options: dict[str, Any] | None, arg_names: Sequence[str] | None,
-             cache: Any) -> tuple[Callable, jax.stages.Compiled, float]:
+             cache: Any, timings: dict[str, float] | None = None
+             ) -> tuple[Callable, jax.stages.Compiled, float]:
     # The jitted function is returned with its compiled program: calling it reuses that
     # compile (jax caches it under the same function, options and arguments).
+    timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
     options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized),
                                       serializable=serializable),
                **(xla_options or {})}
+    t1 = time.perf_counter()
     jitted = jax.jit(exported.call, donate_argnums=donate_argnums,
                      compiler_options=options or None)
     lowered = jitted.lower(*args)
+    t2 = time.perf_counter()
     with persistent_cache.compiling(cache):
         compiled = lowered.compile()
     seconds = time.perf_counter() - t0
+    timings.update({"module summary": t1 - t0, "lowering": t2 - t1,
+                    "XLA compile": seconds - (t2 - t0)})
     if donate_argnums:
         _check_donation(exported, args, donate_argnums, arg_names)
     return jitted, compiled, seconds
@@ -149,9 +172,15 @@ class Executable(CompiledStages):
 
     def __init__(self, traced: jax_export.Exported, optimized: jax_export.Exported,
                  compiled: jax.stages.Compiled, pass_report: list[PassRecord],
-                 compile_seconds: float, trace_seconds: float, call: Callable | None = None):
+                 compile_seconds: float, trace_seconds: float, call: Callable | None = None,
+                 timings: dict[str, float] | None = None,
+                 xla_options: dict[str, Any] | None = None):
         self.traced, self.optimized, self.compiled = traced, optimized, compiled
         self.pass_report = pass_report
+        # Seconds of each phase of build (trace + export, each pass, …, XLA compile), in order;
+        # the XLA options it was compiled with (profile_ops recompiles with the same).
+        self.timings = dict(timings or {})
+        self.xla_options = dict(xla_options or {})
         self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
         # The hot path: no Python between the caller and jax's C++ dispatch.
         self.call = direct_call(compiled) if call is None else call
@@ -168,18 +197,26 @@ class Executable(CompiledStages):
 
 
 def optimise(fn: Callable, args: Sequence[Any], options: CompileOptions,
-             platforms: Sequence[str]) -> tuple[jax_export.Exported, jax_export.Exported,
-                                                 list[PassRecord], float]:
+             platforms: Sequence[str], timings: dict[str, float] | None = None
+             ) -> tuple[jax_export.Exported, jax_export.Exported, list[PassRecord], float]:
     """Trace ``fn(*args)`` for ``platforms`` and run the passes every one of them takes; return
-    the traced and the optimised module, the pass records and the seconds taken."""
+    the traced and the optimised module, the pass records and the seconds taken. ``timings``
+    (when given) receives ``"trace + export"``, each ``"pass <name>"`` and the module's
+    ``"module parse + serialize"``."""
     t0 = time.perf_counter()
     platforms = list(platforms)
     traced = export(fn, args, platforms=platforms, precision=options.precision)
+    t1 = time.perf_counter()
     # One module serves every target: keep only the passes each target's pipeline has.
     per_platform = [options.pass_names(p, args) for p in platforms]
     names = tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
     optimized, records = rewrite(traced, names, options.dump_dir)
-    return traced, optimized, records, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if timings is not None:
+        timings["trace + export"] = t1 - t0
+        timings.update({f"pass {r.name}": r.seconds for r in records})
+        timings["module parse + serialize"] = seconds - (t1 - t0) - sum(r.seconds for r in records)
+    return traced, optimized, records, seconds
 
 
 def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAULT,
@@ -190,12 +227,14 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     ``committed_outputs=False`` calls the program through ``jax.jit``'s dispatch of the same
     compile, whose outputs stay uncommitted to a device (as an eager user's arrays are); the
     default calls the compiled executable directly (its outputs are committed)."""
+    timings: dict[str, float] = {}
     traced, optimized, records, trace_seconds = optimise(
-        fn, args, options, [platform or jax.default_backend()])
+        fn, args, options, [platform or jax.default_backend()], timings)
     jitted, compiled, seconds = _compile(optimized, args, donate_argnums,
-                                         dict(options.xla_options), arg_names, None)
+                                         dict(options.xla_options), arg_names, None, timings)
     exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
-                     call=None if committed_outputs else jitted)
+                     call=None if committed_outputs else jitted, timings=timings,
+                     xla_options=dict(options.xla_options))
     if options.dump_dir is not None:
         Path(options.dump_dir, "99-xla-optimized.hlo.txt").write_text(compiled.as_text())
     return exe

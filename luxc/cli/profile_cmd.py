@@ -15,6 +15,7 @@ except ImportError:  # not on Windows: no page-fault row there
     resource = None
 
 from luxc.cli._common import (
+    CliError,
     call_factory,
     compile_options,
     format_bytes,
@@ -61,7 +62,7 @@ def _timed(one, steps: int, trace: str | None) -> tuple[list[float], float | Non
     return times, faults
 
 
-def _profile_spec(spec, steps, options, trace):
+def _profile_spec(spec, steps, options, trace, ops=False):
     import tempfile
 
     import jax
@@ -90,10 +91,14 @@ def _profile_spec(spec, steps, options, trace):
     def one():
         _, _, _, state["ts"] = cs(state["ts"], data, sync=True)
 
+    t0 = time.perf_counter()
     one()  # the first call also allocates: not a step time
+    first_call = time.perf_counter() - t0
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(jax.tree.leaves(data)),
-             "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report])}
+             "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report]),
+             "compile breakdown": {**cs.compile_report, "first call": first_call},
+             "ops": cs.profile(state["ts"], data, steps=min(steps, 20)) if ops else None}
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
@@ -117,38 +122,145 @@ def _profile_dir(directory, steps, trace):
     return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
 
 
+def _ops_rows(records, n: int) -> list[str]:
+    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}  source"]
+    for r in records[:n]:
+        where = " ".join(x for x in (r.source, f"[{r.scope}]" if r.scope else None) if x)
+        rows.append(f"{r.name[:33]:<34}{r.seconds * 1e6:>9.1f}us{r.share:>7.1%}{r.count:>6.0f}  "
+                    f"{r.kind[:21]:<22}{format_bytes(r.bytes) if r.bytes is not None else '-':>10}"
+                    f"  {where or '-'}")
+    return rows
+
+
+def _breakdown_rows(parts: dict[str, float]) -> list[str]:
+    total = sum(parts.values())
+    return [f"  {name:<28}{sec:>8.3f} s  {sec / total:>4.0%}" for name, sec in parts.items()]
+
+
+def _compare_settings(base: dict, compare: tuple[str, ...]) -> dict:
+    """``base`` (``passes``, ``precision``, ``xla_option``) with each ``KEY=VALUE`` of
+    ``--compare`` applied (``xla-option=NAME=VALUE`` adds an XLA option)."""
+    other = {**base, "xla_option": tuple(base["xla_option"])}
+    for item in compare:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in other:
+            raise CliError(f"--compare takes passes=…, precision=… or xla-option=NAME=VALUE; "
+                           f"received {item!r}")
+        other[key] = other[key] + (value,) if key == "xla_option" else value
+    return other
+
+
+def _compare(spec, steps: int, settings: list[dict]) -> list[list[float]]:
+    """Each option set's step (compiled without donation, so one TrainState serves all),
+    timed in turn over ``steps`` rounds: the same load falls on every variant."""
+    import luxc
+
+    obj, data, ts = call_factory(spec)
+    steps_ = [luxc.compile_step(obj, data, ts, compile_options=compile_options(**s))
+              for s in settings]
+    for cs in steps_:
+        cs(ts, data, sync=True)  # the first call allocates
+    times = [[] for _ in steps_]
+    for _ in range(steps):
+        for cs, out in zip(steps_, times, strict=True):
+            t0 = time.perf_counter()
+            cs(ts, data, sync=True)
+            out.append(time.perf_counter() - t0)
+    return times
+
+
+def _report_compare(spec, steps, base, compare, as_json) -> None:
+    settings = [base, _compare_settings(base, compare)]
+    times = _compare(spec, steps, settings)
+    medians = [statistics.median(t) for t in times]
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"variants": [
+            {"options": {**s, "xla_option": list(s["xla_option"])}, "median_seconds": m,
+             "min_seconds": min(t), "steps": len(t)}
+            for s, m, t in zip(settings, medians, times, strict=True)],
+            "ratio": medians[1] / medians[0]}))
+        return
+    for name, s, m, t in zip(("A", "B"), settings, medians, times, strict=True):
+        opts = f"passes={s['passes']} precision={s['precision']}" + "".join(
+            f" xla-option={x}" for x in s["xla_option"])
+        click.echo(_row(f"step time {name}", f"{m * 1e3:.3f}", "ms",
+                        f"median, min {min(t) * 1e3:.3f} ms; {opts}"))
+    click.echo(_row("ratio B / A", f"{medians[1] / medians[0]:.3f}", "",
+                    f"{len(times[0])} steps each, interleaved (sync=True, no donation)"))
+
+
 @click.command()
 @click.argument("target")
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
               help="timed steps (after one untimed warm-up step)")
 @click.option("--trace", type=click.Path(file_okay=False), help="write a jax profiler trace here")
+@click.option("--ops", type=click.IntRange(min=1), is_flag=False, flag_value=15, default=None,
+              help="also list the N ops taking the most time per step (default N: 15)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
+@click.option("--compare", multiple=True, metavar="KEY=VALUE",
+              help="time the step against the same step with these options changed "
+                   "(passes=none, precision=high, xla-option=NAME=VALUE; repeatable), "
+                   "interleaved, and print the ratio")
 @passes_option
 @precision_option
 @xla_option
-def profile(target, steps, trace, passes, precision, xla_option):
+def profile(target, steps, trace, ops, as_json, compare, passes, precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
     steps, steps/s, XLA's peak memory, the minor page faults per step and the achieved FLOP/s,
-    with the batch size and the passes the step was compiled with.
+    with the batch size and the passes the step was compiled with; for a SPEC, where the
+    compile's time went (tracing, each pass, lowering, XLA compile, the first call). --ops N
+    lists the N HLO ops taking the most time per step, with the user's source line of each.
+    --compare KEY=VALUE times the step (A) against the step with those options (B) instead.
     """
+    if compare:
+        if Path(target).is_dir():
+            raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artefact "
+                                   "directory holds one compiled step")
+        _report_compare(target, steps, {"passes": passes, "precision": precision,
+                                        "xla_option": xla_option}, compare, as_json)
+        return
     if trace:
         from luxc.runtime.atomic_write import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
+        if ops:
+            raise click.UsageError("--ops profiles a step compiled from a SPEC (FILE:FUNCTION), "
+                                   "not an artefact directory")
         cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace)
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(
-            target, steps, compile_options(passes, precision, xla_option), trace)
+            target, steps, compile_options(passes, precision, xla_option), trace, ops=bool(ops))
         what = "compile"
     median = statistics.median(times)
+    records = facts.pop("ops", None)
+    breakdown = facts.pop("compile breakdown", None)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            **facts, "compile_seconds": cold, "warm_compile_seconds": warm,
+            "compile_breakdown": breakdown,
+            "step_seconds": {"median": median, "min": min(times), "max": max(times),
+                             "steps": len(times)},
+            "peak_bytes": peak_bytes(mem), "minor_faults_per_step": faults,
+            "flops_per_step": (cost or {}).get("flops"),
+            "ops": [r.as_dict() for r in records[:ops]] if records is not None else None}))
+        return
     for label in ("batch", "passes", "executable"):
         if label in facts:
             click.echo(f"{label:<15}{facts[label]}")
     click.echo(_row(what, f"{cold:.3f}", "s", "cold" + (f", {warm:.3f} s warm (persistent cache)"
                                                        if warm is not None else "")))
+    if breakdown:
+        for line in _breakdown_rows(breakdown):
+            click.echo(line)
     click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min {min(times) * 1e3:.3f} ms, "
                     f"max {max(times) * 1e3:.3f} ms over {len(times)} steps (sync=True)"))
     click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))
@@ -168,3 +280,8 @@ def profile(target, steps, trace, passes, precision, xla_option):
                         f"{flops / 1e6:.1f} MFLOP per step"))
     if trace:
         click.echo(f"{'trace':<15}{trace} (open with Perfetto or TensorBoard)")
+    if records is not None:
+        click.echo(f"ops ({len(records)} in the step; top {min(ops, len(records))} by time, "
+                   f"{sum(r.share for r in records[:ops]):.0%} of the step):")
+        for line in _ops_rows(records, ops):
+            click.echo("  " + line)

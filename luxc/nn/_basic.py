@@ -125,7 +125,9 @@ class Chain(AbstractContainerLayer):
         new_st = {}
         for name, layer in self.sublayers().items():
             try:
-                x, new_st[name] = layer(x, ps[name], st[name])
+                # The scope names the layer in the ops' metadata: `luxc profile --ops` shows it.
+                with jax.named_scope(name):
+                    x, new_st[name] = layer(x, ps[name], st[name])
             except LayerShapeError as e:
                 raise LayerShapeError(f"Chain {name}: {e}") from None
         return x, new_st

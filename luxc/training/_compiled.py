@@ -12,6 +12,7 @@ from typing import Any, Literal
 import jax
 
 from luxc.runtime.cache import CacheEntry
+from luxc.runtime.op_profile import OpRecord, profile_executable
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training._kinds import KINDS, UPDATE, StepKind, entry, raise_if_consumed, run
@@ -47,6 +48,17 @@ class CompiledStep(CompiledStages):
     @property
     def trace_seconds(self) -> float:
         return self.executable.trace_seconds
+
+    @property
+    def compile_report(self) -> dict[str, float]:
+        """Seconds of each phase of this step's compile, in order: ``trace + export``, each
+        ``pass <name>``, the module's parse + serialize, ``lowering``, ``XLA compile`` …"""
+        return dict(self.executable.timings)
+
+    def profile(self, ts: TrainState, data: Any, *, steps: int = 20) -> list[OpRecord]:
+        """The step's HLO ops by time per step, largest first (:class:`OpRecord`: seconds,
+        share of the step, kind, the user's source line, the layer). ``ts`` is not consumed."""
+        return profile_executable(self.executable, self._step_kind.args(ts, data), steps)
 
     def _stage_text(self, stage: Stage) -> str:
         return self.executable.as_text(stage)
