@@ -35,6 +35,7 @@ from luxc.runtime.files import (
     tensors_from_bytes,
     write_atomic,
 )
+from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import TrainState
 
 _FORMAT = "luxc-checkpoint-2"
@@ -44,8 +45,11 @@ _HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 
 
 def _parts(ts: TrainState) -> dict[str, Any]:
-    return {"parameters": ts.parameters, "states": ts.states,
-            "optimizer_state": ts.optimizer_state}
+    parts = {"parameters": ts.parameters, "states": ts.states,
+             "optimizer_state": ts.optimizer_state}
+    if ts._loss_scaling is not None:  # float16 mixed precision's dynamic loss scale
+        parts["loss_scaling"] = ts._loss_scaling
+    return parts
 
 
 def _leaves(ts: TrainState) -> tuple[list[str], list[Any], Any]:
@@ -124,17 +128,20 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
     Raises ``ArtifactError`` naming the first leaf that differs (``parameters['w']['weight']``:
     its shape or dtype), a leaf missing or extra, a corrupt or edited file."""
     path = Path(path)
+    arrays, meta = _read(path, like)
+    contents = _check_contents(path, meta, arrays)
+    if like._loss_scaling is None and any(
+            e.get("path", "").startswith("loss_scaling") for e in contents["leaves"]
+            if isinstance(e, dict)):
+        # saved by float16 training: its loss scale is restored into a TrainState without one
+        like = like.replace(loss_scaling=initial_loss_scaling())
     names, refs, treedef = _leaves(like)
     expected = _describe(names, refs)
-    limit = sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
-                for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * len(expected)
-    arrays, meta = tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
-    contents = _check_contents(path, meta, arrays)
     saved = contents["leaves"]
     saved_paths = [e["path"] for e in saved]
     if saved_paths != names:
         # The user's own leaves first: a parameter tells more than an optimiser counter.
-        first = {"parameters": 0, "states": 1, "optimizer_state": 2}
+        first = {"parameters": 0, "states": 1, "optimizer_state": 2, "loss_scaling": 3}
         order = lambda n: first.get(n.split("[")[0].split(".")[0], 3)  # noqa: E731
         missing = sorted((n for n in names if n not in saved_paths), key=order)
         extra = sorted((n for n in saved_paths if n not in names), key=order)
@@ -152,7 +159,17 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
     placed = [_place(arr, ref) for arr, ref in zip(arrays, refs)]
     parts = jax.tree.unflatten(treedef, placed)
     return like.replace(parameters=parts["parameters"], states=parts["states"],
-                        optimizer_state=parts["optimizer_state"], step=contents["step"])
+                        optimizer_state=parts["optimizer_state"], step=contents["step"],
+                        loss_scaling=parts.get("loss_scaling"))
+
+
+def _read(path: Path, like: TrainState) -> tuple[list[np.ndarray], dict[str, str]]:
+    # At most the bytes ``like``'s leaves take (with a loss scale's three scalars) plus headers.
+    names, refs, _ = _leaves(like)
+    expected = _describe(names, refs)
+    limit = sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
+                for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * (len(expected) + 3)
+    return tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
 
 
 def _place(array: np.ndarray, like: Any) -> jax.Array:

@@ -16,15 +16,29 @@ from luxc.compiler import Kind
 from luxc.runtime.cache import CacheEntry
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
-from luxc.training import _step
+from luxc.training import _mixed_precision, _step
 from luxc.training._mixed_precision import apply_policy
-from luxc.training._state import ConsumedStateError, TrainState
+from luxc.training._state import _SET_LOSS_SCALING, ConsumedStateError, TrainState
 
 
-def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
+def _args(kind: Kind, ts: TrainState, data: Any, scaled: bool = False) -> tuple:
     if kind in ("train", "train_steps"):
-        return (ts._parameters, ts._optimizer_state, ts.states, data)
+        return (ts._parameters, _optimizer_arg(ts, scaled), ts.states, data)
     return (ts._parameters, ts.states, data)
+
+
+def _scaled(kind: Kind, options: CompileOptions | None) -> bool:
+    """Whether this call trains with dynamic loss scaling (float16 mixed precision): its
+    optimiser-state argument is then ``(optimizer_state, loss_scaling)``."""
+    return (options is not None and options.mixed_precision == "f16"
+            and (kind == "train" or kind == "train_steps"))
+
+
+def _optimizer_arg(ts: TrainState, scaled: bool) -> Any:
+    if not scaled:
+        return ts._optimizer_state
+    return (ts._optimizer_state, ts._loss_scaling if ts._loss_scaling is not None
+            else _mixed_precision.initial_loss_scaling())
 
 
 def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
@@ -32,6 +46,13 @@ def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
     """The pure step a kind of call compiles (called on a cache miss only); the objective
     sees the model under ``options.mixed_precision``'s policy."""
     model = apply_policy(model, options.mixed_precision)
+    if _scaled(kind, options):
+        def gradients_of(scale):
+            return _step.reverse_gradients(_mixed_precision.scaled_objective(obj_fn, scale), model)
+
+        one = _mixed_precision.loss_scaled_train(gradients_of, optimizer,
+                                                 return_gradients or kind == "train_steps")
+        return one if kind == "train" else _step.scan(one, return_gradients)
     if kind == "train":
         return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
     if kind == "train_steps":
@@ -43,7 +64,22 @@ def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
     return _step.evaluate(obj_fn, model)
 
 
-def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1):
+def _skipped(ts: TrainState, scaled: bool) -> int | None:
+    """Updates loss scaling skipped before this call (read before its buffers are donated);
+    ``None`` without loss scaling."""
+    if not scaled:
+        return None
+    return 0 if ts._loss_scaling is None else int(ts._loss_scaling.skipped)
+
+
+def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1,
+             before: int | None = None):
+    if before is not None:
+        ps, (opt_state, scaling), st, loss, stats, grads = out
+        # A skipped update leaves ts.step unchanged: the host reads how many were skipped.
+        new = ts._advanced(ps, opt_state, st, steps - (int(scaling.skipped) - before), obj_fn)
+        _SET_LOSS_SCALING(new, scaling)
+        return grads, loss, stats, new
     if kind == "train" or kind == "train_steps":
         ps, opt_state, st, loss, stats, grads = out
         return grads, loss, stats, ts._advanced(ps, opt_state, st, steps, obj_fn)
@@ -79,15 +115,17 @@ def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, donate: bool, return
         sync: bool, compile_options: CompileOptions | None, caller: str, steps: int = 1):
     """One AutoXLA call of the training API; returns what the caller returns (positional
     arguments: this runs on every cache hit)."""
+    scaled = compile_options is not None and _scaled(kind, compile_options)
+    before = _skipped(ts, scaled)
     if kind == "train" or kind == "train_steps":
-        args = (ts._parameters, ts._optimizer_state, ts.states, data)
+        args = (ts._parameters, _optimizer_arg(ts, scaled), ts.states, data)
     else:
         args, return_gradients = (ts._parameters, ts.states, data), False
     out = _dispatch(ts, kind, obj_fn, ts.model, args, return_gradients, donate, compile_options,
                     caller, data)
     if sync:
         jax.block_until_ready(out)
-    return _results(kind, obj_fn, ts, out, steps)
+    return _results(kind, obj_fn, ts, out, steps, before)
 
 
 def _dispatch(ts: TrainState, kind: str, obj_fn: Any, model: Any, args: tuple,
@@ -123,6 +161,7 @@ class CompiledStep(CompiledStages):
     def __init__(self, entry: CacheEntry):
         self.kind: Kind = entry.key.kind
         self.entry, self.executable = entry, entry.executable
+        self.scaled = _scaled(self.kind, entry.key.compile_options)
 
     @property
     def pass_report(self):
@@ -144,8 +183,9 @@ class CompiledStep(CompiledStages):
 
     def __call__(self, ts: TrainState, data: Any, *, sync: bool = False):
         ts.check_alive()
+        before = _skipped(ts, self.scaled)
         try:
-            out = self.entry.call(*_args(self.kind, ts, data))
+            out = self.entry.call(*_args(self.kind, ts, data, self.scaled))
         except (ValueError, RuntimeError) as e:
             _raise_if_consumed(ts, data, "CompiledStep", e)
             raise
@@ -153,7 +193,8 @@ class CompiledStep(CompiledStages):
             ts.consume("a donating CompiledStep", ts.step)
         if sync:
             jax.block_until_ready(out)
-        return _results(self.kind, self.entry.key.described["objective"], ts, out)
+        return _results(self.kind, self.entry.key.described["objective"], ts, out,
+                        before=before)
 
     def __repr__(self) -> str:
         rewrites = sum(r.rewrites for r in self.pass_report)
@@ -191,5 +232,6 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
     return_gradients = return_gradients and kind == "train"
     key = compiler.program_key(kind, obj_fn, ts.model, ts.optimizer, return_gradients, donate,
                                options)
-    entry = compiler.compile_entry(ts.cache, key, _args(kind, ts, data), make_step, "compile_step")
+    entry = compiler.compile_entry(ts.cache, key, _args(kind, ts, data, _scaled(kind, options)),
+                                   make_step, "compile_step")
     return CompiledStep(entry)

@@ -33,7 +33,8 @@ class TrainState:
     host ``int`` so that reading it never waits for the device); internal: ``cache`` (the
     compiled executables, shared by every TrainState derived from this one),
     ``allocator_cache`` (unused on XLA, which pools memory itself) and ``objective_function``
-    (the last objective used).
+    (the last objective used); ``loss_scale``: the dynamic loss scale of float16 mixed
+    precision (``None`` without it).
 
     The TrainState owns its buffers: ``parameters`` and ``states`` are copied once, on their
     device, at construction, so an in-place call (``single_train_step_``) that donates them
@@ -54,7 +55,7 @@ class TrainState:
 
     __slots__ = (
         "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
-        "objective_function", "_consumed_by",
+        "objective_function", "_consumed_by", "_loss_scaling",
     )
     allocator_cache = None  # Lux's field; XLA pools device memory itself
 
@@ -79,6 +80,7 @@ class TrainState:
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
             _optimizer_state=optimizer.init(parameters), step=0,
             cache=ExecutableCache(max_cache_entries), objective_function=None, _consumed_by=None,
+            _loss_scaling=None,
         )
 
     @property
@@ -92,6 +94,12 @@ class TrainState:
         if self._consumed_by is not None:
             self.check_alive()
         return self._optimizer_state
+
+    @property
+    def loss_scale(self) -> jax.Array | None:
+        """The dynamic loss scale of ``CompileOptions(mixed_precision="f16")`` training (a
+        float32 scalar; ``None`` until an f16 step ran)."""
+        return None if self._loss_scaling is None else self._loss_scaling.scale
 
     def _set(self, **fields: Any) -> None:
         for k, v in fields.items():
@@ -127,6 +135,7 @@ class TrainState:
         _SET_CACHE(new, self.cache)
         _SET_OBJECTIVE(new, objective)
         _SET_CONSUMED(new, None)
+        _SET_LOSS_SCALING(new, self._loss_scaling)
         return new
 
     def check_alive(self) -> None:
@@ -144,7 +153,8 @@ class TrainState:
         object.__setattr__(self, "_consumed_by", (call, step))
 
     def tree_flatten(self):
-        children = (self.parameters, self.states, self.optimizer_state, self.step)
+        children = (self.parameters, self.states, self.optimizer_state, self.step,
+                    self._loss_scaling)
         aux = (self.model, self.optimizer, self.cache, self.objective_function)
         return children, aux
 
@@ -152,10 +162,10 @@ class TrainState:
     def tree_unflatten(cls, aux, children):
         new = object.__new__(cls)
         model, optimizer, cache, objective = aux
-        ps, st, opt_state, step = children
+        ps, st, opt_state, step, scaling = children
         new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
                  _optimizer_state=opt_state, step=step, cache=cache, objective_function=objective,
-                 _consumed_by=None)
+                 _consumed_by=None, _loss_scaling=scaling)
         return new
 
     def __repr__(self) -> str:
@@ -166,4 +176,5 @@ class TrainState:
 
 _new = object.__new__
 (_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
- _SET_OBJECTIVE, _SET_CONSUMED) = (getattr(TrainState, k).__set__ for k in TrainState.__slots__)
+ _SET_OBJECTIVE, _SET_CONSUMED, _SET_LOSS_SCALING) = (
+    getattr(TrainState, k).__set__ for k in TrainState.__slots__)

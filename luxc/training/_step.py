@@ -119,7 +119,12 @@ def train_scan(gradients: Callable, optimizer: optax.GradientTransformation,
     """``K`` training steps, one per slice of ``batches``' leading axis, as one ``lax.scan``:
     ``(ps, opt_state, st, batches) -> (ps, opt_state, st, losses[K], stats[K, ...], grads | None)``
     with the last step's gradients."""
-    one = train(gradients, optimizer, return_gradients=True)
+    return scan(train(gradients, optimizer, return_gradients=True), return_gradients)
+
+
+def scan(one: Callable, return_gradients: bool) -> Callable:
+    """A training step ``one(ps, opt_state, st, batch)`` (returning its gradients) run over the
+    leading axis of ``batches`` as one ``lax.scan`` (``train_scan``'s body)."""
 
     def steps(ps: Any, opt_state: Any, st: Any, batches: Any):
         def body(carry, batch):
