@@ -202,3 +202,39 @@ def test_the_loss_scale_survives_a_checkpoint(tmp_path):
     _, _, _, b = single_train_step(AutoXLA(), luxc.MSELoss(), (x, y), ts, compile_options=F16)
     for p, q in zip(jax.tree.leaves(a.parameters), jax.tree.leaves(b.parameters)):
         np.testing.assert_array_equal(p, q)
+
+
+F16_FACTORY = '''
+import jax, jax.numpy as jnp, optax, luxc
+
+def factory():
+    model = luxc.nn.Chain(luxc.nn.Dense(6, 16, jnp.tanh), luxc.nn.Dense(16, 3))
+    ps, st = luxc.setup(0, model)
+    x = jax.random.normal(jax.random.key(1), (32, 6))
+    y = 3e3 * jax.nn.one_hot(jnp.arange(32) % 3, 3)  # overflows float16 at the scale 2**15
+    return luxc.MSELoss(), (x, y), luxc.TrainState(model, ps, st, optax.adam(1e-2))
+'''
+
+
+@pytest.mark.slow
+def test_luxc_compile_mixed_precision_f16_keeps_the_scale_in_the_artefact_and_run_shows_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "f16_src.py").write_text(F16_FACTORY)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "luxc.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    r = cli("compile", "f16_src.py:factory", "--out", "f16.luxc", "--mixed-precision", "f16")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "f16.luxc" / "manifest.json").read_text())
+    assert manifest["compile_options"]["mixed_precision"] == "f16"
+    assert "loss_scaling.scale" in manifest["layout"]["state_names"]
+    r = cli("run", "f16.luxc", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert "step 1  loss scale 32768 -> 16384" in r.stdout
+    bad = cli("compile", "f16_src.py:factory", "--out", "x.luxc", "--mixed-precision", "fp8")
+    assert bad.returncode != 0 and "'fp8' is not one of 'bf16', 'f16'" in bad.stderr

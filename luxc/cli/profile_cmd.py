@@ -19,6 +19,7 @@ from luxc.cli._common import (
     compile_options,
     format_bytes,
     load_artifact,
+    mixed_precision_option,
     passes_option,
     peak_bytes,
     precision_option,
@@ -124,8 +125,9 @@ def _profile_dir(directory, steps, trace):
 @click.option("--trace", type=click.Path(file_okay=False), help="write a jax profiler trace here")
 @passes_option
 @precision_option
+@mixed_precision_option
 @xla_option
-def profile(target, steps, trace, passes, precision, xla_option):
+def profile(target, steps, trace, passes, precision, mixed_precision, xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -141,7 +143,7 @@ def profile(target, steps, trace, passes, precision, xla_option):
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(
-            target, steps, compile_options(passes, precision, xla_option), trace)
+            target, steps, compile_options(passes, precision, xla_option, mixed_precision), trace)
         what = "compile"
     median = statistics.median(times)
     for label in ("batch", "passes", "executable"):

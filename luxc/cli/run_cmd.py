@@ -73,9 +73,14 @@ def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, p
     data = loaded.check_data(read_npz(data_path)) if data_path else None
     first_step, last_step, every = loaded.step_count + 1, loaded.step_count + steps, _every(every, steps)
 
+    scales = [loaded.loss_scale]
+
     def line(step: int, loss: float, echo=click.echo) -> None:
         if not quiet and ((step - first_step + 1) % every == 0 or step == last_step):
             echo(f"step {step}  loss {loss:.6g}")
+        if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
+            scales.append(loaded.loss_scale)  # float16 training: its loss scale changed
+            echo(f"step {step}  loss scale {scales[-2]:g} -> {scales[-1]:g}")
 
     t0 = time.perf_counter()
     if not quiet and sys.stderr.isatty():

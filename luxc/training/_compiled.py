@@ -45,18 +45,13 @@ def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
               return_gradients: bool, options: CompileOptions) -> Callable:
     """The pure step a kind of call compiles (called on a cache miss only); the objective
     sees the model under ``options.mixed_precision``'s policy."""
-    model = apply_policy(model, options.mixed_precision)
-    if _scaled(kind, options):
-        def gradients_of(scale):
-            return _step.reverse_gradients(_mixed_precision.scaled_objective(obj_fn, scale), model)
-
-        one = _mixed_precision.loss_scaled_train(gradients_of, optimizer,
-                                                 return_gradients or kind == "train_steps")
-        return one if kind == "train" else _step.scan(one, return_gradients)
+    policy = options.mixed_precision
     if kind == "train":
-        return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
+        return _mixed_precision.train_step(obj_fn, model, optimizer, return_gradients, policy)
     if kind == "train_steps":
-        return _step.train_scan(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
+        one = _mixed_precision.train_step(obj_fn, model, optimizer, True, policy)
+        return _step.scan(one, return_gradients)
+    model = apply_policy(model, policy)
     if kind == "gradients":
         return _step.reverse_gradients(obj_fn, model)
     if kind == "update":

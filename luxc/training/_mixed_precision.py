@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from luxc.nn._core import AbstractLayer
+from luxc.training import _step
 from luxc.training._step import evaluate_objective
 
 COMPUTE_DTYPES: dict[str, Any] = {"bf16": jnp.bfloat16, "f16": jnp.float16}
@@ -164,3 +165,17 @@ def scaled_objective(obj_fn: Callable, scale: jax.Array) -> Callable:
         return loss * scale, new_st, stats
 
     return scaled
+
+
+def train_step(obj_fn: Callable, model: AbstractLayer, optimizer: Any, return_gradients: bool,
+               policy: str | None) -> Callable:
+    """The training step ``(ps, opt, st, data) -> (ps, opt, st, loss, stats, grads | None)``
+    under ``policy``; with ``"f16"``, ``opt`` is ``(optimizer_state, LossScaling)``."""
+    model = apply_policy(model, policy)
+    if policy != "f16":
+        return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
+
+    def gradients_of(scale: jax.Array) -> Callable:
+        return _step.reverse_gradients(scaled_objective(obj_fn, scale), model)
+
+    return loss_scaled_train(gradients_of, optimizer, return_gradients)
