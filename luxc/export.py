@@ -17,15 +17,12 @@ import numpy as np
 
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
+from luxc.runtime.leaf_names import leaf_names
 from luxc.training._mixed_precision import initial_loss_scaling, train_step
 from luxc.training._state import TrainState
 
 load = _artifact.load
 LoadedStep = _artifact.LoadedStep
-
-
-def _paths(tree: Any, prefix: str) -> list[str]:
-    return [prefix + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def describe_objective(obj_fn: Any) -> str:
@@ -64,7 +61,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, mixed_precision: str | Non
     """The step with a flat signature, its state and data leaves, and their layout; under
     ``mixed_precision="f16"`` the state holds the loss scaling after the optimiser state."""
     opt_arg: Any = ts.optimizer_state
-    opt_names = _paths(ts.optimizer_state, "optimizer_state")
+    opt_names = leaf_names(ts.optimizer_state, "optimizer_state")
     if mixed_precision == "f16":
         scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
         opt_arg = (ts.optimizer_state, scaling)
@@ -90,9 +87,9 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, mixed_precision: str | Non
     layout = {
         "n_state": n,
         "n_data": len(leaves),
-        "state_names": [*_paths(ts.parameters, "parameters"), *opt_names,
-                        *_paths(ts.states, "states")],
-        "data_names": _paths(data, "data"),
+        "state_names": [*leaf_names(ts.parameters, "parameters"), *opt_names,
+                        *leaf_names(ts.states, "states")],
+        "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
         "step": int(ts.step),
         "model": ts.model.summary(),
