@@ -75,7 +75,7 @@ def jax_jit_step(work: wl.Workload, x, y, hand_cast_bf16: bool = False) -> Step:
     float32 for the loss."""
     model = work.model()
     params, st = luxc.setup(jax.random.key(0), model)
-    loss, opt = loss_fn(work.key), optax.adam(1e-3)
+    loss = loss_fn(work.key)
 
     def forward(p, x):
         if not hand_cast_bf16:
@@ -83,8 +83,16 @@ def jax_jit_step(work: wl.Workload, x, y, hand_cast_bf16: bool = False) -> Step:
         half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (p, x))
         return model(half[1], half[0], st)[0].astype(jnp.float32)
 
+    return jit_adam_step(lambda p, x, y: loss(forward(p, x), y), params, x, y)
+
+
+def jit_adam_step(loss: Callable, params, x, y) -> Step:
+    """``loss(params, x, y)``'s ``value_and_grad`` and optax Adam(1e-3) in one donating
+    ``jax.jit``, the parameters and optimiser state carried between calls."""
+    opt = optax.adam(1e-3)
+
     def update(params, opt_state, x, y):
-        value, grads = jax.value_and_grad(lambda p: loss(forward(p, x), y))(params)
+        value, grads = jax.value_and_grad(loss)(params, x, y)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
@@ -158,11 +166,15 @@ def _nnx_model(key: str):
 
 def flax_nnx_step(work: wl.Workload, x, y) -> Step:
     """flax NNX: a stateful module and ``nnx.Optimizer`` under ``nnx.jit``."""
+    return nnx_adam_step(_nnx_model(work.key), loss_fn(work.key), x, y)
+
+
+def nnx_adam_step(model, loss: Callable, x, y) -> Step:
+    """``loss(model(x), y)`` with ``nnx.value_and_grad`` and an Adam(1e-3) ``nnx.Optimizer``
+    under ``nnx.jit``."""
     from flax import nnx
 
-    model = _nnx_model(work.key)
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-    loss = loss_fn(work.key)
 
     @nnx.jit
     def update(model, optimizer, x, y):

@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.checkpoint import statics
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.runtime.leaf_names import leaf_names
-from luxc.training._mixed_precision import initial_loss_scaling, train_step
+from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import TrainState
+from luxc.training._step import train_step
 
 load = _artifact.load
 LoadedStep = _artifact.LoadedStep
@@ -91,6 +93,8 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, mixed_precision: str | Non
                         *leaf_names(ts.states, "states")],
         "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
+        "statics": statics({"parameters": ts.parameters, "states": ts.states,
+                            "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),
         "model": ts.model.summary(),
         "objective": describe_objective(obj_fn),

@@ -37,8 +37,6 @@ import jax.numpy as jnp
 import optax
 
 from luxc.nn._core import AbstractLayer
-from luxc.training import _step
-from luxc.training._step import evaluate_objective
 
 COMPUTE_DTYPES: dict[str, Any] = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 _WIDE = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
@@ -102,8 +100,8 @@ def apply_policy(model: AbstractLayer, policy: str | None) -> AbstractLayer:
 
 class LossScaling(NamedTuple):
     """Dynamic loss scaling's state (torch's GradScaler, jmp's DynamicLossScale): the
-    ``scale`` (float32), the finite steps since it last changed, and the updates skipped so
-    far (int32 scalars)."""
+    ``scale`` (float32), the finite steps since it last changed, and the updates the last
+    compiled call skipped (int32 scalars)."""
 
     scale: jax.Array
     finite_steps: jax.Array
@@ -156,26 +154,3 @@ def loss_scaled_train(gradients_of: Callable[[Any], Callable], optimizer: Any,
                 loss / scaling.scale, stats, grads if return_gradients else None)
 
     return step
-
-
-def scaled_objective(obj_fn: Callable, scale: jax.Array) -> Callable:
-    """``obj_fn`` with its loss multiplied by ``scale``."""
-    def scaled(model: Any, ps: Any, st: Any, data: Any):
-        loss, new_st, stats = evaluate_objective(obj_fn, model, ps, st, data)
-        return loss * scale, new_st, stats
-
-    return scaled
-
-
-def train_step(obj_fn: Callable, model: AbstractLayer, optimizer: Any, return_gradients: bool,
-               policy: str | None) -> Callable:
-    """The training step ``(ps, opt, st, data) -> (ps, opt, st, loss, stats, grads | None)``
-    under ``policy``; with ``"f16"``, ``opt`` is ``(optimizer_state, LossScaling)``."""
-    model = apply_policy(model, policy)
-    if policy != "f16":
-        return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
-
-    def gradients_of(scale: jax.Array) -> Callable:
-        return _step.reverse_gradients(scaled_objective(obj_fn, scale), model)
-
-    return loss_scaled_train(gradients_of, optimizer, return_gradients)

@@ -17,6 +17,18 @@ class ConsumedStateError(RuntimeError):
     """A TrainState (or an array of it) whose buffers an earlier in-place call donated."""
 
 
+class Donation:
+    """Whether a TrainState's parameter and optimiser-state buffers are still its own: the one
+    mutable part of a TrainState, set once, by the in-place call that donates them
+    (``call`` and the ``step`` it ran at; both ``None`` while the buffers are alive)."""
+
+    __slots__ = ("call", "step")
+
+    def __init__(self) -> None:
+        self.call: str | None = None
+        self.step: int | None = None
+
+
 def check_state(ts: Any, fn: str) -> None:
     """``ts`` is a TrainState whose buffers no in-place call has donated; else the error, in
     ``fn``'s name."""
@@ -41,8 +53,7 @@ class TrainState:
     host ``int`` so that reading it never waits for the device); internal: ``cache`` (the
     compiled executables, shared by every TrainState derived from this one),
     ``allocator_cache`` (unused on XLA, which pools memory itself) and ``objective_function``
-    (the last objective used); ``loss_scale``: the dynamic loss scale of float16 mixed
-    precision (``None`` without it).
+    (the last objective used).
 
     The TrainState owns its buffers: ``parameters`` and ``states`` are copied once, on their
     device, at construction, so an in-place call (``single_train_step_``) that donates them
@@ -63,7 +74,7 @@ class TrainState:
 
     __slots__ = (
         "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
-        "objective_function", "_consumed_by", "_loss_scaling",
+        "objective_function", "donation", "_loss_scaling",
     )
     allocator_cache = None  # Lux's field; XLA pools device memory itself
 
@@ -87,19 +98,19 @@ class TrainState:
         self._set(
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
             _optimizer_state=optimizer.init(parameters), step=0,
-            cache=ExecutableCache(max_cache_entries), objective_function=None, _consumed_by=None,
+            cache=ExecutableCache(max_cache_entries), objective_function=None, donation=Donation(),
             _loss_scaling=None,
         )
 
     @property
     def parameters(self) -> Any:
-        if self._consumed_by is not None:
+        if self.donation.call is not None:
             self.check_alive()
         return self._parameters
 
     @property
     def optimizer_state(self) -> Any:
-        if self._consumed_by is not None:
+        if self.donation.call is not None:
             self.check_alive()
         return self._optimizer_state
 
@@ -126,7 +137,7 @@ class TrainState:
         for k in TrainState.__slots__:
             public = k.lstrip("_")
             object.__setattr__(new, k, changes[public] if public in changes else getattr(self, k))
-        object.__setattr__(new, "_consumed_by", None)
+        object.__setattr__(new, "donation", Donation())
         return new
 
     def _advanced(self, parameters: Any, optimizer_state: Any, states: Any, steps: int,
@@ -142,14 +153,14 @@ class TrainState:
         _SET_STEP(new, self.step + steps)
         _SET_CACHE(new, self.cache)
         _SET_OBJECTIVE(new, objective)
-        _SET_CONSUMED(new, None)
+        _SET_DONATION(new, Donation())
         _SET_LOSS_SCALING(new, self._loss_scaling)
         return new
 
     def check_alive(self) -> None:
         """Raise ConsumedStateError if an in-place call already donated this state's buffers."""
-        if self._consumed_by is not None:
-            call, step = self._consumed_by
+        if self.donation.call is not None:
+            call, step = self.donation.call, self.donation.step
             raise ConsumedStateError(
                 f"this TrainState's parameter and optimizer-state buffers were donated to "
                 f"{call} (step {step}) and freed; use the TrainState that call returned "
@@ -157,8 +168,9 @@ class TrainState:
             )
 
     def consume(self, call: str, step: int) -> None:
-        """Mark the buffers as donated by ``call`` at ``step`` (formatted only if misused)."""
-        object.__setattr__(self, "_consumed_by", (call, step))
+        """Mark the buffers as donated by ``call`` at ``step`` (formatted only if misused): the
+        TrainState's fields stay as they are; its :class:`Donation` records the call."""
+        self.donation.call, self.donation.step = call, step
 
     def tree_flatten(self):
         children = (self.parameters, self.states, self.optimizer_state, self.step,
@@ -173,7 +185,7 @@ class TrainState:
         ps, st, opt_state, step, scaling = children
         new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
                  _optimizer_state=opt_state, step=step, cache=cache, objective_function=objective,
-                 _consumed_by=None, _loss_scaling=scaling)
+                 donation=Donation(), _loss_scaling=scaling)
         return new
 
     def __repr__(self) -> str:
@@ -184,5 +196,5 @@ class TrainState:
 
 _new = object.__new__
 (_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
- _SET_OBJECTIVE, _SET_CONSUMED, _SET_LOSS_SCALING) = (
+ _SET_OBJECTIVE, _SET_DONATION, _SET_LOSS_SCALING) = (
     getattr(TrainState, k).__set__ for k in TrainState.__slots__)

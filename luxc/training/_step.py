@@ -22,6 +22,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
+from luxc.runtime.options import CompileOptions
+from luxc.training._mixed_precision import apply_policy, loss_scaled_train
 
 
 class ObjectiveFunction(Protocol):
@@ -94,6 +96,19 @@ def forward_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callab
     return gradients
 
 
+def step_model(model: AbstractLayer, options: CompileOptions) -> AbstractLayer:
+    """The model the objective of a compiled step sees: ``model`` under
+    ``options.mixed_precision``'s policy."""
+    return apply_policy(model, options.mixed_precision)
+
+
+def gradient_fn(obj_fn: ObjectiveFunction, model: AbstractLayer, options: CompileOptions) -> Callable:
+    """The gradient function every compiled kind that differentiates uses
+    (``gradients(ps, st, data) -> (grads, loss, new_st, stats)``), built from the compile
+    options: each option that changes how gradients are computed composes here."""
+    return reverse_gradients(obj_fn, step_model(model, options))
+
+
 def update(optimizer: optax.GradientTransformation) -> Callable:
     def apply(ps: Any, opt_state: Any, grads: Any):
         updates, opt_state = optimizer.update(grads, opt_state, ps)
@@ -147,3 +162,27 @@ def evaluate(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
         return evaluate_objective(obj_fn, model, ps, st, data)
 
     return run
+
+
+def scaled_objective(obj_fn: ObjectiveFunction, scale: jax.Array) -> Callable:
+    """``obj_fn`` with its loss multiplied by ``scale`` (dynamic loss scaling)."""
+    def scaled(model: AbstractLayer, ps: Any, st: Any, data: Any):
+        loss, new_st, stats = evaluate_objective(obj_fn, model, ps, st, data)
+        return loss * scale, new_st, stats
+
+    return scaled
+
+
+def train_step(obj_fn: ObjectiveFunction, model: AbstractLayer, optimizer: Any,
+               return_gradients: bool, policy: str | None) -> Callable:
+    """The training step ``(ps, opt, st, data) -> (ps, opt, st, loss, stats, grads | None)``
+    under the mixed-precision ``policy``; with ``"f16"``, ``opt`` is ``(optimizer_state,
+    LossScaling)`` and the step scales the loss dynamically (``loss_scaled_train``)."""
+    model = apply_policy(model, policy)
+    if policy != "f16":
+        return train(reverse_gradients(obj_fn, model), optimizer, return_gradients)
+
+    def gradients_of(scale: jax.Array) -> Callable:
+        return reverse_gradients(scaled_objective(obj_fn, scale), model)
+
+    return loss_scaled_train(gradients_of, optimizer, return_gradients)
