@@ -238,3 +238,17 @@ def test_luxc_compile_mixed_precision_f16_keeps_the_scale_in_the_artefact_and_ru
     assert "step 1  loss scale 32768 -> 16384" in r.stdout
     bad = cli("compile", "f16_src.py:factory", "--out", "x.luxc", "--mixed-precision", "fp8")
     assert bad.returncode != 0 and "'fp8' is not one of 'bf16', 'f16'" in bad.stderr
+
+
+def test_train_steps_in_place_count_only_the_updates_they_applied():
+    from luxc.training import train_steps_
+
+    ts, (x, y) = _f16_state(), _data()
+    # four steps in one compiled call; the second overflows float16 at the scale 2**15
+    batches = (jnp.stack([x] * 4), jnp.stack([y, 3e3 * y, y, y]))
+    _, losses, _, ts = train_steps_(AutoXLA(), luxc.MSELoss(), batches, ts, compile_options=F16)
+    assert losses.shape == (4,) and ts.step == 3
+    assert float(ts.loss_scale) == 2.0**14
+    _, _, _, ts = train_steps_(AutoXLA(), luxc.MSELoss(), batches[:1] + (jnp.stack([y] * 4),),
+                               ts, compile_options=F16)
+    assert ts.step == 7 and float(ts.loss_scale) == 2.0**14
