@@ -59,12 +59,13 @@ def describe_optimizer(optimizer: Any, opt_state: Any) -> str:
     return f"optax {name} (states: {', '.join(states) or 'none'})"
 
 
-def flat_step(obj_fn: Any, data: Any, ts: TrainState, mixed_precision: str | None = None):
+def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | None = None):
     """The step with a flat signature, its state and data leaves, and their layout; under
     ``mixed_precision="f16"`` the state holds the loss scaling after the optimiser state."""
     opt_arg: Any = ts.optimizer_state
+    options = options or CompileOptions()
     opt_names = leaf_names(ts.optimizer_state, "optimizer_state")
-    if mixed_precision == "f16":
+    if options.mixed_precision == "f16":
         scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
         opt_arg = (ts.optimizer_state, scaling)
         opt_names += [f"loss_scaling.{f}" for f in scaling._fields]
@@ -72,7 +73,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, mixed_precision: str | Non
     state, state_def = jax.tree.flatten(state_tree)
     leaves, data_def = jax.tree.flatten(data)
     leaves = [jnp.asarray(x) for x in leaves]
-    train = train_step(obj_fn, ts.model, ts.optimizer, False, mixed_precision)
+    train = train_step(obj_fn, ts.model, ts.optimizer, False, options)
     n = len(state)
 
     def step(*args: Any):
@@ -115,7 +116,7 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     ts.check_alive()
     _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing
     options = compile_options or CompileOptions()
-    step, state, leaves, layout = flat_step(obj_fn, data, ts, options.mixed_precision)
+    step, state, leaves, layout = flat_step(obj_fn, data, ts, options)
     return _artifact.save(out, step, state, leaves, layout=layout,
                           platforms=list(platforms or [jax.default_backend()]),
                           options=options, force=force)

@@ -143,12 +143,12 @@ def _counting_skips(step: Callable) -> Callable:
 _SCALED_TRAIN = StepKind(
     "train", TRAIN.arg_names, (0, 1), _scaled_args,
     lambda p: _counting_skips(_step.train_step(p.objective, p.model, p.optimizer,
-                                               p.return_gradients, "f16")),
+                                               p.return_gradients, p.options)),
     _scaled_trained, returns_gradients=True)
 _SCALED_TRAIN_STEPS = StepKind(
     "train_steps", TRAIN_STEPS.arg_names, (0, 1), _scaled_args,
     lambda p: _counting_skips(_step.scan(
-        _step.train_step(p.objective, p.model, p.optimizer, True, "f16"), p.return_gradients)),
+        _step.train_step(p.objective, p.model, p.optimizer, True, p.options), p.return_gradients)),
     _scaled_trained, returns_gradients=True)
 _SCALED = {"train": _SCALED_TRAIN, "train_steps": _SCALED_TRAIN_STEPS}
 

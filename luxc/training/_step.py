@@ -174,15 +174,15 @@ def scaled_objective(obj_fn: ObjectiveFunction, scale: jax.Array) -> Callable:
 
 
 def train_step(obj_fn: ObjectiveFunction, model: AbstractLayer, optimizer: Any,
-               return_gradients: bool, policy: str | None) -> Callable:
+               return_gradients: bool, options: CompileOptions) -> Callable:
     """The training step ``(ps, opt, st, data) -> (ps, opt, st, loss, stats, grads | None)``
-    under the mixed-precision ``policy``; with ``"f16"``, ``opt`` is ``(optimizer_state,
-    LossScaling)`` and the step scales the loss dynamically (``loss_scaled_train``)."""
-    model = apply_policy(model, policy)
-    if policy != "f16":
-        return train(reverse_gradients(obj_fn, model), optimizer, return_gradients)
+    built from the compile options; under ``mixed_precision="f16"``, ``opt`` is
+    ``(optimizer_state, LossScaling)`` and the loss is scaled dynamically
+    (``loss_scaled_train``) around the same :func:`gradient_fn`."""
+    if options.mixed_precision != "f16":
+        return train(gradient_fn(obj_fn, model, options), optimizer, return_gradients)
 
     def gradients_of(scale: jax.Array) -> Callable:
-        return reverse_gradients(scaled_objective(obj_fn, scale), model)
+        return gradient_fn(scaled_objective(obj_fn, scale), model, options)
 
     return loss_scaled_train(gradients_of, optimizer, return_gradients)
