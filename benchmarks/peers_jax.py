@@ -68,13 +68,22 @@ def loss_fn(key: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     return dice
 
 
-def jax_jit_step(work: wl.Workload, x, y) -> Step:
+def jax_jit_step(work: wl.Workload, x, y, hand_cast_bf16: bool = False) -> Step:
     """The plain-JAX way: the same model function, ``value_and_grad`` and optax Adam in one
-    donating ``jax.jit``."""
+    donating ``jax.jit``. ``hand_cast_bf16``: what a JAX user writes for bf16 (jmp's
+    recipe): parameters and input cast to bfloat16 inside the step, the output back to
+    float32 for the loss."""
     model = work.model()
     params, st = luxc.setup(jax.random.key(0), model)
     loss = loss_fn(work.key)
-    return jit_adam_step(lambda p, x, y: loss(model(x, p, st)[0], y), params, x, y)
+
+    def forward(p, x):
+        if not hand_cast_bf16:
+            return model(x, p, st)[0]
+        half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (p, x))
+        return model(half[1], half[0], st)[0].astype(jnp.float32)
+
+    return jit_adam_step(lambda p, x, y: loss(forward(p, x), y), params, x, y)
 
 
 def jit_adam_step(loss: Callable, params, x, y) -> Step:

@@ -74,8 +74,10 @@ def _loss(key: str):
     return dice
 
 
-def torch_step(work: wl.Workload, x, y, compiled: bool) -> Step:
-    """One eager (or ``torch.compile``-d) training step; waiting on it reads the loss."""
+def torch_step(work: wl.Workload, x, y, compiled: bool, autocast: bool = False) -> Step:
+    """One eager (or ``torch.compile``-d) training step; waiting on it reads the loss.
+    ``autocast``: the forward and loss under ``torch.autocast("cpu", torch.bfloat16)`` (torch's
+    mixed precision: float32 parameters, bf16 matrix products)."""
     # Before torch loads OpenMP: idle threads sleep instead of spinning on the cores the next
     # variant needs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -95,7 +97,8 @@ def torch_step(work: wl.Workload, x, y, compiled: bool) -> Step:
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(tx), ty)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(tx), ty)
         loss.backward()
         opt.step()
         return loss

@@ -42,6 +42,7 @@ LUXC = "luxc AutoXLA"
 LUXC_NO_PASSES = "luxc, passes=none"
 LUXC_NO_YNN = "luxc, no YNN fusions"
 LUXC_STEPS = "luxc train_steps_, 8 steps a call"
+LUXC_BF16 = "luxc bf16"
 # XLA:CPU's YNNPACK fusions off: the largest lever measured on the CNN (benchmarks/README.md).
 _NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -57,7 +58,28 @@ PEERS: dict[str, tuple[str | None, Callable]] = {
     "equinox": ("equinox", peers_equinox.equinox_step),
     "torch eager": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=False)),
     "torch.compile": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=True)),
+    # Mixed precision (issue 21), on the MLP, LeNet and the transformer block only.
+    LUXC_BF16: (None, lambda w, x, y: peers_jax.luxc_step(
+        w, x, y, luxc.CompileOptions(mixed_precision="bf16"))),
+    "luxc f16": (None, lambda w, x, y: peers_jax.luxc_step(
+        w, x, y, luxc.CompileOptions(mixed_precision="f16"))),
+    "jax.jit, hand-cast bf16": (None, lambda w, x, y: peers_jax.jax_jit_step(
+        w, x, y, hand_cast_bf16=True)),
+    "torch eager autocast bf16": ("torch", lambda w, x, y: peers_torch.torch_step(
+        w, x, y, compiled=False, autocast=True)),
+    "torch.compile autocast bf16": ("torch", lambda w, x, y: peers_torch.torch_step(
+        w, x, y, compiled=True, autocast=True)),
 }
+MIXED_PRECISION = (LUXC_BF16, "luxc f16", "jax.jit, hand-cast bf16", "torch eager autocast bf16",
+                   "torch.compile autocast bf16")
+MIXED_PRECISION_WORKLOADS = ("mlp", "lenet", "transformer")
+
+
+def makers_for(work: wl.Workload, makers: dict[str, Callable]) -> dict[str, Callable]:
+    """The variants measured on ``work``: the mixed-precision ones on its three workloads."""
+    if work.key in MIXED_PRECISION_WORKLOADS:
+        return makers
+    return {k: v for k, v in makers.items() if k not in MIXED_PRECISION}
 
 
 def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps: int,
@@ -123,7 +145,8 @@ def _gpt(rounds: int, quick: bool, out: str, command: str) -> None:
 def _workloads(chosen: list[wl.Workload], rounds: int, quick: bool, out: str, command: str) -> None:
     makers, skipped = _installed(PEERS)
     run = _report.Run.start(command, rounds, skipped)
-    cases = [measure(w, makers, rounds, w.quick_steps if quick else w.steps) for w in chosen]
+    cases = [measure(w, makers_for(w, makers), rounds, w.quick_steps if quick else w.steps)
+             for w in chosen]
     # Several steps per compiled call, beside one: where dispatch or per-call allocation counts.
     several = [measure(w, {LUXC: PEERS[LUXC][1], LUXC_STEPS: peers_jax.luxc_steps,
                            "jax.jit+optax": PEERS["jax.jit+optax"][1]},

@@ -2,7 +2,8 @@
 download), a small CNN with BatchNorm and Dropout, the compiled training step, and evaluation
 in test mode.
 
-Run it:   pip install -e ".[examples]" && python examples/digits.py   (writes digits.png)
+Run it:   pip install -e ".[examples]" && python examples/digits.py   (writes ./digits.png)
+bf16:     python examples/digits.py --mixed-precision bf16
 Compile:  luxc compile examples/digits.py:factory --out digits.luxc
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -76,21 +78,26 @@ def factory(batch: int = 64, seed: int = 0):
     return objective, (split.x_train[:batch], split.y_train[:batch]), ts
 
 
-def evaluate(ts: luxc.TrainState, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def evaluate(ts: luxc.TrainState, x: np.ndarray, y: np.ndarray,
+             options: luxc.CompileOptions | None = None) -> tuple[float, float]:
     """Loss and accuracy in test mode: BatchNorm uses its running statistics, Dropout is off.
 
     ``compute_objective`` runs the objective without gradients, compiled once and sharing the
     training step's cache and parameters; ``testmode`` flips the ``training`` flags in the state.
     """
     loss, _, stats = compute_objective(luxc.AutoXLA(), objective, (x, y),
-                                       ts.replace(states=luxc.testmode(ts.states)))
+                                       ts.replace(states=luxc.testmode(ts.states)),
+                                       compile_options=options)
     return float(loss), float(stats["accuracy"])
 
 
-def train(epochs: int = 15, batch: int = 64, seed: int = 0, show_progress: bool = True
-          ) -> tuple[list[Epoch], luxc.TrainState]:
+def train(epochs: int = 15, batch: int = 64, seed: int = 0, show_progress: bool = True,
+          mixed_precision: str | None = None) -> tuple[list[Epoch], luxc.TrainState]:
     """Train for ``epochs`` passes over the shuffled training set (full batches only, so one
-    executable serves every step); evaluate on the held-out quarter after each epoch."""
+    executable serves every step); evaluate on the held-out quarter after each epoch.
+    ``mixed_precision``: ``None``, ``"bf16"`` or ``"f16"`` (``luxc.CompileOptions``), for
+    training and evaluation alike."""
+    options = luxc.CompileOptions(mixed_precision=mixed_precision)
     split = load(seed)
     _, _, ts = factory(batch, seed)
     rng = np.random.default_rng(seed)
@@ -106,10 +113,10 @@ def train(epochs: int = 15, batch: int = 64, seed: int = 0, show_progress: bool 
             for idx in order:
                 _, loss, stats, ts = single_train_step_(
                     luxc.AutoXLA(), objective, (split.x_train[idx], split.y_train[idx]), ts,
-                    return_gradients=False)
+                    return_gradients=False, compile_options=options)
                 losses.append(loss)
                 accuracies.append(stats["accuracy"])
-            test_loss, test_accuracy = evaluate(ts, split.x_test, split.y_test)
+            test_loss, test_accuracy = evaluate(ts, split.x_test, split.y_test, options)
             history.append(Epoch(float(np.mean(losses)), float(np.mean(accuracies)),
                                  test_loss, test_accuracy))
             status = (f"loss {history[-1].loss:.4f}  train {history[-1].train_accuracy:6.2%}  "
@@ -144,14 +151,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="digits.png", help="where to write the loss/accuracy PNG")
+    parser.add_argument("--plot", default="digits.png",
+                        help="where to write the loss/accuracy PNG (relative to the current directory)")
+    parser.add_argument("--mixed-precision", choices=("bf16", "f16"), default=None,
+                        help="train in bfloat16 or float16 with float32 master weights")
     args = parser.parse_args()
+    plot_path = Path(args.plot).resolve()
+    if not plot_path.parent.is_dir():  # checked before training, not after it
+        parser.error(f"--plot {args.plot}: the directory {plot_path.parent} does not exist")
     t0 = time.perf_counter()
-    history, ts = train(args.epochs, args.batch, args.seed)
+    history, ts = train(args.epochs, args.batch, args.seed, mixed_precision=args.mixed_precision)
     print(f"test accuracy {history[-1].test_accuracy:.2%} after {args.epochs} epochs "
           f"in {time.perf_counter() - t0:.1f}s (compiles included); {luxc.cache_info(ts)}")
-    plot(history, args.plot)
-    print(f"wrote {args.plot}")
+    plot(history, str(plot_path))
+    print(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":

@@ -41,12 +41,16 @@ from luxc.runtime.checkpoint_format import (
 from luxc.runtime.checkpoint_format import digest as _digest  # noqa: F401 - tests recompute it
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.leaf_names import argument_leaf_name
+from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import TrainState
 
 
 def _parts(ts: TrainState) -> dict[str, Any]:
-    return {"parameters": ts.parameters, "states": ts.states,
-            "optimizer_state": ts.optimizer_state}
+    parts = {"parameters": ts.parameters, "states": ts.states,
+             "optimizer_state": ts.optimizer_state}
+    if ts._loss_scaling is not None:  # float16 mixed precision's dynamic loss scale
+        parts["loss_scaling"] = ts._loss_scaling
+    return parts
 
 
 def _name(path: tuple) -> str:
@@ -86,12 +90,16 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
     its shape or dtype), a leaf missing or extra, a corrupt or edited file."""
     path = Path(path)
     names, refs, _ = _leaves(like)
+    # room for a float16 run's loss scaling (three scalars) the TrainState may not have yet
+    ckpt = read_checkpoint(path, max_bytes(describe(names, refs)) + (1 << 12))
+    if like._loss_scaling is None and any(n.startswith("loss_scaling") for n in ckpt.names):
+        like = like.replace(loss_scaling=initial_loss_scaling())  # restored from the file
+        names, refs, _ = _leaves(like)
     expected = describe(names, refs)
-    ckpt = read_checkpoint(path, max_bytes(expected))
     saved = describe(ckpt.names, ckpt.arrays)
     if ckpt.names != names:
         # The user's own leaves first: a parameter tells more than an optimiser counter.
-        first = {"parameters": 0, "states": 1, "optimizer_state": 2}
+        first = {"parameters": 0, "states": 1, "optimizer_state": 2, "loss_scaling": 3}
         order = lambda n: first.get(n.split("[")[0].split(".")[0], 3)  # noqa: E731
         missing = sorted((n for n in names if n not in ckpt.names), key=order)
         extra = sorted((n for n in ckpt.names if n not in names), key=order)
@@ -113,7 +121,8 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
               for p, leaf in flat]
     parts = jax.tree.unflatten(treedef, leaves)
     return like.replace(parameters=parts["parameters"], states=parts["states"],
-                        optimizer_state=parts["optimizer_state"], step=ckpt.step)
+                        optimizer_state=parts["optimizer_state"], step=ckpt.step,
+                        loss_scaling=parts.get("loss_scaling"))
 
 
 def _restored(path: Path, name: str, like: Val, saved: dict[str, dict[str, Any]]) -> Val:

@@ -19,8 +19,9 @@ from luxc.checkpoint import statics
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.runtime.leaf_names import leaf_names
-from luxc.training import _step
+from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import TrainState
+from luxc.training._step import train_step
 
 load = _artifact.load
 LoadedStep = _artifact.LoadedStep
@@ -58,13 +59,21 @@ def describe_optimizer(optimizer: Any, opt_state: Any) -> str:
     return f"optax {name} (states: {', '.join(states) or 'none'})"
 
 
-def flat_step(obj_fn: Any, data: Any, ts: TrainState):
-    """The step with a flat signature, its state and data leaves, and their layout."""
-    state_tree = (ts.parameters, ts.optimizer_state, ts.states)
+def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | None = None):
+    """The step with a flat signature, its state and data leaves, and their layout; under
+    ``mixed_precision="f16"`` the state holds the loss scaling after the optimiser state."""
+    opt_arg: Any = ts.optimizer_state
+    options = options or CompileOptions()
+    opt_names = leaf_names(ts.optimizer_state, "optimizer_state")
+    if options.mixed_precision == "f16":
+        scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
+        opt_arg = (ts.optimizer_state, scaling)
+        opt_names += [f"loss_scaling.{f}" for f in scaling._fields]
+    state_tree = (ts.parameters, opt_arg, ts.states)
     state, state_def = jax.tree.flatten(state_tree)
     leaves, data_def = jax.tree.flatten(data)
     leaves = [jnp.asarray(x) for x in leaves]
-    train = _step.train(_step.reverse_gradients(obj_fn, ts.model), ts.optimizer, False)
+    train = train_step(obj_fn, ts.model, ts.optimizer, False, options)
     n = len(state)
 
     def step(*args: Any):
@@ -81,8 +90,8 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState):
     layout = {
         "n_state": n,
         "n_data": len(leaves),
-        "state_names": [*leaf_names(ts.parameters, "parameters"),
-                        *leaf_names(ts.optimizer_state, "optimizer_state"), *leaf_names(ts.states, "states")],
+        "state_names": [*leaf_names(ts.parameters, "parameters"), *opt_names,
+                        *leaf_names(ts.states, "states")],
         "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
         "statics": statics({"parameters": ts.parameters, "states": ts.states,
@@ -106,7 +115,8 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     """
     ts.check_alive()
     _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing
-    step, state, leaves, layout = flat_step(obj_fn, data, ts)
+    options = compile_options or CompileOptions()
+    step, state, leaves, layout = flat_step(obj_fn, data, ts, options)
     return _artifact.save(out, step, state, leaves, layout=layout,
                           platforms=list(platforms or [jax.default_backend()]),
-                          options=compile_options or CompileOptions(), force=force)
+                          options=options, force=force)

@@ -54,6 +54,14 @@ class LoadedStep(CompiledStages):
         self._scans: dict[tuple[int, bool], Callable] = {}
 
     @property
+    def loss_scale(self) -> float | None:
+        """The dynamic loss scale of a float16 mixed-precision step (``None`` without one)."""
+        names = self.layout["state_names"]
+        if "loss_scaling.scale" not in names:
+            return None
+        return float(self.state[names.index("loss_scaling.scale")])
+
+    @property
     def pass_report(self) -> list[dict[str, Any]]:
         return self.manifest["pass_report"]
 

@@ -1,5 +1,6 @@
 """examples/digits.py: a CNN on scikit-learn's bundled digits, evaluated in test mode."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -38,3 +39,14 @@ def test_the_split_is_stratified_and_scaled():
     assert 0.0 <= split.x_train.min() and split.x_train.max() <= 1.0
     per_class = split.y_train.sum(axis=0) + split.y_test.sum(axis=0)
     assert np.all(np.abs(split.y_test.sum(axis=0) - per_class / 4) <= 1)  # a quarter of each digit
+
+
+@pytest.mark.slow
+def test_bf16_training_reaches_the_float32_test_accuracy_within_one_point():
+    # 5 epochs: both past 97% on the held-out 450 digits (measured: f32 98.22%, bf16 97.78%).
+    h32, _ = digits.train(epochs=5, show_progress=False)
+    h16, ts = digits.train(epochs=5, show_progress=False, mixed_precision="bf16")
+    assert h32[-1].test_accuracy >= 0.95
+    assert abs(h16[-1].test_accuracy - h32[-1].test_accuracy) <= 0.01
+    assert h16[-1].loss != h32[-1].loss  # the bf16 run did compute in bf16
+    assert {str(x.dtype) for x in jax.tree.leaves(ts.parameters)} == {"float32"}

@@ -69,6 +69,7 @@ def test_the_step_computes_in_bfloat16():
     assert all("bf16>, tensor<" in d for d in dots)
 
 
+@pytest.mark.slow
 def test_loss_and_gradients_match_float32_within_the_bfloat16_error_bound():
     model = nn.Chain(nn.Dense(6, 16, jnp.tanh), nn.LayerNorm(16), nn.Dense(16, 3))
     ps, st = luxc.setup(0, model)
@@ -136,3 +137,118 @@ def test_a_flax_model_is_cast_at_its_boundary():
     _, loss, _, ts = cs(ts, (x, y))
     assert loss.dtype == jnp.float32 and set(seen) == {"float32"}
     assert {x.dtype for x in jax.tree.leaves(ts.parameters)} == {jnp.dtype(jnp.float32)}
+
+
+F16 = luxc.CompileOptions(mixed_precision="f16")
+
+
+def _f16_state():
+    model = nn.Chain(nn.Dense(6, 16, jnp.tanh), nn.Dense(16, 3))
+    ps, st = luxc.setup(0, model)
+    return luxc.TrainState(model, ps, st, optax.adam(1e-2))
+
+
+def test_f16_starts_at_2_pow_15_and_trains_with_the_unscaled_float32_loss():
+    ts, data, obj = _f16_state(), _data(), luxc.CrossEntropyLoss(logits=True)
+    assert ts.loss_scale is None
+    g16, l16, _, new = single_train_step(AutoXLA(), obj, data, ts, compile_options=F16)
+    g32, l32, _, _ = compute_gradients(AutoJAX(), obj, data, ts)
+    assert float(new.loss_scale) == 2.0**15 and new.step == 1
+    assert l16.dtype == jnp.float32
+    # float16 keeps 11 significant bits; the scale is divided out exactly
+    assert abs(float(l16) - float(l32)) <= 2.0**-6 * abs(float(l32))
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+        assert a.dtype == jnp.float32
+        assert float(jnp.max(jnp.abs(a - b))) <= 2.0**-5 * float(jnp.max(jnp.abs(b)))
+
+
+def test_a_non_finite_gradient_skips_the_update_and_halves_the_scale():
+    ts, (x, y) = _f16_state(), _data()
+    _, _, _, ts = single_train_step(AutoXLA(), luxc.MSELoss(), (x, y), ts, compile_options=F16)
+    # targets of 3e3: the gradient scaled by 2**15 exceeds float16's largest value, 65504
+    _, _, _, new = single_train_step(AutoXLA(), luxc.MSELoss(), (x, 3e3 * y), ts,
+                                     compile_options=F16)
+    assert new.step == ts.step == 1
+    assert float(new.loss_scale) == float(ts.loss_scale) / 2
+    for a, b in zip(jax.tree.leaves((new.parameters, new.optimizer_state)),
+                    jax.tree.leaves((ts.parameters, ts.optimizer_state))):
+        np.testing.assert_array_equal(a, b)
+    _, _, _, after = single_train_step(AutoXLA(), luxc.MSELoss(), (x, y), new, compile_options=F16)
+    assert after.step == 2 and float(after.loss_scale) == 2.0**14
+
+
+def test_the_scale_doubles_after_the_growth_interval_of_finite_steps(monkeypatch):
+    from luxc.training import _mixed_precision
+
+    monkeypatch.setattr(_mixed_precision, "GROWTH_INTERVAL", 3)  # read when the step is traced
+    ts, data = _f16_state(), _data()
+    scales = []
+    for _ in range(7):
+        _, _, _, ts = single_train_step(AutoXLA(), luxc.MSELoss(), data, ts, compile_options=F16)
+        scales.append(float(ts.loss_scale))
+    assert scales == [2.0**15] * 2 + [2.0**16] * 3 + [2.0**17] * 2
+    assert ts.step == 7
+
+
+def test_the_loss_scale_survives_a_checkpoint(tmp_path):
+    ts, (x, y) = _f16_state(), _data()
+    for data in ((x, y), (x, 3e3 * y), (x, y)):
+        _, _, _, ts = single_train_step(AutoXLA(), luxc.MSELoss(), data, ts, compile_options=F16)
+    luxc.save_state(tmp_path / "ckpt", ts)
+    back = luxc.load_state(tmp_path / "ckpt", _f16_state())
+    assert back.step == ts.step == 2 and float(back.loss_scale) == 2.0**14
+    assert int(back._loss_scaling.finite_steps) == int(ts._loss_scaling.finite_steps) == 1
+    _, _, _, a = single_train_step(AutoXLA(), luxc.MSELoss(), (x, y), back, compile_options=F16)
+    _, _, _, b = single_train_step(AutoXLA(), luxc.MSELoss(), (x, y), ts, compile_options=F16)
+    for p, q in zip(jax.tree.leaves(a.parameters), jax.tree.leaves(b.parameters)):
+        np.testing.assert_array_equal(p, q)
+
+
+F16_FACTORY = '''
+import jax, jax.numpy as jnp, optax, luxc
+
+def factory():
+    model = luxc.nn.Chain(luxc.nn.Dense(6, 16, jnp.tanh), luxc.nn.Dense(16, 3))
+    ps, st = luxc.setup(0, model)
+    x = jax.random.normal(jax.random.key(1), (32, 6))
+    y = 3e3 * jax.nn.one_hot(jnp.arange(32) % 3, 3)  # overflows float16 at the scale 2**15
+    return luxc.MSELoss(), (x, y), luxc.TrainState(model, ps, st, optax.adam(1e-2))
+'''
+
+
+@pytest.mark.slow
+def test_luxc_compile_mixed_precision_f16_keeps_the_scale_in_the_artefact_and_run_shows_it(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "f16_src.py").write_text(F16_FACTORY)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "luxc.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    r = cli("compile", "f16_src.py:factory", "--out", "f16.luxc", "--mixed-precision", "f16")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "f16.luxc" / "manifest.json").read_text())
+    assert manifest["compile_options"]["mixed_precision"] == "f16"
+    assert "loss_scaling.scale" in manifest["layout"]["state_names"]
+    r = cli("run", "f16.luxc", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    assert "step 1  loss scale 32768 -> 16384" in r.stdout
+    bad = cli("compile", "f16_src.py:factory", "--out", "x.luxc", "--mixed-precision", "fp8")
+    assert bad.returncode != 0 and "'fp8' is not one of 'bf16', 'f16'" in bad.stderr
+
+
+def test_train_steps_in_place_count_only_the_updates_they_applied():
+    from luxc.training import train_steps_
+
+    ts, (x, y) = _f16_state(), _data()
+    # four steps in one compiled call; the second overflows float16 at the scale 2**15
+    batches = (jnp.stack([x] * 4), jnp.stack([y, 3e3 * y, y, y]))
+    _, losses, _, ts = train_steps_(AutoXLA(), luxc.MSELoss(), batches, ts, compile_options=F16)
+    assert losses.shape == (4,) and ts.step == 3
+    assert float(ts.loss_scale) == 2.0**14
+    _, _, _, ts = train_steps_(AutoXLA(), luxc.MSELoss(), batches[:1] + (jnp.stack([y] * 4),),
+                               ts, compile_options=F16)
+    assert ts.step == 7 and float(ts.loss_scale) == 2.0**14

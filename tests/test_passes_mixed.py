@@ -62,6 +62,9 @@ def test_a_bf16_step_with_the_pass_equals_the_step_without_it_within_bf16_roundi
                                luxc.CompileOptions(passes=pipeline, mixed_precision="bf16"))
         if name == "with":
             assert cs.pass_report[0].rewrites == 5
+            dots = [d for d in cs.as_text("optimized").splitlines() if "stablehlo.dot_general" in d]
+            # bf16 operands, accumulated and returned in float32
+            assert len(dots) == 5 and all("bf16>, tensor<" in d and d.endswith("xf32>") for d in dots)
         out[name] = cs(ts, (x, y))
     (g1, l1, _, _), (g0, l0, _, _) = out["with"], out["without"]
     assert abs(float(l1) - float(l0)) <= 2.0**-7 * abs(float(l0))

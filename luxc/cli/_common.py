@@ -89,7 +89,8 @@ def call_factory(spec: str):
     return out
 
 
-def compile_options(passes: str, precision: str, xla_option: tuple[str, ...]):
+def compile_options(passes: str, precision: str, xla_option: tuple[str, ...],
+                    mixed_precision: str | None = None):
     import luxc
 
     xla = {}
@@ -106,13 +107,17 @@ def compile_options(passes: str, precision: str, xla_option: tuple[str, ...]):
                     xla[key] = float(value)
                 except ValueError:
                     pass
-    return luxc.CompileOptions(passes=passes, precision=precision, xla_options=xla)
+    return luxc.CompileOptions(passes=passes, precision=precision, xla_options=xla,
+                               mixed_precision=mixed_precision)
 
 
 passes_option = click.option("--passes", default="default", show_default=True,
                               help="'default', 'none', 'all' or comma-separated pass names")
 precision_option = click.option("--precision", type=click.Choice(["default", "high", "highest"]),
                                  default="default", show_default=True)
+mixed_precision_option = click.option(
+    "--mixed-precision", type=click.Choice(["bf16", "f16"]), default=None,
+    help="compute in bfloat16 / float16 with float32 master weights (f16: dynamic loss scaling)")
 xla_option = click.option("--xla-option", multiple=True, metavar="NAME=VALUE",
                            help="an XLA option for this executable (repeatable)")
 

@@ -8,6 +8,7 @@ from luxc.cli._common import (
     CliError,
     call_factory,
     compile_options,
+    mixed_precision_option,
     passes_option,
     precision_option,
     xla_option,
@@ -23,6 +24,7 @@ from luxc.cli._common import (
               help="target platform (repeatable; default: this machine's)")
 @passes_option
 @precision_option
+@mixed_precision_option
 @xla_option
 @click.option("--force", is_flag=True,
               help="replace an existing luxc artefact directory (never any other directory)")
@@ -30,7 +32,7 @@ from luxc.cli._common import (
               "AXIS, the batch split along it (e.g. data=8)")
 @click.option("--strategy", type=click.Choice(["data", "fsdp"]), default="data", show_default=True,
               help="with --mesh: replicate the state (data) or split it (fsdp)")
-def compile(spec, out, platforms, passes, precision, xla_option, force, mesh, strategy):
+def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option, force, mesh, strategy):
     """Compile the training step of SPEC into the artefact directory --out.
 
     SPEC is path/file.py:factory or module:factory. factory() takes no arguments and returns
@@ -47,9 +49,9 @@ def compile(spec, out, platforms, passes, precision, xla_option, force, mesh, st
     obj, data, ts = call_factory(spec)
     if device_mesh is not None:
         data, ts = _sharded(device_mesh, strategy, data, ts)
+    options = compile_options(passes, precision, xla_option, mixed_precision)
     manifest = luxc.export_step(obj, data, ts, out, platforms=list(platforms) or None,
-                                compile_options=compile_options(passes, precision, xla_option),
-                                force=force)
+                                compile_options=options, force=force)
     rewrites = ", ".join(f"{r['name']}: {r['rewrites']}" for r in manifest["pass_report"]) or "none"
     click.echo(f"wrote {out}: platforms {', '.join(manifest['platforms'])}; passes {rewrites}; "
                f"compile {manifest['compile_seconds'] or 0:.2f}s")

@@ -20,6 +20,7 @@ from luxc.cli._common import (
     compile_options,
     format_bytes,
     load_artifact,
+    mixed_precision_option,
     passes_option,
     peak_bytes,
     precision_option,
@@ -145,8 +146,11 @@ def _compare_settings(base: dict, compare: tuple[str, ...]) -> dict:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in other:
-            raise CliError(f"--compare takes passes=…, precision=… or xla-option=NAME=VALUE; "
+            raise CliError(f"--compare takes passes=…, precision=…, mixed-precision=… or "
+                           f"xla-option=NAME=VALUE; "
                            f"received {item!r}")
+        if key == "mixed_precision" and value.lower() in ("none", ""):
+            value = None
         other[key] = other[key] + (value,) if key == "xla_option" else value
     return other
 
@@ -184,7 +188,8 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
             "ratio": medians[1] / medians[0]}))
         return
     for name, s, m, t in zip(("A", "B"), settings, medians, times, strict=True):
-        opts = f"passes={s['passes']} precision={s['precision']}" + "".join(
+        opts = (f"passes={s['passes']} precision={s['precision']} "
+                f"mixed-precision={s['mixed_precision'] or 'none'}") + "".join(
             f" xla-option={x}" for x in s["xla_option"])
         click.echo(_row(f"step time {name}", f"{m * 1e3:.3f}", "ms",
                         f"median, min {min(t) * 1e3:.3f} ms; {opts}"))
@@ -206,8 +211,10 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
                    "interleaved, and print the ratio")
 @passes_option
 @precision_option
+@mixed_precision_option
 @xla_option
-def profile(target, steps, trace, ops, as_json, compare, passes, precision, xla_option):
+def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixed_precision,
+            xla_option):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -222,6 +229,7 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, xla_
             raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artefact "
                                    "directory holds one compiled step")
         _report_compare(target, steps, {"passes": passes, "precision": precision,
+                                        "mixed_precision": mixed_precision,
                                         "xla_option": xla_option}, compare, as_json)
         return
     if trace:
@@ -236,7 +244,8 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, xla_
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(
-            target, steps, compile_options(passes, precision, xla_option), trace, ops=bool(ops))
+            target, steps, compile_options(passes, precision, xla_option, mixed_precision), trace,
+            ops=bool(ops))
         what = "compile"
     median = statistics.median(times)
     records = facts.pop("ops", None)

@@ -180,6 +180,8 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     curve = _Curve(keep=bool(plot))
     log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
+    scales = [loaded.loss_scale]
+
     def line(step: int, loss: float, echo=click.echo) -> None:
         curve.add(step, loss)
         shown = (step - first_step + 1) % every == 0 or step == end
@@ -187,6 +189,9 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
             log.write(json.dumps({"step": step, "loss": loss}) + "\n")
         if not quiet and shown:
             echo(f"step {step}  loss {loss:.6g}")
+        if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
+            scales.append(loaded.loss_scale)  # float16 training: its loss scale changed
+            echo(f"step {step}  loss scale {scales[-2]:g} -> {scales[-1]:g}")
 
     def batches(i: int):
         return dataset.batch(start_index + i)

@@ -15,7 +15,15 @@ from luxc.runtime.cache import CacheEntry
 from luxc.runtime.op_profile import OpRecord, profile_executable
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
-from luxc.training._kinds import KINDS, UPDATE, StepKind, entry, raise_if_consumed, run
+from luxc.training._kinds import (
+    KINDS,
+    UPDATE,
+    StepKind,
+    entry,
+    for_options,
+    raise_if_consumed,
+    run,
+)
 from luxc.training._state import TrainState
 
 
@@ -113,7 +121,7 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
         raise ValueError("compile_step: donate=True applies to kind='train' only (it donates the "
                          "parameters and the optimizer state the step replaces)")
     ts.check_alive()
-    step_kind = KINDS[kind]
+    step_kind = for_options(KINDS[kind], options)
     return_gradients = return_gradients and step_kind.returns_gradients
     found = entry(step_kind, ts.cache, obj_fn, ts.model, ts.optimizer, step_kind.args(ts, data),
                   return_gradients, donate, options, "compile_step")

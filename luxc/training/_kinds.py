@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from luxc._preferences import preference
 from luxc.runtime.cache import CacheEntry, ExecutableCache
@@ -29,6 +30,7 @@ from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.programs import lookup, program_key
 from luxc.runtime.signature import Signature
 from luxc.training import _step
+from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import ConsumedStateError, TrainState
 
 
@@ -111,6 +113,53 @@ UPDATE = StepKind(
 KINDS = {k.name: k for k in (TRAIN, TRAIN_STEPS, GRADIENTS, OBJECTIVE, UPDATE)}
 
 
+def _scaled_args(ts: TrainState, data: Any) -> tuple:
+    scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
+    return (ts.parameters, (ts.optimizer_state, scaling), ts.states, data)
+
+
+def _scaled_trained(ts: TrainState, obj_fn: Any, out: tuple, steps: int):
+    ps, (opt_state, scaling), st, loss, stats, grads = out
+    # A skipped update leaves ts.step unchanged: the host reads how many this call skipped
+    # (which waits for the step).
+    new = ts._advanced(ps, opt_state, st, steps - int(scaling.skipped), obj_fn)
+    new._set(_loss_scaling=scaling)
+    return grads, loss, stats, new
+
+
+def _counting_skips(step: Callable) -> Callable:
+    """``step`` with the loss scaling's ``skipped`` counter started at 0: after the call it
+    holds the updates this call skipped."""
+    def call(ps: Any, opt_and_scaling: Any, st: Any, data: Any):
+        opt_state, scaling = opt_and_scaling
+        return step(ps, (opt_state, scaling._replace(skipped=jnp.zeros_like(scaling.skipped))),
+                    st, data)
+
+    return call
+
+
+# Float16 mixed precision (CompileOptions(mixed_precision="f16")): the training kinds with
+# dynamic loss scaling, whose optimiser-state argument is (optimizer_state, LossScaling).
+_SCALED_TRAIN = StepKind(
+    "train", TRAIN.arg_names, (0, 1), _scaled_args,
+    lambda p: _counting_skips(_step.train_step(p.objective, p.model, p.optimizer,
+                                               p.return_gradients, p.options)),
+    _scaled_trained, returns_gradients=True)
+_SCALED_TRAIN_STEPS = StepKind(
+    "train_steps", TRAIN_STEPS.arg_names, (0, 1), _scaled_args,
+    lambda p: _counting_skips(_step.scan(
+        _step.train_step(p.objective, p.model, p.optimizer, True, p.options), p.return_gradients)),
+    _scaled_trained, returns_gradients=True)
+_SCALED = {"train": _SCALED_TRAIN, "train_steps": _SCALED_TRAIN_STEPS}
+
+
+def for_options(kind: StepKind, options: CompileOptions | None) -> StepKind:
+    """``kind`` as ``options`` run it: the loss-scaled training kinds under float16."""
+    if options is not None and options.mixed_precision == "f16":
+        return _SCALED.get(kind.name, kind)
+    return kind
+
+
 def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optimizer: Any,
           args: tuple, return_gradients: bool, donate: bool, options: CompileOptions,
           caller: str) -> CacheEntry:
@@ -131,6 +180,8 @@ def run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
         steps: int = 1):
     """One compiled call of the training API; returns what the caller returns (positional
     arguments: this runs on every cache hit)."""
+    if compile_options is not None and compile_options.mixed_precision is not None:
+        kind = for_options(kind, compile_options)
     args = kind.args(ts, data)
     return_gradients = return_gradients and kind.returns_gradients
     if not kind.uses_objective:

@@ -29,10 +29,12 @@ dtype('float32')
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from luxc.nn._core import AbstractLayer
 
@@ -94,3 +96,61 @@ class MixedPrecision(AbstractLayer):
 def apply_policy(model: AbstractLayer, policy: str | None) -> AbstractLayer:
     """The model a step under ``policy`` (``None``, ``"bf16"``, ``"f16"``) hands its objective."""
     return model if policy is None else MixedPrecision(model, policy)
+
+
+class LossScaling(NamedTuple):
+    """Dynamic loss scaling's state (torch's GradScaler, jmp's DynamicLossScale): the
+    ``scale`` (float32), the finite steps since it last changed, and the updates the last
+    compiled call skipped (int32 scalars)."""
+
+    scale: jax.Array
+    finite_steps: jax.Array
+    skipped: jax.Array
+
+
+INITIAL_SCALE = 2.0**15
+# Finite steps after which the scale doubles (GradScaler's growth_interval); read when a step
+# is traced, so a test may lower it before compiling.
+GROWTH_INTERVAL = 2000
+
+
+def initial_loss_scaling() -> LossScaling:
+    return LossScaling(jnp.float32(INITIAL_SCALE), jnp.int32(0), jnp.int32(0))
+
+
+def _next(scaling: LossScaling, finite: jax.Array) -> LossScaling:
+    count = scaling.finite_steps + 1
+    grow = count >= GROWTH_INTERVAL
+    scale = jnp.where(finite, jnp.where(grow, scaling.scale * 2, scaling.scale), scaling.scale / 2)
+    return LossScaling(scale.astype(jnp.float32),
+                       jnp.where(finite & ~grow, count, 0).astype(jnp.int32),
+                       scaling.skipped + (~finite).astype(jnp.int32))
+
+
+def loss_scaled_train(gradients_of: Callable[[Any], Callable], optimizer: Any,
+                      return_gradients: bool) -> Callable:
+    """A training step with dynamic loss scaling: ``(ps, (opt_state, scaling), st, data) ->
+    (ps, (opt_state, scaling), st, loss, stats, grads | None)``.
+
+    ``gradients_of(objective_scale)`` is the gradient function of the objective multiplied by
+    ``objective_scale``. The gradients of ``scale · loss`` are divided by ``scale`` (a power of
+    two: exact); if any is not finite the update is skipped — parameters, optimiser state and
+    model state returned unchanged — and the scale halved; after ``GROWTH_INTERVAL`` finite
+    steps in a row it doubles. The returned loss is the unscaled float32 loss.
+    """
+    def step(ps: Any, opt_and_scaling: Any, st: Any, data: Any):
+        opt_state, scaling = opt_and_scaling
+        grads, loss, new_st, stats = gradients_of(scaling.scale)(ps, st, data)
+        grads = jax.tree_util.tree_map(lambda g: g / scaling.scale, grads)
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, new_opt = optimizer.update(grads, opt_state, ps)
+        new_ps = optax.apply_updates(ps, updates)
+
+        def keep(new: Any, old: Any) -> Any:
+            return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        out_st = keep(new_st, st) if jax.tree.structure(new_st) == jax.tree.structure(st) else new_st
+        return (keep(new_ps, ps), (keep(new_opt, opt_state), _next(scaling, finite)), out_st,
+                loss / scaling.scale, stats, grads if return_gradients else None)
+
+    return step

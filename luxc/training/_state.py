@@ -74,7 +74,7 @@ class TrainState:
 
     __slots__ = (
         "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
-        "objective_function", "donation",
+        "objective_function", "donation", "_loss_scaling",
     )
     allocator_cache = None  # Lux's field; XLA pools device memory itself
 
@@ -99,6 +99,7 @@ class TrainState:
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
             _optimizer_state=optimizer.init(parameters), step=0,
             cache=ExecutableCache(max_cache_entries), objective_function=None, donation=Donation(),
+            _loss_scaling=None,
         )
 
     @property
@@ -112,6 +113,12 @@ class TrainState:
         if self.donation.call is not None:
             self.check_alive()
         return self._optimizer_state
+
+    @property
+    def loss_scale(self) -> jax.Array | None:
+        """The dynamic loss scale of ``CompileOptions(mixed_precision="f16")`` training (a
+        float32 scalar; ``None`` until an f16 step ran)."""
+        return None if self._loss_scaling is None else self._loss_scaling.scale
 
     def _set(self, **fields: Any) -> None:
         for k, v in fields.items():
@@ -147,6 +154,7 @@ class TrainState:
         _SET_CACHE(new, self.cache)
         _SET_OBJECTIVE(new, objective)
         _SET_DONATION(new, Donation())
+        _SET_LOSS_SCALING(new, self._loss_scaling)
         return new
 
     def check_alive(self) -> None:
@@ -165,7 +173,8 @@ class TrainState:
         self.donation.call, self.donation.step = call, step
 
     def tree_flatten(self):
-        children = (self.parameters, self.states, self.optimizer_state, self.step)
+        children = (self.parameters, self.states, self.optimizer_state, self.step,
+                    self._loss_scaling)
         aux = (self.model, self.optimizer, self.cache, self.objective_function)
         return children, aux
 
@@ -173,10 +182,10 @@ class TrainState:
     def tree_unflatten(cls, aux, children):
         new = object.__new__(cls)
         model, optimizer, cache, objective = aux
-        ps, st, opt_state, step = children
+        ps, st, opt_state, step, scaling = children
         new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
                  _optimizer_state=opt_state, step=step, cache=cache, objective_function=objective,
-                 donation=Donation())
+                 donation=Donation(), _loss_scaling=scaling)
         return new
 
     def __repr__(self) -> str:
@@ -187,4 +196,5 @@ class TrainState:
 
 _new = object.__new__
 (_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
- _SET_OBJECTIVE, _SET_DONATION) = (getattr(TrainState, k).__set__ for k in TrainState.__slots__)
+ _SET_OBJECTIVE, _SET_DONATION, _SET_LOSS_SCALING) = (
+    getattr(TrainState, k).__set__ for k in TrainState.__slots__)

@@ -23,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
 from luxc.runtime.options import CompileOptions
-from luxc.training._mixed_precision import apply_policy
+from luxc.training._mixed_precision import apply_policy, loss_scaled_train
 
 
 class ObjectiveFunction(Protocol):
@@ -134,7 +134,12 @@ def train_scan(gradients: Callable, optimizer: optax.GradientTransformation,
     """``K`` training steps, one per slice of ``batches``' leading axis, as one ``lax.scan``:
     ``(ps, opt_state, st, batches) -> (ps, opt_state, st, losses[K], stats[K, ...], grads | None)``
     with the last step's gradients."""
-    one = train(gradients, optimizer, return_gradients=True)
+    return scan(train(gradients, optimizer, return_gradients=True), return_gradients)
+
+
+def scan(one: Callable, return_gradients: bool) -> Callable:
+    """A training step ``one(ps, opt_state, st, batch)`` (returning its gradients) run over the
+    leading axis of ``batches`` as one ``lax.scan`` (``train_scan``'s body)."""
 
     def steps(ps: Any, opt_state: Any, st: Any, batches: Any):
         def body(carry, batch):
@@ -157,3 +162,27 @@ def evaluate(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
         return evaluate_objective(obj_fn, model, ps, st, data)
 
     return run
+
+
+def scaled_objective(obj_fn: ObjectiveFunction, scale: jax.Array) -> Callable:
+    """``obj_fn`` with its loss multiplied by ``scale`` (dynamic loss scaling)."""
+    def scaled(model: AbstractLayer, ps: Any, st: Any, data: Any):
+        loss, new_st, stats = evaluate_objective(obj_fn, model, ps, st, data)
+        return loss * scale, new_st, stats
+
+    return scaled
+
+
+def train_step(obj_fn: ObjectiveFunction, model: AbstractLayer, optimizer: Any,
+               return_gradients: bool, options: CompileOptions) -> Callable:
+    """The training step ``(ps, opt, st, data) -> (ps, opt, st, loss, stats, grads | None)``
+    built from the compile options; under ``mixed_precision="f16"``, ``opt`` is
+    ``(optimizer_state, LossScaling)`` and the loss is scaled dynamically
+    (``loss_scaled_train``) around the same :func:`gradient_fn`."""
+    if options.mixed_precision != "f16":
+        return train(gradient_fn(obj_fn, model, options), optimizer, return_gradients)
+
+    def gradients_of(scale: jax.Array) -> Callable:
+        return gradient_fn(scaled_objective(obj_fn, scale), model, options)
+
+    return loss_scaled_train(gradients_of, optimizer, return_gradients)
