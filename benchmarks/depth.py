@@ -24,9 +24,11 @@ from luxc import nn
 try:
     from benchmarks import workloads as wl
     from benchmarks._timing import samples, steps
+    from benchmarks.peers_jax import jit_adam_step
 except ImportError:  # run from benchmarks/
     import workloads as wl
     from _timing import samples, steps
+    from peers_jax import jit_adam_step
 
 B = 8
 DEPTHS = (1, 4, 12, 24)
@@ -89,23 +91,11 @@ def _jax(n: int, scan: bool) -> tuple[Callable, Callable]:
                 x = _block(p, x)
         return jnp.mean((x - y) ** 2)
 
-    opt = optax.adam(1e-3)
-
-    def update(params, opt_state, x, y):
-        value, grads = jax.value_and_grad(loss)(params, x, y)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    jitted = jax.jit(update, donate_argnums=(0, 1))
     x, y = _data()
-    state = {"p": params, "o": opt.init(params)}
-
-    def step():
-        state["p"], state["o"], out = jitted(state["p"], state["o"], x, y)
-        return out
+    step = jit_adam_step(loss, params, x, y)
 
     def temporaries():
-        compiled = jitted.lower(state["p"], state["o"], x, y).compile()
+        compiled = step.update.lower(step.state["p"], step.state["o"], x, y).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     return step, temporaries
