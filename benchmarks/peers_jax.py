@@ -103,6 +103,8 @@ def jit_adam_step(loss: Callable, params, x, y) -> Step:
         state["p"], state["o"], out = update(state["p"], state["o"], x, y)
         return out
 
+    # The jitted update and the carried state, for a caller that inspects the compiled step.
+    step.update, step.state = update, state
     return step
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -26,11 +27,12 @@ from collections.abc import Callable
 import luxc
 
 try:
-    from benchmarks import _report, peers_equinox, peers_gpt, peers_jax, peers_torch
+    from benchmarks import _report, depth, peers_equinox, peers_gpt, peers_jax, peers_torch
     from benchmarks import workloads as wl
     from benchmarks._timing import samples, steps
 except ImportError:  # run as a script from benchmarks/
     import _report
+    import depth
     import peers_equinox
     import peers_gpt
     import peers_jax
@@ -107,20 +109,40 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer steps per sample")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 15; 3 with --quick)")
-    keys = [w.key for w in wl.WORKLOADS] + [peers_gpt.WORKLOAD.key]
+    keys = [w.key for w in wl.WORKLOADS] + [peers_gpt.WORKLOAD.key, "depth"]
     parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(keys))
     parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
+    parser.add_argument("--depths", default=",".join(map(str, depth.DEPTHS)),
+                        help="block counts of the depth workload (default 1,4,12,24)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     only = args.only.split(",") if args.only else keys
     chosen = [w for w in wl.WORKLOADS if w.key in only]
-    if not chosen and peers_gpt.WORKLOAD.key not in only:
+    if not chosen and peers_gpt.WORKLOAD.key not in only and "depth" not in only:
         parser.error(f"--only: no workload named {args.only!r}; choose from " + ", ".join(keys))
     command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
     if chosen:
         _workloads(chosen, rounds, args.quick, args.out, command)
     if peers_gpt.WORKLOAD.key in only:
         _gpt(rounds, args.quick, args.out, command)
+    if "depth" in only:
+        _depth(tuple(int(n) for n in args.depths.split(",")), rounds, args.quick, args.out, command)
+
+
+def _depth(depths: tuple[int, ...], rounds: int, quick: bool, out: str, command: str) -> None:
+    """The depth table, printed and written as the "Depth" section of RESULTS.md."""
+    load = [f"{v:.2f}" for v in os.getloadavg()]
+    text = depth.table(depth.run(depths, rounds, 1 if quick else 3))
+    section = (f"## Depth\n\n`{command}`, load average {' '.join(load)} at the start\n\n"
+               f"{text}\n")
+    print(section, flush=True)
+    path = f"{out}/RESULTS.md"
+    old = open(path).read() if os.path.exists(path) else ""
+    head, _, rest = old.partition("## Depth\n")
+    tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+    with open(path, "w") as f:
+        f.write(head.rstrip("\n") + ("\n\n" if head.strip() else "") + section + tail)
+    print(f"wrote the depth section of {path}")
 
 
 def _installed(peers: dict[str, tuple[str | None, Callable]]) -> tuple[dict[str, Callable], list[str]]:

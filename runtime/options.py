@@ -39,6 +39,10 @@ class CompileOptions:
             and the data are cast to that dtype inside the step, the parameters and optimiser
             state stay float32, losses, normalisation statistics and gradients are float32
             (README "Mixed precision"); ``"f16"`` adds dynamic loss scaling.
+        microbatches: ``k`` ≥ 1: gradient accumulation inside the one compiled step; the
+            leading axis of every data leaf is split into ``k`` equal parts, run one after the
+            other, their losses, statistics and gradients averaged, one optimiser update
+            (a BatchNorm sees per-part statistics; README "Deep models").
 
     >>> import luxc
     >>> luxc.CompileOptions(passes=["fuse_rsqrt"], precision="highest").precision
@@ -50,6 +54,7 @@ class CompileOptions:
     precision: Precision = "default"
     dump_dir: str | None = None
     mixed_precision: MixedPrecision = None
+    microbatches: int = 1
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class CompileOptions:
         precision: Precision = "default",
         dump_dir: str | Path | None = None,
         mixed_precision: MixedPrecision = None,
+        microbatches: int = 1,
     ):
         if isinstance(passes, str) and passes not in ("default", "none", "all"):
             passes = passes.split(",")
@@ -75,6 +81,9 @@ class CompileOptions:
                 f"CompileOptions: mixed_precision must be one of "
                 f"{', '.join(map(repr, MIXED_PRECISIONS))}; received {mixed_precision!r}"
             )
+        if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
+            raise ValueError(f"CompileOptions: microbatches must be an int >= 1; "
+                             f"received {microbatches!r}")
         items = dict(xla_options or {})
         for k, v in items.items():
             if not (isinstance(k, str) and k.startswith("xla_")):
@@ -87,6 +96,7 @@ class CompileOptions:
         object.__setattr__(self, "precision", precision)
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
         object.__setattr__(self, "mixed_precision", mixed_precision)
+        object.__setattr__(self, "microbatches", microbatches)
 
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline

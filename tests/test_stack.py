@@ -282,3 +282,18 @@ def test_remat_lowers_the_compiled_step_s_temporaries():
     plain = _temporaries(nn.Stack(block(), 8))
     remat = _temporaries(nn.Stack(block(), 8, remat="nothing_saveable"))
     assert remat < 0.7 * plain, (remat, plain)
+
+
+@pytest.mark.slow
+def test_an_exported_artefact_of_a_stack_trains_like_eager_autojax(tmp_path):
+    model = nn.Stack(_block(), 3)
+    ps, st = luxc.setup(0, model)
+    data = (X, jnp.zeros_like(X))
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "s.luxc")
+    losses = luxc.load(tmp_path / "s.luxc").run(3)
+    expected = []
+    for _ in range(3):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+        expected.append(float(loss))
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)

@@ -23,6 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
 from luxc.runtime.options import CompileOptions
+from luxc.training._microbatch import accumulate
 from luxc.training._mixed_precision import apply_policy, loss_scaled_train
 
 
@@ -106,7 +107,7 @@ def gradient_fn(obj_fn: ObjectiveFunction, model: AbstractLayer, options: Compil
     """The gradient function every compiled kind that differentiates uses
     (``gradients(ps, st, data) -> (grads, loss, new_st, stats)``), built from the compile
     options: each option that changes how gradients are computed composes here."""
-    return reverse_gradients(obj_fn, step_model(model, options))
+    return accumulate(reverse_gradients(obj_fn, step_model(model, options)), options.microbatches)
 
 
 def update(optimizer: optax.GradientTransformation) -> Callable:
