@@ -1,7 +1,7 @@
 """A character-level GPT on real text that is on every machine: the source of Python's own
 standard library (the running interpreter's ``Lib/``, found through ``sysconfig``).
 
-Embedding + learned positions, a stack of pre-LN blocks (causal MultiHeadAttention, GELU MLP),
+Embedding + learned positions, an ``nn.Stack`` of pre-LN blocks (causal MultiHeadAttention, GELU MLP),
 tied or untied head; AdamW with warm-up + cosine decay and gradient clipping (optax); the
 compiled training step, optionally in bf16 mixed precision; checkpoints you can resume;
 validation loss in bits per character beside the corpus' unigram entropy; a loss plot; a sample.
@@ -137,7 +137,8 @@ class GPT(nn.AbstractContainerLayer):
         self.embed = nn.Parallel(jnp.add, nn.Embedding(vocab, cfg.dim, init_weight=init),
                                  nn.Chain(positions, nn.Embedding(cfg.context, cfg.dim,
                                                                   init_weight=init)))
-        self.blocks = nn.Chain(*(block(cfg.dim, cfg.heads) for _ in range(cfg.layers)))
+        # One block traced, its parameters stacked on a leading axis of size ``layers``.
+        self.blocks = nn.Stack(block(cfg.dim, cfg.heads), cfg.layers)
         self.norm = nn.LayerNorm(cfg.dim)
         self.tied = cfg.tied
         self.head = None if cfg.tied else nn.Dense(cfg.dim, vocab)
@@ -172,8 +173,12 @@ def optimizer(cfg: Config) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps,
                                                                               cfg.warmup + 1),
                                                   cfg.lr / 10)
-    # No weight decay on biases, LayerNorm scales and shifts: the usual GPT recipe.
-    matrices = lambda ps: jax.tree_util.tree_map(lambda p: p.ndim >= 2, ps)  # noqa: E731
+    # Weight decay on the Dense and Embedding weights only, not on biases or LayerNorm scales
+    # (the usual GPT recipe). By name, not rank: under nn.Stack a scale has a layer axis too.
+    def matrices(ps):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: getattr(path[-1], "key", None) == "weight", ps)
+
     return optax.chain(optax.clip_by_global_norm(cfg.clip),
                        optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=matrices))
 

@@ -24,9 +24,9 @@ class Embedding(AbstractLayer):
         init_weight: ``init(key, shape, dtype)``; the default is Lux's ``rand32``, U[0, 1)
             (Lux.jl src/layers/embedding.jl).
 
-    Parameters: ``weight`` of shape ``(vocab, dim)`` (Lux stores ``(out_dims, in_dims)`` and
-    indexes columns; batch-first luxc indexes rows, as ``Dense`` transposes Lux's layout in
-    its matmul rather than in storage — here the row layout is what the gather wants).
+    Parameters: ``weight`` of shape ``(vocab, dim)``, one row per index (Lux stores
+    ``(out_dims, in_dims)`` and reads columns; luxc is batch-first, so the vector of index ``i``
+    is row ``i`` and the lookup is one contiguous gather).
     Input: integers of any shape ``S`` → output ``S + (dim,)``.
 
     An index outside ``[0, vocab)`` is an error when the input is concrete (eager calls).
