@@ -175,14 +175,15 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         click.echo(f"nothing to do: the state is at step {loaded.step_count}, the run ends at "
                    f"step {end}")
         return
-    first_step, every = loaded.step_count + 1, _every(every, remaining)
+    # Lines and log rows at the same steps whether or not the run was resumed.
+    first_step, every = loaded.step_count + 1, _every(every, total)
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
     log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
     def line(step: int, loss: float, echo=click.echo) -> None:
         curve.add(step, loss)
-        shown = (step - first_step + 1) % every == 0 or step == end
+        shown = (step - run_record["origin"]) % every == 0 or step == end
         if log is not None and shown:
             log.write(json.dumps({"step": step, "loss": loss}) + "\n")
         if not quiet and shown:
