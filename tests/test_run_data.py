@@ -70,7 +70,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path
     r = luxc_cli(*common, "--save-state", "straight.safetensors", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     args = [sys.executable, "-m", "luxc.cli", *map(str, common), "--checkpoint", "ck",
-            "--checkpoint-every", "7", "--save-state", "resumed.safetensors"]
+            "--checkpoint-every", "7", "--save-state", "resumed.safetensors", "--log", "log.jsonl"]
     child = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -83,6 +83,8 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(48, 481, 48))  # each row once (~10 lines of 480), killed or not
     straight, resumed = _arrays(tmp_path / "straight.safetensors"), \
         _arrays(tmp_path / "resumed.safetensors")
     assert len(straight) == len(resumed) == 21  # parameters, BatchNorm state, adam's mu, nu, count

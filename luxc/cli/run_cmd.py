@@ -179,6 +179,8 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     first_step, every = loaded.step_count + 1, _every(every, total)
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
+    if resume and log_path and Path(log_path).exists():
+        _truncate_log(log_path, loaded.step_count)
     log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
     def line(step: int, loss: float, echo=click.echo) -> None:
@@ -231,6 +233,22 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         click.echo(f"interrupted at step {loaded.step_count}" +
                    (f"; the state is in {where}" if where else ""), err=True)
         sys.exit(130)
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Keep the rows up to ``step``: a resumed run writes the later ones again."""
+    from luxc.runtime.atomic_write import write_atomic
+
+    rows = []
+    for text in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(text)
+        except ValueError:
+            raise CliError(f"--log {path} is not a luxc run log (a line is not JSON); give "
+                           "another --log") from None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(text + "\n")
+    write_atomic(path, "".join(rows).encode())
 
 
 def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
