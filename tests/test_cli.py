@@ -61,7 +61,8 @@ def artefact(workdir):
 
 
 def _expected_losses(n):
-    """The same training in this process, through the Python API."""
+    """The same training in this process, through the Python API, run eagerly (AutoJAX): an
+    independent reference, without luxc's passes or compiled step."""
     import luxc as lx
 
     namespace: dict = {}
@@ -69,7 +70,7 @@ def _expected_losses(n):
     obj, data, ts = namespace["factory"]()
     out = []
     for _ in range(n):
-        _, loss, _, ts = lx.training.single_train_step_(lx.AutoXLA(), obj, data, ts)
+        _, loss, _, ts = lx.training.single_train_step_(lx.AutoJAX(), obj, data, ts)
         out.append(float(loss))
     return out
 
