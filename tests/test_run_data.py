@@ -129,3 +129,40 @@ def test_a_directory_of_npy_files_trains_memory_mapped(work, tmp_path):
     r = luxc_cli("run", work / "step.luxc", "--data", "ds", "--epochs", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ran 4 steps (1-4)" in r.stdout
+
+
+def test_the_log_holds_every_stat_by_name_with_several_steps_per_call(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from luxc import nn
+
+    def objective(model, ps, st, data):
+        x, y = data
+        pred, st = model(x, ps, st)
+        return jnp.mean((pred - y) ** 2), st, {"label_sum": jnp.sum(y)}
+
+    model = nn.Dense(3, 1)
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x = np.random.default_rng(2).normal(size=(32, 3)).astype(np.float32)
+    y = x[:, :1] * 2
+    luxc.export_step(objective, (x[:8], y[:8]), luxc.TrainState(model, ps, st, optax.sgd(0.1)),
+                     tmp_path / "s.luxc")
+    np.savez(tmp_path / "d.npz", x, y)
+    from click.testing import CliRunner
+
+    from luxc.cli import main
+
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "s.luxc"), "--data", str(tmp_path / "d.npz"),
+                                  "--steps", "8", "--every", "1", "--steps-per-call", "3",
+                                  "--log", str(tmp_path / "log.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # The batches luxc documents: epoch e is default_rng([seed, e]).permutation(N), cut in 4.
+    expected = []
+    for epoch in range(2):
+        order = np.random.default_rng([0, epoch]).permutation(32)
+        expected += [float(np.sum(y[np.sort(order[i * 8:(i + 1) * 8])])) for i in range(4)]
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    np.testing.assert_allclose([row["stats['label_sum']"] for row in rows], expected, rtol=1e-5)

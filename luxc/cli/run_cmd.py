@@ -109,7 +109,8 @@ class _Interrupt:
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in "
               "--checkpoint: the same batches in the same order, the same numbers")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
-              help="write one JSON object per logged step ({\"step\", \"loss\"}) to this file")
+              help="write one JSON object per logged step ({\"step\", \"loss\", every stat}) to "
+                   "this file")
 @click.option("--steps-per-call", default=1, show_default=True,
               type=click.IntRange(min=1, max=_MAX_STEPS),
               help="run K steps in one compiled call (the losses still print per step)")
@@ -183,11 +184,15 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         _truncate_log(log_path, loaded.step_count)
     log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
-    def line(step: int, loss: float, echo=click.echo) -> None:
+    stat_names = loaded.layout.get("stat_names") or [
+        f"stats[{i}]" for i in range(loaded.layout["n_stats"])]
+
+    def line(step: int, loss: float, stats: list[float], echo=click.echo) -> None:
         curve.add(step, loss)
         shown = (step - run_record["origin"]) % every == 0 or step == end
         if log is not None and shown:
-            log.write(json.dumps({"step": step, "loss": loss}) + "\n")
+            log.write(json.dumps({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
+                      + "\n")
         if not quiet and shown:
             echo(f"step {step}  loss {loss:.6g}")
 
@@ -264,10 +269,10 @@ def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
             echo = (lambda text: progress.console.print(text, highlight=False, markup=False)) \
                 if sys.stdout.isatty() else click.echo
 
-            def report(step: int, loss: float) -> None:
-                line(step, loss, echo)
+            def report(step: int, loss: float, stats: list[float]) -> None:
+                line(step, loss, stats, echo)
                 progress.advance(task)
 
-            loaded.run(n, on_step=report, **kwargs)
+            loaded.run(n, on_stats=report, **kwargs)
     else:
-        loaded.run(n, on_step=line, **kwargs)
+        loaded.run(n, on_stats=line, **kwargs)
