@@ -166,3 +166,20 @@ def test_the_log_holds_every_stat_by_name_with_several_steps_per_call(tmp_path):
         expected += [float(np.sum(y[np.sort(order[i * 8:(i + 1) * 8])])) for i in range(4)]
     assert [row["step"] for row in rows] == list(range(1, 9))
     np.testing.assert_allclose([row["stats['label_sum']"] for row in rows], expected, rtol=1e-5)
+
+
+def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_path):
+    child = subprocess.Popen([sys.executable, "-m", "luxc.cli", "run", str(work / "step.luxc"),
+                              "--data", str(work / "train.npz"), "--epochs", "5000", "-q",
+                              "--checkpoint", "ck", "--checkpoint-every", "1000"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "ck").glob("step-*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert 1000 <= step < 60000
+    ts = luxc.load_state(tmp_path / "ck" / f"step-{step:08d}.safetensors", like=_factory_ts(work))
+    assert ts.step == step
