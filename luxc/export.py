@@ -75,6 +75,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
     leaves = [jnp.asarray(x) for x in leaves]
     train = train_step(obj_fn, ts.model, ts.optimizer, False, options)
     n = len(state)
+    stat_names: list[str] = []  # filled while tracing: the stats' names, for logs
 
     def step(*args: Any):
         ps, opt_state, st = jax.tree.unflatten(state_def, args[:n])
@@ -84,6 +85,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
         if new_def != state_def:
             raise ValueError("the step changed the structure of the state; it cannot be "
                              f"exported with a flat signature ({state_def} -> {new_def})")
+        stat_names[:] = leaf_names(stats, "stats")
         return (*new, loss, *jax.tree.leaves(stats))
 
     stats_shape = jax.eval_shape(step, *state, *leaves)[n + 1:]
@@ -94,6 +96,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
                         *leaf_names(ts.states, "states")],
         "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
+        "stat_names": list(stat_names),
         "statics": statics({"parameters": ts.parameters, "states": ts.states,
                             "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),

@@ -98,7 +98,8 @@ class LoadedStep(CompiledStages):
     def run(self, steps: int, data: Sequence[Any] | None = None,
             on_step: Callable[[int, float], None] | None = None, *,
             steps_per_call: int = 1, batches: Callable[[int], Sequence[Any]] | None = None,
-            stop: Callable[[], bool] | None = None, keep_losses: bool = True) -> list[float]:
+            stop: Callable[[], bool] | None = None, keep_losses: bool = True,
+            on_stats: Callable[[int, float, list[float]], None] | None = None) -> list[float]:
         """Train ``steps`` steps from the current state; returns the losses (none with
         ``keep_losses=False``: a long run's memory stays bounded).
 
@@ -106,8 +107,9 @@ class LoadedStep(CompiledStages):
         step takes ``data`` (default: the artefact's). ``steps_per_call=K`` runs K steps in one
         compiled call (a ``lax.scan`` of the stored step, compiled from its StableHLO once),
         Keras's ``steps_per_execution``: the host waits for the device once per K steps.
-        ``on_step`` still sees every step's loss; ``stop()``, asked between calls, ends the run
-        early with the state of a whole number of steps."""
+        ``on_step`` still sees every step's loss (``on_stats`` also its stats, in the order
+        of the layout's ``stat_names``; a stat that is not a scalar: its mean); ``stop()``,
+        asked between calls, ends the run early with the state of a whole number of steps."""
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
@@ -117,22 +119,27 @@ class LoadedStep(CompiledStages):
             k = min(steps_per_call, steps - done)
             if k == 1:
                 step_data = data if batches is None else self.check_data(batches(done))
-                self.state, loss, _ = self(self.state, step_data)
-                chunk = [float(loss)]
-            elif batches is None:
-                self.state, chunk_losses = self._scanned(k)(self.state, data)
-                chunk = [float(x) for x in np.asarray(chunk_losses)]
+                self.state, loss, stats = self(self.state, step_data)
+                chunk, chunk_stats = [float(loss)], [[float(np.mean(s)) for s in stats]]
             else:
-                stacked = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
-                self.state, chunk_losses = self._scanned(k, stacked=True)(self.state, stacked)
+                if batches is None:
+                    self.state, (chunk_losses, stats) = self._scanned(k)(self.state, data)
+                else:
+                    stacked = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
+                    self.state, (chunk_losses, stats) = self._scanned(k, stacked=True)(
+                        self.state, stacked)
                 chunk = [float(x) for x in np.asarray(chunk_losses)]
-            for loss in chunk:
+                columns = [np.asarray(s, dtype=np.float64).reshape(k, -1).mean(1) for s in stats]
+                chunk_stats = [[float(c[i]) for c in columns] for i in range(k)]
+            for loss, step_stats in zip(chunk, chunk_stats):
                 self.step_count += 1
                 done += 1
                 if keep_losses:
                     losses.append(loss)
                 if on_step is not None:
                     on_step(self.step_count, loss)
+                if on_stats is not None:
+                    on_stats(self.step_count, loss, step_stats)
         return losses
 
     def prepare(self, steps_per_call: int, steps: int, stacked: bool = False) -> None:
@@ -150,7 +157,7 @@ class LoadedStep(CompiledStages):
             def steps(state, data):
                 def body(carry, batch):
                     outs = call(*carry, *(data if batch is None else batch))
-                    return list(outs[:n]), outs[n]
+                    return list(outs[:n]), (outs[n], list(outs[n + 1:]))
 
                 return jax.lax.scan(body, list(state), data if stacked else None, length=k)
 

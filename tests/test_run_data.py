@@ -70,7 +70,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path
     r = luxc_cli(*common, "--save-state", "straight.safetensors", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     args = [sys.executable, "-m", "luxc.cli", *map(str, common), "--checkpoint", "ck",
-            "--checkpoint-every", "7", "--save-state", "resumed.safetensors"]
+            "--checkpoint-every", "7", "--save-state", "resumed.safetensors", "--log", "log.jsonl"]
     child = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -83,6 +83,8 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(48, 481, 48))  # each row once (~10 lines of 480), killed or not
     straight, resumed = _arrays(tmp_path / "straight.safetensors"), \
         _arrays(tmp_path / "resumed.safetensors")
     assert len(straight) == len(resumed) == 21  # parameters, BatchNorm state, adam's mu, nu, count
@@ -127,3 +129,57 @@ def test_a_directory_of_npy_files_trains_memory_mapped(work, tmp_path):
     r = luxc_cli("run", work / "step.luxc", "--data", "ds", "--epochs", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "ran 4 steps (1-4)" in r.stdout
+
+
+def test_the_log_holds_every_stat_by_name_with_several_steps_per_call(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from luxc import nn
+
+    def objective(model, ps, st, data):
+        x, y = data
+        pred, st = model(x, ps, st)
+        return jnp.mean((pred - y) ** 2), st, {"label_sum": jnp.sum(y)}
+
+    model = nn.Dense(3, 1)
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x = np.random.default_rng(2).normal(size=(32, 3)).astype(np.float32)
+    y = x[:, :1] * 2
+    luxc.export_step(objective, (x[:8], y[:8]), luxc.TrainState(model, ps, st, optax.sgd(0.1)),
+                     tmp_path / "s.luxc")
+    np.savez(tmp_path / "d.npz", x, y)
+    from click.testing import CliRunner
+
+    from luxc.cli import main
+
+    r = CliRunner().invoke(main, ["run", str(tmp_path / "s.luxc"), "--data", str(tmp_path / "d.npz"),
+                                  "--steps", "8", "--every", "1", "--steps-per-call", "3",
+                                  "--log", str(tmp_path / "log.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # The batches luxc documents: epoch e is default_rng([seed, e]).permutation(N), cut in 4.
+    expected = []
+    for epoch in range(2):
+        order = np.random.default_rng([0, epoch]).permutation(32)
+        expected += [float(np.sum(y[np.sort(order[i * 8:(i + 1) * 8])])) for i in range(4)]
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    np.testing.assert_allclose([row["stats['label_sum']"] for row in rows], expected, rtol=1e-5)
+
+
+def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_path):
+    child = subprocess.Popen([sys.executable, "-m", "luxc.cli", "run", str(work / "step.luxc"),
+                              "--data", str(work / "train.npz"), "--epochs", "5000", "-q",
+                              "--checkpoint", "ck", "--checkpoint-every", "1000"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "ck").glob("step-*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert 1000 <= step < 60000
+    ts = luxc.load_state(tmp_path / "ck" / f"step-{step:08d}.safetensors", like=_factory_ts(work))
+    assert ts.step == step

@@ -109,7 +109,8 @@ class _Interrupt:
 @click.option("--resume", is_flag=True, help="continue from the newest checkpoint in "
               "--checkpoint: the same batches in the same order, the same numbers")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
-              help="write one JSON object per logged step ({\"step\", \"loss\"}) to this file")
+              help="write one JSON object per logged step ({\"step\", \"loss\", every stat}) to "
+                   "this file")
 @click.option("--steps-per-call", default=1, show_default=True,
               type=click.IntRange(min=1, max=_MAX_STEPS),
               help="run K steps in one compiled call (the losses still print per step)")
@@ -175,18 +176,24 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         click.echo(f"nothing to do: the state is at step {loaded.step_count}, the run ends at "
                    f"step {end}")
         return
-    first_step, every = loaded.step_count + 1, _every(every, remaining)
+    # Lines and log rows at the same steps whether or not the run was resumed.
+    first_step, every = loaded.step_count + 1, _every(every, total)
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
+    if resume and log_path and Path(log_path).exists():
+        _truncate_log(log_path, loaded.step_count)
     log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
     scales = [loaded.loss_scale]
+    stat_names = loaded.layout.get("stat_names") or [
+        f"stats[{i}]" for i in range(loaded.layout["n_stats"])]
 
-    def line(step: int, loss: float, echo=click.echo) -> None:
+    def line(step: int, loss: float, stats: list[float], echo=click.echo) -> None:
         curve.add(step, loss)
-        shown = (step - first_step + 1) % every == 0 or step == end
+        shown = (step - run_record["origin"]) % every == 0 or step == end
         if log is not None and shown:
-            log.write(json.dumps({"step": step, "loss": loss}) + "\n")
+            log.write(json.dumps({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
+                      + "\n")
         if not quiet and shown:
             echo(f"step {step}  loss {loss:.6g}")
         if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
@@ -237,6 +244,22 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         sys.exit(130)
 
 
+def _truncate_log(path: str, step: int) -> None:
+    """Keep the rows up to ``step``: a resumed run writes the later ones again."""
+    from luxc.runtime.atomic_write import write_atomic
+
+    rows = []
+    for text in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(text)
+        except ValueError:
+            raise CliError(f"--log {path} is not a luxc run log (a line is not JSON); give "
+                           "another --log") from None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(text + "\n")
+    write_atomic(path, "".join(rows).encode())
+
+
 def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
     kwargs = dict(batches=batches, stop=stop, keep_losses=False,
                   steps_per_call=min(steps_per_call, n))
@@ -250,10 +273,10 @@ def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
             echo = (lambda text: progress.console.print(text, highlight=False, markup=False)) \
                 if sys.stdout.isatty() else click.echo
 
-            def report(step: int, loss: float) -> None:
-                line(step, loss, echo)
+            def report(step: int, loss: float, stats: list[float]) -> None:
+                line(step, loss, stats, echo)
                 progress.advance(task)
 
-            loaded.run(n, on_step=report, **kwargs)
+            loaded.run(n, on_stats=report, **kwargs)
     else:
-        loaded.run(n, on_step=line, **kwargs)
+        loaded.run(n, on_stats=line, **kwargs)
