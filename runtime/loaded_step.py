@@ -15,6 +15,8 @@ from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import Artifact
 from luxc.runtime.artifact_mesh import put
 from luxc.runtime.files import ArtifactError, tensor_bytes, tensors_from_bytes, write_atomic
+from luxc.runtime.guarded_call import deadline_after, guarded
+from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
 
 
@@ -33,6 +35,8 @@ class LoadedStep(CompiledStages):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
+        # A stranger's step may never end: it runs where Ctrl-C stops it (guarded_call).
+        self.signed_by_this_user = artifact.signed_by_this_user
         self._text = artifact.files["step.mlir"].decode("utf-8", errors="replace")
         self.layout = artifact.manifest["layout"]
         n_state = self.layout["n_state"]
@@ -67,7 +71,7 @@ class LoadedStep(CompiledStages):
         for name, x, spec, sharding in zip(self.layout["data_names"], data, expected,
                                            self._shardings[len(self.state):]):
             if list(np.shape(x)) != spec["shape"] or str(np.asarray(x).dtype) != spec["dtype"]:
-                raise ArtifactError(f"{name} has shape {list(np.shape(x))} and dtype "
+                raise ArtifactError(f"{shown(name, 200)} has shape {list(np.shape(x))} and dtype "
                                     f"{np.asarray(x).dtype}; the step was compiled for shape "
                                     f"{spec['shape']} and dtype {spec['dtype']}")
             out.extend(put([x], [sharding]))
@@ -80,24 +84,39 @@ class LoadedStep(CompiledStages):
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
             on_step: Callable[[int, float], None] | None = None, *,
-            steps_per_call: int = 1) -> list[float]:
+            steps_per_call: int = 1, time_limit: float | None = None) -> list[float]:
         """Train ``steps`` steps from the current state; returns the losses.
 
         ``steps_per_call=K`` runs K steps in one compiled call (a ``lax.scan`` of the stored
         step, compiled from its StableHLO once), Keras's ``steps_per_execution``: the host
-        waits for the device once per K steps. ``on_step`` still sees every step's loss."""
+        waits for the device once per K steps. ``on_step`` still sees every step's loss.
+
+        ``time_limit`` (seconds, the whole run) raises
+        :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
+        the last finished call kept. The steps of an artefact this user did not sign, or of any
+        run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
+        a call that never returns."""
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
+        deadline = deadline_after(time_limit)
         losses: list[float] = []
         while len(losses) < steps:
             k = min(steps_per_call, steps - len(losses))
-            if k == 1:
-                self.state, loss, _ = self(self.state, data)
-                chunk = [float(loss)]
+
+            def call(k=k, state=self.state):
+                if k == 1:
+                    new, loss, _ = self(state, data)
+                    return new, [float(loss)]
+                new, chunk_losses = self._scanned(k)(state, data)
+                return new, [float(x) for x in np.asarray(chunk_losses)]
+
+            if deadline is None and self.signed_by_this_user:
+                self.state, chunk = call()
             else:
-                self.state, chunk_losses = self._scanned(k)(self.state, data)
-                chunk = [float(x) for x in np.asarray(chunk_losses)]
+                first = self.step_count + 1
+                self.state, chunk = guarded(call, deadline, f"step{'s' if k > 1 else ''} "
+                                            f"{first}{f'-{first + k - 1}' if k > 1 else ''}")
             for loss in chunk:
                 self.step_count += 1
                 losses.append(loss)

@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.training._state", "luxc.training._compiled",
            "luxc.training._api",
-           "luxc.runtime.options", "luxc.losses", "luxc.ops"]
+           "luxc.runtime.options", "luxc.runtime.shown", "luxc.runtime.untrusted_options",
+           "luxc.losses", "luxc.ops"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -54,7 +54,13 @@ def _plot(losses: list[float], first_step: int, path: str, title: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="no loss lines or progress bar, only the summary")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write the loss curve to this PNG "
               "(needs matplotlib)")
-def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, plot):
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="stop if the steps have not finished after this long (Ctrl-C always stops "
+                   "an artefact you did not sign)")
+@click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
+              "Pallas) in an artefact you did not sign: only if you trust its author")
+def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, plot, time_limit,
+        allow_device_kernels):
     """Train STEPS steps with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), then a summary: steps,
@@ -68,7 +74,7 @@ def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, p
     if plot:
         _check_plot(plot)
     t0 = time.perf_counter()
-    loaded = load_artifact(directory)
+    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels)
     load_seconds = time.perf_counter() - t0
     data = loaded.check_data(read_npz(data_path)) if data_path else None
     first_step, last_step, every = loaded.step_count + 1, loaded.step_count + steps, _every(every, steps)
@@ -92,9 +98,11 @@ def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, p
                 line(step, loss, echo)
                 progress.advance(task)
 
-            losses = loaded.run(steps, data, on_step=report, steps_per_call=steps_per_call)
+            losses = loaded.run(steps, data, on_step=report, steps_per_call=steps_per_call,
+                                time_limit=time_limit)
     else:
-        losses = loaded.run(steps, data, on_step=line, steps_per_call=steps_per_call)
+        losses = loaded.run(steps, data, on_step=line, steps_per_call=steps_per_call,
+                            time_limit=time_limit)
     seconds = time.perf_counter() - t0
     click.echo(f"ran {steps} steps ({first_step}-{last_step}) in {seconds:.3f} s, "
                f"{steps / seconds:.1f} steps/s; loss {losses[0]:.6g} -> {losses[-1]:.6g}")

@@ -1,0 +1,62 @@
+"""Running a step someone else wrote so that Ctrl-C and a time limit stop it.
+
+A compiled step runs in XLA's native code; while the calling thread waits for it, Python's
+signal handlers do not run, so Ctrl-C on a step that never ends (an endless ``while_loop`` in a
+stranger's module) does nothing. :func:`guarded` makes the call and waits for its result in a
+worker thread while the calling thread waits on an event, in short slices: SIGINT raises
+``KeyboardInterrupt`` there at once, and a deadline raises :class:`TimeLimitExceeded`. XLA cannot
+cancel a running computation, so the worker is left to it (a daemon thread: it never holds the
+process open); nothing the caller owns was changed, since the step's results are only taken
+once it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from luxc.runtime.files import ArtifactError
+
+T = TypeVar("T")
+_SLICE_SECONDS = 0.1
+
+
+class TimeLimitExceeded(ArtifactError):
+    """A guarded step did not finish before its deadline."""
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` deadline ``seconds`` from now (``None``: no limit)."""
+    if seconds is None:
+        return None
+    if not seconds > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds; received {seconds!r}")
+    return time.monotonic() + seconds
+
+
+def guarded(call: Callable[[], T], deadline: float | None, what: str) -> T:
+    """``call()`` (which must wait for its own result, e.g. ``float`` of a loss) run in a
+    worker thread; raises :class:`TimeLimitExceeded` naming ``what`` past ``deadline`` and lets
+    ``KeyboardInterrupt`` through while it runs."""
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread as it is
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="luxc-guarded-step", daemon=True).start()
+    while not done.wait(_SLICE_SECONDS if deadline is None
+                        else max(0.0, min(_SLICE_SECONDS, deadline - time.monotonic()))):
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeLimitExceeded(f"{what} did not finish within the time limit; luxc stopped "
+                                    "waiting for it (the state is the one before it)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
