@@ -28,13 +28,11 @@ import jax
 import numpy as np
 
 from luxc.distributed import barrier, gather, put
-from luxc.runtime.files import (
-    ArtifactError,
-    read_regular,
-    tensor_bytes,
-    tensors_from_bytes,
-    write_atomic,
-)
+from luxc.runtime.atomic_write import write_atomic
+from luxc.runtime.bounded_read import read_regular
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.leaf_names import argument_leaf_name
+from luxc.runtime.tensor_codec import tensor_bytes, tensors_from_bytes
 from luxc.training._state import TrainState
 
 _FORMAT = "luxc-checkpoint-2"
@@ -51,7 +49,7 @@ def _parts(ts: TrainState) -> dict[str, Any]:
 def _leaves(ts: TrainState) -> tuple[list[str], list[Any], Any]:
     parts = _parts(ts)
     flat, treedef = jax.tree_util.tree_flatten_with_path(parts)
-    names = [f"{path[0].key}{jax.tree_util.keystr(path[1:])}" for path, _ in flat]
+    names = [argument_leaf_name(path) for path, _ in flat]
     return names, [leaf for _, leaf in flat], treedef
 
 

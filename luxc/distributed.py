@@ -37,6 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from luxc.runtime.leaf_names import leaf_name
 from luxc.training._state import TrainState
 
 Strategy = Literal["data", "fsdp"]
@@ -233,7 +234,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis: str = "data") -> Any:
     out = []
     for path, leaf in leaves:
         shape = np.shape(leaf)
-        name = "batch" + jax.tree_util.keystr(path)
+        name = leaf_name("batch", path)
         if not shape or (shape[0] * processes) % size:
             rows = shape[0] if shape else "no"
             raise ValueError(

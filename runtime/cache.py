@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,12 +230,6 @@ class ExecutableCache:
         if entry.fast_key is not None and self._fast.get(entry.fast_key) is entry:
             del self._fast[entry.fast_key]
         entry.fast_key, entry.pins = None, ()
-
-    def lookup_or_add(self, key: ProgramKey, signature: Signature,
-                      build: Callable[[], Executable]) -> CacheEntry:
-        """``get``, else ``build()`` and ``add``."""
-        entry = self.get(key, signature)
-        return entry if entry is not None else self.add(key, signature, build())
 
     def entries(self) -> list[CacheEntry]:
         return list(self._entries.values())

@@ -30,6 +30,7 @@ from luxc.runtime._jax_internal import (
     ir_context,
     serialize_module,
 )
+from luxc.runtime.leaf_names import leaf_name
 from luxc.runtime.module_ops import summary
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
@@ -122,7 +123,7 @@ def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
             if free[key]:
                 free[key] -= 1
             else:
-                unusable.append(f"{name}{jax.tree_util.keystr(path)} ({key[1]}{list(key[0])})")
+                unusable.append(f"{leaf_name(name, path)} ({key[1]}{list(key[0])})")
     if unusable:
         warn_user(
             f"XLA cannot update {', '.join(unusable[:5])}{' …' if len(unusable) > 5 else ''} in "

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from luxc.runtime.files import ArtifactError
+from luxc.runtime.errors import ArtifactError
 
 T = TypeVar("T")
 _SLICE_SECONDS = 0.1

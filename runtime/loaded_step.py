@@ -14,10 +14,12 @@ from jax import export as jax_export
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import Artifact
 from luxc.runtime.artifact_mesh import put
-from luxc.runtime.files import ArtifactError, tensor_bytes, tensors_from_bytes, write_atomic
+from luxc.runtime.atomic_write import write_atomic
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
+from luxc.runtime.tensor_codec import tensor_bytes, tensors_from_bytes
 
 
 class LoadedStep(CompiledStages):

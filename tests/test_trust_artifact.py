@@ -19,8 +19,8 @@ from jax import lax
 
 import luxc
 from luxc.cli import main
-from luxc.runtime import artifact_format, files
-from luxc.runtime.files import ArtifactError
+from luxc.runtime import artifact_format, bounded_read
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.module_check import check_untrusted
 from tests import test_trust
 from tests.test_trust import _exported_with_custom_call, _manifest, _write_manifest
@@ -79,7 +79,7 @@ def test_inspect_names_files_the_manifest_does_not_list_and_reads_none_of_them(a
     (art / "json.py").write_text("raise SystemExit('ran')\n")
     reads = []
     monkeypatch.setattr(artifact_format, "read_regular",
-                        lambda path, *a: reads.append(Path(path).name) or files.read_regular(path, *a))
+                        lambda path, *a: reads.append(Path(path).name) or bounded_read.read_regular(path, *a))
     r = _inspect(art)
     assert r.exit_code == 0, r.output
     assert "not listed  json.py: not part of the artefact; luxc never reads or runs them" in r.output
@@ -143,7 +143,7 @@ def test_a_sparse_4_gib_state_file_is_refused_unread(art, listed_size, monkeypat
     _write_manifest(art, m)
     monkeypatch.setattr(artifact_format, "read_regular",
                         lambda path, *a: pytest.fail(f"read {path}") if Path(path).name == "state.safetensors"
-                        else files.read_regular(path, *a))
+                        else bounded_read.read_regular(path, *a))
     message = {"manifest": "more than the .* its shapes allow; luxc refuses it unread",
                "file": "has 4294967296 bytes; the manifest lists"}[listed_size]
     if listed_size == "manifest":

@@ -17,7 +17,7 @@ def _every(every: int | None, steps: int) -> int:
 
 
 def _check_plot(path: str) -> None:
-    from luxc.runtime.files import check_writable_file
+    from luxc.runtime.atomic_write import check_writable_file
 
     try:
         import matplotlib  # noqa: F401
@@ -68,7 +68,7 @@ def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, p
     serialized one, or one compiled from its portable StableHLO).
     """
     if save_state:
-        from luxc.runtime.files import check_writable_file
+        from luxc.runtime.atomic_write import check_writable_file
 
         check_writable_file(save_state, "--save-state")
     if plot:

@@ -14,6 +14,7 @@ import jax
 from luxc import compiler
 from luxc.compiler import Kind
 from luxc.runtime.cache import CacheEntry
+from luxc.runtime.leaf_names import argument_leaf_name
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training import _step
@@ -53,13 +54,14 @@ def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1
     return out
 
 
+_PARTS = ("parameters", "optimizer_state", "states", "data")
+
+
 def consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError | None:
     """The error for an input an earlier in-place call freed, or ``None`` if none is."""
-    parts = {"parameters": ts._parameters, "optimizer_state": ts._optimizer_state,
-             "states": ts.states, "data": data}
-    dead = [name + jax.tree_util.keystr(path)
-            for name, tree in parts.items()
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    parts = (ts._parameters, ts._optimizer_state, ts.states, data)
+    dead = [argument_leaf_name(path, _PARTS)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(parts)[0]
             if isinstance(leaf, jax.Array) and leaf.is_deleted()]
     if not dead:
         return None

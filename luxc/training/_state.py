@@ -17,6 +17,14 @@ class ConsumedStateError(RuntimeError):
     """A TrainState (or an array of it) whose buffers an earlier in-place call donated."""
 
 
+def check_state(ts: Any, fn: str) -> None:
+    """``ts`` is a TrainState whose buffers no in-place call has donated; else the error, in
+    ``fn``'s name."""
+    if not isinstance(ts, TrainState):
+        raise TypeError(f"{fn}: ts must be a luxc.TrainState; received {type(ts).__name__}")
+    ts.check_alive()
+
+
 def _owned(tree: Any) -> Any:
     # One on-device copy per array (same device and sharding): donation may free it.
     return jax.tree_util.tree_map(
