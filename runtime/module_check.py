@@ -40,6 +40,7 @@ from luxc.runtime._jax_internal import stable_custom_call_targets
 from luxc.runtime.artifact_mesh import input_shardings
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.module_ops import walk
+from luxc.runtime.shown import shown
 
 CHECK_SECONDS = 120
 # Targets that hand control to another runtime's code are not data, whoever wrote them.
@@ -101,11 +102,12 @@ def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS,
     kernels = [t for t in refused if is_device_kernel(t) and t in _allowed_targets(True)]
     if kernels and kernels == refused:
         raise ArtifactError(f"{what}: its StableHLO runs compiled device kernels "
-                            f"({', '.join(kernels)}), native code luxc does not run from an "
+                            f"({shown(', '.join(kernels), 400)}), native code luxc does not run from an "
                             "artefact this user did not sign; if you trust its author, pass "
                             "--allow-device-kernels (luxc.load(..., allow_device_kernels=True))")
     if refused:
-        raise ArtifactError(f"{what}: its StableHLO calls native functions {', '.join(refused)} "
+        raise ArtifactError(f"{what}: its StableHLO calls native functions "
+                            f"{shown(', '.join(refused), 400)} "
                             "by name (custom_call), which luxc does not accept from an artefact "
                             "this user did not sign")
 
