@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.checkpoint import statics
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.runtime.leaf_names import leaf_names
@@ -84,6 +85,8 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState):
                         *leaf_names(ts.optimizer_state, "optimizer_state"), *leaf_names(ts.states, "states")],
         "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
+        "statics": statics({"parameters": ts.parameters, "states": ts.states,
+                            "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),
         "model": ts.model.summary(),
         "model_summary": repr(ts.model),  # Lux's multi-line display, for luxc inspect

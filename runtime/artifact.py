@@ -49,7 +49,7 @@ from luxc.runtime.atomic_write import check_writable_directory, write_atomic
 from luxc.runtime.bounded_read import json_bytes, parse_json, read_regular, sha256
 from luxc.runtime.directory_swap import replace_directory
 from luxc.runtime.errors import ArtifactError
-from luxc.runtime.executable import compile_exported, export, module_text, rewrite
+from luxc.runtime.executable import compile_exported, module_text, optimise
 from luxc.runtime.loaded_step import LoadedStep
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
@@ -66,12 +66,6 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"luxc": version("luxc"), "jax": jax.__version__, "jaxlib": jaxlib.__version__}
-
-
-def _pipeline(options: CompileOptions, platforms: Sequence[str], args: Sequence[Any]) -> tuple[str, ...]:
-    # One module serves every target: keep only the passes each target's pipeline has.
-    per_platform = [options.pass_names(p, args) for p in platforms]
-    return tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
 
 
 def is_artifact_directory(path: Path) -> bool:
@@ -117,10 +111,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     check_output(out, force)
     host = jax.default_backend()
     args = [*state, *data]
-    t0 = time.perf_counter()
-    traced = export(step, args, platforms=list(platforms), precision=options.precision)
-    optimized, records = rewrite(traced, _pipeline(options, platforms, args), options.dump_dir)
-    trace_seconds = time.perf_counter() - t0
+    _, optimized, records, trace_seconds = optimise(step, args, options, platforms)
     files: dict[str, bytes] = {
         "step.jaxexport": bytes(optimized.serialize()),
         "step.mlir": module_text(optimized.mlir_module_serialized).encode(),

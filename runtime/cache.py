@@ -151,7 +151,7 @@ class ExecutableCache:
         self.misses = 0
         self.compile_seconds = 0.0
         self.recompiles: deque[str] = deque(maxlen=100)
-        self.warned: set[str] = set()
+        self._warned: set[str] = set()
         self._entries: OrderedDict[tuple[ProgramKey, Signature], CacheEntry] = OrderedDict()
         self._fast: dict[Hashable, CacheEntry] = {}
         self._last_by_kind: dict[str, tuple[ProgramKey, Signature]] = {}
@@ -171,6 +171,13 @@ class ExecutableCache:
             return None
         self.hits += 1
         return out
+
+    def first_warning(self, topic: str) -> bool:
+        """``True`` the first time ``topic`` is asked about: a warning this cache gives once."""
+        if topic in self._warned:
+            return False
+        self._warned.add(topic)
+        return True
 
     def get(self, key: ProgramKey, signature: Signature) -> CacheEntry | None:
         """The entry for ``(key, signature)`` (a hit), or ``None``."""

@@ -21,10 +21,17 @@ from luxc.runtime.errors import ArtifactError
 
 T = TypeVar("T")
 _SLICE_SECONDS = 0.1
+# After a stop is asked (``luxc run``'s first Ctrl-C: stop after this call), how long the call
+# may still take before luxc gives up on it.
+GRACE_SECONDS = 5.0
 
 
 class TimeLimitExceeded(ArtifactError):
     """A guarded step did not finish before its deadline."""
+
+
+class StepInterrupted(ArtifactError):
+    """A guarded step had not finished :data:`GRACE_SECONDS` after a stop was asked."""
 
 
 def deadline_after(seconds: float | None) -> float | None:
@@ -36,10 +43,12 @@ def deadline_after(seconds: float | None) -> float | None:
     return time.monotonic() + seconds
 
 
-def guarded(call: Callable[[], T], deadline: float | None, what: str) -> T:
+def guarded(call: Callable[[], T], deadline: float | None, what: str,
+            stop: Callable[[], bool] | None = None) -> T:
     """``call()`` (which must wait for its own result, e.g. ``float`` of a loss) run in a
-    worker thread; raises :class:`TimeLimitExceeded` naming ``what`` past ``deadline`` and lets
-    ``KeyboardInterrupt`` through while it runs."""
+    worker thread; raises :class:`TimeLimitExceeded` naming ``what`` past ``deadline``, and
+    :class:`StepInterrupted` when ``stop()`` turned true and the call has not finished
+    :data:`GRACE_SECONDS` later; lets ``KeyboardInterrupt`` through while it runs."""
     done = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -52,11 +61,18 @@ def guarded(call: Callable[[], T], deadline: float | None, what: str) -> T:
             done.set()
 
     threading.Thread(target=work, name="luxc-guarded-step", daemon=True).start()
+    asked = None
     while not done.wait(_SLICE_SECONDS if deadline is None
                         else max(0.0, min(_SLICE_SECONDS, deadline - time.monotonic()))):
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
             raise TimeLimitExceeded(f"{what} did not finish within the time limit; luxc stopped "
                                     "waiting for it (the state is the one before it)")
+        if asked is None and stop is not None and stop():
+            asked = now
+        if asked is not None and now - asked >= GRACE_SECONDS:
+            raise StepInterrupted(f"{what} had not finished {GRACE_SECONDS:.0f} s after Ctrl-C; "
+                                  "luxc stopped waiting for it (the state is the one before it)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

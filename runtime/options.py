@@ -133,22 +133,8 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 
 
 # XLA options luxc adds for a platform, from what the module holds (a user's own xla_options
-# always win). Each measured in the same interleaved run (benchmarks/README.md):
-#
-# * YNNPACK fusions off where the module convolves: a convolutional step (LeNet-5) became
-#   0.51-0.72x as long, while the MLP and Dice steps, which have no convolution, were
-#   1.12-1.25x slower with it.
-# * Temporaries in heaps of at most 30 MiB (XLA's multiheap buffer assignment): XLA:CPU
-#   allocates a step's temporaries afresh on every call, from one of its worker threads. glibc
-#   maps a block over 32 MiB anew each time (from a worker thread, one over 64 MiB always), so
-#   all of it faults in again every step: ~19k minor faults, 66 MiB, on the transformer block.
-#   Blocks of at most 30 MiB raise glibc's own mmap threshold once freed, and are then reused
-#   from the thread's heap. Transformer step, separate processes, 50 steps each, last 20: one
-#   heap 73.9-77.6 ms (18.8k faults), 16 MiB heaps 57.9-71.2, 30 MiB heaps 58.1-59.8 ms
-#   (0-5k faults); 30 MiB beat 16 MiB in 6 of 7 pairs, tied in one. Only a module whose
-#   temporaries exceed 30 MiB is split at all. The limit is raised to the module's largest
-#   tensor, which XLA cannot split (it logs a warning otherwise). Executables that are written
-#   out keep one heap (see platform_xla_options).
+# always win): YNNPACK fusions off where the module convolves, temporaries in heaps of at most
+# 30 MiB. Why, and the measurements: benchmarks/README.md, "Platform XLA options".
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"

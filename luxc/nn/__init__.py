@@ -29,6 +29,11 @@ from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
 from luxc.nn._stability import TypeInstabilityError as TypeInstabilityError
+from luxc.nn._stack import POLICY_NAMES as POLICY_NAMES
+from luxc.nn._stack import Remat as Remat
+from luxc.nn._stack import RepeatedLayer as RepeatedLayer
+from luxc.nn._stack import Stack as Stack
+from luxc.nn._stack import stacked_axes as stacked_axes
 from luxc.nn._stateful import StatefulLuxLayer as StatefulLuxLayer
 from luxc.nn._stateful import testmode as testmode
 from luxc.nn._stateful import trainmode as trainmode

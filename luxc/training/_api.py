@@ -48,7 +48,7 @@ def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
     # Positional calls and cheap checks first: this runs on every cache hit.
     if not isinstance(ad, SUPPORTED):
         check_backend(ad, caller)
-    if type(ts) is not TrainState or ts._consumed_by is not None:
+    if type(ts) is not TrainState or ts.donation.call is not None:
         check_state(ts, caller)
     return ad.train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller)
 
