@@ -101,6 +101,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
                             "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),
         "model": ts.model.summary(),
+        "model_summary": repr(ts.model),  # Lux's multi-line display, for luxc inspect
         "objective": describe_objective(obj_fn),
         "optimizer": describe_optimizer(ts.optimizer, ts.optimizer_state),
     }

@@ -35,6 +35,7 @@ from luxc.runtime.artifact_format import (
     MANIFEST,
     SIGNATURE,
     SIGNATURE_DOMAIN,
+    check_against_module,
     holds_only_luxc_files,
     read_artifact,
 )
@@ -53,10 +54,12 @@ from luxc.runtime.loaded_step import LoadedStep
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
 from luxc.runtime.persistent_cache import MemoryCache
+from luxc.runtime.shown import shown
 from luxc.runtime.stages import cost_figures, memory_figures
 from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
 from luxc.runtime.tensor_codec import tensor_bytes
 from luxc.runtime.trust import KeyUnavailable, sign
+from luxc.runtime.untrusted_options import untrusted_xla_options
 
 
 def _versions() -> dict[str, str]:
@@ -193,50 +196,33 @@ def _figures(compiled: jax.stages.Compiled) -> dict[str, Any]:
             "memory": memory_figures(compiled)}
 
 
-# XLA options are instructions to the compiler, not data: some write files (xla_dump_to), some
-# abort the process (an unknown name). From an artefact this user did not sign, luxc applies
-# only these, which change how fast or how exactly the step runs and nothing else.
-_SAFE_XLA_OPTIONS = {
-    "xla_cpu_enable_fast_math": bool, "xla_cpu_fast_math_honor_nans": bool,
-    "xla_cpu_fast_math_honor_infs": bool, "xla_cpu_fast_math_honor_division": bool,
-    "xla_cpu_fast_math_honor_functions": bool, "xla_cpu_use_fusion_emitters": bool,
-    "xla_cpu_use_xnnpack": bool, "xla_cpu_use_onednn": bool, "xla_cpu_prefer_vector_width": int,
-    "xla_gpu_enable_fast_min_max": bool, "xla_backend_optimization_level": int,
-}
-
-
-def _xla_options(options: dict[str, Any], signed: bool, notes: list[str]) -> dict[str, Any]:
-    if signed:
-        return dict(options)
-    safe = {k: v for k, v in options.items()
-            if k in _SAFE_XLA_OPTIONS and type(v) is _SAFE_XLA_OPTIONS[k]}
-    dropped = sorted(set(options) - set(safe))
-    if dropped:
-        notes.append(f"ignored the XLA options {', '.join(dropped)} of an artefact this user did "
-                     "not sign (only performance options are taken from one)")
-    return safe
-
-
-def load(directory: str | Path) -> LoadedStep:
+def load(directory: str | Path, *, allow_device_kernels: bool = False) -> LoadedStep:
     """Load an artefact: read and verify every file once, then use its executable if this
     user's luxc signed it and this machine's platform and jaxlib match the ones that built it;
-    else compile its portable StableHLO. Each fallback is a warning and a line in ``notes``."""
+    else compile its portable StableHLO. Each fallback is a warning and a line in ``notes``.
+
+    The StableHLO of an artefact this user did not sign is checked first in an isolated child
+    process (:mod:`luxc.runtime.module_check`); ``allow_device_kernels=True`` admits compiled
+    GPU/TPU kernels (Mosaic, Pallas) in it, which are otherwise refused. The manifest's inputs
+    and outputs must be the module's signature."""
     artifact = read_artifact(directory)
     manifest = artifact.manifest
     host = jax.default_backend()
     if host not in manifest["platforms"]:
-        raise ArtifactError(f"this artefact targets {', '.join(manifest['platforms'])} but this "
+        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest['platforms']), 200)} but this "
                             f"machine runs {host}; recompile it with --platform {host}")
     needed_devices(manifest)  # before reading the module: say what this machine lacks
     if not artifact.signed_by_this_user:
         check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
-                        mesh=manifest.get("mesh"))
+                        mesh=manifest.get("mesh"), directory=artifact.directory,
+                        allow_device_kernels=allow_device_kernels)
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
         raise ArtifactError(f"cannot read the StableHLO of {artifact.directory} with jaxlib "
                             f"{jaxlib.__version__} (built with jaxlib "
-                            f"{manifest['versions']['jaxlib']}): {e}") from None
+                            f"{shown(manifest['versions']['jaxlib'], 80)}): {e}") from None
+    check_against_module(manifest, exported.in_avals, exported.out_avals)
     shardings = input_shardings(manifest, exported)
     args = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"]), sharding=sharding)
             for s, sharding in zip(manifest["inputs"], shardings)]
@@ -246,15 +232,15 @@ def load(directory: str | Path) -> LoadedStep:
         notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
     elif manifest["executable_platform"] != host or manifest["versions"]["jaxlib"] != \
             jaxlib.__version__:
-        notes.append(f"the executable was built for {manifest['executable_platform']} with jaxlib "
-                     f"{manifest['versions']['jaxlib']}; compiled the portable StableHLO for "
-                     f"{host} with jaxlib {jaxlib.__version__} instead")
+        notes.append(f"the executable was built for {shown(manifest['executable_platform'], 80)} "
+                     f"with jaxlib {shown(manifest['versions']['jaxlib'], 80)}; compiled the "
+                     f"portable StableHLO for {host} with jaxlib {jaxlib.__version__} instead")
     elif not artifact.signed_by_this_user:
         notes.append(f"did not load the artefact's executable (native code) because "
                      f"{artifact.unsigned_reason}; compiled its StableHLO instead")
     else:
         cache = MemoryCache({manifest["executable_key"]: artifact.files["executable.bin"]})
-    xla_options = _xla_options(manifest["compile_options"]["xla_options"],
+    xla_options = untrusted_xla_options(manifest["compile_options"]["xla_options"],
                                artifact.signed_by_this_user, notes)
     # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
     compile_cache = cache or persistent_cache.active() or MemoryCache()

@@ -23,7 +23,10 @@ all; only the executable needs it (everything else is data).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ import numpy as np
 
 from luxc.runtime.bounded_read import parse_json, read_regular, sha256
 from luxc.runtime.errors import ArtifactError
+from luxc.runtime.shown import shown
 from luxc.runtime.temporary_names import TEMPORARY
 from luxc.runtime.trust import key_problem, verify
 
@@ -61,6 +65,12 @@ def holds_only_luxc_files(directory: Path) -> bool:
         return False
 _MAX_DIMENSION = 1 << 40
 MAX_MANIFEST_BYTES = 64 << 20
+# The module files' sizes are not implied by the manifest's shapes (the tensor files' are): a
+# step's parameters are its arguments, so its module stays small; a larger one is refused.
+MAX_MODULE_BYTES = 1 << 30
+# A safetensors header: 8 bytes of length, then JSON of about 100 bytes a tensor (name, dtype,
+# shape, offsets); this bound is several times what luxc writes.
+_HEADER_BYTES, _HEADER_BYTES_PER_TENSOR = 4096, 512
 
 _NUMBER = (int, float)
 _OPTIONAL_NUMBER = (int, float, type(None))
@@ -147,10 +157,7 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
                                 "which is not an array dtype luxc writes")
         if any(not 0 <= d < _MAX_DIMENSION for d in spec["shape"]):
             raise ArtifactError(f"manifest input/output {i} has a dimension out of range")
-    layout = manifest["layout"]
-    if layout["n_state"] + layout["n_data"] != len(manifest["inputs"]) or min(
-            layout["n_state"], layout["n_data"]) < 0:
-        raise ArtifactError("manifest layout counts do not match its inputs")
+    _check_layout(manifest)
     files = manifest["files"]
     for name, entry in files.items():
         if name not in REQUIRED_FILES + OPTIONAL_FILES:
@@ -165,6 +172,145 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     if ("executable.bin" in files) != (manifest["executable_key"] is not None):
         raise ArtifactError("manifest lists an executable without its key, or a key without it")
     return manifest
+
+
+def _check_layout(manifest: dict[str, Any]) -> None:
+    layout, inputs, outputs = manifest["layout"], manifest["inputs"], manifest["outputs"]
+    n_state, n_data, n_stats = layout["n_state"], layout["n_data"], layout["n_stats"]
+    if n_state + n_data != len(inputs) or min(n_state, n_data, n_stats) < 0:
+        raise ArtifactError("manifest layout counts do not match its inputs")
+    if n_data == 0 or not layout["data_names"]:
+        raise ArtifactError("manifest field layout.data_names is empty: the step takes no data, "
+                            "but every luxc training step takes some; this artefact was not "
+                            "written by luxc compile (recompile it)")
+    if len(layout["state_names"]) != n_state or len(layout["data_names"]) != n_data:
+        raise ArtifactError(f"manifest layout names {len(layout['state_names'])} state and "
+                            f"{len(layout['data_names'])} data arrays but counts {n_state} and "
+                            f"{n_data}")
+    for key in ("model_summary", "objective", "optimizer"):  # optional text
+        if key in layout and not isinstance(layout[key], str):
+            raise ArtifactError(f"manifest field layout.{key} must be str; found "
+                                f"{type(layout[key]).__name__}")
+    if layout["step"] < 0:
+        raise ArtifactError(f"manifest field layout.step is {layout['step']}; a step count is "
+                            "never negative")
+    loss = outputs[n_state] if len(outputs) > n_state else {"shape": None, "dtype": "none"}
+    if loss["shape"] != []:
+        raise ArtifactError(f"manifest: the step's output after the state, its loss, is "
+                            f"{_array(loss)}, not a scalar: layout.n_state ({n_state}) does not "
+                            "split the inputs into state and data where the step does (a state "
+                            "array was moved into the data?)")
+    if len(outputs) != n_state + 1 + n_stats:
+        raise ArtifactError(f"manifest field layout.n_stats is {n_stats}, but the step has "
+                            f"{len(outputs) - n_state - 1} outputs after its {n_state} state "
+                            "arrays and the loss")
+    for name, given, got in zip(layout["state_names"], inputs, outputs):
+        if (given["shape"], given["dtype"]) != (got["shape"], got["dtype"]):
+            raise ArtifactError(f"manifest: state array {shown(name, 200)} goes in as "
+                                f"{_array(given)} but comes out as {_array(got)}; the state the "
+                                "step returns must be the state it takes")
+
+
+def _array(spec: dict[str, Any]) -> str:
+    return f"{shown(spec['dtype'], 40)}{spec['shape']}"
+
+
+def check_against_module(manifest: dict[str, Any], in_avals: Any, out_avals: Any) -> None:
+    """The manifest's inputs and outputs are the module's signature (``Exported.in_avals``,
+    ``out_avals``); one ``ArtifactError`` line in the manifest's terms where they differ."""
+    layout = manifest["layout"]
+    names = [*layout["state_names"], *layout["data_names"]]
+    for kind, specs, avals, labels in (
+            ("input", manifest["inputs"], in_avals, names),
+            ("output", manifest["outputs"], out_avals,
+             [*layout["state_names"], "loss", *(f"stats[{i}]" for i in range(layout["n_stats"]))])):
+        if len(specs) != len(avals):
+            raise ArtifactError(f"the manifest lists {len(specs)} {kind}s but step.jaxexport has "
+                                f"{len(avals)}: the manifest and the module disagree (recompile "
+                                "the artefact)")
+        for label, spec, aval in zip(labels, specs, avals):
+            module = {"shape": [int(d) for d in aval.shape], "dtype": str(aval.dtype)}
+            if (spec["shape"], spec["dtype"]) != (module["shape"], module["dtype"]):
+                raise ArtifactError(f"the manifest says {kind} {shown(label, 200)} is "
+                                    f"{_array(spec)}, but step.jaxexport's StableHLO has "
+                                    f"{_array(module)}: the manifest and the module disagree "
+                                    "(recompile the artefact)")
+
+
+def size_bound(name: str, manifest: dict[str, Any]) -> int:
+    """The largest size file ``name`` can have given the manifest's own shapes: the tensor
+    files hold exactly the state and data arrays (plus a bounded header)."""
+    layout = manifest["layout"]
+    specs = {"state.safetensors": manifest["inputs"][:layout["n_state"]],
+             "data.safetensors": manifest["inputs"][layout["n_state"]:]}.get(name)
+    if specs is None:
+        return MAX_MODULE_BYTES
+    body = sum(int(np.prod(s["shape"], dtype=object)) * np.dtype(s["dtype"]).itemsize
+               for s in specs)
+    return body + _HEADER_BYTES + _HEADER_BYTES_PER_TENSOR * len(specs)
+
+
+def _checked_sizes(directory: Path, manifest: dict[str, Any]) -> None:
+    for name, entry in manifest["files"].items():
+        bound = size_bound(name, manifest)
+        if entry["size"] > bound:
+            raise ArtifactError(f"{directory / name}: the manifest gives it {entry['size']} bytes, "
+                                f"more than the {bound} its shapes allow; luxc refuses it unread")
+
+
+def other_entries(directory: Path) -> list[str]:
+    """The names in ``directory`` that are not files of the artefact format (luxc never reads
+    them), escaped for printing."""
+    try:
+        return sorted(shown(p.name, 200) for p in directory.iterdir()
+                      if p.name not in ARTIFACT_FILES)
+    except OSError:
+        return []
+
+
+def check_files(directory: str | Path, manifest: dict[str, Any], *, hashes: bool) -> None:
+    """Check the listed files without keeping them: each a regular file of the listed size
+    within :func:`size_bound`; with ``hashes``, its SHA-256 too, read in 1 MiB chunks."""
+    directory = Path(directory)
+    _checked_sizes(directory, manifest)
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        try:
+            info = os.lstat(path)
+        except OSError as e:
+            raise ArtifactError(f"artefact file {path}: {e.strerror}") from None
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(f"artefact file {path} is not a regular file")
+        if info.st_size != entry["size"]:
+            raise ArtifactError(f"artefact file {path} has {info.st_size} bytes; the manifest "
+                                f"lists {entry['size']}: the artefact was modified or corrupted")
+        if hashes and _streamed_sha256(path) != entry["sha256"]:
+            raise ArtifactError(f"checksum mismatch for {path}: the artefact was modified or "
+                                "corrupted; recompile it with `luxc compile`")
+
+
+def _streamed_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> tuple[dict[str, Any], bool, str | None]:
+    """The checked manifest of the artefact in ``directory`` (no other file is read), whether
+    this user's luxc signed it, and why not."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"artefact directory not found: {directory}")
+    raw = read_regular(directory / MANIFEST, "artefact manifest", MAX_MANIFEST_BYTES)
+    try:
+        manifest = check_manifest(parse_json(raw, f"artefact manifest {directory / MANIFEST}"))
+    except ArtifactError as e:
+        raise ArtifactError(f"{directory}: {e}") from None
+    signed, reason = _signature(directory, raw)
+    return manifest, signed, reason
 
 
 @dataclass(frozen=True)
@@ -182,13 +328,8 @@ class Artifact:
 def read_artifact(directory: str | Path) -> Artifact:
     """Read and verify the artefact in ``directory`` (see the module docstring)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ArtifactError(f"artefact directory not found: {directory}")
-    raw = read_regular(directory / MANIFEST, "artefact manifest", MAX_MANIFEST_BYTES)
-    try:
-        manifest = check_manifest(parse_json(raw, f"artefact manifest {directory / MANIFEST}"))
-    except ArtifactError as e:
-        raise ArtifactError(f"{directory}: {e}") from None
+    manifest, signed, reason = read_manifest(directory)
+    _checked_sizes(directory, manifest)  # before any read: no file is read past its bound
     files = {}
     for name, entry in manifest["files"].items():
         data = read_regular(directory / name, "artefact file", entry["size"])
@@ -196,7 +337,6 @@ def read_artifact(directory: str | Path) -> Artifact:
             raise ArtifactError(f"checksum mismatch for {directory / name}: the artefact was "
                                 "modified or corrupted; recompile it with `luxc compile`")
         files[name] = data
-    signed, reason = _signature(directory, raw)
     return Artifact(directory, manifest, files, signed, reason)
 
 

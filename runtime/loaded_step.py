@@ -23,6 +23,8 @@ from luxc.runtime.checkpoint_format import (
     read_checkpoint,
 )
 from luxc.runtime.errors import ArtifactError
+from luxc.runtime.guarded_call import deadline_after, guarded
+from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
 from luxc.runtime.tensor_codec import tensors_from_bytes
 
@@ -42,6 +44,8 @@ class LoadedStep(CompiledStages):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
+        # A stranger's step may never end: it runs where Ctrl-C stops it (guarded_call).
+        self.signed_by_this_user = artifact.signed_by_this_user
         self._text = artifact.files["step.mlir"].decode("utf-8", errors="replace")
         self.layout = artifact.manifest["layout"]
         n_state = self.layout["n_state"]
@@ -84,7 +88,7 @@ class LoadedStep(CompiledStages):
         for name, x, spec, sharding in zip(self.layout["data_names"], data, expected,
                                            self._shardings[len(self.state):]):
             if list(np.shape(x)) != spec["shape"] or str(np.asarray(x).dtype) != spec["dtype"]:
-                raise ArtifactError(f"{name} has shape {list(np.shape(x))} and dtype "
+                raise ArtifactError(f"{shown(name, 200)} has shape {list(np.shape(x))} and dtype "
                                     f"{np.asarray(x).dtype}; the step was compiled for shape "
                                     f"{spec['shape']} and dtype {spec['dtype']}")
             out.extend(put([x], [sharding]))
@@ -99,7 +103,8 @@ class LoadedStep(CompiledStages):
             on_step: Callable[[int, float], None] | None = None, *,
             steps_per_call: int = 1, batches: Callable[[int], Sequence[Any]] | None = None,
             stop: Callable[[], bool] | None = None, keep_losses: bool = True,
-            on_stats: Callable[[int, float, list[float]], None] | None = None) -> list[float]:
+            on_stats: Callable[[int, float, list[float]], None] | None = None,
+            time_limit: float | None = None) -> list[float]:
         """Train ``steps`` steps from the current state; returns the losses (none with
         ``keep_losses=False``: a long run's memory stays bounded).
 
@@ -109,28 +114,45 @@ class LoadedStep(CompiledStages):
         Keras's ``steps_per_execution``: the host waits for the device once per K steps.
         ``on_step`` still sees every step's loss (``on_stats`` also its stats, in the order
         of the layout's ``stat_names``; a stat that is not a scalar: its mean); ``stop()``,
-        asked between calls, ends the run early with the state of a whole number of steps."""
+        asked between calls, ends the run early with the state of a whole number of steps.
+
+        ``time_limit`` (seconds, the whole run) raises
+        :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
+        the last finished call kept. The steps of an artefact this user did not sign, or of any
+        run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
+        a call that never returns."""
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
+        deadline = deadline_after(time_limit)
         losses: list[float] = []
         done = 0
         while done < steps and not (stop is not None and stop()):
             k = min(steps_per_call, steps - done)
-            if k == 1:
+            if k == 1:  # the host data is prepared here; only the device work is guarded
                 step_data = data if batches is None else self.check_data(batches(done))
-                self.state, loss, stats = self(self.state, step_data)
-                chunk, chunk_stats = [float(loss)], [[float(np.mean(s)) for s in stats]]
+            elif batches is None:
+                step_data = data
             else:
-                if batches is None:
-                    self.state, (chunk_losses, stats) = self._scanned(k)(self.state, data)
-                else:
-                    stacked = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
-                    self.state, (chunk_losses, stats) = self._scanned(k, stacked=True)(
-                        self.state, stacked)
-                chunk = [float(x) for x in np.asarray(chunk_losses)]
+                step_data = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
+
+            def call(k=k, state=self.state, step_data=step_data):
+                if k == 1:
+                    new, loss, stats = self(state, step_data)
+                    return new, [float(loss)], [[float(np.mean(s)) for s in stats]]
+                scan = self._scanned(k, stacked=batches is not None)
+                new, (chunk_losses, stats) = scan(state, step_data)
                 columns = [np.asarray(s, dtype=np.float64).reshape(k, -1).mean(1) for s in stats]
-                chunk_stats = [[float(c[i]) for c in columns] for i in range(k)]
+                return (new, [float(x) for x in np.asarray(chunk_losses)],
+                        [[float(c[i]) for c in columns] for i in range(k)])
+
+            if deadline is None and self.signed_by_this_user:
+                self.state, chunk, chunk_stats = call()
+            else:
+                first = self.step_count + 1
+                self.state, chunk, chunk_stats = guarded(
+                    call, deadline, f"step{'s' if k > 1 else ''} "
+                    f"{first}{f'-{first + k - 1}' if k > 1 else ''}", stop)
             for loss, step_stats in zip(chunk, chunk_stats):
                 self.step_count += 1
                 done += 1

@@ -237,7 +237,7 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(art):
 
 def test_an_endless_file_claimed_huge_in_the_manifest_is_refused(art):
     m = _manifest(art)
-    m["files"]["step.mlir"]["size"] = 1 << 40
+    m["files"]["step.mlir"]["size"] = 1 << 29  # within the module bound: the link is what is refused
     _write_manifest(art, m)
     (art / "step.mlir").unlink()
     (art / "step.mlir").symlink_to("/dev/zero")
@@ -245,7 +245,19 @@ def test_an_endless_file_claimed_huge_in_the_manifest_is_refused(art):
         luxc.load(art)
 
 
+def _move_a_state_array_into_the_data(m):
+    layout = m["layout"]
+    layout["n_state"] -= 1
+    layout["n_data"] += 1
+    layout["data_names"].insert(0, layout["state_names"].pop())
+
+
 @pytest.mark.parametrize("edit, message", [
+    (lambda m: m["layout"].update(step=-5), "layout.step is -5; a step count is never negative"),
+    (lambda m: m["layout"].update(n_stats=3), "layout.n_stats is 3, but the step has 0 outputs"),
+    (lambda m: m["layout"].update(n_data=0, data_names=[], n_state=len(m["inputs"])),
+     "layout.data_names is empty: the step takes no data"),
+    (_move_a_state_array_into_the_data, "a state array was moved into the data"),
     (lambda m: m.pop("layout"), "manifest field layout is missing"),
     (lambda m: m.update(platforms="cpu"), "manifest field platforms must be a list"),
     (lambda m: m["layout"].update(step="3"), "manifest field layout.step must be int"),

@@ -134,15 +134,15 @@ def format_bytes(n: int | None) -> str:
 
 
 
-def load_artifact(directory: str):
+def load_artifact(directory: str, *, allow_device_kernels: bool = False):
     import warnings
 
     from luxc.runtime import artifact
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = artifact.load(directory)
-    for note in loaded.notes:
+        loaded = artifact.load(directory, allow_device_kernels=allow_device_kernels)
+    for note in loaded.notes:  # what a manifest adds to a note is escaped there
         click.echo(f"note: {note}", err=True)
     return loaded
 

@@ -1,4 +1,11 @@
-"""``luxc inspect``: what an artefact holds."""
+"""``luxc inspect``: what an artefact holds.
+
+Only the manifest (and its signature) is read: every listed file is checked to be a regular file
+of the listed size within what the manifest's shapes allow, and its hash is checked by
+``--verify`` (read in chunks) or when ``luxc run``/``luxc.load`` reads it. Every string from the
+manifest is printed escaped (:mod:`luxc.runtime.shown`): it cannot forge a line or drive the
+terminal.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +19,53 @@ from luxc.cli._common import format_bytes, peak_bytes
 @click.command()
 @click.argument("directory", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
-def inspect(directory, as_json):
+@click.option("--verify", is_flag=True, help="also check every file's SHA-256 (reads them all)")
+def inspect(directory, as_json, verify):
     """Show an artefact's manifest, pass report, FLOPs and memory."""
-    from luxc.runtime.artifact_format import read_artifact
+    from pathlib import Path
 
-    artifact = read_artifact(directory)
-    manifest = artifact.manifest
-    if as_json:
+    from luxc.runtime.artifact_format import check_files, other_entries, read_manifest
+    from luxc.runtime.shown import shown, shown_lines
+
+    manifest, signed, unsigned_reason = read_manifest(directory)
+    check_files(directory, manifest, hashes=verify)
+    if as_json:  # json.dumps escapes every control character
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
         return
     layout = manifest["layout"]
     v = manifest["versions"]
     click.echo(f"artefact    {directory}  (format {manifest['format_version']}, created "
-               f"{manifest['created']})")
-    click.echo(f"built with  luxc {v['luxc']}, jax {v['jax']}, jaxlib {v['jaxlib']}")
-    click.echo(f"model       {layout['model']} at step {layout['step']}")
-    click.echo(f"objective   {layout.get('objective', '(not recorded by this luxc version)')}")
-    click.echo(f"optimizer   {layout.get('optimizer', '(not recorded by this luxc version)')}")
-    click.echo(f"platforms   {', '.join(manifest['platforms'])}; executable for "
-               f"{manifest['executable_platform'] or 'none'}")
+               f"{shown(manifest['created'], 80)})")
+    click.echo(f"built with  luxc {shown(v['luxc'], 80)}, jax {shown(v['jax'], 80)}, jaxlib "
+               f"{shown(v['jaxlib'], 80)}")
+    summary = layout.get("model_summary")
+    lines = shown_lines(summary) if isinstance(summary, str) else [shown(layout["model"])]
+    click.echo(f"model       {lines[0]}")
+    for line in lines[1:]:
+        click.echo(f"            {line}")
+    click.echo(f"            at step {layout['step']}")
+    for key in ("objective", "optimizer"):
+        text = layout.get(key, "(not recorded by this luxc version)")
+        click.echo(f"{key:<12}{shown(text)}")
+    click.echo(f"platforms   {shown(', '.join(manifest['platforms']), 200)}; executable for "
+               f"{shown(manifest['executable_platform'] or 'none', 80)}")
     click.echo(f"inputs      {layout['n_state']} state arrays, {layout['n_data']} data arrays")
     mesh = manifest.get("mesh")
     sharded = isinstance(mesh, dict)
     if sharded:  # every input, with its partition spec over the mesh
-        click.echo(f"mesh        {', '.join(f'{k}={v}' for k, v in mesh.items())}")
+        click.echo(f"mesh        {shown(', '.join(f'{k}={v}' for k, v in mesh.items()), 200)}")
         rows = zip(layout["state_names"] + layout["data_names"], manifest["inputs"])
     else:
         rows = zip(layout["data_names"], manifest["inputs"][layout["n_state"]:])
     for name, spec in rows:
-        sharding = f" {spec.get('sharding', 'P()')}" if sharded else ""
-        click.echo(f"            {name}: {spec['dtype']}{spec['shape']}{sharding}")
+        sharding = f" {shown(spec.get('sharding', 'P()'), 200)}" if sharded else ""
+        click.echo(f"            {shown(name, 200)}: {spec['dtype']}{spec['shape']}{sharding}")
     options = manifest["compile_options"]
-    click.echo(f"options     passes={options['passes']} precision={options['precision']} "
-               f"xla={options['xla_options'] or '{}'}")
+    click.echo(f"options     passes={shown(options['passes'], 400)} precision="
+               f"{shown(options['precision'], 40)} xla={shown(options['xla_options'] or '{}', 400)}")
     click.echo("passes      " + ("; ".join(
-        f"{r['name']}: {r['rewrites']} rewrites, {r['ops_before']} -> {r['ops_after']} ops"
-        for r in manifest["pass_report"]) or "none"))
+        f"{shown(r['name'], 80)}: {r['rewrites']} rewrites, {r['ops_before']} -> "
+        f"{r['ops_after']} ops" for r in manifest["pass_report"]) or "none"))
     if manifest.get("flops") is not None:
         click.echo(f"flops       {manifest['flops']:.4g} per step")
     mem = manifest.get("memory") or {}
@@ -56,9 +74,14 @@ def inspect(directory, as_json):
                    f"outputs {format_bytes(mem.get('output_size_in_bytes'))}, temporaries "
                    f"{format_bytes(mem.get('temp_size_in_bytes'))}, peak "
                    f"{format_bytes(peak_bytes(mem))}")
-    click.echo("files       " + ", ".join(sorted(manifest["files"])))
+    click.echo("files       " + ", ".join(sorted(manifest["files"])) + (
+        "; hashes verified" if verify else
+        "; sizes checked, hashes not read (luxc run checks them; --verify checks them now)"))
+    others = other_entries(Path(directory))
+    if others:
+        click.echo(f"not listed  {', '.join(others[:20])}{' …' if len(others) > 20 else ''}: not "
+                   "part of the artefact; luxc never reads or runs them")
     click.echo("signed      " + ("by this user's luxc key: its executable will be loaded"
-                                 if artifact.signed_by_this_user else
-                                 f"no: {artifact.unsigned_reason}; luxc will compile its "
+                                 if signed else
+                                 f"no: {unsigned_reason}; luxc will compile its "
                                  "StableHLO instead of loading its executable"))
-

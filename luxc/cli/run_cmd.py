@@ -119,8 +119,14 @@ class _Interrupt:
 @click.option("--quiet", "-q", is_flag=True, help="no loss lines or progress bar, only the summary")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write the loss curve to this PNG "
               "(needs matplotlib)")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="stop if the steps have not finished after this long (Ctrl-C always stops "
+                   "an artefact you did not sign)")
+@click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
+              "Pallas) in an artefact you did not sign: only if you trust its author")
 def run(directory, steps, epochs, data_path, seed, state_path, save_state, checkpoint_dir,
-        checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet, plot):
+        checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet, plot, time_limit,
+        allow_device_kernels):
     """Train with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), then a summary: steps,
@@ -145,7 +151,7 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     if epochs and steps:
         raise CliError("give --steps or --epochs, not both")
     t0 = time.perf_counter()
-    loaded = load_artifact(directory)
+    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels)
     load_seconds = time.perf_counter() - t0
     n_state = loaded.layout["n_state"]
     run_record = {"seed": seed or 0, "origin": loaded.step_count}
@@ -209,6 +215,7 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     for n in (checkpoint_every, remaining % checkpoint_every or checkpoint_every):
         loaded.prepare(steps_per_call, n, stacked=dataset is not None)
     t0 = time.perf_counter()
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     with _Interrupt() as interrupt:
         while loaded.step_count < end and not interrupt.requested:
             start_index = loaded.step_count - run_record["origin"]
@@ -217,7 +224,7 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
             n = min(end, (loaded.step_count // checkpoint_every + 1) * checkpoint_every) \
                 - loaded.step_count
             _train(loaded, n, dataset and batches, line, steps_per_call, quiet,
-                   lambda: interrupt.requested)
+                   lambda: interrupt.requested, deadline)
             if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
                                    loaded.step_count == end or interrupt.requested):
                 save(outputs.checkpoint_path(checkpoint_dir, loaded.step_count))
@@ -260,9 +267,10 @@ def _truncate_log(path: str, step: int) -> None:
     write_atomic(path, "".join(rows).encode())
 
 
-def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
+def _train(loaded, n, batches, line, steps_per_call, quiet, stop, deadline) -> None:
     kwargs = dict(batches=batches, stop=stop, keep_losses=False,
-                  steps_per_call=min(steps_per_call, n))
+                  steps_per_call=min(steps_per_call, n),
+                  time_limit=None if deadline is None else max(1e-3, deadline - time.monotonic()))
     if not quiet and sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import Progress
