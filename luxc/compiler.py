@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import jax
 
+from luxc._data_check import warn_non_finite
+from luxc._placement import check_placement
 from luxc._preferences import preference
 from luxc.runtime.cache import (
     CacheEntry,
@@ -120,6 +122,9 @@ def compile_entry(cache: ExecutableCache, key: ProgramKey, args: tuple, make_ste
     entry = cache.get(key, signature)
     if entry is not None:
         return entry
+    check_placement(args, ARG_NAMES[key.kind], caller)
+    if key.kind != "update":  # the eager backends' update: its data are their own gradients
+        warn_non_finite(args[-1], ARG_NAMES[key.kind][-1], caller)
     last = cache.last(key.kind)
     reason = cache.recompile_reason(key, signature, ARG_NAMES[key.kind])
     if reason is not None:

@@ -1,5 +1,6 @@
 """Lux's training API: TrainState, compute_gradients, apply_gradients(_), single_train_step(_)."""
 
+from luxc._data_check import NonFiniteDataWarning as NonFiniteDataWarning
 from luxc.training._adjust import adjust as adjust
 from luxc.training._adjust import adjust_ as adjust_
 from luxc.training._api import apply_gradients as apply_gradients
