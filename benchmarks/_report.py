@@ -188,3 +188,33 @@ def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+TOKENS_HEADING = "## Language model: tokens per second"
+
+
+def write_tokens_section(run: Run, case: Case, out_dir: str, tokens: int) -> Path:
+    """Put ``case`` (a language model, ``tokens`` tokens a step) in its own section of
+    ``RESULTS.md``, replacing that section from an earlier run and keeping everything else."""
+    path = Path(out_dir) / "RESULTS.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    before, _, rest = old.partition(TOKENS_HEADING)
+    after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+    fast = case.fastest()
+    lines = [
+        TOKENS_HEADING, "",
+        f"{case.title}: `{run.command}`, started {run.started}, {run.seconds / 60:.0f} min, "
+        f"{run.rounds} interleaved rounds of {case.steps} steps; load average at the start "
+        f"{', '.join(f'{a:.1f}' for a in run.load_start)}, at the end "
+        f"{', '.join(f'{a:.1f}' for a in run.load_end)}; {_versions()}.", "",
+        "| variant | tokens/s | median ms/step | min-max | ratio | first call s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
+        lines.append(f"| {name} | {tokens / t.median:,.0f} | {_ms(t.median)} | {_ms(t.low)}-"
+                     f"{_ms(t.high)} | {t.median / fast:.2f} | {t.first:.2f} |")
+    if run.skipped:
+        lines += ["", f"Not installed, so skipped: {', '.join(run.skipped)}."]
+    path.write_text(before.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + after)
+    return path

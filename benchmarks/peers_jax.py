@@ -73,10 +73,17 @@ def jax_jit_step(work: wl.Workload, x, y) -> Step:
     donating ``jax.jit``."""
     model = work.model()
     params, st = luxc.setup(jax.random.key(0), model)
-    loss, opt = loss_fn(work.key), optax.adam(1e-3)
+    loss = loss_fn(work.key)
+    return jit_adam_step(lambda p, x, y: loss(model(x, p, st)[0], y), params, x, y)
+
+
+def jit_adam_step(loss: Callable, params, x, y) -> Step:
+    """``loss(params, x, y)``'s ``value_and_grad`` and optax Adam(1e-3) in one donating
+    ``jax.jit``, the parameters and optimiser state carried between calls."""
+    opt = optax.adam(1e-3)
 
     def update(params, opt_state, x, y):
-        value, grads = jax.value_and_grad(lambda p: loss(model(x, p, st)[0], y))(params)
+        value, grads = jax.value_and_grad(loss)(params, x, y)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
@@ -150,11 +157,15 @@ def _nnx_model(key: str):
 
 def flax_nnx_step(work: wl.Workload, x, y) -> Step:
     """flax NNX: a stateful module and ``nnx.Optimizer`` under ``nnx.jit``."""
+    return nnx_adam_step(_nnx_model(work.key), loss_fn(work.key), x, y)
+
+
+def nnx_adam_step(model, loss: Callable, x, y) -> Step:
+    """``loss(model(x), y)`` with ``nnx.value_and_grad`` and an Adam(1e-3) ``nnx.Optimizer``
+    under ``nnx.jit``."""
     from flax import nnx
 
-    model = _nnx_model(work.key)
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-    loss = loss_fn(work.key)
 
     @nnx.jit
     def update(model, optimizer, x, y):

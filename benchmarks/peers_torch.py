@@ -100,13 +100,19 @@ def torch_step(work: wl.Workload, x, y, compiled: bool) -> Step:
         opt.step()
         return loss
 
-    fn = torch.compile(train_step) if compiled else train_step
+    return waitable(torch.compile(train_step) if compiled else train_step)
 
-    class Done:
-        def __init__(self, t):
-            self.t = t
 
-        def block_until_ready(self):
-            return self.t.item()
+class _Done:
+    """A torch loss that the timer can wait on as on a jax array (``.item()`` syncs)."""
 
-    return lambda: Done(fn())
+    def __init__(self, t):
+        self.t = t
+
+    def block_until_ready(self):
+        return self.t.item()
+
+
+def waitable(fn) -> Step:
+    """``fn`` (returning a torch scalar) as a step whose result has ``block_until_ready``."""
+    return lambda: _Done(fn())

@@ -26,12 +26,13 @@ from collections.abc import Callable
 import luxc
 
 try:
-    from benchmarks import _report, peers_equinox, peers_jax, peers_torch
+    from benchmarks import _report, peers_equinox, peers_gpt, peers_jax, peers_torch
     from benchmarks import workloads as wl
     from benchmarks._timing import samples, steps
 except ImportError:  # run as a script from benchmarks/
     import _report
     import peers_equinox
+    import peers_gpt
     import peers_jax
     import peers_torch
     import workloads as wl
@@ -84,29 +85,51 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds, fewer steps per sample")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 15; 3 with --quick)")
-    parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(w.key for w in wl.WORKLOADS))
+    keys = [w.key for w in wl.WORKLOADS] + [peers_gpt.WORKLOAD.key]
+    parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(keys))
     parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
-    chosen = [w for w in wl.WORKLOADS if not args.only or w.key in args.only.split(",")]
-    if not chosen:
-        parser.error(f"--only: no workload named {args.only!r}; choose from "
-                     + ", ".join(w.key for w in wl.WORKLOADS))
+    only = args.only.split(",") if args.only else keys
+    chosen = [w for w in wl.WORKLOADS if w.key in only]
+    if not chosen and peers_gpt.WORKLOAD.key not in only:
+        parser.error(f"--only: no workload named {args.only!r}; choose from " + ", ".join(keys))
+    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    if chosen:
+        _workloads(chosen, rounds, args.quick, args.out, command)
+    if peers_gpt.WORKLOAD.key in only:
+        _gpt(rounds, args.quick, args.out, command)
+
+
+def _installed(peers: dict[str, tuple[str | None, Callable]]) -> tuple[dict[str, Callable], list[str]]:
     names, skipped = [], []
-    for name, (module, _) in PEERS.items():
+    for name, (module, _) in peers.items():
         (names if module is None or importlib.util.find_spec(module) else skipped).append(name)
     for name in skipped:
-        print(f"skipped {name}: {PEERS[name][0]} is not installed (pip install -e '.[bench]')")
-    run = _report.Run.start(" ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])]),
-                            rounds, skipped)
-    makers = {name: PEERS[name][1] for name in names}
-    cases = [measure(w, makers, rounds, w.quick_steps if args.quick else w.steps) for w in chosen]
+        print(f"skipped {name}: {peers[name][0]} is not installed (pip install -e '.[bench]')")
+    return {name: peers[name][1] for name in names}, skipped
+
+
+def _gpt(rounds: int, quick: bool, out: str, command: str) -> None:
+    """The flagship workload in its own section of RESULTS.md, with tokens/s."""
+    makers, skipped = _installed(peers_gpt.PEERS)
+    run = _report.Run.start(command, rounds, skipped)
+    work = peers_gpt.WORKLOAD
+    case = measure(work, makers, rounds, work.quick_steps if quick else work.steps)
+    path = _report.write_tokens_section(run.finish(), case, out, peers_gpt.tokens_per_step())
+    print(f"wrote the {work.label} section of {path}")
+
+
+def _workloads(chosen: list[wl.Workload], rounds: int, quick: bool, out: str, command: str) -> None:
+    makers, skipped = _installed(PEERS)
+    run = _report.Run.start(command, rounds, skipped)
+    cases = [measure(w, makers, rounds, w.quick_steps if quick else w.steps) for w in chosen]
     # Several steps per compiled call, beside one: where dispatch or per-call allocation counts.
     several = [measure(w, {LUXC: PEERS[LUXC][1], LUXC_STEPS: peers_jax.luxc_steps,
                            "jax.jit+optax": PEERS["jax.jit+optax"][1]},
-                       rounds, w.quick_steps if args.quick else w.steps, f"{w.title}: {LUXC_STEPS}")
+                       rounds, w.quick_steps if quick else w.steps, f"{w.title}: {LUXC_STEPS}")
                for w in chosen if w.key in ("tiny", "transformer")]
-    path = _report.write(run.finish(), cases, args.out, several)
+    path = _report.write(run.finish(), cases, out, several)
     print(f"wrote {path} and its chart")
 
 

@@ -4,6 +4,8 @@ One safetensors file, written atomically (a crash leaves the previous checkpoint
 next save removes what a killed save left behind). Its metadata names every leaf by its key
 path (``parameters['layer_1']['weight']``) with its dtype and shape, and holds the step; one
 SHA-256 covers that metadata and every tensor, so an edited step or a swapped leaf is caught.
+Static values (``luxc.Val``, part of the state's structure) are saved and restored too. The file
+format is :mod:`luxc.runtime.checkpoint_format`, which ``luxc run`` writes and reads as well.
 Loading reads the file once, checks it against the TrainState given as ``like`` leaf by leaf, and
 places the arrays like ``like``'s (same devices and shardings), so resuming gives the same
 training as an uninterrupted run. A checkpoint is data: loading one runs no code from it.
@@ -19,8 +21,6 @@ process 0's host memory, which holds for the models luxc targets. Every process 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,20 @@ import jax
 import numpy as np
 
 from luxc.distributed import barrier, gather, put
-from luxc.runtime.files import (
-    ArtifactError,
-    read_regular,
-    tensor_bytes,
-    tensors_from_bytes,
-    write_atomic,
+from luxc.nn._core import Val
+from luxc.runtime.atomic_write import write_atomic
+from luxc.runtime.checkpoint_format import (
+    checkpoint_bytes,
+    describe,
+    max_bytes,
+    read_checkpoint,
+    static_entry,
+    static_value,
 )
+from luxc.runtime.checkpoint_format import digest as _digest  # noqa: F401 - tests recompute it
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.leaf_names import argument_leaf_name
 from luxc.training._state import TrainState
-
-_FORMAT = "luxc-checkpoint-2"
-# Bytes beyond the tensors a checkpoint file may have: the safetensors header and the contents
-# table, a few hundred bytes a leaf.
-_HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 
 
 def _parts(ts: TrainState) -> dict[str, Any]:
@@ -48,96 +49,52 @@ def _parts(ts: TrainState) -> dict[str, Any]:
             "optimizer_state": ts.optimizer_state}
 
 
+def _name(path: tuple) -> str:
+    return argument_leaf_name(path)
+
+
 def _leaves(ts: TrainState) -> tuple[list[str], list[Any], Any]:
-    parts = _parts(ts)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(parts)
-    names = [f"{path[0].key}{jax.tree_util.keystr(path[1:])}" for path, _ in flat]
-    return names, [leaf for _, leaf in flat], treedef
+    flat, treedef = jax.tree_util.tree_flatten_with_path(_parts(ts))
+    return [_name(path) for path, _ in flat], [leaf for _, leaf in flat], treedef
 
 
-def _describe(names: list[str], arrays: list[Any]) -> list[dict[str, Any]]:
-    return [{"path": n, "dtype": _dtype(a), "shape": list(np.shape(a))}
-            for n, a in zip(names, arrays)]
-
-
-def _dtype(x: Any) -> str:
-    return str(np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype)
-
-
-def _digest(description: bytes, arrays: list[np.ndarray]) -> str:
-    h = hashlib.sha256(description)
-    for a in arrays:
-        data = np.ascontiguousarray(a).tobytes()
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
+def statics(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The static values (``luxc.Val``) of ``{"parameters": ..., "states": ...,
+    "optimizer_state": ...}`` by key path, as a checkpoint stores them."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, Val))
+    return {_name(path): static_entry(leaf.value, repr(leaf)) for path, leaf in flat if isinstance(leaf, Val)}
 
 
 def save_state(path: str | Path, ts: TrainState) -> None:
-    """Write ``ts``'s parameters, states, optimiser state and step to ``path`` atomically."""
+    """Write ``ts``'s parameters, states (static values included), optimiser state and step to
+    ``path`` atomically."""
     ts.check_alive()
     names, leaves, _ = _leaves(ts)
     arrays = [gather(x) for x in leaves]
-    description = json.dumps({"step": int(ts.step), "leaves": _describe(names, arrays)},
-                             sort_keys=True)
-    meta = {"format": _FORMAT, "contents": description,
-            "sha256": _digest(description.encode(), arrays)}
+    data = checkpoint_bytes(names, arrays, ts.step, statics(_parts(ts)))
     if jax.process_index() == 0:
-        write_atomic(path, tensor_bytes(arrays, meta))
+        write_atomic(path, data)
     barrier(f"luxc.save_state {path}")  # no process reads the file before it is complete
 
 
-def _check_contents(path: Path, meta: dict[str, str], arrays: list[np.ndarray]) -> dict:
-    if meta.get("format") != _FORMAT:
-        if str(meta.get("format", "")).startswith("luxc-checkpoint"):
-            raise ArtifactError(f"{path} is a {meta['format']} file from an older luxc; this luxc "
-                                f"reads {_FORMAT}: save it again with this luxc")
-        raise ArtifactError(f"{path} is not a luxc checkpoint (format {meta.get('format')!r})")
-    description = meta.get("contents", "")
-    if _digest(description.encode(), arrays) != meta.get("sha256"):
-        raise ArtifactError(f"checksum mismatch in checkpoint {path}: the file is corrupted or "
-                            "was edited")
-    try:
-        contents = json.loads(description)
-        step = contents["step"]
-        leaves = contents["leaves"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise ArtifactError(f"checkpoint {path} has no valid contents table") from None
-    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        raise ArtifactError(f"checkpoint {path} has step {step!r}; a step is a whole number >= 0")
-    if not isinstance(leaves, list) or len(leaves) != len(arrays):
-        raise ArtifactError(f"checkpoint {path}: its contents table lists "
-                            f"{len(leaves) if isinstance(leaves, list) else '?'} leaves for "
-                            f"{len(arrays)} tensors")
-    for entry, a in zip(leaves, arrays):
-        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)) or entry != {
-                "path": entry["path"], "dtype": str(a.dtype), "shape": list(a.shape)}:
-            raise ArtifactError(f"checkpoint {path}: the contents table does not describe its "
-                                f"tensors ({entry!r})")
-    return contents
-
-
 def load_state(path: str | Path, like: TrainState) -> TrainState:
-    """The TrainState saved at ``path``, with the model, optimiser and cache of ``like`` and the
-    arrays placed like ``like``'s (same devices and shardings).
+    """The TrainState saved at ``path``, with the model, optimiser and cache of ``like``, the
+    static values (``luxc.Val``) the checkpoint holds, and the arrays placed like ``like``'s
+    (same devices and shardings).
 
     Raises ``ArtifactError`` naming the first leaf that differs (``parameters['w']['weight']``:
     its shape or dtype), a leaf missing or extra, a corrupt or edited file."""
     path = Path(path)
-    names, refs, treedef = _leaves(like)
-    expected = _describe(names, refs)
-    limit = sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
-                for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * len(expected)
-    arrays, meta = tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
-    contents = _check_contents(path, meta, arrays)
-    saved = contents["leaves"]
-    saved_paths = [e["path"] for e in saved]
-    if saved_paths != names:
+    names, refs, _ = _leaves(like)
+    expected = describe(names, refs)
+    ckpt = read_checkpoint(path, max_bytes(expected))
+    saved = describe(ckpt.names, ckpt.arrays)
+    if ckpt.names != names:
         # The user's own leaves first: a parameter tells more than an optimiser counter.
         first = {"parameters": 0, "states": 1, "optimizer_state": 2}
         order = lambda n: first.get(n.split("[")[0].split(".")[0], 3)  # noqa: E731
-        missing = sorted((n for n in names if n not in saved_paths), key=order)
-        extra = sorted((n for n in saved_paths if n not in names), key=order)
+        missing = sorted((n for n in names if n not in ckpt.names), key=order)
+        extra = sorted((n for n in ckpt.names if n not in names), key=order)
         raise ArtifactError(
             f"checkpoint {path} does not match this TrainState: "
             + "; ".join(filter(None, [
@@ -149,10 +106,28 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
             raise ArtifactError(f"checkpoint {path}: {want['path']} has shape {tuple(got['shape'])} "
                                 f"and dtype {got['dtype']}; this TrainState expects "
                                 f"{tuple(want['shape'])} {want['dtype']}")
-    placed = [_place(arr, ref) for arr, ref in zip(arrays, refs)]
-    parts = jax.tree.unflatten(treedef, placed)
+    arrays = iter(_place(arr, ref) for arr, ref in zip(ckpt.arrays, refs))
+    is_val = lambda x: isinstance(x, Val)  # noqa: E731
+    flat, treedef = jax.tree_util.tree_flatten_with_path(_parts(like), is_leaf=is_val)
+    leaves = [_restored(path, _name(p), leaf, ckpt.statics) if is_val(leaf) else next(arrays)
+              for p, leaf in flat]
+    parts = jax.tree.unflatten(treedef, leaves)
     return like.replace(parameters=parts["parameters"], states=parts["states"],
-                        optimizer_state=parts["optimizer_state"], step=contents["step"])
+                        optimizer_state=parts["optimizer_state"], step=ckpt.step)
+
+
+def _restored(path: Path, name: str, like: Val, saved: dict[str, dict[str, Any]]) -> Val:
+    entry = saved.get(name)
+    if entry is None:
+        raise ArtifactError(f"checkpoint {path} holds no static value {name} (this TrainState "
+                            f"has {like!r}): it was saved from another model")
+    if "repr" in entry:  # not rebuilt from a file (a function): must be the same already
+        if entry["repr"] != repr(like):
+            raise ArtifactError(f"checkpoint {path}: {name} was {entry['repr']}; this TrainState "
+                                f"has {like!r}, and luxc rebuilds only numbers, booleans and "
+                                "strings")
+        return like
+    return Val(static_value(entry))
 
 
 def _place(array: np.ndarray, like: Any) -> jax.Array:

@@ -37,9 +37,12 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from luxc.nn import stacked_axes
+from luxc.runtime.leaf_names import leaf_name
 from luxc.training._state import TrainState
 
 Strategy = Literal["data", "fsdp"]
@@ -114,16 +117,17 @@ def _check(mesh: Any, axis: str, caller: str) -> Mesh:
     return _auto(mesh)
 
 
-def fsdp_spec(shape: tuple[int, ...], size: int, axis: str) -> PartitionSpec:
+def fsdp_spec(shape: tuple[int, ...], size: int, axis: str, *, skip: int = 0) -> PartitionSpec:
     """The FSDP split of an array of ``shape`` over ``size`` devices: along its largest
-    dimension divisible by ``size`` (the first of equals), replicated if none is.
+    dimension divisible by ``size`` (the first of equals), replicated if none is. The first
+    ``skip`` dimensions are never split (the layer axes of a ``luxc.nn.Stack``).
 
     >>> fsdp_spec((3, 32), 8, "data")
     P(None, 'data')
     >>> fsdp_spec((3,), 8, "data")
     P()
     """
-    divisible = [d for d in range(len(shape)) if shape[d] % size == 0 and shape[d] >= size]
+    divisible = [d for d in range(skip, len(shape)) if shape[d] % size == 0 and shape[d] >= size]
     if not divisible:
         return PartitionSpec()
     d = max(divisible, key=lambda i: (shape[i], -i))
@@ -164,7 +168,9 @@ def shard(ts: TrainState, mesh: Mesh, *, strategy: Strategy = "data", axis: str 
     ``"data"`` replicates them over ``axis``; ``"fsdp"`` splits each leaf along its largest
     dimension divisible by the size of ``axis`` (see :func:`fsdp_spec`): a ``(512, 784)``
     weight on 8 devices is held as eight ``(64, 784)`` pieces, and Adam's ``mu`` and ``nu``
-    for it the same way. The model state (e.g. batch-norm statistics) is replicated. The
+    for it the same way. The layer axis of a ``luxc.nn.Stack``'s parameters is never the
+    split one (``luxc.nn.stacked_axes``): the scan over layers then needs no communication
+    for it. The model state (e.g. batch-norm statistics) is replicated. The
     compiled step returns the state with the same shardings, so nothing moves between steps;
     the TrainState's compile cache is shared, and a new mesh compiles once.
 
@@ -203,13 +209,17 @@ def shard(ts: TrainState, mesh: Mesh, *, strategy: Strategy = "data", axis: str 
     size = mesh.shape[axis]
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def place(x: Any) -> jax.Array:
+    def place(x: Any, skip: int = 0) -> jax.Array:
         if strategy == "data":
             return put(x, replicated)
-        return put(x, NamedSharding(mesh, fsdp_spec(np.shape(x), size, axis)))
+        return put(x, NamedSharding(mesh, fsdp_spec(np.shape(x), size, axis, skip=skip)))
 
-    return ts.replace(parameters=jax.tree.map(place, ts.parameters),
-                      optimizer_state=jax.tree.map(place, ts.optimizer_state),
+    skips = stacked_axes(ts.model)
+    # The optimiser state's leaves that mirror a parameter (Adam's mu, nu) get its split.
+    optimizer_state = optax.tree_utils.tree_map_params(
+        ts.optimizer, place, ts.optimizer_state, skips, transform_non_params=place)
+    return ts.replace(parameters=jax.tree.map(place, ts.parameters, skips),
+                      optimizer_state=optimizer_state,
                       states=jax.tree.map(lambda x: put(x, replicated), ts.states))
 
 
@@ -246,7 +256,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis: str = "data") -> Any:
     out = []
     for path, leaf in leaves:
         shape = np.shape(leaf)
-        name = "batch" + jax.tree_util.keystr(path)
+        name = leaf_name("batch", path)
         if not shape or (shape[0] * processes) % size:
             rows = shape[0] if shape else "no"
             raise ValueError(

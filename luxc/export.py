@@ -15,17 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.checkpoint import statics
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
+from luxc.runtime.leaf_names import leaf_names
 from luxc.training import _step
 from luxc.training._state import TrainState
 
 load = _artifact.load
 LoadedStep = _artifact.LoadedStep
-
-
-def _paths(tree: Any, prefix: str) -> list[str]:
-    return [prefix + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def describe_objective(obj_fn: Any) -> str:
@@ -83,10 +81,12 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState):
     layout = {
         "n_state": n,
         "n_data": len(leaves),
-        "state_names": [*_paths(ts.parameters, "parameters"),
-                        *_paths(ts.optimizer_state, "optimizer_state"), *_paths(ts.states, "states")],
-        "data_names": _paths(data, "data"),
+        "state_names": [*leaf_names(ts.parameters, "parameters"),
+                        *leaf_names(ts.optimizer_state, "optimizer_state"), *leaf_names(ts.states, "states")],
+        "data_names": leaf_names(data, "data"),
         "n_stats": len(stats_shape),
+        "statics": statics({"parameters": ts.parameters, "states": ts.states,
+                            "optimizer_state": ts.optimizer_state}),
         "step": int(ts.step),
         "model": ts.model.summary(),
         "objective": describe_objective(obj_fn),

@@ -18,6 +18,7 @@ from luxc.passes import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
+    dot_f32_accumulate,
     dot_flatten,
     dot_swap_operands,
     fuse_loss_reductions,
@@ -47,39 +48,27 @@ class PassInfo:
 
 
 # default_on lists the platforms where the pass was MEASURED faster (python -m benchmarks.ablation,
-# interleaved medians). No GPU or TPU has been available to measure on, so no pass is in their
+# interleaved medians; each pass's figures: benchmarks/README.md, "Passes in the default
+# pipelines"). No GPU or TPU has been available to measure on, so no pass is in their
 # default pipelines yet: they are opt-in there (CompileOptions(passes=[...]) or "all").
 _REGISTRY: dict[str, PassInfo] = {
-    # XLA:CPU: 0.76x (24% faster) on a LeNet-5 step at batch 128; bit-identical results.
     maxpool_grad_select.NAME: PassInfo(maxpool_grad_select.NAME, maxpool_grad_select.DESCRIPTION,
                                        maxpool_grad_select.run, ("cpu",)),
-    # XLA:CPU: 0.91x on a LeNet-5 step alone, 0.73x together with maxpool_grad_select;
-    # 0.89x-0.97x on other one-channel first layers.
     conv_few_channels.NAME: PassInfo(conv_few_channels.NAME, conv_few_channels.DESCRIPTION,
                                      conv_few_channels.run, ("cpu",)),
-    # XLA:CPU: 0.71x-1.03x (median 0.89x, six interleaved runs on a loaded machine) on a LeNet-5
-    # step on top of the two passes above; alone, LeNet's conv2 input gradient 0.36x-0.46x.
     conv_input_grad_dot.NAME: PassInfo(conv_input_grad_dot.NAME, conv_input_grad_dot.DESCRIPTION,
                                        conv_input_grad_dot.run, ("cpu",)),
-    # XLA:CPU: 0.86x-1.21x on a LeNet-5 step on top of conv_input_grad_dot; not reliably faster.
     conv_weight_grad_dot.NAME: PassInfo(conv_weight_grad_dot.NAME, conv_weight_grad_dot.DESCRIPTION,
                                         conv_weight_grad_dot.run, ()),
-    # XLA:CPU: 0.885x on the transformer block (3-axis Dense layers), 0.95x on the Dice head,
-    # 1.01x-1.03x (noise) on LeNet-5 (one rewritten dot), nothing to do on the MLPs.
     dot_flatten.NAME: PassInfo(dot_flatten.NAME, dot_flatten.DESCRIPTION, dot_flatten.run, ("cpu",)),
-    # XLA:CPU: 0.90x, 1.00x on the transformer block; 0.81x, 1.37x on the MLP: no clear win.
     dot_swap_operands.NAME: PassInfo(dot_swap_operands.NAME, dot_swap_operands.DESCRIPTION,
                                      dot_swap_operands.run, ()),
-    # XLA:CPU: 0.99x on a BatchNorm MLP step (its algebraic simplifier already does this).
     fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run, ()),
-    # XLA:CPU: alone 1.54x SLOWER on a Dice step (a variadic reduce leaves the fused reduction
-    # emitter). With xla_cpu_use_fusion_emitters=False it is 0.79x on that reduction-bound step
-    # but 1.10x on a BatchNorm MLP, so on CPU it is an opt-in:
-    # CompileOptions(passes=["fuse_loss_reductions"],
-    #                xla_options={"xla_cpu_use_fusion_emitters": False}).
     fuse_loss_reductions.NAME: PassInfo(fuse_loss_reductions.NAME,
                                         fuse_loss_reductions.DESCRIPTION,
                                         fuse_loss_reductions.run, ()),
+    dot_f32_accumulate.NAME: PassInfo(dot_f32_accumulate.NAME, dot_f32_accumulate.DESCRIPTION,
+                                      dot_f32_accumulate.run, ()),
 }
 
 

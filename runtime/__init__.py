@@ -11,4 +11,5 @@ from luxc.runtime.cache import explain_recompiles as explain_recompiles
 from luxc.runtime.executable import DonationWarning as DonationWarning
 from luxc.runtime.executable import Executable as Executable
 from luxc.runtime.options import CompileOptions as CompileOptions
+from luxc.runtime.programs import NewObjectiveWarning as NewObjectiveWarning
 from luxc.runtime.stages import CompiledStages as CompiledStages

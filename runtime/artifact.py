@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import secrets
 import shutil
 import time
 import warnings
@@ -37,6 +35,7 @@ from luxc.runtime.artifact_format import (
     MANIFEST,
     SIGNATURE,
     SIGNATURE_DOMAIN,
+    holds_only_luxc_files,
     read_artifact,
 )
 from luxc.runtime.artifact_mesh import (
@@ -45,25 +44,18 @@ from luxc.runtime.artifact_mesh import (
     mesh_of,
     needed_devices,
 )
-from luxc.runtime.executable import compile_exported, export, module_text, rewrite
-from luxc.runtime.files import (
-    ArtifactError,
-    check_writable_directory,
-    holds_only_luxc_files,
-    json_bytes,
-    parse_json,
-    read_regular,
-    remove_stale_temporaries,
-    replace_directory,
-    sha256,
-    tensor_bytes,
-    write_atomic,
-)
+from luxc.runtime.atomic_write import check_writable_directory, write_atomic
+from luxc.runtime.bounded_read import json_bytes, parse_json, read_regular, sha256
+from luxc.runtime.directory_swap import replace_directory
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.executable import compile_exported, module_text, optimise
 from luxc.runtime.loaded_step import LoadedStep
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
 from luxc.runtime.persistent_cache import MemoryCache
 from luxc.runtime.stages import cost_figures, memory_figures
+from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
+from luxc.runtime.tensor_codec import tensor_bytes
 from luxc.runtime.trust import KeyUnavailable, sign
 
 
@@ -71,12 +63,6 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"luxc": version("luxc"), "jax": jax.__version__, "jaxlib": jaxlib.__version__}
-
-
-def _pipeline(options: CompileOptions, platforms: Sequence[str], args: Sequence[Any]) -> tuple[str, ...]:
-    # One module serves every target: keep only the passes each target's pipeline has.
-    per_platform = [options.pass_names(p, args) for p in platforms]
-    return tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
 
 
 def is_artifact_directory(path: Path) -> bool:
@@ -122,10 +108,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     check_output(out, force)
     host = jax.default_backend()
     args = [*state, *data]
-    t0 = time.perf_counter()
-    traced = export(step, args, platforms=list(platforms), precision=options.precision)
-    optimized, records = rewrite(traced, _pipeline(options, platforms, args), options.dump_dir)
-    trace_seconds = time.perf_counter() - t0
+    _, optimized, records, trace_seconds = optimise(step, args, options, platforms)
     files: dict[str, bytes] = {
         "step.jaxexport": bytes(optimized.serialize()),
         "step.mlir": module_text(optimized.mlir_module_serialized).encode(),
@@ -170,8 +153,9 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
 
 def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # what a killed `luxc compile --out` of the same name left
-    tmp = out.with_name(f".{out.name}.luxc-{os.getpid()}-{secrets.token_hex(6)}.partial")
+    # What a killed `luxc compile --out` of the same name left.
+    remove_stale_temporaries(out, holds_only_luxc_files)
+    tmp = temporary_name(out, "partial")
     tmp.mkdir(mode=0o777)  # the umask applies, as for any directory the user makes
     try:
         for name, content in files.items():

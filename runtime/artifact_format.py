@@ -31,7 +31,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from luxc.runtime.files import ArtifactError, parse_json, read_regular, sha256
+from luxc.runtime.bounded_read import parse_json, read_regular, sha256
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.temporary_names import TEMPORARY
 from luxc.runtime.trust import key_problem, verify
 
 FORMAT = "luxc-artifact"
@@ -42,6 +44,21 @@ SIGNATURE_DOMAIN = "luxc-artifact-manifest-v2"
 REQUIRED_FILES = ("step.jaxexport", "step.mlir", "state.safetensors", "data.safetensors")
 OPTIONAL_FILES = ("executable.bin",)
 ARTIFACT_FILES = (MANIFEST, SIGNATURE, *REQUIRED_FILES, *OPTIONAL_FILES)
+
+
+def holds_only_luxc_files(directory: Path) -> bool:
+    """Whether every entry of ``directory`` is a regular file luxc writes into an artefact: a
+    file of the format or a temporary of one being written. A stale directory is removed only
+    if this holds."""
+    def luxc_name(name: str) -> bool:
+        temporary = TEMPORARY.fullmatch(name)
+        return name in ARTIFACT_FILES or temporary is not None and temporary["kind"] == "tmp"
+
+    try:
+        return all(luxc_name(p.name) and not p.is_symlink() and p.is_file()
+                   for p in directory.iterdir())
+    except OSError:
+        return False
 _MAX_DIMENSION = 1 << 40
 MAX_MANIFEST_BYTES = 64 << 20
 

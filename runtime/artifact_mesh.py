@@ -17,7 +17,8 @@ import numpy as np
 from jax import export as jax_export
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from luxc.runtime.files import ArtifactError, describe
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.tensor_codec import describe
 
 
 def _sharding(x: Any) -> NamedSharding | None:

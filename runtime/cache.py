@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +120,13 @@ def _distance(a: tuple[ProgramKey, Signature], b: tuple[ProgramKey, Signature]) 
 def _change(part: str, a: Any, b: Any) -> str:
     if dataclasses.is_dataclass(a) and type(a) is type(b) and part == "compile_options":
         fields = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
-        return "; ".join(f"compile options: {f} {getattr(a, f)!r} -> {getattr(b, f)!r}" for f in fields)
+        return "; ".join(f"compile options: {_FIELD_WORDS.get(f, f)} {getattr(a, f)!r} -> "
+                         f"{getattr(b, f)!r}" for f in fields)
     return f"{_PROGRAM_PARTS[part]}: {_short(a)} -> {_short(b)}"
+
+
+# Compile-option fields named in words in a recompile reason.
+_FIELD_WORDS = {"mixed_precision": "mixed precision"}
 
 
 def _short(obj: Any) -> str:
@@ -146,7 +151,7 @@ class ExecutableCache:
         self.misses = 0
         self.compile_seconds = 0.0
         self.recompiles: deque[str] = deque(maxlen=100)
-        self.warned: set[str] = set()
+        self._warned: set[str] = set()
         self._entries: OrderedDict[tuple[ProgramKey, Signature], CacheEntry] = OrderedDict()
         self._fast: dict[Hashable, CacheEntry] = {}
         self._last_by_kind: dict[str, tuple[ProgramKey, Signature]] = {}
@@ -166,6 +171,13 @@ class ExecutableCache:
             return None
         self.hits += 1
         return out
+
+    def first_warning(self, topic: str) -> bool:
+        """``True`` the first time ``topic`` is asked about: a warning this cache gives once."""
+        if topic in self._warned:
+            return False
+        self._warned.add(topic)
+        return True
 
     def get(self, key: ProgramKey, signature: Signature) -> CacheEntry | None:
         """The entry for ``(key, signature)`` (a hit), or ``None``."""
@@ -225,12 +237,6 @@ class ExecutableCache:
         if entry.fast_key is not None and self._fast.get(entry.fast_key) is entry:
             del self._fast[entry.fast_key]
         entry.fast_key, entry.pins = None, ()
-
-    def lookup_or_add(self, key: ProgramKey, signature: Signature,
-                      build: Callable[[], Executable]) -> CacheEntry:
-        """``get``, else ``build()`` and ``add``."""
-        entry = self.get(key, signature)
-        return entry if entry is not None else self.add(key, signature, build())
 
     def entries(self) -> list[CacheEntry]:
         return list(self._entries.values())

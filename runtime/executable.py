@@ -30,6 +30,7 @@ from luxc.runtime._jax_internal import (
     ir_context,
     serialize_module,
 )
+from luxc.runtime.leaf_names import leaf_name
 from luxc.runtime.module_ops import summary
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
@@ -94,18 +95,29 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
     the input, never silently freed.
     """
+    _, compiled, seconds = _compile(exported, args, donate_argnums, xla_options, arg_names, cache)
+    return compiled, seconds
+
+
+def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums: tuple[int, ...],
+             xla_options: dict[str, Any] | None, arg_names: Sequence[str] | None,
+             cache: Any) -> tuple[Callable, jax.stages.Compiled, float]:
+    # The jitted function is returned with its compiled program: calling it reuses that
+    # compile (jax caches it under the same function, options and arguments).
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
     options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized),
                                       serializable=serializable),
                **(xla_options or {})}
-    lowered = jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
+    jitted = jax.jit(exported.call, donate_argnums=donate_argnums,
+                     compiler_options=options or None)
+    lowered = jitted.lower(*args)
     with persistent_cache.compiling(cache):
-        compiled = lowered.compile(compiler_options=options or None)
+        compiled = lowered.compile()
     seconds = time.perf_counter() - t0
     if donate_argnums:
         _check_donation(exported, args, donate_argnums, arg_names)
-    return compiled, seconds
+    return jitted, compiled, seconds
 
 
 def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
@@ -122,7 +134,7 @@ def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
             if free[key]:
                 free[key] -= 1
             else:
-                unusable.append(f"{name}{jax.tree_util.keystr(path)} ({key[1]}{list(key[0])})")
+                unusable.append(f"{leaf_name(name, path)} ({key[1]}{list(key[0])})")
     if unusable:
         warn_user(
             f"XLA cannot update {', '.join(unusable[:5])}{' …' if len(unusable) > 5 else ''} in "
@@ -137,12 +149,12 @@ class Executable(CompiledStages):
 
     def __init__(self, traced: jax_export.Exported, optimized: jax_export.Exported,
                  compiled: jax.stages.Compiled, pass_report: list[PassRecord],
-                 compile_seconds: float, trace_seconds: float):
+                 compile_seconds: float, trace_seconds: float, call: Callable | None = None):
         self.traced, self.optimized, self.compiled = traced, optimized, compiled
         self.pass_report = pass_report
         self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
         # The hot path: no Python between the caller and jax's C++ dispatch.
-        self.call = direct_call(compiled)
+        self.call = direct_call(compiled) if call is None else call
 
     def _stage_text(self, stage: Stage) -> str:
         if stage == "traced":
@@ -155,22 +167,35 @@ class Executable(CompiledStages):
         return self.compiled
 
 
+def optimise(fn: Callable, args: Sequence[Any], options: CompileOptions,
+             platforms: Sequence[str]) -> tuple[jax_export.Exported, jax_export.Exported,
+                                                 list[PassRecord], float]:
+    """Trace ``fn(*args)`` for ``platforms`` and run the passes every one of them takes; return
+    the traced and the optimised module, the pass records and the seconds taken."""
+    t0 = time.perf_counter()
+    platforms = list(platforms)
+    traced = export(fn, args, platforms=platforms, precision=options.precision)
+    # One module serves every target: keep only the passes each target's pipeline has.
+    per_platform = [options.pass_names(p, args) for p in platforms]
+    names = tuple(p for p in per_platform[0] if all(p in other for other in per_platform[1:]))
+    optimized, records = rewrite(traced, names, options.dump_dir)
+    return traced, optimized, records, time.perf_counter() - t0
+
+
 def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAULT,
           donate_argnums: tuple[int, ...] = (), arg_names: Sequence[str] | None = None,
-          platform: str | None = None) -> Executable:
-    """Trace, rewrite and compile ``fn`` for ``args``: the whole AutoXLA pipeline."""
-    platform = platform or jax.default_backend()
-    t0 = time.perf_counter()
-    traced = export(fn, args, precision=options.precision)
-    optimized, records = rewrite(traced, options.pass_names(platform, args), options.dump_dir)
-    trace_seconds = time.perf_counter() - t0
-    compiled, seconds = compile_exported(
-        optimized, args, donate_argnums=donate_argnums,
-        xla_options=dict(options.xla_options), arg_names=arg_names,
-    )
-    exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds)
+          platform: str | None = None, committed_outputs: bool = True) -> Executable:
+    """Trace, rewrite and compile ``fn`` for ``args``: the whole AutoXLA pipeline.
+
+    ``committed_outputs=False`` calls the program through ``jax.jit``'s dispatch of the same
+    compile, whose outputs stay uncommitted to a device (as an eager user's arrays are); the
+    default calls the compiled executable directly (its outputs are committed)."""
+    traced, optimized, records, trace_seconds = optimise(
+        fn, args, options, [platform or jax.default_backend()])
+    jitted, compiled, seconds = _compile(optimized, args, donate_argnums,
+                                         dict(options.xla_options), arg_names, None)
+    exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
+                     call=None if committed_outputs else jitted)
     if options.dump_dir is not None:
         Path(options.dump_dir, "99-xla-optimized.hlo.txt").write_text(compiled.as_text())
     return exe
-
-

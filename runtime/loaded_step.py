@@ -14,8 +14,17 @@ from jax import export as jax_export
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import Artifact
 from luxc.runtime.artifact_mesh import put
-from luxc.runtime.files import ArtifactError, tensor_bytes, tensors_from_bytes, write_atomic
+from luxc.runtime.atomic_write import write_atomic
+from luxc.runtime.checkpoint_format import (
+    canonical_order,
+    check_statics,
+    checkpoint_bytes,
+    max_bytes,
+    read_checkpoint,
+)
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.stages import CompiledStages
+from luxc.runtime.tensor_codec import tensors_from_bytes
 
 
 class LoadedStep(CompiledStages):
@@ -42,7 +51,7 @@ class LoadedStep(CompiledStages):
         self.state = put(state, self._shardings[:n_state])
         self.data = put(data, self._shardings[n_state:])
         self.step_count = int(self.layout["step"])
-        self._scans: dict[int, Callable] = {}
+        self._scans: dict[tuple[int, bool], Callable] = {}
 
     @property
     def pass_report(self) -> list[dict[str, Any]]:
@@ -80,52 +89,107 @@ class LoadedStep(CompiledStages):
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
             on_step: Callable[[int, float], None] | None = None, *,
-            steps_per_call: int = 1) -> list[float]:
-        """Train ``steps`` steps from the current state; returns the losses.
+            steps_per_call: int = 1, batches: Callable[[int], Sequence[Any]] | None = None,
+            stop: Callable[[], bool] | None = None, keep_losses: bool = True) -> list[float]:
+        """Train ``steps`` steps from the current state; returns the losses (none with
+        ``keep_losses=False``: a long run's memory stays bounded).
 
-        ``steps_per_call=K`` runs K steps in one compiled call (a ``lax.scan`` of the stored
-        step, compiled from its StableHLO once), Keras's ``steps_per_execution``: the host
-        waits for the device once per K steps. ``on_step`` still sees every step's loss."""
+        ``batches(i)`` gives the host data of this call's ``i``-th step (a dataset); else every
+        step takes ``data`` (default: the artefact's). ``steps_per_call=K`` runs K steps in one
+        compiled call (a ``lax.scan`` of the stored step, compiled from its StableHLO once),
+        Keras's ``steps_per_execution``: the host waits for the device once per K steps.
+        ``on_step`` still sees every step's loss; ``stop()``, asked between calls, ends the run
+        early with the state of a whole number of steps."""
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
         data = self.data if data is None else self.check_data(data)
         losses: list[float] = []
-        while len(losses) < steps:
-            k = min(steps_per_call, steps - len(losses))
+        done = 0
+        while done < steps and not (stop is not None and stop()):
+            k = min(steps_per_call, steps - done)
             if k == 1:
-                self.state, loss, _ = self(self.state, data)
+                step_data = data if batches is None else self.check_data(batches(done))
+                self.state, loss, _ = self(self.state, step_data)
                 chunk = [float(loss)]
-            else:
+            elif batches is None:
                 self.state, chunk_losses = self._scanned(k)(self.state, data)
+                chunk = [float(x) for x in np.asarray(chunk_losses)]
+            else:
+                stacked = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
+                self.state, chunk_losses = self._scanned(k, stacked=True)(self.state, stacked)
                 chunk = [float(x) for x in np.asarray(chunk_losses)]
             for loss in chunk:
                 self.step_count += 1
-                losses.append(loss)
+                done += 1
+                if keep_losses:
+                    losses.append(loss)
                 if on_step is not None:
                     on_step(self.step_count, loss)
         return losses
 
-    def _scanned(self, k: int) -> Callable:
-        """``k`` steps as one executable, compiled once per ``k`` (data: the stored StableHLO)."""
-        if k not in self._scans:
+    def prepare(self, steps_per_call: int, steps: int, stacked: bool = False) -> None:
+        """Compile now the K-step programs ``run(steps, steps_per_call=K)`` will call, so its
+        time is the training's alone."""
+        for k in {min(steps_per_call, steps), steps % steps_per_call} - {0, 1}:
+            self._scanned(k, stacked)
+
+    def _scanned(self, k: int, stacked: bool = False) -> Callable:
+        """``k`` steps as one executable, compiled once per ``k`` (data: the stored StableHLO).
+        ``stacked``: the data has a leading axis of ``k``, one batch a step."""
+        if (k, stacked) not in self._scans:
             n, call = len(self.state), self.exported.call
 
             def steps(state, data):
-                def body(carry, _):
-                    outs = call(*carry, *data)
+                def body(carry, batch):
+                    outs = call(*carry, *(data if batch is None else batch))
                     return list(outs[:n]), outs[n]
 
-                return jax.lax.scan(body, list(state), None, length=k)
+                return jax.lax.scan(body, list(state), data if stacked else None, length=k)
 
-            lowered = jax.jit(steps).lower(self.state, self.data)
+            example = [jax.ShapeDtypeStruct((k, *np.shape(x)), x.dtype) for x in self.data] \
+                if stacked else self.data
+            lowered = jax.jit(steps).lower(self.state, example)
             with persistent_cache.compiling():
-                self._scans[k] = lowered.compile()
-        return self._scans[k]
+                self._scans[k, stacked] = lowered.compile()
+        return self._scans[k, stacked]
 
-    def save_state(self, path: str | Path) -> None:
-        """Write the current state (and step) to a safetensors file, atomically."""
-        write_atomic(path, tensor_bytes(self.state, {"step": str(self.step_count),
-                                                     "format": "luxc-flat-state"}))
+    def save_state(self, path: str | Path, run: dict[str, Any] | None = None) -> None:
+        """Write the current state (and step) atomically as a luxc checkpoint: the file
+        ``luxc.load_state(path, like=ts)`` reads, ``ts`` a TrainState of the compiled model.
+        ``run`` (seed, origin) lets ``luxc run --resume`` continue the same data order."""
+        names = self.layout["state_names"]
+        order = canonical_order(names)
+        arrays = [np.asarray(jax.device_get(self.state[i])) for i in order]
+        write_atomic(path, checkpoint_bytes([names[i] for i in order], arrays, self.step_count,
+                                            self.layout.get("statics", {}), run))
+
+    def load_state(self, path: str | Path) -> dict[str, Any] | None:
+        """Continue from the checkpoint at ``path`` (written by ``save_state``, ``luxc run`` or
+        ``luxc.save_state``); returns its run record (``None`` if it has none)."""
+        names = self.layout["state_names"]
+        specs = dict(zip(names, self.manifest["inputs"]))
+        expected = [{"path": n, **specs[n]} for n in names]
+        ckpt = read_checkpoint(path, max_bytes(expected))
+        if sorted(ckpt.names) != sorted(names):
+            missing = [n for n in names if n not in ckpt.names]
+            extra = [n for n in ckpt.names if n not in names]
+            raise ArtifactError(f"checkpoint {path} is not of this artefact's model: "
+                                + "; ".join(filter(None, [
+                                    f"missing {', '.join(missing[:3])}" if missing else "",
+                                    f"not in the artefact: {', '.join(extra[:3])}" if extra
+                                    else ""])))
+        by_name = dict(zip(ckpt.names, ckpt.arrays))
+        for name in names:
+            a, spec = by_name[name], specs[name]
+            if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+                raise ArtifactError(f"checkpoint {path}: {name} is {a.dtype}{list(a.shape)}; the "
+                                    f"artefact takes {spec['dtype']}{spec['shape']}")
+        if "statics" in self.layout:
+            check_statics(Path(path), ckpt.statics, self.layout["statics"])
+        n_state = self.layout["n_state"]
+        self.state = put([by_name[n] for n in names], self._shardings[:n_state])
+        self.step_count = ckpt.step
+        return ckpt.run
 
 
 def _tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ import sys
 
 from luxc.runtime._jax_internal import stable_custom_call_targets
 from luxc.runtime.artifact_mesh import input_shardings
-from luxc.runtime.files import ArtifactError
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.module_ops import walk
 
 CHECK_SECONDS = 120

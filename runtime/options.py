@@ -17,6 +17,8 @@ from luxc.runtime.module_ops import ModuleSummary
 
 Precision = Literal["default", "high", "highest"]
 _PRECISIONS = ("default", "high", "highest")
+MixedPrecision = Literal["bf16", "f16"] | None
+MIXED_PRECISIONS = (None, "bf16", "f16")
 XlaValue = bool | int | float | str
 
 
@@ -33,6 +35,10 @@ class CompileOptions:
         precision: dot/convolution precision, ``"default"``, ``"high"`` or ``"highest"`` (Lux's
             ``precision_config`` preference).
         dump_dir: write the module before and after every pass, and XLA's optimised HLO, here.
+        mixed_precision: ``None`` (float32 throughout), ``"bf16"`` or ``"f16"``: the parameters
+            and the data are cast to that dtype inside the step, the parameters and optimiser
+            state stay float32, losses, normalisation statistics and gradients are float32
+            (README "Mixed precision"); ``"f16"`` adds dynamic loss scaling.
 
     >>> import luxc
     >>> luxc.CompileOptions(passes=["fuse_rsqrt"], precision="highest").precision
@@ -43,6 +49,7 @@ class CompileOptions:
     xla_options: tuple[tuple[str, XlaValue], ...] = field(default=())
     precision: Precision = "default"
     dump_dir: str | None = None
+    mixed_precision: MixedPrecision = None
 
     def __init__(
         self,
@@ -50,6 +57,7 @@ class CompileOptions:
         xla_options: Mapping[str, XlaValue] | Sequence[tuple[str, XlaValue]] | None = None,
         precision: Precision = "default",
         dump_dir: str | Path | None = None,
+        mixed_precision: MixedPrecision = None,
     ):
         if isinstance(passes, str) and passes not in ("default", "none", "all"):
             passes = passes.split(",")
@@ -62,6 +70,11 @@ class CompileOptions:
                 f"CompileOptions: precision must be one of {', '.join(map(repr, _PRECISIONS))}; "
                 f"received {precision!r}"
             )
+        if mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(
+                f"CompileOptions: mixed_precision must be one of "
+                f"{', '.join(map(repr, MIXED_PRECISIONS))}; received {mixed_precision!r}"
+            )
         items = dict(xla_options or {})
         for k, v in items.items():
             if not (isinstance(k, str) and k.startswith("xla_")):
@@ -73,6 +86,7 @@ class CompileOptions:
         object.__setattr__(self, "xla_options", tuple(sorted(items.items())))
         object.__setattr__(self, "precision", precision)
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
+        object.__setattr__(self, "mixed_precision", mixed_precision)
 
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline
@@ -119,22 +133,8 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 
 
 # XLA options luxc adds for a platform, from what the module holds (a user's own xla_options
-# always win). Each measured in the same interleaved run (benchmarks/README.md):
-#
-# * YNNPACK fusions off where the module convolves: a convolutional step (LeNet-5) became
-#   0.51-0.72x as long, while the MLP and Dice steps, which have no convolution, were
-#   1.12-1.25x slower with it.
-# * Temporaries in heaps of at most 30 MiB (XLA's multiheap buffer assignment): XLA:CPU
-#   allocates a step's temporaries afresh on every call, from one of its worker threads. glibc
-#   maps a block over 32 MiB anew each time (from a worker thread, one over 64 MiB always), so
-#   all of it faults in again every step: ~19k minor faults, 66 MiB, on the transformer block.
-#   Blocks of at most 30 MiB raise glibc's own mmap threshold once freed, and are then reused
-#   from the thread's heap. Transformer step, separate processes, 50 steps each, last 20: one
-#   heap 73.9-77.6 ms (18.8k faults), 16 MiB heaps 57.9-71.2, 30 MiB heaps 58.1-59.8 ms
-#   (0-5k faults); 30 MiB beat 16 MiB in 6 of 7 pairs, tied in one. Only a module whose
-#   temporaries exceed 30 MiB is split at all. The limit is raised to the module's largest
-#   tensor, which XLA cannot split (it logs a warning otherwise). Executables that are written
-#   out keep one heap (see platform_xla_options).
+# always win): YNNPACK fusions off where the module convolves, temporaries in heaps of at most
+# 30 MiB. Why, and the measurements: benchmarks/README.md, "Platform XLA options".
 _CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"

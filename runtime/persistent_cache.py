@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from luxc.runtime._jax_internal import cache_interface, compilation_cache_scope
-from luxc.runtime.files import ArtifactError, read_regular, write_atomic
+from luxc.runtime.atomic_write import write_atomic
+from luxc.runtime.bounded_read import read_regular
+from luxc.runtime.errors import ArtifactError
 from luxc.runtime.trust import (
     KeyUnavailable,
     key_problem,

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from luxc.runtime.leaf_names import argument_leaf_name
+
 
 class Leaf(NamedTuple):
     """One argument leaf as the executable sees it."""
@@ -63,10 +65,7 @@ def _described(sig: Signature, names: Sequence[str]) -> dict[str, Any]:
     tree = jax.tree_util.tree_unflatten(sig.structure, list(sig.leaves))
     out = {}
     for path, value in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]:
-        head, rest = path[0], path[1:]
-        index = getattr(head, "idx", None)
-        name = names[index] if index is not None and index < len(names) else jax.tree_util.keystr((head,))
-        out[name + jax.tree_util.keystr(rest)] = value
+        out[argument_leaf_name(path, names)] = value
     return out
 
 

@@ -23,6 +23,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
+
 KEY_BYTES = 32
 
 
@@ -61,7 +63,8 @@ def _create_key(path: Path) -> None:
     # Written in full under a private name, then linked into place: another process starting
     # at the same moment sees no key or the whole key, never a partial one.
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}")
+    remove_stale_temporaries(path)
+    tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, secrets.token_bytes(KEY_BYTES))

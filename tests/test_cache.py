@@ -78,11 +78,11 @@ def test_objectives_written_anew_each_call_but_equal_in_value_compile_once():
 
 def test_a_new_objective_at_every_call_is_warned_about_once_at_the_call_site():
     ts, data = _state(), _data()
-    with pytest.warns(luxc.compiler.NewObjectiveWarning, match="new object") as record:
+    with pytest.warns(luxc.runtime.NewObjectiveWarning, match="new object") as record:
         for i in range(3):
             weight = jnp.float32(i)  # captured anew: every closure is a different objective
             single_train_step(XLA, lambda m, p, s, d, w=weight: _scaled_mse(m, p, s, d, w), data, ts)
-    fresh = [w for w in record if w.category is luxc.compiler.NewObjectiveWarning]
+    fresh = [w for w in record if w.category is luxc.runtime.NewObjectiveWarning]
     assert len(fresh) == 1 and fresh[0].filename == __file__
     assert luxc.cache_info(ts).misses == 3
 
@@ -127,7 +127,7 @@ def test_dropping_a_program_releases_its_objective():
         captured = Captured()
         alive.append(weakref.ref(captured))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", luxc.compiler.NewObjectiveWarning)
+            warnings.simplefilter("ignore", luxc.runtime.NewObjectiveWarning)
             _, _, _, ts = single_train_step(
                 XLA, lambda m, p, s, d, c=captured: luxc.MSELoss()(m, p, s, d), data, ts)
         del captured

@@ -8,7 +8,7 @@ import pytest
 
 import luxc
 from luxc import nn
-from luxc.runtime.files import ArtifactError
+from luxc.runtime.errors import ArtifactError
 from luxc.training import single_train_step_
 
 
@@ -92,3 +92,42 @@ def test_load_in_python_gives_a_compiled_step_like_object(tmp_path):
         _, loss, _, ts = single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
         expected.append(float(loss))
     np.testing.assert_allclose(losses, expected, rtol=1e-6)
+
+
+def _incr_model():
+    # The README's @compact example: a static field assigned in the body (Lux's `incr *= 10`).
+    @luxc.compact(W=jnp.ones((7, 5)), b=jnp.zeros(7), incr=1)
+    def scaled_dense(self, x):
+        self.incr *= 10
+        return jax.nn.relu(x @ self.W.T + self.b) + self.incr
+
+    return scaled_dense
+
+
+def test_static_state_is_saved_and_restored_so_resume_is_bit_identical(tmp_path):
+    model, data = _incr_model(), (jnp.ones((2, 5)), jnp.zeros((2, 7)))
+
+    def fresh():
+        ps, st = luxc.setup(jax.random.key(0), model)
+        return luxc.TrainState(model, ps, st, optax.sgd(1e-3))
+
+    def step(ts):
+        _, loss, _, ts = single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        return ts, float(loss)
+
+    ts = fresh()
+    for _ in range(2):
+        ts, _ = step(ts)
+    luxc.save_state(tmp_path / "ckpt.safetensors", ts)
+    back = luxc.load_state(tmp_path / "ckpt.safetensors", like=fresh())
+    assert back.states == {"incr": luxc.Val(100)}  # 1 * 10 * 10: two steps of `incr *= 10`
+    assert step(back)[1] == step(ts)[1]
+
+
+def test_a_checkpoint_of_another_static_value_kind_is_refused(tmp_path):
+    model = _incr_model()
+    ps, st = luxc.setup(jax.random.key(0), model)
+    ts = luxc.TrainState(model, ps, {"incr": luxc.Val(lambda: 1)}, optax.sgd(1e-3))
+    luxc.save_state(tmp_path / "ckpt.safetensors", ts)
+    with pytest.raises(ArtifactError, match="states\\['incr'\\] was Val\\(<lambda>\\)"):
+        luxc.load_state(tmp_path / "ckpt.safetensors", like=ts.replace(states=st))

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.training._state", "luxc.training._compiled",
+MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.nn._embedding",
+           "luxc.nn._attention", "luxc.nn._containers", "luxc.training._state", "luxc.training._compiled",
            "luxc.training._api",
            "luxc.runtime.options", "luxc.losses", "luxc.ops"]
 

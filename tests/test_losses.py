@@ -117,13 +117,45 @@ def test_integer_and_boolean_targets_work():
     assert float(a) == float(b) == float(c)
 
 
-@pytest.mark.parametrize("loss", [luxc.BinaryCrossEntropyLoss(logits=True),
-                                  luxc.CrossEntropyLoss(logits=True)])
-def test_logit_paths_are_finite_for_huge_logits(loss):
-    logits = jnp.array([[1e4, -1e4, 0.0, 5e3], [-1e4, 1e4, -5e3, 0.0]])
-    y = jnp.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
-    value, grad = jax.value_and_grad(lambda z: loss(z, y))(logits)
-    assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
+HUGE_LOGITS = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, 1e4, -5e3, 0.0]])
+HUGE_TARGETS = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+
+
+def _sigmoid(z):
+    return 0.5 * (1 + np.tanh(z / 2))  # no overflow at |z| = 1e4
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# Closed forms on logits z and targets y, in float64 (the stable forms, so they hold at 1e4):
+# binary cross-entropy log(1 + e^z) - y z, mean over all elements, gradient (sigmoid(z) - y) / N;
+# cross-entropy logsumexp(z) - sum(y z) per row, mean over rows, gradient (softmax(z) - y) / rows.
+_HUGE_LOGIT_CASES = {
+    "binary": (luxc.BinaryCrossEntropyLoss(logits=True),
+               np.mean(np.logaddexp(0, HUGE_LOGITS) - HUGE_TARGETS * HUGE_LOGITS),
+               (_sigmoid(HUGE_LOGITS) - HUGE_TARGETS) / HUGE_LOGITS.size),
+    "categorical": (luxc.CrossEntropyLoss(logits=True),
+                    np.mean(np.logaddexp.reduce(HUGE_LOGITS, axis=-1)
+                            - (HUGE_TARGETS * HUGE_LOGITS).sum(-1)),
+                    (_softmax(HUGE_LOGITS) - HUGE_TARGETS) / len(HUGE_LOGITS)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_HUGE_LOGIT_CASES))
+def test_logit_paths_give_the_closed_form_for_huge_logits(case):
+    loss, value_expected, grad_expected = _HUGE_LOGIT_CASES[case]
+    value, grad = jax.value_and_grad(lambda z: loss(z, jnp.asarray(HUGE_TARGETS, jnp.float32)))(
+        jnp.asarray(HUGE_LOGITS, jnp.float32))
+    np.testing.assert_allclose(float(value), value_expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), grad_expected, rtol=1e-6, atol=1e-7)
+
+
+# float16 and bfloat16 keep 11 and 8 significant bits: the low-precision result is the float32
+# one (itself checked against numpy above) to within a few units of the dtype's rounding.
+_ROUNDING = {jnp.float16: 2.0 ** -10, ml_dtypes.bfloat16: 2.0 ** -7}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, ml_dtypes.bfloat16])
@@ -132,7 +164,11 @@ def test_logit_paths_are_finite_for_huge_logits(loss):
                                   luxc.MSLELoss(), luxc.PoissonLoss()])
 def test_low_precision_inputs_give_low_precision_results(loss, dtype):
     out = loss(jnp.asarray(PRED, dtype), jnp.asarray(TARGET, dtype))
-    assert out.dtype == dtype and np.isfinite(float(out))
+    pred, target = (np.asarray(jnp.asarray(a, dtype), np.float32) for a in (PRED, TARGET))
+    reference = float(loss(pred, target))  # the same rounded inputs, computed in float32
+    assert out.dtype == dtype
+    np.testing.assert_allclose(float(out), reference, rtol=8 * _ROUNDING[dtype],
+                               atol=8 * _ROUNDING[dtype])
 
 
 @pytest.mark.parametrize("loss", [luxc.MSELoss(), luxc.MAELoss(), luxc.HuberLoss(),
@@ -145,6 +181,30 @@ def test_gradients_at_edge_cases_are_finite(loss, edge):
     y_pred = {"zero": jnp.zeros_like(y), "one": jnp.ones_like(y), "equal": y}[edge]
     g = jax.grad(lambda p: loss(p, y))(y_pred)
     assert np.all(np.isfinite(g))
+
+
+# The distance losses' gradients in closed form, mean over the N elements: MSE 2 (p - y) / N,
+# MAE sign(p - y) / N (0 at p = y, as jnp.sign and Lux's abs' subgradient), Huber (delta 1,
+# |p - y| < 1 here) (p - y) / N, MSLE 2 (log(p + eps) - log(y + eps)) / ((p + eps) N).
+_DISTANCE_GRADIENTS = {
+    "mse": (luxc.MSELoss(), lambda p, y: 2 * (p - y) / p.size),
+    "mae": (luxc.MAELoss(), lambda p, y: np.sign(p - y) / p.size),
+    "huber": (luxc.HuberLoss(), lambda p, y: (p - y) / p.size),
+    "msle": (luxc.MSLELoss(epsilon=1e-3),
+             lambda p, y: 2 * (np.log(p + 1e-3) - np.log(y + 1e-3)) / ((p + 1e-3) * p.size)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_DISTANCE_GRADIENTS))
+@pytest.mark.parametrize("edge", ["zero", "one", "equal"])
+def test_distance_loss_gradients_at_edge_cases_are_the_closed_form(name, edge):
+    loss, closed_form = _DISTANCE_GRADIENTS[name]
+    y = TARGET.astype(np.float64)
+    p = {"zero": np.zeros_like(y), "one": np.ones_like(y), "equal": y}[edge]
+    g = jax.grad(lambda q: loss(q, jnp.asarray(TARGET)))(jnp.asarray(p, jnp.float32))
+    np.testing.assert_allclose(np.asarray(g), closed_form(p, y), rtol=1e-5, atol=1e-9)
+    if edge == "equal":
+        assert np.all(np.asarray(g) == 0)
 
 
 @pytest.mark.parametrize("loss", [luxc.MSELoss(), luxc.HuberLoss(delta=0.2), luxc.MSLELoss(),

@@ -124,7 +124,7 @@ def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
                            "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
-                           "dot_flatten", "dot_swap_operands"}
+                           "dot_flatten", "dot_swap_operands", "dot_f32_accumulate"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 

@@ -19,8 +19,9 @@ import optax
 import pytest
 
 import luxc
-from luxc.runtime import artifact_format, files, persistent_cache, trust
-from luxc.runtime.files import ArtifactError, sha256
+from luxc.runtime import artifact_format, bounded_read, persistent_cache, tensor_codec, trust
+from luxc.runtime.bounded_read import sha256
+from luxc.runtime.errors import ArtifactError
 
 # ---------------------------------------------------------------- helpers
 
@@ -177,7 +178,7 @@ def test_the_key_is_created_private_on_first_use(tmp_path, monkeypatch):
 
 def test_each_file_is_read_once_and_the_checked_bytes_are_used(art, monkeypatch):
     reads = []
-    original = files.read_regular
+    original = bounded_read.read_regular
 
     def counting(path, what, max_bytes):
         reads.append(os.path.basename(path))
@@ -202,7 +203,7 @@ def test_a_state_file_dropped_from_the_manifest_is_an_error_not_silently_read(ar
 def test_manifest_names_outside_the_format_are_refused_without_being_read(art, monkeypatch, name):
     reads = []
     monkeypatch.setattr(artifact_format, "read_regular",
-                        lambda path, *a: reads.append(str(path)) or files.read_regular(path, *a))
+                        lambda path, *a: reads.append(str(path)) or bounded_read.read_regular(path, *a))
     m = _manifest(art)
     m["files"][name] = {"sha256": "0" * 64, "size": 1}
     _write_manifest(art, m)
@@ -262,7 +263,7 @@ def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
 
 @pytest.mark.filterwarnings("ignore:did not load the artefact's executable")
 def test_state_tensors_that_disagree_with_the_manifest_are_refused(art):
-    state = files.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
+    state = tensor_codec.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
     _replace_file(art, "state.safetensors", state)
     with pytest.raises(ArtifactError, match="holds 1 arrays; the manifest lists"):
         luxc.load(art)
@@ -343,9 +344,9 @@ def test_profile_checks_trace_before_compiling(art, tmp_path):
 
 
 def _rewrite_checkpoint(path, edit):
-    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    arrays, meta = tensor_codec.tensors_from_bytes(path.read_bytes(), "checkpoint")
     edit(meta)
-    path.write_bytes(files.tensor_bytes(arrays, meta))
+    path.write_bytes(tensor_codec.tensor_bytes(arrays, meta))
 
 
 def test_an_edited_checkpoint_step_is_caught_by_the_checksum(tmp_path):
@@ -365,10 +366,10 @@ def test_a_negative_step_with_a_recomputed_checksum_is_refused(tmp_path):
 
     ts, path = _train_state(), tmp_path / "ckpt.safetensors"
     luxc.save_state(path, ts)
-    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    arrays, meta = tensor_codec.tensors_from_bytes(path.read_bytes(), "checkpoint")
     meta["contents"] = meta["contents"].replace('"step": 0', '"step": -5')
     meta["sha256"] = _digest(meta["contents"].encode(), arrays)
-    path.write_bytes(files.tensor_bytes(arrays, meta))
+    path.write_bytes(tensor_codec.tensor_bytes(arrays, meta))
     with pytest.raises(ArtifactError, match="step -5; a step is a whole number >= 0"):
         luxc.load_state(path, like=ts)
 
@@ -642,12 +643,12 @@ def test_a_checkpoint_leaf_without_a_name_is_one_artifact_error(tmp_path):
 
     ts, path = _train_state(), tmp_path / "ckpt.safetensors"
     luxc.save_state(path, ts)
-    arrays, meta = files.tensors_from_bytes(path.read_bytes(), "checkpoint")
+    arrays, meta = tensor_codec.tensors_from_bytes(path.read_bytes(), "checkpoint")
     contents = json.loads(meta["contents"])
     contents["leaves"][0]["path"] = None
     meta["contents"] = json.dumps(contents)
     meta["sha256"] = _digest(meta["contents"].encode(), arrays)
-    path.write_bytes(files.tensor_bytes(arrays, meta))
+    path.write_bytes(tensor_codec.tensor_bytes(arrays, meta))
     with pytest.raises(ArtifactError, match="does not describe its tensors"):
         luxc.load_state(path, like=ts)
 
@@ -659,7 +660,7 @@ def test_overlapping_tensors_in_a_safetensors_header_are_refused():
                          "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
     data = struct.pack("<Q", len(header)) + header + b"\0" * 12
     with pytest.raises(ArtifactError, match="share bytes"):
-        files.tensors_from_bytes(data, "state")
+        tensor_codec.tensors_from_bytes(data, "state")
 
 
 def test_a_deleted_cache_directory_is_recreated_private(cache_dir):

@@ -142,18 +142,6 @@ def load_artifact(directory: str):
     return loaded
 
 
-def read_npz(path: str) -> list:
-    import numpy as np
-
-    if not Path(path).is_file():
-        raise CliError(f"data file not found: {path}")
-    try:
-        with np.load(path) as f:
-            return [f[k] for k in f.files]
-    except (OSError, ValueError) as e:
-        raise CliError(f"cannot read {path} as .npz: {e}") from None
-
-
 def peak_bytes(mem: dict | None) -> int | None:
     # XLA:CPU's peak_memory_in_bytes leaves out temporaries; bound it from the buffer sizes.
     if not mem:

@@ -133,7 +133,7 @@ def profile(target, steps, trace, passes, precision, xla_option):
     with the batch size and the passes the step was compiled with.
     """
     if trace:
-        from luxc.runtime.files import check_writable_directory
+        from luxc.runtime.atomic_write import check_writable_directory
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import sys
 import time
+from pathlib import Path
 
 import click
 
-from luxc.cli._common import CliError, load_artifact, read_npz
+from luxc.cli import run_outputs as outputs
+from luxc.cli._common import CliError, load_artifact
+
+_MAX_STEPS = 1 << 40
+_PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
 
 
 def _every(every: int | None, steps: int) -> int:
@@ -16,74 +23,224 @@ def _every(every: int | None, steps: int) -> int:
     return every or (1 if steps <= 20 else math.ceil(steps / 10))
 
 
-def _check_plot(path: str) -> None:
-    from luxc.runtime.files import check_writable_file
-
+def _check_plot(path: str, directory: str) -> None:
+    if Path(path).suffix.lower() != ".png":
+        raise CliError(f"--plot {path}: luxc writes the loss curve as PNG; give a .png name")
+    outputs.check_new_file(path, directory, "--plot")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install matplotlib "
                        "(or pip install 'luxc[examples]')") from None
-    check_writable_file(path, "--plot")
 
 
-def _plot(losses: list[float], first_step: int, path: str, title: str) -> None:
+def _plot(points: list[tuple[int, float]], path: str, title: str) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(range(first_step, first_step + len(losses)), losses)
+    ax.plot([s for s, _ in points], [v for _, v in points])
     ax.set(xlabel="step", ylabel="loss", title=title,
-           yscale="log" if min(losses) > 0 else "linear")
+           yscale="log" if min(v for _, v in points) > 0 else "linear")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
 
 
+class _Curve:
+    """First and last loss, and a curve of at most _PLOT_POINTS points (every 2**j-th step)."""
+
+    def __init__(self, keep: bool):
+        self.keep, self.stride, self.points = keep, 1, []
+        self.first = self.last = None
+
+    def add(self, step: int, loss: float) -> None:
+        self.first = loss if self.first is None else self.first
+        self.last = loss
+        if self.keep and step % self.stride == 0:
+            self.points.append((step, loss))
+            if len(self.points) > _PLOT_POINTS:
+                self.stride *= 2
+                self.points = [p for p in self.points if p[0] % self.stride == 0]
+
+
+class _Interrupt:
+    """The first Ctrl-C asks the run to stop after the current call (then a checkpoint is
+    written); a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._old)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+
+
 @click.command()
 @click.argument("directory", type=click.Path())
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", type=click.IntRange(min=1, max=_MAX_STEPS),
+              help="train to this many steps from the start of the run (default 10, or one "
+                   "pass over --data)")
+@click.option("--epochs", type=click.IntRange(min=1, max=_MAX_STEPS),
+              help="with --data: passes over the dataset (N // batch steps each)")
 @click.option("--data", "data_path", type=click.Path(),
-              help="an .npz of the data arrays, in the order `luxc inspect` lists them "
-                   "(data[0], data[1], ...: np.savez(F, x, y) keeps that order); default: the "
-                   "example data stored in the artefact")
-@click.option("--save-state", type=click.Path(dir_okay=False), help="write the final state here")
-@click.option("--steps-per-call", default=1, show_default=True, type=click.IntRange(min=1),
+              help="an .npz of the data arrays with N samples on their leading axis, in the order "
+                   "`luxc inspect` lists them (np.savez(F, x, y) keeps that order), or a directory "
+                   "of .npy files (memory-mapped, read in name order); N larger than the "
+                   "artefact's batch: shuffled batches each epoch; default: the example data "
+                   "stored in the artefact")
+@click.option("--seed", type=click.IntRange(min=0), help="the data order's seed (default 0)")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False),
+              help="start from this checkpoint (written by luxc run or luxc.save_state)")
+@click.option("--save-state", type=click.Path(dir_okay=False),
+              help="write the final state here, as a checkpoint luxc.load_state reads")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False),
+              help="write checkpoints into this directory as the run goes")
+@click.option("--checkpoint-every", type=click.IntRange(min=1, max=_MAX_STEPS),
+              help="steps between checkpoints (default: about ten in the run)")
+@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
+              help="how many of the newest checkpoints to keep")
+@click.option("--resume", is_flag=True, help="continue from the newest checkpoint in "
+              "--checkpoint: the same batches in the same order, the same numbers")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="write one JSON object per logged step ({\"step\", \"loss\"}) to this file")
+@click.option("--steps-per-call", default=1, show_default=True,
+              type=click.IntRange(min=1, max=_MAX_STEPS),
               help="run K steps in one compiled call (the losses still print per step)")
 @click.option("--every", type=click.IntRange(min=1),
               help="print the loss every N steps (default: each step up to 20, else ~10 lines)")
 @click.option("--quiet", "-q", is_flag=True, help="no loss lines or progress bar, only the summary")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write the loss curve to this PNG "
               "(needs matplotlib)")
-def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, plot):
-    """Train STEPS steps with the artefact in DIRECTORY (no model source needed).
+def run(directory, steps, epochs, data_path, seed, state_path, save_state, checkpoint_dir,
+        checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet, plot):
+    """Train with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), then a summary: steps,
     wall time, steps/s, first and last loss, and which executable ran (the artefact's
-    serialized one, or one compiled from its portable StableHLO).
+    serialized one, or one compiled from its portable StableHLO). Ctrl-C writes a checkpoint
+    (with --checkpoint or --save-state) and exits with status 130.
     """
+    # Every output checked before any work: a refusal loses nothing.
     if save_state:
-        from luxc.runtime.files import check_writable_file
-
-        check_writable_file(save_state, "--save-state")
+        outputs.check_state_file(save_state, directory, "--save-state")
+    if checkpoint_dir:
+        outputs.check_checkpoint_dir(checkpoint_dir, directory)
+    elif resume:
+        raise CliError("--resume continues from the newest checkpoint in --checkpoint DIR; "
+                       "give --checkpoint")
+    if log_path:
+        outputs.check_new_file(log_path, directory, "--log", append=resume)
     if plot:
-        _check_plot(plot)
+        _check_plot(plot, directory)
+    if epochs and not data_path:
+        raise CliError("--epochs counts passes over --data; give --data, or --steps")
+    if epochs and steps:
+        raise CliError("give --steps or --epochs, not both")
     t0 = time.perf_counter()
     loaded = load_artifact(directory)
     load_seconds = time.perf_counter() - t0
-    data = loaded.check_data(read_npz(data_path)) if data_path else None
-    first_step, last_step, every = loaded.step_count + 1, loaded.step_count + steps, _every(every, steps)
+    n_state = loaded.layout["n_state"]
+    run_record = {"seed": seed or 0, "origin": loaded.step_count}
+    if state_path:
+        run_record = loaded.load_state(state_path) or {"seed": seed or 0,
+                                                        "origin": loaded.step_count}
+    resumed_from = None
+    if resume:
+        found = outputs.checkpoints(checkpoint_dir)
+        if found:
+            resumed_from = found[-1]
+            run_record = loaded.load_state(resumed_from) or run_record
+            if seed is not None and seed != run_record["seed"]:
+                raise CliError(f"--seed {seed}: the run in {checkpoint_dir} uses seed "
+                               f"{run_record['seed']}; resume it without --seed")
+    dataset = None
+    if data_path:
+        from luxc.runtime.dataset import Dataset
+
+        dataset = Dataset(data_path, loaded.manifest["inputs"][n_state:],
+                          loaded.layout["data_names"], run_record["seed"])
+    total = steps or (epochs * dataset.batches_per_epoch if epochs else
+                      dataset.batches_per_epoch if dataset and dataset.samples > dataset.batch_size
+                      else 10)
+    end = run_record["origin"] + total
+    remaining = end - loaded.step_count
+    if remaining <= 0:
+        click.echo(f"nothing to do: the state is at step {loaded.step_count}, the run ends at "
+                   f"step {end}")
+        return
+    first_step, every = loaded.step_count + 1, _every(every, remaining)
+    checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
+    curve = _Curve(keep=bool(plot))
+    log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
 
     def line(step: int, loss: float, echo=click.echo) -> None:
-        if not quiet and ((step - first_step + 1) % every == 0 or step == last_step):
+        curve.add(step, loss)
+        shown = (step - first_step + 1) % every == 0 or step == end
+        if log is not None and shown:
+            log.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        if not quiet and shown:
             echo(f"step {step}  loss {loss:.6g}")
 
+    def batches(i: int):
+        return dataset.batch(start_index + i)
+
+    def save(path) -> None:
+        loaded.save_state(path, run_record)
+
+    for n in (checkpoint_every, remaining % checkpoint_every or checkpoint_every):
+        loaded.prepare(steps_per_call, n, stacked=dataset is not None)
     t0 = time.perf_counter()
+    with _Interrupt() as interrupt:
+        while loaded.step_count < end and not interrupt.requested:
+            start_index = loaded.step_count - run_record["origin"]
+            # Segments end on multiples of --checkpoint-every: a resumed run saves where an
+            # uninterrupted one does.
+            n = min(end, (loaded.step_count // checkpoint_every + 1) * checkpoint_every) \
+                - loaded.step_count
+            _train(loaded, n, dataset and batches, line, steps_per_call, quiet,
+                   lambda: interrupt.requested)
+            if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
+                                   loaded.step_count == end or interrupt.requested):
+                save(outputs.checkpoint_path(checkpoint_dir, loaded.step_count))
+                outputs.prune(checkpoint_dir, keep)
+    seconds = time.perf_counter() - t0
+    if log is not None:
+        log.close()
+    ran = loaded.step_count - first_step + 1
+    if resumed_from is not None:
+        click.echo(f"resumed from {resumed_from} (step {first_step - 1})")
+    click.echo(f"ran {ran} steps ({first_step}-{loaded.step_count}) in {seconds:.3f} s, "
+               f"{ran / seconds:.1f} steps/s; loss {curve.first:.6g} -> {curve.last:.6g}")
+    click.echo(f"executable: {loaded.executable_source} (loaded in {load_seconds:.2f} s)")
+    if plot and curve.points:
+        _plot(curve.points, plot, f"luxc run {directory}")
+        click.echo(f"wrote the loss curve to {plot}")
+    if save_state:
+        save(save_state)
+        click.echo(f"saved the state at step {loaded.step_count} to {save_state}")
+    if interrupt.requested:
+        where = checkpoint_dir or save_state
+        click.echo(f"interrupted at step {loaded.step_count}" +
+                   (f"; the state is in {where}" if where else ""), err=True)
+        sys.exit(130)
+
+
+def _train(loaded, n, batches, line, steps_per_call, quiet, stop) -> None:
+    kwargs = dict(batches=batches, stop=stop, keep_losses=False,
+                  steps_per_call=min(steps_per_call, n))
     if not quiet and sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import Progress
 
         with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("training", total=steps)
+            task = progress.add_task("training", total=n)
             # On one terminal the lines go above the bar; redirected, stdout gets them plain.
             echo = (lambda text: progress.console.print(text, highlight=False, markup=False)) \
                 if sys.stdout.isatty() else click.echo
@@ -92,16 +249,6 @@ def run(directory, steps, data_path, save_state, steps_per_call, every, quiet, p
                 line(step, loss, echo)
                 progress.advance(task)
 
-            losses = loaded.run(steps, data, on_step=report, steps_per_call=steps_per_call)
+            loaded.run(n, on_step=report, **kwargs)
     else:
-        losses = loaded.run(steps, data, on_step=line, steps_per_call=steps_per_call)
-    seconds = time.perf_counter() - t0
-    click.echo(f"ran {steps} steps ({first_step}-{last_step}) in {seconds:.3f} s, "
-               f"{steps / seconds:.1f} steps/s; loss {losses[0]:.6g} -> {losses[-1]:.6g}")
-    click.echo(f"executable: {loaded.executable_source} (loaded in {load_seconds:.2f} s)")
-    if plot:
-        _plot(losses, first_step, plot, f"luxc run {directory}")
-        click.echo(f"wrote the loss curve to {plot}")
-    if save_state:
-        loaded.save_state(save_state)
-        click.echo(f"saved the state at step {loaded.step_count} to {save_state}")
+        loaded.run(n, on_step=line, **kwargs)

@@ -2,6 +2,7 @@
 
 from luxc.nn._adapters import FromEquinox as FromEquinox
 from luxc.nn._adapters import FromFlax as FromFlax
+from luxc.nn._attention import MultiHeadAttention as MultiHeadAttention
 from luxc.nn._basic import Chain as Chain
 from luxc.nn._basic import Dense as Dense
 from luxc.nn._basic import FlattenLayer as FlattenLayer
@@ -10,6 +11,8 @@ from luxc.nn._compact import CompactLayer as CompactLayer
 from luxc.nn._compact import compact as compact
 from luxc.nn._compact import init_fn as init_fn
 from luxc.nn._compact import non_trainable as non_trainable
+from luxc.nn._containers import Parallel as Parallel
+from luxc.nn._containers import SkipConnection as SkipConnection
 from luxc.nn._conv import Conv as Conv
 from luxc.nn._conv import MaxPool as MaxPool
 from luxc.nn._core import AbstractContainerLayer as AbstractContainerLayer
@@ -22,9 +25,15 @@ from luxc.nn._core import setup as setup
 from luxc.nn._core import state_count as state_count
 from luxc.nn._dropout import Dropout as Dropout
 from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
+from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
 from luxc.nn._stability import TypeInstabilityError as TypeInstabilityError
+from luxc.nn._stack import POLICY_NAMES as POLICY_NAMES
+from luxc.nn._stack import Remat as Remat
+from luxc.nn._stack import RepeatedLayer as RepeatedLayer
+from luxc.nn._stack import Stack as Stack
+from luxc.nn._stack import stacked_axes as stacked_axes
 from luxc.nn._stateful import StatefulLuxLayer as StatefulLuxLayer
 from luxc.nn._stateful import testmode as testmode
 from luxc.nn._stateful import trainmode as trainmode

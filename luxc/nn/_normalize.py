@@ -13,6 +13,14 @@ from luxc.nn._eltype import match_eltype
 from luxc.nn._init import activation_name
 
 
+def _statistics_dtype(x: jax.Array) -> jax.Array:
+    """``x`` in float32 if it is a narrower float (bfloat16, float16): the mean and variance
+    of a normalisation are accumulated and applied in float32, and the result is cast back
+    to ``x``'s dtype (mixed precision keeps statistics in float32, as torch's autocast)."""
+    narrow = jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize < 4
+    return x.astype(jnp.float32) if narrow else x
+
+
 class BatchNorm(AbstractLayer):
     r"""Batch normalisation over every axis but the last (the channels):
 
@@ -60,6 +68,7 @@ class BatchNorm(AbstractLayer):
         self._check_rank(x, 2, f"a (N, ..., {self.chs}) input")
         self._check_features(x, self.chs)
         x = match_eltype(self, ps, st, x)
+        dtype, x = x.dtype, _statistics_dtype(x)
         axes = tuple(range(x.ndim - 1))
         training = bool(st["training"])
         if (training or not self.track_stats) and x.size == 0:
@@ -79,17 +88,20 @@ class BatchNorm(AbstractLayer):
         y = (x - mean) / jnp.sqrt(var + self.epsilon)
         if self.affine:
             y = y * ps["scale"] + ps["bias"]
+        y = y if x.dtype == dtype else y.astype(dtype)
         if self.activation:
             y = self.activation(y)
         if training and self.track_stats:
             m = x.size // self.chs
             unbiased = var * (m / max(m - 1, 1))
             mom = self.momentum
+            running = st["running_mean"].dtype
             st = {
                 **st,
-                "running_mean": (1 - mom) * st["running_mean"] + mom * jax.lax.stop_gradient(mean),
-                "running_var": (1 - mom) * st["running_var"]
-                + mom * jax.lax.stop_gradient(unbiased),
+                "running_mean": ((1 - mom) * st["running_mean"]
+                                 + mom * jax.lax.stop_gradient(mean)).astype(running),
+                "running_var": ((1 - mom) * st["running_var"]
+                                + mom * jax.lax.stop_gradient(unbiased)).astype(running),
             }
         return y, st
 
@@ -128,12 +140,14 @@ class LayerNorm(AbstractLayer):
                 f"; received {jnp.shape(x)}"
             )
         x = match_eltype(self, ps, st, x)
+        dtype, x = x.dtype, _statistics_dtype(x)
         axes = tuple(range(x.ndim - n, x.ndim))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
         y = (x - mean) / jnp.sqrt(var + self.epsilon)
         if self.affine:
             y = y * ps["scale"] + ps["bias"]
+        y = y if x.dtype == dtype else y.astype(dtype)
         return (self.activation(y) if self.activation else y), st
 
     def summary(self) -> str:

@@ -1,6 +1,5 @@
 """Lux's training API: TrainState, compute_gradients, apply_gradients(_), single_train_step(_)."""
 
-from luxc._data_check import NonFiniteDataWarning as NonFiniteDataWarning
 from luxc.training._adjust import adjust as adjust
 from luxc.training._adjust import adjust_ as adjust_
 from luxc.training._api import apply_gradients as apply_gradients
@@ -16,6 +15,7 @@ from luxc.training._backends import AutoJAX as AutoJAX
 from luxc.training._backends import AutoXLA as AutoXLA
 from luxc.training._compiled import CompiledStep as CompiledStep
 from luxc.training._compiled import compile_step as compile_step
+from luxc.training._data_check import NonFiniteDataWarning as NonFiniteDataWarning
 from luxc.training._state import ConsumedStateError as ConsumedStateError
 from luxc.training._state import TrainState as TrainState
 from luxc.training._step import ObjectiveError as ObjectiveError

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from luxc.training._state import TrainState
+from luxc.training._state import TrainState, check_state
 
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 
@@ -80,7 +80,7 @@ def adjust(ts: TrainState, eta: float | None = None, **hyperparameters: Any) -> 
     >>> round(float(adjust(ts, 1e-4).optimizer_state.hyperparams["learning_rate"]), 8)
     0.0001
     """
-    _check_state(ts, "adjust")
+    check_state(ts, "adjust")
     hyperparameters = _requested("adjust", eta, hyperparameters)
     opt_state = jax.tree_util.tree_map(lambda x: x, ts.optimizer_state)  # fresh containers
     _set_hyperparameters("adjust", _injected_states(opt_state), hyperparameters)
@@ -91,13 +91,7 @@ def adjust_(ts: TrainState, eta: float | None = None, **hyperparameters: Any) ->
     """``adjust`` in place (Lux's ``adjust!``): changes ``ts``'s optimiser state (and so that of
     every TrainState sharing it) and returns ``ts``. All or nothing: an unknown or invalid
     hyperparameter raises before anything changes."""
-    _check_state(ts, "adjust_")
+    check_state(ts, "adjust_")
     hyperparameters = _requested("adjust_", eta, hyperparameters)
     _set_hyperparameters("adjust_", _injected_states(ts.optimizer_state), hyperparameters)
     return ts
-
-
-def _check_state(ts: Any, fn: str) -> None:
-    if not isinstance(ts, TrainState):
-        raise TypeError(f"{fn}: ts must be a luxc.TrainState; received {type(ts).__name__}")
-    ts.check_alive()

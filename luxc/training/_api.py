@@ -9,15 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from luxc.runtime import CompileOptions
+from luxc.runtime.leaf_names import leaf_name
 from luxc.training import _compiled
 from luxc.training._backends import SUPPORTED, check_backend
-from luxc.training._state import TrainState
-
-
-def _check_state(ts: Any, fn: str) -> None:
-    if not isinstance(ts, TrainState):
-        raise TypeError(f"{fn}: ts must be a luxc.TrainState; received {type(ts).__name__}")
-    ts.check_alive()
+from luxc.training._state import TrainState, check_state
 
 
 def compute_gradients(ad: Any, objective_function: Any, data: Any, ts: TrainState, *,
@@ -29,21 +24,21 @@ def compute_gradients(ad: Any, objective_function: Any, data: Any, ts: TrainStat
     aliased by a later call's gradients on some backends: copy them if you keep them.
     """
     check_backend(ad, "compute_gradients")
-    _check_state(ts, "compute_gradients")
+    check_state(ts, "compute_gradients")
     return ad.gradients(objective_function, data, ts, sync=sync, compile_options=compile_options,
                         caller="compute_gradients")
 
 
 def apply_gradients(ts: TrainState, grads: Any) -> TrainState:
     """A new TrainState with the optimiser's update applied to the parameters (pure)."""
-    _check_state(ts, "apply_gradients")
+    check_state(ts, "apply_gradients")
     return _compiled.update(ts, grads, donate=False, caller="apply_gradients")
 
 
 def apply_gradients_(ts: TrainState, grads: Any) -> TrainState:
     """``apply_gradients`` in place: ``ts``'s parameter and optimiser-state buffers are donated
     (updated in place by XLA) and must not be used again; use the returned TrainState."""
-    _check_state(ts, "apply_gradients_")
+    check_state(ts, "apply_gradients_")
     return _compiled.update(ts, grads, donate=True, caller="apply_gradients_")
 
 
@@ -53,8 +48,8 @@ def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
     # Positional calls and cheap checks first: this runs on every cache hit.
     if not isinstance(ad, SUPPORTED):
         check_backend(ad, caller)
-    if type(ts) is not TrainState or ts._consumed_by is not None:
-        _check_state(ts, caller)
+    if type(ts) is not TrainState or ts.donation.call is not None:
+        check_state(ts, caller)
     return ad.train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller)
 
 
@@ -91,9 +86,9 @@ def single_train_step(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,
 
 def _leading_axis(batches: Any, caller: str) -> int:
     leaves = jax.tree_util.tree_flatten_with_path(batches)[0]
-    sizes = {jax.tree_util.keystr(p): (jnp.shape(x)[0] if jnp.ndim(x) else None) for p, x in leaves}
+    sizes = {leaf_name("batches", p): (jnp.shape(x)[0] if jnp.ndim(x) else None) for p, x in leaves}
     if not sizes or None in sizes.values() or len(set(sizes.values())) != 1:
-        shown = ", ".join(f"batches{p}: {n}" for p, n in list(sizes.items())[:4]) or "no arrays"
+        shown = ", ".join(f"{p}: {n}" for p, n in list(sizes.items())[:4]) or "no arrays"
         raise ValueError(f"{caller}: every leaf of batches must have the same leading axis (one "
                          f"slice per step); received leading sizes {shown}")
     return next(iter(sizes.values()))
@@ -103,7 +98,7 @@ def _train_steps(ad: Any, obj_fn: Any, batches: Any, ts: TrainState, *, donate: 
                  return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                  caller: str):
     check_backend(ad, caller)
-    _check_state(ts, caller)
+    check_state(ts, caller)
     steps = _leading_axis(batches, caller)
     return ad.train_steps(obj_fn, batches, ts, steps, donate=donate,
                           return_gradients=return_gradients, sync=sync,
@@ -163,6 +158,6 @@ def compute_objective(ad: Any, objective_function: Any, data: Any, ts: TrainStat
     ``ts.replace(states=luxc.testmode(ts.states))``.
     """
     check_backend(ad, "compute_objective")
-    _check_state(ts, "compute_objective")
+    check_state(ts, "compute_objective")
     return ad.objective(objective_function, data, ts, sync=sync, compile_options=compile_options,
                         caller="compute_objective")

@@ -1,7 +1,7 @@
 """AD backends, the role ADTypes.jl plays in Lux. Each backend object owns how every kind of
 training call runs on it: ``gradients``, ``train`` (one step), ``train_steps`` (K steps) and
 ``objective``. The eager backends call the pure step functions of ``_step``; AutoXLA runs them
-compiled and cached (``_compiled``). The optimiser update of every backend is a cached
+compiled and cached, one ``StepKind`` of ``_kinds`` each. The optimiser update of every backend is a cached
 executable (``_compiled.update``).
 """
 
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from luxc.runtime.options import CompileOptions
-from luxc.training import _compiled, _step
+from luxc.training import _compiled, _kinds, _step
 from luxc.training._state import TrainState
 
 
@@ -92,23 +92,23 @@ class AutoXLA:
 
     def gradients(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _compiled.run("gradients", obj_fn, data, ts, False, False, sync, compile_options,
-                             caller)
+        return _kinds.run(_kinds.GRADIENTS, obj_fn, data, ts, False, False, sync, compile_options,
+                          caller)
 
     # train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller): bound
     # without a Python frame of its own, as it runs on every cache hit.
-    train = staticmethod(functools.partial(_compiled.run, "train"))
+    train = staticmethod(functools.partial(_kinds.run, _kinds.TRAIN))
 
     def train_steps(self, obj_fn: Any, batches: Any, ts: TrainState, steps: int, *, donate: bool,
                     return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                     caller: str):
-        return _compiled.run("train_steps", obj_fn, batches, ts, donate, return_gradients, sync,
-                             compile_options, caller, steps)
+        return _kinds.run(_kinds.TRAIN_STEPS, obj_fn, batches, ts, donate, return_gradients, sync,
+                          compile_options, caller, steps)
 
     def objective(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _compiled.run("objective", obj_fn, data, ts, False, False, sync, compile_options,
-                             caller)
+        return _kinds.run(_kinds.OBJECTIVE, obj_fn, data, ts, False, False, sync, compile_options,
+                          caller)
 
 
 SUPPORTED = (AutoJAX, AutoForwardDiff, AutoXLA)

@@ -1,112 +1,26 @@
-"""The training API's compiled path: AutoXLA's calls and ``compile_step``'s :class:`CompiledStep`.
+"""``compile_step``'s :class:`CompiledStep` (a cached entry of the compiled path as an object
+like ``jax.stages.Compiled``) and the optimiser update every backend runs compiled.
 
-Each call unpacks the TrainState into arrays, lets ``luxc.compiler`` run the cached executable
-(compiling on a miss) and packs the outputs into the results the training API returns.
+The compiled path itself, one :class:`~luxc.training._kinds.StepKind` per kind of call, is
+:mod:`luxc.training._kinds`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 
-from luxc import compiler
-from luxc.compiler import Kind
 from luxc.runtime.cache import CacheEntry
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.stages import CompiledStages, Stage
-from luxc.training import _step
-from luxc.training._state import ConsumedStateError, TrainState
-
-
-def _args(kind: Kind, ts: TrainState, data: Any) -> tuple:
-    if kind in ("train", "train_steps"):
-        return (ts._parameters, ts._optimizer_state, ts.states, data)
-    return (ts._parameters, ts.states, data)
-
-
-def make_step(kind: Kind, obj_fn: Any, model: Any, optimizer: Any,
-              return_gradients: bool) -> Callable:
-    """The pure step a kind of call compiles (called on a cache miss only)."""
-    if kind == "train":
-        return _step.train(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
-    if kind == "train_steps":
-        return _step.train_scan(_step.reverse_gradients(obj_fn, model), optimizer, return_gradients)
-    if kind == "gradients":
-        return _step.reverse_gradients(obj_fn, model)
-    if kind == "update":
-        return _step.update(optimizer)
-    return _step.evaluate(obj_fn, model)
-
-
-def _results(kind: Kind, obj_fn: Any, ts: TrainState, out: tuple, steps: int = 1):
-    if kind == "train" or kind == "train_steps":
-        ps, opt_state, st, loss, stats, grads = out
-        return grads, loss, stats, ts._advanced(ps, opt_state, st, steps, obj_fn)
-    if kind == "gradients":
-        grads, loss, st, stats = out
-        return grads, loss, stats, ts._derive({"states": st, "objective_function": obj_fn})
-    return out
-
-
-def consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError | None:
-    """The error for an input an earlier in-place call freed, or ``None`` if none is."""
-    parts = {"parameters": ts._parameters, "optimizer_state": ts._optimizer_state,
-             "states": ts.states, "data": data}
-    dead = [name + jax.tree_util.keystr(path)
-            for name, tree in parts.items()
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if isinstance(leaf, jax.Array) and leaf.is_deleted()]
-    if not dead:
-        return None
-    return ConsumedStateError(
-        f"{caller}: {', '.join(dead[:4])} was donated to an earlier in-place call "
-        f"(single_train_step_ or apply_gradients_) and freed; use the TrainState that call "
-        f"returned")
-
-
-def _raise_if_consumed(ts: TrainState, data: Any, caller: str, error: Exception) -> None:
-    consumed = consumed_error(ts, data, caller)
-    if consumed is not None:
-        raise consumed from error
-
-
-def run(kind: Kind, obj_fn: Any, data: Any, ts: TrainState, donate: bool, return_gradients: bool,
-        sync: bool, compile_options: CompileOptions | None, caller: str, steps: int = 1):
-    """One AutoXLA call of the training API; returns what the caller returns (positional
-    arguments: this runs on every cache hit)."""
-    if kind == "train" or kind == "train_steps":
-        args = (ts._parameters, ts._optimizer_state, ts.states, data)
-    else:
-        args, return_gradients = (ts._parameters, ts.states, data), False
-    out = _dispatch(ts, kind, obj_fn, ts.model, args, return_gradients, donate, compile_options,
-                    caller, data)
-    if sync:
-        jax.block_until_ready(out)
-    return _results(kind, obj_fn, ts, out, steps)
-
-
-def _dispatch(ts: TrainState, kind: str, obj_fn: Any, model: Any, args: tuple,
-              return_gradients: bool, donate: bool, compile_options: CompileOptions | None,
-              caller: str, data: Any) -> Any:
-    """Run ``args`` through ``ts``'s cache; a donated input used again is luxc's error."""
-    try:
-        out = compiler.run(ts.cache, kind, obj_fn, model, ts.optimizer, args, make_step,
-                           return_gradients, donate, compile_options, caller)
-    except (ValueError, RuntimeError) as e:
-        _raise_if_consumed(ts, data, caller, e)
-        raise
-    if donate:
-        ts.consume(caller, ts.step)
-    return out
+from luxc.training._kinds import KINDS, UPDATE, StepKind, entry, raise_if_consumed, run
+from luxc.training._state import TrainState
 
 
 def update(ts: TrainState, grads: Any, *, donate: bool, caller: str) -> TrainState:
     """The optimiser's update of ``ts`` by ``grads``, as an ordinary cache entry."""
-    args = (ts._parameters, ts._optimizer_state, grads)
-    ps, opt_state = _dispatch(ts, "update", None, None, args, False, donate, None, caller, grads)
-    return ts._derive({"parameters": ps, "optimizer_state": opt_state, "step": ts.step + 1})
+    return run(UPDATE, None, grads, ts, donate, False, False, None, caller)
 
 
 class CompiledStep(CompiledStages):
@@ -117,8 +31,9 @@ class CompiledStep(CompiledStages):
     and ``memory_analysis()`` describe it.
     """
 
-    def __init__(self, entry: CacheEntry):
-        self.kind: Kind = entry.key.kind
+    def __init__(self, entry: CacheEntry, kind: StepKind):
+        self.kind: str = kind.name
+        self._step_kind = kind
         self.entry, self.executable = entry, entry.executable
 
     @property
@@ -142,15 +57,15 @@ class CompiledStep(CompiledStages):
     def __call__(self, ts: TrainState, data: Any, *, sync: bool = False):
         ts.check_alive()
         try:
-            out = self.entry.call(*_args(self.kind, ts, data))
+            out = self.entry.call(*self._step_kind.args(ts, data))
         except (ValueError, RuntimeError) as e:
-            _raise_if_consumed(ts, data, "CompiledStep", e)
+            raise_if_consumed(ts, data, "CompiledStep", e)
             raise
         if self.entry.key.donate:
             ts.consume("a donating CompiledStep", ts.step)
         if sync:
             jax.block_until_ready(out)
-        return _results(self.kind, self.entry.key.described["objective"], ts, out)
+        return self._step_kind.results(ts, self.entry.key.described["objective"], out, 1)
 
     def __repr__(self) -> str:
         rewrites = sum(r.rewrites for r in self.pass_report)
@@ -158,12 +73,13 @@ class CompiledStep(CompiledStages):
                 f"rewrites={rewrites}, compile_seconds={self.compile_seconds:.3f})")
 
 
-_KINDS = ("train", "gradients", "objective")
+_COMPILABLE = ("train", "gradients", "objective")
 
 
 def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
                  compile_options: CompileOptions | None = None, return_gradients: bool = True,
-                 donate: bool = False, kind: Kind = "train") -> CompiledStep:
+                 donate: bool = False,
+                 kind: Literal["train", "gradients", "objective"] = "train") -> CompiledStep:
     """Trace, optimise and compile one training step for ``data``'s shapes; cached in
     ``ts.cache`` (so a later ``single_train_step(AutoXLA(), …)`` with the same program hits it).
 
@@ -178,15 +94,15 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
     1
     """
     options = normalise(compile_options)
-    if kind not in _KINDS:
+    if kind not in _COMPILABLE:
         raise ValueError(f"compile_step: kind must be 'train', 'gradients' or 'objective'; "
                          f"received {kind!r}")
     if donate and kind != "train":
         raise ValueError("compile_step: donate=True applies to kind='train' only (it donates the "
                          "parameters and the optimizer state the step replaces)")
     ts.check_alive()
-    return_gradients = return_gradients and kind == "train"
-    key = compiler.program_key(kind, obj_fn, ts.model, ts.optimizer, return_gradients, donate,
-                               options)
-    entry = compiler.compile_entry(ts.cache, key, _args(kind, ts, data), make_step, "compile_step")
-    return CompiledStep(entry)
+    step_kind = KINDS[kind]
+    return_gradients = return_gradients and step_kind.returns_gradients
+    found = entry(step_kind, ts.cache, obj_fn, ts.model, ts.optimizer, step_kind.args(ts, data),
+                  return_gradients, donate, options, "compile_step")
+    return CompiledStep(found, step_kind)

@@ -17,6 +17,26 @@ class ConsumedStateError(RuntimeError):
     """A TrainState (or an array of it) whose buffers an earlier in-place call donated."""
 
 
+class Donation:
+    """Whether a TrainState's parameter and optimiser-state buffers are still its own: the one
+    mutable part of a TrainState, set once, by the in-place call that donates them
+    (``call`` and the ``step`` it ran at; both ``None`` while the buffers are alive)."""
+
+    __slots__ = ("call", "step")
+
+    def __init__(self) -> None:
+        self.call: str | None = None
+        self.step: int | None = None
+
+
+def check_state(ts: Any, fn: str) -> None:
+    """``ts`` is a TrainState whose buffers no in-place call has donated; else the error, in
+    ``fn``'s name."""
+    if not isinstance(ts, TrainState):
+        raise TypeError(f"{fn}: ts must be a luxc.TrainState; received {type(ts).__name__}")
+    ts.check_alive()
+
+
 def _owned(tree: Any) -> Any:
     # One on-device copy per array (same device and sharding): donation may free it.
     return jax.tree_util.tree_map(
@@ -54,7 +74,7 @@ class TrainState:
 
     __slots__ = (
         "model", "_parameters", "states", "optimizer", "_optimizer_state", "step", "cache",
-        "objective_function", "_consumed_by",
+        "objective_function", "donation",
     )
     allocator_cache = None  # Lux's field; XLA pools device memory itself
 
@@ -78,18 +98,18 @@ class TrainState:
         self._set(
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
             _optimizer_state=optimizer.init(parameters), step=0,
-            cache=ExecutableCache(max_cache_entries), objective_function=None, _consumed_by=None,
+            cache=ExecutableCache(max_cache_entries), objective_function=None, donation=Donation(),
         )
 
     @property
     def parameters(self) -> Any:
-        if self._consumed_by is not None:
+        if self.donation.call is not None:
             self.check_alive()
         return self._parameters
 
     @property
     def optimizer_state(self) -> Any:
-        if self._consumed_by is not None:
+        if self.donation.call is not None:
             self.check_alive()
         return self._optimizer_state
 
@@ -110,7 +130,7 @@ class TrainState:
         for k in TrainState.__slots__:
             public = k.lstrip("_")
             object.__setattr__(new, k, changes[public] if public in changes else getattr(self, k))
-        object.__setattr__(new, "_consumed_by", None)
+        object.__setattr__(new, "donation", Donation())
         return new
 
     def _advanced(self, parameters: Any, optimizer_state: Any, states: Any, steps: int,
@@ -126,13 +146,13 @@ class TrainState:
         _SET_STEP(new, self.step + steps)
         _SET_CACHE(new, self.cache)
         _SET_OBJECTIVE(new, objective)
-        _SET_CONSUMED(new, None)
+        _SET_DONATION(new, Donation())
         return new
 
     def check_alive(self) -> None:
         """Raise ConsumedStateError if an in-place call already donated this state's buffers."""
-        if self._consumed_by is not None:
-            call, step = self._consumed_by
+        if self.donation.call is not None:
+            call, step = self.donation.call, self.donation.step
             raise ConsumedStateError(
                 f"this TrainState's parameter and optimizer-state buffers were donated to "
                 f"{call} (step {step}) and freed; use the TrainState that call returned "
@@ -140,8 +160,9 @@ class TrainState:
             )
 
     def consume(self, call: str, step: int) -> None:
-        """Mark the buffers as donated by ``call`` at ``step`` (formatted only if misused)."""
-        object.__setattr__(self, "_consumed_by", (call, step))
+        """Mark the buffers as donated by ``call`` at ``step`` (formatted only if misused): the
+        TrainState's fields stay as they are; its :class:`Donation` records the call."""
+        self.donation.call, self.donation.step = call, step
 
     def tree_flatten(self):
         children = (self.parameters, self.states, self.optimizer_state, self.step)
@@ -155,7 +176,7 @@ class TrainState:
         ps, st, opt_state, step = children
         new._set(model=model, _parameters=ps, states=st, optimizer=optimizer,
                  _optimizer_state=opt_state, step=step, cache=cache, objective_function=objective,
-                 _consumed_by=None)
+                 donation=Donation())
         return new
 
     def __repr__(self) -> str:
@@ -166,4 +187,4 @@ class TrainState:
 
 _new = object.__new__
 (_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
- _SET_OBJECTIVE, _SET_CONSUMED) = (getattr(TrainState, k).__set__ for k in TrainState.__slots__)
+ _SET_OBJECTIVE, _SET_DONATION) = (getattr(TrainState, k).__set__ for k in TrainState.__slots__)

@@ -22,6 +22,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
+from luxc.runtime.options import CompileOptions
+from luxc.training._mixed_precision import apply_policy
 
 
 class ObjectiveFunction(Protocol):
@@ -111,6 +113,19 @@ def forward_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callab
         return unravel(g), loss, new_st, stats
 
     return gradients
+
+
+def step_model(model: AbstractLayer, options: CompileOptions) -> AbstractLayer:
+    """The model the objective of a compiled step sees: ``model`` under
+    ``options.mixed_precision``'s policy."""
+    return apply_policy(model, options.mixed_precision)
+
+
+def gradient_fn(obj_fn: ObjectiveFunction, model: AbstractLayer, options: CompileOptions) -> Callable:
+    """The gradient function every compiled kind that differentiates uses
+    (``gradients(ps, st, data) -> (grads, loss, new_st, stats)``), built from the compile
+    options: each option that changes how gradients are computed composes here."""
+    return reverse_gradients(obj_fn, step_model(model, options))
 
 
 def update(optimizer: optax.GradientTransformation) -> Callable:

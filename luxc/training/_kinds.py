@@ -1,0 +1,190 @@
+"""The kinds of compiled call, one :class:`StepKind` record each, and the one way a call runs.
+
+A kind says everything that differs between ``train``, ``train_steps``, ``gradients``,
+``objective`` and ``update``: its name (part of the program key), its arguments' names (for
+recompile reasons and donation warnings), which arguments an in-place call donates, how its
+arguments come out of a TrainState (``args(ts, data)``), how its pure step is built from the
+program (``build(program)``, on a cache miss only) and how its outputs become the training
+API's result (``results(ts, objective, out, steps)``). A new kind is one record.
+
+:func:`run` is the compiled path of every call, in the order of the data flow:
+TrainState → ``kind.args`` → the cache's fast path (the entry these objects used last, checked
+by jax's C++ dispatch) or, on a miss, :func:`luxc.runtime.programs.lookup` and
+:func:`luxc.runtime.executable.build` → outputs → ``kind.results``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+
+from luxc._preferences import preference
+from luxc.runtime.cache import CacheEntry, ExecutableCache
+from luxc.runtime.executable import build
+from luxc.runtime.leaf_names import argument_leaf_name
+from luxc.runtime.options import CompileOptions, normalise
+from luxc.runtime.programs import lookup, program_key
+from luxc.runtime.signature import Signature
+from luxc.training import _step
+from luxc.training._data_check import warn_non_finite
+from luxc.training._placement import check_placement
+from luxc.training._state import ConsumedStateError, TrainState
+
+
+class Program(NamedTuple):
+    """What a kind's pure step is built from: the user's objects and the normalised options."""
+
+    objective: Any
+    model: Any
+    optimizer: Any
+    return_gradients: bool
+    options: CompileOptions
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One kind of compiled call (see the module docstring)."""
+
+    name: str
+    arg_names: tuple[str, ...]
+    donated: tuple[int, ...]
+    args: Callable[[TrainState, Any], tuple]
+    build: Callable[[Program], Callable]
+    results: Callable[[TrainState, Any, tuple, int], Any]
+    returns_gradients: bool = False  # whether ``return_gradients`` applies
+    uses_objective: bool = True  # False: objective and model take no part in the program
+    committed_outputs: bool = True  # False: outputs uncommitted, as an eager step's
+
+
+def _training_args(ts: TrainState, data: Any) -> tuple:
+    return (ts.parameters, ts.optimizer_state, ts.states, data)
+
+
+def _evaluation_args(ts: TrainState, data: Any) -> tuple:
+    return (ts.parameters, ts.states, data)
+
+
+def _trained(ts: TrainState, obj_fn: Any, out: tuple, steps: int):
+    ps, opt_state, st, loss, stats, grads = out
+    return grads, loss, stats, ts._advanced(ps, opt_state, st, steps, obj_fn)
+
+
+def _differentiated(ts: TrainState, obj_fn: Any, out: tuple, steps: int):
+    grads, loss, st, stats = out
+    return grads, loss, stats, ts._derive({"states": st, "objective_function": obj_fn})
+
+
+def _updated(ts: TrainState, obj_fn: Any, out: tuple, steps: int) -> TrainState:
+    ps, opt_state = out
+    return ts._derive({"parameters": ps, "optimizer_state": opt_state, "step": ts.step + steps})
+
+
+def _as_is(ts: TrainState, obj_fn: Any, out: tuple, steps: int):
+    return out
+
+
+TRAIN = StepKind(
+    "train", ("parameters", "optimizer_state", "states", "data"), (0, 1), _training_args,
+    lambda p: _step.train(_step.gradient_fn(p.objective, p.model, p.options), p.optimizer,
+                          p.return_gradients),
+    _trained, returns_gradients=True)
+TRAIN_STEPS = StepKind(
+    "train_steps", ("parameters", "optimizer_state", "states", "batches"), (0, 1), _training_args,
+    lambda p: _step.train_scan(_step.gradient_fn(p.objective, p.model, p.options), p.optimizer,
+                               p.return_gradients),
+    _trained, returns_gradients=True)
+GRADIENTS = StepKind(
+    "gradients", ("parameters", "states", "data"), (), _evaluation_args,
+    lambda p: _step.gradient_fn(p.objective, p.model, p.options), _differentiated)
+OBJECTIVE = StepKind(
+    "objective", ("parameters", "states", "data"), (), _evaluation_args,
+    lambda p: _step.evaluate(p.objective, _step.step_model(p.model, p.options)), _as_is)
+# Every backend's optimiser update. Its outputs stay uncommitted, as before it was compiled:
+# an eager user mixes them with arrays placed elsewhere.
+UPDATE = StepKind(
+    "update", ("parameters", "optimizer_state", "gradients"), (0, 1),
+    lambda ts, grads: (ts.parameters, ts.optimizer_state, grads),
+    lambda p: _step.update(p.optimizer), _updated, uses_objective=False,
+    committed_outputs=False)
+
+KINDS = {k.name: k for k in (TRAIN, TRAIN_STEPS, GRADIENTS, OBJECTIVE, UPDATE)}
+
+
+def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optimizer: Any,
+          args: tuple, return_gradients: bool, donate: bool, options: CompileOptions,
+          caller: str) -> CacheEntry:
+    """The cache entry of this program for ``args``' signature; compiles it on a miss."""
+    key = program_key(kind.name, obj_fn, model, optimizer, return_gradients, donate, options)
+    signature = Signature.of(args)
+    found = lookup(cache, key, signature, kind.arg_names, preference("recompile_check"), caller)
+    if found is not None:
+        return found
+    check_placement(args, kind.arg_names, caller)
+    if kind.uses_objective:  # the update's "data" are the backend's own gradients
+        warn_non_finite(args[-1], kind.arg_names[-1], caller)
+    step = kind.build(Program(obj_fn, model, optimizer, return_gradients, options))
+    exe = build(step, args, options=options, donate_argnums=kind.donated if donate else (),
+                arg_names=kind.arg_names, committed_outputs=kind.committed_outputs)
+    return cache.add(key, signature, exe)
+
+
+def run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
+        return_gradients: bool, sync: bool, compile_options: CompileOptions | None, caller: str,
+        steps: int = 1):
+    """One compiled call of the training API; returns what the caller returns (positional
+    arguments: this runs on every cache hit)."""
+    args = kind.args(ts, data)
+    return_gradients = return_gradients and kind.returns_gradients
+    if not kind.uses_objective:
+        obj_fn = model = None
+    else:
+        model = ts.model
+    optimizer, cache = ts.optimizer, ts.cache
+    try:
+        fast_key = (kind.name, obj_fn, id(model), id(optimizer), return_gradients, donate,
+                    compile_options)
+        try:
+            out = cache.call_fast(fast_key, args)
+        except TypeError:  # an unhashable objective: keyed by value or identity on the slow path
+            out, fast_key = None, None
+        if out is None:
+            found = entry(kind, cache, obj_fn, model, optimizer, args, return_gradients, donate,
+                          normalise(compile_options), caller)
+            if fast_key is not None:
+                # The fast key names model and optimizer by id: the entry keeps them alive.
+                cache.bind_fast(fast_key, found, pins=(obj_fn, model, optimizer))
+            out = found.call(*args)
+    except (ValueError, RuntimeError) as e:
+        raise_if_consumed(ts, data, caller, e)
+        raise
+    if donate:
+        ts.consume(caller, ts.step)
+    if sync:
+        jax.block_until_ready(out)
+    return kind.results(ts, obj_fn, out, steps)
+
+
+_PARTS = ("parameters", "optimizer_state", "states", "data")
+
+
+def consumed_error(ts: TrainState, data: Any, caller: str) -> ConsumedStateError | None:
+    """The error for an input an earlier in-place call freed, or ``None`` if none is."""
+    parts = (ts.parameters, ts.optimizer_state, ts.states, data)
+    dead = [argument_leaf_name(path, _PARTS)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(parts)[0]
+            if isinstance(leaf, jax.Array) and leaf.is_deleted()]
+    if not dead:
+        return None
+    return ConsumedStateError(
+        f"{caller}: {', '.join(dead[:4])} was donated to an earlier in-place call "
+        f"(single_train_step_ or apply_gradients_) and freed; use the TrainState that call "
+        f"returned")
+
+
+def raise_if_consumed(ts: TrainState, data: Any, caller: str, error: Exception) -> None:
+    consumed = consumed_error(ts, data, caller)
+    if consumed is not None:
+        raise consumed from error

@@ -1,0 +1,203 @@
+"""The checkpoint file: one format for every writer (``luxc.save_state``, ``luxc run
+--save-state`` and ``--checkpoint``) and every reader (``luxc.load_state``, ``luxc run --state``,
+``--resume``, ``luxc predict --state``).
+
+One safetensors file. Its metadata holds a contents table: the step, every array leaf by its key
+path (``parameters['layer_1']['weight']``) with dtype and shape, the *static* values of the state
+(``luxc.Val``: part of the pytree's structure, not arrays, yet they change as a model trains: the
+README's ``self.incr *= 10``), and what a ``luxc run`` needs to continue its data order exactly
+(``run``: seed, the step its data order started at). One SHA-256 covers the table and every
+tensor, so an edited step or a swapped leaf is caught. A checkpoint is data: reading one runs no
+code from it (static values are stored as JSON scalars, or as their ``repr`` to compare).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from luxc.runtime.bounded_read import read_regular
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.tensor_codec import tensor_bytes, tensors_from_bytes
+
+FORMAT = "luxc-checkpoint-3"
+# Bytes beyond the tensors a checkpoint file may have: the safetensors header and the contents
+# table, a few hundred bytes a leaf.
+_HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
+# Leaves are stored grouped like a TrainState flattens them (dict keys in sorted order), so a
+# flat artefact's state (parameters, optimizer_state, states) is reordered to the same file.
+_PART_ORDER = ("optimizer_state", "parameters", "states")
+_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as read from disk: ``names[i]`` is ``arrays[i]``'s key path; ``statics``
+    maps a static value's key path to ``{"type": ..., "value": ...}`` or ``{"repr": ...}``."""
+
+    path: Path
+    step: int
+    names: list[str]
+    arrays: list[np.ndarray]
+    statics: dict[str, dict[str, Any]]
+    run: dict[str, Any] | None
+
+
+def static_entry(value: Any, shown: str) -> dict[str, Any]:
+    """How a static value is stored: a JSON scalar with its Python type (restored exactly), or
+    ``shown``, its printout (a function, a tuple: compared, never rebuilt)."""
+    kind = type(value).__name__
+    if kind in _SCALARS and type(value) is _SCALARS[kind]:
+        return {"type": kind, "value": value}
+    return {"repr": shown}
+
+
+def static_value(entry: dict[str, Any]) -> Any:
+    """The value of a stored ``{"type", "value"}`` entry (a ``{"repr"}`` one has none)."""
+    return _SCALARS[entry["type"]](entry["value"])
+
+
+def canonical_order(names: list[str]) -> list[int]:
+    """Indices putting ``names`` (key paths) in the order a TrainState's leaves flatten in."""
+    part = lambda n: next((i for i, p in enumerate(_PART_ORDER) if n.startswith(p)),  # noqa: E731
+                          len(_PART_ORDER))
+    return sorted(range(len(names)), key=lambda i: (part(names[i]), i))
+
+
+def digest(description: bytes, arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256(description)
+    for a in arrays:
+        data = np.asarray(a, order="C").tobytes()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _dtype(x: Any) -> str:
+    return str(np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
+def describe(names: list[str], arrays: list[Any]) -> list[dict[str, Any]]:
+    return [{"path": n, "dtype": _dtype(a), "shape": list(np.shape(a))}
+            for n, a in zip(names, arrays)]
+
+
+def checkpoint_bytes(names: list[str], arrays: list[np.ndarray], step: int,
+                     statics: dict[str, dict[str, Any]], run: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a checkpoint file (host arrays, in TrainState order)."""
+    contents: dict[str, Any] = {"step": int(step), "leaves": describe(names, arrays),
+                                "statics": statics}
+    if run is not None:
+        contents["run"] = run
+    description = json.dumps(contents, sort_keys=True)
+    meta = {"format": FORMAT, "contents": description,
+            "sha256": digest(description.encode(), arrays)}
+    return tensor_bytes(arrays, meta)
+
+
+def max_bytes(expected: list[dict[str, Any]]) -> int:
+    """The largest file a checkpoint of these leaves (``describe``'s entries) can be."""
+    return sum(int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
+               for e in expected) + _HEADER_BYTES + _HEADER_BYTES_PER_LEAF * len(expected)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a file luxc wrote as a checkpoint (any version): the only kind of
+    existing file luxc replaces with one. Reads the safetensors header only."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        size = os.read(fd, 8)
+        n = struct.unpack("<Q", size)[0] if len(size) == 8 else 0
+        if not 0 < n <= _HEADER_BYTES << 6:
+            return False
+        header = json.loads(os.read(fd, n))
+        meta = header.get("__metadata__") or {}
+        found = str(meta.get("format", ""))
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    finally:
+        os.close(fd)
+    return found.startswith("luxc-checkpoint") or found == "luxc-flat-state"
+
+
+def read_checkpoint(path: str | Path, limit: int) -> Checkpoint:
+    """Read and verify the checkpoint at ``path`` (at most ``limit`` bytes)."""
+    path = Path(path)
+    arrays, meta = tensors_from_bytes(read_regular(path, "checkpoint", limit), f"checkpoint {path}")
+    if meta.get("format") != FORMAT:
+        if str(meta.get("format", "")).startswith("luxc-checkpoint") or \
+                meta.get("format") == "luxc-flat-state":
+            raise ArtifactError(f"{path} is a {meta['format']} file from an older luxc; this luxc "
+                                f"reads {FORMAT}: save it again with this luxc")
+        raise ArtifactError(f"{path} is not a luxc checkpoint (format {meta.get('format')!r})")
+    description = meta.get("contents", "")
+    if digest(description.encode(), arrays) != meta.get("sha256"):
+        raise ArtifactError(f"checksum mismatch in checkpoint {path}: the file is corrupted or "
+                            "was edited")
+    try:
+        contents = json.loads(description)
+        step, leaves, statics = contents["step"], contents["leaves"], contents["statics"]
+        run = contents.get("run")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise ArtifactError(f"checkpoint {path} has no valid contents table") from None
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise ArtifactError(f"checkpoint {path} has step {step!r}; a step is a whole number >= 0")
+    if not isinstance(leaves, list) or len(leaves) != len(arrays):
+        raise ArtifactError(f"checkpoint {path}: its contents table lists "
+                            f"{len(leaves) if isinstance(leaves, list) else '?'} leaves for "
+                            f"{len(arrays)} tensors")
+    for entry, a in zip(leaves, arrays):
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)) or entry != {
+                "path": entry["path"], "dtype": str(a.dtype), "shape": list(a.shape)}:
+            raise ArtifactError(f"checkpoint {path}: the contents table does not describe its "
+                                f"tensors ({entry!r})")
+    if not (isinstance(statics, dict) and all(_valid_static(e) for e in statics.values())):
+        raise ArtifactError(f"checkpoint {path}: its static values are malformed")
+    if run is not None and not _valid_run(run):
+        raise ArtifactError(f"checkpoint {path}: its run record is malformed")
+    return Checkpoint(path, step, [e["path"] for e in leaves], arrays, statics, run)
+
+
+def _valid_static(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    if set(entry) == {"repr"}:
+        return isinstance(entry["repr"], str)
+    return set(entry) == {"type", "value"} and entry["type"] in _SCALARS and \
+        type(entry["value"]) is _SCALARS[entry["type"]]
+
+
+def _valid_run(run: Any) -> bool:
+    return isinstance(run, dict) and all(
+        type(run.get(k)) is int and run[k] >= 0 for k in ("seed", "origin"))
+
+
+def check_statics(path: Path, saved: dict[str, dict[str, Any]],
+                  expected: dict[str, dict[str, Any]]) -> None:
+    """Refuse a checkpoint whose static values are not those ``expected`` has (an artefact's
+    are fixed at compile time), naming the first that differs."""
+    if set(saved) != set(expected):
+        names = sorted(set(saved) ^ set(expected))
+        raise ArtifactError(f"checkpoint {path}: static values differ in which exist "
+                            f"({', '.join(names[:3])})")
+    for name in sorted(saved):
+        if saved[name] != expected[name]:
+            raise ArtifactError(f"checkpoint {path}: {name} is {_show(saved[name])}; this "
+                                f"artefact was compiled with {_show(expected[name])}")
+
+
+def _show(entry: dict[str, Any]) -> str:
+    return entry["repr"] if "repr" in entry else f"Val({entry['value']!r})"

@@ -1,0 +1,138 @@
+"""CompileOptions(mixed_precision=...): float32 master weights, optimiser state, loss and
+gradients around a step computed in bfloat16 (README "Mixed precision")."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import luxc
+from luxc import nn
+from luxc.training import AutoJAX, AutoXLA, compute_gradients, single_train_step
+from luxc.training._mixed_precision import MixedPrecision
+from luxc.training._step import reverse_gradients
+
+BF16 = luxc.CompileOptions(mixed_precision="bf16")
+# bfloat16 keeps 8 significant bits: a relative rounding error of 2**-8 per rounding.
+BF16_EPS = 2.0**-8
+
+
+def _mlp():
+    return nn.Chain(nn.Dense(6, 16, jax.nn.relu), nn.BatchNorm(16), nn.Dense(16, 3))
+
+
+def _data(n=32):
+    x = jax.random.normal(jax.random.key(1), (n, 6))
+    y = jax.nn.one_hot(jnp.arange(n) % 3, 3)
+    return x, y
+
+
+def _recording(seen):
+    """An optax transformation that records the dtypes of the gradients it is handed."""
+    inner = optax.adam(1e-2)
+
+    def update(grads, state, params=None):
+        seen.extend(str(g.dtype) for g in jax.tree.leaves(grads))
+        return inner.update(grads, state, params)
+
+    return optax.GradientTransformation(inner.init, update)
+
+
+def test_unknown_mixed_precision_is_a_value_error_listing_the_allowed_values():
+    with pytest.raises(ValueError, match=r"mixed_precision must be one of None, 'bf16', 'f16'; "
+                                         r"received 'fp16'"):
+        luxc.CompileOptions(mixed_precision="fp16")
+
+
+def test_master_weights_optimizer_state_loss_and_gradients_stay_float32():
+    model, seen = _mlp(), []
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, _recording(seen))
+    grads, loss, _, ts = single_train_step(AutoXLA(), luxc.CrossEntropyLoss(logits=True), _data(),
+                                           ts, compile_options=BF16)
+    assert seen and set(seen) == {"float32"}
+    assert loss.dtype == jnp.float32
+    for tree in (grads, ts.parameters, ts.optimizer_state, ts.states):
+        floats = [x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert floats and set(floats) == {jnp.dtype(jnp.float32)}
+
+
+def test_the_step_computes_in_bfloat16():
+    model = _mlp()
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    text = luxc.compile_step(luxc.CrossEntropyLoss(logits=True), _data(), ts,
+                             compile_options=BF16).as_text("traced")
+    dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+    assert len(dots) == 5  # 2 forward, 2 weight gradients, 1 input gradient (of layer 3)
+    assert all("bf16>, tensor<" in d for d in dots)
+
+
+def test_loss_and_gradients_match_float32_within_the_bfloat16_error_bound():
+    model = nn.Chain(nn.Dense(6, 16, jnp.tanh), nn.LayerNorm(16), nn.Dense(16, 3))
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    data, obj = _data(), luxc.CrossEntropyLoss(logits=True)
+    g32, l32, _, _ = compute_gradients(AutoJAX(), obj, data, ts)
+    g16, l16, _, _ = compute_gradients(AutoXLA(), obj, data, ts, compile_options=BF16)
+    # eager: the same policy run op by op (independent of the compiled path and its passes)
+    ge, le, _, _ = reverse_gradients(obj, MixedPrecision(model, "bf16"))(ts.parameters, st, data)
+    assert abs(float(l16) - float(l32)) <= 8 * BF16_EPS * abs(float(l32))
+    assert abs(float(l16) - float(le)) <= 4 * BF16_EPS * abs(float(l32))
+    for a, b, c in zip(jax.tree.leaves(g16), jax.tree.leaves(g32), jax.tree.leaves(ge)):
+        scale = float(jnp.max(jnp.abs(b)))
+        assert float(jnp.max(jnp.abs(a - b))) <= 16 * BF16_EPS * scale
+        assert float(jnp.max(jnp.abs(a - c))) <= 8 * BF16_EPS * scale
+    assert float(jnp.max(jnp.abs(g16["layer_1"]["weight"] - g32["layer_1"]["weight"]))) > 0
+
+
+def test_batchnorm_statistics_are_float32_and_the_running_state_stays_float32():
+    model = nn.Chain(nn.Dense(6, 16), nn.BatchNorm(16))
+    ps, st = luxc.setup(0, model)
+    x = 100.0 + jax.random.normal(jax.random.key(2), (64, 6))  # a mean bfloat16 rounds coarsely
+
+    def obj(model, ps, st, data):
+        y, st = model(data, ps, st)
+        return jnp.mean(y), st, {}
+
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    _, _, _, ts16 = compute_gradients(AutoXLA(), obj, x, ts, compile_options=BF16)
+    _, _, _, ts32 = compute_gradients(AutoJAX(), obj, x, ts)
+    r16, r32 = ts16.states["layer_2"]["running_mean"], ts32.states["layer_2"]["running_mean"]
+    assert r16.dtype == jnp.float32
+    # the statistics of the bfloat16 layer-1 output, accumulated in float32
+    h = (x @ ps["layer_1"]["weight"].T + ps["layer_1"]["bias"])
+    assert np.allclose(r16, 0.1 * np.mean(np.asarray(h), axis=0), rtol=4 * BF16_EPS, atol=0.05)
+    assert np.allclose(r16, r32, rtol=4 * BF16_EPS, atol=0.05)
+
+
+def test_changing_the_policy_recompiles_and_says_why():
+    model = _mlp()
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    single_train_step(AutoXLA(), luxc.MSELoss(), _data(), ts)
+    single_train_step(AutoXLA(), luxc.MSELoss(), _data(), ts, compile_options=BF16)
+    assert luxc.explain_recompiles(ts) == [
+        "recompiling: compile options: mixed precision None -> 'bf16'"]
+
+
+def test_a_flax_model_is_cast_at_its_boundary():
+    linen = pytest.importorskip("flax.linen")
+
+    class Net(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(3)(linen.relu(linen.Dense(8)(x)))
+
+    x, y = _data()
+    model = nn.FromFlax(Net(), x[:1])
+    ps, st = luxc.setup(0, model)
+    seen = []
+    ts = luxc.TrainState(model, ps, st, _recording(seen))
+    cs = luxc.compile_step(luxc.MSELoss(), (x, y), ts, compile_options=BF16)
+    dots = [d for d in cs.as_text("traced").splitlines() if "stablehlo.dot_general" in d]
+    assert dots and all("bf16>, tensor<" in d for d in dots)
+    _, loss, _, ts = cs(ts, (x, y))
+    assert loss.dtype == jnp.float32 and set(seen) == {"float32"}
+    assert {x.dtype for x in jax.tree.leaves(ts.parameters)} == {jnp.dtype(jnp.float32)}

@@ -1,0 +1,129 @@
+"""`luxc run` on a dataset: shuffled batches, a log, checkpoints and an exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import luxc
+from luxc.runtime.tensor_codec import tensors_from_bytes
+
+pytestmark = pytest.mark.slow
+
+FACTORY = textwrap.dedent("""
+    import jax, jax.numpy as jnp, optax, luxc
+    from luxc import nn
+
+    def factory():
+        model = nn.Chain(nn.Dense(3, 16, jax.nn.relu), nn.BatchNorm(16), nn.Dense(16, 1))
+        ps, st = luxc.setup(jax.random.key(0), model)
+        x = jnp.linspace(-1, 1, 24).reshape(8, 3)
+        return luxc.MSELoss(), (x, jnp.sum(x, axis=1, keepdims=True)), \\
+            luxc.TrainState(model, ps, st, optax.adam(1e-2))
+""")
+
+
+def luxc_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run_data")
+    (d / "model_src.py").write_text(FACTORY)
+    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=d)
+    assert r.returncode == 0, r.stderr
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    np.savez(d / "train.npz", x, x.sum(1, keepdims=True))
+    return d
+
+
+def _factory_ts(work):
+    namespace: dict = {}
+    exec((work / "model_src.py").read_text(), namespace)
+    return namespace["factory"]()[2]
+
+
+def _arrays(path):
+    return tensors_from_bytes(path.read_bytes(), str(path))[0]
+
+
+def test_a_dataset_trains_epochs_of_full_shuffled_batches_and_logs_each_step(work, tmp_path):
+    r = luxc_cli("run", work / "step.luxc", "--data", work / "train.npz", "--epochs", "3",
+                 "--every", "1", "--log", tmp_path / "log.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ran 36 steps (1-36)" in r.stdout  # 3 epochs x (100 // 8) batches, 4 samples dropped
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 37))
+    assert np.mean([row["loss"] for row in rows[-12:]]) < np.mean([row["loss"] for row in rows[:12]])
+
+
+def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path):
+    common = ["run", work / "step.luxc", "--data", work / "train.npz", "--epochs", "40", "-q"]
+    r = luxc_cli(*common, "--save-state", "straight.safetensors", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    args = [sys.executable, "-m", "luxc.cli", *map(str, common), "--checkpoint", "ck",
+            "--checkpoint-every", "7", "--save-state", "resumed.safetensors"]
+    child = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "ck").glob("step-*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (tmp_path / "resumed.safetensors").exists()  # killed mid-run, not at the end
+    r = subprocess.run([*args, "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout
+    straight, resumed = _arrays(tmp_path / "straight.safetensors"), \
+        _arrays(tmp_path / "resumed.safetensors")
+    assert len(straight) == len(resumed) == 21  # parameters, BatchNorm state, adam's mu, nu, count
+    for a, b in zip(straight, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_luxc_run_writes_loads_in_python_and_back(work, tmp_path):
+    r = luxc_cli("run", work / "step.luxc", "--steps", "3", "--save-state", "cli.safetensors",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ts = luxc.load_state(tmp_path / "cli.safetensors", like=_factory_ts(work))
+    assert ts.step == 3 and ts.states["layer_2"]["training"] == luxc.Val(True)
+    luxc.save_state(tmp_path / "py.safetensors", ts)
+    r = luxc_cli("run", work / "step.luxc", "--state", "py.safetensors", "--steps", "5",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ran 5 steps (4-8)" in r.stdout
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (lambda x: (x[:, :2], x[:, :1]), "data[0] holds float32[100, 2]; the step takes float32[N, 3]"),
+    (lambda x: (x.astype(np.int32), x[:, :1]), "data[0] holds int32[100, 3]; the step takes float32"),
+    (lambda x: (x, np.array([None] * 100, dtype=object)), "holds Python objects"),
+    (lambda x: (x,), "holds 1 arrays; the step takes 2"),
+])
+def test_a_dataset_that_disagrees_is_one_line_and_writes_nothing(work, tmp_path, arrays, message):
+    x = np.zeros((100, 3), np.float32)
+    np.savez(tmp_path / "bad.npz", *arrays(x))
+    r = luxc_cli("run", work / "step.luxc", "--data", "bad.npz", "--checkpoint", "ck",
+                 "--log", "log.jsonl", "--save-state", "s.safetensors", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert message in r.stderr.strip().splitlines()[-1], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
+
+
+def test_a_directory_of_npy_files_trains_memory_mapped(work, tmp_path):
+    x = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+    (tmp_path / "ds").mkdir()
+    np.save(tmp_path / "ds" / "0.npy", x)
+    np.save(tmp_path / "ds" / "1.npy", x.sum(1, keepdims=True))
+    r = luxc_cli("run", work / "step.luxc", "--data", "ds", "--epochs", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ran 4 steps (1-4)" in r.stdout
