@@ -64,6 +64,11 @@ PLACEMENT = textwrap.dedent("""
             sharded)
     attempt("default-placed batch, sharded state", (jax.numpy.asarray(x), jax.numpy.asarray(y)),
             sharded)
+    by_hand = fresh()
+    replicated = NamedSharding(explicit, P())
+    by_hand = by_hand.replace(parameters=jax.device_put(by_hand.parameters, replicated),
+                              optimizer_state=jax.device_put(by_hand.optimizer_state, replicated))
+    attempt("explicit batch, explicit state", placed(explicit), by_hand)
     on_one = tuple(jax.device_put(a, jax.devices()[1]) for a in (x, y))
     attempt("batch on device 1, sharded state", on_one, sharded)
 """)
@@ -93,9 +98,17 @@ def test_a_split_batch_with_a_one_device_state_is_refused_before_it_runs(placeme
 
 @pytest.mark.slow
 def test_a_batch_on_an_explicit_mesh_is_refused_in_one_line_not_in_the_trace(placement):
-    for case in ("explicit batch, one-device state", "explicit batch, sharded state"):
-        _one_line(placement[case], "data[0] is placed on a mesh with Explicit axes",
-                  "luxc.distributed.shard_batch(batch, mesh)")
+    _one_line(placement["explicit batch, one-device state"], "data[0] is on devices [0, 1]",
+              "parameters['bias'] is on device 0", "ts = luxc.distributed.shard(ts, mesh)")
+    _one_line(placement["explicit batch, sharded state"],
+              "parameters['bias'] is on a mesh with axes {'data': 'Auto'} but data[0] on one "
+              "with axes {'data': 'Explicit'}", "luxc.distributed.shard_batch(batch, mesh)")
+
+
+@pytest.mark.slow
+def test_a_state_and_batch_both_placed_by_hand_on_an_explicit_mesh_train(placement):
+    assert placement["explicit batch, explicit state"]["loss"] == pytest.approx(
+        placement["eager"]["loss"], rel=1e-5)
 
 
 @pytest.mark.slow

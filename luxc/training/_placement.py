@@ -1,15 +1,17 @@
 """Where a compiled call's arrays live, checked once per compile (a cache miss): one set of
-devices, and a mesh the step can partition.
+devices and one kind of mesh.
 
 The compiled step is one executable over one set of devices. Two placements it cannot take are
 refused here, in the user's names, before anything is traced or run:
 
 * a TrainState on one device with a batch split over a mesh (``jax.device_put(x,
-  NamedSharding(mesh, P("data")))``): XLA:CPU would wait in the gradients' all-reduce for a
-  device that never joins and abort the process after about a minute; arrays committed to
-  different devices are refused too (jax's own error names them ``args[0]``);
-* an array on a mesh with *Explicit* axes (the default of ``jax.make_mesh``): luxc's layers
-  carry no ``out_sharding``, so a split contraction is a ``ShardingTypeError`` in the trace.
+  NamedSharding(mesh, P("data")))``): issue 18's run saw XLA:CPU wait in the gradients'
+  all-reduce for a device that never joined and abort the process after 65 s, and on an
+  Explicit mesh it is a ``ShardingTypeError`` in the trace; arrays committed to different
+  devices are refused too (jax's own error names them ``args[0]``);
+* arrays on meshes of different axis types, e.g. a batch placed by hand on ``jax.make_mesh``'s
+  *Explicit* mesh with a TrainState that ``luxc.distributed.shard`` placed on its *Auto*
+  version: jax's error is "Mesh for all inputs should be equal".
 
 An uncommitted array (one jax placed by default, e.g. ``jnp.ones``) in the data goes where the
 step runs, as in ``jax.jit``. The signature of a compiled program includes every leaf's
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 
 _FIX = ("place both on one mesh: ts = luxc.distributed.shard(ts, mesh) and "
         "batch = luxc.distributed.shard_batch(batch, mesh)")
@@ -41,6 +43,13 @@ def _where(x: jax.Array) -> str:
     return f"device {ids[0]}" if len(ids) == 1 else f"devices {ids}"
 
 
+def _axis_types(x: jax.Array) -> tuple | None:
+    sharding = x.sharding
+    if not isinstance(sharding, NamedSharding):
+        return None
+    return tuple(zip(sharding.mesh.axis_names, (t.name for t in sharding.mesh.axis_types)))
+
+
 def check_placement(args: tuple, names: Sequence[str], caller: str) -> None:
     """Raise ``ValueError`` (one line) if ``args`` cannot run as one compiled step.
 
@@ -48,15 +57,6 @@ def check_placement(args: tuple, names: Sequence[str], caller: str) -> None:
     others are the TrainState's parts.
     """
     leaves = _named_leaves(args, names)
-    for name, x in leaves:
-        sharding = x.sharding
-        if isinstance(sharding, NamedSharding) and any(
-                t == AxisType.Explicit for t in sharding.mesh.axis_types):
-            raise ValueError(
-                f"{caller}: {name} is placed on a mesh with Explicit axes "
-                f"{dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types))}, which luxc's "
-                f"compiled step cannot partition; {_FIX} (they use the mesh's Auto version), or "
-                f"build the mesh with axis_types=(jax.sharding.AxisType.Auto,)")
     data = names[-1]
     spread = [(n, x) for n, x in leaves if len(x.sharding.device_set) > 1]
     # Where the step runs: the devices of a split array, else of a committed one.
@@ -70,3 +70,10 @@ def check_placement(args: tuple, names: Sequence[str], caller: str) -> None:
             raise ValueError(
                 f"{caller}: {anchor[0]} is on {_where(anchor[1])} but {name} is on {_where(x)}; "
                 f"the compiled step runs on one set of devices: {_FIX}")
+    typed = [(n, _axis_types(x)) for n, x in spread if _axis_types(x) is not None]
+    for name, types in typed:
+        if types != typed[0][1]:
+            raise ValueError(
+                f"{caller}: {typed[0][0]} is on a mesh with axes {dict(typed[0][1])} but {name} "
+                f"on one with axes {dict(types)}; the compiled step takes one mesh: {_FIX} (both "
+                f"use the mesh's Auto axes, whatever mesh you pass)")
