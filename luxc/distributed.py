@@ -26,8 +26,9 @@ The arrays are placed on ``mesh`` with *Auto* axes whatever its axis types: luxc
 partitioner propagate shardings through the step (with jax's *Explicit* axes, the default of
 ``jax.make_mesh``, an FSDP matmul is a type error). The user's mesh object is left as it is;
 place the batch with :func:`shard_batch` on it, which does the same. The compiled step refuses,
-in one line before it runs, a batch on a mesh with Explicit axes and a batch on devices other
-than the TrainState's (e.g. a split batch with a TrainState left on one device).
+in one line before it runs, a batch on a mesh of other axis types than the TrainState's (e.g.
+``jax.device_put`` on the Explicit mesh after ``shard``) and a batch on devices other than the
+TrainState's (e.g. a split batch with a TrainState left on one device).
 """
 
 from __future__ import annotations
