@@ -24,7 +24,11 @@ gloo collectives when consecutive steps overlap (seen with 2 processes x 4 devic
 
 The arrays are placed on ``mesh`` with *Auto* axes whatever its axis types: luxc lets the
 partitioner propagate shardings through the step (with jax's *Explicit* axes, the default of
-``jax.make_mesh``, an FSDP matmul is a type error).
+``jax.make_mesh``, an FSDP matmul is a type error). The user's mesh object is left as it is;
+place the batch with :func:`shard_batch` on it, which does the same. The compiled step refuses,
+in one line before it runs, a batch on a mesh of other axis types than the TrainState's (e.g.
+``jax.device_put`` on the Explicit mesh after ``shard``) and a batch on devices other than the
+TrainState's (e.g. a split batch with a TrainState left on one device).
 """
 
 from __future__ import annotations
@@ -174,6 +178,13 @@ def shard(ts: TrainState, mesh: Mesh, *, strategy: Strategy = "data", axis: str 
     In several processes, every process calls ``shard`` with the same values (same seed) and
     gets its own part of the one global state.
 
+    The mesh: the state is placed on ``mesh``'s devices with *Auto* axes, whatever axis types
+    ``mesh`` has (``jax.make_mesh`` makes *Explicit* ones, under which an FSDP matmul is a
+    type error); ``mesh`` itself is not changed. Place the batch with :func:`shard_batch`
+    and the same ``mesh``, which does the same: a batch placed by hand with
+    ``jax.device_put(x, NamedSharding(mesh, P("data")))`` on an Explicit mesh is refused by
+    the compiled step in one line saying so.
+
     Args:
         ts: the TrainState to place.
         mesh: the devices (``jax.make_mesh((jax.device_count(),), ("data",))``).
@@ -221,9 +232,12 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis: str = "data") -> Any:
     ``i`` of process ``p`` (``jax.make_array_from_process_local_data``). In one process it is
     ``batch`` placed on the mesh.
 
+    Like :func:`shard`, it uses ``mesh``'s devices with *Auto* axes, so ``mesh`` may be the
+    user's Explicit one (``jax.make_mesh``'s default).
+
     Args:
         batch: a pytree of arrays (e.g. ``(x, y)``), this process's rows.
-        mesh: the mesh of :func:`shard`.
+        mesh: the mesh given to :func:`shard`.
         axis: the mesh axis the batch is split along; the global batch size must be divisible
             by its size.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import runpy
@@ -25,6 +26,22 @@ from luxc.distributed import HEARTBEAT_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
 HEARTBEAT_SECONDS = 10
 COLLECTIVE_TIMEOUT_SECONDS = 60
 GRACE_SECONDS = 2.0
+# Each process is a whole jax runtime (~116 MiB resident before any training); more than a few
+# per core only time-slice and can exhaust memory, so -n is bounded unless asked for knowingly.
+PROCESSES_PER_CPU = 4
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def process_limit() -> int:
+    """The most processes ``luxc launch`` starts without ``--allow-many``."""
+    return PROCESSES_PER_CPU * (os.cpu_count() or 1)
+
+
+def _become_subreaper() -> None:
+    """On Linux, make the processes a launched script forks, and that outlive their parent,
+    children of ``luxc launch`` instead of init, so that :func:`_stop` finds and stops them."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def run_child(script: str, args: list[str]) -> None:
@@ -83,17 +100,66 @@ def _relay(stream, prefix: str, out) -> None:
     stream.close()
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGINT)
+def _descendants() -> list[int]:
+    """Every live process under this one (from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    pids = [e for e in os.listdir("/proc") if e.isdigit()] if os.path.isdir("/proc") else []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(pid))
+    out, todo = [], [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal_groups(procs: list[subprocess.Popen], sig: int) -> None:
+    # A group outlives its leader while a process it forked runs: signal it then too, but only
+    # a group with a member under this process (its id may be reused once it is empty).
+    groups = {p.pid for p in procs if p.poll() is None}
+    for pid in _descendants():
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for group in groups & {p.pid for p in procs}:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _stop(procs: list[subprocess.Popen], before: set[int]) -> None:
+    """Stop every process of the launch; ``before`` are processes under this one that were
+    there before it started (left alone)."""
+    _signal_groups(procs, signal.SIGINT)
     deadline = time.monotonic() + GRACE_SECONDS
     for p in procs:
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            pass
+    _signal_groups(procs, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+    # What escaped the groups (a new session) was reparented here (subreaper): kill and reap it.
+    stray = [pid for pid in _descendants() if pid not in before]
+    for pid in stray:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    for pid in stray:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # a grandchild: its own parent reaps it
+            pass
 
 
 def _exit_code(returncode: int) -> int:
@@ -121,17 +187,27 @@ def _watch(procs: list[subprocess.Popen]) -> int:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("-n", "--processes", "n", required=True, type=click.IntRange(min=1),
               help="number of processes")
+@click.option("--allow-many", is_flag=True,
+              help=f"allow more than {PROCESSES_PER_CPU} processes per CPU")
 @click.option("--devices-per-process", default=1, show_default=True, type=click.IntRange(min=1),
               help="host (CPU) devices each process gets")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def launch(n, devices_per_process, script, args):
+def launch(n, allow_many, devices_per_process, script, args):
     """Run SCRIPT in N processes on this machine, joined through a coordinator on 127.0.0.1.
 
     Each line of output is prefixed with the process's rank. If a process fails, the others are
-    stopped and launch exits with its code; Ctrl-C stops them all. SCRIPT calls
-    luxc.distributed.initialize() first.
+    stopped and launch exits with its code; Ctrl-C stops them all, and so does launch's end
+    any process they forked. SCRIPT calls luxc.distributed.initialize() first. N is at most
+    4 per CPU (each process is a jax runtime of ~116 MiB) unless --allow-many is given.
     """
+    if n > process_limit() and not allow_many:
+        raise CliError(f"launch: -n {n} is more than {process_limit()} processes "
+                       f"({PROCESSES_PER_CPU} per CPU of this machine's {os.cpu_count()}; each "
+                       f"is a jax runtime of ~116 MiB); use fewer, or add --allow-many to start "
+                       f"them anyway")
+    before = set(_descendants())
+    _become_subreaper()
     port = _free_port()
     procs, relays = [], []
     try:
@@ -151,7 +227,7 @@ def launch(n, devices_per_process, script, args):
     except OSError as e:
         raise CliError(f"launch: cannot start {script}: {e}") from None
     finally:
-        _stop(procs)
+        _stop(procs, before)
         for t in relays:
             t.join(timeout=1.0)
     sys.exit(code)

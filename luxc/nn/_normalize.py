@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from luxc.nn._core import AbstractLayer, Val
+from luxc.nn._core import AbstractLayer, LayerShapeError, Val
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import activation_name
 
@@ -70,6 +71,15 @@ class BatchNorm(AbstractLayer):
         dtype, x = x.dtype, _statistics_dtype(x)
         axes = tuple(range(x.ndim - 1))
         training = bool(st["training"])
+        if (training or not self.track_stats) and x.size == 0:
+            # Batch statistics of no rows are NaN, and the running statistics would keep them
+            # for good (Lux.jl computes them the same way, with no guard: LuxLib's
+            # src/impl/normalization.jl, m = accum_size(x, reduce_dims)). The shape is static,
+            # so refusing costs nothing per step.
+            raise LayerShapeError(
+                f"{self.summary()}: received an empty batch of shape {np.shape(x)}; batch "
+                f"statistics need at least one row (drop empty batches, or use "
+                f"luxc.testmode(st) to normalise with the running statistics)")
         if training or not self.track_stats:
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - mean), axis=axes)
@@ -125,8 +135,6 @@ class LayerNorm(AbstractLayer):
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
         n = len(self.shape)
         if tuple(jnp.shape(x)[-n:]) != self.shape or jnp.ndim(x) < n:
-            from luxc.nn._core import LayerShapeError
-
             raise LayerShapeError(
                 f"{self.summary()} expects an input of shape (..., {', '.join(map(str, self.shape))})"
                 f"; received {jnp.shape(x)}"

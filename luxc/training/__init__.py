@@ -15,6 +15,7 @@ from luxc.training._backends import AutoJAX as AutoJAX
 from luxc.training._backends import AutoXLA as AutoXLA
 from luxc.training._compiled import CompiledStep as CompiledStep
 from luxc.training._compiled import compile_step as compile_step
+from luxc.training._data_check import NonFiniteDataWarning as NonFiniteDataWarning
 from luxc.training._state import ConsumedStateError as ConsumedStateError
 from luxc.training._state import TrainState as TrainState
 from luxc.training._step import ObjectiveError as ObjectiveError

@@ -30,7 +30,9 @@ from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.programs import lookup, program_key
 from luxc.runtime.signature import Signature
 from luxc.training import _step
+from luxc.training._data_check import warn_non_finite
 from luxc.training._mixed_precision import initial_loss_scaling
+from luxc.training._placement import check_placement
 from luxc.training._state import ConsumedStateError, TrainState
 
 
@@ -169,6 +171,9 @@ def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optim
     found = lookup(cache, key, signature, kind.arg_names, preference("recompile_check"), caller)
     if found is not None:
         return found
+    check_placement(args, kind.arg_names, caller)
+    if kind.uses_objective:  # the update's "data" are the backend's own gradients
+        warn_non_finite(args[-1], kind.arg_names[-1], caller)
     step = kind.build(Program(obj_fn, model, optimizer, return_gradients, options))
     exe = build(step, args, options=options, donate_argnums=kind.donated if donate else (),
                 arg_names=kind.arg_names, committed_outputs=kind.committed_outputs)

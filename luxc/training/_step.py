@@ -65,12 +65,30 @@ def evaluate_objective(obj_fn: ObjectiveFunction, model: AbstractLayer, ps: Any,
     return loss, new_st, stats
 
 
+def check_differentiable(loss: Any, obj_fn: Any) -> None:
+    """A loss the gradient can flow through: a real floating-point jax value. A Python or
+    numpy number is a constant to jax (its gradients are silently zero), and jax refuses an
+    integer or complex one only in its own terms ("grad requires real-valued outputs")."""
+    name = getattr(obj_fn, "__name__", type(obj_fn).__name__)
+    if not isinstance(loss, jax.Array):
+        raise ObjectiveError(
+            f"objective function {name} returned the loss as a {type(loss).__name__} "
+            f"({loss!r}), a constant with zero gradients; compute it from the parameters ps "
+            f"with jax operations (jnp.mean(...), not float(...) or .item())")
+    if not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ObjectiveError(
+            f"objective function {name} returned a {loss.dtype} loss; gradients need a real "
+            f"floating-point loss: compute it in floating point (e.g. "
+            f"jnp.mean(jnp.square(y_pred - y)), or loss.astype(jnp.float32))")
+
+
 def reverse_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callable:
     check_objective(obj_fn)
 
     def gradients(ps: Any, st: Any, data: Any):
         def f(p):
             loss, new_st, stats = evaluate_objective(obj_fn, model, p, st, data)
+            check_differentiable(loss, obj_fn)
             return loss, (new_st, stats)
 
         (loss, (new_st, stats)), grads = jax.value_and_grad(f, has_aux=True)(ps)
@@ -89,6 +107,7 @@ def forward_gradients(obj_fn: ObjectiveFunction, model: AbstractLayer) -> Callab
 
         def f(v):
             loss, new_st, stats = evaluate_objective(obj_fn, model, unravel(v), st, data)
+            check_differentiable(loss, obj_fn)
             return loss, (loss, new_st, stats)
 
         g, (loss, new_st, stats) = jax.jacfwd(f, has_aux=True)(flat)
