@@ -136,6 +136,7 @@ def _depth(depths: tuple[int, ...], rounds: int, quick: bool, out: str, command:
     section = (f"## Depth\n\n`{command}`, load average {' '.join(load)} at the start\n\n"
                f"{text}\n")
     print(section, flush=True)
+    os.makedirs(out, exist_ok=True)
     path = f"{out}/RESULTS.md"
     old = open(path).read() if os.path.exists(path) else ""
     head, _, rest = old.partition("## Depth\n")
