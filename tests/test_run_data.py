@@ -13,6 +13,7 @@ import pytest
 
 import luxc
 from luxc.runtime.tensor_codec import tensors_from_bytes
+from tests.conftest import compile_factory, luxc_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +30,10 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def luxc_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("run_data")
-    (d / "model_src.py").write_text(FACTORY)
-    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=d)
-    assert r.returncode == 0, r.stderr
+    compile_factory(d, FACTORY)
     x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     np.savez(d / "train.npz", x, x.sum(1, keepdims=True))
     return d
