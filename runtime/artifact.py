@@ -30,6 +30,7 @@ from jax import export as jax_export
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import (
     ARTIFACT_FILES,
+    EVALUATE_FILE,
     FORMAT,
     FORMAT_VERSION,
     FORWARD_FILE,
@@ -52,7 +53,7 @@ from luxc.runtime.bounded_read import json_bytes, parse_json, read_regular, sha2
 from luxc.runtime.directory_swap import replace_directory
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import compile_exported, export, module_text, optimise
-from luxc.runtime.forward import load_forward
+from luxc.runtime.forward import load_evaluate, load_forward
 from luxc.runtime.loaded_step import LoadedStep, Predictor, artifact_tensors
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
@@ -107,13 +108,14 @@ def check_output(out: str | Path, force: bool) -> None:
 
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
          layout: dict[str, Any], platforms: Sequence[str], options: CompileOptions,
-         force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None
-         ) -> dict[str, Any]:
+         force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None,
+         evaluate: tuple[Callable, Sequence[Any], dict] | None = None) -> dict[str, Any]:
     """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
     directory ``out`` atomically. Returns the manifest.
 
     ``forward`` is ``(fn, args, entry)``: the model's forward pass (:mod:`luxc.runtime.forward`),
-    its abstract arguments (the batch axis symbolic) and the manifest entry describing it."""
+    its abstract arguments (the batch axis symbolic) and the manifest entry describing it;
+    ``evaluate`` likewise, the objective without an update."""
     out = Path(out)
     check_output(out, force)
     host = jax.default_backend()
@@ -125,7 +127,10 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "state.safetensors": tensor_bytes(state),
         "data.safetensors": tensor_bytes(data),
     }
-    forward_entry = _export_forward(forward, files, platforms, options)
+    programs = {key: _export_program(program, files, file, what, platforms, options)
+                for key, program, file, what in (
+                    ("forward", forward, FORWARD_FILE, "the model's forward pass"),
+                    ("evaluate", evaluate, EVALUATE_FILE, "the objective without an update"))}
     figures: dict[str, Any] = {}
     compile_seconds, executable_key = None, None
     if host in platforms:
@@ -156,7 +161,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "trace_seconds": trace_seconds,
         "compile_seconds": compile_seconds,
         **figures,
-        **({"forward": forward_entry} if forward_entry else {}),
+        **{key: entry for key, entry in programs.items() if entry},
         "files": {name: {"sha256": sha256(content), "size": len(content)}
                   for name, content in files.items()},
     }
@@ -164,20 +169,21 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     return manifest
 
 
-def _export_forward(forward: tuple[Callable, Sequence[Any], dict] | None,
-                    files: dict[str, bytes], platforms: Sequence[str],
+def _export_program(program: tuple[Callable, Sequence[Any], dict] | None,
+                    files: dict[str, bytes], file: str, what: str, platforms: Sequence[str],
                     options: CompileOptions) -> dict[str, Any] | None:
-    if forward is None:
+    if program is None:
         return None
-    fn, args, entry = forward
+    fn, args, entry = program
     try:
         exported = export(fn, args, platforms=platforms, precision=options.precision)
-    except Exception as e:  # noqa: BLE001 - the step is still usable; say why predict is not
-        warnings.warn(f"the model's forward pass could not be exported for any batch size "
+    except Exception as e:  # noqa: BLE001 - the step is still usable; say what is not
+        warnings.warn(f"{what} could not be exported for any batch size "
                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the "
-                      "artefact trains but `luxc predict` cannot use it", stacklevel=4)
+                      f"artefact trains, without {file} (`luxc predict`, `--eval-data`)",
+                      stacklevel=4)
         return None
-    files[FORWARD_FILE] = bytes(exported.serialize())
+    files[file] = bytes(exported.serialize())
     return {**entry, "n_outputs": len(exported.out_avals)}
 
 
@@ -275,7 +281,9 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
     source = "serialized executable" if loaded_executable else "compiled from StableHLO"
     forward = load_forward(artifact.files, manifest, artifact.directory,
                            artifact.signed_by_this_user, allow_device_kernels)
-    return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward)
+    evaluate = load_evaluate(artifact.files, manifest, artifact.directory,
+                             artifact.signed_by_this_user, allow_device_kernels)
+    return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate)
 
 
 def _read_for_host(directory: str | Path) -> Artifact:

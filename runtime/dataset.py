@@ -100,6 +100,10 @@ class Dataset:
         self._dtypes = [np.dtype(s["dtype"]) for s in specs]
         self._arrays = load()
 
+    def arrays(self) -> list[np.ndarray]:
+        """Every sample, as the step's dtypes (an evaluation set: read whole)."""
+        return [np.asarray(a, dtype=d) for a, d in zip(self._arrays, self._dtypes)]
+
     def batch(self, index: int) -> list[np.ndarray]:
         """The data of step ``index`` (0-based, from the run's origin), as the step takes it."""
         if self.samples == self.batch_size:

@@ -21,7 +21,7 @@ from luxc.runtime.checkpoint_format import (
     state_from_checkpoint,
 )
 from luxc.runtime.errors import ArtifactError
-from luxc.runtime.forward import Forward
+from luxc.runtime.forward import Evaluate, Forward
 from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
@@ -39,7 +39,8 @@ class LoadedStep(CompiledStages):
 
     def __init__(self, artifact: Artifact, exported: jax_export.Exported,
                  compiled: jax.stages.Compiled, executable_source: str, notes: list[str],
-                 shardings: Sequence[Any], forward: Forward | None = None):
+                 shardings: Sequence[Any], forward: Forward | None = None,
+                 evaluate: Evaluate | None = None):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
@@ -55,7 +56,17 @@ class LoadedStep(CompiledStages):
         self.data = put(data, self._shardings[n_state:])
         self.step_count = int(self.layout["step"])
         self._scans: dict[tuple[int, bool], Callable] = {}
-        self.forward = forward
+        self.forward, self.evaluator = forward, evaluate
+
+    def evaluate(self, data: Sequence[Any]) -> tuple[float, list[float]]:
+        """The objective's loss and stats (in the layout's ``stat_names`` order; a stat that is
+        not a scalar: its mean) on all of ``data`` (the step's data arrays, any number of
+        samples), in test mode, with the current parameters and no update."""
+        if self.evaluator is None:
+            raise ArtifactError(f"{self.directory} holds no evaluation program (its objective "
+                                "could not be exported for any batch size, or an older luxc "
+                                "compiled it); recompile it")
+        return self.evaluator(self.state, [np.asarray(x) for x in data])
 
     def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
         """The model's output for ``x`` (batch-first, any batch size) in test mode, with the

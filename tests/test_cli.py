@@ -79,7 +79,7 @@ def test_compile_writes_a_complete_artefact(artefact):
     manifest = json.loads((artefact / "manifest.json").read_text())
     assert set(manifest["files"]) == {"step.jaxexport", "step.mlir", "executable.bin",
                                       "state.safetensors", "data.safetensors",
-                                      "forward.jaxexport"}
+                                      "forward.jaxexport", "evaluate.jaxexport"}
     assert manifest["platforms"] == ["cpu"] and manifest["executable_platform"] == "cpu"
     assert manifest["versions"]["jax"] and manifest["layout"]["n_data"] == 2
     names = [o["name"] for o in manifest["outputs"]]
