@@ -111,17 +111,13 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     the input, never silently freed. ``timings`` (when given) receives the seconds of each
     phase: ``"module summary"``, ``"lowering"``, ``"XLA compile"``.
     """
-    _, compiled, seconds = _compile(exported, args, donate_argnums, xla_options, arg_names, cache,
-                                    timings)
-    return compiled, seconds
+    return _compile(exported, args, donate_argnums, xla_options, arg_names, cache, timings)
 
 
 def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums: tuple[int, ...],
              xla_options: dict[str, Any] | None, arg_names: Sequence[str] | None,
              cache: Any, timings: dict[str, float] | None = None
-             ) -> tuple[Callable, jax.stages.Compiled, float]:
-    # The jitted function is returned with its compiled program: calling it reuses that
-    # compile (jax caches it under the same function, options and arguments).
+             ) -> tuple[jax.stages.Compiled, float]:
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
@@ -129,9 +125,8 @@ def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums:
                                       serializable=serializable),
                **(xla_options or {})}
     t1 = time.perf_counter()
-    jitted = jax.jit(exported.call, donate_argnums=donate_argnums,
-                     compiler_options=options or None)
-    lowered = jitted.lower(*args)
+    lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
+                      compiler_options=options or None).lower(*args)
     t2 = time.perf_counter()
     with persistent_cache.compiling(cache):
         compiled = lowered.compile()
@@ -140,7 +135,7 @@ def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums:
                     "XLA compile": seconds - (t2 - t0)})
     if donate_argnums:
         _check_donation(exported, args, donate_argnums, arg_names)
-    return jitted, compiled, seconds
+    return compiled, seconds
 
 
 def _check_donation(exported: jax_export.Exported, args: Sequence[Any],
@@ -224,16 +219,19 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
           platform: str | None = None, committed_outputs: bool = True) -> Executable:
     """Trace, rewrite and compile ``fn`` for ``args``: the whole AutoXLA pipeline.
 
-    ``committed_outputs=False`` calls the program through ``jax.jit``'s dispatch of the same
-    compile, whose outputs stay uncommitted to a device (as an eager user's arrays are); the
-    default calls the compiled executable directly (its outputs are committed)."""
+    ``committed_outputs=False`` calls ``jax.jit(fn)`` instead, whose outputs stay uncommitted
+    to a device (as an eager user's arrays are: the eager backends' update); the exported
+    module's own call commits its outputs to the device it was compiled for, so an eager user
+    could no longer mix them with arrays placed elsewhere. The default calls the compiled
+    executable directly (its outputs are committed)."""
     timings: dict[str, float] = {}
     traced, optimized, records, trace_seconds = optimise(
         fn, args, options, [platform or jax.default_backend()], timings)
-    jitted, compiled, seconds = _compile(optimized, args, donate_argnums,
-                                         dict(options.xla_options), arg_names, None, timings)
+    compiled, seconds = _compile(optimized, args, donate_argnums,
+                                 dict(options.xla_options), arg_names, None, timings)
+    call = None if committed_outputs else jax.jit(fn, donate_argnums=donate_argnums)
     exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
-                     call=None if committed_outputs else jitted, timings=timings,
+                     call=call, timings=timings,
                      xla_options=dict(options.xla_options))
     if options.dump_dir is not None:
         Path(options.dump_dir, "99-xla-optimized.hlo.txt").write_text(compiled.as_text())

@@ -55,6 +55,11 @@ PLACEMENT = textwrap.dedent("""
         print("RESULT", json.dumps(out), flush=True)
 
     attempt("split batch, one-device state", placed(mesh(AxisType.Auto)), fresh())
+    on_zero = fresh()
+    on_zero = on_zero.replace(parameters=jax.device_put(on_zero.parameters, jax.devices()[0]),
+                              optimizer_state=jax.device_put(on_zero.optimizer_state,
+                                                             jax.devices()[0]))
+    attempt("split batch, state committed to device 0", placed(mesh(AxisType.Auto)), on_zero)
     attempt("explicit batch, one-device state", placed(mesh(AxisType.Explicit)), fresh())
     explicit = mesh(AxisType.Explicit)
     sharded = luxc.distributed.shard(fresh(), explicit)
@@ -91,8 +96,15 @@ def _one_line(result: dict, *parts: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_split_batch_with_a_one_device_state_is_refused_before_it_runs(placement):
-    _one_line(placement["split batch, one-device state"], "data[0] is on devices [0, 1]",
+def test_a_split_batch_with_a_default_placed_state_trains_like_autojax(placement):
+    # The state jax placed by default moves onto the batch's mesh, as under jax.jit.
+    assert placement["split batch, one-device state"]["loss"] == pytest.approx(
+        placement["eager"]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_split_batch_with_a_state_committed_to_one_device_is_refused_before_it_runs(placement):
+    _one_line(placement["split batch, state committed to device 0"], "data[0] is on devices [0, 1]",
               "parameters['bias'] is on device 0", "ts = luxc.distributed.shard(ts, mesh)")
 
 

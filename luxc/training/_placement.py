@@ -4,11 +4,12 @@ devices and one kind of mesh.
 The compiled step is one executable over one set of devices. Two placements it cannot take are
 refused here, in the user's names, before anything is traced or run:
 
-* a TrainState on one device with a batch split over a mesh (``jax.device_put(x,
+* a TrainState committed to one device with a batch split over a mesh (``jax.device_put(x,
   NamedSharding(mesh, P("data")))``): issue 18's run saw XLA:CPU wait in the gradients'
-  all-reduce for a device that never joined and abort the process after 65 s, and on an
-  Explicit mesh it is a ``ShardingTypeError`` in the trace; arrays committed to different
-  devices are refused too (jax's own error names them ``args[0]``);
+  all-reduce for a device that never joined and abort the process after 65 s; with a TrainState
+  jax placed by default (uncommitted) the step moves it onto the batch's mesh, as ``jax.jit``
+  does, except on an Explicit mesh, where the trace raises a ``ShardingTypeError``; arrays
+  committed to different devices are refused too (jax's own error names them ``args[0]``);
 * arrays on meshes of different axis types, e.g. a batch placed by hand on ``jax.make_mesh``'s
   *Explicit* mesh with a TrainState that ``luxc.distributed.shard`` placed on its *Auto*
   version: jax's error is "Mesh for all inputs should be equal".
@@ -64,8 +65,12 @@ def check_placement(args: tuple, names: Sequence[str], caller: str) -> None:
     if anchor is None:
         return
     devices = anchor[1].sharding.device_set
+    # jax moves an uncommitted one-device array where the step runs (as jax.jit does), state
+    # or data; on an Explicit mesh the trace would refuse it instead, so there it is refused here.
+    explicit = "Explicit" in dict(_axis_types(anchor[1]) or ()).values()
     for name, x in leaves:
-        movable = not x.committed and name.startswith(data) and len(x.sharding.device_set) == 1
+        movable = (not x.committed and len(x.sharding.device_set) == 1
+                   and (name.startswith(data) or not explicit))
         if x.sharding.device_set != devices and not movable:
             raise ValueError(
                 f"{caller}: {anchor[0]} is on {_where(anchor[1])} but {name} is on {_where(x)}; "
