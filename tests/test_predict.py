@@ -113,3 +113,26 @@ def test_out_is_checked_before_work_and_never_overwrites_another_file(work, tmp_
         assert r.returncode != 0 and message in r.stderr, r.stderr
     assert (tmp_path / "notes.npy").read_text() == "my notes"
     assert not (work / "step.luxc" / "y.npy").exists()
+
+
+def test_an_unsigned_artefacts_forward_pass_is_checked_in_the_child_first(tmp_path, monkeypatch):
+    import shutil
+
+    from luxc.runtime import artifact, forward
+
+    (tmp_path / "model_src.py").write_text(FACTORY)
+    objective, data, ts = _factory(tmp_path)
+    luxc.export_step(objective, data, ts, tmp_path / "s.luxc")
+    shutil.copytree(tmp_path / "s.luxc", tmp_path / "stranger.luxc")
+    (tmp_path / "stranger.luxc" / "manifest.sig").unlink()  # as from someone else
+    checked = []
+    original = forward.check_untrusted
+    monkeypatch.setattr(forward, "check_untrusted",
+                        lambda module, what, **kw: checked.append(what) or original(module, what,
+                                                                                       **kw))
+    x = np.random.default_rng(3).normal(size=(6, 3)).astype(np.float32)
+    np.testing.assert_allclose(artifact.load_predictor(tmp_path / "stranger.luxc").predict(x),
+                               _reference(ts, x), rtol=1e-5, atol=1e-6)
+    assert len(checked) == 1 and "forward.jaxexport" in checked[0]
+    artifact.load_predictor(tmp_path / "s.luxc")  # signed by this user: no check needed
+    assert len(checked) == 1
