@@ -14,8 +14,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 
 from luxc.checkpoint import statics
+from luxc.nn import testmode
 from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.runtime.leaf_names import leaf_names
@@ -108,11 +110,70 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
     return step, state, leaves, layout
 
 
+def flat_forward(ts: TrainState, data: Any) -> tuple[Any, list[Any], dict[str, Any]] | None:
+    """The model's forward pass in test mode with a flat signature,
+    ``forward(*parameters, *states, x) = leaves(model(x, ps, testmode(st))[0])``, its abstract
+    arguments with ``x`` shaped like ``data[0]`` but a symbolic batch axis ``b``, and its
+    manifest entry; ``None`` when ``data[0]`` is not one batch-first array."""
+    if not isinstance(data, tuple | list) or not data or np.ndim(data[0]) == 0 or \
+            not hasattr(data[0], "dtype"):
+        return None
+    x = jnp.asarray(data[0])
+    ps_leaves, ps_def = jax.tree.flatten(ts.parameters)
+    st_leaves, st_def = jax.tree.flatten(testmode(ts.states))
+    n_p, model = len(ps_leaves), ts.model
+    if len(st_leaves) != len(jax.tree.leaves(ts.states)):
+        return None  # the flag is a leaf here: the step's state leaves would not line up
+
+    def forward(*args: Any):
+        ps = jax.tree.unflatten(ps_def, args[:n_p])
+        y, _ = model(args[-1], ps, jax.tree.unflatten(st_def, args[n_p:-1]))
+        return tuple(jax.tree.leaves(y))
+
+    (b,) = jax_export.symbolic_shape("b")
+    args = [*ps_leaves, *st_leaves, jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype)]
+    entry = {"n_parameters": n_p, "n_states": len(st_leaves),
+             "input": {"shape": list(x.shape[1:]), "dtype": str(x.dtype)}}
+    return forward, args, entry
+
+
+def flat_evaluate(obj_fn: Any, ts: TrainState, data: Any
+                  ) -> tuple[Any, list[Any], dict[str, Any]] | None:
+    """The objective without an update, in test mode, with a flat signature,
+    ``evaluate(*parameters, *states, *data) = (loss, *stats)`` of
+    ``obj_fn(model, ps, testmode(st), data)``, every data array's batch axis the symbol ``b``
+    (any number of samples); ``None`` when a data array has no batch axis."""
+    leaves, data_def = jax.tree.flatten(data)
+    if not leaves or any(np.ndim(x) == 0 for x in leaves):
+        return None
+    ps_leaves, ps_def = jax.tree.flatten(ts.parameters)
+    st_leaves, st_def = jax.tree.flatten(testmode(ts.states))
+    n_p, n_s, model = len(ps_leaves), len(st_leaves), ts.model
+    if n_s != len(jax.tree.leaves(ts.states)):
+        return None
+
+    def evaluate(*args: Any):
+        ps = jax.tree.unflatten(ps_def, args[:n_p])
+        st = jax.tree.unflatten(st_def, args[n_p:n_p + n_s])
+        loss, _, stats = obj_fn(model, ps, st, jax.tree.unflatten(data_def, args[n_p + n_s:]))
+        return (loss, *jax.tree.leaves(stats))
+
+    (b,) = jax_export.symbolic_shape("b")
+    xs = [jnp.asarray(x) for x in leaves]
+    args = [*ps_leaves, *st_leaves, *(jax.ShapeDtypeStruct((b, *x.shape[1:]), x.dtype)
+                                     for x in xs)]
+    entry = {"n_parameters": n_p, "n_states": n_s,
+             "inputs": [{"shape": list(x.shape[1:]), "dtype": str(x.dtype)} for x in xs]}
+    return evaluate, args, entry
+
+
 def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
                 platforms: Sequence[str] | None = None,
                 compile_options: CompileOptions | None = None,
                 force: bool = False) -> dict[str, Any]:
-    """Write the artefact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``.
+    """Write the artefact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``,
+    with the model's forward pass in test mode for ``luxc predict`` (:func:`flat_forward`) and
+    the objective without an update for ``luxc run --eval-data`` (:func:`flat_evaluate`).
 
     ``platforms`` defaults to this machine's; the executable is compiled for this machine when
     it is one of them. Returns the manifest.
@@ -123,4 +184,5 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     step, state, leaves, layout = flat_step(obj_fn, data, ts, options)
     return _artifact.save(out, step, state, leaves, layout=layout,
                           platforms=list(platforms or [jax.default_backend()]),
-                          options=options, force=force)
+                          options=options, force=force, forward=flat_forward(ts, data),
+                          evaluate=flat_evaluate(obj_fn, ts, data))

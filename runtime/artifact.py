@@ -30,11 +30,14 @@ from jax import export as jax_export
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import (
     ARTIFACT_FILES,
+    EVALUATE_FILE,
     FORMAT,
     FORMAT_VERSION,
+    FORWARD_FILE,
     MANIFEST,
     SIGNATURE,
     SIGNATURE_DOMAIN,
+    Artifact,
     check_against_module,
     holds_only_luxc_files,
     read_artifact,
@@ -49,8 +52,9 @@ from luxc.runtime.atomic_write import check_writable_directory, write_atomic
 from luxc.runtime.bounded_read import json_bytes, parse_json, read_regular, sha256
 from luxc.runtime.directory_swap import replace_directory
 from luxc.runtime.errors import ArtifactError
-from luxc.runtime.executable import compile_exported, module_text, optimise
-from luxc.runtime.loaded_step import LoadedStep
+from luxc.runtime.executable import compile_exported, export, module_text, optimise
+from luxc.runtime.forward import load_evaluate, load_forward
+from luxc.runtime.loaded_step import LoadedStep, Predictor, artifact_tensors
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.options import CompileOptions
 from luxc.runtime.persistent_cache import MemoryCache
@@ -104,9 +108,14 @@ def check_output(out: str | Path, force: bool) -> None:
 
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
          layout: dict[str, Any], platforms: Sequence[str], options: CompileOptions,
-         force: bool = False) -> dict[str, Any]:
+         force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None,
+         evaluate: tuple[Callable, Sequence[Any], dict] | None = None) -> dict[str, Any]:
     """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
-    directory ``out`` atomically. Returns the manifest."""
+    directory ``out`` atomically. Returns the manifest.
+
+    ``forward`` is ``(fn, args, entry)``: the model's forward pass (:mod:`luxc.runtime.forward`),
+    its abstract arguments (the batch axis symbolic) and the manifest entry describing it;
+    ``evaluate`` likewise, the objective without an update."""
     out = Path(out)
     check_output(out, force)
     host = jax.default_backend()
@@ -118,6 +127,10 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "state.safetensors": tensor_bytes(state),
         "data.safetensors": tensor_bytes(data),
     }
+    programs = {key: _export_program(program, files, file, what, platforms, options)
+                for key, program, file, what in (
+                    ("forward", forward, FORWARD_FILE, "the model's forward pass"),
+                    ("evaluate", evaluate, EVALUATE_FILE, "the objective without an update"))}
     figures: dict[str, Any] = {}
     compile_seconds, executable_key = None, None
     if host in platforms:
@@ -148,11 +161,30 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "trace_seconds": trace_seconds,
         "compile_seconds": compile_seconds,
         **figures,
+        **{key: entry for key, entry in programs.items() if entry},
         "files": {name: {"sha256": sha256(content), "size": len(content)}
                   for name, content in files.items()},
     }
     _write_directory(out, files, json_bytes(manifest))
     return manifest
+
+
+def _export_program(program: tuple[Callable, Sequence[Any], dict] | None,
+                    files: dict[str, bytes], file: str, what: str, platforms: Sequence[str],
+                    options: CompileOptions) -> dict[str, Any] | None:
+    if program is None:
+        return None
+    fn, args, entry = program
+    try:
+        exported = export(fn, args, platforms=platforms, precision=options.precision)
+    except Exception as e:  # noqa: BLE001 - the step is still usable; say what is not
+        warnings.warn(f"{what} could not be exported for any batch size "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the "
+                      f"artefact trains, without {file} (`luxc predict`, `--eval-data`)",
+                      stacklevel=4)
+        return None
+    files[file] = bytes(exported.serialize())
+    return {**entry, "n_outputs": len(exported.out_avals)}
 
 
 def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> None:
@@ -205,13 +237,8 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
     process (:mod:`luxc.runtime.module_check`); ``allow_device_kernels=True`` admits compiled
     GPU/TPU kernels (Mosaic, Pallas) in it, which are otherwise refused. The manifest's inputs
     and outputs must be the module's signature."""
-    artifact = read_artifact(directory)
-    manifest = artifact.manifest
-    host = jax.default_backend()
-    if host not in manifest["platforms"]:
-        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest['platforms']), 200)} but this "
-                            f"machine runs {host}; recompile it with --platform {host}")
-    needed_devices(manifest)  # before reading the module: say what this machine lacks
+    artifact = _read_for_host(directory)
+    manifest, host = artifact.manifest, jax.default_backend()
     if not artifact.signed_by_this_user:
         check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
                         mesh=manifest.get("mesh"), directory=artifact.directory,
@@ -252,4 +279,33 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
     for note in notes:
         warnings.warn(note, stacklevel=2)
     source = "serialized executable" if loaded_executable else "compiled from StableHLO"
-    return LoadedStep(artifact, exported, compiled, source, notes, shardings)
+    forward = load_forward(artifact.files, manifest, artifact.directory,
+                           artifact.signed_by_this_user, allow_device_kernels)
+    evaluate = load_evaluate(artifact.files, manifest, artifact.directory,
+                             artifact.signed_by_this_user, allow_device_kernels)
+    return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate)
+
+
+def _read_for_host(directory: str | Path) -> Artifact:
+    artifact = read_artifact(directory)
+    manifest, host = artifact.manifest, jax.default_backend()
+    if host not in manifest["platforms"]:
+        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest['platforms']), 200)} but this "
+                            f"machine runs {host}; recompile it with --platform {host}")
+    needed_devices(manifest)  # before reading the module: say what this machine lacks
+    return artifact
+
+
+def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False) -> Predictor:
+    """The artefact's forward pass with its initial state, without loading (or compiling) its
+    training step: what ``luxc predict`` runs. Same trust rules as :func:`load`."""
+    artifact = _read_for_host(directory)
+    forward = load_forward(artifact.files, artifact.manifest, artifact.directory,
+                           artifact.signed_by_this_user, allow_device_kernels)
+    if forward is None:
+        raise ArtifactError(f"{artifact.directory} holds no forward pass (its model could not be "
+                            "exported for any batch size when it was compiled, or an older luxc "
+                            "compiled it); recompile it with this luxc")
+    n_state = artifact.manifest["layout"]["n_state"]
+    state = artifact_tensors(artifact, "state.safetensors", artifact.manifest["inputs"][:n_state])
+    return Predictor(artifact.directory, artifact.manifest, forward, state)

@@ -12,6 +12,9 @@ bounded, checked against the manifest, and the manifest itself against a schema.
 ``executable.bin``     the XLA executable for the host platform (only when it is a target)
 ``state.safetensors``  the initial state: parameters, optimiser state and model state leaves
 ``data.safetensors``   the example data
+``forward.jaxexport``  the model's forward pass in test mode, any batch size
+                       (:mod:`luxc.runtime.forward`; absent when it could not be exported)
+``evaluate.jaxexport`` the objective without an update, test mode, any number of samples
 =====================  =======================================================================
 
 The set of file names is fixed here, not taken from the manifest: a manifest can neither point
@@ -46,7 +49,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 SIGNATURE_DOMAIN = "luxc-artifact-manifest-v2"
 REQUIRED_FILES = ("step.jaxexport", "step.mlir", "state.safetensors", "data.safetensors")
-OPTIONAL_FILES = ("executable.bin",)
+FORWARD_FILE = "forward.jaxexport"
+EVALUATE_FILE = "evaluate.jaxexport"
+OPTIONAL_FILES = ("executable.bin", FORWARD_FILE, EVALUATE_FILE)
 ARTIFACT_FILES = (MANIFEST, SIGNATURE, *REQUIRED_FILES, *OPTIONAL_FILES)
 
 
@@ -158,6 +163,8 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
         if any(not 0 <= d < _MAX_DIMENSION for d in spec["shape"]):
             raise ArtifactError(f"manifest input/output {i} has a dimension out of range")
     _check_layout(manifest)
+    _check_program(manifest, "forward", {"input": _ARRAY})
+    _check_program(manifest, "evaluate", {"inputs": [_ARRAY]})
     files = manifest["files"]
     for name, entry in files.items():
         if name not in REQUIRED_FILES + OPTIONAL_FILES:
@@ -169,6 +176,10 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     for name in REQUIRED_FILES:
         if name not in files:
             raise ArtifactError(f"manifest does not list {name}, which every artefact has")
+    for file, key in ((FORWARD_FILE, "forward"), (EVALUATE_FILE, "evaluate")):
+        if (file in files) != (key in manifest):
+            raise ArtifactError(f"manifest lists {file} without its {key} entry, or the entry "
+                                "without the file")
     if ("executable.bin" in files) != (manifest["executable_key"] is not None):
         raise ArtifactError("manifest lists an executable without its key, or a key without it")
     return manifest
@@ -209,6 +220,23 @@ def _check_layout(manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"manifest: state array {shown(name, 200)} goes in as "
                                 f"{_array(given)} but comes out as {_array(got)}; the state the "
                                 "step returns must be the state it takes")
+
+
+def _check_program(manifest: dict[str, Any], key: str, inputs: dict[str, Any]) -> None:
+    if key not in manifest:
+        return
+    spec = manifest[key]
+    _check(spec, {"n_parameters": int, "n_states": int, "n_outputs": int, **inputs}, key)
+    n_state = manifest["layout"]["n_state"]
+    if min(spec["n_parameters"], spec["n_states"], spec["n_outputs"]) < 0 or \
+            spec["n_parameters"] + spec["n_states"] > n_state:
+        raise ArtifactError(f"manifest field {key} counts {spec['n_parameters']} parameter and "
+                            f"{spec['n_states']} state arrays, more than the {n_state} the state "
+                            "holds")
+    for x in spec.get("inputs", [spec.get("input")]):
+        if x["dtype"] not in _ARRAY_DTYPES or any(not 0 <= d < _MAX_DIMENSION for d in x["shape"]):
+            raise ArtifactError(f"manifest field {key} has an input that is not an array luxc "
+                                "writes")
 
 
 def _array(spec: dict[str, Any]) -> str:

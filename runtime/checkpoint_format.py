@@ -201,3 +201,31 @@ def check_statics(path: Path, saved: dict[str, dict[str, Any]],
 
 def _show(entry: dict[str, Any]) -> str:
     return entry["repr"] if "repr" in entry else f"Val({entry['value']!r})"
+
+
+def state_from_checkpoint(path: str | Path, manifest: dict[str, Any]
+                          ) -> tuple[list[np.ndarray], Checkpoint]:
+    """The flat state an artefact's step takes (``manifest``'s ``layout.state_names`` order),
+    read from the checkpoint at ``path`` and checked against the artefact: the same leaves, of
+    the same shapes and dtypes, and the static values it was compiled with."""
+    layout = manifest["layout"]
+    names = layout["state_names"]
+    specs = dict(zip(names, manifest["inputs"]))
+    ckpt = read_checkpoint(path, max_bytes([{"path": n, **specs[n]} for n in names]))
+    if sorted(ckpt.names) != sorted(names):
+        missing = [n for n in names if n not in ckpt.names]
+        extra = [n for n in ckpt.names if n not in names]
+        raise ArtifactError(f"checkpoint {path} is not of this artefact's model: "
+                            + "; ".join(filter(None, [
+                                f"missing {', '.join(missing[:3])}" if missing else "",
+                                f"not in the artefact: {', '.join(extra[:3])}" if extra
+                                else ""])))
+    by_name = dict(zip(ckpt.names, ckpt.arrays))
+    for name in names:
+        a, spec = by_name[name], specs[name]
+        if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+            raise ArtifactError(f"checkpoint {path}: {name} is {a.dtype}{list(a.shape)}; the "
+                                f"artefact takes {spec['dtype']}{spec['shape']}")
+    if "statics" in layout:
+        check_statics(Path(path), ckpt.statics, layout["statics"])
+    return [by_name[n] for n in names], ckpt

@@ -27,7 +27,9 @@ _KINDS = {"b": "booleans", "i": "integers", "u": "unsigned integers", "f": "floa
           "c": "complex numbers", "V": "raw bytes"}
 
 
-def _header(f: Any, what: str) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(f: Any, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype in the `.npy` header at `f` (numpy bounds the header size); object
+    arrays refused."""
     try:
         version = np.lib.format.read_magic(f)
         shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
@@ -50,7 +52,7 @@ def _npz(path: Path) -> tuple[list[tuple[tuple[int, ...], np.dtype]], Any]:
     headers = []
     for i, member in enumerate(members):
         with archive.open(member) as f:
-            headers.append(_header(f, f"data[{i}] ({path}:{member[:-4]})"))
+            headers.append(npy_header(f, f"data[{i}] ({path}:{member[:-4]})"))
 
     def load() -> list[np.ndarray]:
         out = []
@@ -70,7 +72,7 @@ def _npy_directory(path: Path) -> tuple[list[tuple[tuple[int, ...], np.dtype]], 
     headers = []
     for i, p in enumerate(files):
         with open(p, "rb") as f:
-            headers.append(_header(f, f"data[{i}] ({p})"))
+            headers.append(npy_header(f, f"data[{i}] ({p})"))
     return headers, lambda: [np.load(p, mmap_mode="r", allow_pickle=False) for p in files]
 
 
@@ -97,6 +99,10 @@ class Dataset:
         self.seed = seed
         self._dtypes = [np.dtype(s["dtype"]) for s in specs]
         self._arrays = load()
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every sample, as the step's dtypes (an evaluation set: read whole)."""
+        return [np.asarray(a, dtype=d) for a, d in zip(self._arrays, self._dtypes)]
 
     def batch(self, index: int) -> list[np.ndarray]:
         """The data of step ``index`` (0-based, from the run's origin), as the step takes it."""

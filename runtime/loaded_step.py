@@ -17,12 +17,11 @@ from luxc.runtime.artifact_mesh import put
 from luxc.runtime.atomic_write import write_atomic
 from luxc.runtime.checkpoint_format import (
     canonical_order,
-    check_statics,
     checkpoint_bytes,
-    max_bytes,
-    read_checkpoint,
+    state_from_checkpoint,
 )
 from luxc.runtime.errors import ArtifactError
+from luxc.runtime.forward import Evaluate, Forward
 from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
@@ -40,7 +39,8 @@ class LoadedStep(CompiledStages):
 
     def __init__(self, artifact: Artifact, exported: jax_export.Exported,
                  compiled: jax.stages.Compiled, executable_source: str, notes: list[str],
-                 shardings: Sequence[Any]):
+                 shardings: Sequence[Any], forward: Forward | None = None,
+                 evaluate: Evaluate | None = None):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
@@ -49,13 +49,30 @@ class LoadedStep(CompiledStages):
         self._text = artifact.files["step.mlir"].decode("utf-8", errors="replace")
         self.layout = artifact.manifest["layout"]
         n_state = self.layout["n_state"]
-        state = _tensors(artifact, "state.safetensors", self.manifest["inputs"][:n_state])
-        data = _tensors(artifact, "data.safetensors", self.manifest["inputs"][n_state:])
+        state = artifact_tensors(artifact, "state.safetensors", self.manifest["inputs"][:n_state])
+        data = artifact_tensors(artifact, "data.safetensors", self.manifest["inputs"][n_state:])
         self._shardings = list(shardings)  # None for each input on one device
         self.state = put(state, self._shardings[:n_state])
         self.data = put(data, self._shardings[n_state:])
         self.step_count = int(self.layout["step"])
         self._scans: dict[tuple[int, bool], Callable] = {}
+        self.forward, self.evaluator = forward, evaluate
+
+    def evaluate(self, data: Sequence[Any]) -> tuple[float, list[float]]:
+        """The objective's loss and stats (in the layout's ``stat_names`` order; a stat that is
+        not a scalar: its mean) on all of ``data`` (the step's data arrays, any number of
+        samples), in test mode, with the current parameters and no update."""
+        if self.evaluator is None:
+            raise ArtifactError(f"{self.directory} holds no evaluation program (its objective "
+                                "could not be exported for any batch size, or an older luxc "
+                                "compiled it); recompile it")
+        return self.evaluator(self.state, [np.asarray(x) for x in data])
+
+    def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
+        """The model's output for ``x`` (batch-first, any batch size) in test mode, with the
+        current parameters and model state: ``model(x, ps, testmode(st))[0]`` (a list when the
+        model returns several arrays)."""
+        return _predict(self.forward, self.state, x, self.directory)
 
     @property
     def loss_scale(self) -> float | None:
@@ -203,33 +220,14 @@ class LoadedStep(CompiledStages):
     def load_state(self, path: str | Path) -> dict[str, Any] | None:
         """Continue from the checkpoint at ``path`` (written by ``save_state``, ``luxc run`` or
         ``luxc.save_state``); returns its run record (``None`` if it has none)."""
-        names = self.layout["state_names"]
-        specs = dict(zip(names, self.manifest["inputs"]))
-        expected = [{"path": n, **specs[n]} for n in names]
-        ckpt = read_checkpoint(path, max_bytes(expected))
-        if sorted(ckpt.names) != sorted(names):
-            missing = [n for n in names if n not in ckpt.names]
-            extra = [n for n in ckpt.names if n not in names]
-            raise ArtifactError(f"checkpoint {path} is not of this artefact's model: "
-                                + "; ".join(filter(None, [
-                                    f"missing {', '.join(missing[:3])}" if missing else "",
-                                    f"not in the artefact: {', '.join(extra[:3])}" if extra
-                                    else ""])))
-        by_name = dict(zip(ckpt.names, ckpt.arrays))
-        for name in names:
-            a, spec = by_name[name], specs[name]
-            if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
-                raise ArtifactError(f"checkpoint {path}: {name} is {a.dtype}{list(a.shape)}; the "
-                                    f"artefact takes {spec['dtype']}{spec['shape']}")
-        if "statics" in self.layout:
-            check_statics(Path(path), ckpt.statics, self.layout["statics"])
+        arrays, ckpt = state_from_checkpoint(path, self.manifest)
         n_state = self.layout["n_state"]
-        self.state = put([by_name[n] for n in names], self._shardings[:n_state])
+        self.state = put(arrays, self._shardings[:n_state])
         self.step_count = ckpt.step
         return ckpt.run
 
 
-def _tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list[np.ndarray]:
+def artifact_tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list[np.ndarray]:
     arrays, _ = tensors_from_bytes(artifact.files[name], f"{artifact.directory / name}")
     if len(arrays) != len(specs):
         raise ArtifactError(f"{artifact.directory / name} holds {len(arrays)} arrays; the manifest "
@@ -240,3 +238,30 @@ def _tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list
                                 f"{list(a.shape)}; the manifest says {spec['dtype']}"
                                 f"{spec['shape']}")
     return arrays
+
+
+def _predict(forward: Forward | None, state: Sequence[Any], x: Any, directory: Path):
+    if forward is None:
+        raise ArtifactError(f"{directory} holds no forward pass (its model could not be exported "
+                            "for any batch size, or an older luxc compiled it); recompile it")
+    outs = forward(state, x)
+    return outs[0] if len(outs) == 1 else outs
+
+
+class Predictor:
+    """An artefact's forward pass and a state to run it with (the artefact's initial one, or a
+    checkpoint's after :meth:`load_state`); what ``luxc predict`` runs."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], forward: Forward,
+                 state: list[np.ndarray]):
+        self.directory, self.manifest, self.forward, self.state = directory, manifest, forward, \
+            state
+        self.step_count = int(manifest["layout"]["step"])
+
+    def load_state(self, path: str | Path) -> None:
+        """Use the parameters and model state of the checkpoint at ``path``."""
+        self.state, ckpt = state_from_checkpoint(path, self.manifest)
+        self.step_count = ckpt.step
+
+    def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
+        return _predict(self.forward, self.state, x, self.directory)

@@ -23,3 +23,17 @@ def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subpro
     """Run ``code`` in a fresh Python process (for multi-device and fresh-process checks)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def luxc_cli(*args, cwd) -> subprocess.CompletedProcess:
+    """Run the ``luxc`` command in a fresh process in directory ``cwd``."""
+    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def compile_factory(directory, source: str) -> None:
+    """Write ``source`` (defining ``factory()``) to ``directory/model_src.py`` and compile it
+    with ``luxc compile`` to ``directory/step.luxc``."""
+    (directory / "model_src.py").write_text(source)
+    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=directory)
+    assert r.returncode == 0, r.stderr

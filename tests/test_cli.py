@@ -78,7 +78,8 @@ def _expected_losses(n):
 def test_compile_writes_a_complete_artefact(artefact):
     manifest = json.loads((artefact / "manifest.json").read_text())
     assert set(manifest["files"]) == {"step.jaxexport", "step.mlir", "executable.bin",
-                                      "state.safetensors", "data.safetensors"}
+                                      "state.safetensors", "data.safetensors",
+                                      "forward.jaxexport", "evaluate.jaxexport"}
     assert manifest["platforms"] == ["cpu"] and manifest["executable_platform"] == "cpu"
     assert manifest["versions"]["jax"] and manifest["layout"]["n_data"] == 2
     names = [o["name"] for o in manifest["outputs"]]

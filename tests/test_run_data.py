@@ -13,6 +13,7 @@ import pytest
 
 import luxc
 from luxc.runtime.tensor_codec import tensors_from_bytes
+from tests.conftest import compile_factory, luxc_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +30,10 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def luxc_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("run_data")
-    (d / "model_src.py").write_text(FACTORY)
-    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=d)
-    assert r.returncode == 0, r.stderr
+    compile_factory(d, FACTORY)
     x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     np.savez(d / "train.npz", x, x.sum(1, keepdims=True))
     return d
@@ -183,3 +177,26 @@ def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_
     assert 1000 <= step < 60000
     ts = luxc.load_state(tmp_path / "ck" / f"step-{step:08d}.safetensors", like=_factory_ts(work))
     assert ts.step == step
+
+
+def test_eval_data_prints_and_logs_the_objective_in_test_mode_on_every_sample(work, tmp_path):
+    gx = np.random.default_rng(7).normal(size=(20, 3)).astype(np.float32)  # not the batch, 8
+    gy = (gx[:, :1] - gx[:, 1:2]).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", gx, gy)
+    r = luxc_cli("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "4",
+                 "--eval-data", "eval.npz", "--eval-every", "2", "--log", "log.jsonl",
+                 "--checkpoint", "ck", "--checkpoint-every", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    printed = [line for line in r.stdout.splitlines() if line.startswith("eval step")]
+    rows = [row for row in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+            if row.get("eval")]
+    assert [row["step"] for row in rows] == [2, 4] and len(printed) == 2
+    like = _factory_ts(work)
+    for row, line in zip(rows, printed):
+        ts = luxc.load_state(tmp_path / "ck" / f"step-{row['step']:08d}.safetensors", like=like)
+        # The objective in Python, eager, on the checkpoint's parameters: test mode (BatchNorm's
+        # running statistics), every one of the 20 samples at once.
+        want = float(luxc.MSELoss()(ts.model, ts.parameters, luxc.testmode(ts.states),
+                                    (gx, gy))[0])
+        assert abs(row["loss"] - want) <= 1e-5 * max(1.0, abs(want)), (row, want)
+        assert line.startswith(f"eval step {row['step']}  loss {row['loss']:.6g}")

@@ -187,7 +187,8 @@ def test_each_file_is_read_once_and_the_checked_bytes_are_used(art, monkeypatch)
     monkeypatch.setattr(artifact_format, "read_regular", counting)
     _load(art)
     assert sorted(reads) == sorted(["manifest.json", "manifest.sig", "step.jaxexport", "step.mlir",
-                                    "state.safetensors", "data.safetensors", "executable.bin"])
+                                    "state.safetensors", "data.safetensors", "executable.bin",
+                                    "forward.jaxexport", "evaluate.jaxexport"])
 
 
 def test_a_state_file_dropped_from_the_manifest_is_an_error_not_silently_read(art):

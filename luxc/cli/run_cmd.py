@@ -96,6 +96,11 @@ class _Interrupt:
                    "artefact's batch: shuffled batches each epoch; default: the example data "
                    "stored in the artefact")
 @click.option("--seed", type=click.IntRange(min=0), help="the data order's seed (default 0)")
+@click.option("--eval-data", "eval_path", type=click.Path(),
+              help="evaluate the objective (test mode, no update) on all the samples of this "
+                   ".npz (or directory of .npy files, as --data) as the run goes")
+@click.option("--eval-every", type=click.IntRange(min=1, max=_MAX_STEPS),
+              help="steps between evaluations (default: about ten in the run, and at its end)")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="start from this checkpoint (written by luxc run or luxc.save_state)")
 @click.option("--save-state", type=click.Path(dir_okay=False),
@@ -124,12 +129,13 @@ class _Interrupt:
                    "an artefact you did not sign)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
-def run(directory, steps, epochs, data_path, seed, state_path, save_state, checkpoint_dir,
-        checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet, plot, time_limit,
-        allow_device_kernels):
+def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_path, save_state,
+        checkpoint_dir, checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet,
+        plot, time_limit, allow_device_kernels):
     """Train with the artefact in DIRECTORY (no model source needed).
 
-    Prints the loss every --every steps (a progress bar on a terminal), then a summary: steps,
+    Prints the loss every --every steps (a progress bar on a terminal), the loss and stats on
+    --eval-data every --eval-every steps (`eval step N  loss ...`), then a summary: steps,
     wall time, steps/s, first and last loss, and which executable ran (the artefact's
     serialized one, or one compiled from its portable StableHLO). Ctrl-C writes a checkpoint
     (with --checkpoint or --save-state) and exits with status 130.
@@ -146,6 +152,9 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
         outputs.check_new_file(log_path, directory, "--log", append=resume)
     if plot:
         _check_plot(plot, directory)
+    if eval_every and not eval_path:
+        raise CliError("--eval-every counts steps between evaluations on --eval-data; give "
+                       "--eval-data")
     if epochs and not data_path:
         raise CliError("--epochs counts passes over --data; give --data, or --steps")
     if epochs and steps:
@@ -167,12 +176,20 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
             if seed is not None and seed != run_record["seed"]:
                 raise CliError(f"--seed {seed}: the run in {checkpoint_dir} uses seed "
                                f"{run_record['seed']}; resume it without --seed")
+    from luxc.runtime.dataset import Dataset
+
     dataset = None
     if data_path:
-        from luxc.runtime.dataset import Dataset
-
         dataset = Dataset(data_path, loaded.manifest["inputs"][n_state:],
                           loaded.layout["data_names"], run_record["seed"])
+    eval_data = None
+    if eval_path:
+        if loaded.evaluator is None:
+            raise CliError(f"{directory} holds no evaluation program (its objective could not "
+                           "be exported for any batch size, or an older luxc compiled it); "
+                           "recompile it to use --eval-data")
+        eval_data = Dataset(eval_path, loaded.manifest["inputs"][n_state:],
+                            loaded.layout["data_names"]).arrays()
     total = steps or (epochs * dataset.batches_per_epoch if epochs else
                       dataset.batches_per_epoch if dataset and dataset.samples > dataset.batch_size
                       else 10)
@@ -185,6 +202,7 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     # Lines and log rows at the same steps whether or not the run was resumed.
     first_step, every = loaded.step_count + 1, _every(every, total)
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
+    eval_every = eval_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
     if resume and log_path and Path(log_path).exists():
         _truncate_log(log_path, loaded.step_count)
@@ -206,6 +224,15 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
             scales.append(loaded.loss_scale)  # float16 training: its loss scale changed
             echo(f"step {step}  loss scale {scales[-2]:g} -> {scales[-1]:g}")
 
+    def evaluate(step: int) -> None:
+        loss, stats = loaded.evaluate(eval_data)
+        if log is not None:
+            log.write(json.dumps({"step": step, "loss": loss, **dict(zip(stat_names, stats)),
+                                  "eval": True}) + "\n")
+        if not quiet:
+            click.echo(f"eval step {step}  loss {loss:.6g}" + "".join(
+                f"  {name} {value:.6g}" for name, value in zip(stat_names, stats)))
+
     def batches(i: int):
         return dataset.batch(start_index + i)
 
@@ -219,12 +246,15 @@ def run(directory, steps, epochs, data_path, seed, state_path, save_state, check
     with _Interrupt() as interrupt:
         while loaded.step_count < end and not interrupt.requested:
             start_index = loaded.step_count - run_record["origin"]
-            # Segments end on multiples of --checkpoint-every: a resumed run saves where an
-            # uninterrupted one does.
-            n = min(end, (loaded.step_count // checkpoint_every + 1) * checkpoint_every) \
-                - loaded.step_count
+            # Segments end on multiples of --checkpoint-every and --eval-every: a resumed run
+            # saves and evaluates where an uninterrupted one does.
+            n = min(end, *((loaded.step_count // k + 1) * k
+                           for k in (checkpoint_every, eval_every))) - loaded.step_count
             _train(loaded, n, dataset and batches, line, steps_per_call, quiet,
                    lambda: interrupt.requested, deadline)
+            if eval_data is not None and not interrupt.requested and (
+                    loaded.step_count % eval_every == 0 or loaded.step_count == end):
+                evaluate(loaded.step_count)  # before the checkpoint: a resume logs it again
             if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
                                    loaded.step_count == end or interrupt.requested):
                 save(outputs.checkpoint_path(checkpoint_dir, loaded.step_count))

@@ -1,0 +1,74 @@
+"""``luxc predict``: run an artefact's forward pass (the trained model) without its source."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import click
+import numpy as np
+
+from luxc.cli import run_outputs as outputs
+from luxc.cli._common import CliError
+
+
+def _check_out(path: str, directory: str) -> None:
+    """``--out``: a ``.npy`` name outside the artefact; an existing file is replaced only when
+    it is a ``.npy`` array already (luxc never overwrites anything else)."""
+    from luxc.runtime.atomic_write import check_writable_file
+
+    if Path(path).suffix.lower() != ".npy":
+        raise CliError(f"--out {path}: luxc writes the predictions as a .npy array; give a .npy "
+                       "name")
+    outputs.check_outside(path, directory, "--out")
+    check_writable_file(path, "--out")
+    out = Path(path)
+    if out.is_symlink() or out.exists() and not _is_npy(out):
+        raise CliError(f"--out {path} exists and is not a .npy array; luxc does not overwrite "
+                       "it: remove it yourself or choose another name")
+
+
+def _is_npy(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return path.is_file() and f.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
+
+
+@click.command()
+@click.argument("directory", type=click.Path())
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="a .npy array of inputs, batch-first: any number of samples of the shape "
+                   "and dtype the model takes (`luxc inspect` shows data[0])")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="write the model's outputs here as a .npy array")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False),
+              help="use the parameters and model state of this checkpoint (written by luxc run "
+                   "--save-state/--checkpoint or luxc.save_state); default: the artefact's own")
+@click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
+              "Pallas) in an artefact you did not sign: only if you trust its author")
+def predict(directory, input_path, out_path, state_path, allow_device_kernels):
+    """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
+    running statistics, Dropout is the identity), and write its output to --out."""
+    from luxc.runtime.artifact import load_predictor
+    from luxc.runtime.atomic_write import write_atomic
+    from luxc.runtime.forward import read_input
+
+    _check_out(out_path, directory)  # before any work: a refusal loses nothing
+    predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels)
+    if predictor.forward.exported.out_avals and len(predictor.forward.exported.out_avals) != 1:
+        raise CliError(f"the model of {directory} returns "
+                       f"{len(predictor.forward.exported.out_avals)} arrays; --out holds one: use "
+                       "luxc.load(DIR).predict(x) in Python")
+    if state_path:
+        predictor.load_state(state_path)
+    x = read_input(input_path, predictor.forward)
+    y = predictor.predict(x)
+    buffer = io.BytesIO()
+    np.save(buffer, y, allow_pickle=False)
+    write_atomic(out_path, buffer.getvalue())
+    source = f"checkpoint {state_path}, step {predictor.step_count}" if state_path else \
+        f"the artefact's state, step {predictor.step_count}"
+    click.echo(f"wrote {y.dtype}{list(y.shape)} to {out_path} ({x.shape[0]} samples; parameters "
+               f"from {source})")
