@@ -95,11 +95,14 @@ def _one_line(result: dict, *parts: str) -> None:
         assert part in message, message
 
 
+def _trains_like_autojax(placement: dict, case: str) -> None:
+    assert placement[case]["loss"] == pytest.approx(placement["eager"]["loss"], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_a_split_batch_with_a_default_placed_state_trains_like_autojax(placement):
     # The state jax placed by default moves onto the batch's mesh, as under jax.jit.
-    assert placement["split batch, one-device state"]["loss"] == pytest.approx(
-        placement["eager"]["loss"], rel=1e-5)
+    _trains_like_autojax(placement, "split batch, one-device state")
 
 
 @pytest.mark.slow
@@ -119,8 +122,7 @@ def test_a_batch_on_an_explicit_mesh_is_refused_in_one_line_not_in_the_trace(pla
 
 @pytest.mark.slow
 def test_a_state_and_batch_both_placed_by_hand_on_an_explicit_mesh_train(placement):
-    assert placement["explicit batch, explicit state"]["loss"] == pytest.approx(
-        placement["eager"]["loss"], rel=1e-5)
+    _trains_like_autojax(placement, "explicit batch, explicit state")
 
 
 @pytest.mark.slow
@@ -131,7 +133,7 @@ def test_shard_leaves_the_users_mesh_as_it_is(placement):
 @pytest.mark.slow
 def test_shard_batch_on_the_users_explicit_mesh_trains_like_autojax(placement):
     for case in ("shard_batch on the explicit mesh", "default-placed batch, sharded state"):
-        assert placement[case]["loss"] == pytest.approx(placement["eager"]["loss"], rel=1e-5)
+        _trains_like_autojax(placement, case)
 
 
 @pytest.mark.slow
