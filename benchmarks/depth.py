@@ -1,14 +1,16 @@
 """The ``depth`` workload: N pre-LN transformer blocks (workloads.transformer_block: W256, 4 heads,
 MLP 1024, T128, batch 8), one fwd+bwd+Adam step, for luxc ``Chain`` (unrolled), luxc ``Stack``
 (``lax.scan``), luxc ``Stack(remat="nothing_saveable")``, and hand-written ``jax.jit`` + optax,
-unrolled and with ``lax.scan``. Interleaved; first-step seconds, ms/step, ms per block and the
-compiled step's temporaries (``memory_analysis()``).
+unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks (when torch is
+installed; its temporaries are not XLA's, so not shown). Interleaved; first-step seconds,
+ms/step, ms per block and the compiled step's temporaries (``memory_analysis()``).
 
     python -m benchmarks --only depth --depths 1,4 --quick
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import time
@@ -25,10 +27,12 @@ try:
     from benchmarks import workloads as wl
     from benchmarks._timing import samples, steps
     from benchmarks.peers_jax import jit_adam_step
+    from benchmarks.peers_torch import torch_step
 except ImportError:  # run from benchmarks/
     import workloads as wl
     from _timing import samples, steps
     from peers_jax import jit_adam_step
+    from peers_torch import torch_step
 
 B = 8
 DEPTHS = (1, 4, 12, 24)
@@ -101,6 +105,12 @@ def _jax(n: int, scan: bool) -> tuple[Callable, Callable]:
     return step, temporaries
 
 
+def _torch_compile(n: int) -> tuple[Callable, Callable]:
+    work = next(w for w in wl.WORKLOADS if w.key == "transformer")
+    x, y = _data()
+    return torch_step(work, x, y, compiled=True, blocks=n), lambda: math.nan  # XLA's figure only
+
+
 VARIANTS: dict[str, Callable[[int], tuple[Callable, Callable]]] = {
     "luxc Chain": lambda n: _luxc(nn.Chain(*[wl.transformer_block() for _ in range(n)])),
     "luxc Stack": lambda n: _luxc(nn.Stack(wl.transformer_block(), n)),
@@ -108,6 +118,8 @@ VARIANTS: dict[str, Callable[[int], tuple[Callable, Callable]]] = {
     "jax.jit unrolled": lambda n: _jax(n, scan=False),
     "jax.jit lax.scan": lambda n: _jax(n, scan=True),
 }
+if importlib.util.find_spec("torch") is not None:
+    VARIANTS["torch.compile"] = _torch_compile
 
 
 def run(depths: tuple[int, ...], rounds: int, n_steps: int) -> list[dict]:

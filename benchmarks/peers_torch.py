@@ -74,10 +74,12 @@ def _loss(key: str):
     return dice
 
 
-def torch_step(work: wl.Workload, x, y, compiled: bool, autocast: bool = False) -> Step:
+def torch_step(work: wl.Workload, x, y, compiled: bool, autocast: bool = False,
+               blocks: int = 1) -> Step:
     """One eager (or ``torch.compile``-d) training step; waiting on it reads the loss.
     ``autocast``: the forward and loss under ``torch.autocast("cpu", torch.bfloat16)`` (torch's
-    mixed precision: float32 parameters, bf16 matrix products)."""
+    mixed precision: float32 parameters, bf16 matrix products). ``blocks``: that many copies of
+    the workload's model one after another (the depth benchmark's N transformer blocks)."""
     # Before torch loads OpenMP: idle threads sleep instead of spinning on the cores the next
     # variant needs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -85,7 +87,8 @@ def torch_step(work: wl.Workload, x, y, compiled: bool, autocast: bool = False) 
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = _model(work.key)
+    model = (_model(work.key) if blocks == 1
+             else torch.nn.Sequential(*[_model(work.key) for _ in range(blocks)]))
     tx = np.array(x)  # a writable copy: torch refuses read-only buffers
     if work.key == "lenet":
         tx = np.transpose(tx, (0, 3, 1, 2))  # torch convolutions are channels-first
