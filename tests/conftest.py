@@ -37,3 +37,18 @@ def compile_factory(directory, source: str) -> None:
     (directory / "model_src.py").write_text(source)
     r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=directory)
     assert r.returncode == 0, r.stderr
+
+
+def run_pass_body(text: str, name: str) -> tuple[list[str], int]:
+    """Run the pass ``name`` on StableHLO ``text``: the function body's lines (stripped, without
+    the module/func wrapper) and the pass's rewrite count, for golden-text tests."""
+    from jaxlib.mlir import ir
+
+    from luxc import passes
+    from luxc.runtime._jax_internal import ir_context
+
+    with ir_context():
+        module = ir.Module.parse(text)
+        (record,) = passes.run_pipeline(module, [name])
+        lines = [line.strip() for line in str(module).splitlines()]
+        return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites

@@ -6,19 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from jaxlib.mlir import ir
 
-from luxc import passes
-from luxc.runtime._jax_internal import ir_context
 from luxc.runtime.executable import rewrite
+from tests.conftest import run_pass_body
 
-
-def _run(text: str, name: str) -> tuple[list[str], int]:
-    with ir_context():
-        module = ir.Module.parse(text)
-        (record,) = passes.run_pipeline(module, [name])
-        lines = [line.strip() for line in str(module).splitlines()]
-        return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
+_run = run_pass_body
 
 
 def _grads(spec, pad, x_shape, w_shape, wrt):

@@ -7,20 +7,15 @@ import numpy as np
 import optax
 import pytest
 from jax import lax
-from jaxlib.mlir import ir
 
 import luxc
-from luxc import nn, passes
-from luxc.runtime._jax_internal import ir_context
+from luxc import nn
 from luxc.runtime.executable import rewrite
+from tests.conftest import run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:
-    with ir_context():
-        module = ir.Module.parse(text)
-        (record,) = passes.run_pipeline(module, ["dot_flatten"])
-        lines = [line.strip() for line in str(module).splitlines()]
-        return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
+    return run_pass_body(text, "dot_flatten")
 
 
 def _module(lhs: str, rhs: str, out: str, dims: str, extra: str = "") -> str:

@@ -5,19 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxlib.mlir import ir
 
 import luxc
-from luxc import nn, passes
-from luxc.runtime._jax_internal import ir_context
+from luxc import nn
+from tests.conftest import run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:
-    with ir_context():
-        module = ir.Module.parse(text)
-        (record,) = passes.run_pipeline(module, ["dot_f32_accumulate"])
-        lines = [line.strip() for line in str(module).splitlines()]
-        return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
+    return run_pass_body(text, "dot_f32_accumulate")
 
 
 def _module(lhs: str, rhs: str, out: str, dims: str) -> str:
