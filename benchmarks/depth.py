@@ -1,6 +1,7 @@
 """The ``depth`` workload: N pre-LN transformer blocks (workloads.transformer_block: W256, 4 heads,
 MLP 1024, T128, batch 8), one fwd+bwd+Adam step, for luxc ``Chain`` (unrolled), luxc ``Stack``
-(``lax.scan``), luxc ``Stack(remat="nothing_saveable")``, and hand-written ``jax.jit`` + optax,
+(``lax.scan``; its default ``remat="dots_saveable"``, and ``remat=None``: every residual kept),
+luxc ``Stack(remat="nothing_saveable")``, and hand-written ``jax.jit`` + optax,
 unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks (when torch is
 installed; its temporaries are not XLA's, so not shown). Interleaved; first-step seconds,
 ms/step, ms per block and the compiled step's temporaries (``memory_analysis()``).
@@ -113,7 +114,8 @@ def _torch_compile(n: int) -> tuple[Callable, Callable]:
 
 VARIANTS: dict[str, Callable[[int], tuple[Callable, Callable]]] = {
     "luxc Chain": lambda n: _luxc(nn.Chain(*[wl.transformer_block() for _ in range(n)])),
-    "luxc Stack": lambda n: _luxc(nn.Stack(wl.transformer_block(), n)),
+    "luxc Stack": lambda n: _luxc(nn.Stack(wl.transformer_block(), n)),  # remat="dots_saveable"
+    "luxc Stack remat=None": lambda n: _luxc(nn.Stack(wl.transformer_block(), n, remat=None)),
     "luxc Stack remat": lambda n: _luxc(nn.Stack(wl.transformer_block(), n, remat="nothing_saveable")),
     "jax.jit unrolled": lambda n: _jax(n, scan=False),
     "jax.jit lax.scan": lambda n: _jax(n, scan=True),

@@ -21,6 +21,16 @@ from luxc.nn._core import AbstractLayer, LayerShapeError, PyTree, _fmt_int, para
 POLICY_NAMES = ("nothing_saveable", "everything_saveable", "dots_saveable", "checkpoint_dots",
                 "dots_with_no_batch_dims_saveable", "checkpoint_dots_with_no_batch_dims")
 
+# Stack's default: keep the matmul and convolution outputs of each block, recompute the
+# elementwise rest in the backward pass. Without a policy, lax.scan's backward reads every
+# residual of the forward from a stacked (n, ...) buffer (zero-filled, written by
+# dynamic-update-slice, read by dynamic-slice), where an unrolled program lets XLA fuse the cheap
+# elementwise producers into their backward consumers instead. On the 12-block transformer of
+# benchmarks/depth.py that is 37.6 MiB of residuals a block (the MLP's tanh-GELU alone keeps five
+# (8, 128, 1024) tensors) against 7.6 MiB with this policy, and 32.9 against 23.2 ms a block
+# (benchmarks/RESULTS.md, "Depth").
+DEFAULT_STACK_REMAT = "dots_saveable"
+
 
 def checkpoint_policy(policy: str | Callable) -> Callable:
     """The ``jax.checkpoint`` policy named ``policy`` (a ``jax.checkpoint_policies`` name), or
@@ -154,8 +164,13 @@ class Stack(AbstractLayer):
     Args:
         layer: the block.
         n: the number of blocks (≥ 1).
-        remat: ``None``, or a ``jax.checkpoint_policies`` name or callable: each block's
-            activations are recomputed in the backward pass (see :class:`Remat`).
+        remat: a ``jax.checkpoint_policies`` name or callable saying which of each block's
+            activations the backward pass keeps (the rest is recomputed, see :class:`Remat`);
+            the default ``"dots_saveable"`` keeps the matmul and convolution outputs and
+            recomputes the elementwise rest (README "Deep models": faster than keeping
+            everything, because a scan materialises every kept residual as an ``(n, ...)``
+            buffer); ``"nothing_saveable"`` keeps only each block's input (least memory);
+            ``None`` keeps every residual (``lax.scan`` alone).
 
     >>> import jax, luxc
     >>> m = Stack(luxc.nn.Dense(4, 4, jax.nn.tanh), 12)
@@ -166,7 +181,8 @@ class Stack(AbstractLayer):
     (2, 4)
     """
 
-    def __init__(self, layer: AbstractLayer, n: int, *, remat: str | Callable | None = None):
+    def __init__(self, layer: AbstractLayer, n: int, *,
+                 remat: str | Callable | None = DEFAULT_STACK_REMAT):
         if not isinstance(layer, AbstractLayer):
             raise TypeError(f"Stack expects a luxc layer; received {type(layer).__name__}")
         _check_n("Stack: n", n)
@@ -193,7 +209,7 @@ class Stack(AbstractLayer):
         return lax.scan(lambda h, ps_st: step(h, *ps_st), x, (ps, st), length=self.n)
 
     def summary(self) -> str:
-        extra = "" if self.remat is None else f", remat={_policy_name(self.remat)}"
+        extra = "" if self.remat == DEFAULT_STACK_REMAT else f", remat={_policy_name(self.remat)}"
         return f"Stack({self.n} × {self.layer.summary()}{extra})"
 
     def _render_lines(self, indent: int) -> list[tuple[str, str]]:
@@ -202,8 +218,10 @@ class Stack(AbstractLayer):
         return [("    " * indent + self.summary(), note)]
 
 
-def _policy_name(policy: str | Callable) -> str:
-    return policy if isinstance(policy, str) else getattr(policy, "__name__", "custom")
+def _policy_name(policy: str | Callable | None) -> str:
+    if policy is None or isinstance(policy, str):
+        return str(policy)
+    return getattr(policy, "__name__", "custom")
 
 
 class RepeatedLayer(AbstractLayer):
