@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 def _depth(depths: tuple[int, ...], rounds: int, quick: bool, out: str, command: str) -> None:
     """The depth table, printed and written as the "Depth" section of RESULTS.md."""
     load = [f"{v:.2f}" for v in os.getloadavg()]
-    text = depth.table(depth.run(depths, rounds, 1 if quick else 3))
+    text = depth.table(depth.run(depths, rounds, 1 if quick else 3)) + "\n\n" + depth.microbatch_table()
     section = (f"## Depth\n\n`{command}`, load average {' '.join(load)} at the start\n\n"
                f"{text}\n")
     print(section, flush=True)
