@@ -141,11 +141,19 @@ if importlib.util.find_spec("torch") is not None:
     VARIANTS["torch.compile"] = _torch_compile
 
 
-def run(depths: tuple[int, ...], rounds: int, n_steps: int) -> list[dict]:
-    """One row per (variant, depth); every variant of every depth interleaved in one run."""
+def run(depths: tuple[int, ...], rounds: int, n_steps: int,
+        variants: tuple[str, ...] | None = None) -> list[dict]:
+    """One row per (variant, depth); every variant of every depth interleaved in one run
+    (``variants``: names of ``VARIANTS``, default all)."""
+    unknown = set(variants or ()) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"depth variants: no variant named {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(VARIANTS)}")
     made, first, temps = {}, {}, {}
     for n in depths:
         for name, make in VARIANTS.items():
+            if variants and name not in variants:
+                continue
             step, temporaries = make(n)
             t0 = time.perf_counter()
             step().block_until_ready()

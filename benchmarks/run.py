@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
     parser.add_argument("--depths", default=",".join(map(str, depth.DEPTHS)),
                         help="block counts of the depth workload (default 1,4,12,24)")
+    parser.add_argument("--depth-variants", help="comma-separated variants of the depth workload "
+                        "(default all): " + ", ".join(depth.VARIANTS))
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 15)
     only = args.only.split(",") if args.only else keys
@@ -126,13 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     if peers_gpt.WORKLOAD.key in only:
         _gpt(rounds, args.quick, args.out, command)
     if "depth" in only:
-        _depth(tuple(int(n) for n in args.depths.split(",")), rounds, args.quick, args.out, command)
+        variants = tuple(args.depth_variants.split(",")) if args.depth_variants else None
+        _depth(tuple(int(n) for n in args.depths.split(",")), variants, rounds, args.quick,
+               args.out, command)
 
 
-def _depth(depths: tuple[int, ...], rounds: int, quick: bool, out: str, command: str) -> None:
+def _depth(depths: tuple[int, ...], variants: tuple[str, ...] | None, rounds: int, quick: bool,
+           out: str, command: str) -> None:
     """The depth table, printed and written as the "Depth" section of RESULTS.md."""
     load = [f"{v:.2f}" for v in os.getloadavg()]
-    text = depth.table(depth.run(depths, rounds, 1 if quick else 3)) + "\n\n" + depth.microbatch_table()
+    rows = depth.run(depths, rounds, 1 if quick else 3, variants)
+    text = depth.table(rows) + "\n\n" + depth.microbatch_table()
     section = (f"## Depth\n\n`{command}`, load average {' '.join(load)} at the start\n\n"
                f"{text}\n")
     print(section, flush=True)
