@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         _gpt(rounds, args.quick, args.out, command)
     if "depth" in only:
         variants = tuple(args.depth_variants.split(",")) if args.depth_variants else None
+        unknown = sorted(set(variants or ()) - set(depth.VARIANTS))
+        if unknown:
+            parser.error(f"--depth-variants: no variant named {', '.join(unknown)}; choose from "
+                         + ", ".join(depth.VARIANTS))
         _depth(tuple(int(n) for n in args.depths.split(",")), variants, rounds, args.quick,
                args.out, command)
 
