@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from luxc.runtime.host_memory import retain_host_memory
+
 
 class CliError(click.ClickException):
     def format_message(self) -> str:
@@ -42,7 +44,13 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.version_option(package_name="luxc")
 def main() -> None:
-    """luxc: Lux.jl's training utilities on JAX, with the step compiled ahead of time."""
+    """luxc: Lux.jl's training utilities on JAX, with the step compiled ahead of time.
+
+    The command owns its process, so it keeps the host memory each step frees for the next
+    one (``luxc.retain_host_memory``); ``LUXC_HOST_MEMORY=release`` leaves malloc as it is.
+    """
+    if os.environ.get("LUXC_HOST_MEMORY", "retain") != "release":
+        retain_host_memory()
 
 
 def load_factory(spec: str) -> Callable[[], Any]:
