@@ -14,15 +14,6 @@ def private_luxc_key(tmp_path_factory):
     os.environ.pop("LUXC_KEY_FILE", None)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def host_memory_left_alone():
-    """The ``luxc`` command invoked in this process (click's CliRunner) must not change the test
-    process's malloc: memory measurements elsewhere in the suite rely on glibc's defaults."""
-    os.environ["LUXC_HOST_MEMORY"] = "release"
-    yield
-    os.environ.pop("LUXC_HOST_MEMORY", None)
-
-
 @pytest.fixture
 def key():
     return jax.random.key(0)
