@@ -123,3 +123,27 @@ def test_a_bf16_step_runs_every_dense_dot_on_bf16_operands_and_equals_the_step_w
     assert abs(float(l1) - float(l0)) <= 2.0**-7 * abs(float(l0))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2.0**-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_a_bf16_one_channel_convolution_is_summed_in_float32_and_rounded_once():
+    from jax import lax
+
+    from luxc.runtime.executable import rewrite
+
+    def conv(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 1)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6)).astype(jnp.bfloat16)
+    exported = jax.export.export(jax.jit(conv))(x, w)
+    new, (record,) = rewrite(exported, ["conv_few_channels"])
+    assert record.rewrites == 1
+    text = new.mlir_module()
+    # the operands converted to float32 once each, the 25-term sum rounded to bf16 once
+    assert text.count("-> tensor<4x9x7x1xf32>") == 1 and text.count("-> tensor<5x5x1x6xf32>") == 1
+    assert text.count("(tensor<4x5x3x6xf32>) -> tensor<4x5x3x6xbf16>") == 1
+    # reference: the float32 convolution of the same bf16 values, rounded once to bf16
+    ref = conv(x.astype(jnp.float32), w.astype(jnp.float32)).astype(jnp.bfloat16)
+    got = new.call(x, w)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32),
+                               rtol=2.0**-8, atol=1e-6)
