@@ -4,11 +4,10 @@ the narrow type.
 
 Why: the bias gradients of a mixed-precision step are bf16 sums over the batch (the transpose
 of the bias broadcast). XLA:CPU computes a narrow-type reduce in float32 anyway
-(``FloatNormalization``), but first splits a long one into a tree, a ``reduce-window`` over
-blocks of 32 rows and a second reduce (XLA's ``TreeReductionRewriter`` keeps the rounding of a
-narrow accumulator small), and its ``reduce-window`` loop is slow: the bf16 MLP 784-512-512-10
-b256 step spent 0.8 ms in two ``wrapped_reduce-window``\\s for two 256×512 sums (``luxc profile
---ops``), more than a bf16 matrix product of the same rows. A float32 sum is a plain reduce.
+(``FloatNormalization``), but its optimised module splits the bf16 256×512 sums of the MLP
+784-512-512-10 b256 step into a ``reduce-window`` over blocks of 32 rows and a second reduce,
+and that ``reduce-window`` loop is slow: 0.8 ms for the two sums (``luxc profile --ops``), more
+than a bf16 matrix product of the same rows. The same sums in float32 are plain reduces there.
 
 Why it is exact in its own terms: every addend is the same (a bf16 or f16 value converts to
 float32 exactly), the additions are done in float32 — as XLA:CPU did them for the narrow
