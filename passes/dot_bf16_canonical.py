@@ -10,7 +10,7 @@ the operands of every other bf16 dot to float32, before any simplification). YNN
 "column major". A training step breaks it twice: jax writes ``x·Wᵀ`` as ``dot(x,
 transpose(W))``, and XLA gives a transpose the permuted layout ``{0,1}`` (not descending); the
 weight gradient ``gᵀ·x`` contracts the left operand over its first axis (the batch). Both fall
-back to float32 (the MLP 784-512-512-10 step: all six dots ran in f32 behind ``convert``\\s).
+back to float32 (the MLP 784-512-512-10 step: all 8 dots ran in f32 behind ``convert``\\s).
 
 The rewrite, for a rank-2 ``dot_general`` without batch axes, bf16 × bf16 → f32:
 
