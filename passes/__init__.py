@@ -18,12 +18,14 @@ from luxc.passes import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
+    dot_bf16_canonical,
     dot_f32_accumulate,
     dot_flatten,
     dot_swap_operands,
     fuse_loss_reductions,
     fuse_rsqrt,
     maxpool_grad_select,
+    reduce_f32_accumulate,
 )
 from luxc.passes._match import count_ops
 
@@ -67,8 +69,15 @@ _REGISTRY: dict[str, PassInfo] = {
     fuse_loss_reductions.NAME: PassInfo(fuse_loss_reductions.NAME,
                                         fuse_loss_reductions.DESCRIPTION,
                                         fuse_loss_reductions.run, ()),
+    # The three mixed-precision passes match bf16/f16 ops only (a float32 module is untouched),
+    # in this order: dot_bf16_canonical needs the float32 dot results dot_f32_accumulate gives.
     dot_f32_accumulate.NAME: PassInfo(dot_f32_accumulate.NAME, dot_f32_accumulate.DESCRIPTION,
-                                      dot_f32_accumulate.run, ()),
+                                      dot_f32_accumulate.run, ("cpu",)),
+    dot_bf16_canonical.NAME: PassInfo(dot_bf16_canonical.NAME, dot_bf16_canonical.DESCRIPTION,
+                                      dot_bf16_canonical.run, ("cpu",)),
+    reduce_f32_accumulate.NAME: PassInfo(reduce_f32_accumulate.NAME,
+                                         reduce_f32_accumulate.DESCRIPTION,
+                                         reduce_f32_accumulate.run, ("cpu",)),
 }
 
 

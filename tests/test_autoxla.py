@@ -288,6 +288,7 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
                      "03-conv_input_grad_dot.mlir", "04-conv_weight_grad_dot.mlir",
                      "05-dot_flatten.mlir", "06-dot_swap_operands.mlir", "07-fuse_rsqrt.mlir",
                      "08-fuse_loss_reductions.mlir", "09-dot_f32_accumulate.mlir",
+                     "10-dot_bf16_canonical.mlir", "11-reduce_f32_accumulate.mlir",
                      "99-xla-optimized.hlo.txt"]
 
 
