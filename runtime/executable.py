@@ -31,6 +31,8 @@ from luxc.runtime._jax_internal import (
     direct_call,
     exclude_from_tracebacks,
     ir_context,
+    lapack_initialization,
+    needs_lapack,
     serialize_module,
 )
 from luxc.runtime.leaf_names import leaf_name
@@ -121,12 +123,13 @@ def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums:
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
-    options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized),
-                                      serializable=serializable),
+    module = summary(exported.mlir_module_serialized)
+    options = {**platform_xla_options(jax.default_backend(), module, serializable=serializable),
                **(xla_options or {})}
     t1 = time.perf_counter()
-    lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
-                      compiler_options=options or None).lower(*args)
+    with lapack_initialization(needs_lapack(module.custom_call_targets)):
+        lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
+                          compiler_options=options or None).lower(*args)
     t2 = time.perf_counter()
     with persistent_cache.compiling(cache):
         compiled = lowered.compile()

@@ -28,14 +28,16 @@ def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
 
 @dataclass(frozen=True)
 class ModuleSummary:
-    """What luxc's per-module XLA defaults look at: the operations a module uses and the bytes
-    of its largest statically shaped tensor, a float narrower than 32 bits counted as 4 bytes
+    """What luxc's per-module XLA defaults look at: the operations a module uses, the targets of
+    its ``stablehlo.custom_call`` operations, and the bytes of its largest statically shaped
+    tensor, a float narrower than 32 bits counted as 4 bytes
     (an upper bound on any one buffer XLA allocates for it: XLA:CPU computes bfloat16, float16
     and float8 matrix products, sorts and cumulative sums in float32 and keeps the float32
     result as a temporary)."""
 
     op_names: frozenset[str]
     largest_tensor_bytes: int
+    custom_call_targets: frozenset[str] = frozenset()
 
 
 def _tensor_bytes(value_type: ir.Type) -> int:
@@ -53,13 +55,16 @@ def _tensor_bytes(value_type: ir.Type) -> int:
 def summary(serialized: bytes) -> ModuleSummary:
     """The :class:`ModuleSummary` of ``serialized``."""
     names: set[str] = set()
+    targets: set[str] = set()
     largest = 0
 
     def visit(op: ir.Operation) -> None:
         nonlocal largest
         names.add(op.name)
+        if op.name == "stablehlo.custom_call":
+            targets.add(ir.StringAttr(op.attributes["call_target_name"]).value)
         for result in op.results:
             largest = max(largest, _tensor_bytes(result.type))
 
     walk(serialized, visit)
-    return ModuleSummary(frozenset(names), largest)
+    return ModuleSummary(frozenset(names), largest, frozenset(targets))
