@@ -240,14 +240,25 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
     return sorted(records, key=lambda r: r.seconds, reverse=True)
 
 
-def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
-    """:func:`profile_ops` for a luxc ``Executable`` called with ``args``: its optimised module
-    is compiled again with per-op tracing on (and without donation, so ``args`` stay valid
-    across the calls); the executable itself is not touched."""
+def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
+                     guard: Callable[[Callable[[], object]], object] | None = None) -> list[OpRecord]:
+    """:func:`profile_ops` for the module of ``exported`` called with ``args``: compiled again
+    with per-op tracing on (and without donation, so ``args`` stay valid across the calls).
+    ``guard(call)`` (when given) makes each call, e.g. where Ctrl-C stops a stranger's step."""
     from luxc.runtime.executable import compile_exported
 
-    options = dict(exe.xla_options)
+    options = dict(xla_options)
     if jax.default_backend() == "cpu":
         options.update(CPU_TRACE_OPTIONS)
-    compiled, _ = compile_exported(exe.optimized, args, xla_options=options)
-    return profile_ops(compiled, lambda: jax.block_until_ready(compiled(*args)), steps)
+    compiled, _ = compile_exported(exported, args, xla_options=options)
+
+    def run() -> object:
+        return jax.block_until_ready(compiled(*args))
+
+    return profile_ops(compiled, run if guard is None else (lambda: guard(run)), steps)
+
+
+def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
+    """:func:`profile_exported` for a luxc ``Executable`` (its optimised module and XLA
+    options); the executable itself is not touched."""
+    return profile_exported(exe.optimized, args, exe.xla_options, steps)

@@ -116,3 +116,19 @@ def test_cli_compare_times_both_option_sets_and_gives_their_ratio():
     assert report["ratio"] == pytest.approx(b["median_seconds"] / a["median_seconds"])
     bad = run_cli("--compare", "batch=3")
     assert bad.returncode != 0 and "--compare takes passes=" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_ops_of_an_artefact_directory(tmp_path):
+    # The op profile of what `luxc compile` wrote: its StableHLO keeps the user's locations.
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "compile", f"{HERE}:cnn_factory",
+                        "--out", str(tmp_path / "step.luxc")], capture_output=True, text=True,
+                       timeout=300, cwd=HERE.parent)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "profile", str(tmp_path / "step.luxc"),
+                        "--steps", "10", "--ops", "6", "--json"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    check_ops(report["ops"])
+    assert len(report["ops"]) <= 6
