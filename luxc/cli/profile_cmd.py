@@ -132,12 +132,15 @@ def _profile_dir(directory, steps, trace, ops=False):
 
 
 def _ops_rows(records, n: int) -> list[str]:
-    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}  source"]
+    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}"
+            f"{'MFLOP':>9}{'GFLOP/s':>9}  source"]
     for r in records[:n]:
         where = " ".join(x for x in (r.source, f"[{r.scope}]" if r.scope else None) if x)
+        rate = r.flops_per_second
         rows.append(f"{r.name[:33]:<34}{r.seconds * 1e6:>9.1f}us{r.share:>7.1%}{r.count:>6.0f}  "
                     f"{r.kind[:21]:<22}{format_bytes(r.bytes) if r.bytes is not None else '-':>10}"
-                    f"  {where or '-'}")
+                    f"{f'{r.flops / 1e6:.2f}' if r.flops is not None else '-':>9}"
+                    f"{f'{rate / 1e9:.1f}' if rate else '-':>9}  {where or '-'}")
     return rows
 
 
