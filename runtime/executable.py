@@ -36,7 +36,7 @@ from luxc.runtime._jax_internal import (
     serialize_module,
 )
 from luxc.runtime.leaf_names import leaf_name
-from luxc.runtime.module_ops import summary
+from luxc.runtime.module_ops import remember, summary
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
@@ -81,8 +81,10 @@ def rewrite(exported: jax_export.Exported, pass_names: Sequence[str],
         module = deserialize_module(exported.mlir_module_serialized, ctx)
         records = run_pipeline(module, pass_names, dump_dir)
         if not any(r.rewrites for r in records):
+            remember(exported.mlir_module_serialized, module)  # the compile's summary, unparsed
             return exported, records
         data = serialize_module(module, _TARGET_VERSION)
+        remember(data, module)
     return dataclasses.replace(exported, mlir_module_serialized=data), records
 
 

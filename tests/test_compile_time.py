@@ -74,3 +74,24 @@ def test_an_artefact_calling_lapack_runs_in_a_process_that_never_traced_it(tmp_p
     assert r.returncode == 0, r.stderr
     loss = float(re.search(r"step 1  loss (\S+)", r.stdout).group(1))
     assert abs(loss - float(eager)) <= 1e-5 * abs(float(eager)), r.stdout
+
+
+def test_the_summary_taken_during_the_passes_is_the_one_parsing_gives():
+    # The compile reads the module summary the passes' parse left (no second parse): it must
+    # be the summary of the bytes that are compiled.
+    import jax
+    import jax.numpy as jnp
+
+    from luxc.runtime import module_ops
+    from luxc.runtime.executable import export, rewrite
+
+    def f(x, w):
+        return jnp.sum(jax.nn.relu(x @ w) / jnp.sqrt(jnp.sum(x * x) + 1.0))
+
+    exported = export(f, (jnp.ones((4, 3)), jnp.ones((3, 2))))
+    parsed = module_ops.summary(exported.mlir_module_serialized)
+    new, _ = rewrite(exported, ["dot_flatten", "fuse_rsqrt"])
+    remembered = module_ops.summary(new.mlir_module_serialized)
+    assert remembered == module_ops.summary(new.mlir_module_serialized)  # the second one parses
+    assert "stablehlo.dot_general" in remembered.op_names
+    assert remembered.largest_tensor_bytes == parsed.largest_tensor_bytes == 4 * 3 * 4
