@@ -119,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
     parser.add_argument("--depths", default=",".join(map(str, depth.DEPTHS)),
                         help="block counts of the depth workload (default 1,4,12,24)")
+    parser.add_argument("--retain-host-memory", action="store_true",
+                        help="call luxc.retain_host_memory() first: the whole process, every "
+                             "peer alike, keeps freed memory (README 'Host memory')")
     args = parser.parse_args(argv)
+    if args.retain_host_memory:
+        print("host memory retained:", luxc.retain_host_memory())
     rounds = args.rounds or (3 if args.quick else 15)
     only = args.only.split(",") if args.only else keys
     chosen = [w for w in wl.WORKLOADS if w.key in only]

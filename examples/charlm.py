@@ -372,4 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    # This script owns its process: keep the memory each step frees for the next step instead of
+    # faulting it in again (a third of the step's time here; see luxc.retain_host_memory).
+    luxc.retain_host_memory()
     main()

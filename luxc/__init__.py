@@ -49,6 +49,7 @@ from luxc.nn import update_state as update_state
 from luxc.runtime import CompileOptions as CompileOptions
 from luxc.runtime import cache_info as cache_info
 from luxc.runtime import explain_recompiles as explain_recompiles
+from luxc.runtime import retain_host_memory as retain_host_memory
 from luxc.training import AutoForwardDiff as AutoForwardDiff
 from luxc.training import AutoJAX as AutoJAX
 from luxc.training import AutoXLA as AutoXLA

@@ -10,6 +10,8 @@ from luxc.runtime.cache import cache_info as cache_info
 from luxc.runtime.cache import explain_recompiles as explain_recompiles
 from luxc.runtime.executable import DonationWarning as DonationWarning
 from luxc.runtime.executable import Executable as Executable
+from luxc.runtime.host_memory import RetainedMemory as RetainedMemory
+from luxc.runtime.host_memory import retain_host_memory as retain_host_memory
 from luxc.runtime.op_profile import OpRecord as OpRecord
 from luxc.runtime.options import CompileOptions as CompileOptions
 from luxc.runtime.programs import NewObjectiveWarning as NewObjectiveWarning

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from luxc.runtime.host_memory import retain_host_memory as _retain_host_memory
+
 
 class CliError(click.ClickException):
     def format_message(self) -> str:
@@ -41,8 +43,14 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="luxc")
-def main() -> None:
+@click.option("--retain-host-memory", is_flag=True,
+              help="keep the host memory each step frees for the next one, in one malloc arena "
+                   "(faster for steps with large temporaries; README 'Host memory')")
+def main(retain_host_memory: bool) -> None:
     """luxc: Lux.jl's training utilities on JAX, with the step compiled ahead of time."""
+    if retain_host_memory:
+        # Before any command starts XLA's worker threads, so they share the one arena.
+        _retain_host_memory(one_arena=True)
 
 
 def load_factory(spec: str) -> Callable[[], Any]:
