@@ -6,7 +6,8 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
-from dataclasses import dataclass, replace
+import statistics
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # The variant first-call times are compared with: hand-written jax.jit (issue 24's target: luxc's
@@ -31,6 +32,19 @@ class Case:
     title: str
     steps: int
     timings: dict[str, Timing]
+    # First steps of "luxc" and "jax.jit", each sample in a fresh process (first_step.py).
+    fresh_first: dict[str, list[float]] = field(default_factory=dict)
+
+    def fresh_first_line(self) -> str | None:
+        """The fresh-process first steps and their ratio, as one sentence (``None``: not run)."""
+        if not self.fresh_first:
+            return None
+        luxc, jit = (statistics.median(self.fresh_first[k]) for k in ("luxc", "jax.jit"))
+        n = len(self.fresh_first["luxc"])
+        return (f"First step in a fresh process (median of {n}, the two alternating): luxc "
+                f"{luxc:.2f} s, jax.jit {jit:.2f} s, **{luxc / jit:.2f}x** jax.jit's "
+                f"(samples: luxc {', '.join(f'{t:.2f}' for t in self.fresh_first['luxc'])}; "
+                f"jax.jit {', '.join(f'{t:.2f}' for t in self.fresh_first['jax.jit'])}).")
 
     def fastest(self) -> float:
         return min(t.median for t in self.timings.values())
@@ -100,8 +114,19 @@ def _versions() -> str:
     return ", ".join(out)
 
 
+def _fresh_cells(case: Case) -> list[str]:
+    if not case.fresh_first:
+        return ["-", "-", "-"]
+    luxc, jit = (statistics.median(case.fresh_first[k]) for k in ("luxc", "jax.jit"))
+    return [f"{luxc:.2f}", f"{jit:.2f}", f"{luxc / jit:.2f}"]
+
+
+_FRESH_HEADS = ["luxc first step s", "jax.jit first step s", "first step luxc / jax.jit"]
+
+
 def _table(cases: list[Case], names: list[str]) -> list[str]:
-    rows = ["| workload | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    rows = ["| workload | " + " | ".join(names + _FRESH_HEADS) + " |",
+            "|---|" + "---:|" * (len(names) + len(_FRESH_HEADS))]
     for case in cases:
         fast = case.fastest()
         cells = []
@@ -112,7 +137,7 @@ def _table(cases: list[Case], names: list[str]) -> list[str]:
                 continue
             cell = f"{_ms(t.median)} ({t.median / fast:.2f})"
             cells.append(f"**{cell}**" if t.median == fast else cell)
-        rows.append(f"| {case.title} | " + " | ".join(cells) + " |")
+        rows.append(f"| {case.title} | " + " | ".join(cells + _fresh_cells(case)) + " |")
     return rows
 
 
@@ -123,6 +148,8 @@ def _detail(case: Case) -> list[str]:
     for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
         rows.append(f"| {name} | {_ms(t.median)} | {_ms(t.low)}-{_ms(t.high)} | "
                     f"{t.median / fast:.2f} | {t.first:.2f} | {case.first_vs_jit(name)} |")
+    if case.fresh_first:
+        rows += ["", case.fresh_first_line()]
     return rows
 
 
@@ -165,6 +192,9 @@ def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -
     out.mkdir(parents=True, exist_ok=True)
     names = list(dict.fromkeys(n for c in cases for n in c.timings))
     load = ", ".join(f"{a:.1f}" for a in run.load_start)
+    # Sections other runs write (``--only gpt``, ``--only depth``) stay as they are.
+    old = (out / "RESULTS.md").read_text() if (out / "RESULTS.md").exists() else ""
+    kept = [section for section in old.split("\n## ")[1:] if section.startswith(_OTHER_SECTIONS)]
     lines = [
         "# Benchmark results", "",
         f"`{run.command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d}, started {run.started}, "
@@ -185,7 +215,10 @@ def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -
         lines += ["(matplotlib is not installed: no chart.)", ""]
     lines += ["## Per workload", "",
               "min-max is over the rounds; *first call* is the wall time of the first step "
-              "(tracing, compiling and one step; torch eager has nothing to compile)."]
+              "(tracing, compiling and one step; torch eager has nothing to compile) in the "
+              "benchmark's own process, after the variants before it; the *first step in a fresh "
+              "process* (also in the main table) is the fair compile-time comparison "
+              "(benchmarks/first_step.py)."]
     for case in cases:
         lines += _detail(case)
     if several:
@@ -195,12 +228,14 @@ def write(run: Run, cases: list[Case], out_dir: str, several: list[Case] = ()) -
                   "call (its *first call* compiles and runs 8 steps)."]
         for case in several:
             lines += _detail(case)
+    lines += [f"\n## {section.rstrip()}" for section in kept]
     path = out / "RESULTS.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 TOKENS_HEADING = "## Language model: tokens per second"
+_OTHER_SECTIONS = (TOKENS_HEADING[3:], "Depth")
 
 
 def write_tokens_section(run: Run, case: Case, out_dir: str, tokens: int) -> Path:
@@ -224,6 +259,8 @@ def write_tokens_section(run: Run, case: Case, out_dir: str, tokens: int) -> Pat
     for name, t in sorted(case.timings.items(), key=lambda kv: kv[1].median):
         lines.append(f"| {name} | {tokens / t.median:,.0f} | {_ms(t.median)} | {_ms(t.low)}-"
                      f"{_ms(t.high)} | {t.median / fast:.2f} | {t.first:.2f} |")
+    if case.fresh_first:
+        lines += ["", case.fresh_first_line()]
     if run.skipped:
         lines += ["", f"Not installed, so skipped: {', '.join(run.skipped)}."]
     path.write_text(before.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + after)

@@ -27,12 +27,13 @@ from collections.abc import Callable
 import luxc
 
 try:
-    from benchmarks import _report, depth, peers_equinox, peers_gpt, peers_jax, peers_torch
+    from benchmarks import _report, depth, first_step, peers_equinox, peers_gpt, peers_jax, peers_torch
     from benchmarks import workloads as wl
     from benchmarks._timing import samples, steps
 except ImportError:  # run as a script from benchmarks/
     import _report
     import depth
+    import first_step
     import peers_equinox
     import peers_gpt
     import peers_jax
@@ -85,9 +86,10 @@ def makers_for(work: wl.Workload, makers: dict[str, Callable]) -> dict[str, Call
 
 
 def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps: int,
-            title: str | None = None) -> _report.Case:
+            title: str | None = None, fresh: int = 0) -> _report.Case:
     """Build, warm and time every variant of ``work`` (``makers``: name -> ``make(work, x, y)``
-    returning a step), print and return its :class:`_report.Case`."""
+    returning a step), print and return its :class:`_report.Case`; ``fresh``: samples of
+    luxc's and jax.jit's first step, each in a fresh process (:mod:`benchmarks.first_step`)."""
     x, y = work.data()
     first, runs, per_call = {}, {}, {}
     for name, make in makers.items():
@@ -100,8 +102,11 @@ def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps
         runs[name]()  # warm: a full sample's worth
     per_step = {k: [t / (n_steps * per_call[k]) for t in v] for k, v in samples(runs, rounds, 1).items()}
     case = _report.Case(work.label, title or work.title, n_steps, {
-        k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()})
+        k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()},
+        first_step.fresh_samples(work.key, fresh) if fresh else {})
     print(_report.case_lines(case), flush=True)
+    if case.fresh_first:
+        print("  " + case.fresh_first_line(), flush=True)
     return case
 
 
@@ -175,7 +180,8 @@ def _gpt(rounds: int, quick: bool, out: str, command: str) -> None:
     makers, skipped = _installed(peers_gpt.PEERS)
     run = _report.Run.start(command, rounds, skipped)
     work = peers_gpt.WORKLOAD
-    case = measure(work, makers, rounds, work.quick_steps if quick else work.steps)
+    case = measure(work, makers, rounds, work.quick_steps if quick else work.steps,
+                   fresh=1 if quick else 3)
     path = _report.write_tokens_section(run.finish(), case, out, peers_gpt.tokens_per_step())
     print(f"wrote the {work.label} section of {path}")
 
@@ -183,7 +189,8 @@ def _gpt(rounds: int, quick: bool, out: str, command: str) -> None:
 def _workloads(chosen: list[wl.Workload], rounds: int, quick: bool, out: str, command: str) -> None:
     makers, skipped = _installed(PEERS)
     run = _report.Run.start(command, rounds, skipped)
-    cases = [measure(w, makers_for(w, makers), rounds, w.quick_steps if quick else w.steps)
+    cases = [measure(w, makers_for(w, makers), rounds, w.quick_steps if quick else w.steps,
+                     fresh=1 if quick else 5)
              for w in chosen]
     # Several steps per compiled call, beside one: where dispatch or per-call allocation counts.
     several = [measure(w, {LUXC: PEERS[LUXC][1], LUXC_STEPS: peers_jax.luxc_steps,

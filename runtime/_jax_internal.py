@@ -9,6 +9,8 @@
   for the duration of one luxc compile; jax's own cache state is restored after.
 * ``stable_custom_call_targets()`` — the custom-call targets jax.export accepts, to check an
   artefact's module against.
+* ``lapack_initialization(needed)`` — lowering an ``Exported`` for CPU loads LAPACK (an import
+  of scipy, ~0.2 s of a first step) unless the module calls no LAPACK kernel.
 """
 
 from __future__ import annotations
@@ -93,6 +95,53 @@ def stable_custom_call_targets() -> set[str]:
     from jax._src.export import _export
 
     return set(_export._CUSTOM_CALL_TARGETS_GUARANTEED_STABLE)
+
+
+# jax's lowering of ``Exported.call`` for CPU always runs ``linalg.initialize_lapack()``, which
+# imports scipy.linalg to find LAPACK: ~0.2 s, the largest part of luxc's first step on a small
+# model, and needed only by the ``lapack_*`` custom calls (jax's CPU linear algebra). Within
+# ``lapack_initialization(False)`` the calling thread's lowerings skip it; other threads and every
+# lowering outside the block keep jax's behaviour, and jax's function is put back after the last
+# block ends.
+_lapack_lock = threading.Lock()
+_lapack_local = threading.local()
+_lapack_saved: list[Any] = []
+
+
+def _ensure_backends_initialized(platforms: tuple[str, ...]) -> None:
+    if not getattr(_lapack_local, "skip", False):
+        _lapack_saved[0](platforms)
+
+
+def needs_lapack(custom_call_targets: set[str] | frozenset[str]) -> bool:
+    """Whether a module with these custom-call targets calls a LAPACK kernel on CPU."""
+    return any(t.startswith("lapack") for t in custom_call_targets)
+
+
+@contextlib.contextmanager
+def lapack_initialization(needed: bool) -> Iterator[None]:
+    """Within the block, this thread's lowerings of ``Exported.call`` load LAPACK only if
+    ``needed``; outside it, and in other threads, as jax does."""
+    if needed:
+        yield
+        return
+    from jax._src.export import _export
+
+    with _lapack_lock:
+        if not _lapack_saved:
+            _lapack_saved.append(_export._ensure_backends_initialized)
+            _export._ensure_backends_initialized = _ensure_backends_initialized
+        _lapack_saved.append(None)  # one marker per open block
+    outer = getattr(_lapack_local, "skip", False)
+    _lapack_local.skip = True
+    try:
+        yield
+    finally:
+        _lapack_local.skip = outer
+        with _lapack_lock:
+            _lapack_saved.pop()
+            if len(_lapack_saved) == 1:
+                _export._ensure_backends_initialized = _lapack_saved.pop()
 
 
 def release_staging_caches() -> None:

@@ -283,7 +283,8 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
                            artifact.signed_by_this_user, allow_device_kernels)
     evaluate = load_evaluate(artifact.files, manifest, artifact.directory,
                              artifact.signed_by_this_user, allow_device_kernels)
-    return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate)
+    return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate,
+                      xla_options)
 
 
 def _read_for_host(directory: str | Path) -> Artifact:

@@ -31,10 +31,12 @@ from luxc.runtime._jax_internal import (
     direct_call,
     exclude_from_tracebacks,
     ir_context,
+    lapack_initialization,
+    needs_lapack,
     serialize_module,
 )
 from luxc.runtime.leaf_names import leaf_name
-from luxc.runtime.module_ops import summary
+from luxc.runtime.module_ops import remember, summary
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
@@ -79,8 +81,10 @@ def rewrite(exported: jax_export.Exported, pass_names: Sequence[str],
         module = deserialize_module(exported.mlir_module_serialized, ctx)
         records = run_pipeline(module, pass_names, dump_dir)
         if not any(r.rewrites for r in records):
+            remember(exported.mlir_module_serialized, module)  # the compile's summary, unparsed
             return exported, records
         data = serialize_module(module, _TARGET_VERSION)
+        remember(data, module)
     return dataclasses.replace(exported, mlir_module_serialized=data), records
 
 
@@ -121,12 +125,13 @@ def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums:
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
-    options = {**platform_xla_options(jax.default_backend(), summary(exported.mlir_module_serialized),
-                                      serializable=serializable),
+    module = summary(exported.mlir_module_serialized)
+    options = {**platform_xla_options(jax.default_backend(), module, serializable=serializable),
                **(xla_options or {})}
     t1 = time.perf_counter()
-    lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
-                      compiler_options=options or None).lower(*args)
+    with lapack_initialization(needs_lapack(module.custom_call_targets)):
+        lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
+                          compiler_options=options or None).lower(*args)
     t2 = time.perf_counter()
     with persistent_cache.compiling(cache):
         compiled = lowered.compile()

@@ -23,6 +23,7 @@ from luxc.runtime.checkpoint_format import (
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.forward import Evaluate, Forward
 from luxc.runtime.guarded_call import deadline_after, guarded
+from luxc.runtime.op_profile import OpRecord, profile_exported
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
 from luxc.runtime.tensor_codec import tensors_from_bytes
@@ -40,7 +41,7 @@ class LoadedStep(CompiledStages):
     def __init__(self, artifact: Artifact, exported: jax_export.Exported,
                  compiled: jax.stages.Compiled, executable_source: str, notes: list[str],
                  shardings: Sequence[Any], forward: Forward | None = None,
-                 evaluate: Evaluate | None = None):
+                 evaluate: Evaluate | None = None, xla_options: dict[str, Any] | None = None):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
@@ -57,6 +58,8 @@ class LoadedStep(CompiledStages):
         self.step_count = int(self.layout["step"])
         self._scans: dict[tuple[int, bool], Callable] = {}
         self.forward, self.evaluator = forward, evaluate
+        # The XLA options the module was compiled with (a stranger's already filtered).
+        self.xla_options = dict(xla_options or {})
 
     def evaluate(self, data: Sequence[Any]) -> tuple[float, list[float]]:
         """The objective's loss and stats (in the layout's ``stat_names`` order; a stat that is
@@ -115,6 +118,17 @@ class LoadedStep(CompiledStages):
         outs = self._call(*state, *data)
         n = len(self.state)
         return list(outs[:n]), outs[n], list(outs[n + 1:])
+
+    def profile(self, steps: int = 20) -> list[OpRecord]:
+        """The step's HLO ops by time per step on the artefact's state and data, largest first
+        (:class:`~luxc.runtime.op_profile.OpRecord`). The artefact's checked StableHLO is
+        compiled again with per-op tracing (never its serialized executable), with the XLA
+        options it was loaded with; a step this user did not sign runs where Ctrl-C stops it,
+        as in :meth:`run`. ``state`` is not changed."""
+        guard = None if self.signed_by_this_user else (
+            lambda call: guarded(call, None, "a profiled step"))
+        return profile_exported(self.exported, (*self.state, *self.data), self.xla_options,
+                                steps, guard)
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
             on_step: Callable[[int, float], None] | None = None, *,

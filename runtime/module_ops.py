@@ -11,31 +11,33 @@ from jaxlib.mlir import ir
 from luxc.runtime._jax_internal import deserialize_module, ir_context
 
 
+def _recurse(op: ir.Operation, visit: Callable[[ir.Operation], None]) -> None:
+    visit(op)
+    for region in op.regions:
+        for block in region:
+            for child in block:
+                _recurse(child.operation, visit)
+
+
 def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
     """Call ``visit`` on every operation of the portable artefact ``serialized``, nested ones
     included (the operations live only during the call)."""
-
-    def recurse(op: ir.Operation) -> None:
-        visit(op)
-        for region in op.regions:
-            for block in region:
-                for child in block:
-                    recurse(child.operation)
-
     with ir_context() as ctx:
-        recurse(deserialize_module(serialized, ctx).operation)
+        _recurse(deserialize_module(serialized, ctx).operation, visit)
 
 
 @dataclass(frozen=True)
 class ModuleSummary:
-    """What luxc's per-module XLA defaults look at: the operations a module uses and the bytes
-    of its largest statically shaped tensor, a float narrower than 32 bits counted as 4 bytes
+    """What luxc's per-module XLA defaults look at: the operations a module uses, the targets of
+    its ``stablehlo.custom_call`` operations, and the bytes of its largest statically shaped
+    tensor, a float narrower than 32 bits counted as 4 bytes
     (an upper bound on any one buffer XLA allocates for it: XLA:CPU computes bfloat16, float16
     and float8 matrix products, sorts and cumulative sums in float32 and keeps the float32
     result as a temporary)."""
 
     op_names: frozenset[str]
     largest_tensor_bytes: int
+    custom_call_targets: frozenset[str] = frozenset()
 
 
 def _tensor_bytes(value_type: ir.Type) -> int:
@@ -50,16 +52,43 @@ def _tensor_bytes(value_type: ir.Type) -> int:
     return math.prod(value_type.shape) * parts * max(1, bits // 8)
 
 
-def summary(serialized: bytes) -> ModuleSummary:
-    """The :class:`ModuleSummary` of ``serialized``."""
+# Summaries taken while a module was already parsed (luxc's passes parse it anyway), so the
+# compile does not parse it again: keyed by the serialized bytes, the last few only, each taken
+# once.
+_KNOWN: dict[bytes, ModuleSummary] = {}
+_KNOWN_MAX = 8
+
+
+def summarise(module: ir.Module) -> ModuleSummary:
+    """The :class:`ModuleSummary` of a parsed module."""
     names: set[str] = set()
+    targets: set[str] = set()
     largest = 0
 
     def visit(op: ir.Operation) -> None:
         nonlocal largest
         names.add(op.name)
+        if op.name == "stablehlo.custom_call":
+            targets.add(ir.StringAttr(op.attributes["call_target_name"]).value)
         for result in op.results:
             largest = max(largest, _tensor_bytes(result.type))
 
-    walk(serialized, visit)
-    return ModuleSummary(frozenset(names), largest)
+    _recurse(module.operation, visit)
+    return ModuleSummary(frozenset(names), largest, frozenset(targets))
+
+
+def remember(serialized: bytes, module: ir.Module) -> None:
+    """Take the summary of ``module`` (whose serialized form is ``serialized``) now, for a later
+    :func:`summary` of the same bytes."""
+    if len(_KNOWN) >= _KNOWN_MAX:
+        _KNOWN.pop(next(iter(_KNOWN)))
+    _KNOWN[serialized] = summarise(module)
+
+
+def summary(serialized: bytes) -> ModuleSummary:
+    """The :class:`ModuleSummary` of ``serialized`` (parsed unless :func:`remember` saw it)."""
+    known = _KNOWN.pop(serialized, None)  # one use: the compile right after the passes
+    if known is not None:
+        return known
+    with ir_context() as ctx:
+        return summarise(deserialize_module(serialized, ctx))

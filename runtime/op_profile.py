@@ -28,6 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from luxc.runtime.hlo_flops import instruction_flops
+
 # The flag that makes XLA:CPU emit one trace event per HLO op (off by default: it costs a
 # little per op).
 CPU_TRACE_OPTIONS = {"xla_cpu_enable_xprof_traceme": True}
@@ -36,8 +38,9 @@ CPU_TRACE_OPTIONS = {"xla_cpu_enable_xprof_traceme": True}
 @dataclasses.dataclass(frozen=True)
 class OpRecord:
     """One HLO operation of the step: ``seconds`` per step, ``share`` of the mean step time,
-    ``count`` events per step, ``kind`` (opcode, or ``fusion(<root opcode>)``), ``flops`` where
-    the trace gives them, ``bytes`` (the trace's bytes accessed, else the op's output size),
+    ``count`` events per step, ``kind`` (opcode, or ``fusion(<root opcode>)``), ``flops`` per
+    call (the trace's where it gives them, else counted from the HLO's shapes:
+    :mod:`luxc.runtime.hlo_flops`), ``bytes`` (the trace's bytes accessed, else the op's output size),
     the user's ``source`` (``file:line``) and the layer ``scope``."""
 
     name: str
@@ -50,8 +53,15 @@ class OpRecord:
     source: str | None
     scope: str | None
 
+    @property
+    def flops_per_second(self) -> float | None:
+        """The op's achieved FLOP/s: its FLOPs per step over its time per step."""
+        if self.flops is None or self.seconds <= 0:
+            return None
+        return self.flops * self.count / self.seconds
+
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "flops_per_second": self.flops_per_second}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +227,7 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
     """
     hlo = compiled.as_text()
     instructions, stacks = parse_instructions(hlo), stack_frames(hlo)
+    counted = instruction_flops(hlo)
     run()  # the first call allocates
     times = []
     with tempfile.TemporaryDirectory(prefix="luxc-op-profile-") as trace_dir:
@@ -232,6 +243,8 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
         inst = instructions.get(op, _Instruction("?", None, None, None))
         seconds = _union_seconds([(s, e) for s, e, _ in evs]) / steps
         flops = next((float(st["flops"]) for _, _, st in evs if "flops" in st), None)
+        if flops is None and op in counted:
+            flops = float(counted[op])
         nbytes = next((int(st["bytes_accessed"]) for _, _, st in evs if "bytes_accessed" in st),
                       inst.bytes)
         source = user_source(stacks.get(inst.frame, [])) if inst.frame else None
@@ -240,14 +253,25 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
     return sorted(records, key=lambda r: r.seconds, reverse=True)
 
 
-def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
-    """:func:`profile_ops` for a luxc ``Executable`` called with ``args``: its optimised module
-    is compiled again with per-op tracing on (and without donation, so ``args`` stay valid
-    across the calls); the executable itself is not touched."""
+def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
+                     guard: Callable[[Callable[[], object]], object] | None = None) -> list[OpRecord]:
+    """:func:`profile_ops` for the module of ``exported`` called with ``args``: compiled again
+    with per-op tracing on (and without donation, so ``args`` stay valid across the calls).
+    ``guard(call)`` (when given) makes each call, e.g. where Ctrl-C stops a stranger's step."""
     from luxc.runtime.executable import compile_exported
 
-    options = dict(exe.xla_options)
+    options = dict(xla_options)
     if jax.default_backend() == "cpu":
         options.update(CPU_TRACE_OPTIONS)
-    compiled, _ = compile_exported(exe.optimized, args, xla_options=options)
-    return profile_ops(compiled, lambda: jax.block_until_ready(compiled(*args)), steps)
+    compiled, _ = compile_exported(exported, args, xla_options=options)
+
+    def run() -> object:
+        return jax.block_until_ready(compiled(*args))
+
+    return profile_ops(compiled, run if guard is None else (lambda: guard(run)), steps)
+
+
+def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
+    """:func:`profile_exported` for a luxc ``Executable`` (its optimised module and XLA
+    options); the executable itself is not touched."""
+    return profile_exported(exe.optimized, args, exe.xla_options, steps)

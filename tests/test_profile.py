@@ -47,6 +47,8 @@ def check_ops(ops):
     # 10 (a machine shared by 8 test runs) the process waits between ops and it fell to 0.35.
     assert 0.3 <= total <= 1.0, total
     assert any("convolution" in op["kind"] for op in ops), [op["kind"] for op in ops]
+    # XLA:CPU's events carry no FLOPs: luxc counts them from the HLO (tests/test_hlo_flops.py)
+    assert all(op["flops"] > 0 for op in ops if "convolution" in op["kind"])
     sources = {op["source"] for op in ops}
     assert f"{HERE}:{MODEL_LINE}" in sources, sources
     # luxc's own files are never named: jax skips them as it skips its own.
@@ -116,3 +118,19 @@ def test_cli_compare_times_both_option_sets_and_gives_their_ratio():
     assert report["ratio"] == pytest.approx(b["median_seconds"] / a["median_seconds"])
     bad = run_cli("--compare", "batch=3")
     assert bad.returncode != 0 and "--compare takes passes=" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_ops_of_an_artefact_directory(tmp_path):
+    # The op profile of what `luxc compile` wrote: its StableHLO keeps the user's locations.
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "compile", f"{HERE}:cnn_factory",
+                        "--out", str(tmp_path / "step.luxc")], capture_output=True, text=True,
+                       timeout=300, cwd=HERE.parent)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "luxc.cli", "profile", str(tmp_path / "step.luxc"),
+                        "--steps", "10", "--ops", "6", "--json"], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    check_ops(report["ops"])
+    assert len(report["ops"]) <= 6

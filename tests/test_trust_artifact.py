@@ -110,8 +110,10 @@ def endless(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_stops_a_strangers_endless_step(endless, tmp_path):
-    p = subprocess.Popen([LUXC, "run", endless, "--steps", "1"], cwd=tmp_path,
+@pytest.mark.parametrize("command", [("run",), ("profile",), ("profile", "--ops", "3")])
+def test_sigint_stops_a_strangers_endless_step(endless, tmp_path, command):
+    # `luxc profile DIR [--ops]` runs a stranger's step under luxc run's guard too.
+    p = subprocess.Popen([LUXC, command[0], endless, "--steps", "1", *command[1:]], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "note: did not load" in p.stderr.readline()  # loaded: the step is running
@@ -121,6 +123,29 @@ def test_sigint_stops_a_strangers_endless_step(endless, tmp_path):
     finally:
         p.kill()
     assert p.returncode not in (0, None)
+
+
+def test_the_op_profile_of_an_unsigned_artefact_checks_its_module_as_run_does(art):
+    test_trust._replace_file(art, "step.jaxexport", _exported_with_custom_call("my_native_kernel"))
+    r = CliRunner().invoke(main, ["profile", str(art), "--ops", "3", "--steps", "1"])
+    assert r.exit_code != 0
+    assert "calls native functions my_native_kernel by name" in r.output.strip().splitlines()[-1]
+
+
+def test_the_op_profile_of_an_unsigned_artefact_runs_guarded_and_changes_no_state(art, monkeypatch):
+    from luxc.runtime import loaded_step
+
+    _unsigned(art)
+    calls = []
+    monkeypatch.setattr(loaded_step, "guarded", lambda call, *a: calls.append(a) or call())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = luxc.load(art)
+    before = [x.copy() for x in jax.device_get(loaded.state)]
+    records = loaded.profile(steps=3)
+    assert records and all(0 <= r.share for r in records)
+    assert len(calls) >= 3  # every profiled call went through the guard
+    assert all((a == b).all() for a, b in zip(before, jax.device_get(loaded.state), strict=True))
 
 
 @pytest.mark.slow

@@ -103,33 +103,44 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
-def _profile_dir(directory, steps, trace):
+def _profile_dir(directory, steps, trace, ops=False):
     import jax
+
+    from luxc.runtime.guarded_call import guarded
 
     t0 = time.perf_counter()
     loaded = load_artifact(directory)
     cold = time.perf_counter() - t0
     state, data = {"state": loaded.state}, loaded.data
 
-    def one():
-        state["state"], loss, _ = loaded(state["state"], data)
+    def call():
+        new, loss, _ = loaded(state["state"], data)
         jax.block_until_ready(loss)
+        return new
+
+    def one():
+        # A stranger's step runs where Ctrl-C stops it, as under `luxc run`.
+        state["state"] = call() if loaded.signed_by_this_user else guarded(call, None, "the step")
 
     one()
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
              "passes": _passes([(r["name"], r["rewrites"]) for r in loaded.pass_report]),
-             "executable": loaded.executable_source}
+             "executable": loaded.executable_source,
+             "ops": loaded.profile(steps=min(steps, 20)) if ops else None}
     return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
 
 
 def _ops_rows(records, n: int) -> list[str]:
-    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}  source"]
+    rows = [f"{'op':<34}{'time/step':>11}{'share':>7}{'count':>6}  {'kind':<22}{'bytes':>10}"
+            f"{'MFLOP':>9}{'GFLOP/s':>9}  source"]
     for r in records[:n]:
         where = " ".join(x for x in (r.source, f"[{r.scope}]" if r.scope else None) if x)
+        rate = r.flops_per_second
         rows.append(f"{r.name[:33]:<34}{r.seconds * 1e6:>9.1f}us{r.share:>7.1%}{r.count:>6.0f}  "
                     f"{r.kind[:21]:<22}{format_bytes(r.bytes) if r.bytes is not None else '-':>10}"
-                    f"  {where or '-'}")
+                    f"{f'{r.flops / 1e6:.2f}' if r.flops is not None else '-':>9}"
+                    f"{f'{rate / 1e9:.1f}' if rate else '-':>9}  {where or '-'}")
     return rows
 
 
@@ -221,7 +232,8 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     steps, steps/s, XLA's peak memory, the minor page faults per step and the achieved FLOP/s,
     with the batch size and the passes the step was compiled with; for a SPEC, where the
     compile's time went (tracing, each pass, lowering, XLA compile, the first call). --ops N
-    lists the N HLO ops taking the most time per step, with the user's source line of each.
+    lists the N HLO ops taking the most time per step, with the user's source line of each
+    (for an artefact: its checked StableHLO compiled again with per-op tracing).
     --compare KEY=VALUE times the step (A) against the step with those options (B) instead.
     """
     if compare:
@@ -237,10 +249,8 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
-        if ops:
-            raise click.UsageError("--ops profiles a step compiled from a SPEC (FILE:FUNCTION), "
-                                   "not an artefact directory")
-        cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace)
+        cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace,
+                                                                     ops=bool(ops))
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(

@@ -1,0 +1,111 @@
+"""FLOPs of each instruction of an optimised HLO module, counted from its text.
+
+XLA:CPU's per-op trace events carry no FLOPs, so ``luxc profile --ops`` counts them from the
+shapes (a multiply-add is 2 FLOPs, as XLA's own cost analysis counts):
+
+* ``dot``: ``2 * prod(result) * prod(contracted dims of the lhs)`` — for ``(b, m, k) @ (b, k, n)``
+  that is ``2 * b * m * n * k``;
+* ``convolution``: ``2 * prod(result) * prod(window) * kernel input features`` (per group: the
+  kernel's ``i`` dimension), padding positions included;
+* an elementwise arithmetic instruction: one FLOP per result element; ``reduce``: one per
+  input element; ``reduce-window`` (pooling): one per result element and window position;
+* a ``fusion``: the sum over the instructions of the computation it calls;
+* data movement (copy, transpose, slice, broadcast, …): 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_ARRAY = re.compile(r"\b(?:pred|[subf]\d+|bf16|f8\w*|c64|c128)\[([\d,]*)\]")
+
+# One FLOP per result element (comparisons and selects count, as in XLA's cost analysis).
+ELEMENTWISE = frozenset({
+    "add", "subtract", "multiply", "divide", "remainder", "maximum", "minimum", "negate", "abs",
+    "exponential", "exponential-minus-one", "log", "log-plus-one", "logistic", "tanh", "sqrt",
+    "rsqrt", "cbrt", "power", "atan2", "sine", "cosine", "tan", "erf", "floor", "ceil",
+    "round-nearest-afz", "round-nearest-even", "sign", "compare", "select", "clamp", "and", "or",
+    "xor", "not",
+})
+
+
+def _elements(shape: str) -> int:
+    """Elements of every array in ``shape`` (a tuple's arrays summed)."""
+    return sum(math.prod(int(d) for d in dims.split(",") if d) for dims in _ARRAY.findall(shape))
+
+
+def _dims(shape: str) -> list[int]:
+    m = _ARRAY.search(shape)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def _operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+
+
+def _dot(shape: str, rest: str, shapes: dict[str, str]) -> int:
+    lhs = _dims(shapes.get(_operands(rest)[0], ""))
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    dims = [int(d) for d in contracting.group(1).split(",") if d] if contracting else []
+    return 2 * _elements(shape) * math.prod(lhs[d] for d in dims if d < len(lhs))
+
+
+def _convolution(shape: str, rest: str, shapes: dict[str, str]) -> int:
+    operands = _operands(rest)
+    kernel = _dims(shapes.get(operands[1], "")) if len(operands) > 1 else []
+    labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
+    window = re.search(r"window=\{size=([\dx]+)", rest)
+    in_features = kernel[labels.group(1).index("i")] if labels and kernel else 1
+    size = math.prod(int(s) for s in window.group(1).split("x")) if window else 1
+    return 2 * _elements(shape) * size * in_features
+
+
+def instruction_flops(hlo: str) -> dict[str, int]:
+    """``instruction name -> FLOPs`` for every instruction of the HLO text ``hlo`` that runs as
+    an op of its own (a fusion's count includes what it calls; the instructions inside a fused
+    computation or a reducer are not listed apart)."""
+    shapes: dict[str, str] = {}
+    bodies: dict[str, list[tuple[str, str, str, str]]] = {}
+    current = ""
+    for line in hlo.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and not line.startswith(" "):
+            current = header.group(1)
+            bodies[current] = []
+            continue
+        m = _INSTRUCTION.match(line)
+        if m:
+            shapes[m.group(1)] = m.group(2)
+            bodies.setdefault(current, []).append(m.groups())
+    counts: dict[str, int] = {}
+
+    def count(name: str, shape: str, opcode: str, rest: str, depth: int = 0) -> int:
+        if opcode == "dot":
+            return _dot(shape, rest, shapes)
+        if opcode == "convolution":
+            return _convolution(shape, rest, shapes)
+        if opcode in ELEMENTWISE:
+            return _elements(shape)
+        if opcode == "reduce":
+            operands = _operands(rest)
+            inputs = operands[:max(1, len(operands) // 2)]
+            return sum(_elements(shapes.get(o, "")) for o in inputs)
+        if opcode == "reduce-window":
+            window = re.search(r"window=\{size=([\dx]+)", rest)
+            return _elements(shape) * (math.prod(int(v) for v in window.group(1).split("x"))
+                                       if window else 1)
+        if opcode == "fusion" and depth < 8:
+            calls = re.search(r"calls=%([\w.\-]+)", rest)
+            body = bodies.get(calls.group(1), []) if calls else []
+            return sum(count(*inst, depth + 1) for inst in body)
+        return 0
+
+    inner = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo))
+    for computation, body in bodies.items():
+        if computation not in inner:
+            for inst in body:
+                counts[inst[0]] = count(*inst)
+    return counts
