@@ -105,12 +105,12 @@ def stable_custom_call_targets() -> set[str]:
 # block ends.
 _lapack_lock = threading.Lock()
 _lapack_local = threading.local()
-_lapack_saved: list[Any] = []
+_lapack_patch: dict[str, Any] = {"original": None, "open_blocks": 0}
 
 
 def _ensure_backends_initialized(platforms: tuple[str, ...]) -> None:
     if not getattr(_lapack_local, "skip", False):
-        _lapack_saved[0](platforms)
+        _lapack_patch["original"](platforms)
 
 
 def needs_lapack(custom_call_targets: set[str] | frozenset[str]) -> bool:
@@ -128,10 +128,10 @@ def lapack_initialization(needed: bool) -> Iterator[None]:
     from jax._src.export import _export
 
     with _lapack_lock:
-        if not _lapack_saved:
-            _lapack_saved.append(_export._ensure_backends_initialized)
+        if _lapack_patch["open_blocks"] == 0:
+            _lapack_patch["original"] = _export._ensure_backends_initialized
             _export._ensure_backends_initialized = _ensure_backends_initialized
-        _lapack_saved.append(None)  # one marker per open block
+        _lapack_patch["open_blocks"] += 1
     outer = getattr(_lapack_local, "skip", False)
     _lapack_local.skip = True
     try:
@@ -139,9 +139,9 @@ def lapack_initialization(needed: bool) -> Iterator[None]:
     finally:
         _lapack_local.skip = outer
         with _lapack_lock:
-            _lapack_saved.pop()
-            if len(_lapack_saved) == 1:
-                _export._ensure_backends_initialized = _lapack_saved.pop()
+            _lapack_patch["open_blocks"] -= 1
+            if _lapack_patch["open_blocks"] == 0:
+                _export._ensure_backends_initialized = _lapack_patch["original"]
 
 
 def release_staging_caches() -> None:
