@@ -92,7 +92,7 @@ class _Interrupt:
 @click.option("--data", "data_path", type=click.Path(),
               help="an .npz of the data arrays with N samples on their leading axis, in the order "
                    "`luxc inspect` lists them (np.savez(F, x, y) keeps that order), or a directory "
-                   "of .npy files (memory-mapped, read in name order); N larger than the "
+                   "of .npy files (read per batch, in name order); N larger than the "
                    "artefact's batch: shuffled batches each epoch; default: the example data "
                    "stored in the artefact")
 @click.option("--seed", type=click.IntRange(min=0), help="the data order's seed (default 0)")
