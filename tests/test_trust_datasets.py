@@ -136,8 +136,8 @@ def test_a_directory_or_a_symlink_loop_named_like_a_data_file_is_one_line(tmp_pa
 # --- bounded memory: what is inflated, what is declared ------------------------------------------
 
 def test_a_small_npz_declaring_2_26_rows_of_zeros_is_refused_before_inflating(tmp_path):
-    path = _lying_npz(tmp_path / "bomb.npz", 1 << 26, zipfile.ZIP_DEFLATED,
-                      bytes(1 << 16))
+    # The adversary's 1.5 MB of deflated zeros, cut to 64 KiB: the refusal reads headers alone.
+    path = _lying_npz(tmp_path / "bomb.npz", 1 << 26, zipfile.ZIP_DEFLATED, bytes(1 << 16))
     assert path.stat().st_size < 1 << 12  # a few KiB declaring 1 GiB
     code = textwrap.dedent(f"""
         import resource
@@ -228,6 +228,30 @@ def test_a_file_truncated_during_the_run_stops_with_one_line_not_sigbus(tmp_path
     assert _one_line(e) == (f"data[0] ({ds / '0.npy'}) became shorter while luxc read it "
                             "(another program truncated or rewrote it); restore the file and "
                             "run again")
+
+
+def test_luxc_run_stops_with_one_line_when_its_data_is_truncated_between_steps(work, tmp_path):
+    x, y = _xy()
+    ds = _directory(tmp_path / "ds", x, y)
+    code = textwrap.dedent(f"""
+        import os
+        from luxc.cli import main
+        from luxc.runtime.dataset import Dataset
+        batch = Dataset.batch
+        def truncating(self, i):  # another program truncates 0.npy after step 2
+            if i == 2:
+                os.truncate({str(ds / "0.npy")!r}, 128)
+            return batch(self, i)
+        Dataset.batch = truncating
+        main(["run", {str(work / "step.luxc")!r}, "--data", {str(ds)!r}, "--steps", "5"],
+             prog_name="luxc")
+    """)
+    r = run_python(code)
+    assert r.returncode == 1, r.stderr  # not -SIGBUS
+    assert "step 2  loss" in r.stdout and "step 3" not in r.stdout
+    assert r.stderr.strip() == (f"Error: data[0] ({ds / '0.npy'}) became shorter while luxc read "
+                                "it (another program truncated or rewrote it); restore the file "
+                                "and run again")
 
 
 def test_a_sparse_dataset_whose_shuffle_exceeds_the_bound_is_one_line(tmp_path):
