@@ -160,7 +160,8 @@ def _npz(path: Path, specs: list[dict[str, Any]], names: list[str]) -> list[_Sou
             with archive.open(member) as f:
                 header = read_npy_header(f, what)
                 header_bytes = f.tell()
-        except (RuntimeError, NotImplementedError, zlib.error) as e:  # encrypted, unknown method
+        except (RuntimeError, NotImplementedError, zlib.error, zipfile.BadZipFile, OSError,
+                EOFError) as e:  # encrypted, an unknown method, a bad entry
             raise ArtifactError(f"cannot read {what}: {shown(e)}") from None
         if member.compress_type == zipfile.ZIP_STORED:
             start = _member_start(file, member, what) + header_bytes

@@ -205,6 +205,31 @@ def test_a_cut_npz_file_is_one_line(tmp_path):
     assert _one_line(e) == f"cannot read {tmp_path / 'cut.npz'} as .npz: File is not a zip file"
 
 
+def _bad_magic(archive: bytearray) -> None:
+    second = archive.index(b"PK\x03\x04", 10)  # the second entry's local header
+    archive[second:second + 4] = b"XXXX"
+
+
+def _encrypted(archive: bytearray) -> None:
+    archive[archive.index(b"PK\x01\x02") + 8] |= 1  # the first entry's "encrypted" flag
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_bad_magic, "cannot read data[1] ({}:arr_1): Bad magic number"),
+    (_encrypted, "cannot read data[0] ({}:arr_0): File <ZipInfo filename='arr_0.npy'"),
+])
+def test_a_damaged_or_encrypted_npz_entry_is_one_line_naming_the_member(tmp_path, damage,
+                                                                        message):
+    x, y = _xy()
+    np.savez(tmp_path / "d.npz", x, y)
+    data = bytearray((tmp_path / "d.npz").read_bytes())
+    damage(data)
+    (tmp_path / "d.npz").write_bytes(data)
+    with pytest.raises(ArtifactError) as e:
+        Dataset(tmp_path / "d.npz", SPECS, NAMES)
+    assert _one_line(e).startswith(message.format(tmp_path / "d.npz")), e.value
+
+
 def test_a_truncated_npy_in_a_data_directory_is_one_line_naming_it(tmp_path):
     x, y = _xy()
     ds = _directory(tmp_path / "ds", x, y)
