@@ -38,7 +38,15 @@ import numpy as np
 
 from luxc.runtime.bounded_read import open_regular
 from luxc.runtime.errors import ArtifactError
-from luxc.runtime.npy_rows import ArrayRows, NpyHeader, NpyRows, byte_size, open_npy, read_npy_header
+from luxc.runtime.npy_rows import (
+    ArrayRows,
+    NpyHeader,
+    NpyRows,
+    byte_size,
+    check_rows,
+    open_npy,
+    read_npy_header,
+)
 from luxc.runtime.shown import shown
 
 DEFAULT_MAX_MEMORY = 512 << 20
@@ -187,9 +195,7 @@ def _member_start(file: io.FileIO, member: zipfile.ZipInfo, what: str) -> int:
 def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo, header: NpyHeader,
              what: str) -> np.ndarray:
     """The compressed ``member``'s array (its size already within the memory bound)."""
-    if header.fortran_order and len(header.shape) > 1:
-        raise ArtifactError(f"{what} is stored in Fortran order; save it in C order "
-                            "(np.ascontiguousarray(x))")
+    check_rows(header, what)
     out = np.empty(header.shape, header.dtype)
     view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
     try:

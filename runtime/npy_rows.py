@@ -66,18 +66,24 @@ def read_npy_header(f: Any, what: str) -> NpyHeader:
     return NpyHeader(tuple(shape), dtype, bool(fortran_order))
 
 
+def check_rows(header: NpyHeader, what: str) -> None:
+    """Refuse an array that cannot be read by rows: one number (no sample axis), or data in
+    Fortran order (a row is then scattered through the file)."""
+    if not header.shape:
+        raise ArtifactError(f"{what} holds a single number (shape []); give an array with the "
+                            "samples on its leading axis")
+    if header.fortran_order and len(header.shape) > 1:
+        raise ArtifactError(f"{what} is stored in Fortran order; save it in C order "
+                            "(np.save(F, np.ascontiguousarray(x)))")
+
+
 class NpyRows:
     """The rows of the array declared by ``header``, whose data starts at ``offset`` in the open
     binary ``file`` and may use ``available`` bytes there; ``what`` names it in errors."""
 
     def __init__(self, file: io.FileIO, offset: int, header: NpyHeader, available: int,
                  what: str):
-        if not header.shape:
-            raise ArtifactError(f"{what} holds a single number (shape []); give an array with "
-                                "the samples on its leading axis")
-        if header.fortran_order and len(header.shape) > 1:
-            raise ArtifactError(f"{what} is stored in Fortran order; save it in C order "
-                                "(np.save(F, np.ascontiguousarray(x)))")
+        check_rows(header, what)
         if header.nbytes > available:
             raise ArtifactError(
                 f"{what} is truncated: its header declares {header.dtype}{list(header.shape)} "

@@ -241,6 +241,15 @@ def test_a_truncated_npy_in_a_data_directory_is_one_line_naming_it(tmp_path):
                             "write it again (np.save)")
 
 
+def test_a_fortran_order_file_is_one_line_with_the_fix(tmp_path):
+    x, y = _xy()
+    ds = _directory(tmp_path / "ds", np.asfortranarray(x), y)  # np.save keeps Fortran order
+    with pytest.raises(ArtifactError) as e:
+        Dataset(ds, SPECS, NAMES)
+    assert _one_line(e) == (f"data[0] ({ds / '0.npy'}) is stored in Fortran order; save it in C "
+                            "order (np.save(F, np.ascontiguousarray(x)))")
+
+
 def test_a_file_truncated_during_the_run_stops_with_one_line_not_sigbus(tmp_path):
     x, y = _xy()
     ds = _directory(tmp_path / "ds", x, y)
