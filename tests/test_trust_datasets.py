@@ -119,7 +119,7 @@ def test_follow_symlinks_on_the_command_line_trains_on_the_linked_file(work, tmp
     ("directory", "data[1] ({}) is a directory, not a regular file"),
     ("loop", "data[1] ({}) is a symbolic link"),
     ("loop followed", "cannot read data[1] ({}): Too many levels of symbolic links"),
-])
+], ids=['directory', 'loop', 'loop-followed'])
 def test_a_directory_or_a_symlink_loop_named_like_a_data_file_is_one_line(tmp_path, kind,
                                                                           message):
     x, _ = _xy()
@@ -173,7 +173,7 @@ def test_the_memory_limit_can_be_raised_and_then_a_lying_member_is_truncated(tmp
                          "float32[17179869184, 3] (192 GiB) but the file holds 0 bytes of data"),
     (zipfile.ZIP_DEFLATED, "{} needs 384 GiB of memory (largest part: data[0] ({}:arr_0) "
                            "inflated (compressed), 192 GiB)"),
-])
+], ids=['stored', 'deflated'])
 def test_a_declared_2_34_row_member_is_one_line_not_a_memory_error(tmp_path, compression,
                                                                    message):
     path = _lying_npz(tmp_path / "huge.npz", 1 << 34, compression)
@@ -217,7 +217,7 @@ def _encrypted(archive: bytearray) -> None:
 @pytest.mark.parametrize("damage, message", [
     (_bad_magic, "cannot read data[1] ({}:arr_1): Bad magic number"),
     (_encrypted, "cannot read data[0] ({}:arr_0): File <ZipInfo filename='arr_0.npy'"),
-])
+], ids=['bad-magic', 'encrypted'])
 def test_a_damaged_or_encrypted_npz_entry_is_one_line_naming_the_member(tmp_path, damage,
                                                                         message):
     x, y = _xy()
@@ -412,7 +412,7 @@ def test_predict_memory_stays_bounded_on_a_large_input(work, tmp_path):
      "file holds 40 bytes of data"),
     (lambda p: p.symlink_to("x.npy"), "cannot read x (--input x.npy): Too many levels of "
                                       "symbolic links"),
-])
+], ids=['truncated', 'symlink-loop'])
 def test_a_bad_predict_input_is_one_line(work, tmp_path, make, message):
     make(tmp_path / "x.npy")
     r = luxc_cli("predict", work / "step.luxc", "--input", "x.npy", "--out", "y.npy",
