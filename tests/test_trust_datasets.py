@@ -70,6 +70,7 @@ def work(tmp_path_factory):
 
 # --- files that are not regular files, or not the stranger's own --------------------------------
 
+@pytest.mark.slow  # a child process
 @pytest.mark.parametrize("command", ["--data", "--eval-data", "predict --input"])
 def test_a_fifo_named_like_a_data_file_is_refused_at_once_naming_it(work, tmp_path, command):
     x, y = _xy()
@@ -103,6 +104,7 @@ def test_a_symlink_inside_a_strangers_data_directory_is_refused_unless_followed(
     np.testing.assert_array_equal(followed.arrays()[1], y * 7)
 
 
+@pytest.mark.slow  # a child process
 def test_follow_symlinks_on_the_command_line_trains_on_the_linked_file(work, tmp_path):
     x, y = _xy()
     np.save(tmp_path / "y.npy", y)
@@ -135,6 +137,7 @@ def test_a_directory_or_a_symlink_loop_named_like_a_data_file_is_one_line(tmp_pa
 
 # --- bounded memory: what is inflated, what is declared ------------------------------------------
 
+@pytest.mark.slow  # a child process
 def test_a_small_npz_declaring_2_26_rows_of_zeros_is_refused_before_inflating(tmp_path):
     # The adversary's 1.5 MB of deflated zeros, cut to 64 KiB: the refusal reads headers alone.
     path = _lying_npz(tmp_path / "bomb.npz", 1 << 26, zipfile.ZIP_DEFLATED, bytes(1 << 16))
@@ -264,6 +267,7 @@ def test_a_file_truncated_during_the_run_stops_with_one_line_not_sigbus(tmp_path
                             "run again")
 
 
+@pytest.mark.slow  # a child process
 def test_luxc_run_stops_with_one_line_when_its_data_is_truncated_between_steps(work, tmp_path):
     x, y = _xy()
     ds = _directory(tmp_path / "ds", x, y)
@@ -346,6 +350,7 @@ def test_the_permutation_is_drawn_once_per_epoch(tmp_path, monkeypatch):
 
 # --- evaluation and prediction -------------------------------------------------------------------
 
+@pytest.mark.slow  # a child process
 def test_eval_data_with_fewer_samples_than_the_training_batch_is_evaluated(work, tmp_path):
     gx, gy = _xy(3, seed=9)  # the step's batch is 8; evaluation takes any batch
     np.savez(tmp_path / "eval.npz", gx, gy)
@@ -372,6 +377,7 @@ def test_an_evaluation_set_over_the_memory_bound_is_one_line(tmp_path):
                                    "part: every sample, 15.6 KiB), more than the 7.81 KiB")
 
 
+@pytest.mark.slow  # a child process
 def test_predict_in_batches_equals_one_call(work, tmp_path):
     x, _ = _xy(20, seed=4)
     np.save(tmp_path / "x.npy", x)
@@ -383,6 +389,7 @@ def test_predict_in_batches_equals_one_call(work, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), one_call, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # a child process
 def test_predict_memory_stays_bounded_on_a_large_input(work, tmp_path):
     def peak_mib(rows: int) -> int:
         path = tmp_path / f"x{rows}.npy"
@@ -406,6 +413,7 @@ def test_predict_memory_stays_bounded_on_a_large_input(work, tmp_path):
     np.testing.assert_allclose(y[-3:], np.load(tmp_path / "y16.npy")[:3], rtol=1e-6)
 
 
+@pytest.mark.slow  # a child process
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_bytes(_header((100, 3)) + bytes(40)),
      "x (--input x.npy) is truncated: its header declares float32[100, 3] (1.17 KiB) but the "
