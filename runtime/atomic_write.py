@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
 
 
-def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either the old file or the new one.
+def write_atomic(path: str | Path, data: bytes | Iterable[bytes], *, mode: int = 0o666) -> None:
+    """Write ``data`` (bytes, or chunks of bytes written as they come) to ``path`` so that
+    ``path`` is either the old file or the new one.
 
     The new file is created with ``mode`` less the umask (by default the permissions of a
     plain ``open``), which the kernel applies: luxc never reads or changes the process umask."""
@@ -27,7 +29,8 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

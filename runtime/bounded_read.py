@@ -16,29 +16,54 @@ from pathlib import Path
 from typing import Any
 
 from luxc.runtime.errors import ArtifactError
+from luxc.runtime.shown import shown
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def open_regular(path: str | Path, what: str, *, follow_symlinks: bool = False,
+                 what_names_path: bool = False) -> int:
+    """A read-only descriptor of the regular file ``path``, checked on the descriptor itself
+    (``fstat``), so the file checked is the file read. Errors say ``{what} {path}`` (only
+    ``what`` when ``what_names_path``).
+
+    Opened with ``O_NONBLOCK``: a FIFO or a device named like a data file is refused at once
+    instead of blocking the open. A symbolic link as the last component is refused
+    (``O_NOFOLLOW``) unless ``follow_symlinks``; a link loop is then one line too."""
+    path = Path(path)
+    named = what if what_names_path else f"{what} {shown(path)}"
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ArtifactError(f"{named}: no such file" if what_names_path else
+                            f"{what} not found: {shown(path)}") from None
+    except OSError as e:
+        if not follow_symlinks and os.path.islink(path):
+            raise ArtifactError(f"{named} is a symbolic link; luxc reads only regular "
+                                "files") from None
+        raise ArtifactError(f"cannot read {named}: {e.strerror}") from None
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        raise ArtifactError(f"{named} is {_KINDS.get(kind, 'a special file')}, not a regular "
+                            "file")
+    return fd
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket"}
+
+
 def read_regular(path: str | Path, what: str, max_bytes: int) -> bytearray:
     """The bytes of ``path``, read once; refuses symbolic links, non-regular files and files
     larger than ``max_bytes``."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ArtifactError(f"{what} not found: {path}") from None
-    except OSError as e:
-        if os.path.islink(path):
-            raise ArtifactError(f"{what} {path} is a symbolic link; luxc reads only regular "
-                                "files") from None
-        raise ArtifactError(f"cannot read {what} {path}: {e.strerror}") from None
+    fd = open_regular(path, what)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ArtifactError(f"{what} {path} is not a regular file")
         if info.st_size > max_bytes:
             raise ArtifactError(f"{what} {path} has {info.st_size} bytes, more than the "
                                 f"{max_bytes} expected")

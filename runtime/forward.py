@@ -20,7 +20,8 @@ per batch size, with no XLA option taken from the manifest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from jax import export as jax_export
 
 from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import EVALUATE_FILE, FORWARD_FILE
-from luxc.runtime.dataset import npy_header
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import compile_exported
 from luxc.runtime.guarded_call import guarded
 from luxc.runtime.module_check import check_untrusted
+from luxc.runtime.npy_rows import NpyRows, open_npy
 from luxc.runtime.persistent_cache import MemoryCache
+from luxc.runtime.shown import shown
 
 
 class _Program:
@@ -165,13 +167,35 @@ def load_forward(files: dict[str, bytes], manifest: dict[str, Any], directory: P
                                  allow_device_kernels), manifest, signed)
 
 
-def read_input(path: str | Path, forward: Forward) -> np.ndarray:
-    """The ``.npy`` at ``path`` (``--input``), its header checked against what the model takes
-    before its data is read; never unpickled."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"--input {path}: no such file; give a .npy array (np.save)")
-    with open(path, "rb") as f:
-        shape, dtype = npy_header(f, f"x (--input {path})")
-    forward.check_input(shape, dtype, f"x (--input {path})")
-    return np.load(path, allow_pickle=False)
+def read_input(path: str | Path, forward: Forward) -> NpyRows:
+    """The ``.npy`` at ``path`` (``--input``) as rows read on demand, its header checked against
+    what the model takes and against the file's size before any data is read; never unpickled.
+    A FIFO, a device or a directory is refused at once (the open never blocks)."""
+    what = f"x (--input {shown(path)})"
+    rows = open_npy(path, what, follow_symlinks=True)  # the user named this file
+    forward.check_input(rows.shape, rows.dtype, what)
+    return rows
+
+
+def default_batch_size(forward: Forward) -> int:
+    """About 64 MiB of input and output a batch (``--batch-size``'s default), 1 to 65536
+    samples."""
+    per_sample = forward.input_dtype.itemsize * math.prod(forward.input_shape)
+    for aval in forward.exported.out_avals:
+        if all(isinstance(d, int) for d in aval.shape[1:]):
+            per_sample += np.dtype(aval.dtype).itemsize * math.prod(aval.shape[1:])
+    return max(1, min(1 << 16, (64 << 20) // max(per_sample, 1)))
+
+
+def predict_batches(forward: Forward, state: Sequence[Any], rows: NpyRows,
+                    batch_size: int) -> Iterator[np.ndarray]:
+    """The model's first output on ``rows`` (``(N, *input_shape)``), ``batch_size`` samples at a
+    time: memory holds one batch. Each output keeps the batch axis (checked)."""
+    for start in range(0, len(rows), batch_size):
+        x = rows.slice(start, min(start + batch_size, len(rows)))
+        y = forward(state, x)[0]
+        if np.ndim(y) == 0 or y.shape[0] != len(x):
+            raise ArtifactError(f"the model's output for {len(x)} samples has shape "
+                                f"{list(np.shape(y))}, not one row a sample; predict it in "
+                                "Python (luxc.load(DIR).predict(x))")
+        yield y

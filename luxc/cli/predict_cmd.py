@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import click
-import numpy as np
 
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError
@@ -46,14 +44,18 @@ def _is_npy(path: Path) -> bool:
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="use the parameters and model state of this checkpoint (written by luxc run "
                    "--save-state/--checkpoint or luxc.save_state); default: the artefact's own")
+@click.option("--batch-size", type=click.IntRange(min=1, max=1 << 24),
+              help="run the model on this many samples at a time, writing each batch's outputs "
+                   "as it goes (default: about 64 MiB of inputs and outputs a batch)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
-def predict(directory, input_path, out_path, state_path, allow_device_kernels):
+def predict(directory, input_path, out_path, state_path, batch_size, allow_device_kernels):
     """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
     running statistics, Dropout is the identity), and write its output to --out."""
     from luxc.runtime.artifact import load_predictor
     from luxc.runtime.atomic_write import write_atomic
-    from luxc.runtime.forward import read_input
+    from luxc.runtime.forward import default_batch_size, predict_batches, read_input
+    from luxc.runtime.npy_rows import npy_chunks
 
     _check_out(out_path, directory)  # before any work: a refusal loses nothing
     predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels)
@@ -64,11 +66,18 @@ def predict(directory, input_path, out_path, state_path, allow_device_kernels):
     if state_path:
         predictor.load_state(state_path)
     x = read_input(input_path, predictor.forward)
-    y = predictor.predict(x)
-    buffer = io.BytesIO()
-    np.save(buffer, y, allow_pickle=False)
-    write_atomic(out_path, buffer.getvalue())
+    batch_size = batch_size or default_batch_size(predictor.forward)
+    shapes = []
+
+    def batches():
+        for y in predict_batches(predictor.forward, predictor.state, x, batch_size):
+            shapes.append((y.shape, y.dtype))
+            yield y
+
+    write_atomic(out_path, npy_chunks(len(x), batches(), f"--out {out_path}"))
     source = f"checkpoint {state_path}, step {predictor.step_count}" if state_path else \
         f"the artefact's state, step {predictor.step_count}"
-    click.echo(f"wrote {y.dtype}{list(y.shape)} to {out_path} ({x.shape[0]} samples; parameters "
-               f"from {source})")
+    (shape, dtype) = shapes[0]
+    click.echo(f"wrote {dtype}{[len(x), *shape[1:]]} to {out_path} ({len(x)} samples in "
+               f"{len(shapes)} batch{'es' if len(shapes) > 1 else ''} of up to {batch_size}; "
+               f"parameters from {source})")

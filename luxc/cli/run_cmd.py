@@ -92,13 +92,21 @@ class _Interrupt:
 @click.option("--data", "data_path", type=click.Path(),
               help="an .npz of the data arrays with N samples on their leading axis, in the order "
                    "`luxc inspect` lists them (np.savez(F, x, y) keeps that order), or a directory "
-                   "of .npy files (memory-mapped, read in name order); N larger than the "
+                   "of .npy files (read per batch, in name order); N larger than the "
                    "artefact's batch: shuffled batches each epoch; default: the example data "
                    "stored in the artefact")
 @click.option("--seed", type=click.IntRange(min=0), help="the data order's seed (default 0)")
 @click.option("--eval-data", "eval_path", type=click.Path(),
               help="evaluate the objective (test mode, no update) on all the samples of this "
                    ".npz (or directory of .npy files, as --data) as the run goes")
+@click.option("--follow-symlinks", is_flag=True,
+              help="follow symbolic links inside a --data/--eval-data directory (refused by "
+                   "default: a stranger's link may point at your own files)")
+@click.option("--max-data-memory", default=512, show_default=True,
+              type=click.IntRange(min=1), metavar="MIB",
+              help="the most memory a dataset may take: inflated np.savez_compressed members, "
+                   "the epoch's shuffle, the whole --eval-data (.npy files and np.savez members "
+                   "are read per batch)")
 @click.option("--eval-every", type=click.IntRange(min=1, max=_MAX_STEPS),
               help="steps between evaluations (default: about ten in the run, and at its end)")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
@@ -129,7 +137,8 @@ class _Interrupt:
                    "an artefact you did not sign)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
-def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_path, save_state,
+def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
+        max_data_memory, eval_every, state_path, save_state,
         checkpoint_dir, checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet,
         plot, time_limit, allow_device_kernels):
     """Train with the artefact in DIRECTORY (no model source needed).
@@ -179,17 +188,19 @@ def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_
     from luxc.runtime.dataset import Dataset
 
     dataset = None
+    read = dict(follow_symlinks=follow_symlinks, max_memory=max_data_memory << 20)
     if data_path:
         dataset = Dataset(data_path, loaded.manifest["inputs"][n_state:],
-                          loaded.layout["data_names"], run_record["seed"])
+                          loaded.layout["data_names"], run_record["seed"], **read)
     eval_data = None
     if eval_path:
         if loaded.evaluator is None:
             raise CliError(f"{directory} holds no evaluation program (its objective could not "
                            "be exported for any batch size, or an older luxc compiled it); "
                            "recompile it to use --eval-data")
+        # The evaluation program's batch axis is symbolic: any number of samples >= 1.
         eval_data = Dataset(eval_path, loaded.manifest["inputs"][n_state:],
-                            loaded.layout["data_names"]).arrays()
+                            loaded.layout["data_names"], evaluation=True, **read).arrays()
     total = steps or (epochs * dataset.batches_per_epoch if epochs else
                       dataset.batches_per_epoch if dataset and dataset.samples > dataset.batch_size
                       else 10)
