@@ -28,7 +28,8 @@ def _dims_and_activation(args: tuple) -> tuple[tuple[int, ...], Callable | None]
 
 class Scale(AbstractLayer):
     r"""Element-wise affine map, :math:`y = \sigma(w \odot x + b)`, ``w`` and ``b`` of shape
-    ``dims`` broadcast against the trailing axes of ``x``.
+    ``dims`` broadcast against the trailing axes of ``x`` (numpy's rules, as Julia's
+    broadcasting in Lux: ``Scale(5, 10)`` on ``(10,)`` gives ``(5, 10)``).
 
     ``Scale(*dims, activation=None, *, use_bias=True, init_weight=None, init_bias=None)``:
     ``Scale(4)``, ``Scale(3, 4, jnp.tanh)`` or ``Scale((3, 4), jnp.tanh)``. In batch-first
@@ -62,11 +63,11 @@ class Scale(AbstractLayer):
         return ps
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        got = tuple(np.shape(x))
-        n = len(self.dims)
-        if len(got) < n or any(d != g for d, g in zip(self.dims, got[len(got) - n:])):
-            raise LayerShapeError(f"{self.summary()} expects an input of shape "
-                                  f"(..., {', '.join(map(str, self.dims))}); received {got}")
+        trailing = zip(reversed(np.shape(x)), reversed(self.dims))
+        # A symbolic (export-time) batch size is not an int: it is not checked.
+        if not all(g in (1, d) or d == 1 for g, d in trailing if isinstance(g, int)):
+            raise LayerShapeError(f"{self.summary()} expects an input whose trailing axes "
+                                  f"broadcast with {self.dims}; received {np.shape(x)}")
         x = match_eltype(self, ps, st, x)
         y = x * ps["weight"] + ps["bias"] if self.use_bias else x * ps["weight"]
         return (self.activation(y) if self.activation else y), st

@@ -158,7 +158,8 @@ class VariationalHiddenDropout(AbstractLayer):
             mask = jnp.where(keep, 1.0 / (1.0 - self.p), 0.0).astype(dtype)
             st = {**st, "rng": jax.random.key_data(rng), "mask": mask, "update_mask": Val(False)}
         mask = st["mask"]
-        if jnp.broadcast_shapes(mask.shape, x.shape) != x.shape:
+        fits = mask.ndim == x.ndim and all(m in (1, n) for m, n in zip(mask.shape, x.shape))
+        if not fits:
             raise LayerShapeError(
                 f"{self.summary()}: the stored mask of shape {mask.shape} does not fit an input "
                 f"of shape {x.shape}; reset it with update_state(st, 'update_mask', Val(True))")
