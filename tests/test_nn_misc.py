@@ -238,3 +238,13 @@ def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artefact(tmp_path
     luxc.export_step(luxc.MSELoss(), _misc_data(), ts_c, tmp_path / "m.luxc")
     losses = luxc.load(tmp_path / "m.luxc").run(2)
     np.testing.assert_allclose(losses, _steps(luxc.AutoJAX(), ts_c, 2)[0], rtol=1e-5)
+
+
+def test_misc_layers_inside_a_stack_equal_the_slices_applied_in_turn():
+    from tests.test_nn_norm import _stack_equals_slices_in_turn
+
+    block = nn.Chain(nn.Scale(8, jnp.tanh), nn.AlphaDropout(0.1), nn.VariationalHiddenDropout(0.1),
+                     nn.Maxout(lambda: nn.Dense(8, 8), 2), nn.Bilinear(8, 8, jnp.tanh),
+                     nn.AlternatePrecision(jnp.float32, nn.NoOpLayer()), nn.ReshapeLayer((2, 4)),
+                     nn.FlattenLayer(N=2), nn.SelectDim(0, range(4)))
+    _stack_equals_slices_in_turn(block, jnp.asarray(_rand(30, 4, 8)))

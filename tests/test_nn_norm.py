@@ -285,3 +285,27 @@ def factory():
         _, loss, _, ts = single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _norm_data(), ts)
         expected.append(float(loss))
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
+
+
+def _stack_equals_slices_in_turn(block, x, calls=2):
+    stack = nn.Stack(block, 3)
+    ps, st = luxc.setup(0, stack)
+    for _ in range(calls):  # a second call uses the state the first returned
+        y, new_st = stack(x, ps, st)
+        h, slices = x, []
+        for i in range(3):
+            h, s = block(h, *(jax.tree.map(lambda a, i=i: a[i], t) for t in (ps, st)))
+            slices.append(s)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(h), rtol=1e-5, atol=1e-5)
+        for i, s in enumerate(slices):
+            jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5,
+                                                                      atol=1e-6), new_st, s)
+        st = new_st
+
+
+def test_norm_layers_inside_a_stack_equal_the_slices_applied_in_turn():
+    block = nn.Chain(nn.WeightNorm(nn.Dense(8, 8), ("weight",)), nn.RMSNorm(8),
+                     nn.GroupNorm(8, 2), nn.LayerNorm(8, jnp.tanh))
+    _stack_equals_slices_in_turn(block, jnp.asarray(_rand(30, 4, 8)))
+    spatial = nn.Chain(nn.InstanceNorm(8, affine=True, track_stats=True), nn.GroupNorm(8, 4))
+    _stack_equals_slices_in_turn(spatial, jnp.asarray(_rand(31, 2, 5, 8)))
