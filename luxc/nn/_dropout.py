@@ -2,7 +2,8 @@
 their random key in the state so that a step is a pure function.
 
 All three keep ``rng`` (raw key data, ``uint32[2]``) and ``training`` in the state, are the
-identity under ``luxc.testmode(st)``, and split the key on every training call."""
+identity under ``luxc.testmode(st)``, and split the key whenever they draw a mask (Dropout and
+AlphaDropout on every training call, VariationalHiddenDropout when its mask is renewed)."""
 
 from __future__ import annotations
 
@@ -122,8 +123,9 @@ class VariationalHiddenDropout(AbstractLayer):
     (``None`` at setup). A training call with ``update_mask`` true draws a new mask, stores it
     and sets ``update_mask`` to ``Val(False)``; later calls reuse the stored mask. Reset as
     Lux, with ``luxc.nn.update_state(st, "update_mask", luxc.nn.Val(True))``. Because the mask
-    appears after the first call, the state's structure changes once (a compiled step
-    compiles a second program then, and once more after a reset).
+    appears after the first call, the state's structure changes once: a compiled step
+    compiles a second program then (and once more after a reset), and ``train_steps`` or an
+    exported artefact need a state that already holds its mask (run one step first).
     Test mode is the identity and leaves the state unchanged.
 
     Args:
