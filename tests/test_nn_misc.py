@@ -248,3 +248,20 @@ def test_misc_layers_inside_a_stack_equal_the_slices_applied_in_turn():
                      nn.AlternatePrecision(jnp.float32, nn.NoOpLayer()), nn.ReshapeLayer((2, 4)),
                      nn.FlattenLayer(N=2), nn.SelectDim(0, range(4)))
     _stack_equals_slices_in_turn(block, jnp.asarray(_rand(30, 4, 8)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: nn.Bilinear((3, 0), 2), r"Bilinear: expects \(in1, in2\) or in12, then out"),
+    (lambda: nn.ReshapeLayer((-1, -1)), r"ReshapeLayer: dims must be non-negative ints \(at "
+                                        r"most one -1\); received \(-1, -1\)"),
+    (lambda: nn.SelectDim(1.5, 0), "SelectDim: dim must be an int axis; received 1.5"),
+    (lambda: nn.SelectDim(1, "a"), "SelectDim: index must be an int or a sequence of ints"),
+    (lambda: nn.FlattenLayer(N=-1), "FlattenLayer: N must be None or a non-negative int"),
+    (lambda: nn.VariationalHiddenDropout(1.0), r"p must be in \[0, 1\); received 1.0"),
+    (lambda: nn.Maxout(lambda: nn.Dense(2, 2), 0), r"Maxout: the \(constructor, n\) form needs"),
+    (lambda: nn.Scale(3, jnp.tanh, activation=jnp.tanh), "Scale: activation given twice"),
+])
+def test_bad_configuration_is_one_line_naming_the_argument(make, message):
+    with pytest.raises(ValueError, match=message) as info:
+        make()
+    assert "\n" not in str(info.value)

@@ -309,3 +309,20 @@ def test_norm_layers_inside_a_stack_equal_the_slices_applied_in_turn():
     _stack_equals_slices_in_turn(block, jnp.asarray(_rand(30, 4, 8)))
     spatial = nn.Chain(nn.InstanceNorm(8, affine=True, track_stats=True), nn.GroupNorm(8, 4))
     _stack_equals_slices_in_turn(spatial, jnp.asarray(_rand(31, 2, 5, 8)))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: nn.GroupNorm(0, 1), "GroupNorm: chs must be a positive int; received 0"),
+    (lambda: nn.InstanceNorm(3, momentum=2.0), r"InstanceNorm: momentum must be in \[0, 1\]"),
+    (lambda: nn.RMSNorm(4, 0), r"RMSNorm: shape must be a positive int or a tuple of positive "
+                               r"ints; received \(4, 0\)"),
+    (lambda: nn.LayerNorm((3, -1)), "LayerNorm: shape must be a positive int"),
+    (lambda: nn.WeightNorm(nn.Dense(2, 2), ("weight",), (0, 1)),
+     r"WeightNorm: dims needs one entry per name in which_params \('weight',\)"),
+    (lambda: nn.WeightNorm(nn.Dense(2, 2), ("weight",), (2,)),
+     r"WeightNorm: dims\[0\] must be axes of 'weight' \(rank 2\); received 2"),
+])
+def test_bad_norm_configuration_is_one_line_naming_the_argument(make, message):
+    with pytest.raises(ValueError, match=message) as info:
+        make()
+    assert "\n" not in str(info.value)
