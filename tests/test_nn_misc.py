@@ -235,9 +235,9 @@ def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artefact(tmp_path
     assert a[0] == b[0]
     # An artefact exported once the dropout mask exists (its state no longer changes shape)
     # trains like eager AutoJAX, in a process-independent loaded step.
-    luxc.export_step(luxc.MSELoss(), _misc_data(), ts_c, tmp_path / "m.luxc")
+    luxc.export_step(luxc.MSELoss(), _misc_data(), ts_e, tmp_path / "m.luxc")
     losses = luxc.load(tmp_path / "m.luxc").run(2)
-    np.testing.assert_allclose(losses, _steps(luxc.AutoJAX(), ts_c, 2)[0], rtol=1e-5)
+    np.testing.assert_allclose(losses, _steps(luxc.AutoJAX(), ts_e, 2)[0], rtol=1e-5)
 
 
 def test_misc_layers_inside_a_stack_equal_the_slices_applied_in_turn():
