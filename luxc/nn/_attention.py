@@ -12,16 +12,7 @@ import jax.numpy as jnp
 from luxc.nn._basic import Dense
 from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
 from luxc.nn._dropout import Dropout
-
-
-class _NoDropout(AbstractLayer):
-    """The ``attention_dropout`` slot when its probability is 0 (Lux puts a ``NoOpLayer``)."""
-
-    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        return x, st
-
-    def summary(self) -> str:
-        return "NoOpLayer()"
+from luxc.nn._reshape import NoOpLayer
 
 
 def _positive(value: Any) -> bool:
@@ -153,7 +144,7 @@ class MultiHeadAttention(AbstractContainerLayer):
         self.k_proj = Dense(d["k_in"], d["qk"], use_bias=use_bias)
         self.v_proj = Dense(d["v_in"], d["v"], use_bias=use_bias)
         p = self.attention_dropout_probability
-        self.attention_dropout = Dropout(p) if p else _NoDropout()
+        self.attention_dropout = Dropout(p) if p else NoOpLayer()  # as Lux's Dropout(0)
         self.out_proj = Dense(d["v"], d["out"], use_bias=use_bias)
 
     def sublayers(self) -> dict[str, AbstractLayer]:
