@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.errors import ArtifactError, WriteError
 from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
 
 
@@ -19,21 +19,34 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o666) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either the old file or the new one.
 
     The new file is created with ``mode`` less the umask (by default the permissions of a
-    plain ``open``), which the kernel applies: luxc never reads or changes the process umask."""
+    plain ``open``), which the kernel applies: luxc never reads or changes the process umask.
+    A failed write (``ENOSPC``: the disk is full) raises :class:`WriteError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {e.strerror or e}; what was there before "
+                         "is unchanged", e.errno) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def check_writable_file(path: str | Path, what: str) -> None:
