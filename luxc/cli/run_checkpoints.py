@@ -71,16 +71,16 @@ def new_run(artifact: str, artifact_dir: str, seed: int, origin: int) -> dict[st
 
 
 def open_directory(path: str, artifact_dir: str, *, resume: bool, beside: bool) -> list[Found]:
-    """Check ``--checkpoint path``, create it, lock it for this command, and list what it holds.
-    Refuses (one line) a dangling link, a file named like a checkpoint that is not one, and,
-    for a fresh run without ``beside`` (``--new-run``), another run's checkpoints."""
+    """Check ``--checkpoint path`` and list what it holds, writing nothing. Refuses (one line) a
+    dangling link, a file named like a checkpoint that is not one, and, for a fresh run without
+    ``beside`` (``--new-run``), another run's checkpoints."""
     if os.path.islink(path) and not os.path.exists(path):
         raise CliError(f"--checkpoint {path} is a symbolic link to {os.readlink(path)}, which "
                        "does not exist; create that directory or give another --checkpoint")
     check_outside(path, artifact_dir, "--checkpoint")
     check_writable_directory(path, "--checkpoint")
-    Path(path).mkdir(parents=True, exist_ok=True)
-    _lock(Path(path))
+    if os.path.lexists(Path(path) / LOCK_NAME):  # a run may be using it: say so first
+        _lock(Path(path))
     found = scan(path)
     alien = next((f for f in found if not f.luxc), None)
     if alien is not None:
@@ -97,7 +97,8 @@ def open_directory(path: str, artifact_dir: str, *, resume: bool, beside: bool) 
 
 
 def _lock(directory: Path) -> None:
-    """Hold an exclusive lock on ``directory/.luxc-run.lock`` until the command ends."""
+    """Hold an exclusive lock on ``directory/.luxc-run.lock`` until the command ends (the
+    command's context remembers it)."""
     lock = directory / LOCK_NAME
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
@@ -115,14 +116,16 @@ def _lock(directory: Path) -> None:
         raise CliError(f"--checkpoint {directory} is in use by another luxc run (it holds the "
                        f"lock {lock}); wait for that run to end, or give another "
                        "--checkpoint") from None
-    click.get_current_context().call_on_close(lambda: os.close(fd))
+    context = click.get_current_context()
+    context.meta[LOCK_NAME] = str(directory)
+    context.call_on_close(lambda: os.close(fd))
 
 
 def scan(directory: str | Path) -> list[Found]:
     """Every file of ``directory`` named like a checkpoint (``step-00000100.safetensors``),
     oldest step first."""
     found = []
-    for p in Path(directory).iterdir():
+    for p in (Path(directory).iterdir() if Path(directory).is_dir() else ()):
         if (m := _CHECKPOINT.fullmatch(p.name)) is not None:
             luxc = is_checkpoint(p)
             found.append(Found(p, int(m[1]), luxc, run_in_header(p) if luxc else None))
@@ -164,9 +167,16 @@ def resume(load: Callable[[Path], dict[str, Any] | None], directory: str, found:
     return newest.path, {**base, **(record or {}), "artifact": artifact}
 
 
-def check_steps(found: list[Found], run_id: str, first: int, last: int, directory: str) -> None:
-    """Refuse, before the first step, a run that would write a checkpoint where another run's
-    is (steps ``first`` to ``last``)."""
+def claim(directory: str, found: list[Found], run_id: str, first: int, last: int) -> None:
+    """Just before the first step: create and lock ``directory`` for this command, check that
+    it still holds what ``open_directory`` found, and refuse a run that would write a
+    checkpoint where another run's is (steps ``first`` to ``last``)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    if click.get_current_context().meta.get(LOCK_NAME) != str(directory):
+        _lock(Path(directory))
+    if [f.path.name for f in scan(directory)] != [f.path.name for f in found]:
+        raise CliError(f"--checkpoint {directory} changed while this run started (another "
+                       "program wrote there); run the command again")
     taken = [f for f in found if first <= f.step <= last and not f.of_run(run_id)]
     if taken:
         raise CliError(f"--checkpoint {directory} holds {_names(taken)} of another run, which "

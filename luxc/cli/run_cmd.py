@@ -216,8 +216,8 @@ def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     eval_every = eval_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
-    checkpoints.check_steps(found, run_record["run_id"], loaded.step_count + 1, end,
-                            checkpoint_dir)
+    if checkpoint_dir:
+        checkpoints.claim(checkpoint_dir, found, run_record["run_id"], loaded.step_count + 1, end)
     log = RunLog.open(log_path, run_record.get("log") if resumed_from else None, resume) \
         if log_path else None
 

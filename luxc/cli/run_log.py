@@ -102,7 +102,7 @@ class RunLog:
 
     def sync(self) -> dict[str, Any]:
         """Put every row on disk; the log's record for a checkpoint written now."""
-        if self.error is None:
+        if self.error is None and self._fd >= 0:
             try:
                 os.fsync(self._fd)
             except OSError as e:
@@ -123,7 +123,10 @@ class RunLog:
                 f"it keeps {kept}")
 
     def close(self) -> None:
+        """Put every row on disk and close the file (``sync`` still gives its record)."""
+        self.sync()
         os.close(self._fd)
+        self._fd = -1
 
 
 def _verified_prefix(fd: int, recorded: dict[str, Any] | None) -> Any:
