@@ -228,8 +228,8 @@ def _valid_run(run: Any) -> bool:
     """``luxc run``'s record: seed and origin (the step its data order started at), and, from
     this format on, the run's identity: ``run_id`` (32 hex digits), ``artifact`` (the SHA-256
     naming the artefact it trains; ``artifact_dir``, where it was, to name it), ``started`` (ns
-    since 1970) and ``log`` (the bytes of its ``--log`` up to this checkpoint, and their
-    SHA-256)."""
+    since 1970) and ``log`` (the bytes of its ``--log`` up to this checkpoint, their SHA-256,
+    and the file's device and inode)."""
     if not (isinstance(run, dict) and all(type(run.get(k)) is int and 0 <= run[k] <= bound
                                           for k, bound in (("origin", MAX_STEP),
                                                            ("seed", MAX_SEED)))):
@@ -243,9 +243,11 @@ def _valid_run(run: Any) -> bool:
                  <= 4096):
         return False
     log = run.get("log")
-    return log is None or isinstance(log, dict) and set(log) == {"bytes", "sha256"} and \
-        type(log["bytes"]) is int and log["bytes"] >= 0 and isinstance(log["sha256"], str) and \
-        _HEX64.fullmatch(log["sha256"]) is not None
+    return log is None or isinstance(log, dict) and set(log) - {"file"} == {"bytes", "sha256"} \
+        and type(log["bytes"]) is int and log["bytes"] >= 0 and isinstance(log["sha256"], str) \
+        and _HEX64.fullmatch(log["sha256"]) is not None and (
+            "file" not in log or isinstance(log["file"], list) and len(log["file"]) == 2
+            and all(type(n) is int and n >= 0 for n in log["file"]))
 
 
 def check_statics(path: Path, saved: dict[str, dict[str, Any]],

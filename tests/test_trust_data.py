@@ -294,6 +294,21 @@ def test_resume_appends_only_to_the_log_its_run_wrote(art, tmp_path):
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 9))
 
 
+def test_a_checkpoint_taken_before_the_first_log_row_names_its_log_by_file(art, tmp_path):
+    ck, log, config = tmp_path / "ck", tmp_path / "log.jsonl", tmp_path / "config.json"
+    config.write_text('{"lr": 0.1}\n')
+    r = _run(art, "--steps", "3", "--every", "10", "--checkpoint-every", "1", "--checkpoint", ck,
+             "--log", log)
+    assert r.exit_code == 0, r.output
+    (ck / "step-00000003.safetensors").unlink()  # the newest left: step 2, before any row
+    r = _run(art, "--steps", "3", "--every", "10", "--resume", "--checkpoint", ck, "--log", config)
+    _one_line_error(r, "not the log of the run being resumed")
+    assert config.read_text() == '{"lr": 0.1}\n'  # every file begins with the 0 bytes logged
+    r = _run(art, "--steps", "3", "--every", "10", "--resume", "--checkpoint", ck, "--log", log)
+    assert r.exit_code == 0, r.output
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [3]
+
+
 def test_sigkill_after_a_checkpoint_loses_no_log_row_and_resume_agrees(art, tmp_path):
     args = [sys.executable, "-m", "luxc.cli", "run", str(art), "--steps", "100000", "--every",
             "1", "-q", "--checkpoint", "ck", "--checkpoint-every", "5", "--keep", "1", "--log",

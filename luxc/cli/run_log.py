@@ -57,6 +57,8 @@ class RunLog:
         self.path, self._fd, self._digest, self._size = path, fd, digest, size
         self.error: OSError | None = None
         self.last_step: int | None = None
+        info = os.fstat(fd)
+        self._file = [info.st_dev, info.st_ino]  # names the log while it has no row
 
     @classmethod
     def open(cls, path: str, recorded: dict[str, Any] | None, resume: bool) -> RunLog:
@@ -107,7 +109,7 @@ class RunLog:
                 os.fsync(self._fd)
             except OSError as e:
                 self._failed(e)
-        return {"bytes": self._size, "sha256": self._digest.hexdigest()}
+        return {"bytes": self._size, "sha256": self._digest.hexdigest(), "file": self._file}
 
     def _failed(self, error: OSError) -> None:
         self.error = error
@@ -131,9 +133,14 @@ class RunLog:
 
 def _verified_prefix(fd: int, recorded: dict[str, Any] | None) -> Any:
     """The SHA-256 state of the first ``recorded["bytes"]`` bytes of the regular file ``fd``
-    when they hash to ``recorded["sha256"]``, else ``None``."""
+    when they hash to ``recorded["sha256"]``, else ``None``. A log that had no row at the
+    checkpoint is matched by its file (device and inode) instead: every file begins with 0
+    bytes, and cutting a stranger's back to them would empty it."""
     info = os.fstat(fd)
     if recorded is None or not stat.S_ISREG(info.st_mode) or info.st_size < recorded["bytes"]:
+        return None
+    if recorded["bytes"] == 0 and info.st_size > 0 and \
+            recorded.get("file") != [info.st_dev, info.st_ino]:
         return None
     digest, offset = hashlib.sha256(), 0
     while offset < recorded["bytes"]:
