@@ -114,8 +114,9 @@ class _Interrupt:
               help="steps between checkpoints (default: about ten in the run)")
 @click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
               help="how many of the newest checkpoints to keep")
-@click.option("--resume", is_flag=True, help="continue from the newest checkpoint in "
-              "--checkpoint: the same batches in the same order, the same numbers")
+@click.option("--resume", is_flag=True, help="continue the run in --checkpoint (the one that "
+              "started last there) from its newest checkpoint: the same batches in the same "
+              "order, the same numbers")
 @click.option("--new-run", is_flag=True, help="start a new run in a --checkpoint directory "
               "that holds another run's checkpoints (they are kept; --keep counts this run's)")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
