@@ -87,7 +87,8 @@ def load_state(path: str | Path, like: TrainState) -> TrainState:
     (same devices and shardings).
 
     Raises ``ArtifactError`` naming the first leaf that differs (``parameters['w']['weight']``:
-    its shape or dtype), a leaf missing or extra, a corrupt or edited file."""
+    its shape or dtype), a leaf missing or extra, a static value of another type than
+    ``like``'s or a ``training`` flag other than ``like``'s, a corrupt or edited file."""
     path = Path(path)
     names, refs, _ = _leaves(like)
     # room for a float16 run's loss scaling (three scalars) the TrainState may not have yet
@@ -136,7 +137,17 @@ def _restored(path: Path, name: str, like: Val, saved: dict[str, dict[str, Any]]
                                 f"has {like!r}, and luxc rebuilds only numbers, booleans and "
                                 "strings")
         return like
-    return Val(static_value(entry))
+    value = static_value(entry)
+    if type(value) is not type(like.value):
+        raise ArtifactError(f"checkpoint {path}: {name} is Val({value!r}), a "
+                            f"{type(value).__name__}; this TrainState has {like!r}, a "
+                            f"{type(like.value).__name__}: the file is of another model, or was "
+                            "edited")
+    if name.endswith("['training']") and value != like.value:
+        raise ArtifactError(f"checkpoint {path}: {name} is Val({value!r}); this TrainState has "
+                            f"{like!r}. A checkpoint does not switch the mode: load it into a "
+                            "TrainState in that mode (luxc.trainmode / luxc.testmode)")
+    return Val(value)
 
 
 def _place(array: np.ndarray, like: Any) -> jax.Array:

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.errors import ArtifactError, WriteError
 from luxc.runtime.temporary_names import remove_stale_temporaries, temporary_name
 
 
@@ -21,22 +21,35 @@ def write_atomic(path: str | Path, data: bytes | Iterable[bytes], *, mode: int =
     ``path`` is either the old file or the new one.
 
     The new file is created with ``mode`` less the umask (by default the permissions of a
-    plain ``open``), which the kernel applies: luxc never reads or changes the process umask."""
+    plain ``open``), which the kernel applies: luxc never reads or changes the process umask.
+    A failed write (``ENOSPC``: the disk is full) raises :class:`WriteError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             for chunk in [data] if isinstance(data, bytes | bytearray) else data:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+                write_all(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {e.strerror or e}; what was there before "
+                         "is unchanged", e.errno) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def check_writable_file(path: str | Path, what: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ _HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 # flat artefact's state (parameters, optimizer_state, states) is reordered to the same file.
 _PART_ORDER = ("optimizer_state", "parameters", "states")
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+# The largest step a checkpoint may hold (and a run reach): a file name stays short.
+MAX_STEP = 1 << 40
+MAX_SEED = (1 << 64) - 1
+_HEX32, _HEX64 = re.compile(r"[0-9a-f]{32}"), re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -112,25 +117,45 @@ def max_bytes(expected: list[dict[str, Any]]) -> int:
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a file luxc wrote as a checkpoint (any version): the only kind of
     existing file luxc replaces with one. Reads the safetensors header only."""
+    meta = _header_metadata(path)
+    found = "" if meta is None else str(meta.get("format", ""))
+    return found.startswith("luxc-checkpoint") or found == "luxc-flat-state"
+
+
+def run_in_header(path: str | Path) -> dict[str, Any] | None:
+    """The run record (``luxc run``'s identity of the run that wrote it) of the checkpoint at
+    ``path``, read from its header alone and NOT verified (the SHA-256 is checked when the file
+    is read); ``None`` when it has none or is not a checkpoint of this format."""
+    meta = _header_metadata(path)
+    if meta is None or meta.get("format") != FORMAT:
+        return None
+    try:
+        run = json.loads(meta.get("contents", "")).get("run")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return run if _valid_run(run) else None
+
+
+def _header_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The safetensors ``__metadata__`` of the regular file at ``path`` (never following a
+    link or blocking on a FIFO), or ``None``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return False
+        return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
+            return None
         size = os.read(fd, 8)
         n = struct.unpack("<Q", size)[0] if len(size) == 8 else 0
         if not 0 < n <= _HEADER_BYTES << 6:
-            return False
-        header = json.loads(os.read(fd, n))
-        meta = header.get("__metadata__") or {}
-        found = str(meta.get("format", ""))
+            return None
+        meta = json.loads(os.read(fd, n)).get("__metadata__") or {}
+        return meta if isinstance(meta, dict) else None
     except (OSError, ValueError, AttributeError, RecursionError):
-        return False
+        return None
     finally:
         os.close(fd)
-    return found.startswith("luxc-checkpoint") or found == "luxc-flat-state"
 
 
 def read_checkpoint(path: str | Path, limit: int) -> Checkpoint:
@@ -153,8 +178,9 @@ def read_checkpoint(path: str | Path, limit: int) -> Checkpoint:
         run = contents.get("run")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ArtifactError(f"checkpoint {path} has no valid contents table") from None
-    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        raise ArtifactError(f"checkpoint {path} has step {step!r}; a step is a whole number >= 0")
+    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= MAX_STEP):
+        raise ArtifactError(f"checkpoint {path} has step {_short(step)}; a step is a whole "
+                            f"number from 0 to 2**{MAX_STEP.bit_length() - 1}")
     if not isinstance(leaves, list) or len(leaves) != len(arrays):
         raise ArtifactError(f"checkpoint {path}: its contents table lists "
                             f"{len(leaves) if isinstance(leaves, list) else '?'} leaves for "
@@ -166,9 +192,27 @@ def read_checkpoint(path: str | Path, limit: int) -> Checkpoint:
                                 f"tensors ({entry!r})")
     if not (isinstance(statics, dict) and all(_valid_static(e) for e in statics.values())):
         raise ArtifactError(f"checkpoint {path}: its static values are malformed")
-    if run is not None and not _valid_run(run):
+    if run is not None and not (_valid_run(run) and run["origin"] <= step):
         raise ArtifactError(f"checkpoint {path}: its run record is malformed")
-    return Checkpoint(path, step, [e["path"] for e in leaves], arrays, statics, run)
+    names = [e["path"] for e in leaves]
+    _check_loss_scaling(path, names, arrays)
+    return Checkpoint(path, step, names, arrays, statics, run)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+
+
+def _check_loss_scaling(path: Path, names: list[str], arrays: list[np.ndarray]) -> None:
+    """Refuse a float16 loss scale that cannot train: 0, negative, inf or nan (every step would
+    be skipped, or every update be nan)."""
+    for name, a in zip(names, arrays):
+        if name == "loss_scaling.scale" and not (a.size == 1 and np.isfinite(a).all()
+                                                  and float(a.reshape(())) > 0):
+            raise ArtifactError(f"checkpoint {path}: its float16 loss scale is "
+                                f"{np.asarray(a).reshape(-1)[:1]}; a loss scale is a finite "
+                                "number > 0 (the file is damaged or was edited)")
 
 
 def _valid_static(entry: Any) -> bool:
@@ -181,8 +225,29 @@ def _valid_static(entry: Any) -> bool:
 
 
 def _valid_run(run: Any) -> bool:
-    return isinstance(run, dict) and all(
-        type(run.get(k)) is int and run[k] >= 0 for k in ("seed", "origin"))
+    """``luxc run``'s record: seed and origin (the step its data order started at), and, from
+    this format on, the run's identity: ``run_id`` (32 hex digits), ``artifact`` (the SHA-256
+    naming the artefact it trains; ``artifact_dir``, where it was, to name it), ``started`` (ns
+    since 1970) and ``log`` (the bytes of its ``--log`` up to this checkpoint, their SHA-256,
+    and the file's device and inode)."""
+    if not (isinstance(run, dict) and all(type(run.get(k)) is int and 0 <= run[k] <= bound
+                                          for k, bound in (("origin", MAX_STEP),
+                                                           ("seed", MAX_SEED)))):
+        return False
+    hexes = {"run_id": _HEX32, "artifact": _HEX64}
+    if not all(isinstance(run.get(k, ""), str) and (k not in run or p.fullmatch(run[k]))
+               for k, p in hexes.items()):
+        return False
+    if "started" in run and not (type(run["started"]) is int and run["started"] >= 0) or \
+            not (isinstance(run.get("artifact_dir", ""), str) and len(run.get("artifact_dir", ""))
+                 <= 4096):
+        return False
+    log = run.get("log")
+    return log is None or isinstance(log, dict) and set(log) - {"file"} == {"bytes", "sha256"} \
+        and type(log["bytes"]) is int and log["bytes"] >= 0 and isinstance(log["sha256"], str) \
+        and _HEX64.fullmatch(log["sha256"]) is not None and (
+            "file" not in log or isinstance(log["file"], list) and len(log["file"]) == 2
+            and all(type(n) is int and n >= 0 for n in log["file"]))
 
 
 def check_statics(path: Path, saved: dict[str, dict[str, Any]],

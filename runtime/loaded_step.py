@@ -146,6 +146,7 @@ class LoadedStep(CompiledStages):
         ``on_step`` still sees every step's loss (``on_stats`` also its stats, in the order
         of the layout's ``stat_names``; a stat that is not a scalar: its mean); ``stop()``,
         asked between calls, ends the run early with the state of a whole number of steps.
+        A float16 step whose loss scale reaches 0 raises ``ArtifactError`` (it cannot train).
 
         ``time_limit`` (seconds, the whole run) raises
         :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
@@ -193,7 +194,19 @@ class LoadedStep(CompiledStages):
                     on_step(self.step_count, loss)
                 if on_stats is not None:
                     on_stats(self.step_count, loss, step_stats)
+            self._check_loss_scale()
         return losses
+
+    def _check_loss_scale(self) -> None:
+        """Stop a float16 run that can no longer train: its loss scale halves on every step
+        whose gradients are not finite, so 0 (or a forged inf/nan) means that every step of
+        the last ~150 or more was skipped and every later one would be too."""
+        scale = self.loss_scale
+        if scale is not None and not 0 < scale < float("inf"):
+            raise ArtifactError(f"the float16 loss scale is {scale:g} at step {self.step_count}: "
+                                "the gradients were not finite (nan or inf) on every recent "
+                                "step, so no step updated the parameters and none would; check "
+                                "the data and the learning rate (training stopped)")
 
     def prepare(self, steps_per_call: int, steps: int, stacked: bool = False) -> None:
         """Compile now the K-step programs ``run(steps, steps_per_call=K)`` will call, so its

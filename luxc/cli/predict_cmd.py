@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -24,6 +25,20 @@ def _check_out(path: str, directory: str) -> None:
     if out.is_symlink() or out.exists() and not _is_npy(out):
         raise CliError(f"--out {path} exists and is not a .npy array; luxc does not overwrite "
                        "it: remove it yourself or choose another name")
+
+
+def _check_not_input(out_path: str, input_path: str) -> None:
+    """``--out`` must not be the ``--input`` file, by name, link or hard link (it would replace
+    the user's inputs with the outputs)."""
+    out, given = Path(out_path), Path(input_path)
+    same = out.absolute().resolve() == given.absolute().resolve()
+    try:
+        same = same or os.path.samefile(out, given)
+    except OSError:  # one of them does not exist
+        pass
+    if same:
+        raise CliError(f"--out {out_path} is the --input file {input_path}; luxc does not write "
+                       "over its input: give --out another name")
 
 
 def _is_npy(path: Path) -> bool:
@@ -57,7 +72,8 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
     from luxc.runtime.forward import default_batch_size, predict_batches, read_input
     from luxc.runtime.npy_rows import npy_chunks
 
-    _check_out(out_path, directory)  # before any work: a refusal loses nothing
+    _check_not_input(out_path, input_path)  # before any work: a refusal loses nothing
+    _check_out(out_path, directory)
     predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels)
     if predictor.forward.exported.out_avals and len(predictor.forward.exported.out_avals) != 1:
         raise CliError(f"the model of {directory} returns "

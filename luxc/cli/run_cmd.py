@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -11,8 +10,11 @@ from pathlib import Path
 
 import click
 
+from luxc.cli import run_checkpoints as checkpoints
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, load_artifact
+from luxc.cli.run_log import RunLog, check_log
+from luxc.runtime.checkpoint_format import MAX_SEED
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -95,7 +97,8 @@ class _Interrupt:
                    "of .npy files (read per batch, in name order); N larger than the "
                    "artefact's batch: shuffled batches each epoch; default: the example data "
                    "stored in the artefact")
-@click.option("--seed", type=click.IntRange(min=0), help="the data order's seed (default 0)")
+@click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED),
+              help="the data order's seed (default 0; with --state, the new run's)")
 @click.option("--eval-data", "eval_path", type=click.Path(),
               help="evaluate the objective (test mode, no update) on all the samples of this "
                    ".npz (or directory of .npy files, as --data) as the run goes")
@@ -119,8 +122,11 @@ class _Interrupt:
               help="steps between checkpoints (default: about ten in the run)")
 @click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
               help="how many of the newest checkpoints to keep")
-@click.option("--resume", is_flag=True, help="continue from the newest checkpoint in "
-              "--checkpoint: the same batches in the same order, the same numbers")
+@click.option("--resume", is_flag=True, help="continue the run in --checkpoint (the one that "
+              "started last there) from its newest checkpoint: the same batches in the same "
+              "order, the same numbers")
+@click.option("--new-run", is_flag=True, help="start a new run in a --checkpoint directory "
+              "that holds another run's checkpoints (they are kept; --keep counts this run's)")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="write one JSON object per logged step ({\"step\", \"loss\", every stat}) to "
                    "this file")
@@ -139,8 +145,8 @@ class _Interrupt:
               "Pallas) in an artefact you did not sign: only if you trust its author")
 def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         max_data_memory, eval_every, state_path, save_state,
-        checkpoint_dir, checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet,
-        plot, time_limit, allow_device_kernels):
+        checkpoint_dir, checkpoint_every, keep, resume, new_run, log_path, steps_per_call, every,
+        quiet, plot, time_limit, allow_device_kernels):
     """Train with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), the loss and stats on
@@ -152,13 +158,13 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     # Every output checked before any work: a refusal loses nothing.
     if save_state:
         outputs.check_state_file(save_state, directory, "--save-state")
-    if checkpoint_dir:
-        outputs.check_checkpoint_dir(checkpoint_dir, directory)
-    elif resume:
-        raise CliError("--resume continues from the newest checkpoint in --checkpoint DIR; "
-                       "give --checkpoint")
+    if (resume or new_run) and not checkpoint_dir:
+        raise CliError(f"--{'resume' if resume else 'new-run'} is about the run in --checkpoint "
+                       "DIR; give --checkpoint")
+    if resume and new_run:
+        raise CliError("give --resume (continue the run in --checkpoint) or --new-run, not both")
     if log_path:
-        outputs.check_new_file(log_path, directory, "--log", append=resume)
+        check_log(log_path, directory, resume)
     if plot:
         _check_plot(plot, directory)
     if eval_every and not eval_path:
@@ -168,20 +174,24 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         raise CliError("--epochs counts passes over --data; give --data, or --steps")
     if epochs and steps:
         raise CliError("give --steps or --epochs, not both")
+    found = checkpoints.open_directory(checkpoint_dir, directory, resume=resume,
+                                       beside=new_run) if checkpoint_dir else []
     t0 = time.perf_counter()
     loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels)
     load_seconds = time.perf_counter() - t0
     n_state = loaded.layout["n_state"]
-    run_record = {"seed": seed or 0, "origin": loaded.step_count}
-    if state_path:
-        run_record = loaded.load_state(state_path) or {"seed": seed or 0,
-                                                        "origin": loaded.step_count}
+    artifact = checkpoints.artifact_digest(loaded.manifest)
+    run_record = checkpoints.new_run(artifact, directory, seed or 0, loaded.step_count)
+    if state_path:  # a new run from that state; --seed, if given, is its seed
+        earlier = loaded.load_state(state_path) or {}
+        run_record = checkpoints.new_run(artifact, directory,
+                                         earlier.get("seed", 0) if seed is None else seed,
+                                         earlier.get("origin", loaded.step_count))
     resumed_from = None
     if resume:
-        found = outputs.checkpoints(checkpoint_dir)
-        if found:
-            resumed_from = found[-1]
-            run_record = loaded.load_state(resumed_from) or run_record
+        resumed = checkpoints.resume(loaded.load_state, checkpoint_dir, found, artifact, directory)
+        if resumed is not None:
+            resumed_from, run_record = resumed
             if seed is not None and seed != run_record["seed"]:
                 raise CliError(f"--seed {seed}: the run in {checkpoint_dir} uses seed "
                                f"{run_record['seed']}; resume it without --seed")
@@ -205,6 +215,9 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
                       dataset.batches_per_epoch if dataset and dataset.samples > dataset.batch_size
                       else 10)
     end = run_record["origin"] + total
+    if end > _MAX_STEPS:
+        raise CliError(f"the run would end at step {end}; luxc counts steps up to {_MAX_STEPS}: "
+                       "give fewer --steps or --epochs")
     remaining = end - loaded.step_count
     if remaining <= 0:
         click.echo(f"nothing to do: the state is at step {loaded.step_count}, the run ends at "
@@ -215,9 +228,10 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     eval_every = eval_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
-    if resume and log_path and Path(log_path).exists():
-        _truncate_log(log_path, loaded.step_count)
-    log = open(log_path, "a" if resume else "x") if log_path else None  # noqa: SIM115
+    if checkpoint_dir:
+        checkpoints.claim(checkpoint_dir, found, run_record["run_id"], loaded.step_count + 1, end)
+    log = RunLog.open(log_path, run_record.get("log") if resumed_from else None, resume) \
+        if log_path else None
 
     scales = [loaded.loss_scale]
     stat_names = loaded.layout.get("stat_names") or [
@@ -227,8 +241,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         curve.add(step, loss)
         shown = (step - run_record["origin"]) % every == 0 or step == end
         if log is not None and shown:
-            log.write(json.dumps({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
-                      + "\n")
+            log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
         if not quiet and shown:
             echo(f"step {step}  loss {loss:.6g}")
         if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
@@ -238,8 +251,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     def evaluate(step: int) -> None:
         loss, stats = loaded.evaluate(eval_data)
         if log is not None:
-            log.write(json.dumps({"step": step, "loss": loss, **dict(zip(stat_names, stats)),
-                                  "eval": True}) + "\n")
+            log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats)), "eval": True})
         if not quiet:
             click.echo(f"eval step {step}  loss {loss:.6g}" + "".join(
                 f"  {name} {value:.6g}" for name, value in zip(stat_names, stats)))
@@ -248,28 +260,33 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         return dataset.batch(start_index + i)
 
     def save(path) -> None:
+        if log is not None:  # the rows up to this state on disk first, their record in it
+            run_record["log"] = log.sync()
         loaded.save_state(path, run_record)
+
+    def stopping() -> bool:
+        return interrupt.requested or log is not None and log.error is not None
 
     for n in (checkpoint_every, remaining % checkpoint_every or checkpoint_every):
         loaded.prepare(steps_per_call, n, stacked=dataset is not None)
     t0 = time.perf_counter()
     deadline = None if time_limit is None else time.monotonic() + time_limit
     with _Interrupt() as interrupt:
-        while loaded.step_count < end and not interrupt.requested:
+        while loaded.step_count < end and not stopping():
             start_index = loaded.step_count - run_record["origin"]
             # Segments end on multiples of --checkpoint-every and --eval-every: a resumed run
             # saves and evaluates where an uninterrupted one does.
             n = min(end, *((loaded.step_count // k + 1) * k
                            for k in (checkpoint_every, eval_every))) - loaded.step_count
-            _train(loaded, n, dataset and batches, line, steps_per_call, quiet,
-                   lambda: interrupt.requested, deadline)
-            if eval_data is not None and not interrupt.requested and (
+            _train(loaded, n, dataset and batches, line, steps_per_call, quiet, stopping,
+                   deadline)
+            if eval_data is not None and not stopping() and (
                     loaded.step_count % eval_every == 0 or loaded.step_count == end):
                 evaluate(loaded.step_count)  # before the checkpoint: a resume logs it again
             if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
-                                   loaded.step_count == end or interrupt.requested):
-                save(outputs.checkpoint_path(checkpoint_dir, loaded.step_count))
-                outputs.prune(checkpoint_dir, keep)
+                                   loaded.step_count == end or stopping()):
+                checkpoints.save(checkpoint_dir, loaded.step_count, keep, run_record["run_id"],
+                                 save)
     seconds = time.perf_counter() - t0
     if log is not None:
         log.close()
@@ -285,27 +302,15 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     if save_state:
         save(save_state)
         click.echo(f"saved the state at step {loaded.step_count} to {save_state}")
+    if log is not None and log.error is not None:
+        where = checkpoint_dir or save_state
+        raise CliError(log.failure() + f"; training stopped at step {loaded.step_count}" +
+                       (f", the state is in {where}" if where else ""))
     if interrupt.requested:
         where = checkpoint_dir or save_state
         click.echo(f"interrupted at step {loaded.step_count}" +
                    (f"; the state is in {where}" if where else ""), err=True)
         sys.exit(130)
-
-
-def _truncate_log(path: str, step: int) -> None:
-    """Keep the rows up to ``step``: a resumed run writes the later ones again."""
-    from luxc.runtime.atomic_write import write_atomic
-
-    rows = []
-    for text in Path(path).read_text().splitlines():
-        try:
-            row = json.loads(text)
-        except ValueError:
-            raise CliError(f"--log {path} is not a luxc run log (a line is not JSON); give "
-                           "another --log") from None
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
-            rows.append(text + "\n")
-    write_atomic(path, "".join(rows).encode())
 
 
 def _train(loaded, n, batches, line, steps_per_call, quiet, stop, deadline) -> None:
