@@ -85,13 +85,11 @@ class AbstractRecurrentCell(AbstractLayer):
         self.use_bias, self.train_state, self.train_memory = use_bias, train_state, train_memory
         # Lux's docstrings: U(±1/√out_dims) when an initialiser is `nothing` (its code draws
         # randn-shaped values instead; docs/layers/recurrent.md).
-        lux_uniform = uniform_fan_in(out_dims)
-        g = self.gates
-        default_weight = uniform_fan_in(out_dims)
-        self.init_weight = _per_gate(owner, "init_weight", init_weight, g, default_weight)
+        lux_uniform, g = uniform_fan_in(out_dims), self.gates
+        self.init_weight = _per_gate(owner, "init_weight", init_weight, g, lux_uniform)
         recurrent = init_weight if init_recurrent_weight is None else init_recurrent_weight
         self.init_recurrent_weight = _per_gate(owner, "init_recurrent_weight", recurrent, g,
-                                               default_weight)
+                                               lux_uniform)
         self.init_bias = _per_gate(owner, "init_bias", init_bias, g, lux_uniform)
         for name, init in (("init_state", init_state), ("init_memory", init_memory)):
             if not callable(init):
@@ -168,11 +166,13 @@ class AbstractRecurrentCell(AbstractLayer):
         return (y, carry), st
 
     def _check_carry(self, carry: Any, batch: int, x_shape: tuple[int, ...]) -> None:
-        names = ", ".join("h" if n == "hidden_state" else "c" for n in self.carry_names)
         n = len(self.carry_names)
+        names = "(h, c)" if n == 2 else "(h,)"
         if not isinstance(carry, tuple | list) or len(carry) != n:
+            got = (f"a {type(carry).__name__} of shapes {[np.shape(c) for c in carry]}"
+                   if isinstance(carry, tuple | list) else type(carry).__name__)
             raise LayerShapeError(f"{self.summary()}: carry must be a tuple of {n} arrays "
-                                  f"({names},); received {type(carry).__name__} {carry!r:.60}")
+                                  f"{names}; received {got}")
         for i, c in enumerate(carry):
             if np.shape(c) != (batch, self.out_dims):
                 want = (batch, self.out_dims) if len(x_shape) == 2 else (self.out_dims,)
