@@ -40,7 +40,7 @@ def _problem(t: int):
     return x, y
 
 
-def luxc_sample(t: int) -> tuple[int, float]:
+def luxc_sample(t: int) -> float:
     model = nn.Chain(nn.Recurrence(nn.LSTMCell(IN, HIDDEN)), nn.Dense(HIDDEN, 1))
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
@@ -49,10 +49,11 @@ def luxc_sample(t: int) -> tuple[int, float]:
     cs = luxc.compile_step(luxc.MSELoss(), data, ts)
     jax.block_until_ready(cs(ts, data)[1])
     seconds = time.perf_counter() - t0
-    return len(cs.as_text("traced")), seconds
+    print("module", len(cs.as_text("traced")), flush=True)
+    return seconds
 
 
-def unrolled_sample(t: int) -> tuple[int, float]:
+def unrolled_sample(t: int) -> float:
     cell, head = nn.LSTMCell(IN, HIDDEN), nn.Dense(HIDDEN, 1)
     ps = {"cell": luxc.setup(0, cell)[0], "head": luxc.setup(1, head)[0]}
     st = luxc.setup(0, cell)[1]
@@ -73,9 +74,10 @@ def unrolled_sample(t: int) -> tuple[int, float]:
     o = opt.init(ps)
     t0 = time.perf_counter()
     lowered = jax.jit(step).lower(ps, o, x, y)
+    # Printed before compiling, so a compile that outlasts TIMEOUT still reports its module.
+    print("module", len(lowered.as_text()), flush=True)
     jax.block_until_ready(lowered.compile()(ps, o, x, y)[2])
-    seconds = time.perf_counter() - t0
-    return len(lowered.as_text()), seconds
+    return time.perf_counter() - t0
 
 
 def _fresh(t: int, variant: str) -> str:
@@ -85,12 +87,17 @@ def _fresh(t: int, variant: str) -> str:
     try:
         r = subprocess.run([sys.executable, "-m", "benchmarks.recurrence_compile", str(t), variant],
                            capture_output=True, text=True, cwd=root, env=env, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return f"> {TIMEOUT} s | –"
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return f"> {TIMEOUT} s | {_module(out)}"
     if r.returncode != 0:
         raise RuntimeError(f"{variant} at T={t} failed: {r.stderr[-2000:]}")
-    chars, seconds = r.stdout.split()[-2:]
-    return f"{float(seconds):.2f} s | {int(chars):,}"
+    return f"{float(r.stdout.split()[-1]):.2f} s | {_module(r.stdout)}"
+
+
+def _module(stdout: str) -> str:
+    sizes = [line.split()[1] for line in stdout.splitlines() if line.startswith("module ")]
+    return f"{int(sizes[0]):,}" if sizes else "not traced in time"
 
 
 def table() -> str:
@@ -108,7 +115,6 @@ def table() -> str:
 if __name__ == "__main__":
     if len(sys.argv) == 3:
         sample = luxc_sample if sys.argv[2] == "luxc" else unrolled_sample
-        chars, secs = sample(int(sys.argv[1]))
-        print(chars, f"{secs:.6f}")
+        print(f"{sample(int(sys.argv[1])):.6f}")
     else:
         print(table())
