@@ -14,7 +14,7 @@ import pytest
 
 import luxc
 from luxc import nn
-from luxc.ops import BatchLastIndex, TimeLastIndex
+from luxc.nn import BatchLastIndex, TimeLastIndex
 from tests.conftest import compile_factory, luxc_cli
 
 RNG = np.random.default_rng(0)
@@ -350,6 +350,7 @@ def test_reverse_sequence_reverses_luxs_default_axis_or_the_given_one():
     np.testing.assert_array_equal(rev(SEQ, {}, {})[0], SEQ[:, ::-1])
     np.testing.assert_array_equal(nn.ReverseSequence(0)(SEQ, {}, {})[0], SEQ[::-1])
     assert rev([1, 2], {}, {})[0] == [2, 1]
+    assert nn.TimeLastIndex is luxc.ops.TimeLastIndex  # Lux exports the orderings with the layers
     with pytest.raises(nn.LayerShapeError) as e:
         nn.ReverseSequence(3)(SEQ, {}, {})
     _one_line(e, "dim 3", "(2, 6, 3)")
