@@ -22,6 +22,8 @@ MODULES = [
     "luxc.nn._normalize",
     "luxc.nn._positional",
     "luxc.nn._precision",
+    "luxc.nn._recurrent",
+    "luxc.nn._recurrent_cells",
     "luxc.nn._reshape",
     "luxc.nn._stack",
     "luxc.nn._weight_norm",

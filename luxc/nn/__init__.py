@@ -34,6 +34,16 @@ from luxc.nn._positional import RotaryPositionalEmbedding as RotaryPositionalEmb
 from luxc.nn._positional import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
 from luxc.nn._positional import apply_rotary_embedding as apply_rotary_embedding
 from luxc.nn._positional import compute_rotary_embedding_params as compute_rotary_embedding_params
+from luxc.nn._recurrent import BatchLastIndex as BatchLastIndex
+from luxc.nn._recurrent import BidirectionalRNN as BidirectionalRNN
+from luxc.nn._recurrent import Recurrence as Recurrence
+from luxc.nn._recurrent import ReverseSequence as ReverseSequence
+from luxc.nn._recurrent import StatefulRecurrentCell as StatefulRecurrentCell
+from luxc.nn._recurrent import TimeLastIndex as TimeLastIndex
+from luxc.nn._recurrent_cells import AbstractRecurrentCell as AbstractRecurrentCell
+from luxc.nn._recurrent_cells import GRUCell as GRUCell
+from luxc.nn._recurrent_cells import LSTMCell as LSTMCell
+from luxc.nn._recurrent_cells import RNNCell as RNNCell
 from luxc.nn._stability import TypeInstabilityError as TypeInstabilityError
 from luxc.nn._stack import POLICY_NAMES as POLICY_NAMES
 from luxc.nn._stack import Remat as Remat
