@@ -148,7 +148,7 @@ def test_wrapped_function_and_flatten(key):
 
 
 def test_chain_rejects_non_layers():
-    with pytest.raises(TypeError, match="argument 2 must be a luxc layer or a callable"):
+    with pytest.raises(TypeError, match="Chain: layer_2 must be a luxc layer or a callable; received int"):
         nn.Chain(nn.Dense(1, 1), 3)
 
 
