@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.nn._embedding",
+MODULES = ["luxc.nn._core", "luxc.nn._conv", "luxc.nn._conv_transpose", "luxc.nn._pooling",
+           "luxc.nn._upsample", "luxc.nn._compact", "luxc.nn._embedding",
            "luxc.nn._attention", "luxc.nn._containers", "luxc.nn._stack", "luxc.training._microbatch", "luxc.training._state", "luxc.training._compiled",
            "luxc.training._api",
            "luxc.runtime.options", "luxc.runtime.shown", "luxc.runtime.untrusted_options",

@@ -14,7 +14,8 @@ from luxc.nn._compact import non_trainable as non_trainable
 from luxc.nn._containers import Parallel as Parallel
 from luxc.nn._containers import SkipConnection as SkipConnection
 from luxc.nn._conv import Conv as Conv
-from luxc.nn._conv import MaxPool as MaxPool
+from luxc.nn._conv import SamePad as SamePad
+from luxc.nn._conv_transpose import ConvTranspose as ConvTranspose
 from luxc.nn._core import AbstractContainerLayer as AbstractContainerLayer
 from luxc.nn._core import AbstractLayer as AbstractLayer
 from luxc.nn._core import LayerShapeError as LayerShapeError
@@ -28,6 +29,15 @@ from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
 from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
+from luxc.nn._pooling import AdaptiveLPPool as AdaptiveLPPool
+from luxc.nn._pooling import AdaptiveMaxPool as AdaptiveMaxPool
+from luxc.nn._pooling import AdaptiveMeanPool as AdaptiveMeanPool
+from luxc.nn._pooling import GlobalLPPool as GlobalLPPool
+from luxc.nn._pooling import GlobalMaxPool as GlobalMaxPool
+from luxc.nn._pooling import GlobalMeanPool as GlobalMeanPool
+from luxc.nn._pooling import LPPool as LPPool
+from luxc.nn._pooling import MaxPool as MaxPool
+from luxc.nn._pooling import MeanPool as MeanPool
 from luxc.nn._stability import TypeInstabilityError as TypeInstabilityError
 from luxc.nn._stack import POLICY_NAMES as POLICY_NAMES
 from luxc.nn._stack import Remat as Remat
@@ -38,3 +48,5 @@ from luxc.nn._stateful import StatefulLuxLayer as StatefulLuxLayer
 from luxc.nn._stateful import testmode as testmode
 from luxc.nn._stateful import trainmode as trainmode
 from luxc.nn._stateful import update_state as update_state
+from luxc.nn._upsample import PixelShuffle as PixelShuffle
+from luxc.nn._upsample import Upsample as Upsample
