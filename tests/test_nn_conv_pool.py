@@ -10,11 +10,13 @@ differences.
 
 import itertools
 import math
+import re
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.test_util import check_grads
 
@@ -426,3 +428,26 @@ def test_the_family_trains_from_an_artefact_without_its_source(tmp_path):
     assert r.returncode == 0, r.stderr
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
     np.testing.assert_allclose(losses, _losses(luxc.AutoJAX(), 3)[0], rtol=1e-4)
+
+
+def test_lenet_as_a_true_convolution_gets_the_same_conv_passes_and_reverses_only_weights():
+    # The flip is a reverse of the (small) weight inside the traced step: luxc's convolution
+    # passes must see the same three forms as in a cross-correlation, and XLA must keep the same
+    # convolutions and never reverse an activation.
+    from luxc.examples import lenet
+
+    def compiled(cc):
+        model = nn.Chain(*(nn.Conv(c.kernel_size, c.in_chs, c.out_chs, c.activation,
+                                   cross_correlation=cc) if isinstance(c, nn.Conv) else c
+                           for c in lenet.make_model().layers))
+        obj, data, _ = lenet.factory(batch=32)
+        ps, st = luxc.setup(0, model)
+        return luxc.compile_step(obj, data, luxc.TrainState(model, ps, st, optax.adam(1e-3)))
+
+    flipped, plain = compiled(False), compiled(True)
+    assert [(r.name, r.rewrites) for r in flipped.pass_report] == \
+        [(r.name, r.rewrites) for r in plain.pass_report]
+    hlo = flipped.as_text("hlo")
+    assert hlo.count(" convolution(") == plain.as_text("hlo").count(" convolution(")
+    reversed_shapes = set(re.findall(r"= (f32\[[\d,]+\])\{[\d,]*\} reverse\(", hlo))
+    assert reversed_shapes <= {"f32[5,5,1,6]", "f32[5,5,6,16]"}
