@@ -76,21 +76,23 @@ def window_padding(pad: Padding, kernel: Sequence[int], dilation: Sequence[int],
     return tuple((p, p) for p in spatial_tuple(pad, n, what))
 
 
+def tuple_string(t: tuple[int, ...]) -> str:
+    """Lux's ``PrettyPrinting.tuple_string``: one number when all are equal, else the tuple."""
+    return str(t[0]) if all(v == t[0] for v in t) else str(t)
+
+
 def padding_string(pad: str | tuple[tuple[int, int], ...]) -> str:
     """The ``pad=...`` part of a summary, empty for no padding (Lux prints only non-zero)."""
     if isinstance(pad, str):
         return f", pad={pad.lower()!r}" if pad == "SAME" else ""
-    if not any(lo or hi for lo, hi in pad):
-        return ""
-    if all(lo == hi for lo, hi in pad):
-        return f", pad={tuple(lo for lo, _ in pad)}"
-    return f", pad={tuple(p for side in pad for p in side)}"
+    flat = tuple(p for side in pad for p in side)
+    return f", pad={tuple_string(flat)}" if any(flat) else ""
 
 
 def window_string(name: str, value: tuple[int, ...], default: int | tuple[int, ...]) -> str:
     """``, name=value`` when ``value`` is not the default (Lux's printout)."""
     unchanged = value == default if isinstance(default, tuple) else all(v == default for v in value)
-    return "" if unchanged else f", {name}={value}"
+    return "" if unchanged else f", {name}={tuple_string(value)}"
 
 
 def true_convolution_kernel(weight: jax.Array, n: int, cross_correlation: bool) -> jax.Array:
