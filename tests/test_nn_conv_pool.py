@@ -153,6 +153,16 @@ def test_conv_default_initialisers_and_parameter_count_are_luxs():
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
 
 
+def test_conv_bad_configuration_is_one_line_naming_the_argument():
+    # conv_tests.jl: @test_throws DimensionMismatch Conv((2, 2), 3 => 10; groups=2).
+    with pytest.raises(ValueError, match="Conv: in_chs=3 and out_chs=10 must be divisible by groups=2"):
+        nn.Conv((2, 2), 3, 10, groups=2)
+    with pytest.raises(ValueError, match=r"Conv: pad must be .*SamePad\(\).*received 'full'"):
+        nn.Conv((2, 2), 3, 4, pad="full")
+    with pytest.raises(ValueError, match=r"Conv: stride must be an int or 2 ints >= 1; received \(1, 0\)"):
+        nn.Conv((2, 2), 3, 4, stride=(1, 0))
+
+
 # --- ConvTranspose --------------------------------------------------------------------------------
 
 ADJOINT_CASES = [  # kernel, in, out, keywords, input spatial size
