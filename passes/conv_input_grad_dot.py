@@ -22,8 +22,10 @@ additions differs, as between any two convolution algorithms. Taps that fall in 
 contribute nothing and are left out.
 
 Matched: a unit-stride, undilated, ungrouped convolution (any padding) whose kernel
-is a ``stablehlo.reverse`` over its spatial axes (what jax's transpose rule emits for the input
-gradient), with at most ``MAX_TAPS`` taps.
+is a ``stablehlo.reverse`` over its spatial axes of a forward convolution's kernel (what jax's
+transpose rule emits for the input gradient; ``_conv.is_input_gradient`` tells it from the
+forward of a true convolution, ``nn.Conv``'s default, whose kernel is reversed too), with at most
+``MAX_TAPS`` taps.
 """
 
 from __future__ import annotations
