@@ -21,6 +21,7 @@ OPTIMISERS = {
     "sgd_momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adamw": lambda lr: optax.adamw(lr, weight_decay=0.1),
     "clipped_adam": lambda lr: optax.chain(optax.clip_by_global_norm(0.05), optax.adam(lr)),
+    "adam_array_rate": lambda lr: optax.adam(jnp.asarray(lr, jnp.float32)),
 }
 
 

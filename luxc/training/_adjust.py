@@ -58,6 +58,9 @@ def _why_fixed(fn: str, optimizer: Any) -> str:
         reason = f"its learning rate is {blockers[0]}, not a number"
     elif len(scales) > 1:
         reason = f"it has {len(scales)} learning rates (optax.scale stages), not one"
+    elif scales:
+        reason = (f"its one optax.scale stage ({scales[0]!r}) is not a negative number, or its "
+                  f"state is not an optax chain's tuple, where luxc keeps the learning rate")
     else:
         reason = "luxc found no constant learning rate (an optax.scale stage) in it"
     return (f"{fn}: this optimizer's hyperparameters cannot change: {reason}; build it with "

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 _MARK = "__luxc_learning_rate__"
@@ -75,6 +76,19 @@ def learning_rates(optimizer: Any) -> tuple[list[Any], list[str]]:
     return scales, blockers
 
 
+def _number(x: Any) -> float | None:
+    """``x`` as a float if it is a real number or a 0-d concrete array, else ``None``."""
+    if isinstance(x, Real) and not isinstance(x, bool):
+        return float(x)
+    if not (isinstance(x, np.ndarray | jax.Array) and x.ndim == 0
+            and np.issubdtype(x.dtype, np.floating)):
+        return None
+    try:
+        return float(x)
+    except jax.errors.ConcretizationTypeError:  # a traced value: not a constant
+        return None
+
+
 def is_adjustable(optimizer: Any) -> bool:
     """Whether ``optimizer`` is already wrapped by :func:`adjustable`."""
     return hasattr(getattr(optimizer, "update", None), _MARK)
@@ -92,9 +106,10 @@ def adjustable(optimizer: Any, params: Any) -> tuple[Any, Any]:
     if is_adjustable(optimizer) or type(state) is not tuple:
         return optimizer, state
     scales, blockers = learning_rates(optimizer)
-    if blockers or len(scales) != 1 or not isinstance(scales[0], Real) or scales[0] >= 0:
+    step_size = _number(scales[0]) if len(scales) == 1 and not blockers else None
+    if step_size is None or step_size >= 0:
         return optimizer, state
-    eta0 = -float(scales[0])
+    eta0 = -step_size
     eta0_f32 = jnp.float32(eta0)
 
     @functools.wraps(optimizer.init)
