@@ -14,6 +14,11 @@ from luxc import training as training
 from luxc._preferences import preference as preference
 from luxc._preferences import set_dispatch_doctor_preferences as set_dispatch_doctor_preferences
 from luxc._preferences import set_preferences as set_preferences
+
+# Lux's autodiff helpers and the ADTypes names of the backends (porting aids), round 4
+from luxc.autodiff import batched_jacobian as batched_jacobian
+from luxc.autodiff import jacobian_vector_product as jacobian_vector_product
+from luxc.autodiff import vector_jacobian_product as vector_jacobian_product
 from luxc.checkpoint import load_state as load_state
 from luxc.checkpoint import save_state as save_state
 from luxc.export import export_step as export_step
@@ -50,9 +55,12 @@ from luxc.runtime import CompileOptions as CompileOptions
 from luxc.runtime import cache_info as cache_info
 from luxc.runtime import explain_recompiles as explain_recompiles
 from luxc.runtime import retain_host_memory as retain_host_memory
+from luxc.training import AutoEnzyme as AutoEnzyme
 from luxc.training import AutoForwardDiff as AutoForwardDiff
 from luxc.training import AutoJAX as AutoJAX
+from luxc.training import AutoReactant as AutoReactant
 from luxc.training import AutoXLA as AutoXLA
+from luxc.training import AutoZygote as AutoZygote
 from luxc.training import CompiledStep as CompiledStep
 from luxc.training import TrainState as TrainState
 from luxc.training import compile_step as compile_step

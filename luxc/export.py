@@ -22,6 +22,7 @@ from luxc.runtime import CompileOptions
 from luxc.runtime import artifact as _artifact
 from luxc.runtime.leaf_names import leaf_names
 from luxc.training._mixed_precision import initial_loss_scaling
+from luxc.training._show import describe_optimizer as describe_optimizer
 from luxc.training._state import TrainState
 from luxc.training._step import train_step
 
@@ -36,29 +37,6 @@ def describe_objective(obj_fn: Any) -> str:
     if code is not None:
         return f"{obj_fn.__qualname__} ({Path(code.co_filename).name}:{code.co_firstlineno})"
     return repr(obj_fn)
-
-
-def describe_optimizer(optimizer: Any, opt_state: Any) -> str:
-    """What an optax optimiser is, from what it leaves behind: an optax transformation's repr
-    is two function addresses, but its state's classes name the algorithm (``ScaleByAdamState``)
-    and ``inject_hyperparams`` states hold the hyperparameters."""
-    states: list[str] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            hyper = getattr(node, "hyperparams", None)
-            if isinstance(hyper, dict):
-                values = ", ".join(f"{k}={float(v):g}" for k, v in hyper.items() if np.size(v) == 1)
-                states.append(f"{type(node).__name__}({values})")
-            elif type(node).__name__ != "EmptyState":
-                states.append(type(node).__name__)
-        if isinstance(node, tuple | list):
-            for child in node:
-                visit(child)
-
-    visit(opt_state)
-    name = getattr(optimizer.init, "__qualname__", type(optimizer).__name__).split(".<locals>")[0]
-    return f"optax {name} (states: {', '.join(states) or 'none'})"
 
 
 def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | None = None):

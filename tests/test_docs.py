@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 MODULES = [
+    "luxc.autodiff",
     "luxc.losses",
     "luxc.nn._attention",
     "luxc.nn._basic",
@@ -35,6 +36,7 @@ MODULES = [
     "luxc.runtime.options",
     "luxc.runtime.shown",
     "luxc.runtime.untrusted_options",
+    "luxc.training._adjust",
     "luxc.training._api",
     "luxc.training._compiled",
     "luxc.training._microbatch",

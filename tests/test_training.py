@@ -197,8 +197,13 @@ def test_adjust_changes_the_learning_rate(key):
 
 def test_adjust_explains_fixed_hyperparameters(key):
     ts, _ = _regression(key)
-    with pytest.raises(ValueError, match="optax.inject_hyperparams"):
-        luxc.training.adjust(ts, learning_rate=0.1)
+    with pytest.raises(ValueError, match="b1 of this optimizer is a constant inside it.*"
+                                         "optax.inject_hyperparams"):
+        luxc.training.adjust(ts, learning_rate=0.1, b1=0.5)
+    scheduled = optax.adam(optax.linear_schedule(1e-2, 1e-3, 100))
+    ts = luxc.TrainState(ts.model, ts.parameters, ts.states, scheduled)
+    with pytest.raises(ValueError, match="its learning rate is optax.scale_by_schedule"):
+        luxc.training.adjust(ts, 0.1)
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
     ts = luxc.TrainState(ts.model, ts.parameters, ts.states, opt)
     with pytest.raises(ValueError, match="no hyperparameter 'momentum'; it has b1, b2, eps"):

@@ -111,6 +111,12 @@ class AutoXLA:
                           caller)
 
 
+# Porting aids, ADTypes' names for the backends in Lux's roles: Reactant and Enzyme compile
+# the whole step (AutoXLA); Zygote is reverse mode op by op (AutoJAX).
+AutoReactant = AutoXLA
+AutoEnzyme = AutoXLA
+AutoZygote = AutoJAX
+
 SUPPORTED = (AutoJAX, AutoForwardDiff, AutoXLA)
 
 

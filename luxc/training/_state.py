@@ -11,6 +11,8 @@ import optax
 
 from luxc.nn._core import AbstractLayer
 from luxc.runtime import DEFAULT_MAX_ENTRIES, ExecutableCache
+from luxc.training._adjustable import adjustable
+from luxc.training._show import show
 
 
 class ConsumedStateError(RuntimeError):
@@ -49,7 +51,9 @@ class TrainState:
     """Training state, as Lux's ``TrainState``.
 
     Fields: ``model``, ``parameters``, ``states``, ``optimizer`` (an optax
-    ``GradientTransformation``), ``optimizer_state``, ``step`` (number of parameter updates, a
+    ``GradientTransformation``; one with a constant learning rate is wrapped so that the rate
+    is a device scalar, ``optimizer_state[-1]["learning_rate"]``, which ``adjust`` changes),
+    ``optimizer_state``, ``step`` (number of parameter updates, a
     host ``int`` so that reading it never waits for the device); internal: ``cache`` (the
     compiled executables, shared by every TrainState derived from this one),
     ``allocator_cache`` (unused on XLA, which pools memory itself) and ``objective_function``
@@ -95,9 +99,11 @@ class TrainState:
                 f"optax.adam(1e-3)); received {type(optimizer).__name__}"
             )
         parameters, states = _owned(parameters), _owned(states)
+        # Lux's ReactantOptimiser: the learning rate becomes a device scalar, for adjust.
+        optimizer, optimizer_state = adjustable(optimizer, parameters)
         self._set(
             model=model, _parameters=parameters, states=states, optimizer=optimizer,
-            _optimizer_state=optimizer.init(parameters), step=0,
+            _optimizer_state=optimizer_state, step=0,
             cache=ExecutableCache(max_cache_entries), objective_function=None, donation=Donation(),
             _loss_scaling=None,
         )
@@ -189,10 +195,9 @@ class TrainState:
         return new
 
     def __repr__(self) -> str:
-        n = sum(int(getattr(x, "size", 1)) for x in jax.tree_util.tree_leaves(self.parameters))
-        return (f"TrainState(model={self.model.summary()}, parameters={n:_} scalars, "
-                f"step={self.step}, cache={self.cache.info()})")
-
+        """Lux's TrainState printout: model, parameter and state counts, optimiser, step,
+        cache and objective, one per line (:mod:`luxc.training._show`)."""
+        return show(self)
 
 _new = object.__new__
 (_SET_MODEL, _SET_PARAMETERS, _SET_STATES, _SET_OPTIMIZER, _SET_OPTIMIZER_STATE, _SET_STEP, _SET_CACHE,
