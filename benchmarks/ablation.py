@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     meter = LoadMeter()
     for key in (args.only.split(",") if args.only else ABLATIONS):
         work = measure_workload(key, ("ablation",), args, meter)
-        print("\n".join([cases.title(key), *report.variant_table(work, "")]))
+        print("\n".join([cases.title(key), report.loads_line(work), *report.variant_table(work, "")]))
 
 
 if __name__ == "__main__":

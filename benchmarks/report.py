@@ -69,7 +69,7 @@ def _ms(t: float) -> str:
     return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
 
 
-def _loads(work: dict[str, Any]) -> str:
+def loads_line(work: dict[str, Any]) -> str:
     rows = work["rows"]
     if not rows:
         return "no rounds"
@@ -132,7 +132,7 @@ def render(results: dict[str, Any]) -> str:
               "compile + one step; *(fresh)* marks the first variant of a fresh process.", ""]
     lines += _peak_line(results, busy)
     for work in results["workloads"]:
-        lines += [f"## {work['title']}", "", _loads(work) + ".", "", *variant_table(work, busy), ""]
+        lines += [f"## {work['title']}", "", loads_line(work) + ".", "", *variant_table(work, busy), ""]
     return "\n".join(lines)
 
 
