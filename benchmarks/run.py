@@ -68,6 +68,25 @@ def _start(key: str, group: str, args: argparse.Namespace) -> _protocol.Worker:
     return worker
 
 
+def _start_all(workers: dict[str, _protocol.Worker], key: str, groups: tuple[str, ...],
+               args: argparse.Namespace) -> None:
+    """Start each group's worker in turn (into ``workers``); a peer group that cannot run here
+    is skipped with one line."""
+    for group in groups:
+        missing = cases.missing_module(group)
+        if missing:
+            print(f"  skipped the {group} rows: {missing} is not installed "
+                  f"(pip install -e '.[bench]')", flush=True)
+            continue
+        try:
+            workers[group] = _start(key, group, args)
+        except _protocol.WorkerError as e:
+            if group not in cases.PEERS:
+                raise
+            # A peer that cannot run here (no CUDA build of torch under --device, …).
+            print(f"  skipped the {group} rows: {e}", flush=True)
+
+
 def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace,
                      meter: LoadMeter) -> dict[str, Any]:
     """Start ``groups``' workers for ``key``, run the rounds, collect their statistics."""
@@ -75,13 +94,7 @@ def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace
     workers: dict[str, _protocol.Worker] = {}
     rows: list[dict[str, Any]] = []
     try:
-        for group in groups:
-            missing = cases.missing_module(group)
-            if missing:
-                print(f"  skipped the {group} rows: {missing} is not installed "
-                      f"(pip install -e '.[bench]')", flush=True)
-                continue
-            workers[group] = _start(key, group, args)
+        _start_all(workers, key, groups, args)
         for r in range(args.rounds):
             order = list(workers)
             random.Random(f"{key}:{r}").shuffle(order)
@@ -198,7 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     start = Load(os.getloadavg()[0], None)
     began, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     meter = LoadMeter()
-    workloads = [measure_workload(k, cases.groups_of(k), args, meter) for k in keys]
+    try:
+        workloads = [measure_workload(k, cases.groups_of(k), args, meter) for k in keys]
+    except _protocol.WorkerError as e:
+        sys.exit(f"python -m benchmarks: {e}")
     reasons = busy_reasons(start, workloads, args.max_load)
     results = {"run": {
         "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
