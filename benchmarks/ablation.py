@@ -1,6 +1,7 @@
-"""``python -m benchmarks.ablation``: luxc's tuned defaults, each against its alternatives in
-the same interleaved run. Every default pass or XLA option is justified here
-(``benchmarks/README.md`` keeps the numbers).
+"""``python -m benchmarks.ablation``: luxc's defaults, each against its alternatives, all in one
+luxc worker process per workload under the protocol of ``python -m benchmarks`` (shuffled
+order every round, the load recorded at every turn). It prints its tables and writes nothing:
+a default earns its place by a win here on an idle machine.
 
     python -m benchmarks.ablation --only lenet --rounds 21
 """
@@ -8,19 +9,13 @@ the same interleaved run. Every default pass or XLA option is justified here
 from __future__ import annotations
 
 import argparse
-from functools import partial
+from collections.abc import Callable
 
 import luxc
 import luxc.passes
-
-try:
-    from benchmarks import peers_jax
-    from benchmarks import workloads as wl
-    from benchmarks.run import measure
-except ImportError:  # run as a script from benchmarks/
-    import peers_jax
-    import workloads as wl
-    from run import measure
+from benchmarks import cases, report
+from benchmarks._load import LoadMeter
+from benchmarks.peers_jax import luxc_step
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _HEAP = "xla_multiheap_size_constraint_per_heap"
@@ -77,22 +72,26 @@ ABLATIONS: dict[str, dict[str, dict]] = {
 }
 
 
+def makers(key: str) -> dict[str, tuple[None, Callable]]:
+    """The ``ablation`` group's variants of workload ``key`` (:mod:`benchmarks.cases`)."""
+    return {label: (None, lambda w, x, y, kw=kwargs: luxc_step(w, x, y, luxc.CompileOptions(**kw)))
+            for label, kwargs in ABLATIONS.get(key, {}).items()}
+
+
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks.run import measure_workload
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation")
     parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(ABLATIONS))
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="short samples")
     args = parser.parse_args(argv)
+    args.device, args.variants, args.retain_host_memory = False, None, False
     print(f"CPU default passes: {', '.join(luxc.passes.default_pipeline('cpu'))}")
-    for work in wl.WORKLOADS:
-        if work.key not in ABLATIONS or (args.only and work.key not in args.only.split(",")):
-            continue
-        makers = {label: partial(_luxc, luxc.CompileOptions(**kwargs))
-                  for label, kwargs in ABLATIONS[work.key].items()}
-        measure(work, makers, args.rounds, work.steps, f"{work.title}: luxc variants")
-
-
-def _luxc(options, work, x, y):
-    return peers_jax.luxc_step(work, x, y, options)
+    meter = LoadMeter()
+    for key in (args.only.split(",") if args.only else ABLATIONS):
+        work = measure_workload(key, ("ablation",), args, meter)
+        print("\n".join([cases.title(key), report.loads_line(work), *report.variant_table(work, "")]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and in its own bf16 mode:
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,11 @@ from luxc.examples import charlm
 try:
     from benchmarks import workloads as wl
     from benchmarks.peers_jax import Step, jit_adam_step, luxc_step, nnx_adam_step
-    from benchmarks.peers_torch import waitable
+    from benchmarks.peers_torch import target, waitable
 except ImportError:  # run from benchmarks/
     import workloads as wl
     from peers_jax import Step, jit_adam_step, luxc_step, nnx_adam_step
-    from peers_torch import waitable
+    from peers_torch import target, waitable
 
 CONFIG = charlm.Config(layers=6, dim=128, heads=4, context=128, batch=16)
 VOCAB = 128
@@ -153,22 +153,22 @@ def _torch_gpt():
     return GPT()
 
 
-def torch_gpt(work: wl.Workload, x, y, bf16: bool = False) -> Step:
-    """``torch.compile`` of the whole step; bf16 through CPU autocast."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as peers_torch: before torch loads
+def torch_gpt(work: wl.Workload, x, y, bf16: bool = False, device: bool = False) -> Step:
+    """``torch.compile`` of the whole step; bf16 through autocast. torch's default threads
+    and OpenMP policy (:func:`benchmarks.peers_torch.torch_step`)."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(2)
+    where = target(device)
     torch.manual_seed(0)
-    model = _torch_gpt()
-    tx = torch.from_numpy(np.array(x, np.int64))
-    ty = torch.from_numpy(np.array(y, np.int64))
+    model = _torch_gpt().to(where)
+    tx = torch.from_numpy(np.array(x, np.int64)).to(where)
+    ty = torch.from_numpy(np.array(y, np.int64)).to(where)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(where, dtype=torch.bfloat16, enabled=bf16):
             logits = model(tx)
         loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), ty.reshape(-1))
         loss.backward()
@@ -178,10 +178,22 @@ def torch_gpt(work: wl.Workload, x, y, bf16: bool = False) -> Step:
     return waitable(torch.compile(train_step))
 
 
-# name -> (module that must be installed, or None; step factory)
-PEERS = {}
-for _name, _module, _make in (("luxc", None, luxc_gpt), ("jax.jit+optax", None, jax_gpt),
-                              ("flax nnx", "flax", flax_gpt), ("torch.compile", "torch", torch_gpt)):
-    for _bf16 in (False, True):
-        PEERS[f"{_name} {'bf16' if _bf16 else 'f32'}"] = (
-            _module, lambda w, x, y, make=_make, bf16=_bf16: make(w, x, y, bf16))
+# (group, name, package it needs or None, maker)
+_MAKERS = (("luxc", "luxc", None, luxc_gpt), ("jax", "jax.jit+optax", None, jax_gpt),
+           ("jax", "flax nnx", "flax", flax_gpt), ("torch", "torch.compile", "torch", torch_gpt))
+
+
+def variants(group: str, device: bool) -> dict[str, tuple[str | None, Callable]]:
+    """``group``'s variants, f32 and bf16 each: name -> (package it needs, or None; maker)."""
+    out = {}
+    for owner, name, module, make in _MAKERS:
+        if owner != group:
+            continue
+        kw = {"device": device} if owner == "torch" else {}
+        for bf16 in (False, True):
+            out[f"{name} {'bf16' if bf16 else 'f32'}"] = (
+                module, lambda w, x, y, make=make, bf16=bf16, kw=kw: make(w, x, y, bf16, **kw))
+    if group == "luxc":
+        out["luxc autotune f32"] = (None, lambda w, x, y: luxc_step(
+            w, x, y, luxc.CompileOptions(autotune=True)))
+    return out

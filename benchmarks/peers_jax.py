@@ -35,6 +35,13 @@ def luxc_step(work: wl.Workload, x, y, options: luxc.CompileOptions | None = Non
                                                     return_gradients=False, compile_options=options)
         return out
 
+    def flops() -> float | None:
+        """XLA's FLOPs of one step (the cached executable: the same key as the step's)."""
+        cs = luxc.compile_step(loss, (x, y), state["ts"], compile_options=options,
+                               return_gradients=False, donate=True)
+        return (cs.cost_analysis() or {}).get("flops")
+
+    step.flops = flops
     return step
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 try:
@@ -75,38 +73,48 @@ def _loss(key: str):
 
 
 def torch_step(work: wl.Workload, x, y, compiled: bool, autocast: bool = False,
-               blocks: int = 1) -> Step:
+               blocks: int = 1, device: bool = False) -> Step:
     """One eager (or ``torch.compile``-d) training step; waiting on it reads the loss.
-    ``autocast``: the forward and loss under ``torch.autocast("cpu", torch.bfloat16)`` (torch's
+    ``autocast``: the forward and loss under ``torch.autocast(..., torch.bfloat16)`` (torch's
     mixed precision: float32 parameters, bf16 matrix products). ``blocks``: that many copies of
-    the workload's model one after another (the depth benchmark's N transformer blocks)."""
-    # Before torch loads OpenMP: idle threads sleep instead of spinning on the cores the next
-    # variant needs.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    the workload's model one after another (the depth benchmark's N transformer blocks).
+    ``device``: on CUDA instead of the CPU. torch keeps its default threads and OpenMP policy,
+    as its users run it (it has a process of its own: nothing else competes for the cores)."""
     import torch
 
-    torch.set_num_threads(2)
+    where = target(device)
     torch.manual_seed(0)
     model = (_model(work.key) if blocks == 1
-             else torch.nn.Sequential(*[_model(work.key) for _ in range(blocks)]))
+             else torch.nn.Sequential(*[_model(work.key) for _ in range(blocks)])).to(where)
     tx = np.array(x)  # a writable copy: torch refuses read-only buffers
     if work.key == "lenet":
         tx = np.transpose(tx, (0, 3, 1, 2))  # torch convolutions are channels-first
-    tx = torch.from_numpy(np.ascontiguousarray(tx))
+    tx = torch.from_numpy(np.ascontiguousarray(tx)).to(where)
     ty = np.array(y)
-    ty = torch.from_numpy(ty.argmax(-1).astype(np.int64) if work.key in ("mlp", "lenet") else ty.copy())
+    ty = torch.from_numpy(ty.argmax(-1).astype(np.int64) if work.key in ("mlp", "lenet")
+                          else ty.copy()).to(where)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = _loss(work.key)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(where, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(model(tx), ty)
         loss.backward()
         opt.step()
         return loss
 
     return waitable(torch.compile(train_step) if compiled else train_step)
+
+
+def target(device: bool) -> str:
+    """torch's device: ``"cuda"`` for ``--device`` (an error naming the fix when torch sees
+    none), else ``"cpu"``."""
+    import torch
+
+    if device and not torch.cuda.is_available():
+        raise RuntimeError("--device: torch sees no CUDA device (install a CUDA build of torch)")
+    return "cuda" if device else "cpu"
 
 
 class _Done:

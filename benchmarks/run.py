@@ -1,204 +1,241 @@
-"""``python -m benchmarks``: luxc against its peers on five workloads, in one interleaved run.
+"""``python -m benchmarks``: luxc against its peers, every framework in a process of its own.
 
-    pip install -e ".[bench]"         # torch, flax, equinox, matplotlib (peers are optional)
-    python -m benchmarks              # about 10 minutes on 2 cores; writes RESULTS.md + PNG
-    python -m benchmarks --quick      # a minute: fewer rounds and steps
-    python -m benchmarks --only lenet,transformer --rounds 21
+    python -m benchmarks                        # the full protocol; writes results.json + RESULTS.md
+    python -m benchmarks --quick --allow-busy   # a smoke test: 1 round, tiny samples, depth 1
+    python -m benchmarks --only transformer,gpt,depth-12 --rounds 9
+    python -m benchmarks --device               # the same on the accelerator jax sees
 
-Each sample times ``steps`` training steps of one variant and waits for the last; the variants
-of a workload run in a freshly shuffled order every round, so machine noise hits all alike.
-Reported: the median per step, the min-max over rounds, the ratio to the fastest variant, and
-the first call's wall time (tracing + compiling + one step). "luxc, passes=none" is luxc with
-its StableHLO passes off, in the same run: the before/after of the pass defaults; "luxc, no YNN
-fusions" is luxc with ``xla_cpu_experimental_ynn_fusion_type=""`` (a candidate CPU default).
-A peer that is not installed is skipped, with a line saying so.
+The protocol (benchmarks/README.md says why each rule is there). For each workload, one worker
+process per group (luxc; jax.jit/flax/equinox; torch eager and ``torch.compile``; the GEMM peak)
+is started and waited for (its ``ready`` line, after it compiled and warmed every variant),
+one after the other. Then in every round each process takes a turn, the processes in an order
+shuffled by the round, and times one sample of each of its variants (order shuffled too). At
+the start of every turn the driver records the load (:mod:`benchmarks._load`). torch runs with
+its default threads and OpenMP policy and never shares a process with jax. Ratios are medians
+over rounds of each round's ratio. A run whose load exceeded ``--max-load`` refuses to write its
+results (exit status 3) unless ``--allow-busy``, which writes them with every figure marked busy.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import datetime as dt
+import importlib.metadata
+import json
 import os
-import statistics
+import platform
+import random
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import luxc
+from benchmarks import _protocol, cases, report
+from benchmarks._load import Load, LoadMeter
 
-try:
-    from benchmarks import _report, depth, first_step, peers_equinox, peers_gpt, peers_jax, peers_torch
-    from benchmarks import workloads as wl
-    from benchmarks._timing import samples, steps
-except ImportError:  # run as a script from benchmarks/
-    import _report
-    import depth
-    import first_step
-    import peers_equinox
-    import peers_gpt
-    import peers_jax
-    import peers_torch
-    import workloads as wl
-    from _timing import samples, steps
-
-LUXC = "luxc AutoXLA"
-LUXC_NO_PASSES = "luxc, passes=none"
-LUXC_NO_YNN = "luxc, no YNN fusions"
-LUXC_STEPS = "luxc train_steps_, 8 steps a call"
-LUXC_BF16 = "luxc bf16"
-# XLA:CPU's YNNPACK fusions off: the largest lever measured on the CNN (benchmarks/README.md).
-_NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-# name -> (module that must be installed, or None; step factory)
-PEERS: dict[str, tuple[str | None, Callable]] = {
-    LUXC: (None, peers_jax.luxc_step),
-    LUXC_NO_PASSES: (None, lambda w, x, y: peers_jax.luxc_step(
-        w, x, y, luxc.CompileOptions(passes="none"))),
-    LUXC_NO_YNN: (None, lambda w, x, y: peers_jax.luxc_step(
-        w, x, y, luxc.CompileOptions(xla_options=_NO_YNN))),
-    _report.JIT_BASELINE: (None, peers_jax.jax_jit_step),
-    "flax nnx": ("flax", peers_jax.flax_nnx_step),
-    "equinox": ("equinox", peers_equinox.equinox_step),
-    "torch eager": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=False)),
-    "torch.compile": ("torch", lambda w, x, y: peers_torch.torch_step(w, x, y, compiled=True)),
-    # Mixed precision (issue 21), on the MLP, LeNet and the transformer block only.
-    LUXC_BF16: (None, lambda w, x, y: peers_jax.luxc_step(
-        w, x, y, luxc.CompileOptions(mixed_precision="bf16"))),
-    "luxc f16": (None, lambda w, x, y: peers_jax.luxc_step(
-        w, x, y, luxc.CompileOptions(mixed_precision="f16"))),
-    "jax.jit, hand-cast bf16": (None, lambda w, x, y: peers_jax.jax_jit_step(
-        w, x, y, hand_cast_bf16=True)),
-    "torch eager autocast bf16": ("torch", lambda w, x, y: peers_torch.torch_step(
-        w, x, y, compiled=False, autocast=True)),
-    "torch.compile autocast bf16": ("torch", lambda w, x, y: peers_torch.torch_step(
-        w, x, y, compiled=True, autocast=True)),
-}
-MIXED_PRECISION = (LUXC_BF16, "luxc f16", "jax.jit, hand-cast bf16", "torch eager autocast bf16",
-                   "torch.compile autocast bf16")
-MIXED_PRECISION_WORKLOADS = ("mlp", "lenet", "transformer")
+ROOT = str(Path(__file__).resolve().parent.parent)
+BUSY_STATUS = 3
+# glibc keeps freed memory in the process (luxc.retain_host_memory's settings, as environment
+# variables so that every process, torch's included, gets the same).
+_RETAIN = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+           "MALLOC_TOP_PAD_": str(128 * 2**20)}
 
 
-def makers_for(work: wl.Workload, makers: dict[str, Callable]) -> dict[str, Callable]:
-    """The variants measured on ``work``: the mixed-precision ones on its three workloads."""
-    if work.key in MIXED_PRECISION_WORKLOADS:
-        return makers
-    return {k: v for k, v in makers.items() if k not in MIXED_PRECISION}
+def _env(group: str, args: argparse.Namespace) -> dict[str, str]:
+    """A worker's environment: the user's, less what would change a framework's defaults."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "LUXC_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    if group == "peak":
+        env.pop("OPENBLAS_CORETYPE", None)  # numpy's OpenBLAS at the machine's real speed
+    if not args.device:
+        env["JAX_PLATFORMS"] = "cpu"
+    if args.retain_host_memory:
+        env.update(_RETAIN)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
 
 
-def measure(work: wl.Workload, makers: dict[str, Callable], rounds: int, n_steps: int,
-            title: str | None = None, fresh: int = 0) -> _report.Case:
-    """Build, warm and time every variant of ``work`` (``makers``: name -> ``make(work, x, y)``
-    returning a step), print and return its :class:`_report.Case`; ``fresh``: samples of
-    luxc's and jax.jit's first step, each in a fresh process (:mod:`benchmarks.first_step`)."""
-    x, y = work.data()
-    first, runs, per_call = {}, {}, {}
-    for name, make in makers.items():
-        step = make(work, x, y)
-        per_call[name] = getattr(step, "steps_per_call", 1)  # train_steps_: k steps a call
-        t0 = time.perf_counter()
-        step().block_until_ready()
-        first[name] = time.perf_counter() - t0
-        runs[name] = steps(step, n_steps)
-        runs[name]()  # warm: a full sample's worth
-    per_step = {k: [t / (n_steps * per_call[k]) for t in v] for k, v in samples(runs, rounds, 1).items()}
-    case = _report.Case(work.label, title or work.title, n_steps, {
-        k: _report.Timing(statistics.median(v), min(v), max(v), first[k]) for k, v in per_step.items()},
-        first_step.fresh_samples(work.key, fresh) if fresh else {})
-    print(_report.case_lines(case), flush=True)
-    if case.fresh_first:
-        print("  " + case.fresh_first_line(), flush=True)
-    return case
+def _start(key: str, group: str, args: argparse.Namespace) -> _protocol.Worker:
+    argv = ["--workload", key, "--group", group]
+    argv += ["--quick"] * args.quick + ["--device"] * args.device
+    argv += ["--variants", args.variants] if args.variants else []
+    worker = _protocol.Worker(f"{group} ({key})", argv, _env(group, args), ROOT)
+    for line in worker.ready["skipped"]:
+        print(f"  skipped {line}", flush=True)
+    firsts = ", ".join(f"{n} {s:.2f}s" for n, s in worker.ready["first_seconds"].items())
+    print(f"  {group}: pid {worker.pid} ready; first steps {firsts}", flush=True)
+    return worker
+
+
+def _start_all(workers: dict[str, _protocol.Worker], key: str, groups: tuple[str, ...],
+               args: argparse.Namespace) -> None:
+    """Start each group's worker in turn (into ``workers``); a peer group that cannot run here
+    is skipped with one line."""
+    for group in groups:
+        missing = cases.missing_module(group)
+        if missing:
+            print(f"  skipped the {group} rows: {missing} is not installed "
+                  f"(pip install -e '.[bench]')", flush=True)
+            continue
+        try:
+            workers[group] = _start(key, group, args)
+        except _protocol.WorkerError as e:
+            if group not in cases.PEERS:
+                raise
+            # A peer that cannot run here (no CUDA build of torch under --device, …).
+            print(f"  skipped the {group} rows: {e}", flush=True)
+
+
+def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace,
+                     meter: LoadMeter) -> dict[str, Any]:
+    """Start ``groups``' workers for ``key``, run the rounds, collect their statistics."""
+    print(f"\n{cases.title(key, args.quick)}", flush=True)
+    workers: dict[str, _protocol.Worker] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        _start_all(workers, key, groups, args)
+        for r in range(args.rounds):
+            order = list(workers)
+            random.Random(f"{key}:{r}").shuffle(order)
+            for group in order:
+                load = meter.mark()
+                reply = workers[group].ask({"cmd": "round", "seed": r}, "round")
+                rows.append({"round": r, "group": group, "load1": load.load1,
+                             "others": load.others, "seconds": reply["seconds"]})
+        stats = {g: {**w.ready, **w.ask({"cmd": "stats"}, "stats"), "pid": w.pid}
+                 for g, w in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    for group in stats.values():
+        del group["event"]
+    return {"key": key, "title": cases.title(key, args.quick), "rows": rows, "processes": stats}
+
+
+def busy_reasons(start: Load, workloads: list[dict[str, Any]], max_load: float) -> list[str]:
+    """Why the run counts as busy (empty: it does not): the load average at its start, and
+    the worst load of any turn (other processes' cores where known, else the load average)."""
+    reasons = []
+    if start.load1 > max_load:
+        reasons.append(f"the 1-minute load average was {start.load1:.2f} at the start")
+    turns = [(Load(row["load1"], row["others"]).worst(), w["key"], row)
+             for w in workloads for row in w["rows"]]
+    if turns:
+        worst, key, row = max(turns, key=lambda t: t[0])
+        if worst > max_load:
+            what = ("other processes used {:.2f} cores" if row["others"] is not None
+                    else "the 1-minute load average was {:.2f}").format(worst)
+            reasons.append(f"{what} before {key}'s round {row['round']} ({row['group']})")
+    return reasons
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("luxc", "jax", "jaxlib", "optax", "flax", "equinox", "torch", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def accelerator() -> str | None:
+    """The platform of the accelerator jax sees (asked in a process of its own), or ``None``."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    r = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    backend = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else "cpu"
+    return None if backend == "cpu" else backend
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test: 1 round, short samples, a 512 GEMM, depth 1 only")
+    p.add_argument("--rounds", type=int, help="rounds (default 7; 1 with --quick)")
+    p.add_argument("--only", help="comma-separated workloads (default all): "
+                   + ", ".join(cases.workload_keys()))
+    p.add_argument("--depths", help="block counts of the depth workloads (default 1,12,24)")
+    p.add_argument("--variants", help="comma-separated variant names to keep (default all)")
+    p.add_argument("--out", default=str(Path(ROOT, "benchmarks")),
+                   help="directory for results.json and RESULTS.md (default benchmarks/)")
+    p.add_argument("--max-load", type=float, default=0.7,
+                   help="the busiest load a run may see and still write its results (default "
+                        "0.7: the 1-minute load average at the start, then the cores other "
+                        "processes used in any turn)")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="write the results of a busy run anyway, every figure marked busy")
+    p.add_argument("--device", action="store_true",
+                   help="measure on the accelerator jax sees (torch on CUDA) instead of the CPU")
+    p.add_argument("--retain-host-memory", action="store_true",
+                   help="every worker keeps freed memory (glibc malloc settings; README 'Host memory')")
+    return p
+
+
+def _selected(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    depths = (tuple(int(d) for d in args.depths.split(",")) if args.depths
+              else (1,) if args.quick else cases.DEPTHS)
+    keys = cases.workload_keys(depths)
+    if not args.only:
+        return keys
+    chosen = args.only.split(",")
+    unknown = [k for k in chosen if k not in keys and not k.startswith("depth-")]
+    if unknown:
+        parser.error(f"--only: no workload named {', '.join(unknown)}; choose from {', '.join(keys)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds, fewer steps per sample")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 15; 3 with --quick)")
-    keys = [w.key for w in wl.WORKLOADS] + [peers_gpt.WORKLOAD.key, "depth"]
-    parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(keys))
-    parser.add_argument("--out", default="benchmarks", help="directory for RESULTS.md and results.png")
-    parser.add_argument("--depths", default=",".join(map(str, depth.DEPTHS)),
-                        help="block counts of the depth workload (default 1,4,12,24)")
-    parser.add_argument("--depth-variants", help="comma-separated variants of the depth workload "
-                        "(default all): " + ", ".join(depth.VARIANTS))
-    parser.add_argument("--retain-host-memory", action="store_true",
-                        help="call luxc.retain_host_memory() first: the whole process, every "
-                             "peer alike, keeps freed memory (README 'Host memory')")
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.retain_host_memory:
-        print("host memory retained:", luxc.retain_host_memory())
-    rounds = args.rounds or (3 if args.quick else 15)
-    only = args.only.split(",") if args.only else keys
-    chosen = [w for w in wl.WORKLOADS if w.key in only]
-    if not chosen and peers_gpt.WORKLOAD.key not in only and "depth" not in only:
-        parser.error(f"--only: no workload named {args.only!r}; choose from " + ", ".join(keys))
-    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
-    if chosen:
-        _workloads(chosen, rounds, args.quick, args.out, command)
-    if peers_gpt.WORKLOAD.key in only:
-        _gpt(rounds, args.quick, args.out, command)
-    if "depth" in only:
-        variants = tuple(args.depth_variants.split(",")) if args.depth_variants else None
-        unknown = sorted(set(variants or ()) - set(depth.VARIANTS))
-        if unknown:
-            parser.error(f"--depth-variants: no variant named {', '.join(unknown)}; choose from "
-                         + ", ".join(depth.VARIANTS))
-        _depth(tuple(int(n) for n in args.depths.split(",")), variants, rounds, args.quick,
-               args.out, command)
-
-
-def _depth(depths: tuple[int, ...], variants: tuple[str, ...] | None, rounds: int, quick: bool,
-           out: str, command: str) -> None:
-    """The depth table, printed and written as the "Depth" section of RESULTS.md."""
-    load = [f"{v:.2f}" for v in os.getloadavg()]
-    rows = depth.run(depths, rounds, 1 if quick else 3, variants)
-    text = depth.table(rows) + "\n\n" + depth.microbatch_table()
-    section = (f"## Depth\n\n`{command}`, load average {' '.join(load)} at the start\n\n"
-               f"{text}\n")
-    print(section, flush=True)
-    os.makedirs(out, exist_ok=True)
-    path = f"{out}/RESULTS.md"
-    old = open(path).read() if os.path.exists(path) else ""
-    head, _, rest = old.partition("## Depth\n")
-    tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-    with open(path, "w") as f:
-        f.write(head.rstrip("\n") + ("\n\n" if head.strip() else "") + section + tail)
-    print(f"wrote the depth section of {path}")
-
-
-def _installed(peers: dict[str, tuple[str | None, Callable]]) -> tuple[dict[str, Callable], list[str]]:
-    names, skipped = [], []
-    for name, (module, _) in peers.items():
-        (names if module is None or importlib.util.find_spec(module) else skipped).append(name)
-    for name in skipped:
-        print(f"skipped {name}: {peers[name][0]} is not installed (pip install -e '.[bench]')")
-    return {name: peers[name][1] for name in names}, skipped
-
-
-def _gpt(rounds: int, quick: bool, out: str, command: str) -> None:
-    """The flagship workload in its own section of RESULTS.md, with tokens/s."""
-    makers, skipped = _installed(peers_gpt.PEERS)
-    run = _report.Run.start(command, rounds, skipped)
-    work = peers_gpt.WORKLOAD
-    case = measure(work, makers, rounds, work.quick_steps if quick else work.steps,
-                   fresh=1 if quick else 3)
-    path = _report.write_tokens_section(run.finish(), case, out, peers_gpt.tokens_per_step())
-    print(f"wrote the {work.label} section of {path}")
-
-
-def _workloads(chosen: list[wl.Workload], rounds: int, quick: bool, out: str, command: str) -> None:
-    makers, skipped = _installed(PEERS)
-    run = _report.Run.start(command, rounds, skipped)
-    cases = [measure(w, makers_for(w, makers), rounds, w.quick_steps if quick else w.steps,
-                     fresh=1 if quick else 5)
-             for w in chosen]
-    # Several steps per compiled call, beside one: where dispatch or per-call allocation counts.
-    several = [measure(w, {LUXC: PEERS[LUXC][1], LUXC_STEPS: peers_jax.luxc_steps,
-                           "jax.jit+optax": PEERS["jax.jit+optax"][1]},
-                       rounds, w.quick_steps if quick else w.steps, f"{w.title}: {LUXC_STEPS}")
-               for w in chosen if w.key in ("tiny", "transformer")]
-    path = _report.write(run.finish(), cases, out, several)
-    print(f"wrote {path} and its chart")
+    args.rounds = args.rounds or (1 if args.quick else 7)
+    if args.device:
+        found = accelerator()
+        if found is None:
+            print("python -m benchmarks --device: jax sees no accelerator on this machine (only "
+                  "the CPU); nothing measured (run it without --device)", file=sys.stderr)
+            sys.exit(1)
+        print(f"measuring on {found}")
+    keys = _selected(args, parser)
+    start = Load(os.getloadavg()[0], None)
+    began, t0 = dt.datetime.now(dt.UTC), time.monotonic()
+    meter = LoadMeter()
+    try:
+        workloads = [measure_workload(k, cases.groups_of(k), args, meter) for k in keys]
+    except _protocol.WorkerError as e:
+        sys.exit(f"python -m benchmarks: {e}")
+    reasons = busy_reasons(start, workloads, args.max_load)
+    results = {"run": {
+        "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        "started": began.strftime("%Y-%m-%d %H:%M UTC"), "seconds": time.monotonic() - t0,
+        "cores": os.cpu_count(), "cpu": _cpu(), "versions": _versions(), "rounds": args.rounds,
+        "quick": args.quick, "device": args.device, "start_load1": start.load1,
+        "max_load": args.max_load, "busy": reasons, "allow_busy": args.allow_busy},
+        "workloads": workloads}
+    text = report.render(results)
+    print("\n" + text)
+    if reasons and not args.allow_busy:
+        print(f"refused to write {args.out}/results.json and RESULTS.md: the machine was busy "
+              f"({'; '.join(reasons)}; --max-load {args.max_load}); rerun on an idle machine, or "
+              f"pass --allow-busy to write figures marked busy", file=sys.stderr)
+        sys.exit(BUSY_STATUS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(text)
+    print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'}"
+          + (" (every figure marked busy)" if reasons else ""))
 
 
 if __name__ == "__main__":

@@ -154,13 +154,21 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     the objective without an update for ``luxc run --eval-data`` (:func:`flat_evaluate`).
 
     ``platforms`` defaults to this machine's; the executable is compiled for this machine when
-    it is one of them. Returns the manifest.
+    it is one of them. With ``CompileOptions(autotune=True)`` the step is tuned on this
+    machine first (:mod:`luxc.runtime.autotune`): the artefact holds the kept candidate's
+    options, and its manifest's ``"autotune"`` every candidate's time. Returns the manifest.
     """
     ts.check_alive()
     _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing
     options = compile_options or CompileOptions()
+    autotune = None
+    if options.autotune:  # timed here, as training runs it; the artefact gets the kept options
+        from luxc.training._compiled import compile_step
+
+        report = compile_step(obj_fn, data, ts, compile_options=options).autotune_report
+        options, autotune = report.chosen_options(options), report.as_dict()
     step, state, leaves, layout = flat_step(obj_fn, data, ts, options)
     return _artifact.save(out, step, state, leaves, layout=layout,
                           platforms=list(platforms or [jax.default_backend()]),
                           options=options, force=force, forward=flat_forward(ts, data),
-                          evaluate=flat_evaluate(obj_fn, ts, data))
+                          evaluate=flat_evaluate(obj_fn, ts, data), autotune=autotune)

@@ -1,6 +1,7 @@
 """Compile (XLA through PJRT via jax), cache, execute, and save/load compiled artefacts."""
 
 from luxc.runtime import persistent_cache as persistent_cache
+from luxc.runtime.autotune import AutotuneReport as AutotuneReport
 from luxc.runtime.cache import DEFAULT_MAX_ENTRIES as DEFAULT_MAX_ENTRIES
 from luxc.runtime.cache import CacheInfo as CacheInfo
 from luxc.runtime.cache import ExecutableCache as ExecutableCache

@@ -109,13 +109,15 @@ def check_output(out: str | Path, force: bool) -> None:
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
          layout: dict[str, Any], platforms: Sequence[str], options: CompileOptions,
          force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None,
-         evaluate: tuple[Callable, Sequence[Any], dict] | None = None) -> dict[str, Any]:
+         evaluate: tuple[Callable, Sequence[Any], dict] | None = None,
+         autotune: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
     directory ``out`` atomically. Returns the manifest.
 
     ``forward`` is ``(fn, args, entry)``: the model's forward pass (:mod:`luxc.runtime.forward`),
     its abstract arguments (the batch axis symbolic) and the manifest entry describing it;
-    ``evaluate`` likewise, the objective without an update."""
+    ``evaluate`` likewise, the objective without an update; ``autotune`` (when the options
+    were autotuned) the candidates and their times, recorded as the manifest's ``"autotune"``."""
     out = Path(out)
     check_output(out, force)
     host = jax.default_backend()
@@ -161,6 +163,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "trace_seconds": trace_seconds,
         "compile_seconds": compile_seconds,
         **figures,
+        **({"autotune": autotune} if autotune else {}),
         **{key: entry for key, entry in programs.items() if entry},
         "files": {name: {"sha256": sha256(content), "size": len(content)}
                   for name, content in files.items()},

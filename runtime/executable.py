@@ -182,6 +182,8 @@ class Executable(CompiledStages):
         self.timings = dict(timings or {})
         self.xla_options = dict(xla_options or {})
         self.compile_seconds, self.trace_seconds = compile_seconds, trace_seconds
+        # With CompileOptions(autotune=True): the candidates timed and the one kept.
+        self.autotune_report: Any = None
         # The hot path: no Python between the caller and jax's C++ dispatch.
         self.call = direct_call(compiled) if call is None else call
 

@@ -43,6 +43,10 @@ class CompileOptions:
             leading axis of every data leaf is split into ``k`` equal parts, run one after the
             other, their losses, statistics and gradients averaged, one optimiser update
             (a BatchNorm sees per-part statistics; README "Deep models").
+        autotune: compile a few candidate configurations of the step (on CPU: these
+            options, ``passes="none"``, YNNPACK fusions off, fusion emitters off), time each
+            on a copy of the arguments and keep the fastest; the choice and the measured
+            alternatives are the step's ``autotune_report`` (:mod:`luxc.runtime.autotune`).
 
     >>> import luxc
     >>> luxc.CompileOptions(passes=["fuse_rsqrt"], precision="highest").precision
@@ -55,6 +59,7 @@ class CompileOptions:
     dump_dir: str | None = None
     mixed_precision: MixedPrecision = None
     microbatches: int = 1
+    autotune: bool = False
 
     def __init__(
         self,
@@ -64,6 +69,7 @@ class CompileOptions:
         dump_dir: str | Path | None = None,
         mixed_precision: MixedPrecision = None,
         microbatches: int = 1,
+        autotune: bool = False,
     ):
         if isinstance(passes, str) and passes not in ("default", "none", "all"):
             passes = passes.split(",")
@@ -84,6 +90,8 @@ class CompileOptions:
         if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
             raise ValueError(f"CompileOptions: microbatches must be an int >= 1; "
                              f"received {microbatches!r}")
+        if not isinstance(autotune, bool):
+            raise ValueError(f"CompileOptions: autotune must be True or False; received {autotune!r}")
         items = dict(xla_options or {})
         for k, v in items.items():
             if not (isinstance(k, str) and k.startswith("xla_")):
@@ -97,6 +105,7 @@ class CompileOptions:
         object.__setattr__(self, "dump_dir", None if dump_dir is None else str(dump_dir))
         object.__setattr__(self, "mixed_precision", mixed_precision)
         object.__setattr__(self, "microbatches", microbatches)
+        object.__setattr__(self, "autotune", autotune)
 
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline

@@ -98,7 +98,7 @@ def call_factory(spec: str):
 
 
 def compile_options(passes: str, precision: str, xla_option: tuple[str, ...],
-                    mixed_precision: str | None = None):
+                    mixed_precision: str | None = None, autotune: bool = False):
     import luxc
 
     xla = {}
@@ -116,7 +116,7 @@ def compile_options(passes: str, precision: str, xla_option: tuple[str, ...],
                 except ValueError:
                     pass
     return luxc.CompileOptions(passes=passes, precision=precision, xla_options=xla,
-                               mixed_precision=mixed_precision)
+                               mixed_precision=mixed_precision, autotune=autotune)
 
 
 passes_option = click.option("--passes", default="default", show_default=True,
@@ -128,6 +128,10 @@ mixed_precision_option = click.option(
     help="compute in bfloat16 / float16 with float32 master weights (f16: dynamic loss scaling)")
 xla_option = click.option("--xla-option", multiple=True, metavar="NAME=VALUE",
                            help="an XLA option for this executable (repeatable)")
+autotune_option = click.option(
+    "--autotune", is_flag=True,
+    help="time a few candidate configurations of the step (passes, XLA options) and keep the "
+         "fastest; the choice and the alternatives' times are recorded")
 
 
 

@@ -6,6 +6,7 @@ import click
 
 from luxc.cli._common import (
     CliError,
+    autotune_option,
     call_factory,
     compile_options,
     mixed_precision_option,
@@ -26,13 +27,15 @@ from luxc.cli._common import (
 @precision_option
 @mixed_precision_option
 @xla_option
+@autotune_option
 @click.option("--force", is_flag=True,
               help="replace an existing luxc artefact directory (never any other directory)")
 @click.option("--mesh", metavar="AXIS=N", help="shard the step over N devices along mesh axis "
               "AXIS, the batch split along it (e.g. data=8)")
 @click.option("--strategy", type=click.Choice(["data", "fsdp"]), default="data", show_default=True,
               help="with --mesh: replicate the state (data) or split it (fsdp)")
-def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option, force, mesh, strategy):
+def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option, autotune, force,
+            mesh, strategy):
     """Compile the training step of SPEC into the artefact directory --out.
 
     SPEC is path/file.py:factory or module:factory. factory() takes no arguments and returns
@@ -40,6 +43,8 @@ def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option
     backend. --out becomes a directory holding the optimised StableHLO, the XLA executable for
     this machine, the initial state, the example data and a manifest; `luxc run` and
     `luxc inspect` take it. With --mesh, the step is sharded over that many devices.
+    With --autotune, the step is timed on this machine under a few candidate configurations
+    first; the fastest is written, and the manifest records every candidate's time.
     """
     import luxc
     from luxc.runtime.artifact import check_output
@@ -49,12 +54,14 @@ def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option
     obj, data, ts = call_factory(spec)
     if device_mesh is not None:
         data, ts = _sharded(device_mesh, strategy, data, ts)
-    options = compile_options(passes, precision, xla_option, mixed_precision)
+    options = compile_options(passes, precision, xla_option, mixed_precision, autotune)
     manifest = luxc.export_step(obj, data, ts, out, platforms=list(platforms) or None,
                                 compile_options=options, force=force)
     rewrites = ", ".join(f"{r['name']}: {r['rewrites']}" for r in manifest["pass_report"]) or "none"
     click.echo(f"wrote {out}: platforms {', '.join(manifest['platforms'])}; passes {rewrites}; "
-               f"compile {manifest['compile_seconds'] or 0:.2f}s")
+               f"compile {manifest['compile_seconds'] or 0:.2f}s"
+               + (f"; autotune kept {manifest['autotune']['chosen']}" if "autotune" in manifest
+                  else ""))
 
 
 

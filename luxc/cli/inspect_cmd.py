@@ -63,6 +63,9 @@ def inspect(directory, as_json, verify):
     options = manifest["compile_options"]
     click.echo(f"options     passes={shown(options['passes'], 400)} precision="
                f"{shown(options['precision'], 40)} xla={shown(options['xla_options'] or '{}', 400)}")
+    tuned = _autotune_line(manifest.get("autotune"))
+    if tuned:
+        click.echo(f"autotune    {tuned}")
     click.echo("passes      " + ("; ".join(
         f"{shown(r['name'], 80)}: {r['rewrites']} rewrites, {r['ops_before']} -> "
         f"{r['ops_after']} ops" for r in manifest["pass_report"]) or "none"))
@@ -85,3 +88,18 @@ def inspect(directory, as_json, verify):
                                  if signed else
                                  f"no: {unsigned_reason}; luxc will compile its "
                                  "StableHLO instead of loading its executable"))
+
+
+def _autotune_line(record: object) -> str | None:
+    """The manifest's autotune record as one line (kept candidate, then each candidate's time);
+    a record this luxc cannot read is said to be so, not trusted (the manifest is data)."""
+    from luxc.runtime.shown import shown
+
+    if record is None:
+        return None
+    try:
+        times = ", ".join(f"{shown(c['name'], 40)} {float(c['median_seconds']) * 1e3:.3f} ms"
+                          for c in record["candidates"])
+        return f"kept {shown(record['chosen'], 40)} of {times} (median per step, timed at compile)"
+    except (KeyError, TypeError, ValueError):
+        return "present but unreadable by this luxc (see --json)"

@@ -16,6 +16,7 @@ except ImportError:  # not on Windows: no page-fault row there
 
 from luxc.cli._common import (
     CliError,
+    autotune_option,
     call_factory,
     compile_options,
     format_bytes,
@@ -77,6 +78,8 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     t0 = time.perf_counter()
     cs = luxc.compile_step(obj, data, ts, compile_options=options, donate=True)
     cold = time.perf_counter() - t0
+    if cs.autotune_report is not None:  # the warm compile builds the kept candidate, untimed
+        options = cs.autotune_report.chosen_options(options)
     # The warm compile loads from a cache of its own, written just before: the user's cache is
     # neither read, written nor reconfigured.
     with tempfile.TemporaryDirectory(prefix="luxc-profile-cache-") as cache_dir, \
@@ -99,6 +102,7 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     facts = {"batch": _batch(jax.tree.leaves(data)),
              "passes": _passes([(r.name, r.rewrites) for r in cs.pass_report]),
              "compile breakdown": {**cs.compile_report, "first call": first_call},
+             "autotune": cs.autotune_report,
              "ops": cs.profile(state["ts"], data, steps=min(steps, 20)) if ops else None}
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
@@ -224,8 +228,9 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
 @precision_option
 @mixed_precision_option
 @xla_option
+@autotune_option
 def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixed_precision,
-            xla_option):
+            xla_option, autotune):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -235,7 +240,12 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     lists the N HLO ops taking the most time per step, with the user's source line of each
     (for an artefact: its checked StableHLO compiled again with per-op tracing).
     --compare KEY=VALUE times the step (A) against the step with those options (B) instead.
+    --autotune compiles and times a few candidate configurations first and profiles the
+    fastest (the compile time includes the tuning); the candidates' times are listed.
     """
+    if autotune and Path(target).is_dir():
+        raise click.UsageError("--autotune compiles a SPEC (FILE:FUNCTION); an artefact directory "
+                               "holds one compiled step (compile it with luxc compile --autotune)")
     if compare:
         if Path(target).is_dir():
             raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artefact "
@@ -254,18 +264,20 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(
-            target, steps, compile_options(passes, precision, xla_option, mixed_precision), trace,
-            ops=bool(ops))
+            target, steps, compile_options(passes, precision, xla_option, mixed_precision,
+                                           autotune), trace, ops=bool(ops))
         what = "compile"
     median = statistics.median(times)
     records = facts.pop("ops", None)
     breakdown = facts.pop("compile breakdown", None)
+    tuned = facts.pop("autotune", None)
     if as_json:
         import json
 
         click.echo(json.dumps({
             **facts, "compile_seconds": cold, "warm_compile_seconds": warm,
             "compile_breakdown": breakdown,
+            "autotune": tuned.as_dict() if tuned is not None else None,
             "step_seconds": {"median": median, "min": min(times), "max": max(times),
                              "steps": len(times)},
             "peak_bytes": peak_bytes(mem), "minor_faults_per_step": faults,
@@ -280,6 +292,8 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     if breakdown:
         for line in _breakdown_rows(breakdown):
             click.echo(line)
+    if tuned is not None:
+        click.echo(f"{'autotune':<15}{str(tuned).removeprefix('autotune: ')}")
     click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min {min(times) * 1e3:.3f} ms, "
                     f"max {max(times) * 1e3:.3f} ms over {len(times)} steps (sync=True)"))
     click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import jax
 
+from luxc.runtime.autotune import AutotuneReport
 from luxc.runtime.cache import CacheEntry
 from luxc.runtime.op_profile import OpRecord, profile_executable
 from luxc.runtime.options import CompileOptions, normalise
@@ -48,6 +49,12 @@ class CompiledStep(CompiledStages):
     @property
     def pass_report(self):
         return self.executable.pass_report
+
+    @property
+    def autotune_report(self) -> AutotuneReport | None:
+        """With ``CompileOptions(autotune=True)``: the candidate kept and every candidate's
+        median seconds per step (:class:`~luxc.runtime.autotune.AutotuneReport`); else ``None``."""
+        return self.executable.autotune_report
 
     @property
     def compile_seconds(self) -> float:

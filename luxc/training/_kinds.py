@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from luxc._preferences import preference
+from luxc.runtime.autotune import tune
 from luxc.runtime.cache import CacheEntry, ExecutableCache
-from luxc.runtime.executable import build
+from luxc.runtime.executable import Executable, build
 from luxc.runtime.leaf_names import argument_leaf_name
 from luxc.runtime.options import CompileOptions, normalise
 from luxc.runtime.programs import lookup, program_key
@@ -177,9 +178,15 @@ def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optim
     if kind.uses_objective:  # the update's "data" are the backend's own gradients
         warn_non_finite(args[-1], kind.arg_names[-1], caller)
     step = kind.build(Program(obj_fn, model, optimizer, return_gradients, options))
+
+    def compile_with(o: CompileOptions) -> Executable:
+        return build(step, args, options=o, donate_argnums=kind.donated if donate else (),
+                     arg_names=kind.arg_names, committed_outputs=kind.committed_outputs)
+
+    # Autotuned: the fastest candidate, cached under options that say autotune=True.
     with jax.profiler.TraceAnnotation(f"Compile {kind.event or kind.name}"):
-        exe = build(step, args, options=options, donate_argnums=kind.donated if donate else (),
-                    arg_names=kind.arg_names, committed_outputs=kind.committed_outputs)
+        exe = (tune(compile_with, args, options, jax.default_backend()) if options.autotune
+               else compile_with(options))
     return cache.add(key, signature, exe)
 
 

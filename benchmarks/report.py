@@ -1,0 +1,176 @@
+"""Every published benchmark figure is generated here from ``results.json`` (what
+``python -m benchmarks`` measured), never typed by hand.
+
+    python -m benchmarks.report                  # regenerate benchmarks/RESULTS.md
+    python -m benchmarks.report --readme-table   # print the README's table block
+
+Per variant: the median seconds per step over rounds, min-max, and the median over rounds of
+that round's ratio to the fastest variant; for luxc's variants also the median per-round ratio
+to the fastest peer of the same precision (f32 or bf16). A busy run (``--allow-busy``) has
+every figure marked busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+_DEFAULT = Path(__file__).resolve().parent / "results.json"
+
+
+def _precision(name: str) -> str:
+    return "bf16" if "bf16" in name else "f32"
+
+
+def _samples(work: dict[str, Any]) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
+    """Seconds per step by variant and round, and each variant's group."""
+    by, group = {}, {}
+    for row in work["rows"]:
+        for name, s in row["seconds"].items():
+            by.setdefault(name, {})[row["round"]] = s
+            group[name] = row["group"]
+    return by, group
+
+
+def _median_ratio(mine: dict[int, float], others: list[dict[int, float]]) -> float | None:
+    ratios = []
+    for r, t in mine.items():
+        best = [o[r] for o in others if r in o]
+        if best:
+            ratios.append(t / min(best))
+    return statistics.median(ratios) if ratios else None
+
+
+def summary(work: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per variant, fastest first (see the module docstring for the figures)."""
+    by, group = _samples(work)
+    out = []
+    for name, rounds in by.items():
+        proc = work["processes"].get(group[name], {})
+        peers = [by[o] for o in by if group[o] in ("jax", "torch") and _precision(o) == _precision(name)]
+        t = statistics.median(rounds.values())
+        flops = proc.get("flops", {}).get(name)
+        out.append({
+            "variant": name, "group": group[name], "median": t, "low": min(rounds.values()),
+            "high": max(rounds.values()), "ratio": _median_ratio(rounds, list(by.values())),
+            "vs_peer": _median_ratio(rounds, peers) if group[name] == "luxc" else None,
+            "first": proc.get("first_seconds", {}).get(name),
+            "fresh": proc.get("first_fresh") == name, "rss": proc.get("peak_rss_bytes"),
+            "gflops": flops / t / 1e9 if flops else None})
+    return sorted(out, key=lambda v: v["median"])
+
+
+def _ms(t: float) -> str:
+    ms = t * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def loads_line(work: dict[str, Any]) -> str:
+    rows = work["rows"]
+    if not rows:
+        return "no rounds"
+    others = [r["others"] for r in rows if r["others"] is not None]
+    loads = [r["load1"] for r in rows]
+    text = f"load average at turn starts {min(loads):.2f}-{max(loads):.2f}"
+    return text + (f"; other processes' cores per turn at most {max(others):.2f}" if others else "")
+
+
+def variant_table(work: dict[str, Any], busy: str) -> list[str]:
+    lines = ["| variant | process | median ms/step | min-max | × fastest | luxc ÷ best peer | "
+             "first step s | peak RSS MiB | GFLOP/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    blocks = int(work["key"][6:]) if work["key"].startswith("depth-") else None
+    for v in summary(work):
+        cells = [f"{_ms(v['median'])}" + (f" ({_ms(v['median'] / blocks)}/block)" if blocks else ""),
+                 f"{_ms(v['low'])}-{_ms(v['high'])}", f"{v['ratio']:.2f}",
+                 "-" if v["vs_peer"] is None else f"{v['vs_peer']:.2f}",
+                 "-" if v["first"] is None else f"{v['first']:.2f}" + (" (fresh)" if v["fresh"] else ""),
+                 "-" if v["rss"] is None else f"{v['rss'] / 2**20:.0f}",
+                 "-" if v["gflops"] is None else f"{v['gflops']:.1f}"]
+        pid = work["processes"].get(v["group"], {}).get("pid", "?")
+        lines.append(f"| {v['variant']} | {v['group']} {pid} | "
+                     + " | ".join(c + busy if c != "-" else c for c in cells) + " |")
+    return lines
+
+
+def peak(results: dict[str, Any]) -> float | None:
+    """The machine's f32 ceiling in GFLOP/s: the fastest GEMM of the run (``None``: not run)."""
+    gemm = next((w for w in results["workloads"] if w["key"] == "gemm"), None)
+    rates = [v["gflops"] for v in summary(gemm) if v["gflops"]] if gemm else []
+    return max(rates) if rates else None
+
+
+def _peak_line(results: dict[str, Any], busy: str) -> list[str]:
+    top = peak(results)
+    block = next((w for w in results["workloads"] if w["key"] == "transformer"), None)
+    luxc = next((v for v in summary(block) if v["variant"] == "luxc"), None) if block else None
+    if top is None or luxc is None or not luxc["gflops"]:
+        return []
+    return [f"The machine's float32 ceiling in this run (the fastest GEMM): {top:.0f} GFLOP/s{busy}; "
+            f"luxc on the transformer block: {luxc['gflops']:.0f} GFLOP/s{busy}, "
+            f"{luxc['gflops'] / top:.0%}{busy} of it.", ""]
+
+
+def render(results: dict[str, Any]) -> str:
+    """RESULTS.md."""
+    run = results["run"]
+    busy = " (busy)" if run["busy"] else ""
+    versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+    lines = ["# Benchmark results", "", f"`{run['command']}`, started {run['started']}, "
+             f"{run['seconds'] / 60:.0f} min, rounds: {run['rounds']}; {run['cores']} cores "
+             f"({run['cpu']}); {versions}.", "",
+             f"1-minute load average at the start: {run['start_load1']:.2f}; threshold "
+             f"{run['max_load']}.", ""]
+    if run["busy"]:
+        lines += [f"**BUSY RUN: every figure is marked (busy) and proves nothing** "
+                  f"({'; '.join(run['busy'])}).", ""]
+    lines += ["Every framework ran in its own process; ratios are medians over rounds of each "
+              "round's ratio (benchmarks/README.md, *Protocol*). *first step* is trace + "
+              "compile + one step; *(fresh)* marks the first variant of a fresh process.", ""]
+    lines += _peak_line(results, busy)
+    for work in results["workloads"]:
+        lines += [f"## {work['title']}", "", loads_line(work) + ".", "", *variant_table(work, busy), ""]
+    return "\n".join(lines)
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's table: per workload, luxc's default variant against the fastest peer of
+    its precision (median of per-round ratios)."""
+    busy = " (busy)" if results["run"]["busy"] else ""
+    lines = ["| workload | luxc ms/step | fastest peer | peer ms/step | luxc ÷ peer |",
+             "|---|---:|---|---:|---:|"]
+    for work in results["workloads"]:
+        rows = summary(work)
+        for v in (r for r in rows if r["group"] == "luxc" and r["vs_peer"] is not None
+                  and "autotune" not in r["variant"]):
+            peer = min((r for r in rows if r["group"] in ("jax", "torch")
+                        and _precision(r["variant"]) == _precision(v["variant"])),
+                       key=lambda r: r["median"])
+            lines.append(f"| {work['title']}: {v['variant']} | {_ms(v['median'])}{busy} | "
+                         f"{peer['variant']} | {_ms(peer['median'])}{busy} | "
+                         f"{v['vs_peer']:.2f}{busy} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
+    parser.add_argument("--results", default=str(_DEFAULT), help="results.json to read")
+    parser.add_argument("--readme-table", action="store_true", help="print the README table")
+    args = parser.parse_args(argv)
+    path = Path(args.results)
+    if not path.is_file():
+        sys.exit(f"python -m benchmarks.report: {path} does not exist; run `python -m benchmarks` "
+                 f"on an idle machine first")
+    results = json.loads(path.read_text())
+    if args.readme_table:
+        print(readme_table(results))
+        return
+    (path.parent / "RESULTS.md").write_text(render(results))
+    print(f"wrote {path.parent / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
