@@ -74,7 +74,8 @@ def test_adjust_every_iteration_of_a_compiled_loop_as_lux_examples_do():
     rates = [1e-2 * 0.5 ** i for i in range(6)]
     ts = luxc.TrainState(model, ps, st, optax.adamw(rates[0], weight_decay=1e-2))
     for i, rate in enumerate(rates):
-        adjust_(ts, rate)
+        # An optax schedule's value is a 0-d array: accepted as the number it holds.
+        adjust_(ts, jnp.asarray(rate, jnp.float32) if i % 2 else rate)
         _, _, _, ts = single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
         assert luxc.cache_info(ts).misses == 1, f"iteration {i} recompiled"
 

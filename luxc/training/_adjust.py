@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from luxc.training._adjustable import is_adjustable, learning_rates
@@ -37,7 +38,10 @@ def _injected_states(opt_state: Any) -> list:
 def _requested(fn: str, eta: Any, hyperparameters: dict) -> dict:
     if eta is None:
         return hyperparameters
-    if not isinstance(eta, Real) or isinstance(eta, bool):
+    # A 0-d array counts as a number: optax schedules return one (adjust_(ts, schedule(i))).
+    real_array = (getattr(eta, "shape", None) == () and
+                  np.issubdtype(getattr(eta, "dtype", np.dtype(object)), np.floating))
+    if not (isinstance(eta, Real) or real_array) or isinstance(eta, bool):
         raise TypeError(f"{fn}: eta (the learning rate) must be a real number; "
                         f"received {type(eta).__name__}")
     if "learning_rate" in hyperparameters:
