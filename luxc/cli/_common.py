@@ -142,14 +142,24 @@ def format_bytes(n: int | None) -> str:
 
 
 
-def load_artifact(directory: str, *, allow_device_kernels: bool = False):
+# A user's explicit trust in an artefact's author: its native calls are not checked.
+unchecked_native_calls_option = click.option(
+    "--allow-unchecked-native-calls", is_flag=True,
+    help="in an artefact you did not sign, let native kernels (LAPACK, ...) run with whatever "
+         "buffer shapes its StableHLO declares, unchecked: a wrong shape corrupts memory; only "
+         "if you trust its author")
+
+
+def load_artifact(directory: str, *, allow_device_kernels: bool = False,
+                  allow_unchecked_native_calls: bool = False):
     import warnings
 
     from luxc.runtime import artifact
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = artifact.load(directory, allow_device_kernels=allow_device_kernels)
+        loaded = artifact.load(directory, allow_device_kernels=allow_device_kernels,
+                               allow_unchecked_native_calls=allow_unchecked_native_calls)
     for note in loaded.notes:  # what a manifest adds to a note is escaped there
         click.echo(f"note: {note}", err=True)
     return loaded

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from luxc.cli import run_outputs as outputs
-from luxc.cli._common import CliError
+from luxc.cli._common import CliError, unchecked_native_calls_option
 
 
 def _check_out(path: str, directory: str) -> None:
@@ -48,7 +48,9 @@ def _is_npy(path: Path) -> bool:
                    "--save-state/--checkpoint or luxc.save_state); default: the artefact's own")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
-def predict(directory, input_path, out_path, state_path, allow_device_kernels):
+@unchecked_native_calls_option
+def predict(directory, input_path, out_path, state_path, allow_device_kernels,
+            allow_unchecked_native_calls):
     """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
     running statistics, Dropout is the identity), and write its output to --out."""
     from luxc.runtime.artifact import load_predictor
@@ -56,7 +58,8 @@ def predict(directory, input_path, out_path, state_path, allow_device_kernels):
     from luxc.runtime.forward import read_input
 
     _check_out(out_path, directory)  # before any work: a refusal loses nothing
-    predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels)
+    predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels,
+                               allow_unchecked_native_calls=allow_unchecked_native_calls)
     if predictor.forward.exported.out_avals and len(predictor.forward.exported.out_avals) != 1:
         raise CliError(f"the model of {directory} returns "
                        f"{len(predictor.forward.exported.out_avals)} arrays; --out holds one: use "

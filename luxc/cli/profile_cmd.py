@@ -24,6 +24,7 @@ from luxc.cli._common import (
     passes_option,
     peak_bytes,
     precision_option,
+    unchecked_native_calls_option,
     xla_option,
 )
 
@@ -103,13 +104,13 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
-def _profile_dir(directory, steps, trace, ops=False):
+def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_calls=False):
     import jax
 
     from luxc.runtime.guarded_call import guarded
 
     t0 = time.perf_counter()
-    loaded = load_artifact(directory)
+    loaded = load_artifact(directory, allow_unchecked_native_calls=allow_unchecked_native_calls)
     cold = time.perf_counter() - t0
     state, data = {"state": loaded.state}, loaded.data
 
@@ -224,8 +225,9 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
 @precision_option
 @mixed_precision_option
 @xla_option
+@unchecked_native_calls_option
 def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixed_precision,
-            xla_option):
+            xla_option, allow_unchecked_native_calls):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -249,8 +251,9 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
 
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
-        cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace,
-                                                                     ops=bool(ops))
+        cold, warm, (times, faults), cost, mem, facts = _profile_dir(
+            target, steps, trace, ops=bool(ops),
+            allow_unchecked_native_calls=allow_unchecked_native_calls)
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from luxc.cli import run_outputs as outputs
-from luxc.cli._common import CliError, load_artifact
+from luxc.cli._common import CliError, load_artifact, unchecked_native_calls_option
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -129,9 +129,10 @@ class _Interrupt:
                    "an artefact you did not sign)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
+@unchecked_native_calls_option
 def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_path, save_state,
         checkpoint_dir, checkpoint_every, keep, resume, log_path, steps_per_call, every, quiet,
-        plot, time_limit, allow_device_kernels):
+        plot, time_limit, allow_device_kernels, allow_unchecked_native_calls):
     """Train with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), the loss and stats on
@@ -160,7 +161,8 @@ def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_
     if epochs and steps:
         raise CliError("give --steps or --epochs, not both")
     t0 = time.perf_counter()
-    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels)
+    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels,
+                           allow_unchecked_native_calls=allow_unchecked_native_calls)
     load_seconds = time.perf_counter() - t0
     n_state = loaded.layout["n_state"]
     run_record = {"seed": seed or 0, "origin": loaded.step_count}

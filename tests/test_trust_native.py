@@ -1,0 +1,245 @@
+"""Adversarial tests, round 3 part A (issue 28): a stranger's artefact never hands a native kernel
+buffers of shapes it was not written for; a stranger's endless evaluation and stopped step end in
+one line; manifest text is escaped and checked where the artefact is loaded.
+
+The native-kernel adversary is the issue's: a step that also calls ``lax.linalg.lu`` (LAPACK's
+``sgetrf`` through the "stable ABI" custom call ``lapack_sgetrf_ffi``) on an N×N matrix built
+from the data, its factor's type rewritten to ``f32[1, 1]``, the manifest's hashes recomputed and
+the signature dropped. Unchecked, ``sgetrf`` writes N·N floats into a one-float buffer."""
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import export as jax_export
+from jax import lax
+from jaxlib.mlir import ir
+
+import luxc
+from luxc.runtime._jax_internal import ir_context, serialize_module
+from luxc.runtime.errors import ArtifactError
+from luxc.runtime.executable import _TARGET_VERSION, module_text
+from luxc.runtime.native_calls import NativeCallCheck, check_module
+from tests.test_trust import _data, _replace_file
+
+LUXC = str(Path(sys.executable).parent / "luxc")  # the console script a user runs
+N = 4  # the LU-factorised matrix is N×N
+
+
+def _with_lu(h):
+    # Built from the data: N×N, whatever the batch size.
+    return h + 0.01 * jnp.sum(lax.linalg.lu(h.T @ h + jnp.eye(N))[0])
+
+
+def _train_state():
+    model = luxc.nn.Chain(luxc.nn.Dense(3, N), luxc.nn.WrappedFunction(_with_lu),
+                          luxc.nn.Dense(N, 1))
+    ps, st = luxc.setup(jax.random.key(0), model)
+    return luxc.TrainState(model, ps, st, optax.adam(1e-2))
+
+
+@pytest.fixture(scope="module")
+def lu_template(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lu") / "lu.luxc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), out)
+    return out
+
+
+@pytest.fixture
+def honest(lu_template, tmp_path):
+    """The LAPACK-calling artefact as its author wrote it, unsigned (a stranger's)."""
+    d = tmp_path / "honest.luxc"
+    shutil.copytree(lu_template, d)
+    (d / "manifest.sig").unlink()
+    return d
+
+
+def _forge_getrf(serialized: bytes) -> bytes:
+    """``serialized`` (a ``.jaxexport``) with the LU factor of every ``lapack_sgetrf_ffi`` call
+    declared ``f32[1, 1]`` (broadcast back to N×N for its users, so the module stays valid)."""
+    exported = jax_export.deserialize(bytearray(serialized))
+    text, count = module_text(exported.mlir_module_serialized), 0
+
+    def forge(m: re.Match) -> str:
+        nonlocal count
+        count += 1
+        name, rest, operand, factor, others = m.groups()
+        # What the verifier would reject: the factor aliasing the N×N operand, the sharding rule.
+        rest = re.sub(r"output_operand_aliases = \[#stablehlo[^>]*>\], ", "", rest)
+        rest = re.sub(r", sdy\.sharding_rule = #sdy\.op_sharding_rule<.*?, custom>", "", rest)
+        return (f"%forged{count}:3 = stablehlo.custom_call @lapack_sgetrf_ffi{rest} : "
+                f"({operand}) -> (tensor<1x1xf32>, {others})\n"
+                f"    %lu{name} = stablehlo.broadcast_in_dim %forged{count}#0, dims = [0, 1] : "
+                f"(tensor<1x1xf32>) -> {factor}")
+
+    pattern = (r"%(\w+):3 = stablehlo\.custom_call @lapack_sgetrf_ffi(\(.*?\) \{.*\}) : "
+               r"\((tensor<[^)]*>)\) -> \((tensor<\d+x\d+xf32>), (tensor<\w+>, tensor<\w*>)\)")
+    names = re.findall(pattern, text)
+    text = re.sub(pattern, forge, text)
+    for i, (name, *_) in enumerate(names, 1):
+        text = re.sub(rf"%{name}#0\b", f"%lu{name}", text)
+        text = re.sub(rf"%{name}#([12])\b", rf"%forged{i}#\1", text)
+    assert count >= 1, "no lapack_sgetrf_ffi call to forge"
+    with ir_context():
+        data = serialize_module(ir.Module.parse(text), _TARGET_VERSION)
+    return bytes(dataclasses.replace(exported, mlir_module_serialized=data).serialize())
+
+
+@pytest.fixture
+def forged(honest):
+    """The adversary's artefact: every module's LU factor declared f32[1, 1], hashes
+    recomputed, no signature."""
+    for name in ("step.jaxexport", "forward.jaxexport", "evaluate.jaxexport"):
+        _replace_file(honest, name, _forge_getrf((honest / name).read_bytes()))
+    return honest
+
+
+def _luxc(*args, cwd):
+    return subprocess.run([LUXC, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+# ---------------------------------------------------------------- native kernels
+
+
+def _reference_losses(steps):
+    ts, losses = _train_state(), []
+    for _ in range(steps):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _data(),
+                                                         ts)
+        losses.append(float(loss))
+    return losses, ts
+
+
+def test_an_honest_unsigned_artefact_calling_lapack_trains_predicts_and_evaluates(honest):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = luxc.load(honest)
+    assert loaded.executable_source == "compiled from StableHLO"  # the checked path
+    losses, ts = _reference_losses(3)
+    np.testing.assert_allclose(loaded.run(3, steps_per_call=1), losses, rtol=1e-5)
+    np.testing.assert_allclose(loaded.run(2, steps_per_call=2), _reference_losses(5)[0][3:],
+                               rtol=1e-5)  # the scanned K-step program is checked too
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)  # a batch never seen
+    ts5 = _reference_losses(5)[1]
+    expected, _ = ts5.model(jnp.asarray(x), ts5.parameters, luxc.nn.testmode(ts5.states))
+    np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-5, atol=1e-6)
+    loss, _ = loaded.evaluate([x, x.sum(1, keepdims=True)])
+    np.testing.assert_allclose(loss, luxc.MSELoss()(expected, x.sum(1, keepdims=True)),
+                               rtol=1e-5)
+    assert loaded.profile(steps=2)  # the op profile compiles it again, checked
+
+
+@pytest.mark.parametrize("command", ["run", "predict", "profile", "profile-ops"])
+def test_a_forged_lapack_result_shape_is_refused_in_one_line_never_a_crash(forged, tmp_path,
+                                                                          command):
+    np.save(tmp_path / "x.npy", np.ones((5, 3), np.float32))
+    args = {"run": ["run", forged, "--steps", "2"],
+            "predict": ["predict", forged, "--input", "x.npy", "--out", "y.npy"],
+            "profile": ["profile", forged, "--steps", "2"],
+            "profile-ops": ["profile", forged, "--steps", "2", "--ops", "3"]}[command]
+    r = _luxc(*args, cwd=tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])  # an error, not a signal
+    last = r.stderr.strip().splitlines()[-1]
+    file = "forward.jaxexport" if command == "predict" else "step.jaxexport"
+    assert last.startswith(f"Error: {forged} ({file}): its StableHLO calls the native kernel "
+                           "lapack_sgetrf_ffi with (tensor<4x4xf32>) -> (tensor<1x1xf32>, "), last
+    assert "which jax's own lowering never emits" in last and "recompile it" in last
+    assert "Traceback" not in r.stderr and not (tmp_path / "y.npy").exists()
+
+
+def test_the_forged_modules_are_refused_in_python_for_each_program(forged, lu_template):
+    from luxc.runtime.artifact import load_predictor
+
+    with pytest.raises(ArtifactError, match=r"\(step\.jaxexport\): its StableHLO calls the "
+                                            "native kernel lapack_sgetrf_ffi"):
+        luxc.load(forged)
+    with pytest.raises(ArtifactError, match=r"\(forward\.jaxexport\)"):
+        load_predictor(forged)
+    for name in ("step.jaxexport", "forward.jaxexport"):  # only the evaluation stays forged
+        _replace_file(forged, name, (lu_template / name).read_bytes())
+    with pytest.raises(ArtifactError, match=r"\(evaluate\.jaxexport\)"):
+        luxc.load(forged)  # refused at load, not at the first evaluation of a run
+
+
+_S = jax.ShapeDtypeStruct
+# Every LAPACK kernel jax's CPU lowering uses, reached through jax's public linear algebra.
+_HONEST = {
+    "lu (getrf)": (jnp.linalg.det, [_S((2, 5, 5), jnp.float32)]),
+    "solve (getrf, trsm)": (jnp.linalg.solve, [_S((4, 4), jnp.float32), _S((4, 2), jnp.float32)]),
+    "cholesky (potrf)": (jnp.linalg.cholesky, [_S((3, 3), jnp.float32)]),
+    "qr (geqrf, orgqr)": (jnp.linalg.qr, [_S((5, 3), jnp.float32)]),
+    "eigh (syevd)": (jnp.linalg.eigh, [_S((4, 4), jnp.float32)]),
+    "eigh complex (heevd)": (jnp.linalg.eigh, [_S((4, 4), jnp.complex64)]),
+    "svd (gesdd)": (lambda a: jnp.linalg.svd(a, full_matrices=False), [_S((3, 5), jnp.float32)]),
+    "eig (geev)": (jnp.linalg.eig, [_S((4, 4), jnp.float32)]),
+    "schur (gees)": (jax.scipy.linalg.schur, [_S((4, 4), jnp.float32)]),
+    "hessenberg (gehrd)": (jax.scipy.linalg.hessenberg, [_S((4, 4), jnp.float32)]),
+    "tridiagonal (sytrd)": (lax.linalg.tridiagonal, [_S((4, 4), jnp.float32)]),
+    "gradient of solve": (jax.grad(lambda a: jnp.sum(jnp.linalg.solve(a, jnp.ones(4)))),
+                          [_S((4, 4), jnp.float32)]),
+}
+
+
+@pytest.mark.parametrize("name", list(_HONEST))
+def test_every_lapack_call_jax_itself_emits_passes_the_check(name):
+    fn, avals = _HONEST[name]
+    module = jax.jit(fn).lower(*avals).compiler_ir("stablehlo")
+    assert "lapack_" in str(module)
+    check_module(module, NativeCallCheck("art"))
+
+
+def _getrf_module(result_types: str, operand: str = "tensor<3x4x4xf32>") -> ir.Module:
+    factor = result_types.split(", ")[0]
+    alias = ("output_operand_aliases = [#stablehlo.output_operand_alias<output_tuple_indices = "
+             "[0], operand_index = 0, operand_tuple_indices = []>], ") if factor == operand else ""
+    text = (f"func.func public @main(%a: {operand}) -> {factor} {{\n"
+            f"  %0:3 = stablehlo.custom_call @lapack_sgetrf_ffi(%a) {{mhlo.backend_config = {{}}, "
+            f"{alias}operand_layouts = [dense<[1, 2, 0]> : tensor<3xindex>], result_layouts = "
+            "[dense<[1, 2, 0]> : tensor<3xindex>, dense<[1, 0]> : tensor<2xindex>, dense<0> : "
+            f"tensor<1xindex>]}} : ({operand}) -> ({result_types})\n"
+            f"  return %0#0 : {factor}\n}}")
+    with ir_context():
+        return ir.Module.parse(text)
+
+
+@pytest.mark.parametrize("results, why", [
+    ("tensor<3x4x4xf32>, tensor<3x4xi32>, tensor<3xi32>", None),
+    ("tensor<3x1x1xf32>, tensor<3x4xi32>, tensor<3xi32>", "the factor smaller than the matrix"),
+    ("tensor<3x4x4xf32>, tensor<3x2xi32>, tensor<3xi32>", "pivots not i32[..., min(m, n)]"),
+    ("tensor<3x4x4xf32>, tensor<3x4xi64>, tensor<3xi32>", "pivots of another dtype"),
+    ("tensor<3x4x4xf32>, tensor<3x4xi32>, tensor<1xi32>", "info not i32[batch]"),
+    ("tensor<9x4x4xf32>, tensor<9x4xi32>, tensor<9xi32>", "a batch the operand does not have"),
+])
+def test_a_getrf_call_is_accepted_only_with_jaxs_own_shapes(results, why):
+    module = _getrf_module(results)
+    if why is None:
+        check_module(module, NativeCallCheck("art"))
+        return
+    with pytest.raises(ArtifactError, match="art: its StableHLO calls the native kernel "
+                                            r"lapack_sgetrf_ffi with \(tensor<3x4x4xf32>\) -> "):
+        check_module(module, NativeCallCheck("art"))
+    check_module(module, NativeCallCheck("art", allow_unchecked=True))  # the user's own choice
+
+
+def test_a_kernel_luxc_cannot_rebuild_is_refused_unless_the_user_trusts_the_author():
+    text = ("func.func public @main(%a: tensor<4xf32>) -> tensor<4xf32> {\n"
+            "  %0 = stablehlo.custom_call @cu_threefry2x32_ffi(%a) : (tensor<4xf32>) -> "
+            "tensor<4xf32>\n  return %0 : tensor<4xf32>\n}")
+    with ir_context():
+        module = ir.Module.parse(text)
+    with pytest.raises(ArtifactError, match="calls the native kernel cu_threefry2x32_ffi, whose "
+                                            "buffer shapes luxc cannot check on this machine"):
+        check_module(module, NativeCallCheck("art"))
+    check_module(module, NativeCallCheck("art", allow_unchecked=True))
