@@ -20,7 +20,7 @@ per batch size, with no XLA option taken from the manifest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from luxc.runtime.artifact_format import EVALUATE_FILE, FORWARD_FILE
 from luxc.runtime.dataset import npy_header
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import compile_exported
-from luxc.runtime.guarded_call import guarded
+from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.native_calls import NativeCallCheck, check_lowered
 from luxc.runtime.persistent_cache import MemoryCache
@@ -64,7 +64,9 @@ class _Program:
             return
         check_lowered(lowered, self._native_check)
 
-    def _run(self, state: Sequence[Any], inputs: list[np.ndarray], what: str) -> list[np.ndarray]:
+    def _run(self, state: Sequence[Any], inputs: list[np.ndarray], what: str,
+             deadline: float | None = None,
+             stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
         args = [*state[:self.n_parameters], *state[len(state) - self.n_states:], *inputs]
         key = tuple(x.shape[0] for x in inputs)
         if key not in self._compiled:
@@ -77,7 +79,8 @@ class _Program:
         def call() -> list[np.ndarray]:
             return [np.asarray(y) for y in compiled(*args)]
 
-        return call() if self._signed else guarded(call, None, what)
+        return call() if self._signed and deadline is None else guarded(call, deadline, what,
+                                                                          stop)
 
 
 class Forward(_Program):
@@ -126,8 +129,13 @@ class Evaluate(_Program):
         super().__init__(exported, spec, signed, native_check)
         _check_signature(exported, manifest, "evaluate", EVALUATE_FILE, spec["inputs"])
 
-    def __call__(self, state: Sequence[Any], data: list[np.ndarray]) -> tuple[float, list[float]]:
-        outs = self._run(state, data, "the evaluation")
+    def __call__(self, state: Sequence[Any], data: list[np.ndarray], *,
+                 time_limit: float | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[float, list[float]]:
+        """``time_limit`` and ``stop`` as for :meth:`LoadedStep.run`: past the time limit,
+        or :data:`~luxc.runtime.guarded_call.GRACE_SECONDS` after ``stop()`` turned true, an
+        evaluation that has not finished raises."""
+        outs = self._run(state, data, "the evaluation", deadline_after(time_limit), stop)
         return float(outs[0]), [float(np.mean(s)) for s in outs[1:]]
 
 

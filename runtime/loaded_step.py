@@ -65,15 +65,18 @@ class LoadedStep(CompiledStages):
         # A stranger's native calls, checked again wherever the step is compiled anew.
         self._native_check = native_check
 
-    def evaluate(self, data: Sequence[Any]) -> tuple[float, list[float]]:
+    def evaluate(self, data: Sequence[Any], *, time_limit: float | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[float, list[float]]:
         """The objective's loss and stats (in the layout's ``stat_names`` order; a stat that is
         not a scalar: its mean) on all of ``data`` (the step's data arrays, any number of
-        samples), in test mode, with the current parameters and no update."""
+        samples), in test mode, with the current parameters and no update. ``time_limit`` and
+        ``stop`` bound a stranger's evaluation as :meth:`run` bounds its steps."""
         if self.evaluator is None:
             raise ArtifactError(f"{self.directory} holds no evaluation program (its objective "
                                 "could not be exported for any batch size, or an older luxc "
                                 "compiled it); recompile it")
-        return self.evaluator(self.state, [np.asarray(x) for x in data])
+        return self.evaluator(self.state, [np.asarray(x) for x in data], time_limit=time_limit,
+                              stop=stop)
 
     def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
         """The model's output for ``x`` (batch-first, any batch size) in test mode, with the

@@ -10,6 +10,7 @@ the signature dropped. Unchecked, ``sgetrf`` writes N·N floats into a one-float
 import dataclasses
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -29,8 +30,10 @@ from luxc.runtime._jax_internal import ir_context, serialize_module
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import _TARGET_VERSION, module_text
 from luxc.runtime.native_calls import NativeCallCheck, check_module
+from tests import test_trust_artifact
 from tests.test_trust import _data, _replace_file
 
+endless = test_trust_artifact.endless  # an unsigned artefact whose step never ends
 LUXC = str(Path(sys.executable).parent / "luxc")  # the console script a user runs
 N = 4  # the LU-factorised matrix is N×N
 
@@ -243,3 +246,136 @@ def test_a_kernel_luxc_cannot_rebuild_is_refused_unless_the_user_trusts_the_auth
                                             "buffer shapes luxc cannot check on this machine"):
         check_module(module, NativeCallCheck("art"))
     check_module(module, NativeCallCheck("art", allow_unchecked=True))
+
+
+# ---------------------------------------------------------------- hangs and signals
+
+
+def _endless_evaluation(model, ps, st, data):
+    # Trains normally; in test mode (what evaluate.jaxexport runs) it never ends: float32 c + 1
+    # stops growing at 2**24, so c >= 0 stays true.
+    x, y = data
+    pred, new_st = model(x, ps, st)
+    loss = jnp.mean((pred - y) ** 2)
+    if not luxc.ops.istraining(st["layer_2"]):
+        loss = loss + 0.0 * lax.stop_gradient(
+            lax.while_loop(lambda c: c >= 0.0, lambda c: c + 1.0, jnp.sum(x)))
+    return loss, new_st, {}
+
+
+@pytest.fixture(scope="module")
+def spinning_evaluation(tmp_path_factory):
+    d = tmp_path_factory.mktemp("spin-eval")
+    model = luxc.nn.Chain(luxc.nn.Dense(3, 1), luxc.nn.Dropout(0.0))
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(_endless_evaluation, (x, y), luxc.TrainState(model, ps, st,
+                                                                     optax.sgd(0.1)), d / "art")
+    (d / "art" / "manifest.sig").unlink()
+    np.savez(d / "eval.npz", np.asarray(x), np.asarray(y))
+    return d
+
+
+def _start(*args, cwd):
+    return subprocess.Popen([LUXC, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(stream, text):
+    """Read ``stream`` until a line holding ``text`` (the child's readiness); the lines read."""
+    lines = []
+    for line in iter(stream.readline, ""):
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the process ended without printing {text!r}: {lines}")
+
+
+def _log_steps(path):
+    import json
+
+    return [json.loads(row)["step"] for row in Path(path).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_strangers_endless_evaluation_obeys_the_time_limit_and_keeps_the_log(
+        spinning_evaluation, tmp_path):
+    r = _luxc("run", spinning_evaluation / "art", "--steps", "2", "--eval-data",
+              spinning_evaluation / "eval.npz", "--time-limit", "10", "--log", "log.jsonl",
+              cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]  # an error, not SIGABRT (134) or a hang
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: the evaluation did not finish within the time limit; luxc stopped waiting for "
+        "it (the state is the one before it)")
+    assert "terminate called" not in r.stderr and "Traceback" not in r.stderr
+    assert _log_steps(tmp_path / "log.jsonl") == [1]  # the row written before it is kept
+
+
+@pytest.mark.slow
+def test_the_first_ctrl_c_stops_a_strangers_endless_evaluation_with_a_checkpoint(
+        spinning_evaluation, tmp_path):
+    p = _start("run", spinning_evaluation / "art", "--steps", "3", "--eval-data",
+               spinning_evaluation / "eval.npz", "--checkpoint", "ck", "--log", "log.jsonl",
+               cwd=tmp_path)
+    try:
+        _wait_for(p.stdout, "step 1  loss")  # step 1 done: its evaluation never ends
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err[-2000:]
+    # Ctrl-C came during the endless evaluation, or just before it (then it never started).
+    assert re.fullmatch(r"interrupted at step 1( \(5 s after Ctrl-C, luxc stopped waiting for the "
+                        r"artefact's computation\))?; the state is in ck",
+                        err.strip().splitlines()[-1]), err[-2000:]
+    assert "terminate called" not in err and "Traceback" not in err
+    assert _log_steps(tmp_path / "log.jsonl") == [1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = luxc.load(spinning_evaluation / "art")
+    loaded.load_state(tmp_path / "ck" / "step-00000001.safetensors")
+    assert loaded.step_count == 1
+
+
+@pytest.mark.slow
+def test_a_stop_request_ends_a_strangers_endless_evaluation_in_python(spinning_evaluation):
+    # What the first Ctrl-C asks of luxc.load(DIR).evaluate, in a process of its own (the
+    # computation it gives up on keeps a core busy until that process ends).
+    script = (
+        "import sys, warnings, numpy as np, luxc\n"
+        "from luxc.runtime.guarded_call import exit_now_if_abandoned\n"
+        "warnings.simplefilter('ignore')\n"
+        "loaded = luxc.load(sys.argv[1])\n"
+        "data = np.load(sys.argv[2])\n"
+        "try:\n"
+        "    loaded.evaluate([data['arr_0'], data['arr_1']], stop=lambda: True)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e, flush=True)\n"
+        "exit_now_if_abandoned(0)\n")
+    r = subprocess.run([sys.executable, "-c", script, spinning_evaluation / "art",
+                        spinning_evaluation / "eval.npz"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # left at once: no abort at shutdown
+    assert r.stdout.strip() == ("StepInterrupted the evaluation had not finished 5 s after "
+                                "Ctrl-C; luxc stopped waiting for it (the state is the one "
+                                "before it)")
+
+
+@pytest.mark.slow
+def test_a_stopped_strangers_step_ends_in_one_line_with_a_checkpoint(endless, tmp_path):
+    p = _start("run", endless, "--steps", "2", "--checkpoint", "ck", cwd=tmp_path)
+    try:
+        _wait_for(p.stderr, "Ctrl-C stops it")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "interrupted at step 0 (5 s after Ctrl-C, luxc stopped waiting for the artefact's "
+        "computation); the state is in ck")
+    assert "terminate called" not in err and "Traceback" not in err
+    assert "ran 0 steps" in out
+    assert [c.name for c in (tmp_path / "ck").iterdir()] == ["step-00000000.safetensors"]

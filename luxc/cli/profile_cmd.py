@@ -123,6 +123,9 @@ def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_call
         # A stranger's step runs where Ctrl-C stops it, as under `luxc run`.
         state["state"] = call() if loaded.signed_by_this_user else guarded(call, None, "the step")
 
+    if not loaded.signed_by_this_user:
+        click.echo("note: timing a step of an artefact you did not sign; Ctrl-C stops it",
+                   err=True)
     one()
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
