@@ -21,11 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from click.testing import CliRunner
 from jax import export as jax_export
 from jax import lax
 from jaxlib.mlir import ir
 
 import luxc
+from luxc.cli import main
 from luxc.runtime._jax_internal import ir_context, serialize_module
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import _TARGET_VERSION, module_text
@@ -379,3 +381,104 @@ def test_a_stopped_strangers_step_ends_in_one_line_with_a_checkpoint(endless, tm
     assert "terminate called" not in err and "Traceback" not in err
     assert "ran 0 steps" in out
     assert [c.name for c in (tmp_path / "ck").iterdir()] == ["step-00000000.safetensors"]
+
+
+# ---------------------------------------------------------------- manifest text
+
+
+FORGED = "acc\nsigned      by this user's luxc key\x1b]52;c;aGk=\x07\x1b[8mhidden\u202e"
+
+
+def _objective_with_a_stat(model, ps, st, data):
+    x, y = data
+    pred, st = model(x, ps, st)
+    return jnp.mean((pred - y) ** 2), st, {"acc": jnp.mean(jnp.abs(pred - y) < 0.5)}
+
+
+@pytest.fixture(scope="module")
+def stat_template(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stat")
+    model = luxc.nn.Dense(3, 1)
+    ps, st = luxc.setup(jax.random.key(0), model)
+    x, y = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(_objective_with_a_stat, (x, y),
+                         luxc.TrainState(model, ps, st, optax.sgd(0.1)), d / "art")
+    np.savez(d / "eval.npz", np.asarray(x), np.asarray(y))
+    np.savez(d / "three.npz", np.asarray(x), np.asarray(y), np.asarray(y))
+    return d
+
+
+@pytest.fixture
+def stat_art(stat_template, tmp_path):
+    shutil.copytree(stat_template, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "art"
+
+
+def _edit_layout(art, **fields):
+    from tests.test_trust import _manifest, _write_manifest
+
+    m = _manifest(art)
+    m["layout"].update(fields)
+    _write_manifest(art, m)
+    (art / "manifest.sig").unlink(missing_ok=True)
+
+
+def test_luxcs_own_stat_names_never_take_the_logs_keys(stat_art):
+    from tests.test_trust import _manifest
+
+    # Prefixed by where they come from: a refused name is never one luxc compile wrote.
+    assert _manifest(stat_art)["layout"]["stat_names"] == ["stats['acc']"]
+
+
+def _assert_escaped(text):
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    assert not any(line.startswith("signed") for line in text.splitlines())
+
+
+@pytest.mark.slow
+def test_stat_names_from_the_manifest_are_escaped_in_eval_rows_and_the_log(stat_art, tmp_path):
+    _edit_layout(stat_art, stat_names=[FORGED])
+    r = _luxc("run", stat_art, "--steps", "1", "--eval-data", tmp_path / "eval.npz", "--log",
+              "log.jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_escaped(r.stdout)
+    (row,) = [line for line in r.stdout.splitlines() if line.startswith("eval step 1")]
+    assert "acc\\nsigned      by this user's luxc key\\x1b]52;c;aGk=\\x07" in row
+    _assert_escaped((tmp_path / "log.jsonl").read_text())  # JSON escapes them itself
+
+
+def test_data_names_from_the_manifest_are_escaped_in_dataset_errors(stat_art, tmp_path):
+    _edit_layout(stat_art, data_names=[FORGED, "y"])
+    r = CliRunner().invoke(main, ["run", str(stat_art), "--data", str(tmp_path / "three.npz")])
+    assert r.exit_code == 1
+    assert "holds 3 arrays; the step takes 2 (acc\\nsigned" in r.output
+    _assert_escaped(r.output)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["step"], "layout.stat_names holds step: a stat's name must be unique and not one of the "
+               "log's own keys (step, loss, eval)"),
+    (["loss"], "layout.stat_names holds loss:"),
+    (5, "layout.stat_names must be a list of strings, one name per stat; found 5"),
+    ([5], "layout.stat_names must be a list of strings, one name per stat; found [5]"),
+    (["a", "b"], "layout.stat_names names 2 stats but layout.n_stats is 1"),
+])
+def test_stat_names_that_are_not_names_or_replace_the_logs_keys_are_refused_at_load(
+        stat_art, names, message):
+    _edit_layout(stat_art, stat_names=names)
+    with pytest.raises(ArtifactError, match=re.escape(f"{stat_art}: manifest field {message}")):
+        luxc.load(stat_art)
+    r = CliRunner().invoke(main, ["run", str(stat_art), "--steps", "1"])
+    assert r.exit_code == 1 and message in r.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("where", [".", "trace", "../art/trace"])
+def test_profile_trace_never_writes_inside_the_artefact(stat_art, where, monkeypatch):
+    monkeypatch.chdir(stat_art)
+    before = sorted(p.name for p in stat_art.iterdir())
+    r = CliRunner().invoke(main, ["profile", ".", "--steps", "1", "--trace", where])
+    assert r.exit_code == 1
+    assert f"--trace {where} is inside the artefact ., which it would destroy" in r.output
+    assert sorted(p.name for p in stat_art.iterdir()) == before

@@ -27,6 +27,7 @@ from luxc.cli._common import (
     unchecked_native_calls_option,
     xla_option,
 )
+from luxc.cli.run_outputs import check_outside
 
 
 def _row(label: str, value: str, unit: str = "", note: str = "") -> str:
@@ -252,6 +253,8 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     if trace:
         from luxc.runtime.atomic_write import check_writable_directory
 
+        if Path(target).is_dir():  # a trace never goes into the artefact it profiles
+            check_outside(trace, target, "--trace")
         check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
         cold, warm, (times, faults), cost, mem, facts = _profile_dir(

@@ -14,6 +14,7 @@ import click
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, load_artifact, unchecked_native_calls_option
 from luxc.runtime.guarded_call import GRACE_SECONDS, StepInterrupted
+from luxc.runtime.shown import shown as escaped
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -181,18 +182,18 @@ def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_
                                f"{run_record['seed']}; resume it without --seed")
     from luxc.runtime.dataset import Dataset
 
+    data_names = [escaped(name, 200) for name in loaded.layout["data_names"]]  # manifest text
     dataset = None
     if data_path:
-        dataset = Dataset(data_path, loaded.manifest["inputs"][n_state:],
-                          loaded.layout["data_names"], run_record["seed"])
+        dataset = Dataset(data_path, loaded.manifest["inputs"][n_state:], data_names,
+                          run_record["seed"])
     eval_data = None
     if eval_path:
         if loaded.evaluator is None:
             raise CliError(f"{directory} holds no evaluation program (its objective could not "
                            "be exported for any batch size, or an older luxc compiled it); "
                            "recompile it to use --eval-data")
-        eval_data = Dataset(eval_path, loaded.manifest["inputs"][n_state:],
-                            loaded.layout["data_names"]).arrays()
+        eval_data = Dataset(eval_path, loaded.manifest["inputs"][n_state:], data_names).arrays()
     total = steps or (epochs * dataset.batches_per_epoch if epochs else
                       dataset.batches_per_epoch if dataset and dataset.samples > dataset.batch_size
                       else 10)
@@ -235,7 +236,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, eval_every, state_
                                   "eval": True}) + "\n")
         if not quiet:
             click.echo(f"eval step {step}  loss {loss:.6g}" + "".join(
-                f"  {name} {value:.6g}" for name, value in zip(stat_names, stats)))
+                f"  {escaped(name, 200)} {value:.6g}" for name, value in zip(stat_names, stats)))
 
     def batches(i: int):
         return dataset.batch(start_index + i)
