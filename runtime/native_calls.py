@@ -156,12 +156,15 @@ def _references(target: str, operands: tuple[str, ...]) -> tuple[_Call, ...] | N
     if kernel is None or kernel[1] not in _REBUILDS or None in avals:
         return None
     found: list[_Call] = []
-    for fn in _REBUILDS[kernel[1]]:
-        try:
-            module = jax.jit(fn).lower(*avals).compiler_ir("stablehlo")
-        except Exception:  # noqa: BLE001, S112 - not a valid use of the primitive: no reference
-            continue
-        found.extend(c for c in _custom_calls(module)[0] if c.target == target)
+    # 64-bit operands (a module exported with jax_enable_x64) are lowered as such.
+    with jax.enable_x64(any(np.dtype(a.dtype).itemsize == 8 and a.dtype != np.complex64
+                            for a in avals)):
+        for fn in _REBUILDS[kernel[1]]:
+            try:
+                module = jax.jit(fn).lower(*avals).compiler_ir("stablehlo")
+            except Exception:  # noqa: BLE001, S112 - not a use of the primitive: no reference
+                continue
+            found.extend(c for c in _custom_calls(module)[0] if c.target == target)
     return tuple(found)
 
 

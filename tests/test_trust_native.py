@@ -482,3 +482,11 @@ def test_profile_trace_never_writes_inside_the_artefact(stat_art, where, monkeyp
     assert r.exit_code == 1
     assert f"--trace {where} is inside the artefact ., which it would destroy" in r.output
     assert sorted(p.name for p in stat_art.iterdir()) == before
+
+
+def test_float64_lapack_calls_of_a_module_exported_with_x64_pass_the_check():
+    with jax.enable_x64(True):
+        module = jax.jit(jnp.linalg.solve).lower(_S((4, 4), jnp.float64),
+                                                 _S((4, 1), jnp.float64)).compiler_ir("stablehlo")
+    assert "lapack_dgetrf_ffi" in str(module) and "lapack_dtrsm_ffi" in str(module)
+    check_module(module, NativeCallCheck("art"))  # checked in a process without x64
