@@ -13,9 +13,9 @@ rebuilds it: from the call's operand types it lowers, on this machine, the jax p
 uses the kernel (``lax.linalg.lu`` for ``*getrf*``, ``lax.linalg.eigh`` for ``*syevd*``, ...)
 in each of its settings that reach the kernel (``lower``, ``full_matrices``, ...), and accepts
 the call only when one of those lowerings emits the same target with the same operand and result
-types and the same attributes (the kernel's settings, layouts, aliasing). The module checked is
-the one XLA compiles: after jax has resolved a shape-polymorphic module's shapes for the batch
-size at hand, so every type is static. A call luxc cannot rebuild (no jax primitive known here
+types and the same attributes (the kernel's settings, layouts, aliasing; no placement on
+devices of its own). The module checked is the one XLA compiles: after jax has resolved a
+shape-polymorphic module's shapes for the batch size at hand, so every type is static. A call luxc cannot rebuild (no jax primitive known here
 for it, a dtype it cannot lower) is refused too. Only the user's explicit trust in the author
 (:attr:`NativeCallCheck.allow_unchecked`, ``--allow-unchecked-native-calls``) skips the check.
 """
@@ -65,8 +65,6 @@ _REBUILDS: dict[str, list[Callable]] = {
     "hetrd": [functools.partial(_LINALG.tridiagonal, lower=b) for b in _BOOLS],
     "gtsv": [_LINALG.tridiagonal_solve],
 }
-# Attributes that place a value on devices; XLA's partitioner keeps buffer sizes consistent.
-_PLACEMENT = {"mhlo.sharding", "sdy.sharding"}
 # Attributes jax writes for static shapes only: when the call has one, it must be jax's.
 _OPTIONAL = ("mhlo.frontend_attributes", "sdy.sharding_rule")
 # Values an attribute has when it is not written.
@@ -99,7 +97,7 @@ class _Call:
     target: str
     operands: tuple[str, ...]
     results: tuple[str, ...]
-    attributes: tuple[tuple[str, str], ...]  # sorted; without placement, defaults, _OPTIONAL
+    attributes: tuple[tuple[str, str], ...]  # sorted; without defaults and _OPTIONAL
     optional: tuple[str | None, ...]  # the _OPTIONAL attributes (None: not written)
 
     def matches(self, reference: _Call) -> bool:
@@ -118,8 +116,8 @@ def _call_of(op: ir.Operation) -> _Call:
     target = ir.StringAttr(op.attributes["call_target_name"]).value
     return _Call(target, tuple(str(v.type) for v in op.operands),
                  tuple(str(r.type) for r in op.results),
-                 tuple(sorted((k, v) for k, v in attributes.items()
-                              if k not in _PLACEMENT and _DEFAULTS.get(k) != v)), optional)
+                 tuple(sorted((k, v) for k, v in attributes.items() if _DEFAULTS.get(k) != v)),
+                 optional)
 
 
 def _custom_calls(module: ir.Module) -> tuple[list[_Call], bool]:

@@ -490,3 +490,14 @@ def test_float64_lapack_calls_of_a_module_exported_with_x64_pass_the_check():
                                                  _S((4, 1), jnp.float64)).compiler_ir("stablehlo")
     assert "lapack_dgetrf_ffi" in str(module) and "lapack_dtrsm_ffi" in str(module)
     check_module(module, NativeCallCheck("art"))  # checked in a process without x64
+
+
+def test_a_getrf_call_placed_on_devices_by_the_module_is_refused():
+    honest = str(_getrf_module("tensor<3x4x4xf32>, tensor<3x4xi32>, tensor<3xi32>"))
+    placed = honest.replace("mhlo.backend_config = {}",
+                            'mhlo.backend_config = {}, mhlo.sharding = "{devices=[1,2,1]<=[2]}"')
+    assert placed != honest
+    with ir_context():
+        module = ir.Module.parse(placed)
+    with pytest.raises(ArtifactError, match="which jax's own lowering never emits"):
+        check_module(module, NativeCallCheck("art"))
