@@ -15,9 +15,10 @@ in each of its settings that reach the kernel (``lower``, ``full_matrices``, ...
 the call only when one of those lowerings emits the same target with the same operand and result
 types and the same attributes (the kernel's settings, layouts, aliasing; no placement on
 devices of its own). The module checked is the one XLA compiles: after jax has resolved a
-shape-polymorphic module's shapes for the batch size at hand, so every type is static. A call luxc cannot rebuild (no jax primitive known here
-for it, a dtype it cannot lower) is refused too. Only the user's explicit trust in the author
-(:attr:`NativeCallCheck.allow_unchecked`, ``--allow-unchecked-native-calls``) skips the check.
+shape-polymorphic module's shapes for the batch size at hand, so every type is static. A call
+luxc cannot rebuild (no jax primitive known here for it, a dtype it cannot lower) is refused
+too. Only the user's explicit trust in the author (:attr:`NativeCallCheck.allow_unchecked`,
+``--allow-unchecked-native-calls``) skips the check.
 """
 
 from __future__ import annotations
