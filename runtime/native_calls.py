@@ -71,6 +71,9 @@ _OPTIONAL = ("mhlo.frontend_attributes", "sdy.sharding_rule")
 # Values an attribute has when it is not written.
 _DEFAULTS = {"backend_config": '""', "api_version": "1 : i32", "called_computations": "[]",
              "has_side_effect": "false"}
+# Distinct calls luxc rebuilds for one module (each costs a few lowerings; jax's own modules
+# hold a handful): a module with more is refused rather than checked for minutes.
+MAX_DISTINCT_CALLS = 64
 _DTYPES = {"f32": np.float32, "f64": np.float64, "complex<f32>": np.complex64,
            "complex<f64>": np.complex128, "i32": np.int32, "i64": np.int64}
 
@@ -182,7 +185,13 @@ def check_module(module: ir.Module, check: NativeCallCheck) -> None:
         raise ArtifactError(f"{check.what}: the shapes its StableHLO passes to native kernels "
                             "cannot be resolved; luxc refuses it from an artefact this user did "
                             "not sign: recompile it from its source")
-    for call in dict.fromkeys(calls):
+    distinct = list(dict.fromkeys(calls))
+    if len(distinct) > MAX_DISTINCT_CALLS:
+        raise ArtifactError(f"{check.what}: its StableHLO calls native kernels in {len(distinct)} "
+                            f"different ways; luxc checks at most {MAX_DISTINCT_CALLS} in an "
+                            "artefact this user did not sign: recompile it from its source, or "
+                            "pass --allow-unchecked-native-calls if you trust its author")
+    for call in distinct:
         if check.allow_device_kernels and is_device_kernel(call.target):
             continue
         references = _references(call.target, call.operands)

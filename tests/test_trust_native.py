@@ -501,3 +501,14 @@ def test_a_getrf_call_placed_on_devices_by_the_module_is_refused():
         module = ir.Module.parse(placed)
     with pytest.raises(ArtifactError, match="which jax's own lowering never emits"):
         check_module(module, NativeCallCheck("art"))
+
+
+def test_a_module_calling_kernels_in_too_many_ways_is_refused_before_any_is_rebuilt(monkeypatch):
+    from luxc.runtime import native_calls
+
+    monkeypatch.setattr(native_calls, "MAX_DISTINCT_CALLS", 2)
+    module = jax.jit(lambda a, b, c: [jnp.linalg.det(m) for m in (a, b, c)]).lower(
+        _S((4, 4), jnp.float32), _S((5, 5), jnp.float32), _S((6, 6), jnp.float32))
+    with pytest.raises(ArtifactError, match="calls native kernels in 3 different ways; luxc "
+                                            "checks at most 2"):
+        check_module(module.compiler_ir("stablehlo"), NativeCallCheck("art"))
