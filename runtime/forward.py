@@ -49,6 +49,11 @@ class _Program:
         self.n_parameters, self.n_states = spec["n_parameters"], spec["n_states"]
         self._compiled: dict[tuple, Any] = {}
 
+    @property
+    def signed_by_this_user(self) -> bool:
+        """Whether this user's luxc wrote it (else it runs where Ctrl-C stops it)."""
+        return self._signed
+
     def check_native_calls(self, batch: int) -> None:
         """Refuse now (at load) a module whose native calls fail the check at ``batch``
         samples; every batch size is checked again when it is compiled."""

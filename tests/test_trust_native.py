@@ -295,6 +295,19 @@ def _wait_for(stream, text):
     raise AssertionError(f"the process ended without printing {text!r}: {lines}")
 
 
+def _interrupted(*args, ready, cwd, stream="stderr"):
+    """Run luxc; once it printed ``ready`` on ``stream`` (its readiness), send SIGINT. Returns
+    ``(returncode, stdout, stderr)``."""
+    p = _start(*args, cwd=cwd)
+    try:
+        _wait_for(getattr(p, stream), ready)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    return p.returncode, out, err
+
+
 def _log_steps(path):
     import json
 
@@ -318,16 +331,11 @@ def test_a_strangers_endless_evaluation_obeys_the_time_limit_and_keeps_the_log(
 @pytest.mark.slow
 def test_the_first_ctrl_c_stops_a_strangers_endless_evaluation_with_a_checkpoint(
         spinning_evaluation, tmp_path):
-    p = _start("run", spinning_evaluation / "art", "--steps", "3", "--eval-data",
-               spinning_evaluation / "eval.npz", "--checkpoint", "ck", "--log", "log.jsonl",
-               cwd=tmp_path)
-    try:
-        _wait_for(p.stdout, "step 1  loss")  # step 1 done: its evaluation never ends
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 130, err[-2000:]
+    code, _, err = _interrupted(  # once step 1 is done: its evaluation never ends
+        "run", spinning_evaluation / "art", "--steps", "3", "--eval-data",
+        spinning_evaluation / "eval.npz", "--checkpoint", "ck", "--log", "log.jsonl",
+        ready="step 1  loss", stream="stdout", cwd=tmp_path)
+    assert code == 130, err[-2000:]
     # Ctrl-C came during the endless evaluation, or just before it (then it never started).
     assert re.fullmatch(r"interrupted at step 1( \(5 s after Ctrl-C, luxc stopped waiting for the "
                         r"artefact's computation\))?; the state is in ck",
@@ -367,14 +375,9 @@ def test_a_stop_request_ends_a_strangers_endless_evaluation_in_python(spinning_e
 
 @pytest.mark.slow
 def test_a_stopped_strangers_step_ends_in_one_line_with_a_checkpoint(endless, tmp_path):
-    p = _start("run", endless, "--steps", "2", "--checkpoint", "ck", cwd=tmp_path)
-    try:
-        _wait_for(p.stderr, "Ctrl-C stops it")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 130, err[-2000:]
+    code, out, err = _interrupted("run", endless, "--steps", "2", "--checkpoint", "ck",
+                                  ready="Ctrl-C stops it", cwd=tmp_path)
+    assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == (
         "interrupted at step 0 (5 s after Ctrl-C, luxc stopped waiting for the artefact's "
         "computation); the state is in ck")
@@ -512,3 +515,25 @@ def test_a_module_calling_kernels_in_too_many_ways_is_refused_before_any_is_rebu
     with pytest.raises(ArtifactError, match="calls native kernels in 3 different ways; luxc "
                                             "checks at most 2"):
         check_module(module.compiler_ir("stablehlo"), NativeCallCheck("art"))
+
+
+def _spin(h):
+    return h + 0.0 * lax.stop_gradient(
+        lax.while_loop(lambda c: c >= 0.0, lambda c: c + 1.0, jnp.sum(h)))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_strangers_endless_model_in_predict(tmp_path):
+    model = luxc.nn.Chain(luxc.nn.Dense(3, 1), luxc.nn.WrappedFunction(_spin))
+    ps, st = luxc.setup(jax.random.key(0), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        luxc.export_step(luxc.MSELoss(), _data(), luxc.TrainState(model, ps, st, optax.sgd(0.1)),
+                         tmp_path / "spin")
+    (tmp_path / "spin" / "manifest.sig").unlink()
+    np.save(tmp_path / "x.npy", np.ones((5, 3), np.float32))
+    code, _, err = _interrupted("predict", tmp_path / "spin", "--input", "x.npy", "--out",
+                                "y.npy", ready="Ctrl-C stops it", cwd=tmp_path)
+    assert code == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "luxc: interrupted (Ctrl-C)"
+    assert "terminate called" not in err and not (tmp_path / "y.npy").exists()

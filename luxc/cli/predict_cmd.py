@@ -67,6 +67,9 @@ def predict(directory, input_path, out_path, state_path, allow_device_kernels,
     if state_path:
         predictor.load_state(state_path)
     x = read_input(input_path, predictor.forward)
+    if not predictor.forward.signed_by_this_user:  # said once Ctrl-C can stop it
+        click.echo("note: running the model of an artefact you did not sign; Ctrl-C stops it",
+                   err=True)
     y = predictor.predict(x)
     buffer = io.BytesIO()
     np.save(buffer, y, allow_pickle=False)
