@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.nn._embedding",
-           "luxc.nn._attention", "luxc.nn._containers", "luxc.nn._stack", "luxc.training._microbatch", "luxc.training._state", "luxc.training._compiled",
+           "luxc.nn._attention", "luxc.nn._containers", "luxc.nn._recurrent", "luxc.nn._recurrent_cells", "luxc.nn._stack", "luxc.training._microbatch", "luxc.training._state", "luxc.training._compiled",
            "luxc.training._api",
            "luxc.runtime.options", "luxc.runtime.shown", "luxc.runtime.untrusted_options",
            "luxc.losses", "luxc.ops"]

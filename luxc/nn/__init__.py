@@ -28,6 +28,16 @@ from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
 from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
+from luxc.nn._recurrent import BatchLastIndex as BatchLastIndex
+from luxc.nn._recurrent import BidirectionalRNN as BidirectionalRNN
+from luxc.nn._recurrent import Recurrence as Recurrence
+from luxc.nn._recurrent import ReverseSequence as ReverseSequence
+from luxc.nn._recurrent import StatefulRecurrentCell as StatefulRecurrentCell
+from luxc.nn._recurrent import TimeLastIndex as TimeLastIndex
+from luxc.nn._recurrent_cells import AbstractRecurrentCell as AbstractRecurrentCell
+from luxc.nn._recurrent_cells import GRUCell as GRUCell
+from luxc.nn._recurrent_cells import LSTMCell as LSTMCell
+from luxc.nn._recurrent_cells import RNNCell as RNNCell
 from luxc.nn._stability import TypeInstabilityError as TypeInstabilityError
 from luxc.nn._stack import POLICY_NAMES as POLICY_NAMES
 from luxc.nn._stack import Remat as Remat
