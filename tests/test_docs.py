@@ -7,11 +7,34 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-MODULES = ["luxc.nn._core", "luxc.nn._compact", "luxc.nn._embedding",
-           "luxc.nn._attention", "luxc.nn._containers", "luxc.nn._recurrent", "luxc.nn._recurrent_cells", "luxc.nn._stack", "luxc.training._microbatch", "luxc.training._state", "luxc.training._compiled",
-           "luxc.training._api",
-           "luxc.runtime.options", "luxc.runtime.shown", "luxc.runtime.untrusted_options",
-           "luxc.losses", "luxc.ops"]
+MODULES = [
+    "luxc.losses",
+    "luxc.nn._attention",
+    "luxc.nn._basic",
+    "luxc.nn._bilinear",
+    "luxc.nn._compact",
+    "luxc.nn._containers",
+    "luxc.nn._core",
+    "luxc.nn._dropout",
+    "luxc.nn._embedding",
+    "luxc.nn._group_norm",
+    "luxc.nn._maxout",
+    "luxc.nn._normalize",
+    "luxc.nn._precision",
+    "luxc.nn._recurrent",
+    "luxc.nn._recurrent_cells",
+    "luxc.nn._reshape",
+    "luxc.nn._stack",
+    "luxc.nn._weight_norm",
+    "luxc.ops",
+    "luxc.runtime.options",
+    "luxc.runtime.shown",
+    "luxc.runtime.untrusted_options",
+    "luxc.training._api",
+    "luxc.training._compiled",
+    "luxc.training._microbatch",
+    "luxc.training._state",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

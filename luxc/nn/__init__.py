@@ -48,3 +48,19 @@ from luxc.nn._stateful import StatefulLuxLayer as StatefulLuxLayer
 from luxc.nn._stateful import testmode as testmode
 from luxc.nn._stateful import trainmode as trainmode
 from luxc.nn._stateful import update_state as update_state
+
+# isort: split
+# Lux's normalisation layers and the simple remaining ones (issue 30, layers-norm).
+from luxc.nn._bilinear import Bilinear as Bilinear
+from luxc.nn._bilinear import Scale as Scale
+from luxc.nn._dropout import AlphaDropout as AlphaDropout
+from luxc.nn._dropout import VariationalHiddenDropout as VariationalHiddenDropout
+from luxc.nn._group_norm import GroupNorm as GroupNorm
+from luxc.nn._group_norm import InstanceNorm as InstanceNorm
+from luxc.nn._maxout import Maxout as Maxout
+from luxc.nn._normalize import RMSNorm as RMSNorm
+from luxc.nn._precision import AlternatePrecision as AlternatePrecision
+from luxc.nn._reshape import NoOpLayer as NoOpLayer
+from luxc.nn._reshape import ReshapeLayer as ReshapeLayer
+from luxc.nn._reshape import SelectDim as SelectDim
+from luxc.nn._weight_norm import WeightNorm as WeightNorm

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -85,14 +86,33 @@ class WrappedFunction(AbstractLayer):
 
 
 class FlattenLayer(AbstractLayer):
-    """Flattens every axis after the batch axis: ``(N, d1, d2, ...)`` → ``(N, d1*d2*...)``."""
+    """Flattens axes after the batch axis, never the batch axis itself.
+
+    ``N=None`` (default): every axis after the batch axis, ``(B, d1, ..., dk)`` →
+    ``(B, d1*...*dk)``. ``N=n``: the last ``n`` axes only, ``(B, d1, ..., dk)`` →
+    ``(B, d1, ..., d(k-n), d(k-n+1)*...*dk)`` — Lux's ``FlattenLayer(; N)`` flattens the first
+    ``N`` Julia dims, which are the last ``N`` axes in batch-first order (``n < rank``).
+
+    >>> import jax.numpy as jnp, luxc
+    >>> luxc.nn.FlattenLayer(N=2)(jnp.ones((8, 2, 3, 4)), {}, {})[0].shape
+    (8, 2, 12)
+    """
+
+    def __init__(self, *, N: int | None = None):
+        if N is not None and (not isinstance(N, int) or N < 0):
+            raise ValueError(f"FlattenLayer: N must be None or a non-negative int; received {N!r}")
+        self.N = N
 
     def __call__(self, x: jax.Array, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        self._check_rank(x, 1, "a batch axis first, (N, ...)")
-        return jnp.reshape(x, (x.shape[0], -1)), st
+        if self.N is None:
+            self._check_rank(x, 1, "a batch axis first, (N, ...)")
+            return jnp.reshape(x, (x.shape[0], -1)), st
+        self._check_rank(x, self.N + 1, f"a batch axis and at least {self.N} more")
+        cut = x.ndim - self.N
+        return jnp.reshape(x, (*x.shape[:cut], math.prod(x.shape[cut:]))), st
 
     def summary(self) -> str:
-        return "FlattenLayer()"
+        return "FlattenLayer()" if self.N is None else f"FlattenLayer(N={self.N})"
 
 
 class Chain(AbstractContainerLayer):
