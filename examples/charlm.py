@@ -121,9 +121,15 @@ def positions(tokens: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
 
 
+def first(pair: tuple) -> jax.Array:
+    """``y`` of attention's ``(y, α)``, Lux's ``WrappedFunction(first)``."""
+    return pair[0]
+
+
 def block(dim: int, heads: int) -> nn.Chain:
     """Pre-LN transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
-    attention = nn.Chain(nn.LayerNorm(dim), nn.MultiHeadAttention(dim, heads, causal=True))
+    attention = nn.Chain(nn.LayerNorm(dim), nn.MultiHeadAttention(dim, nheads=heads, is_causal=True),
+                         first)
     mlp = nn.Chain(nn.LayerNorm(dim), nn.Dense(dim, 4 * dim, jax.nn.gelu), nn.Dense(4 * dim, dim))
     return nn.Chain(nn.SkipConnection(attention, jnp.add), nn.SkipConnection(mlp, jnp.add))
 

@@ -20,6 +20,7 @@ MODULES = [
     "luxc.nn._group_norm",
     "luxc.nn._maxout",
     "luxc.nn._normalize",
+    "luxc.nn._positional",
     "luxc.nn._precision",
     "luxc.nn._recurrent",
     "luxc.nn._recurrent_cells",

@@ -68,52 +68,55 @@ def _attention_by_hand(ps, q, k, v, heads, causal):
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     out = np.einsum("bhqk,bkhd->bqhd", weights, vh).reshape(b, tq, d)
-    return out @ np.asarray(ps["out_proj"]["weight"]).T
+    return out @ np.asarray(ps["out_proj"]["weight"]).T, weights
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_matches_einsum_softmax(causal):
-    mha = nn.MultiHeadAttention(8, 2, causal=causal)
+    mha = nn.MultiHeadAttention(8, nheads=2, is_causal=causal)
     ps, st = luxc.setup(3, mha)
-    assert sorted(ps) == ["k_proj", "out_proj", "q_proj", "v_proj"]
+    # Lux's fields (src/layers/attention.jl): four projections and the attention dropout.
+    assert sorted(ps) == ["attention_dropout", "k_proj", "out_proj", "q_proj", "v_proj"]
     assert "bias" not in ps["q_proj"]  # Lux's default dense_kwargs: use_bias=false
     x = _rand(4, 3, 5, 8)
-    y, _ = mha(jnp.asarray(x), ps, st)
-    np.testing.assert_allclose(np.asarray(y), _attention_by_hand(ps, x, x, x, 2, causal),
-                               rtol=1e-4, atol=1e-5)
+    (y, alpha), _ = mha(jnp.asarray(x), ps, st)
+    y_ref, alpha_ref = _attention_by_hand(ps, x, x, x, 2, causal)
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-4, atol=1e-5)
+    # α is Lux's (kv_len, q_len, nheads, batch) reversed: (batch, nheads, q_len, kv_len).
+    np.testing.assert_allclose(np.asarray(alpha), alpha_ref, rtol=1e-4, atol=1e-6)
 
 
 def test_attention_cross_inputs():
     mha = nn.MultiHeadAttention(6, 3)
     ps, st = luxc.setup(5, mha)
     q, k, v = _rand(6, 2, 4, 6), _rand(7, 2, 7, 6), _rand(8, 2, 7, 6)
-    y, _ = mha((jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), ps, st)
-    assert y.shape == (2, 4, 6)
-    np.testing.assert_allclose(np.asarray(y), _attention_by_hand(ps, q, k, v, 3, False),
+    (y, alpha), _ = mha((jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)), ps, st)
+    assert y.shape == (2, 4, 6) and alpha.shape == (2, 3, 4, 7)
+    np.testing.assert_allclose(np.asarray(y), _attention_by_hand(ps, q, k, v, 3, False)[0],
                                rtol=1e-4, atol=1e-5)
-    y2, _ = mha((jnp.asarray(q), jnp.asarray(k)), ps, st)
-    np.testing.assert_allclose(np.asarray(y2), _attention_by_hand(ps, q, k, k, 3, False),
+    (y2, _), _ = mha((jnp.asarray(q), jnp.asarray(k)), ps, st)
+    np.testing.assert_allclose(np.asarray(y2), _attention_by_hand(ps, q, k, k, 3, False)[0],
                                rtol=1e-4, atol=1e-5)
 
 
 def test_causal_attention_does_not_look_ahead():
-    mha = nn.MultiHeadAttention(8, 4, causal=True)
+    mha = nn.MultiHeadAttention(8, nheads=4, is_causal=True)
     ps, st = luxc.setup(0, mha)
     x = _rand(9, 2, 6, 8)
     changed = x.copy()
     changed[:, 4:] = _rand(10, 2, 2, 8)
-    y1 = np.asarray(mha(jnp.asarray(x), ps, st)[0])
-    y2 = np.asarray(mha(jnp.asarray(changed), ps, st)[0])
+    y1 = np.asarray(mha(jnp.asarray(x), ps, st)[0][0])
+    y2 = np.asarray(mha(jnp.asarray(changed), ps, st)[0][0])
     np.testing.assert_array_equal(y1[:, :4], y2[:, :4])
     assert np.abs(y1[:, 4:] - y2[:, 4:]).max() > 1e-3
     # Without the mask the earlier positions do see the change.
-    full = nn.MultiHeadAttention(8, 4)
-    assert np.abs(np.asarray(full(jnp.asarray(x), ps, st)[0])[:, :4]
-                  - np.asarray(full(jnp.asarray(changed), ps, st)[0])[:, :4]).max() > 1e-3
+    full = nn.MultiHeadAttention(8, nheads=4)
+    assert np.abs(np.asarray(full(jnp.asarray(x), ps, st)[0][0])[:, :4]
+                  - np.asarray(full(jnp.asarray(changed), ps, st)[0][0])[:, :4]).max() > 1e-3
 
 
 def test_attention_bad_config_and_input():
-    with pytest.raises(ValueError, match="heads \\(3\\) must divide dim \\(8\\)"):
+    with pytest.raises(ValueError, match="nheads \\(3\\) must divide the qk size \\(8\\)"):
         nn.MultiHeadAttention(8, 3)
     mha = nn.MultiHeadAttention(8, 2)
     ps, st = luxc.setup(0, mha)
@@ -167,7 +170,8 @@ def test_parallel_is_hand_composition():
 
 def _tiny_lm(vocab=11, dim=8, time=6):
     block = nn.SkipConnection(nn.Chain(nn.LayerNorm(dim),
-                                       nn.MultiHeadAttention(dim, 2, causal=True)), jnp.add)
+                                       nn.MultiHeadAttention(dim, nheads=2, is_causal=True),
+                                       lambda ya: ya[0]), jnp.add)
     pos = nn.Parallel(jnp.add, nn.Embedding(vocab, dim),
                       nn.Chain(lambda t: jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape),
                                nn.Embedding(time, dim)))

@@ -11,6 +11,8 @@ from luxc.nn._compact import CompactLayer as CompactLayer
 from luxc.nn._compact import compact as compact
 from luxc.nn._compact import init_fn as init_fn
 from luxc.nn._compact import non_trainable as non_trainable
+from luxc.nn._containers import BranchLayer as BranchLayer
+from luxc.nn._containers import PairwiseFusion as PairwiseFusion
 from luxc.nn._containers import Parallel as Parallel
 from luxc.nn._containers import SkipConnection as SkipConnection
 from luxc.nn._conv import Conv as Conv
@@ -28,6 +30,10 @@ from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
 from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
+from luxc.nn._positional import RotaryPositionalEmbedding as RotaryPositionalEmbedding
+from luxc.nn._positional import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
+from luxc.nn._positional import apply_rotary_embedding as apply_rotary_embedding
+from luxc.nn._positional import compute_rotary_embedding_params as compute_rotary_embedding_params
 from luxc.nn._recurrent import BatchLastIndex as BatchLastIndex
 from luxc.nn._recurrent import BidirectionalRNN as BidirectionalRNN
 from luxc.nn._recurrent import Recurrence as Recurrence

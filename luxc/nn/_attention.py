@@ -1,7 +1,9 @@
-"""Multi-head dot-product attention on batch-first sequences (Lux's ``MultiHeadAttention``)."""
+"""Multi-head dot-product attention on batch-first sequences (Lux's ``MultiHeadAttention``,
+src/layers/attention.jl, with LuxLib's ``scaled_dot_product_attention``)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -9,91 +11,210 @@ import jax.numpy as jnp
 
 from luxc.nn._basic import Dense
 from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
+from luxc.nn._dropout import Dropout
+
+
+class _NoDropout(AbstractLayer):
+    """The ``attention_dropout`` slot when its probability is 0 (Lux puts a ``NoOpLayer``)."""
+
+    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+        return x, st
+
+    def summary(self) -> str:
+        return "NoOpLayer()"
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_dims(dims: Any) -> dict[str, int]:
+    """Lux's ``dims`` forms as a dict of ``q_in, k_in, v_in, qk, v, out``.
+
+    ``dims`` is an int (every size), or ``(in_dims, qkv_dims, out_dims)`` — Lux's
+    ``in_dims => qkv_dims => out_dims`` (also accepted nested, ``(in_dims, (qkv_dims, out_dims))``)
+    — where ``in_dims`` is an int or ``(q_in, k_in, v_in)`` and ``qkv_dims`` an int or
+    ``(qk, v)``.
+
+    >>> parse_dims((16, (8, 4), 2))
+    {'q_in': 16, 'k_in': 16, 'v_in': 16, 'qk': 8, 'v': 4, 'out': 2}
+    """
+    def bad() -> ValueError:
+        return ValueError(
+            "MultiHeadAttention: dims must be an int, or (in_dims, qkv_dims, out_dims) with "
+            "in_dims an int or (q_in, k_in, v_in) and qkv_dims an int or (qk, v) (Lux's "
+            f"in_dims => qkv_dims => out_dims); received {dims!r}")
+
+    if _positive(dims):
+        return dict.fromkeys(("q_in", "k_in", "v_in", "qk", "v", "out"), dims)
+    if not isinstance(dims, tuple | list):
+        raise bad()
+    if len(dims) == 2 and isinstance(dims[1], tuple | list) and len(dims[1]) == 2:
+        dims = (dims[0], *dims[1])
+    if len(dims) != 3:
+        raise bad()
+    in_dims, qkv_dims, out = dims
+    ins = (in_dims,) * 3 if _positive(in_dims) else tuple(in_dims) if isinstance(
+        in_dims, tuple | list) else ()
+    qkv = (qkv_dims,) * 2 if _positive(qkv_dims) else tuple(qkv_dims) if isinstance(
+        qkv_dims, tuple | list) else ()
+    if len(ins) != 3 or len(qkv) != 2 or not all(map(_positive, (*ins, *qkv, out))):
+        raise bad()
+    return {"q_in": ins[0], "k_in": ins[1], "v_in": ins[2], "qk": qkv[0], "v": qkv[1],
+            "out": out}
+
+
+def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                                 mask: jax.Array | None = None, is_causal: bool = False,
+                                 dropout: Any = None) -> tuple[jax.Array, jax.Array]:
+    r"""Attention over heads laid out ``(batch, time, heads, head_dim)``.
+
+    .. math::
+        \alpha_{bhls} = \mathrm{softmax}_s\Big(\frac{\sum_d q_{blhd} k_{bshd}}{\sqrt{d}}
+        \;\text{masked}\Big), \qquad y_{blhe} = \sum_s \mathrm{drop}(\alpha)_{bhls} v_{bshe}
+
+    ``mask`` (true = keep) broadcasts against ``α``'s shape ``(batch, heads, q_len, kv_len)``;
+    ``is_causal`` keeps ``s <= l``. The logits and the softmax are float32 whatever the inputs'
+    dtype (bfloat16 logits lose the small differences softmax amplifies). Returns ``(y, α)``.
+    """
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("blhd,bshd->bhls", q * scale, k, preferred_element_type=jnp.float32)
+    if is_causal:
+        lq, lk = q.shape[1], k.shape[1]
+        mask = jnp.tril(jnp.ones((lq, lk), bool))
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    alpha = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    dropped = alpha if dropout is None else dropout(alpha)
+    y = jnp.einsum("bhls,bshe->blhe", dropped, v)
+    return y, alpha
 
 
 class MultiHeadAttention(AbstractContainerLayer):
-    r"""Multi-head scaled dot-product attention (Vaswani et al. 2017).
-
-    For each head :math:`h` with :math:`d = \mathrm{dim}/\mathrm{heads}`:
+    r"""Multi-head scaled dot-product attention (Vaswani et al. 2017), as Lux's.
 
     .. math::
-        \mathrm{head}_h = \mathrm{softmax}\!\left(\frac{Q_h K_h^\top}{\sqrt{d}} + M\right) V_h,
-        \qquad y = [\mathrm{head}_1, \ldots, \mathrm{head}_H]\, W_o^\top
-
-    with :math:`Q = q W_q^\top`, :math:`K = k W_k^\top`, :math:`V = v W_v^\top` and :math:`M`
-    :math:`-\infty` above the diagonal when ``causal`` (position ``t`` sees ``0 … t`` only).
-    The kernel is ``jax.nn.dot_product_attention``, so XLA (or cuDNN on a GPU) picks it.
+        Q = q W_q^\top,\; K = k W_k^\top,\; V = v W_v^\top,\qquad
+        y = [\mathrm{head}_1, \ldots, \mathrm{head}_H]\, W_o^\top,\qquad
+        \mathrm{head}_h = \mathrm{drop}(\alpha_h) V_h,\;
+        \alpha_h = \mathrm{softmax}\!\left(\frac{Q_h K_h^\top}{\sqrt{d}} + M\right)
 
     Args:
-        dim: feature size of the inputs, of ``q``/``k``/``v`` and of the output.
-        heads: number of heads (Lux's ``nheads``); must divide ``dim``.
-        causal: mask out later positions (Lux's ``is_causal``).
+        dims: Lux's forms (see :func:`parse_dims`): ``64``; ``(in_dims, qkv_dims, out_dims)``
+            for Lux's ``in_dims => qkv_dims => out_dims``, e.g. ``((16, 12, 8), (32, 24), 16)``.
+        nheads: number of heads; must divide the query/key and the value sizes.
+        attention_dropout_probability: dropout on ``α`` in training mode (Lux's default 0).
+        is_causal: position ``l`` attends to ``0 … l`` only; then no ``mask`` may be given.
         use_bias: biases in the four projections (Lux's default ``dense_kwargs``: no bias).
 
-    Sub-layers and parameters, as Lux: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``, each a
-    :class:`Dense` ``(dim => dim)``.
+    Parameters and state, as Lux: ``q_proj``, ``k_proj``, ``v_proj``, ``attention_dropout``,
+    ``out_proj`` (``Dense`` weights ``(out, in)``).
 
-    Input: ``x`` of shape ``(batch, time, dim)`` (self-attention), or ``(q, kv)``, or
-    ``(q, k, v)`` with ``q`` ``(batch, time_q, dim)`` and ``k``, ``v`` ``(batch, time_kv, dim)``.
-    Output: ``(batch, time_q, dim)``.
-
-    Departures from Lux.jl (src/layers/attention.jl): the output is ``y`` alone, not
-    ``(y, α)`` — ``jax.nn.dot_product_attention`` does not form the attention weights as an
-    output (that is what lets XLA fuse it), and ``y`` alone composes in a ``Chain``; there is no
-    ``attention_dropout`` (the jax kernel has none) and no explicit ``mask`` argument.
+    Input: ``qkv`` ``(batch, time, q_in)`` (self-attention), ``(q, kv)``, ``(q, k, v)`` or
+    ``(q, k, v, mask)`` with ``q`` ``(batch, q_len, q_in)``, ``k`` ``(batch, kv_len, k_in)``,
+    ``v`` ``(batch, kv_len, v_in)`` and ``mask`` (true = attend) broadcastable to
+    ``(batch, nheads, q_len, kv_len)``.
+    Output: ``((y, α), st)`` with ``y`` ``(batch, q_len, out)`` and the attention weights ``α``
+    ``(batch, nheads, q_len, kv_len)`` (Lux's ``(kv_len, q_len, nheads, batch)`` reversed).
+    In a ``Chain``, take ``y`` with ``WrappedFunction(lambda ya: ya[0])`` as Lux users do with
+    ``WrappedFunction(first)``.
 
     >>> import jax, jax.numpy as jnp, luxc
-    >>> mha = luxc.nn.MultiHeadAttention(8, 2, causal=True)
+    >>> mha = luxc.nn.MultiHeadAttention(8, nheads=2, is_causal=True)
     >>> ps, st = luxc.setup(jax.random.key(0), mha)
-    >>> y, _ = mha(jnp.ones((3, 5, 8)), ps, st)
-    >>> y.shape
-    (3, 5, 8)
+    >>> (y, alpha), _ = mha(jnp.ones((3, 5, 8)), ps, st)
+    >>> y.shape, alpha.shape
+    ((3, 5, 8), (3, 2, 5, 5))
     """
 
-    def __init__(self, dim: int, heads: int, *, causal: bool = False, use_bias: bool = False):
-        if not isinstance(dim, int) or not isinstance(heads, int) or dim <= 0 or heads <= 0:
-            raise ValueError(
-                f"MultiHeadAttention: dim and heads must be positive ints; received {dim!r}, "
-                f"{heads!r}")
-        if dim % heads:
-            raise ValueError(
-                f"MultiHeadAttention: heads ({heads}) must divide dim ({dim}); "
-                f"dim // heads is each head's size")
-        self.dim, self.heads, self.causal, self.use_bias = dim, heads, bool(causal), use_bias
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
-            Dense(dim, dim, use_bias=use_bias) for _ in range(4))
+    def __init__(self, dims: Any, nheads: int = 1, *, attention_dropout_probability: float = 0.0,
+                 is_causal: bool | None = None, use_bias: bool = False,
+                 causal: bool | None = None):
+        if causal is not None:  # luxc's round-3 keyword
+            warnings.warn("MultiHeadAttention(causal=...) is Lux's is_causal=...",
+                          DeprecationWarning, stacklevel=2)
+            is_causal = causal if is_causal is None else is_causal
+        d = parse_dims(dims)
+        if not _positive(nheads):
+            raise ValueError(f"MultiHeadAttention: nheads must be a positive int; received "
+                             f"{nheads!r}")
+        for name in ("qk", "v"):
+            if d[name] % nheads:
+                raise ValueError(
+                    f"MultiHeadAttention: nheads ({nheads}) must divide the {name} size "
+                    f"({d[name]}); each head takes {name} // nheads features")
+        if not 0.0 <= attention_dropout_probability < 1.0:
+            raise ValueError("MultiHeadAttention: attention_dropout_probability must be in "
+                             f"[0, 1); received {attention_dropout_probability!r}")
+        self.dims, self.nheads, self.use_bias = d, nheads, use_bias
+        self.is_causal = None if is_causal is None else bool(is_causal)
+        self.attention_dropout_probability = float(attention_dropout_probability)
+        self.q_proj = Dense(d["q_in"], d["qk"], use_bias=use_bias)
+        self.k_proj = Dense(d["k_in"], d["qk"], use_bias=use_bias)
+        self.v_proj = Dense(d["v_in"], d["v"], use_bias=use_bias)
+        p = self.attention_dropout_probability
+        self.attention_dropout = Dropout(p) if p else _NoDropout()
+        self.out_proj = Dense(d["v"], d["out"], use_bias=use_bias)
 
     def sublayers(self) -> dict[str, AbstractLayer]:
         return {"q_proj": self.q_proj, "k_proj": self.k_proj, "v_proj": self.v_proj,
-                "out_proj": self.out_proj}
+                "attention_dropout": self.attention_dropout, "out_proj": self.out_proj}
 
-    def _split_input(self, x: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if isinstance(x, tuple | list):
-            if len(x) == 2:
-                return x[0], x[1], x[1]
-            if len(x) == 3:
-                return tuple(x)
-            raise LayerShapeError(
-                f"{self.summary()} expects x, (q, kv) or (q, k, v); received a tuple of {len(x)}")
-        return x, x, x
+    def _split_input(self, x: Any) -> tuple[Any, Any, Any, Any]:
+        if not isinstance(x, tuple | list):
+            return x, x, x, None
+        if len(x) == 2:
+            return x[0], x[1], x[1], None
+        if len(x) in (3, 4):
+            mask = x[3] if len(x) == 4 else None
+            if mask is not None and self.is_causal is not None:
+                raise ValueError(f"{self.summary()}: a mask and is_causal cannot both be given "
+                                 "(Lux's rule); build the layer with is_causal=None to pass "
+                                 "a mask")
+            return x[0], x[1], x[2], mask
+        raise LayerShapeError(f"{self.summary()} expects qkv, (q, kv), (q, k, v) or "
+                              f"(q, k, v, mask); received a tuple of {len(x)}")
 
-    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[jax.Array, dict]:
-        q, k, v = self._split_input(x)
-        for name, a in (("q", q), ("k", k), ("v", v)):
-            if jnp.ndim(a) != 3 or jnp.shape(a)[-1] != self.dim:
-                raise LayerShapeError(
-                    f"{self.summary()} expects {name} of shape (batch, time, {self.dim}); "
-                    f"received {jnp.shape(a)}")
-        projected = []
+    def _check(self, q: Any, k: Any, v: Any) -> None:
+        d = self.dims
+        for name, a, n in (("q", q, d["q_in"]), ("k", k, d["k_in"]), ("v", v, d["v_in"])):
+            if jnp.ndim(a) != 3 or jnp.shape(a)[-1] != n:
+                raise LayerShapeError(f"{self.summary()} expects {name} of shape (batch, time, "
+                                      f"{n}); received {jnp.shape(a)}")
+        if jnp.shape(k)[:2] != jnp.shape(v)[:2] or jnp.shape(q)[0] != jnp.shape(k)[0]:
+            raise LayerShapeError(f"{self.summary()}: k and v need the same (batch, kv_len) and "
+                                  f"q the same batch; received q {jnp.shape(q)}, k "
+                                  f"{jnp.shape(k)}, v {jnp.shape(v)}")
+
+    def __call__(self, x: Any, ps: dict, st: dict) -> tuple[tuple[jax.Array, jax.Array], dict]:
+        q, k, v, mask = self._split_input(x)
+        self._check(q, k, v)
+        new_st, heads = dict(st), []
         for a, name in ((q, "q_proj"), (k, "k_proj"), (v, "v_proj")):
-            y, _ = self.sublayers()[name](a, ps[name], st[name])
-            b, t, _ = y.shape
-            projected.append(jnp.reshape(y, (b, t, self.heads, self.dim // self.heads)))
-        out = jax.nn.dot_product_attention(*projected, is_causal=self.causal)
-        out = jnp.reshape(out, out.shape[:2] + (self.dim,))
-        y, _ = self.out_proj(out, ps["out_proj"], st["out_proj"])
-        return y, st
+            y, new_st[name] = getattr(self, name)(a, ps[name], st[name])
+            b, t, f = y.shape
+            heads.append(jnp.reshape(y, (b, t, self.nheads, f // self.nheads)))
+        drop_st = st["attention_dropout"]
+
+        def dropout(alpha: jax.Array) -> jax.Array:
+            nonlocal drop_st
+            out, drop_st = self.attention_dropout(alpha, ps["attention_dropout"], drop_st)
+            return out
+
+        out, alpha = scaled_dot_product_attention(*heads, mask=mask,
+                                                  is_causal=bool(self.is_causal),
+                                                  dropout=dropout)
+        new_st["attention_dropout"] = drop_st
+        out = jnp.reshape(out, out.shape[:2] + (-1,))
+        y, new_st["out_proj"] = self.out_proj(out, ps["out_proj"], st["out_proj"])
+        return (y, alpha), new_st
 
     def summary(self) -> str:
-        causal = ", causal=True" if self.causal else ""
-        return f"MultiHeadAttention({self.dim}, heads={self.heads}{causal})"
+        d = self.dims
+        text = (f"MultiHeadAttention({d['q_in']} => ({d['k_in']}, {d['v_in']}) => {d['out']}; "
+                f"nheads={self.nheads}")
+        if self.attention_dropout_probability:
+            text += f", attention_dropout_probability={self.attention_dropout_probability}"
+        if self.is_causal is not None:
+            text += f", is_causal={str(self.is_causal).lower()}"
+        return text + ")"

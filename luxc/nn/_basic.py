@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError
+from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError, named_layers
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
 
@@ -116,30 +116,29 @@ class FlattenLayer(AbstractLayer):
 
 
 class Chain(AbstractContainerLayer):
-    """Applies its layers in order; ``ps``/``st`` hold ``layer_1`` … ``layer_n``.
+    """Applies its layers in order; ``ps``/``st`` hold ``layer_1`` … ``layer_n``, or the names
+    given as keywords (Lux's ``Chain(; encoder=..., decoder=...)``).
 
-    Plain callables are wrapped in :class:`WrappedFunction`, as Lux does.
+    Plain callables are wrapped in :class:`WrappedFunction`, as Lux does. ``chain[i]`` is the
+    i-th layer (0-based), ``chain["encoder"]`` / ``chain.encoder`` a named one.
+
+    >>> import jax, jax.numpy as jnp, luxc
+    >>> model = luxc.nn.Chain(encoder=luxc.nn.Dense(4, 2), decoder=luxc.nn.Dense(2, 4))
+    >>> ps, st = luxc.setup(jax.random.key(0), model)
+    >>> list(ps), model.decoder.summary()
+    (['encoder', 'decoder'], 'Dense(2 => 4)')
     """
 
-    def __init__(self, *layers: AbstractLayer | Callable, name: str | None = None):
+    def __init__(self, *layers: AbstractLayer | Callable, name: str | None = None,
+                 **named: AbstractLayer | Callable):
         if len(layers) == 1 and isinstance(layers[0], list | tuple):
             layers = tuple(layers[0])
-        wrapped = []
-        for i, layer in enumerate(layers):
-            if isinstance(layer, AbstractLayer):
-                wrapped.append(layer)
-            elif callable(layer):
-                wrapped.append(WrappedFunction(layer))
-            else:
-                raise TypeError(
-                    f"Chain: argument {i + 1} must be a luxc layer or a callable; "
-                    f"received {type(layer).__name__}"
-                )
-        self.layers = tuple(wrapped)
+        self._named = named_layers("Chain", layers, named, wrap=WrappedFunction)
+        self.layers = tuple(self._named.values())
         self.name = name
 
     def sublayers(self) -> dict[str, AbstractLayer]:
-        return {f"layer_{i + 1}": layer for i, layer in enumerate(self.layers)}
+        return dict(self._named)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
         new_st = {}
@@ -158,5 +157,11 @@ class Chain(AbstractContainerLayer):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i: int) -> AbstractLayer:
-        return self.layers[i]
+    def __getitem__(self, i: int | str) -> AbstractLayer:
+        return self._named[i] if isinstance(i, str) else self.layers[i]
+
+    def __getattr__(self, name: str) -> AbstractLayer:
+        named = self.__dict__.get("_named", {})
+        if name in named:
+            return named[name]
+        raise AttributeError(f"Chain has no layer or attribute {name!r}")

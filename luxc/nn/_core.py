@@ -138,6 +138,27 @@ class AbstractContainerLayer(AbstractLayer):
         return {n: layer.init_states(k) for (n, layer), k in zip(layers.items(), keys)}
 
 
+def named_layers(owner: str, layers: tuple, named: dict, wrap: Callable | None = None
+                 ) -> dict[str, AbstractLayer]:
+    """A container's layers by name, as Lux's two forms: positional layers are ``layer_1`` …
+    ``layer_n``; keyword layers keep their names (in order). ``wrap`` turns a plain callable
+    into a layer (``Chain`` wraps functions); otherwise only luxc layers are accepted."""
+    if layers and named:
+        raise TypeError(f"{owner}: give the layers positionally or as keywords, not both "
+                        f"(received {len(layers)} positional and {sorted(named)})")
+    items = named.items() if named else ((f"layer_{i + 1}", x) for i, x in enumerate(layers))
+    out = {}
+    for name, layer in items:
+        if not isinstance(layer, AbstractLayer):
+            if wrap is None or not callable(layer):
+                what = "a luxc layer or a callable" if wrap else "a luxc layer"
+                raise TypeError(f"{owner}: {name} must be {what}; received "
+                                f"{type(layer).__name__}")
+            layer = wrap(layer)
+        out[name] = layer
+    return out
+
+
 def _split(key: jax.Array, n: int) -> list[jax.Array]:
     return list(jax.random.split(key, n)) if n else []
 
