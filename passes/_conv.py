@@ -9,7 +9,7 @@ from typing import NamedTuple
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from luxc.passes._match import producer
+from luxc.passes._match import producer, source
 
 
 class Conv(NamedTuple):
@@ -63,14 +63,33 @@ def simple_conv(op: ir.Operation) -> Conv | None:
     return Conv(dn, pads, *shapes)
 
 
-def is_input_gradient(op: ir.Operation, conv: Conv) -> bool:
-    """The gradient of a convolution with respect to its input: a convolution with a kernel
-    reversed along its spatial axes — what jax's transpose rule emits."""
-    rev = producer(op.operands[1])
+def _spatial_reverse(value: ir.Value, conv: Conv) -> ir.Operation | None:
+    """The ``stablehlo.reverse`` over ``conv``'s kernel spatial axes defining ``value``."""
+    rev = producer(value)
     if rev is None or rev.name != "stablehlo.reverse":
-        return False
+        return None
     reversed_dims = set(ir.DenseI64ArrayAttr(rev.attributes["dimensions"]))
-    return reversed_dims == set(conv.dn.kernel_spatial_dimensions)
+    return rev if reversed_dims == set(conv.dn.kernel_spatial_dimensions) else None
+
+
+def is_input_gradient(op: ir.Operation, conv: Conv) -> bool:
+    """The gradient of a convolution with respect to its input: a convolution whose kernel is
+    the forward convolution's kernel reversed along its spatial axes — what jax's transpose
+    rule emits.
+
+    The forward's kernel ``k`` is the weight ``w`` itself (a cross-correlation), or
+    ``reverse(w)`` (a true convolution, ``nn.Conv``'s default and Lux's). A true convolution's
+    forward, ``conv(x, reverse(w))``, has a reversed kernel too: it is told apart because its
+    ``w`` is no convolution's kernel and no reverse. (The test looks at the kernel's producer,
+    not at the forward convolution itself, which another pass may already have rewritten.)"""
+    rev = _spatial_reverse(op.operands[1], conv)
+    if rev is None:
+        return False
+    k = source(rev.operands[0])
+    if _spatial_reverse(k, conv) is not None:
+        return True
+    return any(use.owner.name == "stablehlo.convolution" and use.operand_number == 1
+               for use in k.uses)
 
 
 def is_weight_gradient(conv: Conv) -> bool:

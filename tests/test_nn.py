@@ -53,12 +53,21 @@ def test_conv_and_maxpool_shapes(key):
 
 
 def test_conv_matches_a_direct_correlation(key):
-    layer = nn.Conv((2,), 1, 1, use_bias=False)
+    layer = nn.Conv((2,), 1, 1, use_bias=False, cross_correlation=True)
     ps, st = luxc.setup(key, layer)
     x = jnp.arange(5.0).reshape(1, 5, 1)
     y, _ = layer(x, ps, st)
     w = ps["weight"][:, 0, 0]
     np.testing.assert_allclose(y[0, :, 0], [w[0] * i + w[1] * (i + 1) for i in range(4)], rtol=1e-6)
+
+
+def test_conv_is_a_true_convolution_by_default_as_lux(key):
+    layer = nn.Conv((2,), 1, 1, use_bias=False)
+    ps, st = luxc.setup(key, layer)
+    x = jnp.arange(5.0).reshape(1, 5, 1)
+    y, _ = layer(x, ps, st)
+    w = ps["weight"][:, 0, 0]
+    np.testing.assert_allclose(y[0, :, 0], [w[1] * i + w[0] * (i + 1) for i in range(4)], rtol=1e-6)
 
 
 def test_conv_rejects_wrong_channels(key):

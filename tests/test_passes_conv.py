@@ -49,6 +49,29 @@ def test_conv_gradient_passes_give_xlas_gradients(wrt, name, case):
     np.testing.assert_allclose(new.call(*args), exported.call(*args), rtol=1e-4, atol=1e-4)
 
 
+def _true_conv_grads(x_shape, w_shape, wrt):
+    """``exported`` gradient of ``sum(sin(true_conv(x, w)))``: the kernel flipped, as nn.Conv."""
+    def loss(x, w):
+        return jnp.sum(jnp.sin(lax.conv_general_dilated(
+            x, lax.rev(w, (0, 1)), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+    return jax.export.export(jax.jit(jax.grad(loss, argnums=wrt)))(x, w), (x, w)
+
+
+def test_conv_input_grad_dot_rewrites_a_true_convolutions_input_gradient_not_its_forward():
+    # nn.Conv (Lux's default) reverses its kernel in the forward too; only the gradient is
+    # rewritten, as for a cross-correlation.
+    exported, args = _true_conv_grads((4, 12, 12, 6), (5, 5, 6, 16), wrt=0)
+    new, (record,) = rewrite(exported, ["conv_input_grad_dot"])
+    assert record.rewrites == 1
+    assert new.mlir_module().count("stablehlo.convolution(") == 1
+    np.testing.assert_allclose(new.call(*args), exported.call(*args), rtol=1e-4, atol=1e-4)
+    weight_grad, _ = _true_conv_grads((4, 12, 12, 6), (5, 5, 6, 16), wrt=1)
+    assert [r.rewrites for r in rewrite(weight_grad, ["conv_input_grad_dot"])[1]] == [0]
+
+
 def test_each_conv_pass_leaves_the_other_forms_alone():
     spec, pad, x_shape, w_shape = CASES[0]
     forward = jax.export.export(jax.jit(lambda x, w: lax.conv_general_dilated(
@@ -62,9 +85,12 @@ def test_each_conv_pass_leaves_the_other_forms_alone():
     assert record.rewrites == 0
 
 
+# A true convolution's (nn.Conv's default) input gradient: the forward's kernel k = reverse(w),
+# reversed again by jax's transpose rule.
 INPUT_GRAD_IN = """
 func.func @main(%g: tensor<1x2x2x3xf32>, %w: tensor<2x2x1x3xf32>) -> tensor<1x3x3x1xf32> {
-  %r = stablehlo.reverse %w, dims = [0, 1] : tensor<2x2x1x3xf32>
+  %k = stablehlo.reverse %w, dims = [0, 1] : tensor<2x2x1x3xf32>
+  %r = stablehlo.reverse %k, dims = [0, 1] : tensor<2x2x1x3xf32>
   %0 = stablehlo.convolution(%g, %r) dim_numbers = [b, 0, 1, f]x[0, 1, o, i]->[b, 0, 1, f], window = {pad = [[1, 1], [1, 1]]} {batch_group_count = 1 : i64, feature_group_count = 1 : i64} : (tensor<1x2x2x3xf32>, tensor<2x2x1x3xf32>) -> tensor<1x3x3x1xf32>
   return %0 : tensor<1x3x3x1xf32>
 }"""
@@ -86,12 +112,12 @@ def test_conv_input_grad_dot_golden_text():
     # Every tap lands whole inside the 3x3 output: 4 in-place slice updates.
     assert sum("stablehlo.dynamic_update_slice" in line for line in body) == 4
     # Tap (0, 0) of the reversed kernel adds its 2x2 plane at output offset lo - k = (1, 1).
-    assert body[7:12] == [
-        "%4 = stablehlo.slice %2 [0:1, 0:2, 0:2, 0:1, 0:1, 0:1] : (tensor<1x2x2x2x2x1xf32>) -> tensor<1x2x2x1x1x1xf32>",
-        "%5 = stablehlo.reshape %4 : (tensor<1x2x2x1x1x1xf32>) -> tensor<1x2x2x1xf32>",
-        "%6 = stablehlo.slice %3 [0:1, 1:3, 1:3, 0:1] : (tensor<1x3x3x1xf32>) -> tensor<1x2x2x1xf32>",
-        "%7 = stablehlo.add %6, %5 : tensor<1x2x2x1xf32>",
-        "%8 = stablehlo.dynamic_update_slice %3, %7, %c_0, %c, %c, %c_0 : (tensor<1x3x3x1xf32>, "
+    assert body[8:13] == [
+        "%5 = stablehlo.slice %3 [0:1, 0:2, 0:2, 0:1, 0:1, 0:1] : (tensor<1x2x2x2x2x1xf32>) -> tensor<1x2x2x1x1x1xf32>",
+        "%6 = stablehlo.reshape %5 : (tensor<1x2x2x1x1x1xf32>) -> tensor<1x2x2x1xf32>",
+        "%7 = stablehlo.slice %4 [0:1, 1:3, 1:3, 0:1] : (tensor<1x3x3x1xf32>) -> tensor<1x2x2x1xf32>",
+        "%8 = stablehlo.add %7, %6 : tensor<1x2x2x1xf32>",
+        "%9 = stablehlo.dynamic_update_slice %4, %8, %c_0, %c, %c, %c_0 : (tensor<1x3x3x1xf32>, "
         "tensor<1x2x2x1xf32>, tensor<i64>, tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<1x3x3x1xf32>",
     ]
 

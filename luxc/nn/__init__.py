@@ -16,7 +16,8 @@ from luxc.nn._containers import PairwiseFusion as PairwiseFusion
 from luxc.nn._containers import Parallel as Parallel
 from luxc.nn._containers import SkipConnection as SkipConnection
 from luxc.nn._conv import Conv as Conv
-from luxc.nn._conv import MaxPool as MaxPool
+from luxc.nn._conv import SamePad as SamePad
+from luxc.nn._conv_transpose import ConvTranspose as ConvTranspose
 from luxc.nn._core import AbstractContainerLayer as AbstractContainerLayer
 from luxc.nn._core import AbstractLayer as AbstractLayer
 from luxc.nn._core import LayerShapeError as LayerShapeError
@@ -30,6 +31,15 @@ from luxc.nn._eltype import EltypeMismatchError as EltypeMismatchError
 from luxc.nn._embedding import Embedding as Embedding
 from luxc.nn._normalize import BatchNorm as BatchNorm
 from luxc.nn._normalize import LayerNorm as LayerNorm
+from luxc.nn._pooling import AdaptiveLPPool as AdaptiveLPPool
+from luxc.nn._pooling import AdaptiveMaxPool as AdaptiveMaxPool
+from luxc.nn._pooling import AdaptiveMeanPool as AdaptiveMeanPool
+from luxc.nn._pooling import GlobalLPPool as GlobalLPPool
+from luxc.nn._pooling import GlobalMaxPool as GlobalMaxPool
+from luxc.nn._pooling import GlobalMeanPool as GlobalMeanPool
+from luxc.nn._pooling import LPPool as LPPool
+from luxc.nn._pooling import MaxPool as MaxPool
+from luxc.nn._pooling import MeanPool as MeanPool
 from luxc.nn._positional import RotaryPositionalEmbedding as RotaryPositionalEmbedding
 from luxc.nn._positional import SinusoidalPositionalEmbedding as SinusoidalPositionalEmbedding
 from luxc.nn._positional import apply_rotary_embedding as apply_rotary_embedding
@@ -69,4 +79,6 @@ from luxc.nn._precision import AlternatePrecision as AlternatePrecision
 from luxc.nn._reshape import NoOpLayer as NoOpLayer
 from luxc.nn._reshape import ReshapeLayer as ReshapeLayer
 from luxc.nn._reshape import SelectDim as SelectDim
+from luxc.nn._upsample import PixelShuffle as PixelShuffle
+from luxc.nn._upsample import Upsample as Upsample
 from luxc.nn._weight_norm import WeightNorm as WeightNorm
