@@ -108,3 +108,43 @@ def test_lstm_encoder_decoder_quick_validation_loss_falls(capsys):
     assert len(losses) == 6
     assert losses[-1] < losses[0] / 3
     assert "Compilation time:" in capsys.readouterr().out
+
+
+# HyperNet (Lux: examples/HyperNet/main.jl)
+
+def test_hypernet_parameters_are_the_generators_alone():
+    model = _tutorial("HyperNet").create_model()
+    core = model.fields["core_network"]
+    # three 3×3 convolutions 1→16→32→64 and Dense(64 => 10), closed form
+    assert luxc.parameter_count(core) == (9 * 16 + 16) + (9 * 16 * 32 + 32) + (9 * 32 * 64 + 64) + 650
+    generator = 2 * 32 + (32 * 64 + 64) + (64 * 23946 + 23946)
+    assert luxc.parameter_count(model) == generator
+
+
+def test_hypernet_generated_parameters_decide_the_output(key):
+    model = _tutorial("HyperNet").create_model()
+    ps, st = luxc.setup(key, model)
+    x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    y0, _ = model((jnp.int32(0), x), ps, st)
+    y1, _ = model((jnp.int32(1), x), ps, st)
+    assert y0.shape == (3, 10)
+    assert not np.allclose(y0, y1)  # each dataset's embedding gives its own classifier
+    # a zero last generator layer gives every core parameter 0: the logits are exactly 0
+    last = ps["weight_generator"]["layer_3"]
+    zeroed = {**ps["weight_generator"], "layer_3": jax.tree_util.tree_map(jnp.zeros_like, last)}
+    y, _ = model((jnp.int32(0), x), {**ps, "weight_generator": zeroed}, st)
+    np.testing.assert_array_equal(y, np.zeros((3, 10)))
+
+
+def test_hypernet_second_dataset_is_the_inverted_digits_with_reversed_labels():
+    first, second = _tutorial("HyperNet").load_datasets(np.random.default_rng(0))
+    (x1, y1), (x2, y2) = first[0], second[0]
+    assert x1.shape[1:] == (28, 28, 1) and 0 <= x1.min() and x1.max() <= 1
+    np.testing.assert_allclose(x2, 1 - x1)
+    np.testing.assert_array_equal(y2.argmax(-1), 9 - y1.argmax(-1))
+
+
+def test_hypernet_quick_classifies_both_datasets_above_chance(capsys):
+    test_accuracies = _tutorial("HyperNet").main(["--quick"])
+    assert min(test_accuracies) > 40  # chance is 10%; Lux's CI asserts > 35
+    assert capsys.readouterr().out.count("[FINAL]") == 2
