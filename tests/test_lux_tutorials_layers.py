@@ -19,6 +19,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "lux"
 
 
 def _tutorial(name: str):
+    if str(EXAMPLES) not in sys.path:  # the tutorials import their `_dataloader` beside them
+        sys.path.insert(0, str(EXAMPLES))
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -148,3 +150,99 @@ def test_hypernet_quick_classifies_both_datasets_above_chance(capsys):
     test_accuracies = _tutorial("HyperNet").main(["--quick"])
     assert min(test_accuracies) > 40  # chance is 10%; Lux's CI asserts > 35
     assert capsys.readouterr().out.count("[FINAL]") == 2
+
+
+# ConvolutionalVAE (Lux: examples/ConvolutionalVAE/main.jl)
+
+def _conv(k: int, i: int, o: int, groups: int = 1) -> int:
+    """Parameters of a k×k Conv with a bias: k·k·(i/groups)·o + o."""
+    return k * k * (i // groups) * o + o
+
+
+def test_cvae_has_luxs_parameter_count_at_64_by_64():
+    model = _tutorial("ConvolutionalVAE").CVAE(num_latent_dims=8, image_shape=(64, 64, 1),
+                                               max_num_filters=64)
+    encoder = (_conv(3, 1, 16) + _conv(3, 16, 32) + _conv(3, 32, 64) + 2 * (16 + 32 + 64)
+               + 2 * (4096 * 8 + 8))
+    decoder = (8 * 4096 + 4096) + _conv(3, 64, 32) + _conv(3, 32, 16) + _conv(3, 16, 1) + 2 * (32 + 16)
+    assert luxc.parameter_count(model) == encoder + decoder  # Lux prints 0.1493 M
+
+
+def test_cvae_samples_fresh_noise_each_call_and_is_differentiable_in_the_mean(key):
+    model = _tutorial("ConvolutionalVAE").CVAE(num_latent_dims=4, image_shape=(16, 16, 1),
+                                               max_num_filters=8)
+    ps, st = luxc.setup(key, model)
+    x = jax.random.uniform(jax.random.key(1), (3, 16, 16, 1))
+    st = luxc.testmode(st)["encoder"]
+    (z1, mu1, _), st2 = model.encoder(x, ps["encoder"], st)
+    (z2, mu2, _), _ = model.encoder(x, ps["encoder"], st2)
+    np.testing.assert_allclose(mu2, mu1, rtol=1e-6)
+    assert not np.allclose(z2, z1)  # the state's rng advanced
+
+    def total_z(bias):
+        p = {**ps["encoder"], "proj_mu": {**ps["encoder"]["proj_mu"], "bias": bias}}
+        return jnp.sum(model.encoder(x, p, st)[0][0])
+
+    # z = μ + εσ: ∂Σz/∂b_μ is the batch size for every latent dimension
+    np.testing.assert_allclose(jax.grad(total_z)(ps["encoder"]["proj_mu"]["bias"]), np.full(4, 3.0))
+
+
+@pytest.mark.slow
+def test_cvae_quick_negative_elbo_falls_and_samples_are_plotted(tmp_path):
+    picture = tmp_path / "samples.png"
+    losses = _tutorial("ConvolutionalVAE").main(["--quick", "--plot", str(picture)])
+    assert len(losses) == 3 and losses[-1] < losses[0] / 1.5
+    assert picture.exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+# CIFAR10 (Lux: examples/CIFAR10/{simple_cnn,resnet20,conv_mixer}.jl)
+
+def test_resnet20_and_conv_mixer_parameter_counts_are_the_closed_forms():
+    tutorial = _tutorial("CIFAR10")
+    bn = lambda c: 2 * c  # noqa: E731
+
+    def block(i, o, stride):
+        shortcut = 0 if stride == 1 and i == o else _conv(3, i, o)
+        return shortcut + _conv(3, i, o) + bn(o) + _conv(3, o, o) + bn(o)
+
+    blocks = sum(block(i if n == 0 else o, o, s if n == 0 else 1)
+                 for i, o, s in ((16, 16, 1), (16, 32, 2), (32, 64, 2)) for n in range(3))
+    assert luxc.parameter_count(tutorial.resnet20()) == _conv(3, 3, 16) + bn(16) + blocks + 650
+    mixer = _conv(5, 8, 8, groups=8) + bn(8) + _conv(1, 8, 8) + bn(8)  # depthwise: groups = dim
+    expected = _conv(2, 3, 8) + bn(8) + 2 * mixer + (8 * 10 + 10)
+    assert luxc.parameter_count(tutorial.conv_mixer(dim=8, depth=2)) == expected
+
+
+def test_clip_norm_rescales_each_array_to_norm_at_most_omega():
+    clip = _tutorial("CIFAR10").clip_norm(10.0)
+    grads = {"big": jnp.array([12.0, 16.0]), "small": jnp.array([3.0, 4.0])}  # norms 20 and 5
+    updates, _ = clip.update(grads, clip.init(grads))
+    np.testing.assert_allclose(updates["big"], [6.0, 8.0], rtol=1e-6)  # per array, not global
+    np.testing.assert_allclose(updates["small"], [3.0, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_simple_cnn_quick_learns_the_digits(precision):
+    args = ["simple_cnn", "--quick"] + (["--bfloat16"] if precision == "bf16" else [])
+    rows, ts = _tutorial("CIFAR10").main(args)
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(ts.parameters)} == {jnp.dtype(dtype)}
+    assert rows[-1][3] > 80  # test accuracy (%), chance is 10
+
+
+@pytest.mark.slow
+def test_conv_mixer_quick_follows_the_schedule_with_one_program():
+    rows, ts = _tutorial("CIFAR10").main(["conv_mixer", "--quick", "--clip-norm"])
+    steps = 1497 // 128
+    knots, values = [0, 1, 2, 4], [0, 0.05, 0.05 / 20, 0]  # 3 epochs: 3·2÷5, 3·4÷5, 3 + 1
+    # each row shows the rate of the epoch's last step, (epoch - 1) + (steps + 1) / steps
+    expected = [np.interp(e - 1 + (steps + 1) / steps, knots, values) for e in (1, 2, 3)]
+    np.testing.assert_allclose([r[1] for r in rows], expected, rtol=1e-6)
+    assert luxc.cache_info(ts).entries == 1  # adjust_ on every step never recompiled
+    assert rows[-1][2] > rows[0][2]  # training accuracy rises
+
+
+@pytest.mark.slow
+def test_resnet20_one_quick_epoch_beats_chance():
+    rows, _ = _tutorial("CIFAR10").main(["resnet20", "--quick", "--epochs", "1"])
+    assert rows[-1][2] > 20

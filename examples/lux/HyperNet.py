@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _dataloader import data_loader  # MLUtils' DataLoader, beside this file
 from jax.flatten_util import ravel_pytree
 
 import luxc
@@ -44,16 +45,6 @@ def load_datasets(rng: np.random.Generator, n_eval: int = 297) -> list[tuple]:
         x, y = x[order], np.eye(10, dtype=np.float32)[labels[order]]
         datasets.append(((x[n_eval:], y[n_eval:]), (x[:n_eval], y[:n_eval])))
     return datasets
-
-
-def batches(data: tuple, batchsize: int, rng: np.random.Generator | None
-            ) -> Iterator[tuple[jax.Array, jax.Array]]:
-    """MLUtils' ``DataLoader(data; batchsize, shuffle=rng is not None, partial=false)``."""
-    x, y = data
-    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
-    for start in range(0, len(x) - batchsize + 1, batchsize):
-        idx = order[start:start + batchsize]
-        yield jnp.asarray(x[idx]), jnp.asarray(y[idx])
 
 
 class HyperNetLayer(nn.CompactLayer):
@@ -102,7 +93,7 @@ def accuracy(model_compiled, ps: dict, st: dict, data: tuple, data_idx: jax.Arra
     """The share of samples whose largest logit is the labelled class, in test mode."""
     correct = total = 0
     st = luxc.testmode(st)
-    for x, y in batches(data, 32, None):
+    for x, y in data_loader(data, 32, None):
         y_hat, _ = model_compiled((data_idx, x), ps, st)
         correct += int(jnp.sum(jnp.argmax(y_hat, -1) == jnp.argmax(y, -1)))
         total += len(y)
@@ -129,7 +120,7 @@ def train(datasets: list[tuple], nepochs: int = 50, seed: int = 1234) -> list[fl
             # a traced index: one program serves both datasets (Lux's ConcreteRNumber)
             concrete_data_idx = jnp.int32(data_idx)
             stime = time.perf_counter()
-            for x, y in batches(datasets[data_idx][0], 32, rng):
+            for x, y in data_loader(datasets[data_idx][0], 32, rng):
                 _, _, _, train_state = single_train_step_(
                     luxc.AutoXLA(), loss, ((concrete_data_idx, x), y), train_state,
                     return_gradients=False)

@@ -15,12 +15,12 @@ Run it:  python examples/lux/SimpleRNN.py [--quick]
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
+from _dataloader import data_loader  # MLUtils' DataLoader, beside this file
 
 import luxc
 from luxc import nn, ops
@@ -55,15 +55,6 @@ def create_dataset(rng: np.random.Generator, dataset_size: int = 1000,
     x = np.stack(first + second).astype(np.float32)
     labels = np.concatenate([np.zeros(half), np.ones(dataset_size - half)]).astype(np.float32)
     return x, labels
-
-
-def data_loader(x: np.ndarray, y: np.ndarray, batchsize: int, rng: np.random.Generator | None
-                ) -> Iterator[tuple[jax.Array, jax.Array]]:
-    """MLUtils' ``DataLoader(...; batchsize, shuffle=rng is not None, partial=false)``."""
-    order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
-    for start in range(0, len(x) - batchsize + 1, batchsize):
-        idx = order[start:start + batchsize]
-        yield jnp.asarray(x[idx]), jnp.asarray(y[idx])
 
 
 class SpiralClassifier(nn.AbstractContainerLayer):
@@ -125,7 +116,7 @@ def train(model: nn.AbstractLayer, data: tuple, epochs: int, seed: int) -> list[
     history = []
     for epoch in range(1, epochs + 1):
         total_loss, total_samples = 0.0, 0
-        for x, y in data_loader(x_train, y_train, 128, rng):
+        for x, y in data_loader((x_train, y_train), 128, rng):
             _, loss, _, train_state = single_train_step_(ad, lossfn, (x, y), train_state)
             total_loss += float(loss) * len(y)
             total_samples += len(y)
@@ -134,7 +125,7 @@ def train(model: nn.AbstractLayer, data: tuple, epochs: int, seed: int) -> list[
 
         total_acc, total_loss, total_samples = 0.0, 0.0, 0
         st_ = luxc.testmode(train_state.states)
-        for x, y in data_loader(x_val, y_val, 128, None):
+        for x, y in data_loader((x_val, y_val), 128, None):
             y_hat, st_ = model_compiled(x, train_state.parameters, st_)
             total_acc += accuracy(y_hat, y) * len(y)
             total_loss += float(lossfn(y_hat, y)) * len(y)
