@@ -81,7 +81,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_bit_identical(work, tmp_path
     assert steps == list(range(48, 481, 48))  # each row once (~10 lines of 480), killed or not
     straight, resumed = _arrays(tmp_path / "straight.safetensors"), \
         _arrays(tmp_path / "resumed.safetensors")
-    assert len(straight) == len(resumed) == 21  # parameters, BatchNorm state, adam's mu, nu, count
+    assert len(straight) == len(resumed) == 22  # parameters, BatchNorm state, adam's mu, nu, count, the adjustable learning rate
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
 

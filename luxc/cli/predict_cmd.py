@@ -31,10 +31,13 @@ def _check_not_input(out_path: str, input_path: str) -> None:
     """``--out`` must not be the ``--input`` file, by name, link or hard link (it would replace
     the user's inputs with the outputs)."""
     out, given = Path(out_path), Path(input_path)
-    same = out.absolute().resolve() == given.absolute().resolve()
+    try:
+        same = out.absolute().resolve() == given.absolute().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: reading --input says so in one line
+        same = False
     try:
         same = same or os.path.samefile(out, given)
-    except OSError:  # one of them does not exist
+    except OSError:  # one of them does not exist, or is a loop
         pass
     if same:
         raise CliError(f"--out {out_path} is the --input file {input_path}; luxc does not write "
