@@ -198,6 +198,7 @@ def _check_layout(manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"manifest layout names {len(layout['state_names'])} state and "
                             f"{len(layout['data_names'])} data arrays but counts {n_state} and "
                             f"{n_data}")
+    _check_stat_names(layout)
     for key in ("model_summary", "objective", "optimizer"):  # optional text
         if key in layout and not isinstance(layout[key], str):
             raise ArtifactError(f"manifest field layout.{key} must be str; found "
@@ -220,6 +221,19 @@ def _check_layout(manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"manifest: state array {shown(name, 200)} goes in as "
                                 f"{_array(given)} but comes out as {_array(got)}; the state the "
                                 "step returns must be the state it takes")
+
+
+def _check_stat_names(layout: dict[str, Any]) -> None:
+    """``layout.stat_names`` (optional): one distinct string a stat, none a log row's own key."""
+    names = layout.get("stat_names")
+    if names is None:
+        return
+    if not isinstance(names, list) or len(names) != layout["n_stats"] or \
+            not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) or \
+            {"step", "loss", "eval"} & set(names):
+        raise ArtifactError(f"manifest field layout.stat_names is {shown(names, 200)}; it must "
+                            f"name the step's {layout['n_stats']} stats, each once, none 'step', "
+                            "'loss' or 'eval' (recompile the artefact)")
 
 
 def _check_program(manifest: dict[str, Any], key: str, inputs: dict[str, Any]) -> None:

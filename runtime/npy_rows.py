@@ -60,6 +60,9 @@ def read_npy_header(f: Any, what: str) -> NpyHeader:
                                        else np.lib.format.read_array_header_2_0(f))
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise ArtifactError(f"{what} is not a readable .npy array ({shown(e)})") from None
+    if any(n < 0 for n in shape):
+        raise ArtifactError(f"{what} is corrupt: its header declares the shape {list(shape)}, "
+                            "with a negative length; write it again (np.save)")
     if dtype.hasobject:
         raise ArtifactError(f"{what} holds Python objects (dtype {dtype}); luxc reads only "
                             "numeric arrays (it never unpickles)")

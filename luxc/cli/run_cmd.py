@@ -15,6 +15,7 @@ from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, load_artifact
 from luxc.cli.run_log import RunLog, check_log
 from luxc.runtime.checkpoint_format import MAX_SEED
+from luxc.runtime.shown import shown
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -239,10 +240,10 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
 
     def line(step: int, loss: float, stats: list[float], echo=click.echo) -> None:
         curve.add(step, loss)
-        shown = (step - run_record["origin"]) % every == 0 or step == end
-        if log is not None and shown:
+        visible = (step - run_record["origin"]) % every == 0 or step == end
+        if log is not None and visible:
             log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
-        if not quiet and shown:
+        if not quiet and visible:
             echo(f"step {step}  loss {loss:.6g}")
         if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
             scales.append(loaded.loss_scale)  # float16 training: its loss scale changed
@@ -254,7 +255,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
             log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats)), "eval": True})
         if not quiet:
             click.echo(f"eval step {step}  loss {loss:.6g}" + "".join(
-                f"  {name} {value:.6g}" for name, value in zip(stat_names, stats)))
+                f"  {shown(name, 200)} {value:.6g}" for name, value in zip(stat_names, stats)))
 
     def batches(i: int):
         return dataset.batch(start_index + i)

@@ -1,0 +1,262 @@
+"""Issue 28, "attack your own fixes": a hostile author of an artefact, checkpoint, dataset or
+log, and a careless user, against the round-3 fixes (docs/trust-datasets.md, docs/trust-data.md).
+Each test is one case and asserts what a user should get: a one-line refusal naming the file,
+the argument and the fix (status 1, no traceback), or the right result. Lux.jl has no command
+line, files or checkpoints (its training API ends at `Training.single_train_step!`,
+src/helpers/training.jl): these are luxc's own rules."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from click.testing import CliRunner
+
+import luxc
+from luxc import nn
+from luxc.cli import main
+from luxc.runtime.dataset import Dataset
+from luxc.runtime.errors import ArtifactError
+
+FORGED = "acc\x1b]52;c;aGk=\x07\r\nsigned      by this user's luxc key"
+SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
+NAMES = ["data[0]", "data[1]"]
+
+
+def _objective(model, ps, st, data):
+    x, y = data
+    pred, st = model(x, ps, st)
+    return jnp.mean((pred - y) ** 2), st, {"label_sum": jnp.sum(y)}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """An artefact whose objective has one stat (``label_sum``); train.npz holds 32 samples
+    for it and x.npy 32 inputs."""
+    d = tmp_path_factory.mktemp("adversary")
+    x = np.linspace(-1, 1, 96, dtype=np.float32).reshape(32, 3)
+    np.savez(d / "train.npz", x, x.sum(1, keepdims=True))
+    np.save(d / "x.npy", x)
+    model = nn.Dense(3, 1)
+    state = luxc.TrainState(model, *luxc.setup(jax.random.key(0), model), optax.adam(1e-2))
+    luxc.export_step(_objective, (x[:8], x[:8].sum(1, keepdims=True)), state, d / "step.luxc")
+    return d
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [*map(str, args)])
+
+
+def _one_line_error(r, *words):
+    """A refusal: status 1, one line, no traceback."""
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    for word in words:
+        assert word in lines[0], r.output
+
+
+def _luxc(*args, cwd, timeout=240, limit_bytes=None):
+    """The console command in a child (a hang is a failure after ``timeout``, not a stuck
+    suite); ``limit_bytes``: RLIMIT_FSIZE, a disk that is full after that many bytes a file
+    (set in the child itself: no fork of this multithreaded process)."""
+    limit = "" if limit_bytes is None else \
+        f"import resource; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes},) * 2); "
+    code = f"{limit}import runpy, sys; sys.argv[0] = 'luxc'; runpy.run_module('luxc.cli', " \
+        "run_name='__main__')"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _unsigned_copy(work, tmp_path, edit):
+    """A stranger's copy of the artefact: its manifest edited, the signature dropped."""
+    art = tmp_path / "art"
+    shutil.copytree(work / "step.luxc", art)
+    (art / "manifest.sig").unlink(missing_ok=True)
+    manifest = json.loads((art / "manifest.json").read_text())
+    edit(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    return art
+
+
+# ---------------------------------------------------------------- FIFOs for every path argument
+
+
+@pytest.mark.slow
+def test_predict_out_that_is_a_fifo_is_refused_at_once(work, tmp_path):
+    os.mkfifo(tmp_path / "o.npy")
+    r = _luxc("predict", work / "step.luxc", "--input", work / "x.npy", "--out", "o.npy",
+              cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--out o.npy" in r.stderr and "FIFO" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("option", ["--save-state", "--plot", "--state", "--log"])
+def test_a_fifo_given_to_a_run_option_is_one_line_and_left_alone(work, tmp_path, option):
+    fifo = tmp_path / ("f.png" if option == "--plot" else "f.safetensors")
+    os.mkfifo(fifo)
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "1",
+             option, fifo)
+    _one_line_error(r, str(fifo))
+    assert fifo.is_fifo()
+
+
+def test_a_checkpoint_lock_file_that_is_a_symlink_or_fifo_is_one_line_and_kept(work, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    for kind in ("symlink", "fifo"):
+        ck = tmp_path / f"ck-{kind}"
+        ck.mkdir()
+        lock = ck / ".luxc-run.lock"
+        lock.symlink_to(victim) if kind == "symlink" else os.mkfifo(lock)
+        r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "2",
+                 "--checkpoint", ck)
+        _one_line_error(r, "--checkpoint", ".luxc-run.lock", "remove")
+        assert os.path.lexists(lock) and victim.read_text() == "mine"
+
+
+# ---------------------------------------------------------------- manifest text: stat names
+
+
+@pytest.mark.parametrize("names, refused", [
+    ([FORGED], False), (["step"], True), (["loss"], True), (5, True), (["a", "b"], True)])
+def test_a_strangers_stat_names_never_drive_the_terminal_or_overwrite_the_log(
+        work, tmp_path, names, refused):
+    art = _unsigned_copy(work, tmp_path, lambda m: m["layout"].__setitem__("stat_names", names))
+    r = _run("run", art, "--data", work / "train.npz", "--eval-data", work / "train.npz",
+             "--steps", "2", "--every", "1", "--log", tmp_path / "log.jsonl")
+    if refused:
+        _one_line_error(r, "stat_names")
+        assert not (tmp_path / "log.jsonl").exists()
+        return
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output and "\r" not in r.output
+    assert not any(line.startswith("signed") for line in r.output.splitlines()), r.output
+    assert "\\x1b]52" in r.output  # shown escaped
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if not row.get("eval")] == [1, 2]
+    assert all(set(row) >= {"step", "loss", FORGED} for row in rows)
+
+
+# ---------------------------------------------------------------- lying .npy / .npz files
+
+
+def _xy(n=16):
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    return x, x.sum(1, keepdims=True)
+
+
+def test_npz_members_named_dot_dot_or_twice_are_read_in_place_and_nothing_is_written(tmp_path):
+    x, y = _xy()
+    path = tmp_path / "sub" / "d.npz"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        for name, a in (("../x.npy", x), ("../x.npy", y)):
+            with z.open(name, "w") as f:
+                np.lib.format.write_array(f, a)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    batches = Dataset(path, SPECS, NAMES).batch(0)
+    order = np.sort(np.random.default_rng([0, 0]).permutation(16)[:8])
+    np.testing.assert_array_equal(batches[0], x[order])
+    np.testing.assert_array_equal(batches[1], y[order])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_local_header_that_disagrees_with_the_central_directory_is_one_line(tmp_path):
+    x, y = _xy()
+    path = tmp_path / "d.npz"
+    np.savez(path, x, y)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"arr_0.npy")  # the first local header's name, not the directory's
+    data[at:at + 9] = b"arr_9.npy"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"data\[0\] .*d\.npz:arr_0.*differ") as e:
+        Dataset(path, SPECS, NAMES)
+    assert "\n" not in str(e.value)
+
+
+def _npy_with_header(path, header: dict, data: bytes = b"") -> None:
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(data)
+
+
+@pytest.mark.parametrize("shape", [(-8, 3), (8, -3), (2 ** 62, 3), (2 ** 70, 3)])
+def test_a_predict_input_declaring_a_negative_or_huge_shape_is_one_line(work, tmp_path, shape):
+    _npy_with_header(tmp_path / "x.npy", {"descr": "<f4", "fortran_order": False,
+                                          "shape": shape}, b"\0" * 96)
+    r = _run("predict", work / "step.luxc", "--input", tmp_path / "x.npy",
+             "--out", tmp_path / "o.npy")
+    _one_line_error(r, "--input")
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_a_sparse_16_gib_data_directory_is_refused_for_its_shuffle_before_any_read(tmp_path):
+    """2^30 samples of (sparse) zeros: the shuffle alone would take 8 GiB."""
+    rows = 1 << 30
+    d = tmp_path / "d"
+    d.mkdir()
+    _npy_with_header(d / "0.npy", {"descr": "<f4", "fortran_order": False, "shape": (rows, 3)})
+    os.truncate(d / "0.npy", (d / "0.npy").stat().st_size + rows * 12)
+    _npy_with_header(d / "1.npy", {"descr": "<f4", "fortran_order": False, "shape": (rows, 1)})
+    os.truncate(d / "1.npy", (d / "1.npy").stat().st_size + rows * 4)
+    with pytest.raises(ArtifactError, match="the epoch's permutation.*--max-data-memory"):
+        Dataset(d, SPECS, NAMES)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_resume_when_the_newest_checkpoint_became_a_directory_is_one_line(work, tmp_path):
+    ck = tmp_path / "ck"
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "4",
+             "--checkpoint", ck, "--checkpoint-every", "2", "-q")
+    assert r.exit_code == 0, r.output
+    (ck / "step-00000004.safetensors").unlink()
+    (ck / "step-00000004.safetensors").mkdir()
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "6",
+             "--checkpoint", ck, "--resume", "-q")
+    _one_line_error(r, "step-00000004.safetensors", "move it out", "step-00000002.safetensors")
+    assert (ck / "step-00000004.safetensors").is_dir()
+
+
+def test_a_huge_keep_keeps_every_checkpoint(work, tmp_path):
+    ck = tmp_path / "ck"
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "3",
+             "--checkpoint", ck, "--checkpoint-every", "1", "--keep", str(10 ** 30), "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in ck.glob("step-*")) == [
+        f"step-0000000{i}.safetensors" for i in (1, 2, 3)]
+
+
+def test_keep_zero_is_refused_by_its_range(work, tmp_path):
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "1",
+             "--checkpoint", tmp_path / "ck", "--keep", "0")
+    assert r.exit_code == 2 and "--keep" in r.output and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- a full disk, for real
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--save-state", "--log"])
+def test_a_file_size_limit_is_one_line_naming_the_file(work, tmp_path, option):
+    """RLIMIT_FSIZE in the child: every write past 600 bytes fails (EFBIG), as on a full disk."""
+    target = tmp_path / ("s.safetensors" if option == "--save-state" else "log.jsonl")
+    r = _luxc("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "40",
+              "--every", "1", option, target, cwd=tmp_path, limit_bytes=600)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(target) in r.stderr, r.stderr
+    if option == "--log":
+        rows = target.read_text().splitlines()
+        assert rows and all(json.loads(row)["step"] for row in rows)  # whole rows only
+    else:
+        assert not target.exists()
