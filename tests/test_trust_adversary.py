@@ -260,3 +260,32 @@ def test_a_file_size_limit_is_one_line_naming_the_file(work, tmp_path, option):
         assert rows and all(json.loads(row)["step"] for row in rows)  # whole rows only
     else:
         assert not target.exists()
+
+
+# ---------------------------------------------------------------- one file for two outputs
+
+
+@pytest.mark.parametrize("first, second", [("--log", "--save-state"), ("--log", "--plot"),
+                                           ("--save-state", "--plot")])
+def test_two_outputs_given_the_same_file_are_refused_before_any_step(work, tmp_path, first,
+                                                                      second):
+    """`--log F --save-state F` trained, then replaced the run's log with its state."""
+    out = tmp_path / "out.png"
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "2",
+             first, out, second, out)
+    _one_line_error(r, second, first, "its own file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, name", [("--log", "step-00000002.safetensors"),
+                                          ("--save-state", "step-00000004.safetensors"),
+                                          ("--log", ".luxc-run.lock")])
+def test_an_output_named_like_a_checkpoint_in_the_checkpoint_directory_is_refused_first(
+        work, tmp_path, option, name):
+    """`--log ck/step-00000002.safetensors --checkpoint ck` trained, then could not save."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    r = _run("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "4",
+             "--checkpoint", ck, "--checkpoint-every", "2", option, ck / name)
+    _one_line_error(r, option, "--checkpoint", "another name")
+    assert list(ck.iterdir()) == []

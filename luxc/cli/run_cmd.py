@@ -157,6 +157,8 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     (with --checkpoint or --save-state) and exits with status 130.
     """
     # Every output checked before any work: a refusal loses nothing.
+    outputs.check_distinct({"--log": log_path, "--save-state": save_state, "--plot": plot},
+                           checkpoint_dir)
     if save_state:
         outputs.check_state_file(save_state, directory, "--save-state")
     if (resume or new_run) and not checkpoint_dir:

@@ -8,6 +8,7 @@ replaced only when it is a luxc checkpoint (luxc never overwrites what it did no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from luxc.cli._common import CliError
@@ -41,3 +42,23 @@ def check_new_file(path: str, artifact: str, what: str, append: bool = False) ->
     if Path(path).exists() and not append:
         raise CliError(f"{what} {path} already exists; luxc does not overwrite it: remove it "
                        "yourself or choose another name")
+
+
+def check_distinct(files: dict[str, str | None], checkpoint_dir: str | None) -> None:
+    """Refuse two outputs of one run given the same file (``{"--log": path, ...}``; the one
+    written last would replace the other: ``--log F --save-state F`` lost the log), and an
+    output the ``--checkpoint`` directory manages (named like a checkpoint, or its lock)."""
+    seen: dict[Path, str] = {}
+    for what, path in files.items():
+        if not path:
+            continue
+        target = Path(path).absolute().resolve()
+        if target in seen:
+            raise CliError(f"{what} {path} is the file given to {seen[target]}; the one written "
+                           "last would replace the other: give each its own file")
+        seen[target] = what
+        if checkpoint_dir and target.parent == Path(checkpoint_dir).absolute().resolve() and \
+                (target.name == ".luxc-run.lock" or
+                 re.fullmatch(r"step-\d{8,}\.safetensors", target.name)):
+            raise CliError(f"{what} {path} is a name the --checkpoint directory {checkpoint_dir} "
+                           "uses for its checkpoints; give a file outside it or another name")
