@@ -289,3 +289,44 @@ def test_an_output_named_like_a_checkpoint_in_the_checkpoint_directory_is_refuse
              "--checkpoint", ck, "--checkpoint-every", "2", option, ck / name)
     _one_line_error(r, option, "--checkpoint", "another name")
     assert list(ck.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["inside", "through a link"])
+def test_profile_trace_inside_the_artefact_is_refused_and_the_artefact_unchanged(work, tmp_path,
+                                                                                  where):
+    art = work / "step.luxc"
+    before = sorted(p.name for p in art.rglob("*"))
+    if where == "inside":
+        trace = art / "trace"
+    else:
+        (tmp_path / "link").symlink_to(art)
+        trace = tmp_path / "link" / "trace"
+    r = _run("profile", art, "--steps", "1", "--trace", trace)
+    _one_line_error(r, "--trace", "inside the artefact")
+    assert sorted(p.name for p in art.rglob("*")) == before
+
+
+def test_resume_after_the_newest_checkpoint_was_deleted_keeps_log_and_checkpoints_agreeing(
+        work, tmp_path):
+    run = ["run", work / "step.luxc", "--data", work / "train.npz", "-q", "--every", "1",
+           "--checkpoint", tmp_path / "ck", "--checkpoint-every", "2", "--log", tmp_path / "l"]
+    assert _run(*run, "--steps", "6").exit_code == 0
+    (tmp_path / "ck" / "step-00000006.safetensors").unlink()
+    r = _run(*run, "--steps", "8", "--resume")
+    assert r.exit_code == 0 and "resumed from" in r.output and "(step 4)" in r.output, r.output
+    steps = [json.loads(line)["step"] for line in (tmp_path / "l").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # steps 5 and 6 written again, once each
+
+
+def test_a_stored_zip64_member_is_read_at_its_true_offset(tmp_path):
+    x, y = _xy()
+    path = tmp_path / "d.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, a in (("x.npy", x), ("y.npy", y)):
+            with z.open(name, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, a)
+    data = Dataset(path, SPECS, NAMES, seed=3)
+    order = np.sort(np.random.default_rng([3, 1]).permutation(16)[8:])
+    batch = data.batch(3)  # epoch 1, its second batch
+    np.testing.assert_array_equal(batch[0], x[order])
+    np.testing.assert_array_equal(batch[1], y[order])

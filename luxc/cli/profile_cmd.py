@@ -258,6 +258,10 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
         from luxc.runtime.atomic_write import check_writable_directory
 
         check_writable_directory(trace, "--trace")
+        if Path(target).is_dir():  # a trace written there would change the artefact
+            from luxc.cli.run_outputs import check_outside
+
+            check_outside(trace, target, "--trace")
     if Path(target).is_dir():
         cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace,
                                                                      ops=bool(ops))
