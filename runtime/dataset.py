@@ -81,6 +81,7 @@ class Dataset:
         self.batches_per_epoch = self.samples // self.batch_size
         self.seed = seed
         self._dtypes = [np.dtype(s["dtype"]) for s in specs]
+        self._names = [s.what for s in sources]
         if evaluation:  # read whole, as the step's dtypes
             needs = {"every sample": self.samples * sum(
                 d.itemsize * math.prod(s.header.shape[1:]) for s, d in zip(sources, self._dtypes))}
@@ -94,7 +95,7 @@ class Dataset:
 
     def arrays(self) -> list[np.ndarray]:
         """Every sample, as the step's dtypes (an evaluation set: read whole)."""
-        return [np.asarray(r.all(), dtype=d) for r, d in zip(self._rows, self._dtypes)]
+        return [cast(r.all(), d, n) for r, d, n in zip(self._rows, self._dtypes, self._names)]
 
     def batch(self, index: int) -> list[np.ndarray]:
         """The data of step ``index`` (0-based, from the run's origin), as the step takes it."""
@@ -105,7 +106,31 @@ class Dataset:
             self._order, self._epoch = epoch_order(self.seed, epoch, self.samples), epoch
         # Sorted within the batch: rows are then read front to back, runs in one read.
         idx = np.sort(self._order[position * self.batch_size:(position + 1) * self.batch_size])
-        return [np.asarray(r.rows(idx), dtype=d) for r, d in zip(self._rows, self._dtypes)]
+        return [cast(r.rows(idx), d, n) for r, d, n in zip(self._rows, self._dtypes, self._names)]
+
+
+def cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``a`` as the step's ``dtype`` (the same kind, checked from the header), refusing a value
+    the cast would change: an integer out of ``dtype``'s range (int64 ``2**32 + 5`` would
+    become int32 ``5``), a finite float that overflows to inf."""
+    out = np.asarray(a, dtype=dtype) if a.dtype.kind not in "fc" else _float_cast(a, dtype)
+    if a.dtype.kind in "iu" and out.size and not np.can_cast(a.dtype, dtype):
+        info = np.iinfo(dtype)
+        low, high = int(a.min()), int(a.max())
+        if low < info.min or high > info.max:
+            raise ArtifactError(f"{what} holds {low if low < info.min else high}, out of the "
+                                f"step's {dtype} range [{info.min}, {info.max}]; fix the data "
+                                "(or save it as the step's dtype)")
+    elif a.dtype.kind in "fc" and out.size and not np.can_cast(a.dtype, dtype) and \
+            np.count_nonzero(np.isinf(out)) != np.count_nonzero(np.isinf(a)):
+        raise ArtifactError(f"{what} holds values beyond {dtype}'s range (as {dtype} they "
+                            "would be inf); fix the data (or save it as the step's dtype)")
+    return out
+
+
+def _float_cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    with np.errstate(over="ignore"):  # an overflow is refused by the caller, in its terms
+        return np.asarray(a, dtype=dtype)
 
 
 def epoch_order(seed: int, epoch: int, samples: int) -> np.ndarray:

@@ -330,3 +330,68 @@ def test_a_stored_zip64_member_is_read_at_its_true_offset(tmp_path):
     batch = data.batch(3)  # epoch 1, its second batch
     np.testing.assert_array_equal(batch[0], x[order])
     np.testing.assert_array_equal(batch[1], y[order])
+
+
+# ---------------------------------------------------------------- forged checkpoints
+
+
+def test_a_forged_artefact_dir_in_a_checkpoint_is_shown_escaped(work, tmp_path):
+    from tests.test_trust_data import _forge
+
+    ck = tmp_path / "ck"
+    run = ["run", work / "step.luxc", "--data", work / "train.npz", "-q", "--steps", "2",
+           "--checkpoint", ck]
+    assert _run(*run).exit_code == 0
+
+    def edit(contents, arrays):
+        contents["run"].update(artifact="f" * 64, artifact_dir=FORGED)
+
+    _forge(ck / "step-00000002.safetensors", edit)
+    r = _run(*run[:-3], "4", "--checkpoint", ck, "--resume")
+    _one_line_error(r, "--resume", "\\x1b]52")
+    assert "\x1b" not in r.output and "\x07" not in r.output and "\r" not in r.output
+
+
+@pytest.mark.parametrize("length", [2 ** 32 - 1, 100_000])
+def test_a_npy_header_declaring_a_huge_header_is_one_line(tmp_path, length):
+    d = tmp_path / "d"
+    d.mkdir()
+    x, y = _xy()
+    np.save(d / "1.npy", y)
+    (d / "0.npy").write_bytes(b"\x93NUMPY\x02\x00" + length.to_bytes(4, "little") + b"{" * 64)
+    with pytest.raises(ArtifactError, match=r"data\[0\] .*0\.npy.* is not a readable \.npy"):
+        Dataset(d, SPECS, NAMES)
+
+
+# ---------------------------------------------------------------- values the cast would change
+
+INT_SPECS = [SPECS[0], {"shape": [8, 1], "dtype": "int32"}]
+
+
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_int64_labels_out_of_the_steps_int32_range_are_refused_not_wrapped(tmp_path, evaluation):
+    """np.asarray(2**32 + 5, int32) is 5: a label silently became another."""
+    x, _ = _xy(8)
+    labels = np.arange(8, dtype=np.int64).reshape(8, 1)
+    np.savez(tmp_path / "ok.npz", x, labels)
+    got = Dataset(tmp_path / "ok.npz", INT_SPECS, NAMES, evaluation=evaluation)
+    batch = got.arrays() if evaluation else got.batch(0)
+    assert batch[1].dtype == np.int32 and batch[1].tolist() == labels.tolist()
+    labels[3] = 2 ** 32 + 5
+    np.savez(tmp_path / "d.npz", x, labels)
+    data = Dataset(tmp_path / "d.npz", INT_SPECS, NAMES, evaluation=evaluation)
+    with pytest.raises(ArtifactError, match=r"data\[1\] .*d\.npz.* holds 4294967301, out of "
+                                            r"the step's int32 range"):
+        data.arrays() if evaluation else data.batch(0)
+
+
+def test_float64_values_that_overflow_float32_are_refused_but_inf_kept(tmp_path):
+    x, y = _xy(8)
+    x64 = x.astype(np.float64)
+    x64[0, 0] = np.inf  # an inf in the data stays an inf (it is the data's own)
+    np.savez(tmp_path / "inf.npz", x64, y)
+    assert np.isinf(Dataset(tmp_path / "inf.npz", SPECS, NAMES).batch(0)[0][0, 0])
+    x64[1, 1] = 1e300
+    np.savez(tmp_path / "big.npz", x64, y)
+    with pytest.raises(ArtifactError, match=r"data\[0\] .* beyond float32's range"):
+        Dataset(tmp_path / "big.npz", SPECS, NAMES).batch(0)
