@@ -43,6 +43,7 @@ from luxc.runtime.npy_rows import (
     NpyHeader,
     NpyRows,
     byte_size,
+    cast,
     check_rows,
     open_npy,
     read_npy_header,
@@ -107,30 +108,6 @@ class Dataset:
         # Sorted within the batch: rows are then read front to back, runs in one read.
         idx = np.sort(self._order[position * self.batch_size:(position + 1) * self.batch_size])
         return [cast(r.rows(idx), d, n) for r, d, n in zip(self._rows, self._dtypes, self._names)]
-
-
-def cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    """``a`` as the step's ``dtype`` (the same kind, checked from the header), refusing a value
-    the cast would change: an integer out of ``dtype``'s range (int64 ``2**32 + 5`` would
-    become int32 ``5``), a finite float that overflows to inf."""
-    out = np.asarray(a, dtype=dtype) if a.dtype.kind not in "fc" else _float_cast(a, dtype)
-    if a.dtype.kind in "iu" and out.size and not np.can_cast(a.dtype, dtype):
-        info = np.iinfo(dtype)
-        low, high = int(a.min()), int(a.max())
-        if low < info.min or high > info.max:
-            raise ArtifactError(f"{what} holds {low if low < info.min else high}, out of the "
-                                f"step's {dtype} range [{info.min}, {info.max}]; fix the data "
-                                "(or save it as the step's dtype)")
-    elif a.dtype.kind in "fc" and out.size and not np.can_cast(a.dtype, dtype) and \
-            np.count_nonzero(np.isinf(out)) != np.count_nonzero(np.isinf(a)):
-        raise ArtifactError(f"{what} holds values beyond {dtype}'s range (as {dtype} they "
-                            "would be inf); fix the data (or save it as the step's dtype)")
-    return out
-
-
-def _float_cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    with np.errstate(over="ignore"):  # an overflow is refused by the caller, in its terms
-        return np.asarray(a, dtype=dtype)
 
 
 def epoch_order(seed: int, epoch: int, samples: int) -> np.ndarray:

@@ -395,3 +395,30 @@ def test_float64_values_that_overflow_float32_are_refused_but_inf_kept(tmp_path)
     np.savez(tmp_path / "big.npz", x64, y)
     with pytest.raises(ArtifactError, match=r"data\[0\] .* beyond float32's range"):
         Dataset(tmp_path / "big.npz", SPECS, NAMES).batch(0)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """An artefact whose model takes int32 tokens (an Embedding)."""
+    d = tmp_path_factory.mktemp("tokens")
+    model = nn.Chain(nn.Embedding(10, 2), nn.Dense(2, 1))
+    state = luxc.TrainState(model, *luxc.setup(jax.random.key(0), model), optax.sgd(0.1))
+    ids = jnp.arange(8, dtype=jnp.int32)
+    luxc.export_step(luxc.MSELoss(), (ids, jnp.zeros((8, 1))), state, d / "step.luxc")
+    return d / "step.luxc"
+
+
+def test_predict_refuses_int64_tokens_out_of_int32_range_naming_the_input(tokens, tmp_path):
+    ids = np.arange(8, dtype=np.int64)
+    np.save(tmp_path / "ok.npy", ids)
+    r = _run("predict", tokens, "--input", tmp_path / "ok.npy", "--out", tmp_path / "ok-out.npy")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.load(tmp_path / "ok-out.npy"),
+                               luxc.load(tokens).predict(ids.astype(np.int32)), rtol=1e-6)
+    ids[5] = 2 ** 32 + 5  # as int32: 5, another token
+    np.save(tmp_path / "x.npy", ids)
+    r = _run("predict", tokens, "--input", tmp_path / "x.npy", "--out", tmp_path / "o.npy")
+    _one_line_error(r, "--input", "4294967301", "int32 range")
+    assert not (tmp_path / "o.npy").exists()
+    with pytest.raises(ArtifactError, match="x holds 4294967301"):
+        luxc.load(tokens).predict(ids)
