@@ -8,6 +8,7 @@ src/helpers/training.jl): these are luxc's own rules."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -422,3 +423,31 @@ def test_predict_refuses_int64_tokens_out_of_int32_range_naming_the_input(tokens
     assert not (tmp_path / "o.npy").exists()
     with pytest.raises(ArtifactError, match="x holds 4294967301"):
         luxc.load(tokens).predict(ids)
+
+
+# ---------------------------------------------------------------- Ctrl-C at a chosen moment
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp_path):
+    """SIGINT once the child has printed step 3 (its readiness line); the checkpoint it then
+    writes records the log as it is, so --resume appends, every step logged once."""
+    args = [sys.executable, "-m", "luxc.cli", "run", work / "step.luxc", "--data",
+            work / "train.npz", "--every", "1", "--log", "l", "--checkpoint", "ck"]
+    child = subprocess.Popen([*map(str, args), "--epochs", "100000", "--checkpoint-every",
+                              "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for line in child.stdout:  # ready: the step loop runs and the handler is installed
+        if line.startswith("step 3 "):
+            break
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and "Traceback" not in err, err
+    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert (tmp_path / "ck" / f"step-{step:08d}.safetensors").is_file()
+    logged = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
+    assert logged == list(range(1, step + 1))
+    r = _luxc(*args[3:], "--resume", "-q", "--steps", step + 2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
+    assert logged == list(range(1, step + 3))
