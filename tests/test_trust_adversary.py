@@ -451,3 +451,35 @@ def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp
     assert r.returncode == 0, r.stderr
     logged = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
     assert logged == list(range(1, step + 3))
+
+
+@pytest.mark.parametrize("when", ["load", "compile"])
+def test_ctrl_c_while_the_artefact_loads_or_compiles_stops_before_the_first_step(
+        work, tmp_path, monkeypatch, when):
+    """A Ctrl-C at ~1 s (jax starting) was swallowed by jax's gc callback ("Exception ignored
+    ... KeyboardInterrupt") and the run trained to its end with status 0."""
+    from luxc.cli import run_cmd
+    from luxc.runtime.loaded_step import LoadedStep
+
+    def interrupted(original):
+        sent = []
+
+        def call(*args, **kwargs):
+            if not sent:  # one Ctrl-C (a second one stops at once)
+                sent.append(os.kill(os.getpid(), signal.SIGINT))
+            return original(*args, **kwargs)
+        return call
+
+    if when == "load":
+        monkeypatch.setattr(run_cmd, "load_artifact", interrupted(run_cmd.load_artifact))
+    else:
+        monkeypatch.setattr(LoadedStep, "prepare", interrupted(LoadedStep.prepare))
+    before = signal.getsignal(signal.SIGINT)
+    r = CliRunner().invoke(main, ["run", str(work / "step.luxc"), "--data",
+                                  str(work / "train.npz"), "--steps", "50", "--checkpoint",
+                                  str(tmp_path / "ck"), "--log", str(tmp_path / "l")])
+    assert r.exit_code == 130, r.output
+    assert "interrupted before the first step; nothing was written" in r.output
+    assert "ran " not in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "l").exists() and not list(tmp_path.glob("ck/step-*"))
+    assert signal.getsignal(signal.SIGINT) is before  # the test process's handler is back
