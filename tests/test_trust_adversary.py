@@ -500,3 +500,30 @@ def test_ctrl_c_while_luxc_starts_is_one_line_and_status_130(work, tmp_path):
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130 and len(err.strip().splitlines()) == 1, (child.returncode,
                                                                               err)
+
+
+# ---------------------------------------------------------------- two runs, one directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", ["--checkpoint", "--log"])
+def test_two_runs_started_together_on_one_output_one_is_refused_in_one_line(work, tmp_path,
+                                                                            shared):
+    def start(i):
+        own = ["--log", f"l{i}", "--checkpoint", "ck"] if shared == "--checkpoint" else \
+            ["--log", "l", "--checkpoint", f"ck{i}"]
+        args = ["run", work / "step.luxc", "--data", work / "train.npz", "--steps", "300",
+                "--checkpoint-every", "50", "-q", *own]
+        return subprocess.Popen([sys.executable, "-m", "luxc.cli", *map(str, args)],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    children = [start(0), start(1)]
+    results = [(c.wait(timeout=300), c.stderr.read()) for c in children]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    err = next(e for rc, e in results if rc == 1)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert shared in err, err
+    if shared == "--log":
+        steps = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
+        assert steps == list(range(30, 301, 30))  # the winner's rows, each once
