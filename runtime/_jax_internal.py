@@ -9,6 +9,8 @@
   for the duration of one luxc compile; jax's own cache state is restored after.
 * ``stable_custom_call_targets()`` — the custom-call targets jax.export accepts, to check an
   artefact's module against.
+* ``refine_shapes(module)`` — jax's own shape refinement of a shape-polymorphic module (what
+  ``Lowered.compile()`` runs before XLA sees it), to check the module XLA will compile.
 * ``lapack_initialization(needed)`` — lowering an ``Exported`` for CPU loads LAPACK (an import
   of scipy, ~0.2 s of a first step) unless the module calls no LAPACK kernel.
 """
@@ -95,6 +97,12 @@ def stable_custom_call_targets() -> set[str]:
     from jax._src.export import _export
 
     return set(_export._CUSTOM_CALL_TARGETS_GUARANTEED_STABLE)
+
+
+def refine_shapes(module: ir.Module) -> ir.Module:
+    """``module`` (a lowered module with static inputs) with every dynamic shape resolved, as
+    jax refines it before compiling; raises ``ValueError`` when a shape stays dynamic."""
+    return _jax_mlir.refine_polymorphic_shapes(module)
 
 
 # jax's lowering of ``Exported.call`` for CPU always runs ``linalg.initialize_lapack()``, which

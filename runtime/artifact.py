@@ -56,6 +56,7 @@ from luxc.runtime.executable import compile_exported, export, module_text, optim
 from luxc.runtime.forward import load_evaluate, load_forward
 from luxc.runtime.loaded_step import LoadedStep, Predictor, artifact_tensors
 from luxc.runtime.module_check import check_untrusted
+from luxc.runtime.native_calls import NativeCallCheck
 from luxc.runtime.options import CompileOptions
 from luxc.runtime.persistent_cache import MemoryCache
 from luxc.runtime.shown import shown
@@ -231,21 +232,30 @@ def _figures(compiled: jax.stages.Compiled) -> dict[str, Any]:
             "memory": memory_figures(compiled)}
 
 
-def load(directory: str | Path, *, allow_device_kernels: bool = False) -> LoadedStep:
+def load(directory: str | Path, *, allow_device_kernels: bool = False,
+         allow_unchecked_native_calls: bool = False) -> LoadedStep:
     """Load an artefact: read and verify every file once, then use its executable if this
     user's luxc signed it and this machine's platform and jaxlib match the ones that built it;
     else compile its portable StableHLO. Each fallback is a warning and a line in ``notes``.
 
     The StableHLO of an artefact this user did not sign is checked first in an isolated child
     process (:mod:`luxc.runtime.module_check`); ``allow_device_kernels=True`` admits compiled
-    GPU/TPU kernels (Mosaic, Pallas) in it, which are otherwise refused. The manifest's inputs
-    and outputs must be the module's signature."""
+    GPU/TPU kernels (Mosaic, Pallas) in it, which are otherwise refused. Each of its modules
+    is compiled only when every native kernel it calls gets the buffer shapes jax's own lowering
+    gives it (:mod:`luxc.runtime.native_calls`); ``allow_unchecked_native_calls=True`` (the user
+    trusts its author) skips that check. The manifest's inputs and outputs must be the module's
+    signature."""
     artifact = _read_for_host(directory)
     manifest, host = artifact.manifest, jax.default_backend()
+    trust = (allow_device_kernels, allow_unchecked_native_calls)
+    native_check = None
     if not artifact.signed_by_this_user:
-        check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
-                        mesh=manifest.get("mesh"), directory=artifact.directory,
-                        allow_device_kernels=allow_device_kernels)
+        targets = check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
+                                  mesh=manifest.get("mesh"), directory=artifact.directory,
+                                  allow_device_kernels=allow_device_kernels)
+        native_check = NativeCallCheck.for_module(
+            targets, f"{artifact.directory} (step.jaxexport)", allow_unchecked_native_calls,
+            allow_device_kernels)
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
@@ -274,7 +284,8 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
                                artifact.signed_by_this_user, notes)
     # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
     compile_cache = cache or persistent_cache.active() or MemoryCache()
-    compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache)
+    compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache,
+                                   native_check=native_check)
     loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
         notes.append("the artefact's executable does not match this machine's XLA (devices or "
@@ -283,11 +294,11 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False) -> Loaded
         warnings.warn(note, stacklevel=2)
     source = "serialized executable" if loaded_executable else "compiled from StableHLO"
     forward = load_forward(artifact.files, manifest, artifact.directory,
-                           artifact.signed_by_this_user, allow_device_kernels)
+                           artifact.signed_by_this_user, *trust)
     evaluate = load_evaluate(artifact.files, manifest, artifact.directory,
-                             artifact.signed_by_this_user, allow_device_kernels)
+                             artifact.signed_by_this_user, *trust)
     return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate,
-                      xla_options)
+                      xla_options, native_check)
 
 
 def _read_for_host(directory: str | Path) -> Artifact:
@@ -300,12 +311,14 @@ def _read_for_host(directory: str | Path) -> Artifact:
     return artifact
 
 
-def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False) -> Predictor:
+def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False,
+                   allow_unchecked_native_calls: bool = False) -> Predictor:
     """The artefact's forward pass with its initial state, without loading (or compiling) its
     training step: what ``luxc predict`` runs. Same trust rules as :func:`load`."""
     artifact = _read_for_host(directory)
     forward = load_forward(artifact.files, artifact.manifest, artifact.directory,
-                           artifact.signed_by_this_user, allow_device_kernels)
+                           artifact.signed_by_this_user, allow_device_kernels,
+                           allow_unchecked_native_calls)
     if forward is None:
         raise ArtifactError(f"{artifact.directory} holds no forward pass (its model could not be "
                             "exported for any batch size when it was compiled, or an older luxc "

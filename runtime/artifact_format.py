@@ -104,6 +104,8 @@ _SCHEMA: dict[str, Any] = {
 _OPTIONAL = {"flops": _OPTIONAL_NUMBER, "bytes_accessed": _OPTIONAL_NUMBER,
              "memory": (dict, type(None))}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# The keys of a `luxc run --log` row besides the stats' own.
+LOG_KEYS = ("step", "loss", "eval")
 _ARRAY_DTYPES = {str(np.dtype(t)) for t in (
     np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64, np.complex64, np.complex128, ml_dtypes.bfloat16,
@@ -198,7 +200,7 @@ def _check_layout(manifest: dict[str, Any]) -> None:
         raise ArtifactError(f"manifest layout names {len(layout['state_names'])} state and "
                             f"{len(layout['data_names'])} data arrays but counts {n_state} and "
                             f"{n_data}")
-    _check_stat_names(layout)
+    _check_stat_names(layout.get("stat_names"), n_stats)
     for key in ("model_summary", "objective", "optimizer"):  # optional text
         if key in layout and not isinstance(layout[key], str):
             raise ArtifactError(f"manifest field layout.{key} must be str; found "
@@ -223,17 +225,24 @@ def _check_layout(manifest: dict[str, Any]) -> None:
                                 "step returns must be the state it takes")
 
 
-def _check_stat_names(layout: dict[str, Any]) -> None:
-    """``layout.stat_names`` (optional): one distinct string a stat, none a log row's own key."""
-    names = layout.get("stat_names")
+def _check_stat_names(names: Any, n_stats: int) -> None:
+    """``layout.stat_names`` (optional): the keys of the stats in ``luxc run``'s log rows, so
+    strings, one per stat, distinct, and none of the row's own keys."""
     if names is None:
         return
-    if not isinstance(names, list) or len(names) != layout["n_stats"] or \
-            not all(isinstance(n, str) for n in names) or len(set(names)) != len(names) or \
-            {"step", "loss", "eval"} & set(names):
-        raise ArtifactError(f"manifest field layout.stat_names is {shown(names, 200)}; it must "
-                            f"name the step's {layout['n_stats']} stats, each once, none 'step', "
-                            "'loss' or 'eval' (recompile the artefact)")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ArtifactError(f"manifest field layout.stat_names must be a list of strings, one "
+                            f"name per stat; found {shown(repr(names), 200)} (recompile the "
+                            "artefact)")
+    if len(names) != n_stats:
+        raise ArtifactError(f"manifest field layout.stat_names names {len(names)} stats but "
+                            f"layout.n_stats is {n_stats} (recompile the artefact)")
+    clash = sorted({n for n in names if n in LOG_KEYS or names.count(n) > 1})
+    if clash:
+        raise ArtifactError(f"manifest field layout.stat_names holds {shown(', '.join(clash), 200)}"
+                            f": a stat's name must be unique and not one of the log's own keys "
+                            f"({', '.join(LOG_KEYS)}), or its value would replace theirs "
+                            "(recompile the artefact)")
 
 
 def _check_program(manifest: dict[str, Any], key: str, inputs: dict[str, Any]) -> None:

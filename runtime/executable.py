@@ -37,6 +37,7 @@ from luxc.runtime._jax_internal import (
 )
 from luxc.runtime.leaf_names import leaf_name
 from luxc.runtime.module_ops import remember, summary
+from luxc.runtime.native_calls import NativeCallCheck, check_lowered
 from luxc.runtime.options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.stages import CompiledStages, Stage
 from luxc.runtime.warn import warn_user
@@ -104,7 +105,9 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
                      xla_options: dict[str, Any] | None = None,
                      arg_names: Sequence[str] | None = None,
                      cache: Any = None,
-                     timings: dict[str, float] | None = None) -> tuple[jax.stages.Compiled, float]:
+                     timings: dict[str, float] | None = None,
+                     native_check: NativeCallCheck | None = None
+                     ) -> tuple[jax.stages.Compiled, float]:
     """Compile ``exported`` for the local devices; return the executable and the seconds taken.
 
     The compile reads and writes ``cache`` (default: luxc's persistent cache, when enabled).
@@ -113,15 +116,18 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
 
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
     the input, never silently freed. ``timings`` (when given) receives the seconds of each
-    phase: ``"module summary"``, ``"lowering"``, ``"XLA compile"``.
+    phase: ``"module summary"``, ``"lowering"``, ``"XLA compile"``. ``native_check`` (a module
+    this user did not sign) checks its native calls before XLA compiles it
+    (:mod:`luxc.runtime.native_calls`).
     """
-    return _compile(exported, args, donate_argnums, xla_options, arg_names, cache, timings)
+    return _compile(exported, args, donate_argnums, xla_options, arg_names, cache, timings,
+                    native_check)
 
 
 def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums: tuple[int, ...],
              xla_options: dict[str, Any] | None, arg_names: Sequence[str] | None,
-             cache: Any, timings: dict[str, float] | None = None
-             ) -> tuple[jax.stages.Compiled, float]:
+             cache: Any, timings: dict[str, float] | None = None,
+             native_check: NativeCallCheck | None = None) -> tuple[jax.stages.Compiled, float]:
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
@@ -132,6 +138,7 @@ def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums:
     with lapack_initialization(needs_lapack(module.custom_call_targets)):
         lowered = jax.jit(exported.call, donate_argnums=donate_argnums,
                           compiler_options=options or None).lower(*args)
+    check_lowered(lowered, native_check)
     t2 = time.perf_counter()
     with persistent_cache.compiling(cache):
         compiled = lowered.compile()

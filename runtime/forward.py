@@ -21,7 +21,7 @@ per batch size, with no XLA option taken from the manifest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from luxc.runtime import persistent_cache
 from luxc.runtime.artifact_format import EVALUATE_FILE, FORWARD_FILE
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import compile_exported
-from luxc.runtime.guarded_call import guarded
+from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.module_check import check_untrusted
+from luxc.runtime.native_calls import NativeCallCheck, check_lowered
 from luxc.runtime.npy_rows import NpyRows, cast, open_npy
 from luxc.runtime.persistent_cache import MemoryCache
 from luxc.runtime.shown import shown
@@ -44,33 +45,59 @@ class _Program:
     """A stored module over ``(*parameters, *states, *inputs)``, its inputs' batch axis
     symbolic; compiled once per batch size, run where Ctrl-C stops it when not signed."""
 
-    def __init__(self, exported: jax_export.Exported, spec: dict[str, Any], signed: bool):
-        self.exported, self._signed = exported, signed
+    def __init__(self, exported: jax_export.Exported, spec: dict[str, Any], signed: bool,
+                 native_check: NativeCallCheck | None = None):
+        self.exported, self._signed, self._native_check = exported, signed, native_check
         self.n_parameters, self.n_states = spec["n_parameters"], spec["n_states"]
         self._compiled: dict[tuple, Any] = {}
 
-    def _run(self, state: Sequence[Any], inputs: list[np.ndarray], what: str) -> list[np.ndarray]:
+    @property
+    def signed_by_this_user(self) -> bool:
+        """Whether this user's luxc wrote it (else it runs where Ctrl-C stops it)."""
+        return self._signed
+
+    def check_native_calls(self, batch: int) -> None:
+        """Refuse now (at load) a module whose native calls fail the check at ``batch``
+        samples; every batch size is checked again when it is compiled."""
+        if self._native_check is None:
+            return
+        n_state = self.n_parameters + self.n_states
+        try:
+            example = [jax.ShapeDtypeStruct((batch, *a.shape[1:]) if i >= n_state else a.shape,
+                                            a.dtype)
+                       for i, a in enumerate(self.exported.in_avals)]
+            lowered = jax.jit(self.exported.call).lower(*example)
+        except Exception:  # noqa: BLE001 - not a batch size it takes: checked when compiled
+            return
+        check_lowered(lowered, self._native_check)
+
+    def _run(self, state: Sequence[Any], inputs: list[np.ndarray], what: str,
+             deadline: float | None = None,
+             stop: Callable[[], bool] | None = None) -> list[np.ndarray]:
         args = [*state[:self.n_parameters], *state[len(state) - self.n_states:], *inputs]
         key = tuple(x.shape[0] for x in inputs)
         if key not in self._compiled:
             example = [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in args]
             self._compiled[key], _ = compile_exported(
-                self.exported, example, cache=persistent_cache.active() or MemoryCache())
+                self.exported, example, cache=persistent_cache.active() or MemoryCache(),
+                native_check=self._native_check)
         compiled = self._compiled[key]
 
         def call() -> list[np.ndarray]:
             return [np.asarray(y) for y in compiled(*args)]
 
-        return call() if self._signed else guarded(call, None, what)
+        return call() if self._signed and deadline is None else guarded(call, deadline, what,
+                                                                          stop)
 
 
 class Forward(_Program):
     """The stored forward pass; ``forward(state, x)`` returns the model's outputs (host
     arrays) for ``x`` of shape ``(b, *input_shape)``, any ``b >= 1``."""
 
-    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool):
+    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool,
+                 native_check: NativeCallCheck | None = None):
         spec = manifest["forward"]
-        super().__init__(exported, spec, signed)
+        super().__init__(exported, spec, signed, native_check)
         self.input_shape = tuple(spec["input"]["shape"])
         self.input_dtype = np.dtype(spec["input"]["dtype"])
         _check_signature(exported, manifest, "forward", FORWARD_FILE, [spec["input"]])
@@ -103,13 +130,19 @@ class Evaluate(_Program):
     ``(loss, stats)`` of ``obj_fn(model, ps, testmode(st), data)`` on all of ``data`` at once
     (the data arrays already checked against the step's, any number of samples)."""
 
-    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool):
+    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool,
+                 native_check: NativeCallCheck | None = None):
         spec = manifest["evaluate"]
-        super().__init__(exported, spec, signed)
+        super().__init__(exported, spec, signed, native_check)
         _check_signature(exported, manifest, "evaluate", EVALUATE_FILE, spec["inputs"])
 
-    def __call__(self, state: Sequence[Any], data: list[np.ndarray]) -> tuple[float, list[float]]:
-        outs = self._run(state, data, "the evaluation")
+    def __call__(self, state: Sequence[Any], data: list[np.ndarray], *,
+                 time_limit: float | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[float, list[float]]:
+        """``time_limit`` and ``stop`` as for :meth:`LoadedStep.run`: past the time limit,
+        or :data:`~luxc.runtime.guarded_call.GRACE_SECONDS` after ``stop()`` turned true, an
+        evaluation that has not finished raises."""
+        outs = self._run(state, data, "the evaluation", deadline_after(time_limit), stop)
         return float(outs[0]), [float(np.mean(s)) for s in outs[1:]]
 
 
@@ -137,34 +170,46 @@ def _check_signature(exported: jax_export.Exported, manifest: dict[str, Any], ke
                             "artefact)")
 
 
-def _deserialized(files: dict[str, bytes], manifest: dict[str, Any], directory: Path,
-                  file: str, signed: bool, allow_device_kernels: bool) -> jax_export.Exported:
+def _load(kind: type[_Program], files: dict[str, bytes], manifest: dict[str, Any],
+          directory: Path, file: str, signed: bool, allow_device_kernels: bool,
+          allow_unchecked_native_calls: bool) -> _Program:
+    native_check = None
     if not signed:
-        check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.get("mesh"),
-                        directory=directory, allow_device_kernels=allow_device_kernels)
+        targets = check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.get("mesh"),
+                                  directory=directory, allow_device_kernels=allow_device_kernels)
+        native_check = NativeCallCheck.for_module(targets, f"{directory} ({file})",
+                                                  allow_unchecked_native_calls,
+                                                  allow_device_kernels)
     try:
-        return jax_export.deserialize(bytearray(files[file]))
+        exported = jax_export.deserialize(bytearray(files[file]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
         raise ArtifactError(f"cannot read {directory / file}: {e}") from None
+    program = kind(exported, manifest, signed, native_check)
+    n_state = manifest["layout"]["n_state"]
+    batch = manifest["inputs"][n_state]["shape"][0] if len(manifest["inputs"]) > n_state else 1
+    program.check_native_calls(batch)
+    return program
 
 
 def load_evaluate(files: dict[str, bytes], manifest: dict[str, Any], directory: Path,
-                  signed: bool, allow_device_kernels: bool = False) -> Evaluate | None:
+                  signed: bool, allow_device_kernels: bool = False,
+                  allow_unchecked_native_calls: bool = False) -> Evaluate | None:
     """The artefact's evaluation program (``None`` when it has none), checked like the step."""
     if EVALUATE_FILE not in files:
         return None
-    return Evaluate(_deserialized(files, manifest, directory, EVALUATE_FILE, signed,
-                                  allow_device_kernels), manifest, signed)
+    return _load(Evaluate, files, manifest, directory, EVALUATE_FILE, signed,
+                 allow_device_kernels, allow_unchecked_native_calls)
 
 
 def load_forward(files: dict[str, bytes], manifest: dict[str, Any], directory: Path,
-                 signed: bool, allow_device_kernels: bool = False) -> Forward | None:
+                 signed: bool, allow_device_kernels: bool = False,
+                 allow_unchecked_native_calls: bool = False) -> Forward | None:
     """The artefact's forward pass (``None`` when it has none), its module checked first when
     this user did not sign the artefact."""
     if FORWARD_FILE not in files:
         return None
-    return Forward(_deserialized(files, manifest, directory, FORWARD_FILE, signed,
-                                 allow_device_kernels), manifest, signed)
+    return _load(Forward, files, manifest, directory, FORWARD_FILE, signed,
+                 allow_device_kernels, allow_unchecked_native_calls)
 
 
 def read_input(path: str | Path, forward: Forward) -> NpyRows:

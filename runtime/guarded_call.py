@@ -8,10 +8,18 @@ worker thread while the calling thread waits on an event, in short slices: SIGIN
 cancel a running computation, so the worker is left to it (a daemon thread: it never holds the
 process open); nothing the caller owns was changed, since the step's results are only taken
 once it returns.
+
+A process that left such a computation running must not end through Python's shutdown: XLA's
+client waits for the computation forever, or the thread is unwound inside XLA's C++ and the
+process aborts (``terminate called ... FATAL: exception not rethrown``, SIGABRT). So a command
+ends through :func:`exit_now_if_abandoned`, which leaves at once (``os._exit``) with its exit
+code after flushing the standard streams; its caller must have closed its own files first.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +32,25 @@ _SLICE_SECONDS = 0.1
 # After a stop is asked (``luxc run``'s first Ctrl-C: stop after this call), how long the call
 # may still take before luxc gives up on it.
 GRACE_SECONDS = 5.0
+
+
+# Worker threads whose computation was left running (see the module docstring).
+_abandoned: list[threading.Thread] = []
+
+
+def exit_now_if_abandoned(code: int | str | None) -> None:
+    """When a guarded computation is still running, end the process now with ``code`` (as
+    ``sys.exit`` reads it), after flushing stdout and stderr; else return."""
+    if not any(t.is_alive() for t in _abandoned):
+        return
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a reader gone: nothing more to say
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 class TimeLimitExceeded(ArtifactError):
@@ -60,7 +87,20 @@ def guarded(call: Callable[[], T], deadline: float | None, what: str,
         finally:
             done.set()
 
-    threading.Thread(target=work, name="luxc-guarded-step", daemon=True).start()
+    worker = threading.Thread(target=work, name="luxc-guarded-step", daemon=True)
+    worker.start()
+    try:
+        _wait(done, deadline, what, stop)
+    except BaseException:  # the caller stops waiting: the computation is left running
+        _abandoned.append(worker)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _wait(done: threading.Event, deadline: float | None, what: str,
+          stop: Callable[[], bool] | None) -> None:
     asked = None
     while not done.wait(_SLICE_SECONDS if deadline is None
                         else max(0.0, min(_SLICE_SECONDS, deadline - time.monotonic()))):
@@ -73,6 +113,3 @@ def guarded(call: Callable[[], T], deadline: float | None, what: str,
         if asked is not None and now - asked >= GRACE_SECONDS:
             raise StepInterrupted(f"{what} had not finished {GRACE_SECONDS:.0f} s after Ctrl-C; "
                                   "luxc stopped waiting for it (the state is the one before it)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]

@@ -23,6 +23,7 @@ from luxc.runtime.checkpoint_format import (
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.forward import Evaluate, Forward
 from luxc.runtime.guarded_call import deadline_after, guarded
+from luxc.runtime.native_calls import NativeCallCheck, check_lowered
 from luxc.runtime.op_profile import OpRecord, profile_exported
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
@@ -41,7 +42,8 @@ class LoadedStep(CompiledStages):
     def __init__(self, artifact: Artifact, exported: jax_export.Exported,
                  compiled: jax.stages.Compiled, executable_source: str, notes: list[str],
                  shardings: Sequence[Any], forward: Forward | None = None,
-                 evaluate: Evaluate | None = None, xla_options: dict[str, Any] | None = None):
+                 evaluate: Evaluate | None = None, xla_options: dict[str, Any] | None = None,
+                 native_check: NativeCallCheck | None = None):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
@@ -60,16 +62,21 @@ class LoadedStep(CompiledStages):
         self.forward, self.evaluator = forward, evaluate
         # The XLA options the module was compiled with (a stranger's already filtered).
         self.xla_options = dict(xla_options or {})
+        # A stranger's native calls, checked again wherever the step is compiled anew.
+        self._native_check = native_check
 
-    def evaluate(self, data: Sequence[Any]) -> tuple[float, list[float]]:
+    def evaluate(self, data: Sequence[Any], *, time_limit: float | None = None,
+                 stop: Callable[[], bool] | None = None) -> tuple[float, list[float]]:
         """The objective's loss and stats (in the layout's ``stat_names`` order; a stat that is
         not a scalar: its mean) on all of ``data`` (the step's data arrays, any number of
-        samples), in test mode, with the current parameters and no update."""
+        samples), in test mode, with the current parameters and no update. ``time_limit`` and
+        ``stop`` bound a stranger's evaluation as :meth:`run` bounds its steps."""
         if self.evaluator is None:
             raise ArtifactError(f"{self.directory} holds no evaluation program (its objective "
                                 "could not be exported for any batch size, or an older luxc "
                                 "compiled it); recompile it")
-        return self.evaluator(self.state, [np.asarray(x) for x in data])
+        return self.evaluator(self.state, [np.asarray(x) for x in data], time_limit=time_limit,
+                              stop=stop)
 
     def predict(self, x: Any) -> np.ndarray | list[np.ndarray]:
         """The model's output for ``x`` (batch-first, any batch size) in test mode, with the
@@ -128,7 +135,7 @@ class LoadedStep(CompiledStages):
         guard = None if self.signed_by_this_user else (
             lambda call: guarded(call, None, "a profiled step"))
         return profile_exported(self.exported, (*self.state, *self.data), self.xla_options,
-                                steps, guard)
+                                steps, guard, self._native_check)
 
     def run(self, steps: int, data: Sequence[Any] | None = None,
             on_step: Callable[[int, float], None] | None = None, *,
@@ -230,6 +237,7 @@ class LoadedStep(CompiledStages):
             example = [jax.ShapeDtypeStruct((k, *np.shape(x)), x.dtype) for x in self.data] \
                 if stacked else self.data
             lowered = jax.jit(steps).lower(self.state, example)
+            check_lowered(lowered, self._native_check)
             with persistent_cache.compiling():
                 self._scans[k, stacked] = lowered.compile()
         return self._scans[k, stacked]

@@ -74,11 +74,13 @@ def child_import_path(*untrusted: str | Path) -> list[str]:
 
 def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS, *,
                     mesh: dict[str, int] | None = None, directory: str | Path | None = None,
-                    allow_device_kernels: bool = False) -> None:
+                    allow_device_kernels: bool = False) -> set[str]:
     """Parse, lower and check the custom calls of ``jaxexport`` in an isolated child process
     (see the module docstring); a sharded module is lowered on ``mesh`` (the manifest's, e.g.
     ``{"data": 8}``). ``directory`` (the artefact's) is kept off the child's import path;
-    ``allow_device_kernels`` admits :data:`DEVICE_KERNEL_TARGETS`."""
+    ``allow_device_kernels`` admits :data:`DEVICE_KERNEL_TARGETS`. Returns the module's
+    custom-call targets (each on the allow-list): their shapes are checked where the module is
+    compiled (:mod:`luxc.runtime.native_calls`)."""
     path = child_import_path(*([directory] if directory is not None else []))
     try:
         with tempfile.TemporaryDirectory(prefix="luxc-module-check-") as empty:
@@ -110,6 +112,7 @@ def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS,
                             f"{shown(', '.join(refused), 400)} "
                             "by name (custom_call), which luxc does not accept from an artefact "
                             "this user did not sign")
+    return targets
 
 
 def is_device_kernel(target: str) -> bool:

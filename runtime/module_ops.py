@@ -11,19 +11,20 @@ from jaxlib.mlir import ir
 from luxc.runtime._jax_internal import deserialize_module, ir_context
 
 
-def _recurse(op: ir.Operation, visit: Callable[[ir.Operation], None]) -> None:
+def walk_operation(op: ir.Operation, visit: Callable[[ir.Operation], None]) -> None:
+    """Call ``visit`` on ``op`` and every operation nested in it."""
     visit(op)
     for region in op.regions:
         for block in region:
             for child in block:
-                _recurse(child.operation, visit)
+                walk_operation(child.operation, visit)
 
 
 def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
     """Call ``visit`` on every operation of the portable artefact ``serialized``, nested ones
     included (the operations live only during the call)."""
     with ir_context() as ctx:
-        _recurse(deserialize_module(serialized, ctx).operation, visit)
+        walk_operation(deserialize_module(serialized, ctx).operation, visit)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def summarise(module: ir.Module) -> ModuleSummary:
         for result in op.results:
             largest = max(largest, _tensor_bytes(result.type))
 
-    _recurse(module.operation, visit)
+    walk_operation(module.operation, visit)
     return ModuleSummary(frozenset(names), largest, frozenset(targets))
 
 

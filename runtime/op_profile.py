@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from luxc.runtime.hlo_flops import instruction_flops
+from luxc.runtime.native_calls import NativeCallCheck
 
 # The flag that makes XLA:CPU emit one trace event per HLO op (off by default: it costs a
 # little per op).
@@ -254,16 +255,18 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
 
 
 def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
-                     guard: Callable[[Callable[[], object]], object] | None = None) -> list[OpRecord]:
+                     guard: Callable[[Callable[[], object]], object] | None = None,
+                     native_check: NativeCallCheck | None = None) -> list[OpRecord]:
     """:func:`profile_ops` for the module of ``exported`` called with ``args``: compiled again
     with per-op tracing on (and without donation, so ``args`` stay valid across the calls).
-    ``guard(call)`` (when given) makes each call, e.g. where Ctrl-C stops a stranger's step."""
+    ``guard(call)`` (when given) makes each call, e.g. where Ctrl-C stops a stranger's step;
+    ``native_check`` checks a stranger's native calls before the compile."""
     from luxc.runtime.executable import compile_exported
 
     options = dict(xla_options)
     if jax.default_backend() == "cpu":
         options.update(CPU_TRACE_OPTIONS)
-    compiled, _ = compile_exported(exported, args, xla_options=options)
+    compiled, _ = compile_exported(exported, args, xla_options=options, native_check=native_check)
 
     def run() -> object:
         return jax.block_until_ready(compiled(*args))

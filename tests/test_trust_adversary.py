@@ -527,3 +527,14 @@ def test_two_runs_started_together_on_one_output_one_is_refused_in_one_line(work
     if shared == "--log":
         steps = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
         assert steps == list(range(30, 301, 30))  # the winner's rows, each once
+
+
+@pytest.mark.parametrize("command", ["predict", "run"])
+def test_an_output_that_is_a_symlink_loop_is_one_line_naming_it(work, tmp_path, command):
+    loop = tmp_path / "loop.npy"
+    loop.symlink_to(loop)
+    args = ["predict", work / "step.luxc", "--input", work / "x.npy", "--out", loop] \
+        if command == "predict" else ["run", work / "step.luxc", "--steps", "1", "--log", loop]
+    r = _run(*args)
+    _one_line_error(r, str(loop))
+    assert "RuntimeError" not in r.output and loop.is_symlink()

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from luxc.runtime.guarded_call import exit_now_if_abandoned
 from luxc.runtime.host_memory import retain_host_memory as _retain_host_memory
 
 
@@ -22,11 +23,23 @@ class CliError(click.ClickException):
 
 
 class _Group(click.Group):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The `luxc` command itself (not CliRunner): a stranger's computation left running
+        # must not reach Python's shutdown (runtime/guarded_call.py).
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            exit_now_if_abandoned(e.code)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for it
+            click.echo("luxc: interrupted (Ctrl-C)", err=True)
+            raise click.exceptions.Exit(130) from None
         except BrokenPipeError:  # `luxc inspect … | head`: the reader has all it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(1) from None
@@ -146,14 +159,24 @@ def format_bytes(n: int | None) -> str:
 
 
 
-def load_artifact(directory: str, *, allow_device_kernels: bool = False):
+# A user's explicit trust in an artefact's author: its native calls are not checked.
+unchecked_native_calls_option = click.option(
+    "--allow-unchecked-native-calls", is_flag=True,
+    help="in an artefact you did not sign, let native kernels (LAPACK, ...) run with whatever "
+         "buffer shapes its StableHLO declares, unchecked: a wrong shape corrupts memory; only "
+         "if you trust its author")
+
+
+def load_artifact(directory: str, *, allow_device_kernels: bool = False,
+                  allow_unchecked_native_calls: bool = False):
     import warnings
 
     from luxc.runtime import artifact
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = artifact.load(directory, allow_device_kernels=allow_device_kernels)
+        loaded = artifact.load(directory, allow_device_kernels=allow_device_kernels,
+                               allow_unchecked_native_calls=allow_unchecked_native_calls)
     for note in loaded.notes:  # what a manifest adds to a note is escaped there
         click.echo(f"note: {note}", err=True)
     return loaded

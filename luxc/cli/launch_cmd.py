@@ -62,6 +62,8 @@ def run_child(script: str, args: list[str]) -> None:
             print(e.code, file=sys.stderr)
         if code:
             _leave(code)
+    except KeyboardInterrupt:  # stopped (Ctrl-C, or the launcher stopping the others): no trace
+        _leave(130)
     except BaseException:  # noqa: BLE001 - any failure of the user's script ends this process
         traceback.print_exc()
         _leave(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from luxc.cli import run_outputs as outputs
-from luxc.cli._common import CliError
+from luxc.cli._common import CliError, unchecked_native_calls_option
 
 
 def _check_out(path: str, directory: str) -> None:
@@ -35,7 +35,10 @@ def _check_not_input(out_path: str, input_path: str) -> None:
     """``--out`` must not be the ``--input`` file, by name, link or hard link (it would replace
     the user's inputs with the outputs)."""
     out, given = Path(out_path), Path(input_path)
-    same = out.absolute().resolve() == given.absolute().resolve()
+    try:  # a link loop is not the same file: reading it is refused later, in one line
+        same = out.absolute().resolve() == given.absolute().resolve()
+    except (OSError, RuntimeError):
+        same = False
     try:
         same = same or os.path.samefile(out, given)
     except OSError:  # one of them does not exist
@@ -73,7 +76,9 @@ def _is_npy(path: Path) -> bool:
                    "as it goes (default: about 64 MiB of inputs and outputs a batch)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
-def predict(directory, input_path, out_path, state_path, batch_size, allow_device_kernels):
+@unchecked_native_calls_option
+def predict(directory, input_path, out_path, state_path, batch_size, allow_device_kernels,
+            allow_unchecked_native_calls):
     """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
     running statistics, Dropout is the identity), and write its output to --out."""
     from luxc.runtime.artifact import load_predictor
@@ -83,7 +88,8 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
 
     _check_not_input(out_path, input_path)  # before any work: a refusal loses nothing
     _check_out(out_path, directory)
-    predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels)
+    predictor = load_predictor(directory, allow_device_kernels=allow_device_kernels,
+                               allow_unchecked_native_calls=allow_unchecked_native_calls)
     if predictor.forward.exported.out_avals and len(predictor.forward.exported.out_avals) != 1:
         raise CliError(f"the model of {directory} returns "
                        f"{len(predictor.forward.exported.out_avals)} arrays; --out holds one: use "
@@ -91,6 +97,9 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
     if state_path:
         predictor.load_state(state_path)
     x = read_input(input_path, predictor.forward)
+    if not predictor.forward.signed_by_this_user:  # said once Ctrl-C can stop it
+        click.echo("note: running the model of an artefact you did not sign; Ctrl-C stops it",
+                   err=True)
     batch_size = batch_size or default_batch_size(predictor.forward)
     shapes = []
 

@@ -25,8 +25,10 @@ from luxc.cli._common import (
     passes_option,
     peak_bytes,
     precision_option,
+    unchecked_native_calls_option,
     xla_option,
 )
+from luxc.cli.run_outputs import check_outside
 
 
 def _row(label: str, value: str, unit: str = "", note: str = "") -> str:
@@ -107,13 +109,13 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
 
 
-def _profile_dir(directory, steps, trace, ops=False):
+def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_calls=False):
     import jax
 
     from luxc.runtime.guarded_call import guarded
 
     t0 = time.perf_counter()
-    loaded = load_artifact(directory)
+    loaded = load_artifact(directory, allow_unchecked_native_calls=allow_unchecked_native_calls)
     cold = time.perf_counter() - t0
     state, data = {"state": loaded.state}, loaded.data
 
@@ -126,6 +128,9 @@ def _profile_dir(directory, steps, trace, ops=False):
         # A stranger's step runs where Ctrl-C stops it, as under `luxc run`.
         state["state"] = call() if loaded.signed_by_this_user else guarded(call, None, "the step")
 
+    if not loaded.signed_by_this_user:
+        click.echo("note: timing a step of an artefact you did not sign; Ctrl-C stops it",
+                   err=True)
     one()
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
@@ -229,8 +234,9 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
 @mixed_precision_option
 @xla_option
 @autotune_option
+@unchecked_native_calls_option
 def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixed_precision,
-            xla_option, autotune):
+            xla_option, autotune, allow_unchecked_native_calls):
     """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
@@ -257,14 +263,13 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     if trace:
         from luxc.runtime.atomic_write import check_writable_directory
 
-        check_writable_directory(trace, "--trace")
-        if Path(target).is_dir():  # a trace written there would change the artefact
-            from luxc.cli.run_outputs import check_outside
-
+        if Path(target).is_dir():  # a trace never goes into the artefact it profiles
             check_outside(trace, target, "--trace")
+        check_writable_directory(trace, "--trace")
     if Path(target).is_dir():
-        cold, warm, (times, faults), cost, mem, facts = _profile_dir(target, steps, trace,
-                                                                     ops=bool(ops))
+        cold, warm, (times, faults), cost, mem, facts = _profile_dir(
+            target, steps, trace, ops=bool(ops),
+            allow_unchecked_native_calls=allow_unchecked_native_calls)
         what = "load + compile"
     else:
         cold, warm, (times, faults), cost, mem, facts = _profile_spec(

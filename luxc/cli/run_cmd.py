@@ -12,10 +12,11 @@ import click
 
 from luxc.cli import run_checkpoints as checkpoints
 from luxc.cli import run_outputs as outputs
-from luxc.cli._common import CliError, load_artifact
+from luxc.cli._common import CliError, load_artifact, unchecked_native_calls_option
 from luxc.cli.run_log import RunLog, check_log
 from luxc.runtime.checkpoint_format import MAX_SEED
-from luxc.runtime.shown import shown
+from luxc.runtime.guarded_call import GRACE_SECONDS, StepInterrupted
+from luxc.runtime.shown import shown as escaped
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -147,10 +148,11 @@ class _Interrupt:
                    "an artefact you did not sign)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
               "Pallas) in an artefact you did not sign: only if you trust its author")
+@unchecked_native_calls_option
 def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         max_data_memory, eval_every, state_path, save_state,
         checkpoint_dir, checkpoint_every, keep, resume, new_run, log_path, steps_per_call, every,
-        quiet, plot, time_limit, allow_device_kernels):
+        quiet, plot, time_limit, allow_device_kernels, allow_unchecked_native_calls):
     """Train with the artefact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), the loss and stats on
@@ -184,7 +186,8 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     found = checkpoints.open_directory(checkpoint_dir, directory, resume=resume,
                                        beside=new_run) if checkpoint_dir else []
     t0 = time.perf_counter()
-    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels)
+    loaded = load_artifact(directory, allow_device_kernels=allow_device_kernels,
+                           allow_unchecked_native_calls=allow_unchecked_native_calls)
     load_seconds = time.perf_counter() - t0
     n_state = loaded.layout["n_state"]
     artifact = checkpoints.artifact_digest(loaded.manifest)
@@ -251,12 +254,13 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
             echo(f"step {step}  loss scale {scales[-2]:g} -> {scales[-1]:g}")
 
     def evaluate(step: int) -> None:
-        loss, stats = loaded.evaluate(eval_data)
+        loss, stats = loaded.evaluate(eval_data, stop=lambda: interrupt.requested, time_limit=(
+            None if deadline is None else max(1e-3, deadline - time.monotonic())))
         if log is not None:
             log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats)), "eval": True})
         if not quiet:
             click.echo(f"eval step {step}  loss {loss:.6g}" + "".join(
-                f"  {shown(name, 200)} {value:.6g}" for name, value in zip(stat_names, stats)))
+                f"  {escaped(name, 200)} {value:.6g}" for name, value in zip(stat_names, stats)))
 
     def batches(i: int):
         return dataset.batch(start_index + i)
@@ -280,30 +284,40 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
         if log_path else None
     t0 = time.perf_counter()
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    with interrupt:
-        while loaded.step_count < end and not stopping():
-            start_index = loaded.step_count - run_record["origin"]
-            # Segments end on multiples of --checkpoint-every and --eval-every: a resumed run
-            # saves and evaluates where an uninterrupted one does.
-            n = min(end, *((loaded.step_count // k + 1) * k
-                           for k in (checkpoint_every, eval_every))) - loaded.step_count
-            _train(loaded, n, dataset and batches, line, steps_per_call, quiet, stopping,
-                   deadline)
-            if eval_data is not None and not stopping() and (
-                    loaded.step_count % eval_every == 0 or loaded.step_count == end):
-                evaluate(loaded.step_count)  # before the checkpoint: a resume logs it again
-            if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
-                                   loaded.step_count == end or stopping()):
-                checkpoints.save(checkpoint_dir, loaded.step_count, keep, run_record["run_id"],
-                                 save)
+    stuck = None  # a stranger's call still running after Ctrl-C: luxc stopped waiting for it
+    try:
+        with interrupt:
+            if not loaded.signed_by_this_user:  # said once Ctrl-C is luxc's to handle
+                click.echo("note: training with an artefact you did not sign; Ctrl-C stops it",
+                           err=True)
+            while loaded.step_count < end and not stopping():
+                start_index = loaded.step_count - run_record["origin"]
+                # Segments end on multiples of --checkpoint-every and --eval-every: a resumed
+                # run saves and evaluates where an uninterrupted one does.
+                n = min(end, *((loaded.step_count // k + 1) * k
+                               for k in (checkpoint_every, eval_every))) - loaded.step_count
+                try:
+                    _train(loaded, n, dataset and batches, line, steps_per_call, quiet,
+                           stopping, deadline)
+                    if eval_data is not None and not stopping() and (
+                            loaded.step_count % eval_every == 0 or loaded.step_count == end):
+                        evaluate(loaded.step_count)  # before the checkpoint: a resume logs it
+                except StepInterrupted as e:  # the state is the last finished step's
+                    stuck, interrupt.requested = e, True
+                if checkpoint_dir and (loaded.step_count % checkpoint_every == 0 or
+                                       loaded.step_count == end or stopping()):
+                    checkpoints.save(checkpoint_dir, loaded.step_count, keep,
+                                     run_record["run_id"], save)
+    finally:  # rows already written reach the file, however the run ends
+        if log is not None:
+            log.close()
     seconds = time.perf_counter() - t0
-    if log is not None:
-        log.close()
     ran = loaded.step_count - first_step + 1
     if resumed_from is not None:
         click.echo(f"resumed from {resumed_from} (step {first_step - 1})")
     click.echo(f"ran {ran} steps ({first_step}-{loaded.step_count}) in {seconds:.3f} s, "
-               f"{ran / seconds:.1f} steps/s; loss {curve.first:.6g} -> {curve.last:.6g}")
+               f"{ran / seconds:.1f} steps/s" + ("" if curve.first is None else
+                                                f"; loss {curve.first:.6g} -> {curve.last:.6g}"))
     click.echo(f"executable: {loaded.executable_source} (loaded in {load_seconds:.2f} s)")
     if plot and curve.points:
         _plot(curve.points, plot, f"luxc run {directory}")
@@ -318,6 +332,8 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     if interrupt.requested:
         where = checkpoint_dir or save_state
         click.echo(f"interrupted at step {loaded.step_count}" +
+                   (f" ({GRACE_SECONDS:.0f} s after Ctrl-C, luxc stopped waiting for the "
+                    "artefact's computation)" if stuck else "") +
                    (f"; the state is in {where}" if where else ""), err=True)
         sys.exit(130)
 

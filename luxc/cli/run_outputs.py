@@ -16,9 +16,18 @@ from luxc.runtime.atomic_write import check_writable_file
 from luxc.runtime.checkpoint_format import is_checkpoint
 
 
+def resolved(path: str | Path, what: str) -> Path:
+    """``path`` absolute, every link followed; a link loop is one line naming ``what``."""
+    try:
+        return Path(path).absolute().resolve()
+    except RuntimeError:  # Python's word for a symbolic-link loop
+        raise CliError(f"{what} {path} is a symbolic link that leads back to itself; remove it "
+                       "or give another name") from None
+
+
 def check_outside(path: str | Path, artifact: str | Path, what: str) -> None:
     """Refuse ``path`` inside the artefact directory (or the directory itself)."""
-    target, art = Path(path).absolute().resolve(), Path(artifact).absolute().resolve()
+    target, art = resolved(path, what), Path(artifact).absolute().resolve()
     if target == art or art in target.parents:
         raise CliError(f"{what} {path} is inside the artefact {artifact}, which it would "
                        "destroy; write it elsewhere")
@@ -52,7 +61,7 @@ def check_distinct(files: dict[str, str | None], checkpoint_dir: str | None) -> 
     for what, path in files.items():
         if not path:
             continue
-        target = Path(path).absolute().resolve()
+        target = resolved(path, what)
         if target in seen:
             raise CliError(f"{what} {path} is the file given to {seen[target]}; the one written "
                            "last would replace the other: give each its own file")
