@@ -43,6 +43,7 @@ from luxc.runtime.npy_rows import (
     NpyHeader,
     NpyRows,
     byte_size,
+    cast,
     check_rows,
     open_npy,
     read_npy_header,
@@ -81,6 +82,7 @@ class Dataset:
         self.batches_per_epoch = self.samples // self.batch_size
         self.seed = seed
         self._dtypes = [np.dtype(s["dtype"]) for s in specs]
+        self._names = [s.what for s in sources]
         if evaluation:  # read whole, as the step's dtypes
             needs = {"every sample": self.samples * sum(
                 d.itemsize * math.prod(s.header.shape[1:]) for s, d in zip(sources, self._dtypes))}
@@ -94,7 +96,7 @@ class Dataset:
 
     def arrays(self) -> list[np.ndarray]:
         """Every sample, as the step's dtypes (an evaluation set: read whole)."""
-        return [np.asarray(r.all(), dtype=d) for r, d in zip(self._rows, self._dtypes)]
+        return [cast(r.all(), d, n) for r, d, n in zip(self._rows, self._dtypes, self._names)]
 
     def batch(self, index: int) -> list[np.ndarray]:
         """The data of step ``index`` (0-based, from the run's origin), as the step takes it."""
@@ -105,7 +107,7 @@ class Dataset:
             self._order, self._epoch = epoch_order(self.seed, epoch, self.samples), epoch
         # Sorted within the batch: rows are then read front to back, runs in one read.
         idx = np.sort(self._order[position * self.batch_size:(position + 1) * self.batch_size])
-        return [np.asarray(r.rows(idx), dtype=d) for r, d in zip(self._rows, self._dtypes)]
+        return [cast(r.rows(idx), d, n) for r, d, n in zip(self._rows, self._dtypes, self._names)]
 
 
 def epoch_order(seed: int, epoch: int, samples: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from luxc.runtime.executable import compile_exported
 from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.module_check import check_untrusted
 from luxc.runtime.native_calls import NativeCallCheck, check_lowered
-from luxc.runtime.npy_rows import NpyRows, open_npy
+from luxc.runtime.npy_rows import NpyRows, cast, open_npy
 from luxc.runtime.persistent_cache import MemoryCache
 from luxc.runtime.shown import shown
 
@@ -122,7 +122,7 @@ class Forward(_Program):
     def __call__(self, state: Sequence[Any], x: Any) -> list[np.ndarray]:
         x = np.asarray(x)
         self.check_input(x.shape, x.dtype)
-        return self._run(state, [x.astype(self.input_dtype, copy=False)], "the forward pass")
+        return self._run(state, [cast(x, self.input_dtype, "x")], "the forward pass")
 
 
 class Evaluate(_Program):
@@ -237,7 +237,8 @@ def predict_batches(forward: Forward, state: Sequence[Any], rows: NpyRows,
     """The model's first output on ``rows`` (``(N, *input_shape)``), ``batch_size`` samples at a
     time: memory holds one batch. Each output keeps the batch axis (checked)."""
     for start in range(0, len(rows), batch_size):
-        x = rows.slice(start, min(start + batch_size, len(rows)))
+        x = cast(rows.slice(start, min(start + batch_size, len(rows))), forward.input_dtype,
+                 rows.what)
         y = forward(state, x)[0]
         if np.ndim(y) == 0 or y.shape[0] != len(x):
             raise ArtifactError(f"the model's output for {len(x)} samples has shape "

@@ -60,6 +60,9 @@ def read_npy_header(f: Any, what: str) -> NpyHeader:
                                        else np.lib.format.read_array_header_2_0(f))
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise ArtifactError(f"{what} is not a readable .npy array ({shown(e)})") from None
+    if any(n < 0 for n in shape):
+        raise ArtifactError(f"{what} is corrupt: its header declares the shape {list(shape)}, "
+                            "with a negative length; write it again (np.save)")
     if dtype.hasobject:
         raise ArtifactError(f"{what} holds Python objects (dtype {dtype}); luxc reads only "
                             "numeric arrays (it never unpickles)")
@@ -150,6 +153,30 @@ class ArrayRows:
 
     def all(self) -> np.ndarray:
         return self.array
+
+
+def cast(a: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """``a`` as the step's ``dtype`` (the same kind, checked from the header), refusing a value
+    the cast would change: an integer out of ``dtype``'s range (int64 ``2**32 + 5`` would
+    become int32 ``5``), a finite float that overflows to inf."""
+    out = np.asarray(a, dtype=dtype) if a.dtype.kind not in "fc" else _float_cast(a, dtype)
+    if a.dtype.kind in "iu" and out.size and not np.can_cast(a.dtype, dtype):
+        info = np.iinfo(dtype)
+        low, high = int(a.min()), int(a.max())
+        if low < info.min or high > info.max:
+            raise ArtifactError(f"{what} holds {low if low < info.min else high}, out of the "
+                                f"step's {dtype} range [{info.min}, {info.max}]; fix the data "
+                                "(or save it as the step's dtype)")
+    elif a.dtype.kind in "fc" and out.size and not np.can_cast(a.dtype, dtype) and \
+            np.count_nonzero(np.isinf(out)) != np.count_nonzero(np.isinf(a)):
+        raise ArtifactError(f"{what} holds values beyond {dtype}'s range (as {dtype} they "
+                            "would be inf); fix the data (or save it as the step's dtype)")
+    return out
+
+
+def _float_cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    with np.errstate(over="ignore"):  # an overflow is refused by the caller, in its terms
+        return np.asarray(a, dtype=dtype)
 
 
 def open_npy(path: str | Path, what: str, *, follow_symlinks: bool) -> NpyRows:

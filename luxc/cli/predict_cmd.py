@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import click
@@ -22,6 +23,9 @@ def _check_out(path: str, directory: str) -> None:
     outputs.check_outside(path, directory, "--out")
     check_writable_file(path, "--out")
     out = Path(path)
+    if out.exists() and not out.is_file():  # a FIFO, a device: reading its magic would block
+        raise CliError(f"--out {path} exists and is not a regular file (a FIFO, a device or a "
+                       "socket); luxc writes the predictions to a .npy file: give a new name")
     if out.is_symlink() or out.exists() and not _is_npy(out):
         raise CliError(f"--out {path} exists and is not a .npy array; luxc does not overwrite "
                        "it: remove it yourself or choose another name")
@@ -31,9 +35,9 @@ def _check_not_input(out_path: str, input_path: str) -> None:
     """``--out`` must not be the ``--input`` file, by name, link or hard link (it would replace
     the user's inputs with the outputs)."""
     out, given = Path(out_path), Path(input_path)
-    try:
+    try:  # a link loop is not the same file: reading it is refused later, in one line
         same = out.absolute().resolve() == given.absolute().resolve()
-    except (OSError, RuntimeError):  # a symlink loop: reading --input says so in one line
+    except (OSError, RuntimeError):
         same = False
     try:
         same = same or os.path.samefile(out, given)
@@ -45,11 +49,16 @@ def _check_not_input(out_path: str, input_path: str) -> None:
 
 
 def _is_npy(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return path.is_file() and f.read(6) == b"\x93NUMPY"
+    try:  # never blocks: a FIFO or a device put there since the check is not read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 6) == b"\x93NUMPY"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @click.command()

@@ -69,13 +69,16 @@ class _Curve:
 
 class _Interrupt:
     """The first Ctrl-C asks the run to stop after the current call (then a checkpoint is
-    written); a second one stops at once."""
+    written); a second one stops at once. Installed when the command starts: a Ctrl-C while the
+    artefact loads or compiles is not lost in a callback (jax's gc hook swallowed it, and the
+    run then trained to its end) but stops the run before its first step."""
 
     def __init__(self):
         self.requested = False
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        click.get_current_context().call_on_close(self.__exit__)
 
     def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -158,7 +161,10 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     serialized one, or one compiled from its portable StableHLO). Ctrl-C writes a checkpoint
     (with --checkpoint or --save-state) and exits with status 130.
     """
+    interrupt = _Interrupt()
     # Every output checked before any work: a refusal loses nothing.
+    outputs.check_distinct({"--log": log_path, "--save-state": save_state, "--plot": plot},
+                           checkpoint_dir)
     if save_state:
         outputs.check_state_file(save_state, directory, "--save-state")
     if (resume or new_run) and not checkpoint_dir:
@@ -232,21 +238,16 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     checkpoint_every = checkpoint_every or max(1, math.ceil(total / 10))
     eval_every = eval_every or max(1, math.ceil(total / 10))
     curve = _Curve(keep=bool(plot))
-    if checkpoint_dir:
-        checkpoints.claim(checkpoint_dir, found, run_record["run_id"], loaded.step_count + 1, end)
-    log = RunLog.open(log_path, run_record.get("log") if resumed_from else None, resume) \
-        if log_path else None
-
     scales = [loaded.loss_scale]
     stat_names = loaded.layout.get("stat_names") or [
         f"stats[{i}]" for i in range(loaded.layout["n_stats"])]
 
     def line(step: int, loss: float, stats: list[float], echo=click.echo) -> None:
         curve.add(step, loss)
-        shown = (step - run_record["origin"]) % every == 0 or step == end
-        if log is not None and shown:
+        visible = (step - run_record["origin"]) % every == 0 or step == end
+        if log is not None and visible:
             log.write({"step": step, "loss": loss, **dict(zip(stat_names, stats))})
-        if not quiet and shown:
+        if not quiet and visible:
             echo(f"step {step}  loss {loss:.6g}")
         if scales[0] is not None and not quiet and loaded.loss_scale != scales[-1]:
             scales.append(loaded.loss_scale)  # float16 training: its loss scale changed
@@ -274,11 +275,18 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
 
     for n in (checkpoint_every, remaining % checkpoint_every or checkpoint_every):
         loaded.prepare(steps_per_call, n, stacked=dataset is not None)
+    if interrupt.requested:  # while loading or compiling: nothing written yet
+        click.echo("interrupted before the first step; nothing was written", err=True)
+        sys.exit(130)
+    if checkpoint_dir:
+        checkpoints.claim(checkpoint_dir, found, run_record["run_id"], loaded.step_count + 1, end)
+    log = RunLog.open(log_path, run_record.get("log") if resumed_from else None, resume) \
+        if log_path else None
     t0 = time.perf_counter()
     deadline = None if time_limit is None else time.monotonic() + time_limit
     stuck = None  # a stranger's call still running after Ctrl-C: luxc stopped waiting for it
     try:
-        with _Interrupt() as interrupt:
+        with interrupt:
             if not loaded.signed_by_this_user:  # said once Ctrl-C is luxc's to handle
                 click.echo("note: training with an artefact you did not sign; Ctrl-C stops it",
                            err=True)
