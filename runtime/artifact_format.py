@@ -215,9 +215,13 @@ def _check_layout(manifest: dict[str, Any]) -> None:
                             "split the inputs into state and data where the step does (a state "
                             "array was moved into the data?)")
     if len(outputs) != n_state + 1 + n_stats:
+        # More outputs than the layout says: a scalar state array (an adjustable learning
+        # rate) moved into the data passes the loss check above and lands here.
+        hint = " (a state array was moved into the data?)" if len(outputs) > n_state + 1 + \
+            n_stats else ""
         raise ArtifactError(f"manifest field layout.n_stats is {n_stats}, but the step has "
                             f"{len(outputs) - n_state - 1} outputs after its {n_state} state "
-                            "arrays and the loss")
+                            f"arrays and the loss{hint}")
     for name, given, got in zip(layout["state_names"], inputs, outputs):
         if (given["shape"], given["dtype"]) != (got["shape"], got["dtype"]):
             raise ArtifactError(f"manifest: state array {shown(name, 200)} goes in as "

@@ -255,7 +255,9 @@ def _move_a_state_array_into_the_data(m):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["layout"].update(step=-5), "layout.step is -5; a step count is never negative"),
-    (lambda m: m["layout"].update(n_stats=3), "layout.n_stats is 3, but the step has 0 outputs"),
+    (lambda m: m["layout"].update(n_stats=3, stat_names=["a", "b", "c"]),
+     "layout.n_stats is 3, but the step has 0 outputs"),
+    (lambda m: m["layout"].update(n_stats=3), "layout.stat_names names 0 stats but layout.n_stats is 3"),
     (lambda m: m["layout"].update(n_data=0, data_names=[], n_state=len(m["inputs"])),
      "layout.data_names is empty: the step takes no data"),
     (_move_a_state_array_into_the_data, "a state array was moved into the data"),
@@ -328,7 +330,8 @@ def test_compile_force_replaces_an_artefact_in_one_step(tmp_path, art):
     r = _luxc("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     after = _manifest(art)
-    assert after["layout"]["model"] != before["layout"]["model"] and len(after["inputs"]) == 4
+    # 5 inputs: the parameters, the optimiser state with its adjustable learning rate, the data
+    assert after["layout"]["model"] != before["layout"]["model"] and len(after["inputs"]) == 5
     assert not [p for p in tmp_path.iterdir() if ".luxc-" in p.name]  # no leftovers
 
 
