@@ -285,6 +285,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
     t0 = time.perf_counter()
     deadline = None if time_limit is None else time.monotonic() + time_limit
     stuck = None  # a stranger's call still running after Ctrl-C: luxc stopped waiting for it
+    saved = None  # the step of this run's newest checkpoint
     try:
         with interrupt:
             if not loaded.signed_by_this_user:  # said once Ctrl-C is luxc's to handle
@@ -308,6 +309,11 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
                                        loaded.step_count == end or stopping()):
                     checkpoints.save(checkpoint_dir, loaded.step_count, keep,
                                      run_record["run_id"], save)
+                    saved = loaded.step_count
+            if checkpoint_dir and stopping() and saved != loaded.step_count:
+                # Stopped before its first call: the state is still saved where it says.
+                checkpoints.save(checkpoint_dir, loaded.step_count, keep, run_record["run_id"],
+                                 save)
     finally:  # rows already written reach the file, however the run ends
         if log is not None:
             log.close()
