@@ -66,10 +66,17 @@ def _exclude_luxc_frames() -> None:
 
 def export(fn: Callable, args: Sequence[Any], *, platforms: Sequence[str] | None = None,
            precision: str = "default") -> jax_export.Exported:
-    """Trace ``fn(*args)`` once and lower it to StableHLO (one public ``main``)."""
+    """Trace ``fn(*args)`` once and lower it to StableHLO (one public ``main``).
+
+    ``jax.nn.softmax`` is traced with jax's own softmax derivative (``jax.softmax_custom_jvp``:
+    ``ẏ = y ⊙ (ẋ − Σ y ẋ)``) instead of the derivative of its ``exp / sum`` steps, whatever the
+    process's setting: the same values to rounding, with fewer passes over attention's
+    ``(batch, heads, T, T)`` scores (on the benchmark's transformer block, 11 element-wise
+    operations of that shape per step instead of 13; ``benchmarks/README.md``, "Levers")."""
     _exclude_luxc_frames()
     abstract = jax.tree_util.tree_map(_abstract, tuple(args))
-    with jax.default_matmul_precision(None if precision == "default" else precision):
+    with jax.default_matmul_precision(None if precision == "default" else precision), \
+            jax.softmax_custom_jvp(True):
         return jax_export.export(jax.jit(fn), platforms=platforms)(*abstract)
 
 

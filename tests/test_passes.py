@@ -124,7 +124,7 @@ def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
                            "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
-                           "dot_flatten", "dot_swap_operands", "dot_f32_accumulate",
+                           "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
                            "dot_bf16_canonical", "reduce_f32_accumulate"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
@@ -142,7 +142,7 @@ def test_resolve_names_and_keywords():
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
     with pytest.raises(ValueError, match="available passes are maxpool_grad_select, conv_few_channels, conv_input_grad_dot, "
-                       "conv_weight_grad_dot, dot_flatten, dot_swap_operands, fuse_rsqrt"):
+                       "conv_weight_grad_dot, dot_flatten, dot_scale_fold, dot_swap_operands, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
 
