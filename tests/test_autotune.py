@@ -47,6 +47,33 @@ def test_choose_keeps_the_least_median_and_gives_a_tie_to_the_earlier():
     assert choose(tried, dict.fromkeys([c.name for c in tried], 1.0)).chosen == "default"
 
 
+def test_the_default_is_left_only_for_a_candidate_more_than_the_margin_faster():
+    tried = candidates("cpu", luxc.CompileOptions())
+    near = {"default": 1.0, "passes=none": 0.98, "no YNN fusions": 1.1, "no fusion emitters": 1.2}
+    assert choose(tried, near).chosen == "default"  # 2% faster: within a tuning run's noise
+    assert choose(tried, {**near, "passes=none": 0.96}).chosen == "passes=none"
+    assert choose(tried, near, margin=0.0).chosen == "passes=none"
+
+
+def test_the_timer_compares_candidates_within_each_round(monkeypatch):
+    """A machine that slows down call by call (load arriving) moves both candidates alike: the
+    per-round ratio still finds the one twice as fast, and its figure is the default's median
+    time times that ratio."""
+    clock = {"t": 0.0, "slowdown": 1e-3}
+
+    def call(cost):
+        def run(*args):
+            clock["t"] += cost * clock["slowdown"]
+            clock["slowdown"] *= 1.05
+            return args
+        return run
+
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock["t"])
+    seconds = autotune.interleaved_seconds({"default": call(2.0), "faster": call(1.0)},
+                                           [jnp.zeros(2)], warmup=1, budget=0.0, rounds=(10, 10))
+    assert seconds["faster"] / seconds["default"] == pytest.approx(0.5, rel=0.06)
+
+
 def test_cpu_candidates_vary_passes_and_xla_options_the_user_left_free():
     names = lambda o, p="cpu": [c.name for c in candidates(p, o)]  # noqa: E731
     assert names(luxc.CompileOptions()) == ["default", "passes=none", "no YNN fusions",
