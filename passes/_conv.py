@@ -135,13 +135,13 @@ def transpose(x: ir.Value, perm: list[int]) -> ir.Value:
 
 
 def dot(lhs: ir.Value, rhs: ir.Value, contract_lhs: list[int], contract_rhs: list[int],
-        precision: ir.Attribute | None) -> ir.Value:
+        precision: ir.Attribute | None, element: ir.Type | None = None) -> ir.Value:
     """``dot_general`` without batch axes: the result holds the free axes of ``lhs`` then of
-    ``rhs``, in order."""
+    ``rhs``, in order, of type ``element`` (default: the operands')."""
     ls, rs = (list(ir.RankedTensorType(v.type).shape) for v in (lhs, rhs))
     shape = [n for d, n in enumerate(ls) if d not in contract_lhs] + \
         [n for d, n in enumerate(rs) if d not in contract_rhs]
-    out = ir.RankedTensorType.get(shape, ir.RankedTensorType(lhs.type).element_type)
+    out = ir.RankedTensorType.get(shape, element or ir.RankedTensorType(lhs.type).element_type)
     dims = stablehlo.DotDimensionNumbers.get(
         lhs_batching_dimensions=[], rhs_batching_dimensions=[],
         lhs_contracting_dimensions=contract_lhs, rhs_contracting_dimensions=contract_rhs)

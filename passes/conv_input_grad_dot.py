@@ -9,7 +9,8 @@ A convolution's gradient with respect to its input is itself a convolution: the 
     dx[b, s, o]    = Σ_k z[b, s + k - lo, k, o]            K shifted, in-place additions
 
 the work is one matrix product, which XLA:CPU runs with its GEMM kernel, and ``K`` cheap
-updates of slices of the output. Alone, LeNet's conv2 input gradient (16 → 6 channels, 5×5)
+updates of slices of the output (a bf16/f16 gradient is accumulated in float32 and rounded
+once). Alone, LeNet's conv2 input gradient (16 → 6 channels, 5×5)
 took 0.36-0.46× the time of XLA:CPU's convolution; the whole LeNet step 0.71-1.03× (median
 0.89×, six interleaved runs; ``benchmarks/README.md``). Materialising the concatenated
 shifted slices instead (im2col) was 7× slower. The other two forms were measured differently:
@@ -70,7 +71,12 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
     # z[..., k, o] = Σ_c x[..., c] · r[k, c, o]: the free axes of x, then the taps, then o.
     r = transpose(r, [dn.kernel_input_feature_dimension, *dn.kernel_spatial_dimensions,
                       dn.kernel_output_feature_dimension])
-    z = dot(x, r, [lf], [0], precision_of(op))
+    narrow = ir.RankedTensorType(op.results[0].type)
+    wide = isinstance(narrow.element_type, ir.BF16Type | ir.F16Type)
+    # A bf16/f16 gradient: the product accumulates in float32 and the taps are added in float32,
+    # rounded once at the end (as the convolution it replaces accumulates); adding them in the
+    # narrow type would round after every tap, a convert pair per tap in XLA:CPU's loops.
+    z = dot(x, r, [lf], [0], precision_of(op), ir.F32Type.get() if wide else None)
     spatial = [free.index(d) for d in dn.input_spatial_dimensions]
     out_spatial = [conv.out_shape[d] for d in dn.output_spatial_dimensions]
     z_shape = list(ir.RankedTensorType(z.type).shape)
@@ -109,7 +115,8 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
              dn.output_feature_dimension: len(free)}
     for o, i in zip(dn.output_spatial_dimensions, dn.input_spatial_dimensions):
         where[o] = free.index(i)
-    return transpose(total, [where[d] for d in range(len(conv.out_shape))])
+    total = transpose(total, [where[d] for d in range(len(conv.out_shape))])
+    return stablehlo.convert(narrow, total) if wide else total
 
 
 def run(module: ir.Module) -> int:

@@ -18,7 +18,9 @@ later element is strictly greater, i.e. it selects the first maximum of each win
 order, and adds the source value to ``init`` at that one position; with non-overlapping windows
 no position receives two values, so the result is ``init + source`` there and ``init`` elsewhere
 — what the selects compute (``init`` must be ``0`` for ``init + source == source``). Windows
-holding a NaN are the one difference: there the rewrite gives ``init`` everywhere.
+holding a NaN are the one difference: there the rewrite gives ``init`` everywhere. A bf16 or
+f16 gradient is selected in float32 and converted back once: the same bits, since nothing here
+rounds.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def _matches(op: ir.Operation) -> tuple[list[int], list[int]] | None:
 
 def _rewrite(op: ir.Operation, shape: list[int], window: list[int]) -> ir.Value:
     x, source, init = op.operands
+    narrow = ir.RankedTensorType(op.results[0].type)
+    if isinstance(narrow.element_type, ir.BF16Type | ir.F16Type):
+        # Selected in float32 and converted back once: every value is a bf16/f16 value, and
+        # max, compare and select do not round, so the result is the same bits; in the narrow
+        # type XLA:CPU rounds after every max and select (a convert pair per op in the loop).
+        x, source, init = (_widened(v) for v in (x, source, init))
+        return stablehlo.convert(narrow, _selected(x, source, init, shape, window))
+    return _selected(x, source, init, shape, window)
+
+
+def _widened(value: ir.Value) -> ir.Value:
+    t = ir.RankedTensorType(value.type)
+    return stablehlo.convert(ir.RankedTensorType.get(t.shape, ir.F32Type.get()), value)
+
+
+def _selected(x: ir.Value, source: ir.Value, init: ir.Value, shape: list[int],
+              window: list[int]) -> ir.Value:
     rank = len(shape)
     pooled = [d // w for d, w in zip(shape, window)]
     element = ir.RankedTensorType(x.type).element_type
@@ -104,7 +123,7 @@ def _rewrite(op: ir.Operation, shape: list[int], window: list[int]) -> ir.Value:
         return parts[0] if len(parts) == 1 else stablehlo.ConcatenateOp(parts, 2 * d + 1).result
 
     full = assemble(())
-    return stablehlo.ReshapeOp(op.results[0].type, full).result
+    return stablehlo.ReshapeOp(ir.RankedTensorType.get(shape, element), full).result
 
 
 def _plan(op: ir.Operation) -> tuple[list[int], list[int]] | None:

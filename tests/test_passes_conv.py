@@ -185,3 +185,30 @@ def test_dot_swap_operands_gives_the_same_dense_weight_gradient():
     new, (record,) = rewrite(exported, ["dot_swap_operands"])
     assert record.rewrites == 1
     np.testing.assert_allclose(new.call(w, x), exported.call(w, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_input_gradient_is_accumulated_in_float32_and_rounded_once():
+    """The bf16 input gradient of LeNet's conv2 shape: the rewrite adds its 25 taps in float32,
+    so it is within one bf16 rounding of the float32 gradient of the same bf16 values, and no
+    further from it than XLA's own bf16 convolution; its type stays bf16."""
+    spec, pad, x_shape, w_shape = CASES[0]
+
+    # The convolution's cotangent is ``c`` itself: the same bf16 values in the float32 reference.
+    c = jax.random.normal(jax.random.key(2), (4, 8, 8, 16)).astype(jnp.bfloat16)
+
+    def loss(x, w):
+        y = lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=spec)
+        y = y.astype(jnp.float32)  # the forward stays in the module, its cotangent adds 0
+        return jnp.sum(y * c.astype(jnp.float32)) + 0.0 * jnp.sum(jnp.sin(y))
+
+    x = jax.random.normal(jax.random.key(0), x_shape).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), w_shape).astype(jnp.bfloat16)
+    exported = jax.export.export(jax.jit(jax.grad(loss)))(x, w)
+    new, (record,) = rewrite(exported, ["conv_input_grad_dot"])
+    assert record.rewrites == 1
+    got, xla = new.call(x, w), exported.call(x, w)
+    assert got.dtype == jnp.bfloat16
+    exact = jax.jit(jax.grad(loss))(x.astype(jnp.float32), w.astype(jnp.float32))
+    err = np.abs(np.asarray(got, np.float32) - np.asarray(exact))
+    assert np.all(err <= np.abs(np.asarray(exact)) * 2.0 ** -8 + 1e-6)  # one bf16 rounding
+    assert err.mean() <= np.abs(np.asarray(xla, np.float32) - np.asarray(exact)).mean()
