@@ -53,6 +53,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
         "dot_flatten toggled": {"passes": _toggled("dot_flatten")},
+        "dot_scale_fold toggled": {"passes": _toggled("dot_scale_fold")},
         "temporaries in one heap (XLA's default)": {"xla_options": {_HEAP: -1}},
         "temporaries in 16 MiB heaps": {"xla_options": {_HEAP: 16 << 20}},
     },
