@@ -160,7 +160,8 @@ class LoadedStep(CompiledStages):
         :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
         the last finished call kept. The steps of an artefact this user did not sign, or of any
         run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
-        a call that never returns."""
+        a call that never returns. The loop is :func:`luxc.runtime.run_loop.train`'s, the one
+        ``luxc run`` runs, on a plan without checkpoints or evaluations."""
         plan = RunPlan(self.step_count + steps, self.step_count, steps_per_call)
         data = self.data if data is None else self.check_data(data)
         losses: list[float] = []
