@@ -174,7 +174,7 @@ class LoadedStep(CompiledStages):
             if on_stats is not None:
                 on_stats(step, loss, stats)
 
-        train(self, plan, RunHooks(each, stop), data=data, batches=batches,
+        train(self, plan, RunHooks(on_step=each, stop=stop), data=data, batches=batches,
               deadline=deadline_after(time_limit))
         return losses
 

@@ -121,3 +121,19 @@ def test_the_cli_prints_the_flag_a_runtime_error_names_as_an_argument(tmp_path):
     assert r.output.strip().splitlines()[-1] == (f"Error: {d} already exists; choose another "
                                                  "--out, or pass --force to replace the "
                                                  "artefact there")
+
+
+def test_a_native_kernel_called_with_shapes_jax_never_emits():
+    from jaxlib.mlir import ir
+
+    from luxc.runtime._jax_internal import ir_context
+    from luxc.runtime.native_calls import NativeCallCheck, check_module
+
+    text = """module @m { func.func public @main(%arg0: tensor<3xf32>) -> tensor<3xf32> {
+        %0 = stablehlo.custom_call @lapack_sgetrf_ffi(%arg0) : (tensor<3xf32>) -> tensor<3xf32>
+        return %0 : tensor<3xf32> } }"""
+    with ir_context():
+        message = _error(check_module, ir.Module.parse(text), NativeCallCheck("art"))
+    assert message.endswith("or pass allow_unchecked_native_calls=True if you trust its author")
+    assert cli_words(message).endswith("or pass --allow-unchecked-native-calls if you trust its "
+                                       "author")

@@ -133,9 +133,10 @@ class Session:
         if not self.loaded.signed_by_this_user:  # said once Ctrl-C is luxc's to handle
             click.echo("note: training with an artefact you did not sign; Ctrl-C stops it",
                        err=True)
-        hooks = RunHooks(self.line, self.stopping,
-                         None if self.eval_data is None else self.evaluate,
-                         self.checkpoint if self.f.checkpoint_dir else None, self.segment)
+        hooks = RunHooks(on_step=self.line, stop=self.stopping,
+                         evaluate=None if self.eval_data is None else self.evaluate,
+                         checkpoint=self.checkpoint if self.f.checkpoint_dir else None,
+                         segment=self.segment)
         try:
             train(self.loaded, self.plan, hooks, data=self.loaded.data,
                   batches=None if dataset is None else dataset.batch, deadline=self.deadline)
