@@ -120,48 +120,66 @@ def _nnx_model(key: str):
 
     rngs = nnx.Rngs(0)
     if key in ("tiny", "mlp"):
-        sizes = (4, 32, 32, 2) if key == "tiny" else (784, 512, 512, 10)
+        return _nnx_mlp(rngs, (4, 32, 32, 2) if key == "tiny" else (784, 512, 512, 10))
+    build = {"lenet": _nnx_lenet, "transformer": _nnx_block}.get(key, _nnx_head)
+    return build(rngs)
 
-        class MLP(nnx.Module):
-            def __init__(self):
-                self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
 
-            def __call__(self, h):
-                for layer in self.layers[:-1]:
-                    h = nnx.relu(layer(h))
-                return self.layers[-1](h)
+def _nnx_mlp(rngs, sizes):
+    from flax import nnx
 
-        return MLP()
-    if key == "lenet":
-        class LeNet(nnx.Module):
-            def __init__(self):
-                self.c1 = nnx.Conv(1, 6, (5, 5), padding="VALID", rngs=rngs)
-                self.c2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
-                self.d = nnx.List([nnx.Linear(256, 120, rngs=rngs), nnx.Linear(120, 84, rngs=rngs),
-                                   nnx.Linear(84, 10, rngs=rngs)])
+    class MLP(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
 
-            def __call__(self, h):
-                h = nnx.max_pool(nnx.relu(self.c1(h)), (2, 2), (2, 2))
-                h = nnx.max_pool(nnx.relu(self.c2(h)), (2, 2), (2, 2))
-                h = nnx.relu(self.d[0](h.reshape(h.shape[0], -1)))
-                return self.d[2](nnx.relu(self.d[1](h)))
+        def __call__(self, h):
+            for layer in self.layers[:-1]:
+                h = nnx.relu(layer(h))
+            return self.layers[-1](h)
 
-        return LeNet()
-    if key == "transformer":
-        class Block(nnx.Module):
-            def __init__(self):
-                self.ln1, self.ln2 = nnx.LayerNorm(wl.W, rngs=rngs), nnx.LayerNorm(wl.W, rngs=rngs)
-                self.qkv = nnx.Linear(wl.W, 3 * wl.W, rngs=rngs)
-                self.out = nnx.Linear(wl.W, wl.W, rngs=rngs)
-                self.up, self.down = nnx.Linear(wl.W, wl.M, rngs=rngs), nnx.Linear(wl.M, wl.W, rngs=rngs)
+    return MLP()
 
-            def __call__(self, x):
-                q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
-                heads = [t.reshape(*x.shape[:2], wl.H, wl.W // wl.H) for t in (q, k, v)]
-                x = x + self.out(wl.attention(*heads).reshape(x.shape))
-                return x + self.down(nnx.gelu(self.up(self.ln2(x))))
 
-        return Block()
+def _nnx_lenet(rngs):
+    from flax import nnx
+
+    class LeNet(nnx.Module):
+        def __init__(self):
+            self.c1 = nnx.Conv(1, 6, (5, 5), padding="VALID", rngs=rngs)
+            self.c2 = nnx.Conv(6, 16, (5, 5), padding="VALID", rngs=rngs)
+            self.d = nnx.List([nnx.Linear(256, 120, rngs=rngs), nnx.Linear(120, 84, rngs=rngs),
+                               nnx.Linear(84, 10, rngs=rngs)])
+
+        def __call__(self, h):
+            h = nnx.max_pool(nnx.relu(self.c1(h)), (2, 2), (2, 2))
+            h = nnx.max_pool(nnx.relu(self.c2(h)), (2, 2), (2, 2))
+            h = nnx.relu(self.d[0](h.reshape(h.shape[0], -1)))
+            return self.d[2](nnx.relu(self.d[1](h)))
+
+    return LeNet()
+
+
+def _nnx_block(rngs):
+    from flax import nnx
+
+    class Block(nnx.Module):
+        def __init__(self):
+            self.ln1, self.ln2 = nnx.LayerNorm(wl.W, rngs=rngs), nnx.LayerNorm(wl.W, rngs=rngs)
+            self.qkv = nnx.Linear(wl.W, 3 * wl.W, rngs=rngs)
+            self.out = nnx.Linear(wl.W, wl.W, rngs=rngs)
+            self.up, self.down = nnx.Linear(wl.W, wl.M, rngs=rngs), nnx.Linear(wl.M, wl.W, rngs=rngs)
+
+        def __call__(self, x):
+            q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+            heads = [t.reshape(*x.shape[:2], wl.H, wl.W // wl.H) for t in (q, k, v)]
+            x = x + self.out(wl.attention(*heads).reshape(x.shape))
+            return x + self.down(nnx.gelu(self.up(self.ln2(x))))
+
+    return Block()
+
+
+def _nnx_head(rngs):
+    from flax import nnx
 
     class Head(nnx.Module):
         def __init__(self):

@@ -91,11 +91,11 @@ def check_output(out: str | Path, force: bool) -> None:
     deletes what it did not make); a place it cannot write."""
     out = Path(out)
     if out.name in ("", ".", ".."):
-        raise ArtifactError(f"--out {str(out)!r} names no new directory; give the artefact a "
-                            "directory name, e.g. --out step.luxc")
+        raise ArtifactError(f"out={str(out)!r} names no new directory; give the artefact a "
+                            "directory name, e.g. out='step.luxc'")
     if out.exists() or out.is_symlink():
         if not force:
-            raise ArtifactError(f"{out} already exists; choose another --out, or pass --force to "
+            raise ArtifactError(f"{out} already exists; choose another out, or pass force=True to "
                                 "replace the artefact there")
         if not is_artifact_directory(out):
             extra = [] if not out.is_dir() or out.is_symlink() else sorted(
@@ -103,8 +103,8 @@ def check_output(out: str | Path, force: bool) -> None:
             raise ArtifactError(
                 f"{out} is not a luxc artefact" + (f" (it also holds {', '.join(extra[:5])})"
                                                    if extra else "")
-                + "; luxc replaces only directories it wrote, so choose another --out")
-    check_writable_directory(out.parent, "--out parent")
+                + "; luxc replaces only directories it wrote, so choose another out")
+    check_writable_directory(out.parent, "out's parent directory")
 
 
 def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[Any], *,
@@ -306,7 +306,7 @@ def _read_for_host(directory: str | Path) -> Artifact:
     manifest, host = artifact.manifest, jax.default_backend()
     if host not in manifest["platforms"]:
         raise ArtifactError(f"this artefact targets {shown(', '.join(manifest['platforms']), 200)} but this "
-                            f"machine runs {host}; recompile it with --platform {host}")
+                            f"machine runs {host}; recompile it with platforms=[{host!r}]")
     needed_devices(manifest)  # before reading the module: say what this machine lacks
     return artifact
 

@@ -56,9 +56,9 @@ def needed_devices(manifest: dict[str, Any]) -> int:
     if jax.device_count() < needed:
         described = ",".join(f"{k}={v}" for k, v in axes.items())
         raise ArtifactError(
-            f"this artefact's step is sharded over {needed} devices (--mesh {described}); this "
+            f"this artefact's step is sharded over {needed} devices (mesh {described}); this "
             f"machine has {jax.device_count()}: on CPU run it with XLA_FLAGS="
-            f"--xla_force_host_platform_device_count={needed}, or compile it again without --mesh")
+            f"--xla_force_host_platform_device_count={needed}, or compile it again without a mesh")
     return needed
 
 

@@ -146,7 +146,7 @@ def _npy_directory(path: Path, specs: list[dict[str, Any]], names: list[str],
         what = f"data[{i}] ({shown(p)})"
         if p.is_symlink() and not follow_symlinks:
             raise ArtifactError(f"{what} is a symbolic link; luxc follows no link inside a data "
-                                "directory unless asked (--follow-symlinks: only if you trust "
+                                "directory unless asked (follow_symlinks=True: only if you trust "
                                 "where it points)")
         rows = open_npy(p, what, follow_symlinks=follow_symlinks)
         sources.append(_Source(rows.header, what, 0, lambda rows=rows: rows))
@@ -251,6 +251,6 @@ def _check_memory(path: Path, sources: list[_Source], needs: dict[str, int],
         raise ArtifactError(
             f"{shown(path)} needs {byte_size(total)} of memory (largest part: {largest}, "
             f"{byte_size(parts[largest])}), more than the {byte_size(max_memory)} luxc allows a "
-            "dataset: raise the limit (--max-data-memory MiB) if you trust it"
+            "dataset: raise the limit (max_memory=, in bytes) if you trust it"
             + (", or save it with np.savez (uncompressed members are read per batch)"
                if "inflated" in largest else ""))

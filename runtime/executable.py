@@ -127,14 +127,6 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
     this user did not sign) checks its native calls before XLA compiles it
     (:mod:`luxc.runtime.native_calls`).
     """
-    return _compile(exported, args, donate_argnums, xla_options, arg_names, cache, timings,
-                    native_check)
-
-
-def _compile(exported: jax_export.Exported, args: Sequence[Any], donate_argnums: tuple[int, ...],
-             xla_options: dict[str, Any] | None, arg_names: Sequence[str] | None,
-             cache: Any, timings: dict[str, float] | None = None,
-             native_check: NativeCallCheck | None = None) -> tuple[jax.stages.Compiled, float]:
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     serializable = cache is not None or persistent_cache.active() is not None
@@ -248,8 +240,9 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     timings: dict[str, float] = {}
     traced, optimized, records, trace_seconds = optimise(
         fn, args, options, [platform or jax.default_backend()], timings)
-    compiled, seconds = _compile(optimized, args, donate_argnums,
-                                 dict(options.xla_options), arg_names, None, timings)
+    compiled, seconds = compile_exported(optimized, args, donate_argnums=donate_argnums,
+                                         xla_options=dict(options.xla_options),
+                                         arg_names=arg_names, timings=timings)
     call = None if committed_outputs else jax.jit(fn, donate_argnums=donate_argnums)
     exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
                      call=call, timings=timings,

@@ -212,11 +212,12 @@ def load_forward(files: dict[str, bytes], manifest: dict[str, Any], directory: P
                  allow_device_kernels, allow_unchecked_native_calls)
 
 
-def read_input(path: str | Path, forward: Forward) -> NpyRows:
-    """The ``.npy`` at ``path`` (``--input``) as rows read on demand, its header checked against
-    what the model takes and against the file's size before any data is read; never unpickled.
-    A FIFO, a device or a directory is refused at once (the open never blocks)."""
-    what = f"x (--input {shown(path)})"
+def read_input(path: str | Path, forward: Forward, what: str | None = None) -> NpyRows:
+    """The ``.npy`` at ``path`` as rows read on demand, its header checked against what the
+    model takes and against the file's size before any data is read; never unpickled. A FIFO,
+    a device or a directory is refused at once (the open never blocks). Errors name the input
+    ``what`` (default ``x (path)``)."""
+    what = what or f"x ({shown(path)})"
     rows = open_npy(path, what, follow_symlinks=True)  # the user named this file
     forward.check_input(rows.shape, rows.dtype, what)
     return rows

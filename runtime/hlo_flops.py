@@ -63,12 +63,23 @@ def _convolution(shape: str, rest: str, shapes: dict[str, str]) -> int:
     return 2 * _elements(shape) * size * in_features
 
 
+_Instruction = tuple[str, str, str, str]  # name, shape, opcode, the rest of the line
+
+
 def instruction_flops(hlo: str) -> dict[str, int]:
     """``instruction name -> FLOPs`` for every instruction of the HLO text ``hlo`` that runs as
     an op of its own (a fusion's count includes what it calls; the instructions inside a fused
     computation or a reducer are not listed apart)."""
+    shapes, bodies = _computations(hlo)
+    inner = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo))
+    return {inst[0]: _count(inst, shapes, bodies) for computation, body in bodies.items()
+            if computation not in inner for inst in body}
+
+
+def _computations(hlo: str) -> tuple[dict[str, str], dict[str, list[_Instruction]]]:
+    """Every instruction's shape by name, and each computation's instructions."""
     shapes: dict[str, str] = {}
-    bodies: dict[str, list[tuple[str, str, str, str]]] = {}
+    bodies: dict[str, list[_Instruction]] = {}
     current = ""
     for line in hlo.splitlines():
         header = _COMPUTATION.match(line)
@@ -80,32 +91,28 @@ def instruction_flops(hlo: str) -> dict[str, int]:
         if m:
             shapes[m.group(1)] = m.group(2)
             bodies.setdefault(current, []).append(m.groups())
-    counts: dict[str, int] = {}
+    return shapes, bodies
 
-    def count(name: str, shape: str, opcode: str, rest: str, depth: int = 0) -> int:
-        if opcode == "dot":
-            return _dot(shape, rest, shapes)
-        if opcode == "convolution":
-            return _convolution(shape, rest, shapes)
-        if opcode in ELEMENTWISE:
-            return _elements(shape)
-        if opcode == "reduce":
-            operands = _operands(rest)
-            inputs = operands[:max(1, len(operands) // 2)]
-            return sum(_elements(shapes.get(o, "")) for o in inputs)
-        if opcode == "reduce-window":
-            window = re.search(r"window=\{size=([\dx]+)", rest)
-            return _elements(shape) * (math.prod(int(v) for v in window.group(1).split("x"))
-                                       if window else 1)
-        if opcode == "fusion" and depth < 8:
-            calls = re.search(r"calls=%([\w.\-]+)", rest)
-            body = bodies.get(calls.group(1), []) if calls else []
-            return sum(count(*inst, depth + 1) for inst in body)
-        return 0
 
-    inner = set(re.findall(r"(?:calls|to_apply)=%([\w.\-]+)", hlo))
-    for computation, body in bodies.items():
-        if computation not in inner:
-            for inst in body:
-                counts[inst[0]] = count(*inst)
-    return counts
+def _count(inst: _Instruction, shapes: dict[str, str], bodies: dict[str, list[_Instruction]],
+           depth: int = 0) -> int:
+    _, shape, opcode, rest = inst
+    if opcode == "dot":
+        return _dot(shape, rest, shapes)
+    if opcode == "convolution":
+        return _convolution(shape, rest, shapes)
+    if opcode in ELEMENTWISE:
+        return _elements(shape)
+    if opcode == "reduce":
+        operands = _operands(rest)
+        inputs = operands[:max(1, len(operands) // 2)]
+        return sum(_elements(shapes.get(o, "")) for o in inputs)
+    if opcode == "reduce-window":
+        window = re.search(r"window=\{size=([\dx]+)", rest)
+        return _elements(shape) * (math.prod(int(v) for v in window.group(1).split("x"))
+                                   if window else 1)
+    if opcode == "fusion" and depth < 8:
+        calls = re.search(r"calls=%([\w.\-]+)", rest)
+        body = bodies.get(calls.group(1), []) if calls else []
+        return sum(_count(i, shapes, bodies, depth + 1) for i in body)
+    return 0

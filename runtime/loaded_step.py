@@ -25,6 +25,7 @@ from luxc.runtime.forward import Evaluate, Forward
 from luxc.runtime.guarded_call import deadline_after, guarded
 from luxc.runtime.native_calls import NativeCallCheck, check_lowered
 from luxc.runtime.op_profile import OpRecord, profile_exported
+from luxc.runtime.run_loop import RunHooks, RunPlan, train
 from luxc.runtime.shown import shown
 from luxc.runtime.stages import CompiledStages
 from luxc.runtime.tensor_codec import tensors_from_bytes
@@ -159,52 +160,56 @@ class LoadedStep(CompiledStages):
         :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
         the last finished call kept. The steps of an artefact this user did not sign, or of any
         run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
-        a call that never returns."""
-        if steps_per_call < 1:
-            raise ValueError(f"steps_per_call must be at least 1; received {steps_per_call}")
+        a call that never returns. The loop is :func:`luxc.runtime.run_loop.train`'s, the one
+        ``luxc run`` runs, on a plan without checkpoints or evaluations."""
+        plan = RunPlan(self.step_count + steps, self.step_count, steps_per_call)
         data = self.data if data is None else self.check_data(data)
-        deadline = deadline_after(time_limit)
         losses: list[float] = []
-        done = 0
-        while done < steps and not (stop is not None and stop()):
-            k = min(steps_per_call, steps - done)
-            if k == 1:  # the host data is prepared here; only the device work is guarded
-                step_data = data if batches is None else self.check_data(batches(done))
-            elif batches is None:
-                step_data = data
-            else:
-                step_data = [np.stack(xs) for xs in zip(*(batches(done + i) for i in range(k)))]
 
-            def call(k=k, state=self.state, step_data=step_data):
-                if k == 1:
-                    new, loss, stats = self(state, step_data)
-                    return new, [float(loss)], [[float(np.mean(s)) for s in stats]]
-                scan = self._scanned(k, stacked=batches is not None)
-                new, (chunk_losses, stats) = scan(state, step_data)
-                columns = [np.asarray(s, dtype=np.float64).reshape(k, -1).mean(1) for s in stats]
-                return (new, [float(x) for x in np.asarray(chunk_losses)],
-                        [[float(c[i]) for c in columns] for i in range(k)])
+        def each(step: int, loss: float, stats: list[float]) -> None:
+            if keep_losses:
+                losses.append(loss)
+            if on_step is not None:
+                on_step(step, loss)
+            if on_stats is not None:
+                on_stats(step, loss, stats)
 
-            if deadline is None and self.signed_by_this_user:
-                self.state, chunk, chunk_stats = call()
-            else:
-                first = self.step_count + 1
-                self.state, chunk, chunk_stats = guarded(
-                    call, deadline, f"step{'s' if k > 1 else ''} "
-                    f"{first}{f'-{first + k - 1}' if k > 1 else ''}", stop)
-            for loss, step_stats in zip(chunk, chunk_stats):
-                self.step_count += 1
-                done += 1
-                if keep_losses:
-                    losses.append(loss)
-                if on_step is not None:
-                    on_step(self.step_count, loss)
-                if on_stats is not None:
-                    on_stats(self.step_count, loss, step_stats)
-            self._check_loss_scale()
+        train(self, plan, RunHooks(on_step=each, stop=stop), data=data, batches=batches,
+              deadline=deadline_after(time_limit))
         return losses
 
-    def _check_loss_scale(self) -> None:
+    def call_steps(self, k: int, data: Sequence[Any],
+                   batches: Callable[[int], Sequence[Any]] | None, deadline: float | None,
+                   stop: Callable[[], bool] | None) -> list[tuple[float, list[float]]]:
+        """``k`` steps in one compiled call from the current state (on ``batches(i)`` for the
+        call's ``i``-th step, else on ``data``); keeps the new state and returns each step's
+        ``(loss, stats)`` (:class:`~luxc.runtime.run_loop.Steppable`). The host data is read
+        first; only the device work runs guarded (a stranger's step, or a time limit)."""
+        if batches is None:
+            step_data = data
+        elif k == 1:
+            step_data = self.check_data(batches(0))
+        else:
+            step_data = [np.stack(xs) for xs in zip(*(batches(i) for i in range(k)))]
+
+        def call(state=self.state) -> tuple[list[Any], list[tuple[float, list[float]]]]:
+            if k == 1:
+                new, loss, stats = self(state, step_data)
+                return new, [(float(loss), [float(np.mean(s)) for s in stats])]
+            new, (losses, stats) = self._scanned(k, stacked=batches is not None)(state, step_data)
+            columns = [np.asarray(s, dtype=np.float64).reshape(k, -1).mean(1) for s in stats]
+            return new, [(float(loss), [float(c[i]) for c in columns])
+                         for i, loss in enumerate(np.asarray(losses))]
+
+        if deadline is None and self.signed_by_this_user:
+            self.state, rows = call()
+        else:
+            first = self.step_count + 1
+            self.state, rows = guarded(call, deadline, f"step{'s' if k > 1 else ''} "
+                                       f"{first}{f'-{first + k - 1}' if k > 1 else ''}", stop)
+        return rows
+
+    def check_can_train(self) -> None:
         """Stop a float16 run that can no longer train: its loss scale halves on every step
         whose gradients are not finite, so 0 (or a forged inf/nan) means that every step of
         the last ~150 or more was skipped and every later one would be too."""

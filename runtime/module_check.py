@@ -106,7 +106,7 @@ def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS,
         raise ArtifactError(f"{what}: its StableHLO runs compiled device kernels "
                             f"({shown(', '.join(kernels), 400)}), native code luxc does not run from an "
                             "artefact this user did not sign; if you trust its author, pass "
-                            "--allow-device-kernels (luxc.load(..., allow_device_kernels=True))")
+                            "allow_device_kernels=True to luxc.load")
     if refused:
         raise ArtifactError(f"{what}: its StableHLO calls native functions "
                             f"{shown(', '.join(refused), 400)} "

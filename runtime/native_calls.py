@@ -190,7 +190,7 @@ def check_module(module: ir.Module, check: NativeCallCheck) -> None:
         raise ArtifactError(f"{check.what}: its StableHLO calls native kernels in {len(distinct)} "
                             f"different ways; luxc checks at most {MAX_DISTINCT_CALLS} in an "
                             "artefact this user did not sign: recompile it from its source, or "
-                            "pass --allow-unchecked-native-calls if you trust its author")
+                            "pass allow_unchecked_native_calls=True if you trust its author")
     for call in distinct:
         if check.allow_device_kernels and is_device_kernel(call.target):
             continue
@@ -200,14 +200,14 @@ def check_module(module: ir.Module, check: NativeCallCheck) -> None:
                 f"{check.what}: its StableHLO calls the native kernel {shown(call.target, 200)}, "
                 "whose buffer shapes luxc cannot check on this machine (a wrong shape corrupts "
                 "memory), from an artefact this user did not sign; recompile it from its "
-                "source, or pass --allow-unchecked-native-calls if you trust its author")
+                "source, or pass allow_unchecked_native_calls=True if you trust its author")
         if not any(call.matches(r) for r in references):
             raise ArtifactError(
                 f"{check.what}: its StableHLO calls the native kernel {shown(call.target, 200)} "
                 f"with {shown(call.describe(), 400)}, which jax's own lowering never emits (the "
                 "kernel would write outside its buffers); luxc refuses it from an artefact this "
                 "user did not sign: recompile it from its source, or pass "
-                "--allow-unchecked-native-calls if you trust its author")
+                "allow_unchecked_native_calls=True if you trust its author")
 
 
 def check_lowered(lowered: jax.stages.Lowered, check: NativeCallCheck | None) -> None:

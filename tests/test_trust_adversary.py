@@ -208,7 +208,7 @@ def test_a_sparse_16_gib_data_directory_is_refused_for_its_shuffle_before_any_re
     os.truncate(d / "0.npy", (d / "0.npy").stat().st_size + rows * 12)
     _npy_with_header(d / "1.npy", {"descr": "<f4", "fortran_order": False, "shape": (rows, 1)})
     os.truncate(d / "1.npy", (d / "1.npy").stat().st_size + rows * 4)
-    with pytest.raises(ArtifactError, match="the epoch's permutation.*--max-data-memory"):
+    with pytest.raises(ArtifactError, match="the epoch's permutation.*max_memory="):
         Dataset(d, SPECS, NAMES)
 
 

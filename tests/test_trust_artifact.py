@@ -252,6 +252,6 @@ def test_a_safe_xla_option_out_of_range_is_dropped_with_a_note(art):
 def test_device_kernels_in_an_unsigned_module_need_the_users_opt_in(target):
     module = _exported_with_custom_call(target)
     with pytest.raises(ArtifactError, match=rf"runs compiled device kernels \({target}\).*"
-                                            "--allow-device-kernels"):
+                                            "allow_device_kernels=True to luxc.load"):
         check_untrusted(module, "art")
     check_untrusted(module, "art", allow_device_kernels=True)

@@ -99,7 +99,7 @@ def test_a_symlink_inside_a_strangers_data_directory_is_refused_unless_followed(
         Dataset(ds, SPECS, NAMES)
     assert _one_line(e).startswith(f"data[1] ({ds / '1.npy'}) is a symbolic link; luxc follows "
                                    "no link inside a data directory unless asked "
-                                   "(--follow-symlinks")
+                                   "(follow_symlinks=True")
     followed = Dataset(ds, SPECS, NAMES, follow_symlinks=True)
     np.testing.assert_array_equal(followed.arrays()[1], y * 7)
 
@@ -157,7 +157,7 @@ def test_a_small_npz_declaring_2_26_rows_of_zeros_is_refused_before_inflating(tm
     message, grown_mib = r.stdout.strip().splitlines()
     assert message == (f"{path} needs 1.5 GiB of memory (largest part: data[0] ({path}:arr_0) "
                        "inflated (compressed), 768 MiB), more than the 512 MiB luxc allows a "
-                       "dataset: raise the limit (--max-data-memory MiB) if you trust it, or save "
+                       "dataset: raise the limit (max_memory=, in bytes) if you trust it, or save "
                        "it with np.savez (uncompressed members are read per batch)"), r.stderr
     assert int(grown_mib) < 64  # nothing inflated (the attack took 2.3 GB)
 

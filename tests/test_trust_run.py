@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import luxc
 from luxc import nn
 from luxc.cli import main
-from luxc.cli.run_cmd import _PLOT_POINTS, _Curve
+from luxc.cli.run_session import _PLOT_POINTS, _Curve
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,16 @@ from typing import Any
 
 import click
 
+from luxc.cli._wording import cli_words
 from luxc.runtime.guarded_call import exit_now_if_abandoned
 from luxc.runtime.host_memory import retain_host_memory as _retain_host_memory
 
 
 class CliError(click.ClickException):
+    """One line for the user; the runtime's Python words in it become the flags they typed."""
+
     def format_message(self) -> str:
-        return self.message
+        return cli_words(self.message)
 
 
 class _Group(click.Group):

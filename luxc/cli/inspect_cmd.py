@@ -50,16 +50,7 @@ def inspect(directory, as_json, verify):
     click.echo(f"platforms   {shown(', '.join(manifest['platforms']), 200)}; executable for "
                f"{shown(manifest['executable_platform'] or 'none', 80)}")
     click.echo(f"inputs      {layout['n_state']} state arrays, {layout['n_data']} data arrays")
-    mesh = manifest.get("mesh")
-    sharded = isinstance(mesh, dict)
-    if sharded:  # every input, with its partition spec over the mesh
-        click.echo(f"mesh        {shown(', '.join(f'{k}={v}' for k, v in mesh.items()), 200)}")
-        rows = zip(layout["state_names"] + layout["data_names"], manifest["inputs"])
-    else:
-        rows = zip(layout["data_names"], manifest["inputs"][layout["n_state"]:])
-    for name, spec in rows:
-        sharding = f" {shown(spec.get('sharding', 'P()'), 200)}" if sharded else ""
-        click.echo(f"            {shown(name, 200)}: {spec['dtype']}{spec['shape']}{sharding}")
+    _echo_inputs(manifest)
     options = manifest["compile_options"]
     click.echo(f"options     passes={shown(options['passes'], 400)} precision="
                f"{shown(options['precision'], 40)} xla={shown(options['xla_options'] or '{}', 400)}")
@@ -88,6 +79,23 @@ def inspect(directory, as_json, verify):
                                  if signed else
                                  f"no: {unsigned_reason}; luxc will compile its "
                                  "StableHLO instead of loading its executable"))
+
+
+def _echo_inputs(manifest: dict) -> None:
+    """The data inputs (with a mesh: every input, with its partition spec over the mesh)."""
+    from luxc.runtime.shown import shown
+
+    layout = manifest["layout"]
+    mesh = manifest.get("mesh")
+    sharded = isinstance(mesh, dict)
+    if sharded:  # every input, with its partition spec over the mesh
+        click.echo(f"mesh        {shown(', '.join(f'{k}={v}' for k, v in mesh.items()), 200)}")
+        rows = zip(layout["state_names"] + layout["data_names"], manifest["inputs"])
+    else:
+        rows = zip(layout["data_names"], manifest["inputs"][layout["n_state"]:])
+    for name, spec in rows:
+        sharding = f" {shown(spec.get('sharding', 'P()'), 200)}" if sharded else ""
+        click.echo(f"            {shown(name, 200)}: {spec['dtype']}{spec['shape']}{sharding}")
 
 
 def _autotune_line(record: object) -> str | None:

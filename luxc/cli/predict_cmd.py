@@ -10,6 +10,7 @@ import click
 
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, unchecked_native_calls_option
+from luxc.runtime.shown import shown
 
 
 def _check_out(path: str, directory: str) -> None:
@@ -96,7 +97,7 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
                        "luxc.load(DIR).predict(x) in Python")
     if state_path:
         predictor.load_state(state_path)
-    x = read_input(input_path, predictor.forward)
+    x = read_input(input_path, predictor.forward, f"x (--input {shown(input_path)})")
     if not predictor.forward.signed_by_this_user:  # said once Ctrl-C can stop it
         click.echo("note: running the model of an artefact you did not sign; Ctrl-C stops it",
                    err=True)

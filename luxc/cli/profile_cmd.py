@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -199,8 +202,6 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
     times = _compare(spec, steps, settings)
     medians = [statistics.median(t) for t in times]
     if as_json:
-        import json
-
         click.echo(json.dumps({"variants": [
             {"options": {**s, "xla_option": list(s["xla_option"])}, "median_seconds": m,
              "min_seconds": min(t), "steps": len(t)}
@@ -261,11 +262,7 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
                                         "xla_option": xla_option}, compare, as_json)
         return
     if trace:
-        from luxc.runtime.atomic_write import check_writable_directory
-
-        if Path(target).is_dir():  # a trace never goes into the artefact it profiles
-            check_outside(trace, target, "--trace")
-        check_writable_directory(trace, "--trace")
+        _check_trace(trace, target)
     if Path(target).is_dir():
         cold, warm, (times, faults), cost, mem, facts = _profile_dir(
             target, steps, trace, ops=bool(ops),
@@ -276,54 +273,88 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
             target, steps, compile_options(passes, precision, xla_option, mixed_precision,
                                            autotune), trace, ops=bool(ops))
         what = "compile"
-    median = statistics.median(times)
-    records = facts.pop("ops", None)
-    breakdown = facts.pop("compile breakdown", None)
-    tuned = facts.pop("autotune", None)
+    report = _Report(what, cold, warm, times, faults, (cost or {}).get("flops"), mem, facts,
+                     facts.pop("ops", None), facts.pop("compile breakdown", None),
+                     facts.pop("autotune", None))
     if as_json:
-        import json
-
-        click.echo(json.dumps({
-            **facts, "compile_seconds": cold, "warm_compile_seconds": warm,
-            "compile_breakdown": breakdown,
-            "autotune": tuned.as_dict() if tuned is not None else None,
-            "step_seconds": {"median": median, "min": min(times), "max": max(times),
-                             "steps": len(times)},
-            "peak_bytes": peak_bytes(mem), "minor_faults_per_step": faults,
-            "flops_per_step": (cost or {}).get("flops"),
-            "ops": [r.as_dict() for r in records[:ops]] if records is not None else None}))
+        click.echo(json.dumps(report.as_dict(ops)))
         return
-    for label in ("batch", "passes", "executable"):
-        if label in facts:
-            click.echo(f"{label:<15}{facts[label]}")
-    click.echo(_row(what, f"{cold:.3f}", "s", "cold" + (f", {warm:.3f} s warm (persistent cache)"
-                                                       if warm is not None else "")))
-    if breakdown:
-        for line in _breakdown_rows(breakdown):
+    report.echo(trace, ops)
+
+
+def _check_trace(trace: str, target: str) -> None:
+    from luxc.runtime.atomic_write import check_writable_directory
+
+    if Path(target).is_dir():  # a trace never goes into the artefact it profiles
+        check_outside(trace, target, "--trace")
+    check_writable_directory(trace, "--trace")
+
+
+@dataclass
+class _Report:
+    """What ``luxc profile`` measured, printed as rows or as one JSON object."""
+
+    what: str  # "compile" or "load + compile"
+    cold: float
+    warm: float | None
+    times: list[float]
+    faults: float | None
+    flops: float | None
+    mem: dict | None
+    facts: dict[str, Any]
+    records: list[Any] | None
+    breakdown: dict[str, float] | None
+    tuned: Any
+
+    def as_dict(self, ops: int | None) -> dict[str, Any]:
+        times = self.times
+        return {
+            **self.facts, "compile_seconds": self.cold, "warm_compile_seconds": self.warm,
+            "compile_breakdown": self.breakdown,
+            "autotune": self.tuned.as_dict() if self.tuned is not None else None,
+            "step_seconds": {"median": statistics.median(times), "min": min(times),
+                             "max": max(times), "steps": len(times)},
+            "peak_bytes": peak_bytes(self.mem), "minor_faults_per_step": self.faults,
+            "flops_per_step": self.flops,
+            "ops": [r.as_dict() for r in self.records[:ops]] if self.records is not None
+            else None}
+
+    def echo(self, trace: str | None, ops: int | None) -> None:
+        for label in ("batch", "passes", "executable"):
+            if label in self.facts:
+                click.echo(f"{label:<15}{self.facts[label]}")
+        click.echo(_row(self.what, f"{self.cold:.3f}", "s", "cold" + (
+            f", {self.warm:.3f} s warm (persistent cache)" if self.warm is not None else "")))
+        for line in _breakdown_rows(self.breakdown) if self.breakdown else ():
             click.echo(line)
-    if tuned is not None:
-        click.echo(f"{'autotune':<15}{str(tuned).removeprefix('autotune: ')}")
-    click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min {min(times) * 1e3:.3f} ms, "
-                    f"max {max(times) * 1e3:.3f} ms over {len(times)} steps (sync=True)"))
-    click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))
-    value, _, unit = format_bytes(peak_bytes(mem)).partition(" ")
-    click.echo(_row("peak memory", value, unit,
-                    "XLA buffers: arguments + outputs - aliased + temporaries"))
-    if faults is not None:
-        # A step whose temporaries glibc maps anew on every call (over 64 MiB from XLA's worker
-        # threads) shows here as ~one fault per base page; README "Host memory" says what to do.
-        mib = faults * (resource.getpagesize() if resource else 4096) / 2**20
-        click.echo(_row("page faults", f"{faults:,.0f}", "/step",
-                        f"minor; ~{mib:,.0f} MiB of pages mapped anew per step (at the base page "
-                        "size)" if faults >= 256 else "minor"))
-    flops = (cost or {}).get("flops")
-    if flops:
-        click.echo(_row("achieved", f"{flops / median / 1e9:.2f}", "GFLOP/s",
-                        f"{flops / 1e6:.1f} MFLOP per step"))
-    if trace:
-        click.echo(f"{'trace':<15}{trace} (open with Perfetto or TensorBoard)")
-    if records is not None:
-        click.echo(f"ops ({len(records)} in the step; top {min(ops, len(records))} by time, "
-                   f"{sum(r.share for r in records[:ops]):.0%} of the step):")
-        for line in _ops_rows(records, ops):
-            click.echo("  " + line)
+        if self.tuned is not None:
+            click.echo(f"{'autotune':<15}{str(self.tuned).removeprefix('autotune: ')}")
+        self._echo_step()
+        if trace:
+            click.echo(f"{'trace':<15}{trace} (open with Perfetto or TensorBoard)")
+        if self.records is not None:
+            click.echo(f"ops ({len(self.records)} in the step; top {min(ops, len(self.records))} "
+                       f"by time, {sum(r.share for r in self.records[:ops]):.0%} of the step):")
+            for line in _ops_rows(self.records, ops):
+                click.echo("  " + line)
+
+    def _echo_step(self) -> None:
+        times, median = self.times, statistics.median(self.times)
+        click.echo(_row("step time", f"{median * 1e3:.3f}", "ms", f"median; min "
+                        f"{min(times) * 1e3:.3f} ms, max {max(times) * 1e3:.3f} ms over "
+                        f"{len(times)} steps (sync=True)"))
+        click.echo(_row("throughput", f"{1 / median:.1f}", "steps/s"))
+        value, _, unit = format_bytes(peak_bytes(self.mem)).partition(" ")
+        click.echo(_row("peak memory", value, unit,
+                        "XLA buffers: arguments + outputs - aliased + temporaries"))
+        if self.faults is not None:
+            # A step whose temporaries glibc maps anew on every call (over 64 MiB from XLA's
+            # worker threads) shows here as ~one fault per base page; README "Host memory"
+            # says what to do.
+            mib = self.faults * (resource.getpagesize() if resource else 4096) / 2**20
+            click.echo(_row("page faults", f"{self.faults:,.0f}", "/step",
+                            f"minor; ~{mib:,.0f} MiB of pages mapped anew per step (at the base "
+                            "page size)" if self.faults >= 256 else "minor"))
+        if self.flops:
+            click.echo(_row("achieved", f"{self.flops / median / 1e9:.2f}", "GFLOP/s",
+                            f"{self.flops / 1e6:.1f} MFLOP per step"))

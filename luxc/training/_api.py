@@ -45,12 +45,13 @@ def apply_gradients_(ts: TrainState, grads: Any) -> TrainState:
 def _train_step(ad: Any, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
                 return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                 caller: str):
-    # Positional calls and cheap checks first: this runs on every cache hit.
+    # Cheap checks first: this runs on every cache hit.
     if not isinstance(ad, SUPPORTED):
         check_backend(ad, caller)
     if type(ts) is not TrainState or ts.donation.call is not None:
         check_state(ts, caller)
-    return ad.train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller)
+    return ad.train(obj_fn, data, ts, donate=donate, return_gradients=return_gradients, sync=sync,
+                    compile_options=compile_options, caller=caller)
 
 
 def single_train_step_(backend: Any, obj_fn: Any, data: Any, ts: TrainState, *,

@@ -34,7 +34,7 @@ class _Eager:
             jax.block_until_ready(out[:3])
         return out
 
-    def train(self, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
+    def train(self, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
               return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
               caller: str):
         grads, loss, stats, new = self.gradients(obj_fn, data, ts, sync=False,
@@ -52,8 +52,9 @@ class _Eager:
         losses, stats, grads = [], [], None
         for i in range(steps):
             batch = jax.tree_util.tree_map(lambda b, i=i: b[i], batches)
-            grads, loss, stat, ts = self.train(obj_fn, batch, ts, donate, return_gradients, False,
-                                               None, caller)
+            grads, loss, stat, ts = self.train(obj_fn, batch, ts, donate=donate,
+                                               return_gradients=return_gradients, sync=False,
+                                               compile_options=None, caller=caller)
             losses.append(loss)
             stats.append(stat)
         out = (grads, jnp.stack(losses), jax.tree_util.tree_map(lambda *s: jnp.stack(s), *stats), ts)
@@ -92,23 +93,24 @@ class AutoXLA:
 
     def gradients(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _kinds.run(_kinds.GRADIENTS, obj_fn, data, ts, False, False, sync, compile_options,
-                          caller)
+        return _kinds.run(_kinds.GRADIENTS, obj_fn, data, ts, sync=sync,
+                          compile_options=compile_options, caller=caller)
 
-    # train(obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller): bound
-    # without a Python frame of its own, as it runs on every cache hit.
+    # train(obj_fn, data, ts, *, donate, return_gradients, sync, compile_options, caller):
+    # bound without a Python frame of its own, as it runs on every cache hit.
     train = staticmethod(functools.partial(_kinds.run, _kinds.TRAIN))
 
     def train_steps(self, obj_fn: Any, batches: Any, ts: TrainState, steps: int, *, donate: bool,
                     return_gradients: bool, sync: bool, compile_options: CompileOptions | None,
                     caller: str):
-        return _kinds.run(_kinds.TRAIN_STEPS, obj_fn, batches, ts, donate, return_gradients, sync,
-                          compile_options, caller, steps)
+        return _kinds.run(_kinds.TRAIN_STEPS, obj_fn, batches, ts, donate=donate,
+                          return_gradients=return_gradients, sync=sync,
+                          compile_options=compile_options, caller=caller, steps=steps)
 
     def objective(self, obj_fn: Any, data: Any, ts: TrainState, *, sync: bool,
                   compile_options: CompileOptions | None, caller: str):
-        return _kinds.run(_kinds.OBJECTIVE, obj_fn, data, ts, False, False, sync, compile_options,
-                          caller)
+        return _kinds.run(_kinds.OBJECTIVE, obj_fn, data, ts, sync=sync,
+                          compile_options=compile_options, caller=caller)
 
 
 # Porting aids, ADTypes' names for the backends in Lux's roles: Reactant and Enzyme compile

@@ -19,6 +19,7 @@ from luxc.runtime.stages import CompiledStages, Stage
 from luxc.training._kinds import (
     KINDS,
     UPDATE,
+    Program,
     StepKind,
     entry,
     for_options,
@@ -30,7 +31,7 @@ from luxc.training._state import TrainState
 
 def update(ts: TrainState, grads: Any, *, donate: bool, caller: str) -> TrainState:
     """The optimiser's update of ``ts`` by ``grads``, as an ordinary cache entry."""
-    return run(UPDATE, None, grads, ts, donate, False, False, None, caller)
+    return run(UPDATE, None, grads, ts, donate=donate, caller=caller)
 
 
 class CompiledStep(CompiledStages):
@@ -130,6 +131,7 @@ def compile_step(obj_fn: Any, data: Any, ts: TrainState, *,
     ts.check_alive()
     step_kind = for_options(KINDS[kind], options)
     return_gradients = return_gradients and step_kind.returns_gradients
-    found = entry(step_kind, ts.cache, obj_fn, ts.model, ts.optimizer, step_kind.args(ts, data),
-                  return_gradients, donate, options, "compile_step")
+    program = Program(obj_fn, ts.model, ts.optimizer, return_gradients, options)
+    found = entry(step_kind, ts.cache, program, step_kind.args(ts, data), donate=donate,
+                  caller="compile_step")
     return CompiledStep(found, step_kind)

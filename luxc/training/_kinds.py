@@ -165,11 +165,11 @@ def for_options(kind: StepKind, options: CompileOptions | None) -> StepKind:
     return kind
 
 
-def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optimizer: Any,
-          args: tuple, return_gradients: bool, donate: bool, options: CompileOptions,
-          caller: str) -> CacheEntry:
-    """The cache entry of this program for ``args``' signature; compiles it on a miss."""
-    key = program_key(kind.name, obj_fn, model, optimizer, return_gradients, donate, options)
+def entry(kind: StepKind, cache: ExecutableCache, program: Program, args: tuple, *,
+          donate: bool, caller: str) -> CacheEntry:
+    """The cache entry of ``program`` for ``args``' signature; compiles it on a miss."""
+    key = program_key(kind.name, program.objective, program.model, program.optimizer,
+                      program.return_gradients, donate, program.options)
     signature = Signature.of(args)
     found = lookup(cache, key, signature, kind.arg_names, preference("recompile_check"), caller)
     if found is not None:
@@ -177,7 +177,8 @@ def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optim
     check_placement(args, kind.arg_names, caller)
     if kind.uses_objective:  # the update's "data" are the backend's own gradients
         warn_non_finite(args[-1], kind.arg_names[-1], caller)
-    step = kind.build(Program(obj_fn, model, optimizer, return_gradients, options))
+    step = kind.build(program)
+    options = program.options
 
     def compile_with(o: CompileOptions) -> Executable:
         return build(step, args, options=o, donate_argnums=kind.donated if donate else (),
@@ -194,22 +195,25 @@ def entry(kind: StepKind, cache: ExecutableCache, obj_fn: Any, model: Any, optim
 _TRACING = jax.profiler.TraceAnnotation.is_enabled
 
 
-def run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
-        return_gradients: bool, sync: bool, compile_options: CompileOptions | None, caller: str,
-        steps: int = 1):
-    """One compiled call of the training API; returns what the caller returns (positional
-    arguments: this runs on every cache hit). Under a ``jax.profiler`` trace the call is one
-    ``kind.event`` step event with the TrainState's ``step_num``; without one the check costs
-    a few tens of nanoseconds, the annotation itself microseconds."""
+def run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool = False,
+        return_gradients: bool = False, sync: bool = False,
+        compile_options: CompileOptions | None = None, caller: str, steps: int = 1):
+    """One compiled call of the training API; returns what the caller returns. ``donate``:
+    the call updates ``ts``'s buffers in place; ``steps``: how many steps it advances
+    ``ts.step``; ``caller`` names the API function in errors. This runs on every cache hit:
+    keyword arguments straight through, nothing built per call. Under a ``jax.profiler``
+    trace the call is one ``kind.event`` step event with the TrainState's ``step_num``;
+    without one the check costs a few tens of nanoseconds, the annotation itself
+    microseconds."""
     if kind.event is not None and _TRACING():
         with jax.profiler.StepTraceAnnotation(kind.event, step_num=ts.step):
-            return _run(kind, obj_fn, data, ts, donate, return_gradients, sync, compile_options,
-                        caller, steps)
-    return _run(kind, obj_fn, data, ts, donate, return_gradients, sync, compile_options, caller,
-                steps)
+            return _run(kind, obj_fn, data, ts, donate=donate, return_gradients=return_gradients,
+                        sync=sync, compile_options=compile_options, caller=caller, steps=steps)
+    return _run(kind, obj_fn, data, ts, donate=donate, return_gradients=return_gradients,
+                sync=sync, compile_options=compile_options, caller=caller, steps=steps)
 
 
-def _run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
+def _run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, *, donate: bool,
          return_gradients: bool, sync: bool, compile_options: CompileOptions | None, caller: str,
          steps: int):
     if compile_options is not None and compile_options.mixed_precision is not None:
@@ -229,8 +233,9 @@ def _run(kind: StepKind, obj_fn: Any, data: Any, ts: TrainState, donate: bool,
         except TypeError:  # an unhashable objective: keyed by value or identity on the slow path
             out, fast_key = None, None
         if out is None:
-            found = entry(kind, cache, obj_fn, model, optimizer, args, return_gradients, donate,
-                          normalise(compile_options), caller)
+            program = Program(obj_fn, model, optimizer, return_gradients,
+                              normalise(compile_options))
+            found = entry(kind, cache, program, args, donate=donate, caller=caller)
             if fast_key is not None:
                 # The fast key names model and optimizer by id: the entry keeps them alive.
                 cache.bind_fast(fast_key, found, pins=(obj_fn, model, optimizer))
