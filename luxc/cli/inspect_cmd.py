@@ -24,8 +24,8 @@ def inspect(directory, as_json, verify):
     """Show an artefact's manifest, pass report, FLOPs and memory."""
     from pathlib import Path
 
-    from luxc.runtime.artifact_format import check_files, other_entries, read_manifest
-    from luxc.runtime.shown import shown, shown_lines
+    from luxc.runtime.artifacts._format import check_files, other_entries, read_manifest
+    from luxc.runtime.messages._shown import shown, shown_lines
 
     manifest, signed, unsigned_reason = read_manifest(directory)
     check_files(directory, manifest, hashes=verify)
@@ -93,7 +93,7 @@ def inspect(directory, as_json, verify):
 def _autotune_line(record: object) -> str | None:
     """The manifest's autotune record as one line (kept candidate, then each candidate's time);
     a record this luxc cannot read is said to be so, not trusted (the manifest is data)."""
-    from luxc.runtime.shown import shown
+    from luxc.runtime.messages._shown import shown
 
     if record is None:
         return None

@@ -14,9 +14,9 @@ from luxc.cli import run_checkpoints as checkpoints
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, load_artifact, unchecked_native_calls_option
 from luxc.cli.run_log import RunLog, check_log
-from luxc.runtime.checkpoint_format import MAX_SEED
-from luxc.runtime.guarded_call import GRACE_SECONDS, StepInterrupted
-from luxc.runtime.shown import shown as escaped
+from luxc.runtime.artifacts._checkpoint_format import MAX_SEED
+from luxc.runtime.messages._shown import shown as escaped
+from luxc.runtime.trust._guarded_call import GRACE_SECONDS, StepInterrupted
 
 _MAX_STEPS = 1 << 40
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
@@ -205,7 +205,7 @@ def run(directory, steps, epochs, data_path, seed, eval_path, follow_symlinks,
             if seed is not None and seed != run_record["seed"]:
                 raise CliError(f"--seed {seed}: the run in {checkpoint_dir} uses seed "
                                f"{run_record['seed']}; resume it without --seed")
-    from luxc.runtime.dataset import Dataset
+    from luxc.runtime.data._dataset import Dataset
 
     dataset = None
     read = dict(follow_symlinks=follow_symlinks, max_memory=max_data_memory << 20)

@@ -22,7 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
-from luxc.runtime.options import CompileOptions
+from luxc.runtime.compiling._options import CompileOptions
 from luxc.training._microbatch import accumulate
 from luxc.training._mixed_precision import apply_policy, loss_scaled_train
 

@@ -1,0 +1,8 @@
+"""What luxc writes to disk and reads back: the artefact directory (its format and manifest,
+a sharded step's mesh, saving and loading), the step and the forward pass loaded from one, and
+the checkpoint file; arrays in both are safetensors bytes, checked on read."""
+
+from luxc.runtime.artifacts._loaded_step import LoadedStep as LoadedStep
+from luxc.runtime.artifacts._loaded_step import Predictor as Predictor
+
+__all__ = ["LoadedStep", "Predictor"]
