@@ -8,6 +8,7 @@ reads, atomic writes), ``performance`` (op profiles, FLOPs, host memory), ``data
 The names below are the public surface; modules with a leading ``_`` are internal."""
 
 from luxc.runtime.artifacts import LoadedStep as LoadedStep
+from luxc.runtime.artifacts import Manifest as Manifest
 from luxc.runtime.artifacts import Predictor as Predictor
 from luxc.runtime.caching import DEFAULT_MAX_ENTRIES as DEFAULT_MAX_ENTRIES
 from luxc.runtime.caching import CacheInfo as CacheInfo
@@ -35,7 +36,7 @@ from luxc.runtime.trust import TimeLimitExceeded as TimeLimitExceeded
 __all__ = [
     "DEFAULT_MAX_ENTRIES", "ArtifactError", "AutotuneReport", "CacheInfo", "CompileOptions",
     "CompiledStages", "Dataset", "DonationWarning", "Executable", "ExecutableCache",
-    "LoadedStep", "NewObjectiveWarning", "OpRecord", "Predictor", "RecompileError",
+    "LoadedStep", "Manifest", "NewObjectiveWarning", "OpRecord", "Predictor", "RecompileError",
     "RecompileWarning", "RetainedMemory", "StepInterrupted", "TimeLimitExceeded", "WriteError",
     "cache_info", "explain_recompiles", "persistent_cache", "retain_host_memory",
 ]

@@ -33,6 +33,7 @@ MODULES = [
     "luxc.nn._upsample",
     "luxc.nn._weight_norm",
     "luxc.ops",
+    "luxc.passes",
     "luxc.runtime.compiling._options",
     "luxc.runtime.messages._shown",
     "luxc.runtime.trust._untrusted_options",

@@ -134,7 +134,7 @@ def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_call
     one()
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
-             "passes": _passes([(r["name"], r["rewrites"]) for r in loaded.pass_report]),
+             "passes": _passes([(r.name, r.rewrites) for r in loaded.pass_report]),
              "executable": loaded.executable_source,
              "ops": loaded.profile(steps=min(steps, 20)) if ops else None}
     return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts

@@ -4,5 +4,11 @@ the checkpoint file; arrays in both are safetensors bytes, checked on read."""
 
 from luxc.runtime.artifacts._loaded_step import LoadedStep as LoadedStep
 from luxc.runtime.artifacts._loaded_step import Predictor as Predictor
+from luxc.runtime.artifacts._manifest import ArraySpec as ArraySpec
+from luxc.runtime.artifacts._manifest import FileEntry as FileEntry
+from luxc.runtime.artifacts._manifest import Layout as Layout
+from luxc.runtime.artifacts._manifest import Manifest as Manifest
+from luxc.runtime.artifacts._manifest import ProgramSpec as ProgramSpec
 
-__all__ = ["LoadedStep", "Predictor"]
+__all__ = ["ArraySpec", "FileEntry", "Layout", "LoadedStep", "Manifest", "Predictor",
+           "ProgramSpec"]

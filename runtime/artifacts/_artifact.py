@@ -13,7 +13,6 @@ handed to jax's compilation-cache loader.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import shutil
 import time
@@ -157,7 +156,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "mesh": mesh_of(args),
         "outputs": [{"name": name, "shape": list(a.shape), "dtype": str(a.dtype)}
                     for name, a in zip(_output_names(layout), optimized.out_avals)],
-        "pass_report": [dataclasses.asdict(r) for r in records],
+        "pass_report": [r.to_json() for r in records],
         "compile_options": {"passes": options.passes, "xla_options": dict(options.xla_options),
                             "precision": options.precision,
                             "mixed_precision": options.mixed_precision},
@@ -251,7 +250,7 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     native_check = None
     if not artifact.signed_by_this_user:
         targets = check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
-                                  mesh=manifest.get("mesh"), directory=artifact.directory,
+                                  mesh=manifest.mesh, directory=artifact.directory,
                                   allow_device_kernels=allow_device_kernels)
         native_check = NativeCallCheck.for_module(
             targets, f"{artifact.directory} (step.jaxexport)", allow_unchecked_native_calls,
@@ -261,26 +260,26 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
         raise ArtifactError(f"cannot read the StableHLO of {artifact.directory} with jaxlib "
                             f"{jaxlib.__version__} (built with jaxlib "
-                            f"{shown(manifest['versions']['jaxlib'], 80)}): {e}") from None
+                            f"{shown(manifest.versions['jaxlib'], 80)}): {e}") from None
     check_against_module(manifest, exported.in_avals, exported.out_avals)
-    shardings = input_shardings(manifest, exported)
-    args = [jax.ShapeDtypeStruct(tuple(s["shape"]), np.dtype(s["dtype"]), sharding=sharding)
-            for s, sharding in zip(manifest["inputs"], shardings)]
+    shardings = input_shardings(manifest.mesh, exported)
+    args = [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype), sharding=sharding)
+            for s, sharding in zip(manifest.inputs, shardings)]
     notes: list[str] = []
     cache = None
     if "executable.bin" not in artifact.files:
         notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
-    elif manifest["executable_platform"] != host or manifest["versions"]["jaxlib"] != \
+    elif manifest.executable_platform != host or manifest.versions["jaxlib"] != \
             jaxlib.__version__:
-        notes.append(f"the executable was built for {shown(manifest['executable_platform'], 80)} "
-                     f"with jaxlib {shown(manifest['versions']['jaxlib'], 80)}; compiled the "
+        notes.append(f"the executable was built for {shown(manifest.executable_platform, 80)} "
+                     f"with jaxlib {shown(manifest.versions['jaxlib'], 80)}; compiled the "
                      f"portable StableHLO for {host} with jaxlib {jaxlib.__version__} instead")
     elif not artifact.signed_by_this_user:
         notes.append(f"did not load the artefact's executable (native code) because "
                      f"{artifact.unsigned_reason}; compiled its StableHLO instead")
     else:
-        cache = MemoryCache({manifest["executable_key"]: artifact.files["executable.bin"]})
-    xla_options = untrusted_xla_options(manifest["compile_options"]["xla_options"],
+        cache = MemoryCache({manifest.executable_key: artifact.files["executable.bin"]})
+    xla_options = untrusted_xla_options(dict(manifest.xla_options),
                                artifact.signed_by_this_user, notes)
     # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
     compile_cache = cache or persistent_cache.active() or MemoryCache()
@@ -304,10 +303,10 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
 def _read_for_host(directory: str | Path) -> Artifact:
     artifact = read_artifact(directory)
     manifest, host = artifact.manifest, jax.default_backend()
-    if host not in manifest["platforms"]:
-        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest['platforms']), 200)} but this "
-                            f"machine runs {host}; recompile it with --platform {host}")
-    needed_devices(manifest)  # before reading the module: say what this machine lacks
+    if host not in manifest.platforms:
+        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest.platforms), 200)} but "
+                            f"this machine runs {host}; recompile it with --platform {host}")
+    needed_devices(manifest.mesh)  # before reading the module: say what this machine lacks
     return artifact
 
 
@@ -323,6 +322,6 @@ def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False,
         raise ArtifactError(f"{artifact.directory} holds no forward pass (its model could not be "
                             "exported for any batch size when it was compiled, or an older luxc "
                             "compiled it); recompile it with this luxc")
-    n_state = artifact.manifest["layout"]["n_state"]
-    state = artifact_tensors(artifact, "state.safetensors", artifact.manifest["inputs"][:n_state])
+    state = artifact_tensors(artifact, "state.safetensors",
+                             artifact.manifest["inputs"][:artifact.manifest.layout.n_state])
     return Predictor(artifact.directory, artifact.manifest, forward, state)

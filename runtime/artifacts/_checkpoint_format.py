@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from luxc.runtime.artifacts._manifest import Manifest
 from luxc.runtime.artifacts._tensor_codec import tensor_bytes, tensors_from_bytes
 from luxc.runtime.files._bounded_read import read_regular
 from luxc.runtime.files._errors import ArtifactError
@@ -268,15 +269,16 @@ def _show(entry: dict[str, Any]) -> str:
     return entry["repr"] if "repr" in entry else f"Val({entry['value']!r})"
 
 
-def state_from_checkpoint(path: str | Path, manifest: dict[str, Any]
+def state_from_checkpoint(path: str | Path, manifest: Manifest
                           ) -> tuple[list[np.ndarray], Checkpoint]:
     """The flat state an artefact's step takes (``manifest``'s ``layout.state_names`` order),
     read from the checkpoint at ``path`` and checked against the artefact: the same leaves, of
     the same shapes and dtypes, and the static values it was compiled with."""
-    layout = manifest["layout"]
-    names = layout["state_names"]
-    specs = dict(zip(names, manifest["inputs"]))
-    ckpt = read_checkpoint(path, max_bytes([{"path": n, **specs[n]} for n in names]))
+    layout = manifest.layout
+    names = list(layout.state_names)
+    specs = dict(zip(names, manifest.inputs))
+    ckpt = read_checkpoint(path, max_bytes([{"shape": s.shape, "dtype": s.dtype}
+                                            for s in manifest.state_inputs]))
     if sorted(ckpt.names) != sorted(names):
         missing = [n for n in names if n not in ckpt.names]
         extra = [n for n in ckpt.names if n not in names]
@@ -288,9 +290,9 @@ def state_from_checkpoint(path: str | Path, manifest: dict[str, Any]
     by_name = dict(zip(ckpt.names, ckpt.arrays))
     for name in names:
         a, spec = by_name[name], specs[name]
-        if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+        if a.shape != spec.shape or str(a.dtype) != spec.dtype:
             raise ArtifactError(f"checkpoint {path}: {name} is {a.dtype}{list(a.shape)}; the "
-                                f"artefact takes {spec['dtype']}{spec['shape']}")
-    if "statics" in layout:
-        check_statics(Path(path), ckpt.statics, layout["statics"])
+                                f"artefact takes {spec.dtype}{list(spec.shape)}")
+    if layout.statics is not None:
+        check_statics(Path(path), ckpt.statics, layout.statics)
     return [by_name[n] for n in names], ckpt

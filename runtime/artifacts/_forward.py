@@ -30,6 +30,7 @@ import numpy as np
 from jax import export as jax_export
 
 from luxc.runtime.artifacts._format import EVALUATE_FILE, FORWARD_FILE
+from luxc.runtime.artifacts._manifest import Manifest, ProgramSpec
 from luxc.runtime.caching import persistent_cache
 from luxc.runtime.caching.persistent_cache import MemoryCache
 from luxc.runtime.compiling._executable import compile_exported
@@ -45,10 +46,10 @@ class _Program:
     """A stored module over ``(*parameters, *states, *inputs)``, its inputs' batch axis
     symbolic; compiled once per batch size, run where Ctrl-C stops it when not signed."""
 
-    def __init__(self, exported: jax_export.Exported, spec: dict[str, Any], signed: bool,
+    def __init__(self, exported: jax_export.Exported, spec: ProgramSpec, signed: bool,
                  native_check: NativeCallCheck | None = None):
         self.exported, self._signed, self._native_check = exported, signed, native_check
-        self.n_parameters, self.n_states = spec["n_parameters"], spec["n_states"]
+        self.n_parameters, self.n_states = spec.n_parameters, spec.n_states
         self._compiled: dict[tuple, Any] = {}
 
     @property
@@ -94,13 +95,14 @@ class Forward(_Program):
     """The stored forward pass; ``forward(state, x)`` returns the model's outputs (host
     arrays) for ``x`` of shape ``(b, *input_shape)``, any ``b >= 1``."""
 
-    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool,
+    def __init__(self, exported: jax_export.Exported, manifest: Manifest, signed: bool,
                  native_check: NativeCallCheck | None = None):
-        spec = manifest["forward"]
+        spec = manifest.forward
+        assert spec is not None  # load_forward loads it only then
         super().__init__(exported, spec, signed, native_check)
-        self.input_shape = tuple(spec["input"]["shape"])
-        self.input_dtype = np.dtype(spec["input"]["dtype"])
-        _check_signature(exported, manifest, "forward", FORWARD_FILE, [spec["input"]])
+        (x,) = spec.inputs
+        self.input_shape, self.input_dtype = x.shape, np.dtype(x.dtype)
+        _check_signature(exported, manifest, spec, FORWARD_FILE)
 
     def describe_input(self) -> str:
         return f"{self.input_dtype}[b, {', '.join(map(str, self.input_shape))}]".replace(", ]", "]")
@@ -130,11 +132,12 @@ class Evaluate(_Program):
     ``(loss, stats)`` of ``obj_fn(model, ps, testmode(st), data)`` on all of ``data`` at once
     (the data arrays already checked against the step's, any number of samples)."""
 
-    def __init__(self, exported: jax_export.Exported, manifest: dict[str, Any], signed: bool,
+    def __init__(self, exported: jax_export.Exported, manifest: Manifest, signed: bool,
                  native_check: NativeCallCheck | None = None):
-        spec = manifest["evaluate"]
+        spec = manifest.evaluate
+        assert spec is not None  # load_evaluate loads it only then
         super().__init__(exported, spec, signed, native_check)
-        _check_signature(exported, manifest, "evaluate", EVALUATE_FILE, spec["inputs"])
+        _check_signature(exported, manifest, spec, EVALUATE_FILE)
 
     def __call__(self, state: Sequence[Any], data: list[np.ndarray], *,
                  time_limit: float | None = None,
@@ -146,23 +149,22 @@ class Evaluate(_Program):
         return float(outs[0]), [float(np.mean(s)) for s in outs[1:]]
 
 
-def _check_signature(exported: jax_export.Exported, manifest: dict[str, Any], key: str,
-                     file: str, inputs: list[dict[str, Any]]) -> None:
-    spec, layout = manifest[key], manifest["layout"]
-    n_state, n_p, n_s = layout["n_state"], spec["n_parameters"], spec["n_states"]
-    states = manifest["inputs"][:n_state]
+def _check_signature(exported: jax_export.Exported, manifest: Manifest, spec: ProgramSpec,
+                     file: str) -> None:
+    n_state, n_p, n_s = manifest.layout.n_state, spec.n_parameters, spec.n_states
+    states = manifest.state_inputs
     expected = [*states[:n_p], *states[n_state - n_s:]]
-    avals = exported.in_avals
+    inputs, avals = spec.inputs, exported.in_avals
     problem = None
-    if len(avals) != len(expected) + len(inputs) or len(exported.out_avals) != spec["n_outputs"]:
+    if len(avals) != len(expected) + len(inputs) or len(exported.out_avals) != spec.n_outputs:
         problem = (f"{file} takes {len(avals)} arrays and returns {len(exported.out_avals)}; the "
-                   f"manifest says {len(expected) + len(inputs)} and {spec['n_outputs']}")
+                   f"manifest says {len(expected) + len(inputs)} and {spec.n_outputs}")
     else:
         for s, aval in zip(expected, avals):
-            if (s["shape"], s["dtype"]) != ([int(d) for d in aval.shape], str(aval.dtype)):
+            if (s.shape, s.dtype) != (tuple(int(d) for d in aval.shape), str(aval.dtype)):
                 problem = f"{file}'s parameters are not the artefact's state arrays"
         for s, x in zip(inputs, avals[len(expected):]):
-            if list(x.shape[1:]) != s["shape"] or str(x.dtype) != s["dtype"] or \
+            if tuple(x.shape[1:]) != s.shape or str(x.dtype) != s.dtype or \
                     isinstance(x.shape[0], int):
                 problem = f"{file}'s inputs are not the manifest's (with a symbolic batch axis)"
     if problem:
@@ -170,12 +172,12 @@ def _check_signature(exported: jax_export.Exported, manifest: dict[str, Any], ke
                             "artefact)")
 
 
-def _load(kind: type[_Program], files: dict[str, bytes], manifest: dict[str, Any],
+def _load(kind: type[_Program], files: dict[str, bytes], manifest: Manifest,
           directory: Path, file: str, signed: bool, allow_device_kernels: bool,
           allow_unchecked_native_calls: bool) -> _Program:
     native_check = None
     if not signed:
-        targets = check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.get("mesh"),
+        targets = check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.mesh,
                                   directory=directory, allow_device_kernels=allow_device_kernels)
         native_check = NativeCallCheck.for_module(targets, f"{directory} ({file})",
                                                   allow_unchecked_native_calls,
@@ -185,13 +187,13 @@ def _load(kind: type[_Program], files: dict[str, bytes], manifest: dict[str, Any
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
         raise ArtifactError(f"cannot read {directory / file}: {e}") from None
     program = kind(exported, manifest, signed, native_check)
-    n_state = manifest["layout"]["n_state"]
-    batch = manifest["inputs"][n_state]["shape"][0] if len(manifest["inputs"]) > n_state else 1
+    data = manifest.data_inputs
+    batch = data[0].shape[0] if data and data[0].shape else 1
     program.check_native_calls(batch)
     return program
 
 
-def load_evaluate(files: dict[str, bytes], manifest: dict[str, Any], directory: Path,
+def load_evaluate(files: dict[str, bytes], manifest: Manifest, directory: Path,
                   signed: bool, allow_device_kernels: bool = False,
                   allow_unchecked_native_calls: bool = False) -> Evaluate | None:
     """The artefact's evaluation program (``None`` when it has none), checked like the step."""
@@ -201,7 +203,7 @@ def load_evaluate(files: dict[str, bytes], manifest: dict[str, Any], directory: 
                  allow_device_kernels, allow_unchecked_native_calls)
 
 
-def load_forward(files: dict[str, bytes], manifest: dict[str, Any], directory: Path,
+def load_forward(files: dict[str, bytes], manifest: Manifest, directory: Path,
                  signed: bool, allow_device_kernels: bool = False,
                  allow_unchecked_native_calls: bool = False) -> Forward | None:
     """The artefact's forward pass (``None`` when it has none), its module checked first when

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
+from luxc.passes import PassRecord
 from luxc.runtime.artifacts._checkpoint_format import (
     canonical_order,
     checkpoint_bytes,
@@ -93,8 +94,8 @@ class LoadedStep(CompiledStages):
         return float(self.state[names.index("loss_scaling.scale")])
 
     @property
-    def pass_report(self) -> list[dict[str, Any]]:
-        return self.manifest["pass_report"]
+    def pass_report(self) -> list[PassRecord]:
+        return list(self.manifest.pass_report)
 
     def stages(self) -> tuple[str, ...]:
         return ("optimized", "hlo")

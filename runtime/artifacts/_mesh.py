@@ -9,7 +9,7 @@ module's device count before it is used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,17 +41,12 @@ def describe_inputs(args: Sequence[Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def needed_devices(manifest: dict[str, Any]) -> int:
-    """How many devices the manifest says the step runs on; raises ``ArtifactError`` saying
+def needed_devices(axes: Mapping[str, int] | None) -> int:
+    """How many devices a step on the mesh ``axes`` (the manifest's ``mesh``: axis names to
+    sizes, already checked; ``None`` for one device) runs on; raises ``ArtifactError`` saying
     how to get them if this machine has fewer (checked before the module is even read)."""
-    axes = manifest.get("mesh")
     if axes is None:
         return 1
-    if not (isinstance(axes, dict) and axes and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
-            for k, v in axes.items())):
-        raise ArtifactError(f"the manifest's mesh ({str(axes)[:80]}) is not a map of axis names "
-                            "to sizes")
     needed = int(np.prod(list(axes.values())))
     if jax.device_count() < needed:
         described = ",".join(f"{k}={v}" for k, v in axes.items())
@@ -62,23 +57,23 @@ def needed_devices(manifest: dict[str, Any]) -> int:
     return needed
 
 
-def _load_mesh(manifest: dict[str, Any], exported: jax_export.Exported) -> Mesh | None:
+def _load_mesh(axes: Mapping[str, int] | None, exported: jax_export.Exported) -> Mesh | None:
     """The mesh to run a sharded artefact on (this machine's first devices), or ``None``."""
-    needed = needed_devices(manifest)
+    needed = needed_devices(axes)
     if exported.nr_devices != needed:
         raise ArtifactError(f"the step runs on {exported.nr_devices} devices but the manifest's "
                             f"mesh describes {needed}")
-    if needed == 1:
+    if needed == 1 or axes is None:
         return None
-    axes = manifest["mesh"]
     devices = np.array(jax.devices()[:needed]).reshape(tuple(axes.values()))
     return Mesh(devices, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
-def input_shardings(manifest: dict[str, Any], exported: jax_export.Exported) -> list[Any]:
-    """Each input's sharding on this machine's devices (``None`` for a one-device step);
-    raises ``ArtifactError`` saying how many devices the step needs if there are fewer."""
-    mesh = _load_mesh(manifest, exported)
+def input_shardings(axes: Mapping[str, int] | None, exported: jax_export.Exported) -> list[Any]:
+    """Each input's sharding on this machine's devices (``None`` for a one-device step) for a
+    step on the mesh ``axes``; raises ``ArtifactError`` saying how many devices the step needs
+    if there are fewer."""
+    mesh = _load_mesh(axes, exported)
     if mesh is None:
         return [None] * len(exported.in_avals)
     return [s or NamedSharding(mesh, PartitionSpec()) for s in exported.in_shardings_jax(mesh)]

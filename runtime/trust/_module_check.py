@@ -130,7 +130,7 @@ def _main() -> None:
     from jax import export as jax_export
 
     exported = jax_export.deserialize(bytearray(sys.stdin.buffer.read()))
-    shardings = input_shardings({"mesh": json.loads(sys.argv[1])}, exported)
+    shardings = input_shardings(json.loads(sys.argv[1]), exported)
     args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
             for a, s in zip(exported.in_avals, shardings)]
     jax.jit(exported.call).lower(*args)  # where fuzzed modules crashed or hung
