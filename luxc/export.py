@@ -45,7 +45,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
     opt_arg: Any = ts.optimizer_state
     options = options or CompileOptions()
     opt_names = leaf_names(ts.optimizer_state, "optimizer_state")
-    if options.mixed_precision == "f16":
+    if options.scales_loss:
         scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
         opt_arg = (ts.optimizer_state, scaling)
         opt_names += [f"loss_scaling.{f}" for f in scaling._fields]

@@ -160,7 +160,7 @@ _SCALED = {"train": _SCALED_TRAIN, "train_steps": _SCALED_TRAIN_STEPS}
 
 def for_options(kind: StepKind, options: CompileOptions | None) -> StepKind:
     """``kind`` as ``options`` run it: the loss-scaled training kinds under float16."""
-    if options is not None and options.mixed_precision == "f16":
+    if options is not None and options.scales_loss:
         return _SCALED.get(kind.name, kind)
     return kind
 

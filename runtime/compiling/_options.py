@@ -107,6 +107,17 @@ class CompileOptions:
         object.__setattr__(self, "microbatches", microbatches)
         object.__setattr__(self, "autotune", autotune)
 
+    @property
+    def scales_loss(self) -> bool:
+        """Whether the step scales its loss dynamically: float16 mixed precision
+        (``mixed_precision="f16"``), whose small gradients would underflow unscaled. The one
+        test of it: the training kinds, the step and the artefact's state layout ask here.
+
+        >>> CompileOptions(mixed_precision="f16").scales_loss, CompileOptions("none").scales_loss
+        (True, False)
+        """
+        return self.mixed_precision == "f16"
+
     def pass_names(self, platform: str, args: Sequence[Any] = ()) -> tuple[str, ...]:
         """The pass pipeline for ``platform``; with the step's ``args``, the default pipeline
         leaves out the passes their layout makes slower (``_DEFAULT_UNLESS``)."""
