@@ -133,15 +133,10 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
                 for key, program, file, what in (
                     ("forward", forward, FORWARD_FILE, "the model's forward pass"),
                     ("evaluate", evaluate, EVALUATE_FILE, "the objective without an update"))}
-    figures: dict[str, Any] = {}
-    compile_seconds, executable_key = None, None
+    compile_seconds, executable_key, figures = None, None, {}
     if host in platforms:
-        captured = MemoryCache()  # catches what XLA compiled, in XLA's own serialization
-        compiled, compile_seconds = compile_exported(
-            optimized, args, xla_options=dict(options.xla_options), cache=captured)
-        if len(captured.entries) == 1:
-            executable_key, files["executable.bin"] = next(iter(captured.entries.items()))
-        figures = _figures(compiled)
+        compile_seconds, executable_key, figures = _host_executable(optimized, args, options,
+                                                                    files)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -170,6 +165,21 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     }
     _write_directory(out, files, json_bytes(manifest))
     return manifest
+
+
+def _host_executable(optimized: jax_export.Exported, args: Sequence[Any],
+                     options: CompileOptions, files: dict[str, bytes]
+                     ) -> tuple[float, str | None, dict[str, Any]]:
+    """Compile ``optimized`` for this machine; add its serialized executable to ``files`` (as
+    ``executable.bin``); return the compile's seconds, the executable's cache key and XLA's
+    figures."""
+    captured = MemoryCache()  # catches what XLA compiled, in XLA's own serialization
+    compiled, compile_seconds = compile_exported(
+        optimized, args, xla_options=dict(options.xla_options), cache=captured)
+    executable_key = None
+    if len(captured.entries) == 1:
+        executable_key, files["executable.bin"] = next(iter(captured.entries.items()))
+    return compile_seconds, executable_key, _figures(compiled)
 
 
 def _export_program(program: tuple[Callable, Sequence[Any], dict] | None,
@@ -266,19 +276,7 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     args = [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype), sharding=sharding)
             for s, sharding in zip(manifest.inputs, shardings)]
     notes: list[str] = []
-    cache = None
-    if "executable.bin" not in artifact.files:
-        notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
-    elif manifest.executable_platform != host or manifest.versions["jaxlib"] != \
-            jaxlib.__version__:
-        notes.append(f"the executable was built for {shown(manifest.executable_platform, 80)} "
-                     f"with jaxlib {shown(manifest.versions['jaxlib'], 80)}; compiled the "
-                     f"portable StableHLO for {host} with jaxlib {jaxlib.__version__} instead")
-    elif not artifact.signed_by_this_user:
-        notes.append(f"did not load the artefact's executable (native code) because "
-                     f"{artifact.unsigned_reason}; compiled its StableHLO instead")
-    else:
-        cache = MemoryCache({manifest.executable_key: artifact.files["executable.bin"]})
+    cache = _stored_executable(artifact, host, notes)
     xla_options = untrusted_xla_options(dict(manifest.xla_options),
                                artifact.signed_by_this_user, notes)
     # Always a luxc cache scope: never one of jax's own, unauthenticated cache directories.
@@ -298,6 +296,26 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
                              artifact.signed_by_this_user, *trust)
     return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate,
                       xla_options, native_check)
+
+
+def _stored_executable(artifact: Artifact, host: str, notes: list[str]) -> MemoryCache | None:
+    """The artefact's executable as a cache to compile from, when it may and can be used here:
+    signed by this user, built for ``host`` with this jaxlib; else ``None`` and why in
+    ``notes``."""
+    manifest = artifact.manifest
+    if "executable.bin" not in artifact.files:
+        notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
+    elif manifest.executable_platform != host or manifest.versions["jaxlib"] != \
+            jaxlib.__version__:
+        notes.append(f"the executable was built for {shown(manifest.executable_platform, 80)} "
+                     f"with jaxlib {shown(manifest.versions['jaxlib'], 80)}; compiled the "
+                     f"portable StableHLO for {host} with jaxlib {jaxlib.__version__} instead")
+    elif not artifact.signed_by_this_user:
+        notes.append(f"did not load the artefact's executable (native code) because "
+                     f"{artifact.unsigned_reason}; compiled its StableHLO instead")
+    else:
+        return MemoryCache({manifest.executable_key: artifact.files["executable.bin"]})
+    return None
 
 
 def _read_for_host(directory: str | Path) -> Artifact:

@@ -163,8 +163,9 @@ class Manifest:
         """The JSON object this manifest was parsed from, as read (a copy)."""
         return copy.deepcopy(dict(self._json))
 
-    # Read-only JSON access for the readers not yet moved to attributes (luxc/cli/run_cmd.py,
-    # luxc/cli/inspect_cmd.py, runtime/artifacts/_loaded_step.py): ``manifest["layout"]``.
+    # Read-only JSON access for the readers not yet moved to attributes (luxc/cli/run_cmd.py
+    # and run_checkpoints.py through LoadedStep.manifest, runtime/artifacts/_loaded_step.py):
+    # ``manifest["layout"]``. luxc inspect prints the JSON itself (_format.read_manifest).
     def __getitem__(self, key: str) -> Any:
         return self._json[key]
 
