@@ -88,8 +88,10 @@ def guarded(call: Callable[[], T], deadline: float | None, what: str,
             done.set()
 
     worker = threading.Thread(target=work, name="luxc-guarded-step", daemon=True)
-    worker.start()
     try:
+        # start() waits for the thread to run, and a Ctrl-C can end that wait: the computation
+        # has begun all the same, so it is abandoned like one interrupted later.
+        worker.start()
         _wait(done, deadline, what, stop)
     except BaseException:  # the caller stops waiting: the computation is left running
         _abandoned.append(worker)
