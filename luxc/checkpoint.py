@@ -5,7 +5,7 @@ next save removes what a killed save left behind). Its metadata names every leaf
 path (``parameters['layer_1']['weight']``) with its dtype and shape, and holds the step; one
 SHA-256 covers that metadata and every tensor, so an edited step or a swapped leaf is caught.
 Static values (``luxc.Val``, part of the state's structure) are saved and restored too. The file
-format is :mod:`luxc.runtime.checkpoint_format`, which ``luxc run`` writes and reads as well.
+format is :mod:`luxc.runtime.artifacts._checkpoint_format`, which ``luxc run`` writes and reads as well.
 Loading reads the file once, checks it against the TrainState given as ``like`` leaf by leaf, and
 places the arrays like ``like``'s (same devices and shardings), so resuming gives the same
 training as an uninterrupted run. A checkpoint is data: loading one runs no code from it.
@@ -29,8 +29,7 @@ import numpy as np
 
 from luxc.distributed import barrier, gather, put
 from luxc.nn._core import Val
-from luxc.runtime.atomic_write import write_atomic
-from luxc.runtime.checkpoint_format import (
+from luxc.runtime.artifacts._checkpoint_format import (
     checkpoint_bytes,
     describe,
     max_bytes,
@@ -38,9 +37,10 @@ from luxc.runtime.checkpoint_format import (
     static_entry,
     static_value,
 )
-from luxc.runtime.checkpoint_format import digest as _digest  # noqa: F401 - tests recompute it
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.leaf_names import argument_leaf_name
+from luxc.runtime.artifacts._checkpoint_format import digest as _digest  # noqa: F401 - tests recompute it
+from luxc.runtime.files._atomic_write import write_atomic
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.messages._leaf_names import argument_leaf_name
 from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._state import TrainState
 

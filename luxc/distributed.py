@@ -43,7 +43,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from luxc.nn import stacked_axes
-from luxc.runtime.leaf_names import leaf_name
+from luxc.runtime.messages._leaf_names import leaf_name
 from luxc.training._state import TrainState
 
 Strategy = Literal["data", "fsdp"]

@@ -19,8 +19,8 @@ from jax import export as jax_export
 from luxc.checkpoint import statics
 from luxc.nn import testmode
 from luxc.runtime import CompileOptions
-from luxc.runtime import artifact as _artifact
-from luxc.runtime.leaf_names import leaf_names
+from luxc.runtime.artifacts import _artifact
+from luxc.runtime.messages._leaf_names import leaf_names
 from luxc.training._mixed_precision import initial_loss_scaling
 from luxc.training._show import describe_optimizer as describe_optimizer
 from luxc.training._state import TrainState
@@ -45,7 +45,7 @@ def flat_step(obj_fn: Any, data: Any, ts: TrainState, options: CompileOptions | 
     opt_arg: Any = ts.optimizer_state
     options = options or CompileOptions()
     opt_names = leaf_names(ts.optimizer_state, "optimizer_state")
-    if options.mixed_precision == "f16":
+    if options.scales_loss:
         scaling = ts._loss_scaling if ts._loss_scaling is not None else initial_loss_scaling()
         opt_arg = (ts.optimizer_state, scaling)
         opt_names += [f"loss_scaling.{f}" for f in scaling._fields]
@@ -155,7 +155,7 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
 
     ``platforms`` defaults to this machine's; the executable is compiled for this machine when
     it is one of them. With ``CompileOptions(autotune=True)`` the step is tuned on this
-    machine first (:mod:`luxc.runtime.autotune`): the artefact holds the kept candidate's
+    machine first (:mod:`luxc.runtime.compiling._autotune`): the artefact holds the kept candidate's
     options, and its manifest's ``"autotune"`` every candidate's time. Returns the manifest.
     """
     ts.check_alive()

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jaxlib.mlir import ir
 
@@ -33,13 +35,33 @@ from luxc.passes._match import count_ops
 
 @dataclass(frozen=True)
 class PassRecord:
-    """What one pass did: ``rewrites`` and the op counts before and after."""
+    """What one pass did: ``rewrites`` and the op counts before and after, in ``seconds``. The
+    one pass-report type: ``CompiledStep.pass_report`` and a loaded artefact's are lists of it;
+    the artefact manifest stores each as :meth:`to_json`'s object.
+
+    >>> r = PassRecord("fuse_rsqrt", rewrites=2, ops_before=10, ops_after=8, seconds=0.5)
+    >>> r.to_json()
+    {'name': 'fuse_rsqrt', 'rewrites': 2, 'ops_before': 10, 'ops_after': 8, 'seconds': 0.5}
+    >>> PassRecord.from_json(r.to_json()) == r
+    True
+    """
 
     name: str
     rewrites: int
     ops_before: int
     ops_after: int
     seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``pass_report`` entry: every field, by name."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> PassRecord:
+        """A manifest's ``pass_report`` entry (its types already checked). ``seconds`` is 0.0
+        for an entry that does not record it (the manifest schema does not require it)."""
+        return cls(entry["name"], entry["rewrites"], entry["ops_before"], entry["ops_after"],
+                   float(entry.get("seconds", 0.0)))
 
 
 @dataclass(frozen=True)

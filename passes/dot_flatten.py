@@ -20,7 +20,7 @@ within a dot either way, so the last bits may differ as between any two dot kern
 Under sharding: merging (batch, tokens) into one axis is free when only the batch is split
 over devices, but when tokens (or features) are split the partitioner cannot keep the merged
 axis split and gathers the activations. luxc's default pipeline therefore leaves this pass out
-when an argument of rank ≥ 3 is split along an inner axis (``runtime/options.py``); an explicit
+when an argument of rank ≥ 3 is split along an inner axis (``runtime/compiling/_options.py``); an explicit
 pass list still runs it.
 
 Matched: no batch axes, no ``algorithm`` attribute, static shapes, and on each operand the

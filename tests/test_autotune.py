@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import luxc
-from luxc.runtime import autotune
-from luxc.runtime.autotune import Candidate, candidates, choose, tune
+from luxc.runtime.compiling import _autotune as autotune
+from luxc.runtime.compiling._autotune import Candidate, candidates, choose, tune
 from tests.conftest import luxc_cli
 
 FACTORY = """

@@ -400,8 +400,8 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     # the module's largest tensor when that is bigger; the user's own option wins.
     from jax import export as jax_export
 
-    from luxc.runtime.module_ops import ModuleSummary, summary
-    from luxc.runtime.options import platform_xla_options
+    from luxc.runtime.compiling._module_ops import ModuleSummary, summary
+    from luxc.runtime.compiling._options import platform_xla_options
 
     conv = jax_export.export(jax.jit(lambda x, w: jax.lax.conv(x, w, (1, 1), "VALID")))(
         jnp.ones((1, 1, 8, 8)), jnp.ones((2, 1, 3, 3)))

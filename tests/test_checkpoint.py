@@ -8,7 +8,7 @@ import pytest
 
 import luxc
 from luxc import nn
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.files._errors import ArtifactError
 from luxc.training import single_train_step_
 
 

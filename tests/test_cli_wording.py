@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from luxc.cli import main
 from luxc.cli._wording import cli_words
-from luxc.runtime.artifact import check_output
-from luxc.runtime.artifact_mesh import needed_devices
-from luxc.runtime.dataset import Dataset
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.module_check import check_untrusted
+from luxc.runtime.artifacts._artifact import check_output
+from luxc.runtime.artifacts._mesh import needed_devices
+from luxc.runtime.data._dataset import Dataset
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.trust._module_check import check_untrusted
 from tests.test_trust import _exported_with_custom_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_a_refused_out_names_out_and_force(tmp_path, case):
 
 
 def test_a_sharded_artefact_on_too_few_devices():
-    message = _error(needed_devices, {"mesh": {"data": 4096}})
+    message = _error(needed_devices, {"data": 4096})
     assert "(mesh data=4096)" in message and message.endswith("compile it again without a mesh")
     shown = cli_words(message)
     assert "(--mesh data=4096)" in shown and shown.endswith("compile it again without --mesh")
@@ -127,7 +127,7 @@ def test_a_native_kernel_called_with_shapes_jax_never_emits():
     from jaxlib.mlir import ir
 
     from luxc.runtime._jax_internal import ir_context
-    from luxc.runtime.native_calls import NativeCallCheck, check_module
+    from luxc.runtime.trust._native_calls import NativeCallCheck, check_module
 
     text = """module @m { func.func public @main(%arg0: tensor<3xf32>) -> tensor<3xf32> {
         %0 = stablehlo.custom_call @lapack_sgetrf_ffi(%arg0) : (tensor<3xf32>) -> tensor<3xf32>

@@ -82,8 +82,8 @@ def test_the_summary_taken_during_the_passes_is_the_one_parsing_gives():
     import jax
     import jax.numpy as jnp
 
-    from luxc.runtime import module_ops
-    from luxc.runtime.executable import export, rewrite
+    from luxc.runtime.compiling import _module_ops as module_ops
+    from luxc.runtime.compiling._executable import export, rewrite
 
     def f(x, w):
         return jnp.sum(jax.nn.relu(x @ w) / jnp.sqrt(jnp.sum(x * x) + 1.0))

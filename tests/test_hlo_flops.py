@@ -9,7 +9,7 @@ from jax import lax
 
 import luxc
 from luxc import nn
-from luxc.runtime.hlo_flops import instruction_flops
+from luxc.runtime.performance._hlo_flops import instruction_flops
 
 
 def _hlo(fn, *args, **options):

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from luxc.runtime.host_memory import glibc_version
+from luxc.runtime.performance._host_memory import glibc_version
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(glibc_version() is None, reason="glibc's malloc settings only")]

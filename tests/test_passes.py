@@ -109,7 +109,7 @@ def test_variadic_reduce_computes_the_same_sums():
 
     a, b = jax.random.normal(jax.random.key(0), (2, 64, 300))
     exported = jax.export.export(jax.jit(three_sums))(a, b)
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     fused, (record,) = rewrite(exported, ["fuse_loss_reductions"])
     assert record.rewrites == 3
@@ -186,7 +186,7 @@ def _maxpool_grad(window, shape):
                                                 ((2, 2), (2, 6, 4, 3), jnp.float16)])
 def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape, dtype):
     """bf16/f16 are selected in float32 (converted back once): still the same bits."""
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     g, shape = _maxpool_grad(window, shape)
     x = (jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2).astype(dtype)  # many ties
@@ -194,7 +194,7 @@ def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape, dtyp
     new, (record,) = rewrite(exported, ["maxpool_grad_select"])
     assert record.rewrites == 1
     np.testing.assert_array_equal(exported.call(x), new.call(x))
-    from luxc.runtime.executable import module_text
+    from luxc.runtime.compiling._executable import module_text
 
     text = module_text(new.mlir_module_serialized)
     assert "stablehlo.select_and_scatter" not in text
@@ -207,7 +207,7 @@ def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape, dtyp
 def test_maxpool_grad_select_leaves_overlapping_windows_alone():
     from jax import lax
 
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     def f(x):
         return jnp.sum(lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID"))
@@ -248,7 +248,7 @@ def test_maxpool_grad_select_golden_text():
 def test_conv_few_channels_computes_the_convolution(pad, channels_out):
     from jax import lax
 
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     def conv(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -264,7 +264,7 @@ def test_conv_few_channels_computes_the_convolution(pad, channels_out):
 def test_conv_few_channels_leaves_multichannel_and_strided_convolutions_alone():
     from jax import lax
 
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     def convs(x3, x1, w3, w1):
         dn = ("NHWC", "HWIO", "NHWC")

@@ -128,7 +128,7 @@ def test_a_bf16_step_runs_every_dense_dot_on_bf16_operands_and_equals_the_step_w
 def test_a_bf16_one_channel_convolution_is_summed_in_float32_and_rounded_once():
     from jax import lax
 
-    from luxc.runtime.executable import rewrite
+    from luxc.runtime.compiling._executable import rewrite
 
     def conv(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from luxc.runtime.executable import rewrite
+from luxc.runtime.compiling._executable import rewrite
 from tests.conftest import run_pass_body
 
 _run = run_pass_body

@@ -10,7 +10,7 @@ from jax import lax
 
 import luxc
 from luxc import nn
-from luxc.runtime.executable import rewrite
+from luxc.runtime.compiling._executable import rewrite
 from tests.conftest import run_pass_body
 
 

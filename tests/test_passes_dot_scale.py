@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from luxc.runtime.executable import export, rewrite
+from luxc.runtime.compiling._executable import export, rewrite
 from tests.conftest import run_pass_body
 
 

@@ -53,7 +53,7 @@ def test_load_predict_equals_the_models_forward_pass_on_an_unseen_batch_size(tmp
     for batch in (1, 13):
         x = np.random.default_rng(batch).normal(size=(batch, 3)).astype(np.float32)
         np.testing.assert_allclose(loaded.predict(x), _reference(ts, x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(luxc.runtime.errors.ArtifactError, match=r"^x has shape \[2, 4\]; the "
+    with pytest.raises(luxc.runtime.ArtifactError, match=r"^x has shape \[2, 4\]; the "
                        r"model takes float32\[b, 3\]"):
         loaded.predict(np.zeros((2, 4), np.float32))
 
@@ -118,7 +118,8 @@ def test_out_is_checked_before_work_and_never_overwrites_another_file(work, tmp_
 def test_an_unsigned_artefacts_forward_pass_is_checked_in_the_child_first(tmp_path, monkeypatch):
     import shutil
 
-    from luxc.runtime import artifact, forward
+    from luxc.runtime.artifacts import _artifact as artifact
+    from luxc.runtime.artifacts import _forward as forward
 
     (tmp_path / "model_src.py").write_text(FACTORY)
     objective, data, ts = _factory(tmp_path)

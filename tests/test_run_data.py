@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import luxc
-from luxc.runtime.tensor_codec import tensors_from_bytes
+from luxc.runtime.artifacts._tensor_codec import tensors_from_bytes
 from tests.conftest import compile_factory, luxc_cli
 
 pytestmark = pytest.mark.slow

@@ -1,12 +1,12 @@
-"""The one training loop of ``luxc run`` and ``LoadedStep.run`` (runtime/run_loop.py): where it
+"""The one training loop of ``luxc run`` and ``LoadedStep.run`` (runtime/artifacts/_run_loop.py): where it
 saves and evaluates, which batch each step takes, and how it stops. A counting step stands in
 for a compiled one; the numbers come from the plan's definition (multiples of the cadence
 counted from step 0, and the end)."""
 
 import pytest
 
-from luxc.runtime.guarded_call import StepInterrupted
-from luxc.runtime.run_loop import RunHooks, RunPlan, train
+from luxc.runtime.artifacts._run_loop import RunHooks, RunPlan, train
+from luxc.runtime.trust._guarded_call import StepInterrupted
 
 
 class _Counting:

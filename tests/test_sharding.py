@@ -93,7 +93,7 @@ _LENET = "maxpool_grad_select=2,conv_few_channels=1,conv_input_grad_dot=1"
 REWRITES = {
     ("lenet", "data"): _LENET + ",dot_flatten=1",
     # FSDP splits the convolution kernels along an inner axis, which takes dot_flatten out of
-    # the default pipeline (runtime/options.py, splits_an_inner_axis).
+    # the default pipeline (runtime/compiling/_options.py, splits_an_inner_axis).
     ("lenet", "fsdp"): _LENET,
     ("sequence", "data"): "dot_flatten=6",  # two layers: forward, input and weight gradient each
     ("sequence", "fsdp"): "dot_flatten=6",  # its weights are matrices: nothing split inside

@@ -19,9 +19,13 @@ import optax
 import pytest
 
 import luxc
-from luxc.runtime import artifact_format, bounded_read, persistent_cache, tensor_codec, trust
-from luxc.runtime.bounded_read import sha256
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.artifacts import _format as artifact_format
+from luxc.runtime.artifacts import _tensor_codec as tensor_codec
+from luxc.runtime.caching import persistent_cache
+from luxc.runtime.files import _bounded_read as bounded_read
+from luxc.runtime.files._bounded_read import sha256
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.trust import _user_key as trust
 
 # ---------------------------------------------------------------- helpers
 
@@ -566,7 +570,7 @@ def _exported_with_custom_call(target):
     from jax import export as jax_export
 
     from luxc.runtime._jax_internal import ir_context, serialize_module
-    from luxc.runtime.executable import _TARGET_VERSION
+    from luxc.runtime.compiling._executable import _TARGET_VERSION
 
     exported = jax_export.export(jax.jit(lambda x: x * 2.0))(jnp.ones(3))
     text = textwrap.dedent(f"""
@@ -585,7 +589,7 @@ def _exported_with_custom_call(target):
 
 
 def test_an_unsigned_module_calling_native_functions_by_name_is_refused(art):
-    from luxc.runtime.module_check import check_untrusted
+    from luxc.runtime.trust._module_check import check_untrusted
 
     with pytest.raises(ArtifactError, match="calls native functions xla_ffi_python_cpu_callback"):
         check_untrusted(_exported_with_custom_call("xla_ffi_python_cpu_callback"), "art")
@@ -595,7 +599,7 @@ def test_an_unsigned_module_calling_native_functions_by_name_is_refused(art):
 
 
 def test_an_unsigned_module_that_breaks_the_parser_fails_in_a_child_process_not_here():
-    from luxc.runtime.module_check import check_untrusted
+    from luxc.runtime.trust._module_check import check_untrusted
 
     with pytest.raises(ArtifactError, match="made the checking process fail"):
         check_untrusted(b"\x00garbage that is no jax.export artefact", "art")
@@ -614,7 +618,7 @@ def test_a_temporary_with_an_impossible_pid_does_not_break_a_save(tmp_path):
 
 
 def test_processes_creating_the_key_at_once_all_get_the_whole_same_key(tmp_path):
-    code = "from luxc.runtime import trust; print(trust.user_key().hex())"
+    code = "from luxc.runtime.trust._user_key import user_key; print(user_key().hex())"
     env = {**os.environ, "LUXC_KEY_FILE": str(tmp_path / "fresh" / "key")}
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env=env) for _ in range(4)]

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 import luxc
 from luxc import nn
 from luxc.cli import main
-from luxc.runtime.dataset import Dataset
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.data._dataset import Dataset
+from luxc.runtime.files._errors import ArtifactError
 
 FORGED = "acc\x1b]52;c;aGk=\x07\r\nsigned      by this user's luxc key"
 SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
@@ -459,7 +459,7 @@ def test_ctrl_c_while_the_artefact_loads_or_compiles_stops_before_the_first_step
     """A Ctrl-C at ~1 s (jax starting) was swallowed by jax's gc callback ("Exception ignored
     ... KeyboardInterrupt") and the run trained to its end with status 0."""
     from luxc.cli import run_cmd
-    from luxc.runtime.loaded_step import LoadedStep
+    from luxc.runtime.artifacts._loaded_step import LoadedStep
 
     def interrupted(original):
         sent = []

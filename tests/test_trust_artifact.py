@@ -19,9 +19,10 @@ from jax import lax
 
 import luxc
 from luxc.cli import main
-from luxc.runtime import artifact_format, bounded_read
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.module_check import check_untrusted
+from luxc.runtime.artifacts import _format as artifact_format
+from luxc.runtime.files import _bounded_read as bounded_read
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.trust._module_check import check_untrusted
 from tests import test_trust
 from tests.test_trust import _exported_with_custom_call, _manifest, _write_manifest
 
@@ -136,7 +137,7 @@ def test_the_op_profile_of_an_unsigned_artefact_checks_its_module_as_run_does(ar
 
 
 def test_the_op_profile_of_an_unsigned_artefact_runs_guarded_and_changes_no_state(art, monkeypatch):
-    from luxc.runtime import loaded_step
+    from luxc.runtime.artifacts import _loaded_step as loaded_step
 
     _unsigned(art)
     calls = []

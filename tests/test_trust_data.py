@@ -23,9 +23,9 @@ from click.testing import CliRunner
 import luxc
 from luxc import nn
 from luxc.cli import main
-from luxc.runtime.checkpoint_format import digest
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.tensor_codec import tensor_bytes, tensors_from_bytes
+from luxc.runtime.artifacts._checkpoint_format import digest
+from luxc.runtime.artifacts._tensor_codec import tensor_bytes, tensors_from_bytes
+from luxc.runtime.files._errors import ArtifactError
 from luxc.training._mixed_precision import initial_loss_scaling
 
 

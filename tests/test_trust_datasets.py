@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import luxc
-from luxc.runtime import dataset as dataset_module
-from luxc.runtime import npy_rows
-from luxc.runtime.dataset import Dataset
-from luxc.runtime.errors import ArtifactError
+from luxc.runtime.data import _dataset as dataset_module
+from luxc.runtime.data import _npy_rows as npy_rows
+from luxc.runtime.data._dataset import Dataset
+from luxc.runtime.files._errors import ArtifactError
 from tests.conftest import compile_factory, luxc_cli, run_python
 from tests.test_run_data import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
 
@@ -144,8 +144,8 @@ def test_a_small_npz_declaring_2_26_rows_of_zeros_is_refused_before_inflating(tm
     assert path.stat().st_size < 1 << 12  # a few KiB declaring 1 GiB
     code = textwrap.dedent(f"""
         import resource
-        from luxc.runtime.dataset import Dataset
-        from luxc.runtime.errors import ArtifactError
+        from luxc.runtime.data._dataset import Dataset
+        from luxc.runtime.files._errors import ArtifactError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             Dataset({str(path)!r}, {SPECS!r}, {NAMES!r})
@@ -274,7 +274,7 @@ def test_luxc_run_stops_with_one_line_when_its_data_is_truncated_between_steps(w
     code = textwrap.dedent(f"""
         import os
         from luxc.cli import main
-        from luxc.runtime.dataset import Dataset
+        from luxc.runtime.data._dataset import Dataset
         batch = Dataset.batch
         def truncating(self, i):  # another program truncates 0.npy after step 2
             if i == 2:

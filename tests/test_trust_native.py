@@ -29,9 +29,9 @@ from jaxlib.mlir import ir
 import luxc
 from luxc.cli import main
 from luxc.runtime._jax_internal import ir_context, serialize_module
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.executable import _TARGET_VERSION, module_text
-from luxc.runtime.native_calls import NativeCallCheck, check_module
+from luxc.runtime.compiling._executable import _TARGET_VERSION, module_text
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.trust._native_calls import NativeCallCheck, check_module
 from tests import test_trust_artifact
 from tests.test_trust import _data, _replace_file
 
@@ -165,7 +165,7 @@ def test_a_forged_lapack_result_shape_is_refused_in_one_line_never_a_crash(forge
 
 
 def test_the_forged_modules_are_refused_in_python_for_each_program(forged, lu_template):
-    from luxc.runtime.artifact import load_predictor
+    from luxc.runtime.artifacts._artifact import load_predictor
 
     with pytest.raises(ArtifactError, match=r"\(step\.jaxexport\): its StableHLO calls the "
                                             "native kernel lapack_sgetrf_ffi"):
@@ -355,7 +355,7 @@ def test_a_stop_request_ends_a_strangers_endless_evaluation_in_python(spinning_e
     # computation it gives up on keeps a core busy until that process ends).
     script = (
         "import sys, warnings, numpy as np, luxc\n"
-        "from luxc.runtime.guarded_call import exit_now_if_abandoned\n"
+        "from luxc.runtime.trust._guarded_call import exit_now_if_abandoned\n"
         "warnings.simplefilter('ignore')\n"
         "loaded = luxc.load(sys.argv[1])\n"
         "data = np.load(sys.argv[2])\n"
@@ -509,7 +509,7 @@ def test_a_getrf_call_placed_on_devices_by_the_module_is_refused():
 
 
 def test_a_module_calling_kernels_in_too_many_ways_is_refused_before_any_is_rebuilt(monkeypatch):
-    from luxc.runtime import native_calls
+    from luxc.runtime.trust import _native_calls as native_calls
 
     monkeypatch.setattr(native_calls, "MAX_DISTINCT_CALLS", 2)
     module = jax.jit(lambda a, b, c: [jnp.linalg.det(m) for m in (a, b, c)]).lower(

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from luxc.cli._wording import cli_words
-from luxc.runtime.guarded_call import exit_now_if_abandoned
-from luxc.runtime.host_memory import retain_host_memory as _retain_host_memory
+from luxc.runtime.performance._host_memory import retain_host_memory as _retain_host_memory
+from luxc.runtime.trust._guarded_call import exit_now_if_abandoned
 
 
 class CliError(click.ClickException):
@@ -174,7 +174,7 @@ def load_artifact(directory: str, *, allow_device_kernels: bool = False,
                   allow_unchecked_native_calls: bool = False):
     import warnings
 
-    from luxc.runtime import artifact
+    from luxc.runtime.artifacts import _artifact as artifact
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

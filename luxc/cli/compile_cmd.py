@@ -47,7 +47,7 @@ def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option
     first; the fastest is written, and the manifest records every candidate's time.
     """
     import luxc
-    from luxc.runtime.artifact import check_output
+    from luxc.runtime.artifacts._artifact import check_output
 
     check_output(out, force)  # before the factory and the compile: refuse early, lose nothing
     device_mesh = _mesh(mesh) if mesh else None  # before the factory: refuse early

@@ -3,7 +3,7 @@
 Only the manifest (and its signature) is read: every listed file is checked to be a regular file
 of the listed size within what the manifest's shapes allow, and its hash is checked by
 ``--verify`` (read in chunks) or when ``luxc run``/``luxc.load`` reads it. Every string from the
-manifest is printed escaped (:mod:`luxc.runtime.shown`): it cannot forge a line or drive the
+manifest is printed escaped (:mod:`luxc.runtime.messages._shown`): it cannot forge a line or drive the
 terminal.
 """
 
@@ -24,8 +24,8 @@ def inspect(directory, as_json, verify):
     """Show an artefact's manifest, pass report, FLOPs and memory."""
     from pathlib import Path
 
-    from luxc.runtime.artifact_format import check_files, other_entries, read_manifest
-    from luxc.runtime.shown import shown, shown_lines
+    from luxc.runtime.artifacts._format import check_files, other_entries, read_manifest
+    from luxc.runtime.messages._shown import shown, shown_lines
 
     manifest, signed, unsigned_reason = read_manifest(directory)
     check_files(directory, manifest, hashes=verify)
@@ -83,7 +83,7 @@ def inspect(directory, as_json, verify):
 
 def _echo_inputs(manifest: dict) -> None:
     """The data inputs (with a mesh: every input, with its partition spec over the mesh)."""
-    from luxc.runtime.shown import shown
+    from luxc.runtime.messages._shown import shown
 
     layout = manifest["layout"]
     mesh = manifest.get("mesh")
@@ -101,7 +101,7 @@ def _echo_inputs(manifest: dict) -> None:
 def _autotune_line(record: object) -> str | None:
     """The manifest's autotune record as one line (kept candidate, then each candidate's time);
     a record this luxc cannot read is said to be so, not trusted (the manifest is data)."""
-    from luxc.runtime.shown import shown
+    from luxc.runtime.messages._shown import shown
 
     if record is None:
         return None

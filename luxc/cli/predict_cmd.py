@@ -10,13 +10,13 @@ import click
 
 from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, unchecked_native_calls_option
-from luxc.runtime.shown import shown
+from luxc.runtime.messages._shown import shown
 
 
 def _check_out(path: str, directory: str) -> None:
     """``--out``: a ``.npy`` name outside the artefact; an existing file is replaced only when
     it is a ``.npy`` array already (luxc never overwrites anything else)."""
-    from luxc.runtime.atomic_write import check_writable_file
+    from luxc.runtime.files._atomic_write import check_writable_file
 
     if Path(path).suffix.lower() != ".npy":
         raise CliError(f"--out {path}: luxc writes the predictions as a .npy array; give a .npy "
@@ -82,10 +82,10 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
             allow_unchecked_native_calls):
     """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
     running statistics, Dropout is the identity), and write its output to --out."""
-    from luxc.runtime.artifact import load_predictor
-    from luxc.runtime.atomic_write import write_atomic
-    from luxc.runtime.forward import default_batch_size, predict_batches, read_input
-    from luxc.runtime.npy_rows import npy_chunks
+    from luxc.runtime.artifacts._artifact import load_predictor
+    from luxc.runtime.artifacts._forward import default_batch_size, predict_batches, read_input
+    from luxc.runtime.data._npy_rows import npy_chunks
+    from luxc.runtime.files._atomic_write import write_atomic
 
     _check_not_input(out_path, input_path)  # before any work: a refusal loses nothing
     _check_out(out_path, directory)

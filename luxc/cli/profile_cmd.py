@@ -75,7 +75,7 @@ def _profile_spec(spec, steps, options, trace, ops=False):
     import jax
 
     import luxc
-    from luxc.runtime import persistent_cache
+    from luxc.runtime.caching import persistent_cache
 
     obj, data, ts = call_factory(spec)
     # The timed step is compiled as training compiles it: without a persistent cache (whose
@@ -115,7 +115,7 @@ def _profile_spec(spec, steps, options, trace, ops=False):
 def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_calls=False):
     import jax
 
-    from luxc.runtime.guarded_call import guarded
+    from luxc.runtime.trust._guarded_call import guarded
 
     t0 = time.perf_counter()
     loaded = load_artifact(directory, allow_unchecked_native_calls=allow_unchecked_native_calls)
@@ -137,7 +137,7 @@ def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_call
     one()
     times, faults = _timed(one, steps, trace)
     facts = {"batch": _batch(loaded.data),
-             "passes": _passes([(r["name"], r["rewrites"]) for r in loaded.pass_report]),
+             "passes": _passes([(r.name, r.rewrites) for r in loaded.pass_report]),
              "executable": loaded.executable_source,
              "ops": loaded.profile(steps=min(steps, 20)) if ops else None}
     return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
@@ -283,7 +283,7 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
 
 
 def _check_trace(trace: str, target: str) -> None:
-    from luxc.runtime.atomic_write import check_writable_directory
+    from luxc.runtime.files._atomic_write import check_writable_directory
 
     if Path(target).is_dir():  # a trace never goes into the artefact it profiles
         check_outside(trace, target, "--trace")

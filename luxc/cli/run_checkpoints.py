@@ -2,7 +2,7 @@
 run that wrote it, nothing else in the directory ever replaced or removed.
 
 A run has an identity, kept in the run record of every checkpoint it writes
-(:mod:`luxc.runtime.checkpoint_format`): a random ``run_id``, ``artifact`` (the SHA-256 of the
+(:mod:`luxc.runtime.artifacts._checkpoint_format`): a random ``run_id``, ``artifact`` (the SHA-256 of the
 artefact's file table, so the same bytes give the same name wherever they are), when it
 ``started``, its ``seed`` and ``origin``. A resumed run keeps its identity. From it:
 
@@ -36,10 +36,10 @@ import click
 
 from luxc.cli._common import CliError
 from luxc.cli.run_outputs import check_outside
-from luxc.runtime.atomic_write import check_writable_directory
-from luxc.runtime.checkpoint_format import is_checkpoint, run_in_header
-from luxc.runtime.errors import ArtifactError
-from luxc.runtime.shown import shown
+from luxc.runtime.artifacts._checkpoint_format import is_checkpoint, run_in_header
+from luxc.runtime.files._atomic_write import check_writable_directory
+from luxc.runtime.files._errors import ArtifactError
+from luxc.runtime.messages._shown import shown
 
 LOCK_NAME = ".luxc-run.lock"
 _CHECKPOINT = re.compile(r"step-(\d{8,})\.safetensors")

@@ -2,9 +2,9 @@
 
 This module parses and checks the command line, loads the artefact, opens the run (its record,
 a resumed checkpoint, the datasets) and turns the flags into a
-:class:`~luxc.runtime.run_loop.RunPlan`; :func:`luxc.runtime.run_loop.train` runs it (the loop
-``LoadedStep.run`` also runs), with :class:`~luxc.cli.run_session.Session`'s hooks printing
-and saving as it goes."""
+:class:`~luxc.runtime.artifacts._run_loop.RunPlan`;
+:func:`luxc.runtime.artifacts._run_loop.train` runs it (the loop ``LoadedStep.run`` also
+runs), with :class:`~luxc.cli.run_session.Session`'s hooks printing and saving as it goes."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from luxc.cli import run_outputs as outputs
 from luxc.cli._common import CliError, load_artifact, unchecked_native_calls_option
 from luxc.cli.run_log import RunLog, check_log
 from luxc.cli.run_session import Flags, Interrupt, Session
-from luxc.runtime.checkpoint_format import MAX_SEED
-from luxc.runtime.run_loop import RunPlan
+from luxc.runtime.artifacts._checkpoint_format import MAX_SEED
+from luxc.runtime.artifacts._run_loop import RunPlan
 
 _MAX_STEPS = 1 << 40
 
@@ -199,7 +199,7 @@ def _run_record(f: Flags, loaded: Any, found: list[checkpoints.Found]
 
 def _datasets(f: Flags, loaded: Any, seed: int) -> tuple[Any, list[Any] | None]:
     """The training dataset (``None``: the artefact's example data) and the evaluation data."""
-    from luxc.runtime.dataset import Dataset
+    from luxc.runtime.data._dataset import Dataset
 
     specs, names = loaded.manifest["inputs"][loaded.layout["n_state"]:], \
         loaded.layout["data_names"]

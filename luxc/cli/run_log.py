@@ -21,7 +21,7 @@ from typing import Any
 
 from luxc.cli._common import CliError
 from luxc.cli.run_outputs import check_outside
-from luxc.runtime.atomic_write import check_writable_file, write_all
+from luxc.runtime.files._atomic_write import check_writable_file, write_all
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),

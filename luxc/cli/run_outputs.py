@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from luxc.cli._common import CliError
-from luxc.runtime.atomic_write import check_writable_file
-from luxc.runtime.checkpoint_format import is_checkpoint
+from luxc.runtime.artifacts._checkpoint_format import is_checkpoint
+from luxc.runtime.files._atomic_write import check_writable_file
 
 
 def resolved(path: str | Path, what: str) -> Path:

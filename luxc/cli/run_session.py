@@ -1,5 +1,5 @@
 """What ``luxc run`` shows and writes as the run goes: the hooks it gives
-:func:`luxc.runtime.run_loop.train` (loss lines, a progress bar, evaluations, checkpoints, the
+:func:`luxc.runtime.artifacts._run_loop.train` (loss lines, a progress bar, evaluations, checkpoints, the
 ``--log`` rows) and its summary."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import click
 from luxc.cli import run_checkpoints as checkpoints
 from luxc.cli._common import CliError
 from luxc.cli.run_log import RunLog
-from luxc.runtime.guarded_call import GRACE_SECONDS, StepInterrupted
-from luxc.runtime.run_loop import RunHooks, RunPlan, train
-from luxc.runtime.shown import shown as escaped
+from luxc.runtime.artifacts._run_loop import RunHooks, RunPlan, train
+from luxc.runtime.messages._shown import shown as escaped
+from luxc.runtime.trust._guarded_call import GRACE_SECONDS, StepInterrupted
 
 _PLOT_POINTS = 4096  # a loss curve keeps at most this many points: memory stays bounded
 
@@ -114,7 +114,7 @@ class Interrupt:
 
 class Session:
     """What ``luxc run`` shows and writes as the run goes: the hooks of
-    :func:`luxc.runtime.run_loop.train` (loss lines, evaluations, checkpoints, the log)."""
+    :func:`luxc.runtime.artifacts._run_loop.train` (loss lines, evaluations, checkpoints, the log)."""
 
     def __init__(self, f: Flags, loaded: Any, plan: RunPlan, record: dict[str, Any],
                  log: RunLog | None, interrupt: Interrupt, eval_data: list[Any] | None):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from luxc.runtime import CompileOptions
-from luxc.runtime.leaf_names import leaf_name
+from luxc.runtime.messages._leaf_names import leaf_name
 from luxc.training import _compiled
 from luxc.training._backends import SUPPORTED, check_backend
 from luxc.training._state import TrainState, check_state

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from luxc.runtime.options import CompileOptions
+from luxc.runtime.compiling._options import CompileOptions
 from luxc.training import _compiled, _kinds, _step
 from luxc.training._state import TrainState
 

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 import jax
 
-from luxc.runtime.autotune import AutotuneReport
-from luxc.runtime.cache import CacheEntry
-from luxc.runtime.op_profile import OpRecord, profile_executable
-from luxc.runtime.options import CompileOptions, normalise
-from luxc.runtime.stages import CompiledStages, Stage
+from luxc.runtime.caching._executable_cache import CacheEntry
+from luxc.runtime.compiling._autotune import AutotuneReport
+from luxc.runtime.compiling._options import CompileOptions, normalise
+from luxc.runtime.compiling._stages import CompiledStages, Stage
+from luxc.runtime.performance._op_profile import OpRecord, profile_executable
 from luxc.training._kinds import (
     KINDS,
     UPDATE,
@@ -54,7 +54,7 @@ class CompiledStep(CompiledStages):
     @property
     def autotune_report(self) -> AutotuneReport | None:
         """With ``CompileOptions(autotune=True)``: the candidate kept and every candidate's
-        median seconds per step (:class:`~luxc.runtime.autotune.AutotuneReport`); else ``None``."""
+        median seconds per step (:class:`~luxc.runtime.compiling._autotune.AutotuneReport`); else ``None``."""
         return self.executable.autotune_report
 
     @property

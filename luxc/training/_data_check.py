@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from luxc.runtime.warn import warn_user
+from luxc.runtime.messages._warn import warn_user
 
 
 class NonFiniteDataWarning(UserWarning):

@@ -9,8 +9,8 @@ API's result (``results(ts, objective, out, steps)``). A new kind is one record.
 
 :func:`run` is the compiled path of every call, in the order of the data flow:
 TrainState → ``kind.args`` → the cache's fast path (the entry these objects used last, checked
-by jax's C++ dispatch) or, on a miss, :func:`luxc.runtime.programs.lookup` and
-:func:`luxc.runtime.executable.build` → outputs → ``kind.results``.
+by jax's C++ dispatch) or, on a miss, :func:`luxc.runtime.caching._programs.lookup` and
+:func:`luxc.runtime.compiling._executable.build` → outputs → ``kind.results``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from luxc._preferences import preference
-from luxc.runtime.autotune import tune
-from luxc.runtime.cache import CacheEntry, ExecutableCache
-from luxc.runtime.executable import Executable, build
-from luxc.runtime.leaf_names import argument_leaf_name
-from luxc.runtime.options import CompileOptions, normalise
-from luxc.runtime.programs import lookup, program_key
-from luxc.runtime.signature import Signature
+from luxc.runtime.caching._executable_cache import CacheEntry, ExecutableCache
+from luxc.runtime.caching._programs import lookup, program_key
+from luxc.runtime.caching._signature import Signature
+from luxc.runtime.compiling._autotune import tune
+from luxc.runtime.compiling._executable import Executable, build
+from luxc.runtime.compiling._options import CompileOptions, normalise
+from luxc.runtime.messages._leaf_names import argument_leaf_name
 from luxc.training import _step
 from luxc.training._data_check import warn_non_finite
 from luxc.training._mixed_precision import initial_loss_scaling
@@ -160,7 +160,7 @@ _SCALED = {"train": _SCALED_TRAIN, "train_steps": _SCALED_TRAIN_STEPS}
 
 def for_options(kind: StepKind, options: CompileOptions | None) -> StepKind:
     """``kind`` as ``options`` run it: the loss-scaled training kinds under float16."""
-    if options is not None and options.mixed_precision == "f16":
+    if options is not None and options.scales_loss:
         return _SCALED.get(kind.name, kind)
     return kind
 

@@ -22,7 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from luxc.nn._core import AbstractLayer
-from luxc.runtime.options import CompileOptions
+from luxc.runtime.compiling._options import CompileOptions
 from luxc.training._microbatch import accumulate
 from luxc.training._mixed_precision import apply_policy, loss_scaled_train
 
@@ -199,7 +199,7 @@ def train_step(obj_fn: ObjectiveFunction, model: AbstractLayer, optimizer: Any,
     built from the compile options; under ``mixed_precision="f16"``, ``opt`` is
     ``(optimizer_state, LossScaling)`` and the loss is scaled dynamically
     (``loss_scaled_train``) around the same :func:`gradient_fn`."""
-    if options.mixed_precision != "f16":
+    if not options.scales_loss:
         return train(gradient_fn(obj_fn, model, options), optimizer, return_gradients)
 
     def gradients_of(scale: jax.Array) -> Callable:
