@@ -16,10 +16,6 @@ def test_ruff_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-# Moved and split by the `rooms` branch (runtime/ into subpackages, issue 32); nothing else.
-_LONG_UNTIL_SPLIT = {"runtime/artifact.py:save", "runtime/artifact.py:load"}
-
-
 def test_no_function_in_the_package_is_longer_than_60_lines():
     import ast
 
@@ -30,6 +26,14 @@ def test_no_function_in_the_package_is_longer_than_60_lines():
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     lines = node.end_lineno - node.lineno + 1
                     where = f"{path.relative_to(ROOT).as_posix()}:{node.name}"
-                    if lines > 60 and where not in _LONG_UNTIL_SPLIT:
+                    if lines > 60:
                         long.append(f"{where} ({lines} lines, line {node.lineno})")
     assert not long, "split these functions: " + ", ".join(long)
+
+
+def test_no_module_in_the_package_is_much_longer_than_400_lines():
+    """One concept a module: past ~400 lines a module holds two (the design card's bound)."""
+    long = [f"{p.relative_to(ROOT).as_posix()} ({n} lines)"
+            for top in ("luxc", "runtime", "passes") for p in sorted((ROOT / top).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 410]
+    assert not long, "split these modules: " + ", ".join(long)
