@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import luxc
-from tests.conftest import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli
 
 # BatchNorm: test mode must use the running statistics, which training changes.
 FACTORY = textwrap.dedent("""

@@ -13,7 +13,7 @@ import pytest
 
 import luxc
 from luxc.runtime.tensor_codec import tensors_from_bytes
-from tests.conftest import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli
 
 pytestmark = pytest.mark.slow
 

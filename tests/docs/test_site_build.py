@@ -4,11 +4,10 @@ every link between pages resolves, and the API reference renders every docstring
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 @pytest.mark.slow

@@ -5,11 +5,12 @@ what they print and the trend of their losses."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "lux"
+from tests.support import ROOT
+
+EXAMPLES = ROOT / "examples" / "lux"
 
 
 def _run(name: str) -> str:

@@ -5,7 +5,6 @@ independent values (closed forms, luxc's own layers, direct indexing)."""
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,9 @@ import pytest
 
 import luxc
 from luxc import nn
+from tests.support import ROOT
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "lux"
+EXAMPLES = ROOT / "examples" / "lux"
 
 
 def _tutorial(name: str):

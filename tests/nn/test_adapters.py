@@ -2,7 +2,6 @@
 Lux.jl src/transform/flux.jl): they train through every backend, count parameters as their
 framework does, follow testmode, print, and round-trip through checkpoints."""
 
-import doctest
 import sys
 
 import jax
@@ -209,10 +208,3 @@ def test_a_missing_framework_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "equinox", None)  # `import equinox` now raises ImportError
     with pytest.raises(ImportError, match=r"FromEquinox needs equinox: pip install 'luxc\[equinox\]'"):
         nn.FromEquinox(None)
-
-
-def test_docstring_examples_run():
-    import luxc.nn._adapters as module
-
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -22,7 +22,7 @@ from jax.test_util import check_grads
 
 import luxc
 from luxc import nn
-from tests.conftest import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli
 
 RNG = np.random.default_rng(0)
 

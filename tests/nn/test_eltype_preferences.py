@@ -9,8 +9,6 @@ References: Lux.jl ``src/helpers/match_eltype.jl`` (the six pairs; ``maxlog = 1`
 ``lux-training-utilities.md`` (Element Type Matching, Miscellaneous).
 """
 
-import doctest
-import importlib
 import warnings
 
 import jax
@@ -21,15 +19,6 @@ import pytest
 
 import luxc
 from luxc import nn, ops
-
-
-@pytest.fixture
-def prefs(monkeypatch):
-    monkeypatch.setattr(luxc._preferences, "_values", None)
-    monkeypatch.setattr(luxc.nn._eltype, "_warned", set())
-    for name in ("ELTYPE_MISMATCH_HANDLING", "INSTABILITY_CHECK_LUXCORE", "INSTABILITY_CHECK_LUXLIB"):
-        monkeypatch.delenv(f"LUXC_{name}", raising=False)
-    return luxc.set_preferences
 
 
 def test_dense_converts_float32_input_for_float16_parameters(prefs, key):
@@ -137,15 +126,6 @@ def test_eachslice_rnn_orderings():
 def test_l1_and_l2_loss_aliases():
     # losses.jl: const L1Loss = MAELoss; const L2Loss = MSELoss.
     assert luxc.L1Loss is luxc.MAELoss and luxc.L2Loss is luxc.MSELoss
-
-
-@pytest.mark.parametrize("name", ["luxc.nn._stateful", "luxc.nn._eltype", "luxc.training._adjust",
-                                  "luxc.utils", "luxc._preferences"])
-def test_docstring_examples_of_the_new_helpers_run(name, prefs):
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, verbose=False,
-                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("activation,gain", [(None, 1.0), (jax.nn.relu, 2.0), (jnp.tanh, 5 / 3)])

@@ -6,11 +6,11 @@ BatchLastIndex`` helpers and the two rotary functions).
 """
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from luxc import nn
+from tests.support import ROOT
 
 LUX_LAYER_EXPORTS = """
 Chain Parallel SkipConnection PairwiseFusion BranchLayer Maxout RepeatedLayer
@@ -27,7 +27,6 @@ RNNCell LSTMCell GRUCell Recurrence StatefulRecurrentCell BidirectionalRNN
 """.split()
 LUX_HELPERS = ["SamePad", "TimeLastIndex", "BatchLastIndex", "apply_rotary_embedding",
                "compute_rotary_embedding_params"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_lux_exports_49_layers():

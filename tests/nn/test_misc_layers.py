@@ -241,7 +241,7 @@ def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artefact(tmp_path
 
 
 def test_misc_layers_inside_a_stack_equal_the_slices_applied_in_turn():
-    from tests.test_nn_norm import _stack_equals_slices_in_turn
+    from tests.nn.test_normalization import _stack_equals_slices_in_turn
 
     block = nn.Chain(nn.Scale(8, jnp.tanh), nn.AlphaDropout(0.1), nn.VariationalHiddenDropout(0.1),
                      nn.Maxout(lambda: nn.Dense(8, 8), 2), nn.Bilinear(8, 8, jnp.tanh),

@@ -7,7 +7,6 @@ test), LuxLib ``src/impl/normalization.jl`` (InstanceNorm's running statistics) 
 ``src/impl/layernorm.jl``.
 """
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import single_train_step
-from tests.conftest import compile_factory, luxc_cli
+from tests.support import ROOT, compile_factory, luxc_cli
 
 
 def _rand(seed, *shape, scale=1.0, shift=0.0):
@@ -269,9 +268,9 @@ def test_norm_layers_checkpoint_and_artefact_round_trip(tmp_path):
     # `luxc compile` of a model holding every new norm, `luxc run` in a fresh process.
     compile_factory(tmp_path, f"""
 import sys
-sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+sys.path.insert(0, {str(ROOT)!r})
 import optax, luxc
-from tests.test_nn_norm import _norm_model, _norm_data
+from tests.nn.test_normalization import _norm_model, _norm_data
 def factory():
     ps, st = luxc.setup(0, _norm_model())
     return luxc.MSELoss(), _norm_data(), luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))

@@ -10,7 +10,7 @@ import pytest
 
 import luxc
 from luxc import ops
-from tests.conftest import run_python
+from tests.support import run_python
 
 
 def test_eachslice_returns_slices_along_the_axis():

@@ -15,7 +15,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.nn import BatchLastIndex, TimeLastIndex
-from tests.conftest import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(4, 3)).astype(np.float32)          # (batch, in)

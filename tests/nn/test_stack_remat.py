@@ -13,7 +13,7 @@ import pytest
 
 import luxc
 from luxc import nn
-from tests.conftest import run_python
+from tests.support import run_python
 
 X = jax.random.normal(jax.random.key(1), (5, 6))
 

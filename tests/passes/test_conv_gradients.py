@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from luxc.runtime.executable import rewrite
-from tests.conftest import run_pass_body
+from tests.support import run_pass_body
 
 _run = run_pass_body
 

@@ -9,7 +9,7 @@ import optax
 
 import luxc
 from luxc import nn
-from tests.conftest import run_pass_body
+from tests.support import run_pass_body
 
 
 def _dot(lhs: str, rhs: str, out: str, dims: str, rhs_transposed: str | None = None) -> str:

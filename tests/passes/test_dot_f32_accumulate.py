@@ -8,7 +8,7 @@ import optax
 
 import luxc
 from luxc import nn
-from tests.conftest import run_pass_body
+from tests.support import run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:

@@ -11,7 +11,7 @@ from jax import lax
 import luxc
 from luxc import nn
 from luxc.runtime.executable import rewrite
-from tests.conftest import run_pass_body
+from tests.support import run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:

@@ -12,7 +12,7 @@ import pytest
 import luxc
 from luxc.runtime import autotune
 from luxc.runtime.autotune import Candidate, candidates, choose, tune
-from tests.conftest import luxc_cli
+from tests.support import luxc_cli
 
 FACTORY = """
 import jax, jax.numpy as jnp, optax, luxc

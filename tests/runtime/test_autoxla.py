@@ -12,7 +12,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import compute_gradients, compute_objective, single_train_step, single_train_step_
-from tests.conftest import run_python
+from tests.support import run_python
 
 XLA, EAGER = luxc.AutoXLA(), luxc.AutoJAX()
 

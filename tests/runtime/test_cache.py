@@ -15,7 +15,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import compute_objective, single_train_step
-from tests.conftest import run_python
+from tests.support import run_python
 
 XLA = luxc.AutoXLA()
 

@@ -5,7 +5,7 @@ import json
 import re
 import textwrap
 
-from tests.conftest import run_python
+from tests.support import run_python
 
 _STEP = """
 import json, sys
@@ -58,7 +58,7 @@ def test_an_artefact_calling_lapack_runs_in_a_process_that_never_traced_it(tmp_p
     import luxc
     from luxc import nn
     from luxc.training import compute_objective
-    from tests.conftest import luxc_cli
+    from tests.support import luxc_cli
 
     def objective(model, ps, st, x):
         y, st = model(x, ps, st)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import export as jax_export
 
-from tests.conftest import luxc_cli
+from tests.support import luxc_cli
 
 pytestmark = pytest.mark.slow
 

@@ -337,7 +337,7 @@ def test_a_stored_zip64_member_is_read_at_its_true_offset(tmp_path):
 
 
 def test_a_forged_artefact_dir_in_a_checkpoint_is_shown_escaped(work, tmp_path):
-    from tests.test_trust_data import _forge
+    from tests.trust.test_user_data_kept import _forge
 
     ck = tmp_path / "ck"
     run = ["run", work / "step.luxc", "--data", work / "train.npz", "-q", "--steps", "2",

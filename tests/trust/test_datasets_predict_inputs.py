@@ -18,8 +18,8 @@ from luxc.runtime import dataset as dataset_module
 from luxc.runtime import npy_rows
 from luxc.runtime.dataset import Dataset
 from luxc.runtime.errors import ArtifactError
-from tests.conftest import compile_factory, luxc_cli, run_python
-from tests.test_run_data import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
+from tests.cli.test_run_dataset import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
+from tests.support import compile_factory, luxc_cli, run_python
 
 SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
 NAMES = ["data[0]", "data[1]"]

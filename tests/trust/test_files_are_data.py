@@ -20,54 +20,18 @@ import pytest
 
 import luxc
 from luxc.runtime import artifact_format, bounded_read, persistent_cache, tensor_codec, trust
-from luxc.runtime.bounded_read import sha256
 from luxc.runtime.errors import ArtifactError
+from tests.support import luxc_cli
+from tests.trust._artefacts import (
+    exported_with_custom_call,
+    mlp_state,
+    read_manifest,
+    replace_file,
+    step_data,
+    write_manifest,
+)
 
 # ---------------------------------------------------------------- helpers
-
-
-def _train_state(objective_seed=0):
-    model = luxc.nn.Chain(luxc.nn.Dense(3, 8, jax.nn.relu), luxc.nn.Dense(8, 1))
-    ps, st = luxc.setup(jax.random.key(objective_seed), model)
-    return luxc.TrainState(model, ps, st, optax.adam(1e-2))
-
-
-def _data():
-    x = jnp.linspace(-1, 1, 24).reshape(8, 3)
-    return x, jnp.sum(x, axis=1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    out = tmp_path_factory.mktemp("template") / "step.luxc"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), out)
-    return out
-
-
-@pytest.fixture
-def art(template, tmp_path):
-    d = tmp_path / "art"
-    shutil.copytree(template, d)
-    return d
-
-
-def _manifest(d):
-    return json.loads((d / "manifest.json").read_text())
-
-
-def _write_manifest(d, manifest):
-    (d / "manifest.json").write_text(json.dumps(manifest))
-
-
-def _replace_file(d, name, data, *, relist=True):
-    """What an attacker with write access does: new bytes, hash and size recomputed."""
-    (d / name).write_bytes(data)
-    if relist:
-        m = _manifest(d)
-        m["files"][name] = {"sha256": sha256(data), "size": len(data)}
-        _write_manifest(d, m)
 
 
 def _payload(marker):
@@ -86,10 +50,10 @@ def _load(d):
 
 
 def _reference_losses(steps=3):
-    ts = _train_state()
+    ts = mlp_state()
     losses = []
     for _ in range(steps):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _data(), ts)
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), step_data(), ts)
         losses.append(float(loss))
     return losses
 
@@ -105,7 +69,7 @@ def test_our_own_signed_artefact_loads_its_serialized_executable(art):
 
 def test_a_pickle_payload_with_recomputed_hashes_never_runs(art, tmp_path):
     marker = tmp_path / "payload-ran"
-    _replace_file(art, "executable.bin", _payload(marker))
+    replace_file(art, "executable.bin", _payload(marker))
     loaded, notes = _load(art)
     assert not marker.exists()
     assert loaded.executable_source == "compiled from StableHLO"
@@ -117,7 +81,7 @@ def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art,
     # The worst case: the attacker can sign (e.g. the user was tricked into re-signing). The
     # executable bytes go to XLA's deserializer, never to pickle, so the payload still cannot run.
     marker = tmp_path / "payload-ran"
-    _replace_file(art, "executable.bin", _payload(marker))
+    replace_file(art, "executable.bin", _payload(marker))
     manifest = (art / "manifest.json").read_bytes()
     (art / "manifest.sig").write_text(trust.sign(artifact_format.SIGNATURE_DOMAIN, manifest))
     loaded, notes = _load(art)
@@ -128,10 +92,10 @@ def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art,
 
 def test_xla_options_of_an_unsigned_artefact_cannot_write_files_or_abort(art, tmp_path):
     dump = tmp_path / "dumped-here"
-    m = _manifest(art)
+    m = read_manifest(art)
     m["compile_options"]["xla_options"] = {"xla_dump_to": str(dump), "xla_no_such_flag": True,
                                            "xla_cpu_enable_fast_math": False}
-    _write_manifest(art, m)
+    write_manifest(art, m)
     loaded, notes = _load(art)
     assert not dump.exists()
     assert any("ignored the XLA options xla_dump_to, xla_no_such_flag" in n for n in notes), notes
@@ -193,9 +157,9 @@ def test_each_file_is_read_once_and_the_checked_bytes_are_used(art, monkeypatch)
 
 def test_a_state_file_dropped_from_the_manifest_is_an_error_not_silently_read(art):
     np.save(art / "sevens.npy", np.full(3, 7.0))
-    m = _manifest(art)
+    m = read_manifest(art)
     del m["files"]["state.safetensors"]
-    _write_manifest(art, m)
+    write_manifest(art, m)
     with pytest.raises(ArtifactError, match="does not list state.safetensors"):
         luxc.load(art)
 
@@ -205,9 +169,9 @@ def test_manifest_names_outside_the_format_are_refused_without_being_read(art, m
     reads = []
     monkeypatch.setattr(artifact_format, "read_regular",
                         lambda path, *a: reads.append(str(path)) or bounded_read.read_regular(path, *a))
-    m = _manifest(art)
+    m = read_manifest(art)
     m["files"][name] = {"sha256": "0" * 64, "size": 1}
-    _write_manifest(art, m)
+    write_manifest(art, m)
     with pytest.raises(ArtifactError, match="not a file of the luxc artefact format"):
         luxc.load(art)
     assert all(os.path.dirname(p) == str(art) for p in reads)
@@ -237,9 +201,9 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(art):
 
 
 def test_an_endless_file_claimed_huge_in_the_manifest_is_refused(art):
-    m = _manifest(art)
+    m = read_manifest(art)
     m["files"]["step.mlir"]["size"] = 1 << 29  # within the module bound: the link is what is refused
-    _write_manifest(art, m)
+    write_manifest(art, m)
     (art / "step.mlir").unlink()
     (art / "step.mlir").symlink_to("/dev/zero")
     with pytest.raises(ArtifactError, match="symbolic link"):
@@ -269,9 +233,9 @@ def _move_a_state_array_into_the_data(m):
     (lambda m: m.update(executable_key=None), "executable without its key"),
 ])
 def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
-    m = _manifest(art)
+    m = read_manifest(art)
     edit(m)
-    _write_manifest(art, m)
+    write_manifest(art, m)
     with pytest.raises(ArtifactError, match=message):
         luxc.load(art)
 
@@ -279,17 +243,12 @@ def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
 @pytest.mark.filterwarnings("ignore:did not load the artefact's executable")
 def test_state_tensors_that_disagree_with_the_manifest_are_refused(art):
     state = tensor_codec.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
-    _replace_file(art, "state.safetensors", state)
+    replace_file(art, "state.safetensors", state)
     with pytest.raises(ArtifactError, match="holds 1 arrays; the manifest lists"):
         luxc.load(art)
 
 
 # ---------------------------------------------------------------- commands: nothing is lost
-
-
-def _luxc(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
 
 
 FACTORY = textwrap.dedent("""
@@ -306,9 +265,9 @@ def test_compile_force_refuses_a_directory_that_is_not_an_artefact(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "model.py").write_text(FACTORY)
-    r = _luxc("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
+    r = luxc_cli("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
     assert r.returncode == 1 and "names no new directory" in r.stderr.strip().splitlines()[-1]
-    r = _luxc("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
+    r = luxc_cli("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
     assert r.returncode == 1 and "is not a luxc artefact" in r.stderr
     assert (project / "model.py").read_text() == FACTORY
 
@@ -319,17 +278,17 @@ def test_compile_force_refuses_a_fake_manifest_beside_the_users_files(tmp_path):
     (proj / "src").mkdir(parents=True)
     (proj / "manifest.json").write_text('{"format": "luxc-artifact"}')
     (proj / "thesis.tex").write_text("thesis")
-    r = _luxc("compile", "model.py:factory", "--out", proj, "--force", cwd=tmp_path)
+    r = luxc_cli("compile", "model.py:factory", "--out", proj, "--force", cwd=tmp_path)
     assert r.returncode == 1 and "it also holds src, thesis.tex" in r.stderr, r.stderr
     assert (proj / "thesis.tex").read_text() == "thesis" and (proj / "src").is_dir()
 
 
 def test_compile_force_replaces_an_artefact_in_one_step(tmp_path, art):
     (tmp_path / "model.py").write_text(FACTORY)
-    before = _manifest(art)
-    r = _luxc("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
+    before = read_manifest(art)
+    r = luxc_cli("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    after = _manifest(art)
+    after = read_manifest(art)
     # 5 inputs: the parameters, the optimiser state with its adjustable learning rate, the data
     assert after["layout"]["model"] != before["layout"]["model"] and len(after["inputs"]) == 5
     assert not [p for p in tmp_path.iterdir() if ".luxc-" in p.name]  # no leftovers
@@ -339,20 +298,20 @@ def test_compile_refuses_an_unwritable_out_before_running_the_factory(tmp_path):
     marker = tmp_path / "factory-ran"
     (tmp_path / "model.py").write_text(FACTORY + f"\nopen({str(marker)!r}, 'w')\n")
     (tmp_path / "file").write_text("x")
-    r = _luxc("compile", "model.py:factory", "--out", "file/sub", cwd=tmp_path)
+    r = luxc_cli("compile", "model.py:factory", "--out", "file/sub", cwd=tmp_path)
     assert r.returncode == 1 and not marker.exists(), r.stderr
 
 
 def test_run_checks_save_state_before_training(art, tmp_path):
     for bad in (tmp_path / "no-such-dir" / "state.safetensors", tmp_path):
-        r = _luxc("run", art, "--steps", "3", "--save-state", bad, cwd=tmp_path)
+        r = luxc_cli("run", art, "--steps", "3", "--save-state", bad, cwd=tmp_path)
         assert r.returncode != 0 and "--save-state" in r.stderr
         assert "loss" not in r.stdout  # refused before the first step
 
 
 def test_profile_checks_trace_before_compiling(art, tmp_path):
     (tmp_path / "file").write_text("x")
-    r = _luxc("profile", art, "--trace", tmp_path / "file" / "trace", cwd=tmp_path)
+    r = luxc_cli("profile", art, "--trace", tmp_path / "file" / "trace", cwd=tmp_path)
     assert r.returncode == 1 and "--trace" in r.stderr and "step time" not in r.stdout
 
 
@@ -366,7 +325,7 @@ def _rewrite_checkpoint(path, edit):
 
 
 def test_an_edited_checkpoint_step_is_caught_by_the_checksum(tmp_path):
-    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    ts, path = mlp_state(), tmp_path / "ckpt.safetensors"
     luxc.save_state(path, ts)
 
     def edit(meta):
@@ -380,7 +339,7 @@ def test_an_edited_checkpoint_step_is_caught_by_the_checksum(tmp_path):
 def test_a_negative_step_with_a_recomputed_checksum_is_refused(tmp_path):
     from luxc.checkpoint import _digest
 
-    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    ts, path = mlp_state(), tmp_path / "ckpt.safetensors"
     luxc.save_state(path, ts)
     arrays, meta = tensor_codec.tensors_from_bytes(path.read_bytes(), "checkpoint")
     meta["contents"] = meta["contents"].replace('"step": 0', '"step": -5')
@@ -399,7 +358,7 @@ def test_the_next_save_removes_only_the_temporaries_of_dead_writers(tmp_path):
     foreign = [tmp_path / ".ckpt.safetensors.tmp", tmp_path / f".other.luxc-{dead.pid}-0123456789ab.tmp"]
     for p in [stale, live, *foreign]:
         p.write_bytes(b"x" * 1000)
-    luxc.save_state(path, _train_state())
+    luxc.save_state(path, mlp_state())
     assert not stale.exists()
     assert live.exists() and all(p.exists() for p in foreign)
 
@@ -414,7 +373,7 @@ def test_a_compile_removes_what_a_killed_compile_of_the_same_out_left(tmp_path):
         (d / "step.mlir").write_text("partial")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "new.luxc")
+        luxc.export_step(luxc.MSELoss(), step_data(), mlp_state(), tmp_path / "new.luxc")
     assert not stale.exists() and live.exists() and (tmp_path / "new.luxc" / "manifest.json").exists()
 
 
@@ -461,8 +420,8 @@ def cache_dir(tmp_path):
 
 def _compile_and_loss(objective):
     jax.clear_caches()  # forget in-memory executables: the next compile asks the disk cache
-    ts = _train_state()
-    _, loss, _, _ = luxc.compile_step(objective, _data(), ts)(ts, _data())
+    ts = mlp_state()
+    _, loss, _, _ = luxc.compile_step(objective, step_data(), ts)(ts, step_data())
     return float(loss)
 
 
@@ -550,46 +509,21 @@ def test_nothing_reads_or_changes_the_process_umask(art, tmp_path, monkeypatch):
         raise AssertionError("os.umask called")
 
     monkeypatch.setattr(os, "umask", forbidden)
-    luxc.save_state(tmp_path / "ckpt.safetensors", _train_state())
+    luxc.save_state(tmp_path / "ckpt.safetensors", mlp_state())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "new.luxc")
+        luxc.export_step(luxc.MSELoss(), step_data(), mlp_state(), tmp_path / "new.luxc")
 
 
 # ---------------------------------------------------------------- found by attacking the above
-
-
-def _exported_with_custom_call(target):
-    """A module whose one op calls the native function ``target`` by name."""
-    import dataclasses
-
-    from jax import export as jax_export
-
-    from luxc.runtime._jax_internal import ir_context, serialize_module
-    from luxc.runtime.executable import _TARGET_VERSION
-
-    exported = jax_export.export(jax.jit(lambda x: x * 2.0))(jnp.ones(3))
-    text = textwrap.dedent(f"""
-        module @jit_f attributes {{jax.uses_shape_polymorphism = false, mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32}} {{
-          func.func public @main(%arg0: tensor<3xf32>) -> (tensor<3xf32> {{jax.result_info = "result"}}) {{
-            %0 = stablehlo.custom_call @{target}(%arg0) : (tensor<3xf32>) -> tensor<3xf32>
-            return %0 : tensor<3xf32>
-          }}
-        }}""")
-    from jaxlib.mlir import ir
-
-    with ir_context():
-        module = ir.Module.parse(text)
-        data = serialize_module(module, _TARGET_VERSION)
-    return bytes(dataclasses.replace(exported, mlir_module_serialized=data).serialize())
 
 
 def test_an_unsigned_module_calling_native_functions_by_name_is_refused(art):
     from luxc.runtime.module_check import check_untrusted
 
     with pytest.raises(ArtifactError, match="calls native functions xla_ffi_python_cpu_callback"):
-        check_untrusted(_exported_with_custom_call("xla_ffi_python_cpu_callback"), "art")
-    _replace_file(art, "step.jaxexport", _exported_with_custom_call("my_native_kernel"))
+        check_untrusted(exported_with_custom_call("xla_ffi_python_cpu_callback"), "art")
+    replace_file(art, "step.jaxexport", exported_with_custom_call("my_native_kernel"))
     with pytest.raises(ArtifactError, match="calls native functions my_native_kernel by name"):
         luxc.load(art)
 
@@ -609,7 +543,7 @@ def test_xla_options_of_a_signed_artefact_are_the_users_own_choice(art):
 def test_a_temporary_with_an_impossible_pid_does_not_break_a_save(tmp_path):
     odd = tmp_path / f".ckpt.safetensors.luxc-{10**20}-0123456789ab.tmp"
     odd.write_bytes(b"x")
-    luxc.save_state(tmp_path / "ckpt.safetensors", _train_state())
+    luxc.save_state(tmp_path / "ckpt.safetensors", mlp_state())
     assert (tmp_path / "ckpt.safetensors").exists() and not odd.exists()
 
 
@@ -630,13 +564,13 @@ def test_reading_an_artefact_never_creates_a_key(art, tmp_path, monkeypatch):
 
 def test_compile_creates_a_missing_parent_of_out(tmp_path):
     (tmp_path / "model.py").write_text(FACTORY)
-    r = _luxc("compile", "model.py:factory", "--out", "nd/sub/art", cwd=tmp_path)
+    r = luxc_cli("compile", "model.py:factory", "--out", "nd/sub/art", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "nd/sub/art/manifest.json").exists()
 
 
 def test_bfloat16_checkpoints_round_trip(tmp_path):
-    ts = _train_state()
+    ts = mlp_state()
     ts = ts.replace(parameters=luxc.bf16(ts.parameters))
     ts = luxc.TrainState(ts.model, ts.parameters, ts.states, optax.sgd(0.1))
     luxc.save_state(tmp_path / "bf16.safetensors", ts)
@@ -657,7 +591,7 @@ def test_hostile_json_is_one_artifact_error(art, manifest):
 def test_a_checkpoint_leaf_without_a_name_is_one_artifact_error(tmp_path):
     from luxc.checkpoint import _digest
 
-    ts, path = _train_state(), tmp_path / "ckpt.safetensors"
+    ts, path = mlp_state(), tmp_path / "ckpt.safetensors"
     luxc.save_state(path, ts)
     arrays, meta = tensor_codec.tensors_from_bytes(path.read_bytes(), "checkpoint")
     contents = json.loads(meta["contents"])

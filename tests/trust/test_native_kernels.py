@@ -32,11 +32,17 @@ from luxc.runtime._jax_internal import ir_context, serialize_module
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.executable import _TARGET_VERSION, module_text
 from luxc.runtime.native_calls import NativeCallCheck, check_module
-from tests import test_trust_artifact
-from tests.test_trust import _data, _replace_file
+from tests.trust._artefacts import (
+    LUXC,
+    export_quietly,
+    read_manifest,
+    replace_file,
+    run_luxc,
+    step_data,
+    unsigned,
+    write_manifest,
+)
 
-endless = test_trust_artifact.endless  # an unsigned artefact whose step never ends
-LUXC = str(Path(sys.executable).parent / "luxc")  # the console script a user runs
 N = 4  # the LU-factorised matrix is N×N
 
 
@@ -54,11 +60,8 @@ def _train_state():
 
 @pytest.fixture(scope="module")
 def lu_template(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lu") / "lu.luxc"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        luxc.export_step(luxc.MSELoss(), _data(), _train_state(), out)
-    return out
+    return export_quietly(luxc.MSELoss(), step_data(), _train_state(),
+                          tmp_path_factory.mktemp("lu") / "lu.luxc")
 
 
 @pytest.fixture
@@ -66,8 +69,7 @@ def honest(lu_template, tmp_path):
     """The LAPACK-calling artefact as its author wrote it, unsigned (a stranger's)."""
     d = tmp_path / "honest.luxc"
     shutil.copytree(lu_template, d)
-    (d / "manifest.sig").unlink()
-    return d
+    return unsigned(d)
 
 
 def _forge_getrf(serialized: bytes) -> bytes:
@@ -106,13 +108,8 @@ def forged(honest):
     """The adversary's artefact: every module's LU factor declared f32[1, 1], hashes
     recomputed, no signature."""
     for name in ("step.jaxexport", "forward.jaxexport", "evaluate.jaxexport"):
-        _replace_file(honest, name, _forge_getrf((honest / name).read_bytes()))
+        replace_file(honest, name, _forge_getrf((honest / name).read_bytes()))
     return honest
-
-
-def _luxc(*args, cwd):
-    return subprocess.run([LUXC, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
 
 
 # ---------------------------------------------------------------- native kernels
@@ -121,7 +118,7 @@ def _luxc(*args, cwd):
 def _reference_losses(steps):
     ts, losses = _train_state(), []
     for _ in range(steps):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _data(),
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), step_data(),
                                                          ts)
         losses.append(float(loss))
     return losses, ts
@@ -154,7 +151,7 @@ def test_a_forged_lapack_result_shape_is_refused_in_one_line_never_a_crash(forge
             "predict": ["predict", forged, "--input", "x.npy", "--out", "y.npy"],
             "profile": ["profile", forged, "--steps", "2"],
             "profile-ops": ["profile", forged, "--steps", "2", "--ops", "3"]}[command]
-    r = _luxc(*args, cwd=tmp_path)
+    r = run_luxc(*args, cwd=tmp_path)
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])  # an error, not a signal
     last = r.stderr.strip().splitlines()[-1]
     file = "forward.jaxexport" if command == "predict" else "step.jaxexport"
@@ -173,7 +170,7 @@ def test_the_forged_modules_are_refused_in_python_for_each_program(forged, lu_te
     with pytest.raises(ArtifactError, match=r"\(forward\.jaxexport\)"):
         load_predictor(forged)
     for name in ("step.jaxexport", "forward.jaxexport"):  # only the evaluation stays forged
-        _replace_file(forged, name, (lu_template / name).read_bytes())
+        replace_file(forged, name, (lu_template / name).read_bytes())
     with pytest.raises(ArtifactError, match=r"\(evaluate\.jaxexport\)"):
         luxc.load(forged)  # refused at load, not at the first evaluation of a run
 
@@ -270,7 +267,7 @@ def spinning_evaluation(tmp_path_factory):
     d = tmp_path_factory.mktemp("spin-eval")
     model = luxc.nn.Chain(luxc.nn.Dense(3, 1), luxc.nn.Dropout(0.0))
     ps, st = luxc.setup(jax.random.key(0), model)
-    x, y = _data()
+    x, y = step_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         luxc.export_step(_endless_evaluation, (x, y), luxc.TrainState(model, ps, st,
@@ -317,7 +314,7 @@ def _log_steps(path):
 @pytest.mark.slow
 def test_a_strangers_endless_evaluation_obeys_the_time_limit_and_keeps_the_log(
         spinning_evaluation, tmp_path):
-    r = _luxc("run", spinning_evaluation / "art", "--steps", "2", "--eval-data",
+    r = run_luxc("run", spinning_evaluation / "art", "--steps", "2", "--eval-data",
               spinning_evaluation / "eval.npz", "--time-limit", "10", "--log", "log.jsonl",
               cwd=tmp_path)
     assert r.returncode == 1, r.stderr[-2000:]  # an error, not SIGABRT (134) or a hang
@@ -405,7 +402,7 @@ def stat_template(tmp_path_factory):
     d = tmp_path_factory.mktemp("stat")
     model = luxc.nn.Dense(3, 1)
     ps, st = luxc.setup(jax.random.key(0), model)
-    x, y = _data()
+    x, y = step_data()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         luxc.export_step(_objective_with_a_stat, (x, y),
@@ -422,19 +419,15 @@ def stat_art(stat_template, tmp_path):
 
 
 def _edit_layout(art, **fields):
-    from tests.test_trust import _manifest, _write_manifest
-
-    m = _manifest(art)
+    m = read_manifest(art)
     m["layout"].update(fields)
-    _write_manifest(art, m)
+    write_manifest(art, m)
     (art / "manifest.sig").unlink(missing_ok=True)
 
 
 def test_luxcs_own_stat_names_never_take_the_logs_keys(stat_art):
-    from tests.test_trust import _manifest
-
     # Prefixed by where they come from: a refused name is never one luxc compile wrote.
-    assert _manifest(stat_art)["layout"]["stat_names"] == ["stats['acc']"]
+    assert read_manifest(stat_art)["layout"]["stat_names"] == ["stats['acc']"]
 
 
 def _assert_escaped(text):
@@ -445,7 +438,7 @@ def _assert_escaped(text):
 @pytest.mark.slow
 def test_stat_names_from_the_manifest_are_escaped_in_eval_rows_and_the_log(stat_art, tmp_path):
     _edit_layout(stat_art, stat_names=[FORGED])
-    r = _luxc("run", stat_art, "--steps", "1", "--eval-data", tmp_path / "eval.npz", "--log",
+    r = run_luxc("run", stat_art, "--steps", "1", "--eval-data", tmp_path / "eval.npz", "--log",
               "log.jsonl", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_escaped(r.stdout)
@@ -530,7 +523,7 @@ def test_ctrl_c_stops_a_strangers_endless_model_in_predict(tmp_path):
     ps, st = luxc.setup(jax.random.key(0), model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        luxc.export_step(luxc.MSELoss(), _data(), luxc.TrainState(model, ps, st, optax.sgd(0.1)),
+        luxc.export_step(luxc.MSELoss(), step_data(), luxc.TrainState(model, ps, st, optax.sgd(0.1)),
                          tmp_path / "spin")
     (tmp_path / "spin" / "manifest.sig").unlink()
     np.save(tmp_path / "x.npy", np.ones((5, 3), np.float32))

@@ -5,40 +5,30 @@ manifest text is shown escaped and the manifest must be the module's signature."
 import os
 import signal
 import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 from click.testing import CliRunner
-from jax import lax
 
 import luxc
 from luxc.cli import main
 from luxc.runtime import artifact_format, bounded_read
 from luxc.runtime.errors import ArtifactError
 from luxc.runtime.module_check import check_untrusted
-from tests import test_trust
-from tests.test_trust import _exported_with_custom_call, _manifest, _write_manifest
+from tests.trust._artefacts import (
+    LUXC,
+    exported_with_custom_call,
+    read_manifest,
+    replace_file,
+    run_luxc,
+    unsigned,
+    write_manifest,
+)
 
-template, art = test_trust.template, test_trust.art  # the same fixtures: a copy of a signed artefact
-
-LUXC = str(Path(sys.executable).parent / "luxc")  # the console script a user runs
 FORGED = "Chain(...)\nsigned      by this user's luxc key\x1b]52;c;aGk=\x07\x1b[8mhidden\u202e"
-
-
-def _unsigned(d):
-    (d / "manifest.sig").unlink()
-    return d
-
-
-def _luxc(*args, cwd, timeout=300):
-    return subprocess.run([LUXC, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _plant(directory, marker):
@@ -59,14 +49,14 @@ def test_modules_planted_beside_the_artefact_or_in_the_working_directory_never_r
                                                                                 monkeypatch):
     marker, cwd = tmp_path / "ran", tmp_path / "cwd"
     marker.mkdir(), cwd.mkdir()
-    _unsigned(art)  # its StableHLO goes through the check child
+    unsigned(art)  # its StableHLO goes through the check child
     _plant(art, marker)
     _plant(cwd, marker)
-    r = _luxc("run", ".", "--steps", "1", cwd=art)
+    r = run_luxc("run", ".", "--steps", "1", cwd=art)
     assert r.returncode == 0, r.stderr
-    r = _luxc("run", art, "--steps", "1", cwd=cwd)
+    r = run_luxc("run", art, "--steps", "1", cwd=cwd)
     assert r.returncode == 0, r.stderr
-    r = _luxc("profile", ".", "--steps", "1", cwd=art)
+    r = run_luxc("profile", ".", "--steps", "1", cwd=art)
     assert r.returncode == 0, r.stderr
     monkeypatch.chdir(art)
     with warnings.catch_warnings():
@@ -89,26 +79,6 @@ def test_inspect_names_files_the_manifest_does_not_list_and_reads_none_of_them(a
 # ---------------------------------------------------------------- hangs and resources
 
 
-def _endless_objective(model, ps, st, data):
-    x, y = data
-    pred, st = model(x, ps, st)
-    # float32 c + 1 stops growing at 2**24: c >= 0 stays true, the loop never ends
-    spin = lax.stop_gradient(lax.while_loop(lambda c: c >= 0.0, lambda c: c + 1.0, jnp.sum(x)))
-    return jnp.mean((pred - y) ** 2) + 0.0 * spin, st, {}
-
-
-@pytest.fixture
-def endless(tmp_path):
-    model = luxc.nn.Dense(3, 1)
-    ps, st = luxc.setup(jax.random.key(0), model)
-    x = jnp.ones((8, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        luxc.export_step(_endless_objective, (x, x[:, :1]),
-                         luxc.TrainState(model, ps, st, optax.sgd(0.1)), tmp_path / "spin")
-    return _unsigned(tmp_path / "spin")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [("run",), ("profile",), ("profile", "--ops", "3")])
 def test_sigint_stops_a_strangers_endless_step(endless, tmp_path, command):
@@ -129,7 +99,7 @@ def test_sigint_stops_a_strangers_endless_step(endless, tmp_path, command):
 
 
 def test_the_op_profile_of_an_unsigned_artefact_checks_its_module_as_run_does(art):
-    test_trust._replace_file(art, "step.jaxexport", _exported_with_custom_call("my_native_kernel"))
+    replace_file(art, "step.jaxexport", exported_with_custom_call("my_native_kernel"))
     r = CliRunner().invoke(main, ["profile", str(art), "--ops", "3", "--steps", "1"])
     assert r.exit_code != 0
     assert "calls native functions my_native_kernel by name" in r.output.strip().splitlines()[-1]
@@ -138,7 +108,7 @@ def test_the_op_profile_of_an_unsigned_artefact_checks_its_module_as_run_does(ar
 def test_the_op_profile_of_an_unsigned_artefact_runs_guarded_and_changes_no_state(art, monkeypatch):
     from luxc.runtime import loaded_step
 
-    _unsigned(art)
+    unsigned(art)
     calls = []
     monkeypatch.setattr(loaded_step, "guarded", lambda call, *a: calls.append(a) or call())
     with warnings.catch_warnings():
@@ -153,9 +123,8 @@ def test_the_op_profile_of_an_unsigned_artefact_runs_guarded_and_changes_no_stat
 
 @pytest.mark.slow
 def test_a_time_limit_stops_an_endless_step_in_one_line(endless, tmp_path):
-    t = time.monotonic()
-    r = _luxc("run", endless, "--steps", "1", "--time-limit", "2", cwd=tmp_path)
-    assert r.returncode == 1 and time.monotonic() - t < 120
+    r = run_luxc("run", endless, "--steps", "1", "--time-limit", "2", cwd=tmp_path)
+    assert r.returncode == 1  # stopped by the limit (its last line says so), not by the hang guard
     assert r.stderr.strip().splitlines()[-1] == (
         "Error: step 1 did not finish within the time limit; luxc stopped waiting for it (the "
         "state is the one before it)")
@@ -165,10 +134,10 @@ def test_a_time_limit_stops_an_endless_step_in_one_line(endless, tmp_path):
 def test_a_sparse_4_gib_state_file_is_refused_unread(art, listed_size, monkeypatch):
     with open(art / "state.safetensors", "r+b") as f:
         f.truncate(4 << 30)  # sparse: 4 GiB that take no disk
-    m = _manifest(art)
+    m = read_manifest(art)
     if listed_size == "manifest":  # the manifest claims the size too
         m["files"]["state.safetensors"]["size"] = 4 << 30
-    _write_manifest(art, m)
+    write_manifest(art, m)
     monkeypatch.setattr(artifact_format, "read_regular",
                         lambda path, *a: pytest.fail(f"read {path}") if Path(path).name == "state.safetensors"
                         else bounded_read.read_regular(path, *a))
@@ -186,14 +155,14 @@ def test_a_sparse_4_gib_state_file_is_refused_unread(art, listed_size, monkeypat
 
 
 def test_manifest_text_cannot_forge_a_line_or_drive_the_terminal(art, tmp_path):
-    m = _manifest(art)
+    m = read_manifest(art)
     m["layout"]["model"] = m["layout"]["model_summary"] = m["layout"]["objective"] = FORGED
     m["created"] = m["versions"]["luxc"] = m["versions"]["jaxlib"] = FORGED  # jaxlib: a note
     m["layout"]["data_names"][0] = FORGED
     m["pass_report"][0]["name"] = FORGED
-    _write_manifest(art, m)
+    write_manifest(art, m)
     outputs = [_inspect(art).output]
-    r = _luxc("run", art, "--steps", "1", cwd=tmp_path)
+    r = run_luxc("run", art, "--steps", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     outputs += [r.stdout, r.stderr]
     with warnings.catch_warnings(record=True) as caught:
@@ -220,11 +189,11 @@ def test_inspect_shows_the_models_full_summary(art):
 
 @pytest.mark.parametrize("where", ["inputs", "outputs"])
 def test_a_manifest_shape_that_disagrees_with_the_module_is_one_line_in_manifest_terms(art, where):
-    m = _manifest(art)
+    m = read_manifest(art)
     for spec in (m["inputs"][0], m["outputs"][0]):  # consistent manifest, but not the module's
         spec["shape"] = [8, 4] if where == "inputs" else spec["shape"]
         spec["dtype"] = "float64" if where == "outputs" else spec["dtype"]
-    _write_manifest(art, m)
+    write_manifest(art, m)
     name = m["layout"]["state_names"][0]
     kind = "input" if where == "inputs" else "input"  # the first difference is the input's
     with pytest.raises(ArtifactError, match=rf"the manifest says {kind} {__import__('re').escape(name)} "
@@ -233,10 +202,10 @@ def test_a_manifest_shape_that_disagrees_with_the_module_is_one_line_in_manifest
 
 
 def test_a_safe_xla_option_out_of_range_is_dropped_with_a_note(art):
-    m = _manifest(art)
+    m = read_manifest(art)
     m["compile_options"]["xla_options"] = {"xla_backend_optimization_level": 10**12,
                                            "xla_cpu_prefer_vector_width": 256}
-    _write_manifest(art, m)
+    write_manifest(art, m)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = luxc.load(art)
@@ -250,7 +219,7 @@ def test_a_safe_xla_option_out_of_range_is_dropped_with_a_note(art):
 
 @pytest.mark.parametrize("target", ["mosaic_gpu_v2", "tpu_custom_call"])
 def test_device_kernels_in_an_unsigned_module_need_the_users_opt_in(target):
-    module = _exported_with_custom_call(target)
+    module = exported_with_custom_call(target)
     with pytest.raises(ArtifactError, match=rf"runs compiled device kernels \({target}\).*"
                                             "--allow-device-kernels"):
         check_untrusted(module, "art")
