@@ -123,11 +123,6 @@ def test_eachslice_rnn_orderings():
     assert len(unbatched) == 5
 
 
-def test_l1_and_l2_loss_aliases():
-    # losses.jl: const L1Loss = MAELoss; const L2Loss = MSELoss.
-    assert luxc.L1Loss is luxc.MAELoss and luxc.L2Loss is luxc.MSELoss
-
-
 @pytest.mark.parametrize("activation,gain", [(None, 1.0), (jax.nn.relu, 2.0), (jnp.tanh, 5 / 3)])
 def test_default_weight_init_is_lux_kaiming_uniform(activation, gain, key):
     # Lux.jl src/layers/basic.jl and conv.jl: kaiming_uniform(...; gain=calculate_gain(σ, √5))

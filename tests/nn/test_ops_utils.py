@@ -22,11 +22,7 @@ def test_eachslice_returns_slices_along_the_axis():
         ops.eachslice(x, 2)
 
 
-def test_foldl_init_folds_and_differentiates_init():
-    x = jnp.array([1.0, 2.0, 3.0])
-    assert float(ops.foldl_init(lambda a, b: a * b, x, 2.0)) == 12.0
-    g = jax.grad(lambda init: ops.foldl_init(lambda a, b: a * b, x, init))(2.0)
-    assert float(g) == 6.0
+def test_foldl_without_init_starts_from_the_first_element():
     assert ops.foldl_init(lambda a, b: a + b, [1, 2, 3]) == 6
 
 
@@ -169,3 +165,37 @@ def test_preferences_come_from_the_config_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="recompile_check must be one of none, warn, error"):
         luxc.preference("recompile_check")
     monkeypatch.setattr(luxc._preferences, "_values", None)
+
+
+def test_foldl_init_accumulator_takes_the_type_op_gives():
+    # extended_ops.jl: foldl_init(op, x, init) = foldl(op, x; init); Julia's
+    # foldl(+, [0.5, 0.5]; init=0) == 1.0.
+    assert float(ops.foldl_init(jnp.add, jnp.array([0.5, 0.5]), 0)) == 1.0
+    assert ops.foldl_init(lambda a, b: a + b, [0.5, 0.5], 0) == 1.0
+
+
+def test_foldl_init_with_an_accumulator_that_grows():
+    grow = lambda acc, x: jnp.concatenate([acc, x[None] * 2])  # noqa: E731
+    out = ops.foldl_init(grow, jnp.array([1.0, 2.0, 3.0]), jnp.zeros(1))
+    np.testing.assert_array_equal(out, [0.0, 2.0, 4.0, 6.0])
+    g = jax.grad(lambda init: jnp.sum(ops.foldl_init(grow, jnp.array([1.0, 2.0]), init)))(
+        jnp.ones(1))
+    np.testing.assert_array_equal(g, [1.0])
+
+
+def test_foldl_init_scans_a_stable_carry_and_differentiates_init():
+    f = lambda init: ops.foldl_init(lambda c, x: c * x, jnp.array([2.0, 3.0, 4.0]), init)  # noqa: E731
+    assert "scan" in str(jax.make_jaxpr(f)(1.0))
+    assert float(f(1.0)) == 24.0 and float(jax.grad(f)(1.0)) == 24.0
+
+
+def test_converters_leave_numbers_alone_and_convert_complex_arrays():
+    # eltype_conversion.jl: adapt_storage only touches arrays, floating ones to T and complex
+    # ones to Complex{T}.
+    out = luxc.f32({"c": np.ones(2, np.complex128), "s": 2.5, "n": 3})
+    assert out["c"].dtype == jnp.complex64 and out["s"] == 2.5 and isinstance(out["s"], float)
+    assert luxc.f16({"s": 2.5})["s"] == 2.5 and luxc.bf16({"s": 0.1})["s"] == 0.1
+    for conv, dt in ((luxc.f16, "float16"), (luxc.bf16, "bfloat16")):
+        with pytest.raises(TypeError, match=f"complex64 leaf has no {dt} complex counterpart"):
+            conv({"c": jnp.ones(2, jnp.complex64)})
+    assert luxc.bf16(jnp.ones(2)).dtype == ml_dtypes.bfloat16

@@ -176,3 +176,34 @@ def test_porting_aliases_name_luxcs_backends():
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
     _, loss, _, _ = single_train_step(luxc.AutoZygote(), luxc.MSELoss(), data, ts)
     assert float(loss) == pytest.approx(float(_loss(model, st, data)(ps)), rel=1e-6)
+
+
+def _adam_state(key):
+    model = luxc.nn.Dense(2, 1)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+    return luxc.TrainState(model, *luxc.setup(key, model), opt)
+
+
+def _lr(ts):
+    return pytest.approx(float(ts.optimizer_state.hyperparams["learning_rate"]), rel=1e-6)
+
+
+def test_adjust_takes_the_learning_rate_positionally(key):
+    # Lux.jl src/helpers/training.jl: Optimisers.adjust!(ts::TrainState, eta::Real) and
+    # Optimisers.adjust(ts::TrainState, eta::Real).
+    ts = _adam_state(key)
+    assert _lr(luxc.training.adjust(ts, 1e-3)) == 1e-3 and _lr(ts) == 0.1
+    assert luxc.training.adjust_(ts, 0.5) is ts and _lr(ts) == 0.5
+    with pytest.raises(TypeError, match="given twice"):
+        luxc.training.adjust(ts, 1e-3, learning_rate=1e-2)
+
+
+def test_adjust_in_place_is_all_or_nothing(key):
+    ts = _adam_state(key)
+    earlier = ts.replace(step=3)  # shares the optimiser state
+    with pytest.raises(ValueError, match="no hyperparameter 'momentum'"):
+        luxc.training.adjust_(ts, 1e-3, b1=0.5, momentum=0.9)
+    with pytest.raises(TypeError):
+        luxc.training.adjust_(ts, b1=0.5, b2="fast")
+    for t in (ts, earlier):
+        assert _lr(t) == 0.1 and float(t.optimizer_state.hyperparams["b1"]) == pytest.approx(0.9)
