@@ -42,6 +42,16 @@ def mlp_state(seed: int = 0) -> luxc.TrainState:
     return luxc.TrainState(model, ps, st, optax.adam(1e-2))
 
 
+def eager_losses(ts: luxc.TrainState, steps: int) -> tuple[list[float], luxc.TrainState]:
+    """The reference: ``steps`` eager (AutoJAX) steps of ``MSELoss`` on ``step_data()`` from
+    ``ts``: their losses and the state after them."""
+    losses = []
+    for _ in range(steps):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), step_data(), ts)
+        losses.append(float(loss))
+    return losses, ts
+
+
 def export_quietly(objective, data, ts: luxc.TrainState, out: Path) -> Path:
     """``luxc.export_step`` without its notes (a test asserts on what comes after)."""
     with warnings.catch_warnings():

@@ -23,6 +23,7 @@ from luxc.runtime import artifact_format, bounded_read, persistent_cache, tensor
 from luxc.runtime.errors import ArtifactError
 from tests.support import luxc_cli
 from tests.trust._artefacts import (
+    eager_losses,
     exported_with_custom_call,
     mlp_state,
     read_manifest,
@@ -50,12 +51,7 @@ def _load(d):
 
 
 def _reference_losses(steps=3):
-    ts = mlp_state()
-    losses = []
-    for _ in range(steps):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), step_data(), ts)
-        losses.append(float(loss))
-    return losses
+    return eager_losses(mlp_state(), steps)[0]
 
 
 # ---------------------------------------------------------------- artefacts: code execution

@@ -34,6 +34,7 @@ from luxc.runtime.executable import _TARGET_VERSION, module_text
 from luxc.runtime.native_calls import NativeCallCheck, check_module
 from tests.trust._artefacts import (
     LUXC,
+    eager_losses,
     export_quietly,
     read_manifest,
     replace_file,
@@ -116,12 +117,7 @@ def forged(honest):
 
 
 def _reference_losses(steps):
-    ts, losses = _train_state(), []
-    for _ in range(steps):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), step_data(),
-                                                         ts)
-        losses.append(float(loss))
-    return losses, ts
+    return eager_losses(_train_state(), steps)
 
 
 def test_an_honest_unsigned_artefact_calling_lapack_trains_predicts_and_evaluates(honest):
