@@ -401,23 +401,31 @@ def _factory():
 
 
 def _losses(ad, n, **kw):
+    """``n`` steps of the family with ``ad`` from its factory: the losses, the first step's
+    gradients and the state after them."""
     obj, data, ts = _factory()
-    out = []
+    out, first = [], None
     for _ in range(n):
-        _, loss, _, ts = luxc.training.single_train_step(ad, obj, data, ts, **kw)
+        grads, loss, _, ts = luxc.training.single_train_step(ad, obj, data, ts, **kw)
+        first = grads if first is None else first
         out.append(float(loss))
-    return out, ts
+    return out, first, ts
 
 
-def test_the_family_compiles_to_the_eager_step_and_runs_in_bf16():
-    obj, data, ts = _factory()
-    grads = [luxc.training.single_train_step(ad, obj, data, ts)[0]
-             for ad in (luxc.AutoJAX(), luxc.AutoXLA())]
-    for a, b in zip(*map(jax.tree.leaves, grads)):
+@pytest.fixture(scope="module")
+def eager_run():
+    """The reference, 3 eager (AutoJAX) steps, computed once for the module: op by op, it is
+    the costly part."""
+    return _losses(luxc.AutoJAX(), 3)
+
+
+def test_the_family_compiles_to_the_eager_step_and_runs_in_bf16(eager_run):
+    eager, eager_grads, _ = eager_run
+    compiled, grads, _ = _losses(luxc.AutoXLA(), 3)
+    for a, b in zip(jax.tree.leaves(eager_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
-    (eager, _), (compiled, _) = _losses(luxc.AutoJAX(), 3), _losses(luxc.AutoXLA(), 3)
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
-    bf16, _ = _losses(luxc.AutoXLA(), 2, compile_options=luxc.CompileOptions(mixed_precision="bf16"))
+    bf16 = _losses(luxc.AutoXLA(), 2, compile_options=luxc.CompileOptions(mixed_precision="bf16"))[0]
     np.testing.assert_allclose(bf16, compiled[:2], rtol=5e-2)
 
 
@@ -432,13 +440,13 @@ def test_the_family_round_trips_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_family_trains_from_an_artefact_without_its_source(tmp_path):
+def test_the_family_trains_from_an_artefact_without_its_source(tmp_path, eager_run):
     compile_factory(tmp_path, FACTORY)
     (tmp_path / "model_src.py").unlink()
     r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
-    np.testing.assert_allclose(losses, _losses(luxc.AutoJAX(), 3)[0], rtol=1e-4)
+    np.testing.assert_allclose(losses, eager_run[0], rtol=1e-4)
 
 
 def test_lenet_as_a_true_convolution_gets_the_same_conv_passes_and_reverses_only_weights():

@@ -1,6 +1,8 @@
 """What an artefact's manifest says about the step (what `luxc inspect` shows): the objective,
 the optimiser, and every input named by its path."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -23,7 +25,7 @@ def _state(optimizer):
 def test_a_loss_object_is_recorded_by_its_repr_and_a_function_by_name_and_place():
     assert describe_objective(luxc.HuberLoss(delta=0.5)) == repr(luxc.HuberLoss(delta=0.5))
     line = objective.__code__.co_firstlineno
-    assert describe_objective(objective) == f"objective (test_manifest_names.py:{line})"
+    assert describe_objective(objective) == f"objective ({Path(__file__).name}:{line})"
 
 
 def test_the_optimizer_is_named_by_its_state_and_hyperparameters():
