@@ -4,6 +4,7 @@ command), compiling a factory with ``luxc compile``, and running one pass on Sta
 Fixtures live in ``tests/conftest.py``; a helper used by one directory only lives there
 (``tests/trust/_artefacts.py``)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -45,3 +46,30 @@ def run_pass_body(text: str, name: str) -> tuple[list[str], int]:
         (record,) = passes.run_pipeline(module, [name])
         lines = [line.strip() for line in str(module).splitlines()]
         return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
+
+
+_CLI_EACH = """
+import json, os, sys
+from click.testing import CliRunner
+from luxc.cli import main
+results = []
+for cwd, args in json.load(sys.stdin):
+    os.chdir(cwd)
+    r = CliRunner().invoke(main, args)
+    escaped = r.exception is not None and not isinstance(r.exception, SystemExit)
+    results.append([r.exit_code, r.stdout, r.stderr + (f"Traceback: {r.exception!r}" if escaped else "")])
+print(json.dumps(results))
+"""
+
+
+def luxc_cli_each(cases: list[tuple[Path, list]]) -> list[subprocess.CompletedProcess]:
+    """Run several ``luxc`` commands, each ``(cwd, args)``, through the command's entry point in
+    ONE fresh process (one jax start instead of one per command): their exit codes and output,
+    as ``luxc_cli`` gives them. An exception a command let escape shows as the traceback a user
+    would see."""
+    payload = json.dumps([[str(cwd), [str(a) for a in args]] for cwd, args in cases])
+    r = subprocess.run([sys.executable, "-c", _CLI_EACH], input=payload, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [subprocess.CompletedProcess(args, code, out, err)
+            for (_, args), (code, out, err) in zip(cases, json.loads(r.stdout.splitlines()[-1]))]

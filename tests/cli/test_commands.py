@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.support import luxc_cli_each
+
 pytestmark = pytest.mark.slow
 
 FACTORY = textwrap.dedent("""
@@ -193,29 +195,12 @@ COMPILE_ERRORS = [
     ("model_src.py:bad_objective", "must return a scalar loss"),
 ]
 
-# Each bad SPEC through the command's entry point, all in one fresh process (one jax start
-# instead of six); an exception the command let escape is reported as the traceback it prints.
-_COMPILE_EACH = textwrap.dedent("""
-    import json, sys
-    from click.testing import CliRunner
-    from luxc.cli import main
-    results = {}
-    for spec in json.loads(sys.argv[1]):
-        r = CliRunner().invoke(main, ["compile", spec, "--out", "never.luxc"])
-        escaped = r.exception is not None and not isinstance(r.exception, SystemExit)
-        results[spec] = [r.exit_code, r.stderr + (f"Traceback: {r.exception!r}" if escaped else "")]
-    print(json.dumps(results))
-""")
-
-
 @pytest.fixture(scope="module")
 def compile_errors(workdir):
-    specs = json.dumps([spec for spec, _ in COMPILE_ERRORS])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_EACH, specs], cwd=workdir,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return {spec: subprocess.CompletedProcess([], code, "", err)
-            for spec, (code, err) in json.loads(r.stdout.splitlines()[-1]).items()}
+    """Every bad SPEC compiled, all in one fresh process."""
+    runs = luxc_cli_each([(workdir, ["compile", spec, "--out", "never.luxc"])
+                          for spec, _ in COMPILE_ERRORS])
+    return {spec: r for (spec, _), r in zip(COMPILE_ERRORS, runs)}
 
 
 @pytest.mark.parametrize("spec,message", COMPILE_ERRORS)

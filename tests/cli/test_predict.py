@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import luxc
-from tests.support import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli, luxc_cli_each
 
 # BatchNorm: test mode must use the running statistics, which training changes.
 FACTORY = textwrap.dedent("""
@@ -83,23 +83,35 @@ def test_luxc_predict_uses_a_checkpoints_parameters_after_luxc_run(work, tmp_pat
     assert not np.allclose(y, _reference(_factory(work)[2], x), atol=1e-4)  # it trained
 
 
+WRONG_INPUTS = {  # the message -> how the input is written
+    "x (--input bad.npy) has shape [4, 5]; the model takes float32[b, 3]":
+        lambda d: np.save(d / "bad.npy", np.zeros((4, 5), np.float32)),
+    "x (--input bad.npy) has dtype int64; the model takes float32[b, 3]":
+        lambda d: np.save(d / "bad.npy", np.zeros((4, 3), np.int64)),
+    "holds Python objects":
+        lambda d: np.save(d / "bad.npy", np.array([None] * 3, dtype=object).reshape(1, 3),
+                          allow_pickle=True),
+}
+
+
+@pytest.fixture(scope="module")
+def wrong_input_runs(work, tmp_path_factory):
+    """``luxc predict`` on each wrong input, in a directory of its own, all in one process."""
+    dirs = {message: tmp_path_factory.mktemp("wrong-input") for message in WRONG_INPUTS}
+    for message, make in WRONG_INPUTS.items():
+        make(dirs[message])
+    runs = luxc_cli_each([(d, ["predict", work / "step.luxc", "--input", "bad.npy", "--out", "y.npy"])
+                          for d in dirs.values()])
+    return {message: (d, r) for (message, d), r in zip(dirs.items(), runs)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("make, message", [
-    (lambda d: np.save(d / "bad.npy", np.zeros((4, 5), np.float32)),
-     "x (--input bad.npy) has shape [4, 5]; the model takes float32[b, 3]"),
-    (lambda d: np.save(d / "bad.npy", np.zeros((4, 3), np.int64)),
-     "x (--input bad.npy) has dtype int64; the model takes float32[b, 3]"),
-    (lambda d: np.save(d / "bad.npy", np.array([None] * 3, dtype=object).reshape(1, 3),
-                       allow_pickle=True),
-     "holds Python objects"),
-])
-def test_a_wrong_input_is_one_line_and_writes_nothing(work, tmp_path, make, message):
-    make(tmp_path)
-    r = luxc_cli("predict", work / "step.luxc", "--input", "bad.npy", "--out", "y.npy",
-                 cwd=tmp_path)
+@pytest.mark.parametrize("message", WRONG_INPUTS)
+def test_a_wrong_input_is_one_line_and_writes_nothing(wrong_input_runs, message):
+    d, r = wrong_input_runs[message]
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not (tmp_path / "y.npy").exists()
+    assert not (d / "y.npy").exists()
 
 
 @pytest.mark.slow

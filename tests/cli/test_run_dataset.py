@@ -13,7 +13,7 @@ import pytest
 
 import luxc
 from luxc.runtime.tensor_codec import tensors_from_bytes
-from tests.support import compile_factory, luxc_cli
+from tests.support import compile_factory, luxc_cli, luxc_cli_each
 
 pytestmark = pytest.mark.slow
 
@@ -99,20 +99,33 @@ def test_a_checkpoint_luxc_run_writes_loads_in_python_and_back(work, tmp_path):
     assert "ran 5 steps (4-8)" in r.stdout
 
 
-@pytest.mark.parametrize("arrays, message", [
-    (lambda x: (x[:, :2], x[:, :1]), "data[0] holds float32[100, 2]; the step takes float32[N, 3]"),
-    (lambda x: (x.astype(np.int32), x[:, :1]), "data[0] holds int32[100, 3]; the step takes float32"),
-    (lambda x: (x, np.array([None] * 100, dtype=object)), "holds Python objects"),
-    (lambda x: (x,), "holds 1 arrays; the step takes 2"),
-])
-def test_a_dataset_that_disagrees_is_one_line_and_writes_nothing(work, tmp_path, arrays, message):
+DISAGREEING = {  # the message -> the arrays written from x, float32 (100, 3)
+    "data[0] holds float32[100, 2]; the step takes float32[N, 3]": lambda x: (x[:, :2], x[:, :1]),
+    "data[0] holds int32[100, 3]; the step takes float32": lambda x: (x.astype(np.int32), x[:, :1]),
+    "holds Python objects": lambda x: (x, np.array([None] * 100, dtype=object)),
+    "holds 1 arrays; the step takes 2": lambda x: (x,),
+}
+
+
+@pytest.fixture(scope="module")
+def disagreeing_runs(work, tmp_path_factory):
+    """``luxc run`` on each disagreeing dataset, in a directory of its own, all in one process."""
+    dirs = {message: tmp_path_factory.mktemp("disagrees") for message in DISAGREEING}
     x = np.zeros((100, 3), np.float32)
-    np.savez(tmp_path / "bad.npz", *arrays(x))
-    r = luxc_cli("run", work / "step.luxc", "--data", "bad.npz", "--checkpoint", "ck",
-                 "--log", "log.jsonl", "--save-state", "s.safetensors", cwd=tmp_path)
+    for message, arrays in DISAGREEING.items():
+        np.savez(dirs[message] / "bad.npz", *arrays(x))
+    runs = luxc_cli_each([(d, ["run", work / "step.luxc", "--data", "bad.npz", "--checkpoint", "ck",
+                               "--log", "log.jsonl", "--save-state", "s.safetensors"])
+                          for d in dirs.values()])
+    return {message: (d, r) for (message, d), r in zip(dirs.items(), runs)}
+
+
+@pytest.mark.parametrize("message", DISAGREEING)
+def test_a_dataset_that_disagrees_is_one_line_and_writes_nothing(disagreeing_runs, message):
+    d, r = disagreeing_runs[message]
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert message in r.stderr.strip().splitlines()[-1], r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz"]
+    assert sorted(p.name for p in d.iterdir()) == ["bad.npz"]
 
 
 def test_a_directory_of_npy_files_trains_memory_mapped(work, tmp_path):
