@@ -1,9 +1,11 @@
+"""Fixtures every test directory shares (helpers to import live in ``tests/support.py``)."""
+
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
+
+import luxc
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -19,36 +21,12 @@ def key():
     return jax.random.key(0)
 
 
-def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python process (for multi-device and fresh-process checks)."""
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def luxc_cli(*args, cwd) -> subprocess.CompletedProcess:
-    """Run the ``luxc`` command in a fresh process in directory ``cwd``."""
-    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def compile_factory(directory, source: str) -> None:
-    """Write ``source`` (defining ``factory()``) to ``directory/model_src.py`` and compile it
-    with ``luxc compile`` to ``directory/step.luxc``."""
-    (directory / "model_src.py").write_text(source)
-    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=directory)
-    assert r.returncode == 0, r.stderr
-
-
-def run_pass_body(text: str, name: str) -> tuple[list[str], int]:
-    """Run the pass ``name`` on StableHLO ``text``: the function body's lines (stripped, without
-    the module/func wrapper) and the pass's rewrite count, for golden-text tests."""
-    from jaxlib.mlir import ir
-
-    from luxc import passes
-    from luxc.runtime._jax_internal import ir_context
-
-    with ir_context():
-        module = ir.Module.parse(text)
-        (record,) = passes.run_pipeline(module, [name])
-        lines = [line.strip() for line in str(module).splitlines()]
-        return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
+@pytest.fixture
+def prefs(monkeypatch):
+    """Lux's preferences at their defaults (no file read yet, no environment override, no
+    eltype warning given yet); returns ``luxc.set_preferences``."""
+    monkeypatch.setattr(luxc._preferences, "_values", None)
+    monkeypatch.setattr(luxc.nn._eltype, "_warned", set())
+    for name in ("ELTYPE_MISMATCH_HANDLING", "INSTABILITY_CHECK_LUXCORE", "INSTABILITY_CHECK_LUXLIB"):
+        monkeypatch.delenv(f"LUXC_{name}", raising=False)
+    return luxc.set_preferences

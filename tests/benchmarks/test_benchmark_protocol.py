@@ -1,0 +1,128 @@
+"""``python -m benchmarks``: the protocol (a process per framework, the load at every turn, the
+refusal to publish a busy run) and the figures generated from its results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import cases, report, run
+from benchmarks._load import Load
+from tests.support import ROOT
+
+
+def _bench(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def quick_busy(tmp_path_factory):
+    """One tiny quick run whose threshold every load exceeds, written anyway (--allow-busy)."""
+    out = tmp_path_factory.mktemp("bench")
+    r = _bench("--quick", "--allow-busy", "--max-load", "0", "--only", "tiny",
+               "--variants", "luxc,jax.jit+optax,torch eager", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "results.json").read_text()), (out / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_every_framework_runs_in_a_process_of_its_own(quick_busy):
+    results, _ = quick_busy
+    procs = results["workloads"][0]["processes"]
+    assert set(procs) == {"luxc", "jax", "torch"}
+    assert len({p["pid"] for p in procs.values()} | {os.getpid()}) == 4
+    assert procs["jax"]["modules"] == {"jax": True, "torch": False}
+    assert procs["luxc"]["modules"]["torch"] is False
+    assert procs["torch"]["modules"]["torch"] is True
+    assert all(p["peak_rss_bytes"] > 10 * 2**20 for p in procs.values())
+
+
+@pytest.mark.slow
+def test_every_turn_records_the_load_at_its_start(quick_busy):
+    results, _ = quick_busy
+    rows = results["workloads"][0]["rows"]
+    assert sorted(r["group"] for r in rows) == ["jax", "luxc", "torch"]  # 1 round, 3 turns
+    for row in rows:
+        assert isinstance(row["load1"], float) and row["load1"] >= 0
+        assert row["others"] is None or row["others"] >= 0
+    assert set().union(*(r["seconds"] for r in rows)) == {"luxc", "jax.jit+optax", "torch eager"}
+
+
+@pytest.mark.slow
+def test_a_busy_run_written_anyway_marks_every_figure_busy(quick_busy):
+    results, text = quick_busy
+    assert results["run"]["busy"] and results["run"]["allow_busy"]
+    table = [line for line in text.splitlines() if line.startswith("| ") and "ms/step" not in line]
+    assert len(table) == 3
+    for line in table:
+        figures = [c for c in line.strip("|").split("|")[2:] if c.strip() != "-"]
+        assert figures and all(c.strip().endswith("(busy)") for c in figures), line
+
+
+@pytest.mark.slow
+def test_a_busy_run_refuses_to_write_its_results(tmp_path):
+    r = _bench("--quick", "--max-load", "0", "--only", "gemm", "--out", str(tmp_path))
+    assert r.returncode == run.BUSY_STATUS
+    assert "refused to write" in r.stderr.strip().splitlines()[-1]
+    assert "--allow-busy" in r.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_device_on_a_machine_without_an_accelerator_says_so_in_one_line(tmp_path):
+    r = _bench("--device", "--out", str(tmp_path), timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "python -m benchmarks --device: jax sees no accelerator on this machine (only the CPU); "
+        "nothing measured (run it without --device)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_group_whose_package_is_missing_is_skipped_with_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cases, "missing_module", lambda group: "torch")
+    args = run._parser().parse_args(["--quick"])
+    args.rounds = 1
+    work = run.measure_workload("tiny", ("torch",), args, run.LoadMeter())
+    assert work["rows"] == [] and work["processes"] == {}
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert skipped == ["  skipped the torch rows: torch is not installed (pip install -e '.[bench]')"]
+
+
+def _results(rounds, busy=()):
+    rows = [{"round": r, "group": g, "load1": 0.1, "others": 0.0, "seconds": {name: t}}
+            for r, times in enumerate(rounds) for g, name, t in
+            (("luxc", "luxc", times[0]), ("torch", "torch.compile", times[1]))]
+    work = {"key": "mlp", "title": "MLP", "rows": rows, "processes": {}}
+    run_ = {"command": "python -m benchmarks", "started": "now", "seconds": 60, "rounds": len(rounds),
+            "cores": 2, "cpu": "cpu", "versions": {}, "start_load1": 0.1, "max_load": 0.7,
+            "busy": list(busy)}
+    return {"run": run_, "workloads": [work]}
+
+
+# Seconds per step of (luxc, torch.compile) in three rounds: per-round ratios 2, 0.5 and 1.
+_ROUNDS = [(0.002, 0.001), (0.003, 0.006), (0.001, 0.001)]
+
+
+def test_ratios_are_medians_of_per_round_ratios_not_ratios_of_medians():
+    # The medians' ratio would be 2 ms / 1 ms = 2.
+    (luxc,) = [v for v in report.summary(_results(_ROUNDS)["workloads"][0]) if v["variant"] == "luxc"]
+    assert luxc["vs_peer"] == 1.0 and luxc["median"] == 0.002
+
+
+def test_the_readme_table_is_generated_from_the_results_and_marks_a_busy_run():
+    quiet = report.readme_table(_results(_ROUNDS))
+    assert quiet.splitlines()[2] == "| MLP: luxc | 2 | torch.compile | 1 | 1.00 |"
+    busy = report.readme_table(_results(_ROUNDS[:1], busy=["load"]))
+    assert busy.splitlines()[2].count("(busy)") == 3
+
+
+def test_the_run_is_busy_when_the_start_or_any_turn_exceeds_the_threshold():
+    quiet = _results(_ROUNDS[:1])["workloads"]
+    assert run.busy_reasons(Load(0.3, None), quiet, 0.7) == []
+    assert "load average was 0.90 at the start" in run.busy_reasons(Load(0.9, None), quiet, 0.7)[0]
+    quiet[0]["rows"][1]["others"] = 1.2
+    (reason,) = run.busy_reasons(Load(0.3, None), quiet, 0.7)
+    assert reason == "other processes used 1.20 cores before mlp's round 0 (torch)"
