@@ -4,13 +4,17 @@ the bytes the writer produced), and the pass report is one type, ``PassRecord``,
 step and on a loaded artefact alike."""
 
 import copy
+import hashlib
 import json
 import warnings
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import luxc
+from luxc.cli import main
+from luxc.cli.run_checkpoints import artifact_digest
 from luxc.passes import PassRecord
 from luxc.runtime.artifacts._format import check_manifest
 from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, parse_manifest
@@ -64,9 +68,8 @@ def test_the_manifest_format_keeps_its_fields_and_pass_report_entries(art):
         assert set(entry) == {"name", "rewrites", "ops_before", "ops_after", "seconds"}
 
 
-def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_trains(art,
-                                                                                 tmp_path):
-    expected = _load(art).run(2)
+def _without_later_fields(art):
+    """Rewrite ``art``'s manifest as a luxc without the optional fields wrote it; its JSON."""
     raw = _raw(art)
     assert raw["pass_report"], "the default CPU pipeline records its passes"
     for key in OPTIONAL:
@@ -80,6 +83,12 @@ def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_tr
         (art / name).unlink()
     (art / "manifest.json").write_bytes(json_bytes(raw))
     (art / "manifest.sig").unlink()  # an edited manifest is no longer this user's
+    return raw
+
+
+def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_trains(art):
+    expected = _load(art).run(2)
+    raw = _without_later_fields(art)
     loaded = _load(art)
     assert loaded.manifest.to_json() == raw
     assert loaded.manifest.layout.stat_names is None and loaded.manifest.forward is None
@@ -109,6 +118,8 @@ def test_pass_record_json_round_trip_keeps_every_field():
     (lambda m: m["pass_report"][0].update(seconds="slow"),
      r"manifest field pass_report\[0\].seconds must be a number"),
     (lambda m: m["layout"].update(statics=[1]), "manifest field layout.statics must be an object"),
+    (lambda m: m["inputs"][0].update(sharding=["data"]),
+     "manifest input/output 0 has a sharding that is not text"),
 ])
 def test_parse_manifest_refuses_a_malformed_field_in_one_line_naming_it(art, edit, message):
     raw = _raw(art)
@@ -127,3 +138,38 @@ def test_the_manifest_is_frozen_and_its_json_a_copy(art):
         manifest.layout = None
     manifest.to_json()["layout"]["n_state"] = -1
     assert manifest.to_json()["layout"]["n_state"] == manifest.layout.n_state >= 0
+
+
+def test_export_step_returns_the_manifest_it_wrote(tmp_path):
+    written = luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "s.luxc")
+    on_disk = (tmp_path / "s.luxc" / "manifest.json").read_bytes()
+    assert isinstance(written, Manifest)
+    assert json_bytes(written.to_json()) == on_disk
+    assert written == check_manifest(json.loads(on_disk))
+
+
+def test_an_inputs_partition_spec_is_read_as_text():
+    entry = {"name": "data[0]", "shape": [64, 4], "dtype": "float32", "sharding": "P('data',)"}
+    assert ArraySpec.from_json(entry) == ArraySpec((64, 4), "float32", "data[0]", "P('data',)")
+    assert ArraySpec.from_json({"shape": [3], "dtype": "int32"}).sharding is None
+
+
+def test_a_run_records_the_artefact_by_the_hash_of_its_file_table_as_written(art):
+    # The digest a checkpoint's run record holds: the same from the typed entries as from the
+    # JSON on disk, so `luxc run --resume` still finds the checkpoints of earlier runs.
+    files = _raw(art)["files"]
+    expected = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    assert artifact_digest(check_manifest(_raw(art))) == expected
+
+
+def test_inspect_says_what_an_older_manifest_does_not_record(art):
+    raw = _without_later_fields(art)
+    text = CliRunner().invoke(main, ["inspect", str(art)])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert f"model       {raw['layout']['model']}" in lines
+    assert "objective   (not recorded by this luxc version)" in lines
+    assert "optimizer   (not recorded by this luxc version)" in lines
+    assert not any(line.startswith(("flops", "memory", "autotune", "mesh")) for line in lines)
+    as_json = CliRunner().invoke(main, ["inspect", "--json", str(art)])
+    assert json.loads(as_json.output) == raw

@@ -65,16 +65,19 @@ ARRAY_DTYPES = frozenset(str(np.dtype(t)) for t in (
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the step's signature: ``shape`` (batch-first for data), ``dtype`` (numpy's
-    name, e.g. ``"float32"``) and its ``name`` in the user's terms (``None`` in a forward or
-    evaluate entry, whose arrays are named by position)."""
+    name, e.g. ``"float32"``), its ``name`` in the user's terms (``None`` in a forward or
+    evaluate entry, whose arrays are named by position) and, for an input of a sharded step,
+    its partition spec over the mesh as text (``"P('data')"``; ``None`` otherwise)."""
 
     shape: tuple[int, ...]
     dtype: str
     name: str | None = None
+    sharding: str | None = None
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> ArraySpec:
-        return cls(tuple(entry["shape"]), entry["dtype"], entry.get("name"))
+        return cls(tuple(entry["shape"]), entry["dtype"], entry.get("name"),
+                   entry.get("sharding"))
 
 
 @dataclass(frozen=True)
@@ -163,18 +166,6 @@ class Manifest:
         """The JSON object this manifest was parsed from, as read (a copy)."""
         return copy.deepcopy(dict(self._json))
 
-    # Read-only JSON access for the readers not yet moved to attributes (luxc/cli/run_cmd.py
-    # and run_checkpoints.py through LoadedStep.manifest, runtime/artifacts/_loaded_step.py):
-    # ``manifest["layout"]``. luxc inspect prints the JSON itself (_format.read_manifest).
-    def __getitem__(self, key: str) -> Any:
-        return self._json[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._json
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._json.get(key, default)
-
 
 def parse_manifest(raw: Any) -> Manifest:
     """``raw`` (the parsed JSON of ``manifest.json``) checked against the schema and built into
@@ -249,6 +240,8 @@ def _check_values(raw: dict[str, Any]) -> None:
                                 "which is not an array dtype luxc writes")
         if any(not 0 <= d < _MAX_DIMENSION for d in spec["shape"]):
             raise ArtifactError(f"manifest input/output {i} has a dimension out of range")
+        if not isinstance(spec.get("sharding", ""), str):
+            raise ArtifactError(f"manifest input/output {i} has a sharding that is not text")
     for name, entry in raw["files"].items():
         _check(entry, {"sha256": str, "size": int}, f"files[{name!r}]")
         if not _HEX64.fullmatch(entry["sha256"]) or entry["size"] < 0:
