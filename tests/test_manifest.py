@@ -17,7 +17,7 @@ from luxc.cli import main
 from luxc.cli.run_checkpoints import artifact_digest
 from luxc.passes import PassRecord
 from luxc.runtime.artifacts._format import check_manifest
-from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, parse_manifest
+from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, StoredOptions, parse_manifest
 from luxc.runtime.files._bounded_read import json_bytes
 from luxc.runtime.files._errors import ArtifactError
 from tests import test_trust
@@ -55,6 +55,10 @@ def test_a_written_manifest_parses_into_its_typed_fields_and_back_to_the_same_by
     assert manifest.files["step.mlir"].size == (art / "step.mlir").stat().st_size
     assert manifest.pass_report == tuple(PassRecord(**r) for r in raw["pass_report"])
     assert manifest.forward is not None and manifest.forward.inputs[0].shape == (3,)
+    options = raw["compile_options"]
+    assert manifest.compile_options == StoredOptions(
+        options["passes"] if isinstance(options["passes"], str) else tuple(options["passes"]),
+        options["xla_options"], options["precision"])
 
 
 def test_the_manifest_format_keeps_its_fields_and_pass_report_entries(art):
@@ -173,3 +177,13 @@ def test_inspect_says_what_an_older_manifest_does_not_record(art):
     assert not any(line.startswith(("flops", "memory", "autotune", "mesh")) for line in lines)
     as_json = CliRunner().invoke(main, ["inspect", "--json", str(art)])
     assert json.loads(as_json.output) == raw
+
+
+def test_inspect_shows_the_pass_list_as_it_was_given(art):
+    raw = _raw(art)
+    raw["compile_options"]["passes"] = ["fuse_rsqrt", "dot_flatten"]
+    (art / "manifest.json").write_bytes(json_bytes(raw))
+    (art / "manifest.sig").unlink()
+    assert check_manifest(raw).compile_options.passes == ("fuse_rsqrt", "dot_flatten")
+    text = CliRunner().invoke(main, ["inspect", str(art)])
+    assert "options     passes=['fuse_rsqrt', 'dot_flatten'] precision=" in text.output, text.output

@@ -54,8 +54,9 @@ def inspect(directory, as_json, verify):
     click.echo(f"inputs      {layout.n_state} state arrays, {layout.n_data} data arrays")
     _echo_inputs(manifest)
     options = manifest.compile_options
-    click.echo(f"options     passes={shown(options['passes'], 400)} precision="
-               f"{shown(options['precision'], 40)} xla={shown(options['xla_options'] or '{}', 400)}")
+    passes = options.passes if isinstance(options.passes, str) else list(options.passes)
+    click.echo(f"options     passes={shown(passes, 400)} precision="
+               f"{shown(options.precision, 40)} xla={shown(options.xla_options or '{}', 400)}")
     tuned = _autotune_line(manifest.autotune)
     if tuned:
         click.echo(f"autotune    {tuned}")

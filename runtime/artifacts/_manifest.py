@@ -113,6 +113,23 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True)
+class StoredOptions:
+    """The compile options the step was built with: ``passes`` (``"default"``, ``"none"`` or
+    the pass names, as given), ``xla_options`` (XLA's flags by name) and ``precision``
+    (``jax.default_matmul_precision``'s value)."""
+
+    passes: str | tuple[str, ...]
+    xla_options: Mapping[str, bool | int | float | str]
+    precision: str
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> StoredOptions:
+        passes = entry["passes"]
+        return cls(passes if isinstance(passes, str) else tuple(passes), entry["xla_options"],
+                   entry["precision"])
+
+
+@dataclass(frozen=True)
 class FileEntry:
     """A listed file's SHA-256 (64 hex digits) and size in bytes."""
 
@@ -137,7 +154,7 @@ class Manifest:
     inputs: tuple[ArraySpec, ...]
     outputs: tuple[ArraySpec, ...]
     pass_report: tuple[PassRecord, ...]
-    compile_options: Mapping[str, Any]
+    compile_options: StoredOptions
     trace_seconds: float
     compile_seconds: float | None
     files: Mapping[str, FileEntry]
@@ -160,7 +177,7 @@ class Manifest:
 
     @property
     def xla_options(self) -> Mapping[str, Any]:
-        return self.compile_options["xla_options"]
+        return self.compile_options.xla_options
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object this manifest was parsed from, as read (a copy)."""
@@ -381,7 +398,7 @@ def _build(raw: dict[str, Any]) -> Manifest:
         inputs=tuple(ArraySpec.from_json(s) for s in raw["inputs"]),
         outputs=tuple(ArraySpec.from_json(s) for s in raw["outputs"]),
         pass_report=tuple(PassRecord.from_json(r) for r in raw["pass_report"]),
-        compile_options=raw["compile_options"], trace_seconds=raw["trace_seconds"],
+        compile_options=StoredOptions.from_json(raw["compile_options"]), trace_seconds=raw["trace_seconds"],
         compile_seconds=raw["compile_seconds"],
         files={name: FileEntry(e["sha256"], e["size"]) for name, e in raw["files"].items()},
         flops=raw.get("flops"), bytes_accessed=raw.get("bytes_accessed"),
