@@ -18,7 +18,7 @@ from jax import export as jax_export
 
 from luxc.checkpoint import statics
 from luxc.nn import testmode
-from luxc.runtime import CompileOptions
+from luxc.runtime import CompileOptions, Manifest
 from luxc.runtime.artifacts import _artifact
 from luxc.runtime.messages._leaf_names import leaf_names
 from luxc.training._mixed_precision import initial_loss_scaling
@@ -148,7 +148,7 @@ def flat_evaluate(obj_fn: Any, ts: TrainState, data: Any
 def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
                 platforms: Sequence[str] | None = None,
                 compile_options: CompileOptions | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False) -> Manifest:
     """Write the artefact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``,
     with the model's forward pass in test mode for ``luxc predict`` (:func:`flat_forward`) and
     the objective without an update for ``luxc run --eval-data`` (:func:`flat_evaluate`).
@@ -156,7 +156,8 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     ``platforms`` defaults to this machine's; the executable is compiled for this machine when
     it is one of them. With ``CompileOptions(autotune=True)`` the step is tuned on this
     machine first (:mod:`luxc.runtime.compiling._autotune`): the artefact holds the kept candidate's
-    options, and its manifest's ``"autotune"`` every candidate's time. Returns the manifest.
+    options, and its manifest's ``"autotune"`` every candidate's time. Returns the manifest
+    written (:class:`luxc.runtime.Manifest`).
     """
     ts.check_alive()
     _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing

@@ -28,7 +28,7 @@ class CliError(click.ClickException):
 class _Group(click.Group):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The `luxc` command itself (not CliRunner): a stranger's computation left running
-        # must not reach Python's shutdown (runtime/guarded_call.py).
+        # must not reach Python's shutdown (runtime/trust/_guarded_call.py).
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit as e:

@@ -57,10 +57,10 @@ def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option
     options = compile_options(passes, precision, xla_option, mixed_precision, autotune)
     manifest = luxc.export_step(obj, data, ts, out, platforms=list(platforms) or None,
                                 compile_options=options, force=force)
-    rewrites = ", ".join(f"{r['name']}: {r['rewrites']}" for r in manifest["pass_report"]) or "none"
-    click.echo(f"wrote {out}: platforms {', '.join(manifest['platforms'])}; passes {rewrites}; "
-               f"compile {manifest['compile_seconds'] or 0:.2f}s"
-               + (f"; autotune kept {manifest['autotune']['chosen']}" if "autotune" in manifest
+    rewrites = ", ".join(f"{r.name}: {r.rewrites}" for r in manifest.pass_report) or "none"
+    click.echo(f"wrote {out}: platforms {', '.join(manifest.platforms)}; passes {rewrites}; "
+               f"compile {manifest.compile_seconds or 0:.2f}s"
+               + (f"; autotune kept {manifest.autotune['chosen']}" if manifest.autotune
                   else ""))
 
 

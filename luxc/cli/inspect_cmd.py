@@ -10,10 +10,14 @@ terminal.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from luxc.cli._common import format_bytes, peak_bytes
+
+if TYPE_CHECKING:
+    from luxc.runtime.artifacts import Manifest
 
 
 @click.command()
@@ -30,45 +34,44 @@ def inspect(directory, as_json, verify):
     manifest, signed, unsigned_reason = read_manifest(directory)
     check_files(directory, manifest, hashes=verify)
     if as_json:  # json.dumps escapes every control character
-        click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        click.echo(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
         return
-    layout = manifest["layout"]
-    v = manifest["versions"]
-    click.echo(f"artefact    {directory}  (format {manifest['format_version']}, created "
-               f"{shown(manifest['created'], 80)})")
+    layout, v = manifest.layout, manifest.versions
+    click.echo(f"artefact    {directory}  (format {manifest.format_version}, created "
+               f"{shown(manifest.created, 80)})")
     click.echo(f"built with  luxc {shown(v['luxc'], 80)}, jax {shown(v['jax'], 80)}, jaxlib "
                f"{shown(v['jaxlib'], 80)}")
-    summary = layout.get("model_summary")
-    lines = shown_lines(summary) if isinstance(summary, str) else [shown(layout["model"])]
+    summary = layout.model_summary
+    lines = shown_lines(summary) if summary is not None else [shown(layout.model)]
     click.echo(f"model       {lines[0]}")
     for line in lines[1:]:
         click.echo(f"            {line}")
-    click.echo(f"            at step {layout['step']}")
-    for key in ("objective", "optimizer"):
-        text = layout.get(key, "(not recorded by this luxc version)")
-        click.echo(f"{key:<12}{shown(text)}")
-    click.echo(f"platforms   {shown(', '.join(manifest['platforms']), 200)}; executable for "
-               f"{shown(manifest['executable_platform'] or 'none', 80)}")
-    click.echo(f"inputs      {layout['n_state']} state arrays, {layout['n_data']} data arrays")
+    click.echo(f"            at step {layout.step}")
+    for key, text in (("objective", layout.objective), ("optimizer", layout.optimizer)):
+        click.echo(f"{key:<12}{shown('(not recorded by this luxc version)' if text is None else text)}")
+    click.echo(f"platforms   {shown(', '.join(manifest.platforms), 200)}; executable for "
+               f"{shown(manifest.executable_platform or 'none', 80)}")
+    click.echo(f"inputs      {layout.n_state} state arrays, {layout.n_data} data arrays")
     _echo_inputs(manifest)
-    options = manifest["compile_options"]
-    click.echo(f"options     passes={shown(options['passes'], 400)} precision="
-               f"{shown(options['precision'], 40)} xla={shown(options['xla_options'] or '{}', 400)}")
-    tuned = _autotune_line(manifest.get("autotune"))
+    options = manifest.compile_options
+    passes = options.passes if isinstance(options.passes, str) else list(options.passes)
+    click.echo(f"options     passes={shown(passes, 400)} precision="
+               f"{shown(options.precision, 40)} xla={shown(options.xla_options or '{}', 400)}")
+    tuned = _autotune_line(manifest.autotune)
     if tuned:
         click.echo(f"autotune    {tuned}")
     click.echo("passes      " + ("; ".join(
-        f"{shown(r['name'], 80)}: {r['rewrites']} rewrites, {r['ops_before']} -> "
-        f"{r['ops_after']} ops" for r in manifest["pass_report"]) or "none"))
-    if manifest.get("flops") is not None:
-        click.echo(f"flops       {manifest['flops']:.4g} per step")
-    mem = manifest.get("memory") or {}
+        f"{shown(r.name, 80)}: {r.rewrites} rewrites, {r.ops_before} -> {r.ops_after} ops"
+        for r in manifest.pass_report) or "none"))
+    if manifest.flops is not None:
+        click.echo(f"flops       {manifest.flops:.4g} per step")
+    mem = manifest.memory or {}
     if mem:
         click.echo(f"memory      arguments {format_bytes(mem.get('argument_size_in_bytes'))}, "
                    f"outputs {format_bytes(mem.get('output_size_in_bytes'))}, temporaries "
                    f"{format_bytes(mem.get('temp_size_in_bytes'))}, peak "
                    f"{format_bytes(peak_bytes(mem))}")
-    click.echo("files       " + ", ".join(sorted(manifest["files"])) + (
+    click.echo("files       " + ", ".join(sorted(manifest.files)) + (
         "; hashes verified" if verify else
         "; sizes checked, hashes not read (luxc run checks them; --verify checks them now)"))
     others = other_entries(Path(directory))
@@ -81,21 +84,21 @@ def inspect(directory, as_json, verify):
                                  "StableHLO instead of loading its executable"))
 
 
-def _echo_inputs(manifest: dict) -> None:
+def _echo_inputs(manifest: Manifest) -> None:
     """The data inputs (with a mesh: every input, with its partition spec over the mesh)."""
+    from luxc.runtime.artifacts._manifest import describe
     from luxc.runtime.messages._shown import shown
 
-    layout = manifest["layout"]
-    mesh = manifest.get("mesh")
-    sharded = isinstance(mesh, dict)
-    if sharded:  # every input, with its partition spec over the mesh
+    layout, mesh = manifest.layout, manifest.mesh
+    if mesh is not None:  # every input, with its partition spec over the mesh
         click.echo(f"mesh        {shown(', '.join(f'{k}={v}' for k, v in mesh.items()), 200)}")
-        rows = zip(layout["state_names"] + layout["data_names"], manifest["inputs"])
+        rows = zip(layout.state_names + layout.data_names, manifest.inputs)
     else:
-        rows = zip(layout["data_names"], manifest["inputs"][layout["n_state"]:])
+        rows = zip(layout.data_names, manifest.data_inputs)
     for name, spec in rows:
-        sharding = f" {shown(spec.get('sharding', 'P()'), 200)}" if sharded else ""
-        click.echo(f"            {shown(name, 200)}: {spec['dtype']}{spec['shape']}{sharding}")
+        sharding = "" if mesh is None else \
+            f" {shown('P()' if spec.sharding is None else spec.sharding, 200)}"
+        click.echo(f"            {shown(name, 200)}: {describe(spec)}{sharding}")
 
 
 def _autotune_line(record: object) -> str | None:

@@ -79,7 +79,7 @@ def _profile_spec(spec, steps, options, trace, ops=False):
 
     obj, data, ts = call_factory(spec)
     # The timed step is compiled as training compiles it: without a persistent cache (whose
-    # entries keep XLA:CPU's one heap of temporaries, runtime/options.py).
+    # entries keep XLA:CPU's one heap of temporaries, runtime/compiling/_options.py).
     t0 = time.perf_counter()
     cs = luxc.compile_step(obj, data, ts, compile_options=options, donate=True)
     cold = time.perf_counter() - t0

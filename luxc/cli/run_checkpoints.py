@@ -37,6 +37,7 @@ import click
 from luxc.cli._common import CliError
 from luxc.cli.run_outputs import check_outside
 from luxc.runtime.artifacts._checkpoint_format import is_checkpoint, run_in_header
+from luxc.runtime.artifacts._manifest import Manifest
 from luxc.runtime.files._atomic_write import check_writable_directory
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.messages._shown import shown
@@ -59,9 +60,11 @@ class Found:
         return self.run is not None and self.run.get("run_id") == run_id
 
 
-def artifact_digest(manifest: dict[str, Any]) -> str:
-    """The artefact's name in a run record: the SHA-256 of its file table (every file's hash)."""
-    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+def artifact_digest(manifest: Manifest) -> str:
+    """The artefact's name in a run record: the SHA-256 of its file table (every file's hash),
+    written as ``manifest.json`` writes it."""
+    table = {name: {"sha256": e.sha256, "size": e.size} for name, e in manifest.files.items()}
+    return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
 
 
 def new_run(artifact: str, artifact_dir: str, seed: int, origin: int) -> dict[str, Any]:

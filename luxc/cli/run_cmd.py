@@ -201,8 +201,7 @@ def _datasets(f: Flags, loaded: Any, seed: int) -> tuple[Any, list[Any] | None]:
     """The training dataset (``None``: the artefact's example data) and the evaluation data."""
     from luxc.runtime.data._dataset import Dataset
 
-    specs, names = loaded.manifest["inputs"][loaded.layout["n_state"]:], \
-        loaded.layout["data_names"]
+    specs, names = loaded.manifest.data_inputs, loaded.layout.data_names
     read = dict(follow_symlinks=f.follow_symlinks, max_memory=f.max_data_memory << 20)
     dataset = Dataset(f.data_path, specs, names, seed, **read) if f.data_path else None
     if not f.eval_path:

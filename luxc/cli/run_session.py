@@ -123,8 +123,8 @@ class Session:
         self.every = _every(f.every, plan.end - plan.origin)
         self.curve = _Curve(keep=bool(f.plot))
         self.scales = [loaded.loss_scale]
-        self.stat_names = loaded.layout.get("stat_names") or [
-            f"stats[{i}]" for i in range(loaded.layout["n_stats"])]
+        self.stat_names = list(loaded.layout.stat_names or (
+            f"stats[{i}]" for i in range(loaded.layout.n_stats)))
         self.echo, self.advance = click.echo, _nothing
         self.deadline = None if f.time_limit is None else time.monotonic() + f.time_limit
         self.stuck: StepInterrupted | None = None  # a stranger's call still running after Ctrl-C

@@ -9,6 +9,7 @@ from luxc.runtime.artifacts._manifest import FileEntry as FileEntry
 from luxc.runtime.artifacts._manifest import Layout as Layout
 from luxc.runtime.artifacts._manifest import Manifest as Manifest
 from luxc.runtime.artifacts._manifest import ProgramSpec as ProgramSpec
+from luxc.runtime.artifacts._manifest import StoredOptions as StoredOptions
 
 __all__ = ["ArraySpec", "FileEntry", "Layout", "LoadedStep", "Manifest", "Predictor",
-           "ProgramSpec"]
+           "ProgramSpec", "StoredOptions"]

@@ -14,6 +14,7 @@ handed to jax's compilation-cache loader.
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import time
 import warnings
@@ -37,11 +38,13 @@ from luxc.runtime.artifacts._format import (
     SIGNATURE_DOMAIN,
     Artifact,
     check_against_module,
+    check_manifest,
     holds_only_luxc_files,
     read_artifact,
 )
 from luxc.runtime.artifacts._forward import load_evaluate, load_forward
 from luxc.runtime.artifacts._loaded_step import LoadedStep, Predictor, artifact_tensors
+from luxc.runtime.artifacts._manifest import Manifest
 from luxc.runtime.artifacts._mesh import (
     describe_inputs,
     input_shardings,
@@ -110,9 +113,9 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
          layout: dict[str, Any], platforms: Sequence[str], options: CompileOptions,
          force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None,
          evaluate: tuple[Callable, Sequence[Any], dict] | None = None,
-         autotune: dict[str, Any] | None = None) -> dict[str, Any]:
+         autotune: dict[str, Any] | None = None) -> Manifest:
     """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
-    directory ``out`` atomically. Returns the manifest.
+    directory ``out`` atomically. Returns the :class:`Manifest` written, parsed from its bytes.
 
     ``forward`` is ``(fn, args, entry)``: the model's forward pass (:mod:`luxc.runtime.artifacts._forward`),
     its abstract arguments (the batch axis symbolic) and the manifest entry describing it;
@@ -163,8 +166,9 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
         "files": {name: {"sha256": sha256(content), "size": len(content)}
                   for name, content in files.items()},
     }
-    _write_directory(out, files, json_bytes(manifest))
-    return manifest
+    written = json_bytes(manifest)
+    _write_directory(out, files, written)
+    return check_manifest(json.loads(written))
 
 
 def _host_executable(optimized: jax_export.Exported, args: Sequence[Any],
@@ -340,6 +344,5 @@ def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False,
         raise ArtifactError(f"{artifact.directory} holds no forward pass (its model could not be "
                             "exported for any batch size when it was compiled, or an older luxc "
                             "compiled it); recompile it with this luxc")
-    state = artifact_tensors(artifact, "state.safetensors",
-                             artifact.manifest["inputs"][:artifact.manifest.layout.n_state])
+    state = artifact_tensors(artifact, "state.safetensors", artifact.manifest.state_inputs)
     return Predictor(artifact.directory, artifact.manifest, forward, state)

@@ -160,14 +160,10 @@ def other_entries(directory: Path) -> list[str]:
         return []
 
 
-def check_files(directory: str | Path, manifest: Manifest | dict[str, Any], *,
-                hashes: bool) -> None:
+def check_files(directory: str | Path, manifest: Manifest, *, hashes: bool) -> None:
     """Check the listed files without keeping them: each a regular file of the listed size
-    within :func:`size_bound`; with ``hashes``, its SHA-256 too, read in 1 MiB chunks.
-    ``manifest`` is the :class:`Manifest` or, from ``luxc inspect``, its checked JSON."""
+    within :func:`size_bound`; with ``hashes``, its SHA-256 too, read in 1 MiB chunks."""
     directory = Path(directory)
-    if not isinstance(manifest, Manifest):
-        manifest = check_manifest(manifest)
     _checked_sizes(directory, manifest)
     for name, entry in manifest.files.items():
         path = directory / name
@@ -194,14 +190,7 @@ def _streamed_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: str | Path) -> tuple[dict[str, Any], bool, str | None]:
-    """The checked manifest of the artefact in ``directory`` as JSON (what ``luxc inspect``
-    prints; no other file is read), whether this user's luxc signed it, and why not."""
-    manifest, signed, reason = read_checked_manifest(directory)
-    return manifest.to_json(), signed, reason
-
-
-def read_checked_manifest(directory: str | Path) -> tuple[Manifest, bool, str | None]:
+def read_manifest(directory: str | Path) -> tuple[Manifest, bool, str | None]:
     """The :class:`Manifest` of the artefact in ``directory``, parsed once (no other file is
     read), whether this user's luxc signed it, and why not."""
     directory = Path(directory)
@@ -231,7 +220,7 @@ class Artifact:
 def read_artifact(directory: str | Path) -> Artifact:
     """Read and verify the artefact in ``directory`` (see the module docstring)."""
     directory = Path(directory)
-    manifest, signed, reason = read_checked_manifest(directory)
+    manifest, signed, reason = read_manifest(directory)
     _checked_sizes(directory, manifest)  # before any read: no file is read past its bound
     files = {}
     for name, entry in manifest.files.items():

@@ -19,6 +19,7 @@ from luxc.runtime.artifacts._checkpoint_format import (
 )
 from luxc.runtime.artifacts._format import Artifact
 from luxc.runtime.artifacts._forward import Evaluate, Forward
+from luxc.runtime.artifacts._manifest import ArraySpec, Layout, Manifest, describe
 from luxc.runtime.artifacts._mesh import put
 from luxc.runtime.artifacts._run_loop import RunHooks, RunPlan, train
 from luxc.runtime.artifacts._tensor_codec import tensors_from_bytes
@@ -49,17 +50,17 @@ class LoadedStep(CompiledStages):
         self.directory, self.manifest = artifact.directory, artifact.manifest
         self.exported, self.compiled, self._call = exported, compiled, compiled
         self.executable_source, self.notes = executable_source, notes
-        # A stranger's step may never end: it runs where Ctrl-C stops it (guarded_call).
+        # A stranger's step may never end: it runs where Ctrl-C stops it (trust/_guarded_call).
         self.signed_by_this_user = artifact.signed_by_this_user
         self._text = artifact.files["step.mlir"].decode("utf-8", errors="replace")
-        self.layout = artifact.manifest["layout"]
-        n_state = self.layout["n_state"]
-        state = artifact_tensors(artifact, "state.safetensors", self.manifest["inputs"][:n_state])
-        data = artifact_tensors(artifact, "data.safetensors", self.manifest["inputs"][n_state:])
+        self.layout: Layout = artifact.manifest.layout
+        n_state = self.layout.n_state
+        state = artifact_tensors(artifact, "state.safetensors", self.manifest.state_inputs)
+        data = artifact_tensors(artifact, "data.safetensors", self.manifest.data_inputs)
         self._shardings = list(shardings)  # None for each input on one device
         self.state = put(state, self._shardings[:n_state])
         self.data = put(data, self._shardings[n_state:])
-        self.step_count = int(self.layout["step"])
+        self.step_count = self.layout.step
         self._scans: dict[tuple[int, bool], Callable] = {}
         self.forward, self.evaluator = forward, evaluate
         # The XLA options the module was compiled with (a stranger's already filtered).
@@ -89,7 +90,7 @@ class LoadedStep(CompiledStages):
     @property
     def loss_scale(self) -> float | None:
         """The dynamic loss scale of a float16 mixed-precision step (``None`` without one)."""
-        names = self.layout["state_names"]
+        names = self.layout.state_names
         if "loss_scaling.scale" not in names:
             return None
         return float(self.state[names.index("loss_scaling.scale")])
@@ -110,16 +111,16 @@ class LoadedStep(CompiledStages):
         return self.compiled
 
     def check_data(self, data: Sequence[Any]) -> list[jax.Array]:
-        expected = self.manifest["inputs"][len(self.state):]
+        expected = self.manifest.data_inputs
         if len(data) != len(expected):
             raise ArtifactError(f"the step takes {len(expected)} data arrays; received {len(data)}")
         out = []
-        for name, x, spec, sharding in zip(self.layout["data_names"], data, expected,
+        for name, x, spec, sharding in zip(self.layout.data_names, data, expected,
                                            self._shardings[len(self.state):]):
-            if list(np.shape(x)) != spec["shape"] or str(np.asarray(x).dtype) != spec["dtype"]:
+            if np.shape(x) != spec.shape or str(np.asarray(x).dtype) != spec.dtype:
                 raise ArtifactError(f"{shown(name, 200)} has shape {list(np.shape(x))} and dtype "
                                     f"{np.asarray(x).dtype}; the step was compiled for shape "
-                                    f"{spec['shape']} and dtype {spec['dtype']}")
+                                    f"{list(spec.shape)} and dtype {spec.dtype}")
             out.extend(put([x], [sharding]))
         return out
 
@@ -130,7 +131,7 @@ class LoadedStep(CompiledStages):
 
     def profile(self, steps: int = 20) -> list[OpRecord]:
         """The step's HLO ops by time per step on the artefact's state and data, largest first
-        (:class:`~luxc.runtime.op_profile.OpRecord`). The artefact's checked StableHLO is
+        (:class:`~luxc.runtime.performance._op_profile.OpRecord`). The artefact's checked StableHLO is
         compiled again with per-op tracing (never its serialized executable), with the XLA
         options it was loaded with; a step this user did not sign runs where Ctrl-C stops it,
         as in :meth:`run`. ``state`` is not changed."""
@@ -158,7 +159,7 @@ class LoadedStep(CompiledStages):
         A float16 step whose loss scale reaches 0 raises ``ArtifactError`` (it cannot train).
 
         ``time_limit`` (seconds, the whole run) raises
-        :class:`~luxc.runtime.guarded_call.TimeLimitExceeded` when reached, with the state of
+        :class:`~luxc.runtime.TimeLimitExceeded` when reached, with the state of
         the last finished call kept. The steps of an artefact this user did not sign, or of any
         run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
         a call that never returns. The loop is :func:`luxc.runtime.artifacts._run_loop.train`'s, the one
@@ -252,32 +253,33 @@ class LoadedStep(CompiledStages):
         """Write the current state (and step) atomically as a luxc checkpoint: the file
         ``luxc.load_state(path, like=ts)`` reads, ``ts`` a TrainState of the compiled model.
         ``run`` (seed, origin) lets ``luxc run --resume`` continue the same data order."""
-        names = self.layout["state_names"]
-        order = canonical_order(names)
+        names = self.layout.state_names
+        order = canonical_order(list(names))
         arrays = [np.asarray(jax.device_get(self.state[i])) for i in order]
         write_atomic(path, checkpoint_bytes([names[i] for i in order], arrays, self.step_count,
-                                            self.layout.get("statics", {}), run))
+                                            dict(self.layout.statics or {}), run))
 
     def load_state(self, path: str | Path) -> dict[str, Any] | None:
         """Continue from the checkpoint at ``path`` (written by ``save_state``, ``luxc run`` or
         ``luxc.save_state``); returns its run record (``None`` if it has none)."""
         arrays, ckpt = state_from_checkpoint(path, self.manifest)
-        n_state = self.layout["n_state"]
-        self.state = put(arrays, self._shardings[:n_state])
+        self.state = put(arrays, self._shardings[:self.layout.n_state])
         self.step_count = ckpt.step
         return ckpt.run
 
 
-def artifact_tensors(artifact: Artifact, name: str, specs: list[dict[str, Any]]) -> list[np.ndarray]:
+def artifact_tensors(artifact: Artifact, name: str, specs: Sequence[ArraySpec]
+                     ) -> list[np.ndarray]:
+    """The arrays of the artefact's tensor file ``name``, checked to be ``specs`` (the
+    manifest's, in order)."""
     arrays, _ = tensors_from_bytes(artifact.files[name], f"{artifact.directory / name}")
     if len(arrays) != len(specs):
         raise ArtifactError(f"{artifact.directory / name} holds {len(arrays)} arrays; the manifest "
                             f"lists {len(specs)}")
     for i, (a, spec) in enumerate(zip(arrays, specs)):
-        if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+        if a.shape != spec.shape or str(a.dtype) != spec.dtype:
             raise ArtifactError(f"{artifact.directory / name}: array {i} is {a.dtype}"
-                                f"{list(a.shape)}; the manifest says {spec['dtype']}"
-                                f"{spec['shape']}")
+                                f"{list(a.shape)}; the manifest says {describe(spec)}")
     return arrays
 
 
@@ -293,11 +295,11 @@ class Predictor:
     """An artefact's forward pass and a state to run it with (the artefact's initial one, or a
     checkpoint's after :meth:`load_state`); what ``luxc predict`` runs."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], forward: Forward,
+    def __init__(self, directory: Path, manifest: Manifest, forward: Forward,
                  state: list[np.ndarray]):
         self.directory, self.manifest, self.forward, self.state = directory, manifest, forward, \
             state
-        self.step_count = int(manifest["layout"]["step"])
+        self.step_count = manifest.layout.step
 
     def load_state(self, path: str | Path) -> None:
         """Use the parameters and model state of the checkpoint at ``path``."""

@@ -65,16 +65,19 @@ ARRAY_DTYPES = frozenset(str(np.dtype(t)) for t in (
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the step's signature: ``shape`` (batch-first for data), ``dtype`` (numpy's
-    name, e.g. ``"float32"``) and its ``name`` in the user's terms (``None`` in a forward or
-    evaluate entry, whose arrays are named by position)."""
+    name, e.g. ``"float32"``), its ``name`` in the user's terms (``None`` in a forward or
+    evaluate entry, whose arrays are named by position) and, for an input of a sharded step,
+    its partition spec over the mesh as text (``"P('data')"``; ``None`` otherwise)."""
 
     shape: tuple[int, ...]
     dtype: str
     name: str | None = None
+    sharding: str | None = None
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> ArraySpec:
-        return cls(tuple(entry["shape"]), entry["dtype"], entry.get("name"))
+        return cls(tuple(entry["shape"]), entry["dtype"], entry.get("name"),
+                   entry.get("sharding"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,23 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True)
+class StoredOptions:
+    """The compile options the step was built with: ``passes`` (``"default"``, ``"none"`` or
+    the pass names, as given), ``xla_options`` (XLA's flags by name) and ``precision``
+    (``jax.default_matmul_precision``'s value)."""
+
+    passes: str | tuple[str, ...]
+    xla_options: Mapping[str, bool | int | float | str]
+    precision: str
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> StoredOptions:
+        passes = entry["passes"]
+        return cls(passes if isinstance(passes, str) else tuple(passes), entry["xla_options"],
+                   entry["precision"])
+
+
+@dataclass(frozen=True)
 class FileEntry:
     """A listed file's SHA-256 (64 hex digits) and size in bytes."""
 
@@ -134,7 +154,7 @@ class Manifest:
     inputs: tuple[ArraySpec, ...]
     outputs: tuple[ArraySpec, ...]
     pass_report: tuple[PassRecord, ...]
-    compile_options: Mapping[str, Any]
+    compile_options: StoredOptions
     trace_seconds: float
     compile_seconds: float | None
     files: Mapping[str, FileEntry]
@@ -157,23 +177,11 @@ class Manifest:
 
     @property
     def xla_options(self) -> Mapping[str, Any]:
-        return self.compile_options["xla_options"]
+        return self.compile_options.xla_options
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object this manifest was parsed from, as read (a copy)."""
         return copy.deepcopy(dict(self._json))
-
-    # Read-only JSON access for the readers not yet moved to attributes (luxc/cli/run_cmd.py
-    # and run_checkpoints.py through LoadedStep.manifest, runtime/artifacts/_loaded_step.py):
-    # ``manifest["layout"]``. luxc inspect prints the JSON itself (_format.read_manifest).
-    def __getitem__(self, key: str) -> Any:
-        return self._json[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._json
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._json.get(key, default)
 
 
 def parse_manifest(raw: Any) -> Manifest:
@@ -249,6 +257,8 @@ def _check_values(raw: dict[str, Any]) -> None:
                                 "which is not an array dtype luxc writes")
         if any(not 0 <= d < _MAX_DIMENSION for d in spec["shape"]):
             raise ArtifactError(f"manifest input/output {i} has a dimension out of range")
+        if not isinstance(spec.get("sharding", ""), str):
+            raise ArtifactError(f"manifest input/output {i} has a sharding that is not text")
     for name, entry in raw["files"].items():
         _check(entry, {"sha256": str, "size": int}, f"files[{name!r}]")
         if not _HEX64.fullmatch(entry["sha256"]) or entry["size"] < 0:
@@ -388,7 +398,7 @@ def _build(raw: dict[str, Any]) -> Manifest:
         inputs=tuple(ArraySpec.from_json(s) for s in raw["inputs"]),
         outputs=tuple(ArraySpec.from_json(s) for s in raw["outputs"]),
         pass_report=tuple(PassRecord.from_json(r) for r in raw["pass_report"]),
-        compile_options=raw["compile_options"], trace_seconds=raw["trace_seconds"],
+        compile_options=StoredOptions.from_json(raw["compile_options"]), trace_seconds=raw["trace_seconds"],
         compile_seconds=raw["compile_seconds"],
         files={name: FileEntry(e["sha256"], e["size"]) for name, e in raw["files"].items()},
         flops=raw.get("flops"), bytes_accessed=raw.get("bytes_accessed"),

@@ -2,7 +2,7 @@
 
 A :class:`RunPlan` says what to run (up to which step, how many steps a compiled call, where the
 run saves and evaluates); :func:`train` runs it on a :class:`Steppable` (a
-:class:`~luxc.runtime.loaded_step.LoadedStep`), calling :class:`RunHooks` as it goes::
+:class:`~luxc.runtime.LoadedStep`), calling :class:`RunHooks` as it goes::
 
     while step < plan.end and not stop():
         a segment: up to the next multiple of checkpoint_every or eval_every (or plan.end)
@@ -15,7 +15,7 @@ run saves and evaluates); :func:`train` runs it on a :class:`Steppable` (a
 Segments end on multiples of the cadences counted from step 0, so a resumed run saves and
 evaluates at the steps an uninterrupted one does. A stop (``stop()`` true, asked between calls)
 ends the run with the state of a whole number of steps, saved by ``checkpoint`` when given, also
-when the call was abandoned (:class:`~luxc.runtime.guarded_call.StepInterrupted` is raised again
+when the call was abandoned (:class:`~luxc.runtime.StepInterrupted` is raised again
 once the state is saved). Nothing here prints: the caller's hooks say what happened.
 """
 
@@ -126,7 +126,7 @@ class RunHooks:
 def train(step: Steppable, plan: RunPlan, hooks: RunHooks, *, data: Sequence[Any],
           batches: Batches | None = None, deadline: float | None = None) -> None:
     """Run ``plan`` on ``step`` (see the module docstring); ``deadline`` (``time.monotonic()``)
-    bounds every call (:class:`~luxc.runtime.guarded_call.TimeLimitExceeded` past it)."""
+    bounds every call (:class:`~luxc.runtime.TimeLimitExceeded` past it)."""
     saved = None  # the step of the newest checkpoint
     while step.step_count < plan.end and not hooks.stop():
         try:

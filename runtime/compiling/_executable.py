@@ -119,7 +119,7 @@ def compile_exported(exported: jax_export.Exported, args: Sequence[Any], *,
 
     The compile reads and writes ``cache`` (default: luxc's persistent cache, when enabled).
     ``xla_options`` are added to luxc's platform defaults for this module
-    (:func:`luxc.runtime.options.platform_xla_options`); the caller's win.
+    (:func:`luxc.runtime.compiling._options.platform_xla_options`); the caller's win.
 
     A donated buffer that no output can reuse is reported as a :class:`DonationWarning` naming
     the input, never silently freed. ``timings`` (when given) receives the seconds of each

@@ -30,9 +30,9 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from luxc.runtime.data._npy_rows import (
 from luxc.runtime.files._bounded_read import open_regular
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.messages._shown import shown
+
+if TYPE_CHECKING:
+    from luxc.runtime.artifacts import ArraySpec
 
 DEFAULT_MAX_MEMORY = 512 << 20
 _KINDS = {"b": "booleans", "i": "integers", "u": "unsigned integers", "f": "floats",
@@ -67,21 +70,22 @@ class _Source(NamedTuple):
 
 
 class Dataset:
-    """The arrays of ``path`` checked against ``specs`` (the step's data inputs: ``{"shape",
-    "dtype"}``, batch-first) and ``names`` (``data[0]``, ...); ``batch(i)`` is step ``i``'s data.
+    """The arrays of ``path`` checked against ``specs`` (the step's data inputs, the manifest's
+    :class:`~luxc.runtime.artifacts.ArraySpec`, batch-first) and ``names`` (``data[0]``, ...);
+    ``batch(i)`` is step ``i``'s data.
 
     ``evaluation=True``: a set read whole by :meth:`arrays` (any N >= 1, no shuffling)."""
 
-    def __init__(self, path: str | Path, specs: list[dict[str, Any]], names: list[str],
+    def __init__(self, path: str | Path, specs: Sequence[ArraySpec], names: list[str],
                  seed: int = 0, *, evaluation: bool = False, follow_symlinks: bool = False,
                  max_memory: int = DEFAULT_MAX_MEMORY):
         path = Path(path)
         sources = _sources(path, specs, names, follow_symlinks)
         self.samples = _check(sources, specs, names, path, 1 if evaluation else None)
-        self.batch_size = specs[0]["shape"][0]
+        self.batch_size = specs[0].shape[0]
         self.batches_per_epoch = self.samples // self.batch_size
         self.seed = seed
-        self._dtypes = [np.dtype(s["dtype"]) for s in specs]
+        self._dtypes = [np.dtype(s.dtype) for s in specs]
         self._names = [s.what for s in sources]
         if evaluation:  # read whole, as the step's dtypes
             needs = {"every sample": self.samples * sum(
@@ -117,7 +121,7 @@ def epoch_order(seed: int, epoch: int, samples: int) -> np.ndarray:
     return order.astype(np.min_scalar_type(max(samples - 1, 0)))
 
 
-def _sources(path: Path, specs: list[dict[str, Any]], names: list[str],
+def _sources(path: Path, specs: Sequence[ArraySpec], names: list[str],
              follow_symlinks: bool) -> list[_Source]:
     if path.is_dir():
         return _npy_directory(path, specs, names, follow_symlinks)
@@ -128,13 +132,13 @@ def _sources(path: Path, specs: list[dict[str, Any]], names: list[str],
     return _npz(path, specs, names)
 
 
-def _count(found: int, specs: list[dict[str, Any]], names: list[str], path: Path) -> None:
+def _count(found: int, specs: Sequence[ArraySpec], names: list[str], path: Path) -> None:
     if found != len(specs):
         raise ArtifactError(f"{shown(path)} holds {found} arrays; the step takes {len(specs)} "
                             f"({', '.join(shown(n, 100) for n in names)})")
 
 
-def _npy_directory(path: Path, specs: list[dict[str, Any]], names: list[str],
+def _npy_directory(path: Path, specs: Sequence[ArraySpec], names: list[str],
                    follow_symlinks: bool) -> list[_Source]:
     files = sorted(p for p in path.iterdir() if p.suffix == ".npy")
     if not files:
@@ -153,7 +157,7 @@ def _npy_directory(path: Path, specs: list[dict[str, Any]], names: list[str],
     return sources
 
 
-def _npz(path: Path, specs: list[dict[str, Any]], names: list[str]) -> list[_Source]:
+def _npz(path: Path, specs: Sequence[ArraySpec], names: list[str]) -> list[_Source]:
     file = io.FileIO(open_regular(path, "data", follow_symlinks=True), "rb")
     try:
         archive = zipfile.ZipFile(file)
@@ -218,14 +222,14 @@ def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo, header: NpyHeade
     return out
 
 
-def _check(sources: list[_Source], specs: list[dict[str, Any]], names: list[str], path: Path,
+def _check(sources: list[_Source], specs: Sequence[ArraySpec], names: list[str], path: Path,
            min_samples: int | None) -> int:
-    counts, least = set(), min_samples or f"the batch {specs[0]['shape'][0]}"
+    counts, least = set(), min_samples or f"the batch {specs[0].shape[0]}"
     for name, source, spec in zip(names, sources, specs):
-        (shape, dtype, _), want = source.header, np.dtype(spec["dtype"])
-        if len(shape) != len(spec["shape"]) or list(shape[1:]) != spec["shape"][1:] or \
+        (shape, dtype, _), want = source.header, np.dtype(spec.dtype)
+        if len(shape) != len(spec.shape) or tuple(shape[1:]) != spec.shape[1:] or \
                 dtype.kind != want.kind:
-            want_shape = ", ".join(["N", *map(str, spec["shape"][1:])])
+            want_shape = ", ".join(["N", *map(str, spec.shape[1:])])
             raise ArtifactError(f"{shown(name, 100)} holds {dtype}{list(shape)}; the step takes "
                                 f"{want}[{want_shape}] ({_KINDS.get(want.kind, want)} with N "
                                 f"samples, N >= {least})")
@@ -234,7 +238,7 @@ def _check(sources: list[_Source], specs: list[dict[str, Any]], names: list[str]
         raise ArtifactError(f"the arrays of {shown(path)} hold different numbers of samples ("
                             + ", ".join(f"{shown(n, 100)}: {s.header.shape[0]}"
                                         for n, s in zip(names, sources)) + ")")
-    n, batch = counts.pop(), specs[0]["shape"][0]
+    n, batch = counts.pop(), specs[0].shape[0]
     if n < (min_samples or batch):
         raise ArtifactError(f"{shown(path)} holds {n} samples; " + (
             f"the step's batch is {batch}: give at least {batch}" if min_samples is None else

@@ -86,7 +86,7 @@ class NativeCallCheck:
 
     what: str
     allow_unchecked: bool = False
-    allow_device_kernels: bool = False  # compiled GPU/TPU kernels (module_check): opted in
+    allow_device_kernels: bool = False  # compiled GPU/TPU kernels (_module_check): opted in
 
     @staticmethod
     def for_module(targets: set[str], what: str, allow_unchecked: bool = False,

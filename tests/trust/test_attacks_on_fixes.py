@@ -23,11 +23,12 @@ from click.testing import CliRunner
 import luxc
 from luxc import nn
 from luxc.cli import main
+from luxc.runtime.artifacts import ArraySpec
 from luxc.runtime.data._dataset import Dataset
 from luxc.runtime.files._errors import ArtifactError
 
 FORGED = "acc\x1b]52;c;aGk=\x07\r\nsigned      by this user's luxc key"
-SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
+SPECS = [ArraySpec((8, 3), "float32"), ArraySpec((8, 1), "float32")]
 NAMES = ["data[0]", "data[1]"]
 
 
@@ -366,7 +367,7 @@ def test_a_npy_header_declaring_a_huge_header_is_one_line(tmp_path, length):
 
 # ---------------------------------------------------------------- values the cast would change
 
-INT_SPECS = [SPECS[0], {"shape": [8, 1], "dtype": "int32"}]
+INT_SPECS = [SPECS[0], ArraySpec((8, 1), "int32")]
 
 
 @pytest.mark.parametrize("evaluation", [False, True])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import luxc
+from luxc.runtime.artifacts import ArraySpec
 from luxc.runtime.data import _dataset as dataset_module
 from luxc.runtime.data import _npy_rows as npy_rows
 from luxc.runtime.data._dataset import Dataset
@@ -21,7 +22,7 @@ from luxc.runtime.files._errors import ArtifactError
 from tests.cli.test_run_dataset import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
 from tests.support import compile_factory, luxc_cli, run_python
 
-SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
+SPECS = [ArraySpec((8, 3), "float32"), ArraySpec((8, 1), "float32")]
 NAMES = ["data[0]", "data[1]"]
 
 
@@ -144,6 +145,7 @@ def test_a_small_npz_declaring_2_26_rows_of_zeros_is_refused_before_inflating(tm
     assert path.stat().st_size < 1 << 12  # a few KiB declaring 1 GiB
     code = textwrap.dedent(f"""
         import resource
+        from luxc.runtime.artifacts import ArraySpec
         from luxc.runtime.data._dataset import Dataset
         from luxc.runtime.files._errors import ArtifactError
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -4,16 +4,20 @@ the bytes the writer produced), and the pass report is one type, ``PassRecord``,
 step and on a loaded artefact alike."""
 
 import copy
+import hashlib
 import json
 import warnings
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import luxc
+from luxc.cli import main
+from luxc.cli.run_checkpoints import artifact_digest
 from luxc.passes import PassRecord
 from luxc.runtime.artifacts._format import check_manifest
-from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, parse_manifest
+from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, StoredOptions, parse_manifest
 from luxc.runtime.files._bounded_read import json_bytes
 from luxc.runtime.files._errors import ArtifactError
 from tests.trust._artefacts import mlp_state as _train_state
@@ -49,6 +53,10 @@ def test_a_written_manifest_parses_into_its_typed_fields_and_back_to_the_same_by
     assert manifest.files["step.mlir"].size == (art / "step.mlir").stat().st_size
     assert manifest.pass_report == tuple(PassRecord(**r) for r in raw["pass_report"])
     assert manifest.forward is not None and manifest.forward.inputs[0].shape == (3,)
+    options = raw["compile_options"]
+    assert manifest.compile_options == StoredOptions(
+        options["passes"] if isinstance(options["passes"], str) else tuple(options["passes"]),
+        options["xla_options"], options["precision"])
 
 
 def test_the_manifest_format_keeps_its_fields_and_pass_report_entries(art):
@@ -62,9 +70,8 @@ def test_the_manifest_format_keeps_its_fields_and_pass_report_entries(art):
         assert set(entry) == {"name", "rewrites", "ops_before", "ops_after", "seconds"}
 
 
-def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_trains(art,
-                                                                                 tmp_path):
-    expected = _load(art).run(2)
+def _without_later_fields(art):
+    """Rewrite ``art``'s manifest as a luxc without the optional fields wrote it; its JSON."""
     raw = _raw(art)
     assert raw["pass_report"], "the default CPU pipeline records its passes"
     for key in OPTIONAL:
@@ -78,6 +85,12 @@ def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_tr
         (art / name).unlink()
     (art / "manifest.json").write_bytes(json_bytes(raw))
     (art / "manifest.sig").unlink()  # an edited manifest is no longer this user's
+    return raw
+
+
+def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_trains(art):
+    expected = _load(art).run(2)
+    raw = _without_later_fields(art)
     loaded = _load(art)
     assert loaded.manifest.to_json() == raw
     assert loaded.manifest.layout.stat_names is None and loaded.manifest.forward is None
@@ -107,6 +120,8 @@ def test_pass_record_json_round_trip_keeps_every_field():
     (lambda m: m["pass_report"][0].update(seconds="slow"),
      r"manifest field pass_report\[0\].seconds must be a number"),
     (lambda m: m["layout"].update(statics=[1]), "manifest field layout.statics must be an object"),
+    (lambda m: m["inputs"][0].update(sharding=["data"]),
+     "manifest input/output 0 has a sharding that is not text"),
 ])
 def test_parse_manifest_refuses_a_malformed_field_in_one_line_naming_it(art, edit, message):
     raw = _raw(art)
@@ -125,3 +140,48 @@ def test_the_manifest_is_frozen_and_its_json_a_copy(art):
         manifest.layout = None
     manifest.to_json()["layout"]["n_state"] = -1
     assert manifest.to_json()["layout"]["n_state"] == manifest.layout.n_state >= 0
+
+
+def test_export_step_returns_the_manifest_it_wrote(tmp_path):
+    written = luxc.export_step(luxc.MSELoss(), _data(), _train_state(), tmp_path / "s.luxc")
+    on_disk = (tmp_path / "s.luxc" / "manifest.json").read_bytes()
+    assert isinstance(written, Manifest)
+    assert json_bytes(written.to_json()) == on_disk
+    assert written == check_manifest(json.loads(on_disk))
+
+
+def test_an_inputs_partition_spec_is_read_as_text():
+    entry = {"name": "data[0]", "shape": [64, 4], "dtype": "float32", "sharding": "P('data',)"}
+    assert ArraySpec.from_json(entry) == ArraySpec((64, 4), "float32", "data[0]", "P('data',)")
+    assert ArraySpec.from_json({"shape": [3], "dtype": "int32"}).sharding is None
+
+
+def test_a_run_records_the_artefact_by_the_hash_of_its_file_table_as_written(art):
+    # The digest a checkpoint's run record holds: the same from the typed entries as from the
+    # JSON on disk, so `luxc run --resume` still finds the checkpoints of earlier runs.
+    files = _raw(art)["files"]
+    expected = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    assert artifact_digest(check_manifest(_raw(art))) == expected
+
+
+def test_inspect_says_what_an_older_manifest_does_not_record(art):
+    raw = _without_later_fields(art)
+    text = CliRunner().invoke(main, ["inspect", str(art)])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert f"model       {raw['layout']['model']}" in lines
+    assert "objective   (not recorded by this luxc version)" in lines
+    assert "optimizer   (not recorded by this luxc version)" in lines
+    assert not any(line.startswith(("flops", "memory", "autotune", "mesh")) for line in lines)
+    as_json = CliRunner().invoke(main, ["inspect", "--json", str(art)])
+    assert json.loads(as_json.output) == raw
+
+
+def test_inspect_shows_the_pass_list_as_it_was_given(art):
+    raw = _raw(art)
+    raw["compile_options"]["passes"] = ["fuse_rsqrt", "dot_flatten"]
+    (art / "manifest.json").write_bytes(json_bytes(raw))
+    (art / "manifest.sig").unlink()
+    assert check_manifest(raw).compile_options.passes == ("fuse_rsqrt", "dot_flatten")
+    text = CliRunner().invoke(main, ["inspect", str(art)])
+    assert "options     passes=['fuse_rsqrt', 'dot_flatten'] precision=" in text.output, text.output
