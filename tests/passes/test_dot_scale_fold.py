@@ -1,6 +1,6 @@
 """dot_scale_fold: golden StableHLO in → out, what it leaves alone, and attention's values and
 gradients against the unrewritten program (jax's own lowering is the reference). Also the
-tracer's softmax derivative (runtime/executable.py ``export``): the same gradients as jax's
+tracer's softmax derivative (runtime/compiling/_executable.py ``export``): the same gradients as jax's
 default one, with fewer full-size operations."""
 
 import jax
