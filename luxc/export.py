@@ -1,4 +1,4 @@
-"""Export a training step to an artefact directory (``luxc compile``) and load it back.
+"""Export a training step to an artifact directory (``luxc compile``) and load it back.
 
 The exported step has a flat signature, ``step(*state, *data) -> (*state, loss, *stats)``,
 where ``state`` is the leaves of ``(parameters, optimizer_state, states)``: a process that
@@ -149,13 +149,13 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
                 platforms: Sequence[str] | None = None,
                 compile_options: CompileOptions | None = None,
                 force: bool = False) -> Manifest:
-    """Write the artefact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``,
+    """Write the artifact of ``single_train_step_(AutoXLA(), obj_fn, data, ts)`` to ``out``,
     with the model's forward pass in test mode for ``luxc predict`` (:func:`flat_forward`) and
     the objective without an update for ``luxc run --eval-data`` (:func:`flat_evaluate`).
 
     ``platforms`` defaults to this machine's; the executable is compiled for this machine when
     it is one of them. With ``CompileOptions(autotune=True)`` the step is tuned on this
-    machine first (:mod:`luxc.runtime.compiling._autotune`): the artefact holds the kept candidate's
+    machine first (:mod:`luxc.runtime.compiling._autotune`): the artifact holds the kept candidate's
     options, and its manifest's ``"autotune"`` every candidate's time. Returns the manifest
     written (:class:`luxc.runtime.Manifest`).
     """
@@ -163,7 +163,7 @@ def export_step(obj_fn: Any, data: Any, ts: TrainState, out: str | Path, *,
     _artifact.check_output(out, force)  # before tracing: refuse early, lose nothing
     options = compile_options or CompileOptions()
     autotune = None
-    if options.autotune:  # timed here, as training runs it; the artefact gets the kept options
+    if options.autotune:  # timed here, as training runs it; the artifact gets the kept options
         from luxc.training._compiled import compile_step
 
         report = compile_step(obj_fn, data, ts, compile_options=options).autotune_report

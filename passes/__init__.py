@@ -36,8 +36,8 @@ from luxc.passes._match import count_ops
 @dataclass(frozen=True)
 class PassRecord:
     """What one pass did: ``rewrites`` and the op counts before and after, in ``seconds``. The
-    one pass-report type: ``CompiledStep.pass_report`` and a loaded artefact's are lists of it;
-    the artefact manifest stores each as :meth:`to_json`'s object.
+    one pass-report type: ``CompiledStep.pass_report`` and a loaded artifact's are lists of it;
+    the artifact manifest stores each as :meth:`to_json`'s object.
 
     >>> r = PassRecord("fuse_rsqrt", rewrites=2, ops_before=10, ops_after=8, seconds=0.5)
     >>> r.to_json()

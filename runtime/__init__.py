@@ -1,7 +1,7 @@
-"""Compile (XLA through PJRT via jax), cache, execute, and save/load compiled artefacts.
+"""Compile (XLA through PJRT via jax), cache, execute, and save/load compiled artifacts.
 
 One subpackage a concept: ``compiling`` (options, trace → passes → XLA, stages), ``caching``
-(the executable cache, the persistent cache), ``artifacts`` (artefacts and checkpoints on
+(the executable cache, the persistent cache), ``artifacts`` (artifacts and checkpoints on
 disk), ``trust`` (signatures and running what this user did not sign), ``files`` (bounded
 reads, atomic writes), ``performance`` (op profiles, FLOPs, host memory), ``data`` (datasets of
 ``.npy`` files) and ``messages`` (the user's words). ``_jax_internal`` holds every jax internal.

@@ -2,13 +2,13 @@
 
 * ``ir_context()`` — an MLIR context with every dialect jax emits (func, stablehlo, chlo, sdy…);
   a bare ``ir.Context()`` cannot parse jax's modules.
-* ``deserialize_module`` / ``serialize_module`` — the portable-artefact (VHLO) round trip jax's
+* ``deserialize_module`` / ``serialize_module`` — the portable-artifact (VHLO) round trip jax's
   own ``jax.export`` uses. Unlike the public ``stablehlo.serialize_portable_artifact`` binding,
   it handles the Shardy (``sdy``) sharding attributes of multi-device modules.
 * ``compilation_cache_scope(cache)`` — jax's compiles use luxc's (authenticated) cache object
   for the duration of one luxc compile; jax's own cache state is restored after.
 * ``stable_custom_call_targets()`` — the custom-call targets jax.export accepts, to check an
-  artefact's module against.
+  artifact's module against.
 * ``refine_shapes(module)`` — jax's own shape refinement of a shape-polymorphic module (what
   ``Lowered.compile()`` runs before XLA sees it), to check the module XLA will compile.
 * ``lapack_initialization(needed)`` — lowering an ``Exported`` for CPU loads LAPACK (an import
@@ -42,13 +42,13 @@ def ir_context() -> ir.Context:
 
 
 def deserialize_module(data: bytes, context: ir.Context) -> ir.Module:
-    """A portable artefact (``Exported.mlir_module_serialized``) as a module in ``context``."""
+    """A portable artifact (``Exported.mlir_module_serialized``) as a module in ``context``."""
     with context:
         return _jax.mlir.deserialize_portable_artifact(data)
 
 
 def serialize_module(module: ir.Module, target_version: str) -> bytes:
-    """``module`` as a portable artefact for StableHLO ``target_version``."""
+    """``module`` as a portable artifact for StableHLO ``target_version``."""
     return _jax.mlir.serialize_portable_artifact(
         module, target_version, _xla_bridge.get_backend().serialize_with_sdy)
 

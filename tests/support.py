@@ -2,7 +2,7 @@
 command), compiling a factory with ``luxc compile``, and running one pass on StableHLO text.
 
 Fixtures live in ``tests/conftest.py``; a helper used by one directory only lives there
-(``tests/trust/_artefacts.py``)."""
+(``tests/trust/_artifacts.py``)."""
 
 import json
 import os

@@ -162,10 +162,10 @@ def format_bytes(n: int | None) -> str:
 
 
 
-# A user's explicit trust in an artefact's author: its native calls are not checked.
+# A user's explicit trust in an artifact's author: its native calls are not checked.
 unchecked_native_calls_option = click.option(
     "--allow-unchecked-native-calls", is_flag=True,
-    help="in an artefact you did not sign, let native kernels (LAPACK, ...) run with whatever "
+    help="in an artifact you did not sign, let native kernels (LAPACK, ...) run with whatever "
          "buffer shapes its StableHLO declares, unchecked: a wrong shape corrupts memory; only "
          "if you trust its author")
 

@@ -19,9 +19,9 @@ _FLAGS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), r) for p
      "pass --allow-device-kernels (luxc.load(..., allow_device_kernels=True))"),
     (r"\(follow_symlinks=True:", "(--follow-symlinks:"),
     (r"\(max_memory=, in bytes\)", "(--max-data-memory MiB)"),
-    (r"\bout=('[^']*'|\"[^\"]*\") names no new directory; give the artefact a directory name, "
+    (r"\bout=('[^']*'|\"[^\"]*\") names no new directory; give the artifact a directory name, "
      r"e\.g\. out='step\.luxc'",
-     r"--out \1 names no new directory; give the artefact a directory name, e.g. --out step.luxc"),
+     r"--out \1 names no new directory; give the artifact a directory name, e.g. --out step.luxc"),
     (r"choose another out, or pass force=True\b", "choose another --out, or pass --force"),
     (r"so choose another out\b", "so choose another --out"),
     (r"\bout's parent directory ", "--out parent "),

@@ -1,4 +1,4 @@
-"""``luxc compile``: export a training step to an artefact directory."""
+"""``luxc compile``: export a training step to an artifact directory."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from luxc.cli._common import (
 @click.command()
 @click.argument("spec")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="the artefact directory to write (a directory, created by luxc)")
+              help="the artifact directory to write (a directory, created by luxc)")
 @click.option("--platform", "platforms", multiple=True,
               type=click.Choice(["cpu", "cuda", "rocm", "tpu"]),
               help="target platform (repeatable; default: this machine's)")
@@ -29,14 +29,14 @@ from luxc.cli._common import (
 @xla_option
 @autotune_option
 @click.option("--force", is_flag=True,
-              help="replace an existing luxc artefact directory (never any other directory)")
+              help="replace an existing luxc artifact directory (never any other directory)")
 @click.option("--mesh", metavar="AXIS=N", help="shard the step over N devices along mesh axis "
               "AXIS, the batch split along it (e.g. data=8)")
 @click.option("--strategy", type=click.Choice(["data", "fsdp"]), default="data", show_default=True,
               help="with --mesh: replicate the state (data) or split it (fsdp)")
 def compile(spec, out, platforms, passes, precision, mixed_precision, xla_option, autotune, force,
             mesh, strategy):
-    """Compile the training step of SPEC into the artefact directory --out.
+    """Compile the training step of SPEC into the artifact directory --out.
 
     SPEC is path/file.py:factory or module:factory. factory() takes no arguments and returns
     (objective, data, train_state): what luxc.training.single_train_step_ takes after the

@@ -1,4 +1,4 @@
-"""``luxc inspect``: what an artefact holds.
+"""``luxc inspect``: what an artifact holds.
 
 Only the manifest (and its signature) is read: every listed file is checked to be a regular file
 of the listed size within what the manifest's shapes allow, and its hash is checked by
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
 @click.option("--verify", is_flag=True, help="also check every file's SHA-256 (reads them all)")
 def inspect(directory, as_json, verify):
-    """Show an artefact's manifest, pass report, FLOPs and memory."""
+    """Show an artifact's manifest, pass report, FLOPs and memory."""
     from pathlib import Path
 
     from luxc.runtime.artifacts._format import check_files, other_entries, read_manifest
@@ -37,7 +37,7 @@ def inspect(directory, as_json, verify):
         click.echo(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
         return
     layout, v = manifest.layout, manifest.versions
-    click.echo(f"artefact    {directory}  (format {manifest.format_version}, created "
+    click.echo(f"artifact    {directory}  (format {manifest.format_version}, created "
                f"{shown(manifest.created, 80)})")
     click.echo(f"built with  luxc {shown(v['luxc'], 80)}, jax {shown(v['jax'], 80)}, jaxlib "
                f"{shown(v['jaxlib'], 80)}")
@@ -77,7 +77,7 @@ def inspect(directory, as_json, verify):
     others = other_entries(Path(directory))
     if others:
         click.echo(f"not listed  {', '.join(others[:20])}{' …' if len(others) > 20 else ''}: not "
-                   "part of the artefact; luxc never reads or runs them")
+                   "part of the artifact; luxc never reads or runs them")
     click.echo("signed      " + ("by this user's luxc key: its executable will be loaded"
                                  if signed else
                                  f"no: {unsigned_reason}; luxc will compile its "

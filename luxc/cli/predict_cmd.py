@@ -1,4 +1,4 @@
-"""``luxc predict``: run an artefact's forward pass (the trained model) without its source."""
+"""``luxc predict``: run an artifact's forward pass (the trained model) without its source."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from luxc.runtime.messages._shown import shown
 
 
 def _check_out(path: str, directory: str) -> None:
-    """``--out``: a ``.npy`` name outside the artefact; an existing file is replaced only when
+    """``--out``: a ``.npy`` name outside the artifact; an existing file is replaced only when
     it is a ``.npy`` array already (luxc never overwrites anything else)."""
     from luxc.runtime.files._atomic_write import check_writable_file
 
@@ -71,16 +71,16 @@ def _is_npy(path: Path) -> bool:
               help="write the model's outputs here as a .npy array")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False),
               help="use the parameters and model state of this checkpoint (written by luxc run "
-                   "--save-state/--checkpoint or luxc.save_state); default: the artefact's own")
+                   "--save-state/--checkpoint or luxc.save_state); default: the artifact's own")
 @click.option("--batch-size", type=click.IntRange(min=1, max=1 << 24),
               help="run the model on this many samples at a time, writing each batch's outputs "
                    "as it goes (default: about 64 MiB of inputs and outputs a batch)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
-              "Pallas) in an artefact you did not sign: only if you trust its author")
+              "Pallas) in an artifact you did not sign: only if you trust its author")
 @unchecked_native_calls_option
 def predict(directory, input_path, out_path, state_path, batch_size, allow_device_kernels,
             allow_unchecked_native_calls):
-    """Run the model of the artefact in DIRECTORY on --input, in test mode (BatchNorm uses its
+    """Run the model of the artifact in DIRECTORY on --input, in test mode (BatchNorm uses its
     running statistics, Dropout is the identity), and write its output to --out."""
     from luxc.runtime.artifacts._artifact import load_predictor
     from luxc.runtime.artifacts._forward import default_batch_size, predict_batches, read_input
@@ -99,7 +99,7 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
         predictor.load_state(state_path)
     x = read_input(input_path, predictor.forward, f"x (--input {shown(input_path)})")
     if not predictor.forward.signed_by_this_user:  # said once Ctrl-C can stop it
-        click.echo("note: running the model of an artefact you did not sign; Ctrl-C stops it",
+        click.echo("note: running the model of an artifact you did not sign; Ctrl-C stops it",
                    err=True)
     batch_size = batch_size or default_batch_size(predictor.forward)
     shapes = []
@@ -111,7 +111,7 @@ def predict(directory, input_path, out_path, state_path, batch_size, allow_devic
 
     write_atomic(out_path, npy_chunks(len(x), batches(), f"--out {out_path}"))
     source = f"checkpoint {state_path}, step {predictor.step_count}" if state_path else \
-        f"the artefact's state, step {predictor.step_count}"
+        f"the artifact's state, step {predictor.step_count}"
     (shape, dtype) = shapes[0]
     click.echo(f"wrote {dtype}{[len(x), *shape[1:]]} to {out_path} ({len(x)} samples in "
                f"{len(shapes)} batch{'es' if len(shapes) > 1 else ''} of up to {batch_size}; "

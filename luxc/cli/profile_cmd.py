@@ -1,4 +1,4 @@
-"""``luxc profile``: time a step (from a SPEC or an artefact) with ``sync=True``."""
+"""``luxc profile``: time a step (from a SPEC or an artifact) with ``sync=True``."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_call
         state["state"] = call() if loaded.signed_by_this_user else guarded(call, None, "the step")
 
     if not loaded.signed_by_this_user:
-        click.echo("note: timing a step of an artefact you did not sign; Ctrl-C stops it",
+        click.echo("note: timing a step of an artifact you did not sign; Ctrl-C stops it",
                    err=True)
     one()
     times, faults = _timed(one, steps, trace)
@@ -238,24 +238,24 @@ def _report_compare(spec, steps, base, compare, as_json) -> None:
 @unchecked_native_calls_option
 def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixed_precision,
             xla_option, autotune, allow_unchecked_native_calls):
-    """Time the step of TARGET (a SPEC or an artefact directory) with sync=True.
+    """Time the step of TARGET (a SPEC or an artifact directory) with sync=True.
 
     Reports the compile (or load) time, the step time's min / median / max over --steps
     steps, steps/s, XLA's peak memory, the minor page faults per step and the achieved FLOP/s,
     with the batch size and the passes the step was compiled with; for a SPEC, where the
     compile's time went (tracing, each pass, lowering, XLA compile, the first call). --ops N
     lists the N HLO ops taking the most time per step, with the user's source line of each
-    (for an artefact: its checked StableHLO compiled again with per-op tracing).
+    (for an artifact: its checked StableHLO compiled again with per-op tracing).
     --compare KEY=VALUE times the step (A) against the step with those options (B) instead.
     --autotune compiles and times a few candidate configurations first and profiles the
     fastest (the compile time includes the tuning); the candidates' times are listed.
     """
     if autotune and Path(target).is_dir():
-        raise click.UsageError("--autotune compiles a SPEC (FILE:FUNCTION); an artefact directory "
+        raise click.UsageError("--autotune compiles a SPEC (FILE:FUNCTION); an artifact directory "
                                "holds one compiled step (compile it with luxc compile --autotune)")
     if compare:
         if Path(target).is_dir():
-            raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artefact "
+            raise click.UsageError("--compare compiles a SPEC (FILE:FUNCTION) twice; an artifact "
                                    "directory holds one compiled step")
         _report_compare(target, steps, {"passes": passes, "precision": precision,
                                         "mixed_precision": mixed_precision,
@@ -285,7 +285,7 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
 def _check_trace(trace: str, target: str) -> None:
     from luxc.runtime.files._atomic_write import check_writable_directory
 
-    if Path(target).is_dir():  # a trace never goes into the artefact it profiles
+    if Path(target).is_dir():  # a trace never goes into the artifact it profiles
         check_outside(trace, target, "--trace")
     check_writable_directory(trace, "--trace")
 

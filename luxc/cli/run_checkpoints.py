@@ -3,14 +3,14 @@ run that wrote it, nothing else in the directory ever replaced or removed.
 
 A run has an identity, kept in the run record of every checkpoint it writes
 (:mod:`luxc.runtime.artifacts._checkpoint_format`): a random ``run_id``, ``artifact`` (the SHA-256 of the
-artefact's file table, so the same bytes give the same name wherever they are), when it
+artifact's file table, so the same bytes give the same name wherever they are), when it
 ``started``, its ``seed`` and ``origin``. A resumed run keeps its identity. From it:
 
 * a fresh run refuses a directory holding another run's checkpoints (``--new-run`` puts it
   beside them when none has a step it will write);
 * ``--keep K`` counts and removes only this run's checkpoints;
 * ``--resume`` continues the run that started last in the directory from its newest
-  checkpoint, refusing one of another artefact and a damaged one (naming the one before);
+  checkpoint, refusing one of another artifact and a damaged one (naming the one before);
 * a file named like a checkpoint that is not one (another program's, a truncated copy) is
   refused before the first step: luxc never writes over it;
 * ``fcntl.flock`` on ``DIR/.luxc-run.lock``, held until the command ends, keeps a second run
@@ -61,7 +61,7 @@ class Found:
 
 
 def artifact_digest(manifest: Manifest) -> str:
-    """The artefact's name in a run record: the SHA-256 of its file table (every file's hash),
+    """The artifact's name in a run record: the SHA-256 of its file table (every file's hash),
     written as ``manifest.json`` writes it."""
     table = {name: {"sha256": e.sha256, "size": e.size} for name, e in manifest.files.items()}
     return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()
@@ -156,9 +156,9 @@ def resume(load: Callable[[Path], dict[str, Any] | None], directory: str, found:
     theirs = newest.run or {}
     if theirs.get("artifact", artifact) != artifact:
         raise CliError(f"--resume: the run in {directory} ({newest.path.name}) trains the "
-                       f"artefact {shown(theirs.get('artifact_dir', '?'), 200)} (sha256 "
+                       f"artifact {shown(theirs.get('artifact_dir', '?'), 200)} (sha256 "
                        f"{theirs['artifact'][:16]}...), not {artifact_dir} (sha256 "
-                       f"{artifact[:16]}...); give the artefact it trains, or another "
+                       f"{artifact[:16]}...); give the artifact it trains, or another "
                        "--checkpoint to start a new run")
     try:
         record = load(newest.path)

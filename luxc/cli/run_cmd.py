@@ -1,6 +1,6 @@
-"""``luxc run``: train with an artefact, without the model's source.
+"""``luxc run``: train with an artifact, without the model's source.
 
-This module parses and checks the command line, loads the artefact, opens the run (its record,
+This module parses and checks the command line, loads the artifact, opens the run (its record,
 a resumed checkpoint, the datasets) and turns the flags into a
 :class:`~luxc.runtime.artifacts._run_loop.RunPlan`;
 :func:`luxc.runtime.artifacts._run_loop.train` runs it (the loop ``LoadedStep.run`` also
@@ -48,8 +48,8 @@ def _check_plot(path: str, directory: str) -> None:
               help="an .npz of the data arrays with N samples on their leading axis, in the order "
                    "`luxc inspect` lists them (np.savez(F, x, y) keeps that order), or a directory "
                    "of .npy files (read per batch, in name order); N larger than the "
-                   "artefact's batch: shuffled batches each epoch; default: the example data "
-                   "stored in the artefact")
+                   "artifact's batch: shuffled batches each epoch; default: the example data "
+                   "stored in the artifact")
 @click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED),
               help="the data order's seed (default 0; with --state, the new run's)")
 @click.option("--eval-data", "eval_path", type=click.Path(),
@@ -93,16 +93,16 @@ def _check_plot(path: str, directory: str) -> None:
               "(needs matplotlib)")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="stop if the steps have not finished after this long (Ctrl-C always stops "
-                   "an artefact you did not sign)")
+                   "an artifact you did not sign)")
 @click.option("--allow-device-kernels", is_flag=True, help="run compiled GPU/TPU kernels (Mosaic, "
-              "Pallas) in an artefact you did not sign: only if you trust its author")
+              "Pallas) in an artifact you did not sign: only if you trust its author")
 @unchecked_native_calls_option
 def run(**flags: Any) -> None:
-    """Train with the artefact in DIRECTORY (no model source needed).
+    """Train with the artifact in DIRECTORY (no model source needed).
 
     Prints the loss every --every steps (a progress bar on a terminal), the loss and stats on
     --eval-data every --eval-every steps (`eval step N  loss ...`), then a summary: steps,
-    wall time, steps/s, first and last loss, and which executable ran (the artefact's
+    wall time, steps/s, first and last loss, and which executable ran (the artifact's
     serialized one, or one compiled from its portable StableHLO). Ctrl-C writes a checkpoint
     (with --checkpoint or --save-state) and exits with status 130.
     """
@@ -198,7 +198,7 @@ def _run_record(f: Flags, loaded: Any, found: list[checkpoints.Found]
 
 
 def _datasets(f: Flags, loaded: Any, seed: int) -> tuple[Any, list[Any] | None]:
-    """The training dataset (``None``: the artefact's example data) and the evaluation data."""
+    """The training dataset (``None``: the artifact's example data) and the evaluation data."""
     from luxc.runtime.data._dataset import Dataset
 
     specs, names = loaded.manifest.data_inputs, loaded.layout.data_names

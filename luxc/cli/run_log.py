@@ -29,7 +29,7 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
 
 
 def check_log(path: str, artifact: str, resume: bool) -> None:
-    """Refuse, before any work, a ``--log`` luxc would not write: inside the artefact, not a
+    """Refuse, before any work, a ``--log`` luxc would not write: inside the artifact, not a
     regular file (a device, a FIFO, a directory, a symbolic link), or existing in a fresh run."""
     check_outside(path, artifact, "--log")
     try:

@@ -1,6 +1,6 @@
 """What ``luxc run`` writes besides the terminal: checked before any step, written safely.
 
-Every output is refused inside the artefact it runs (it would destroy it); an existing file is
+Every output is refused inside the artifact it runs (it would destroy it); an existing file is
 replaced only when it is a luxc checkpoint (luxc never overwrites what it did not write). The
 ``--checkpoint`` directory is :mod:`luxc.cli.run_checkpoints`'s, the ``--log`` file
 :mod:`luxc.cli.run_log`'s.
@@ -26,15 +26,15 @@ def resolved(path: str | Path, what: str) -> Path:
 
 
 def check_outside(path: str | Path, artifact: str | Path, what: str) -> None:
-    """Refuse ``path`` inside the artefact directory (or the directory itself)."""
+    """Refuse ``path`` inside the artifact directory (or the directory itself)."""
     target, art = resolved(path, what), Path(artifact).absolute().resolve()
     if target == art or art in target.parents:
-        raise CliError(f"{what} {path} is inside the artefact {artifact}, which it would "
+        raise CliError(f"{what} {path} is inside the artifact {artifact}, which it would "
                        "destroy; write it elsewhere")
 
 
 def check_state_file(path: str, artifact: str, what: str) -> None:
-    """An output a checkpoint is written to: outside the artefact, writable, and either new or
+    """An output a checkpoint is written to: outside the artifact, writable, and either new or
     a luxc checkpoint already."""
     check_outside(path, artifact, what)
     check_writable_file(path, what)
@@ -44,7 +44,7 @@ def check_state_file(path: str, artifact: str, what: str) -> None:
 
 
 def check_new_file(path: str, artifact: str, what: str, append: bool = False) -> None:
-    """An output luxc creates (a log, a plot): outside the artefact, writable, not existing
+    """An output luxc creates (a log, a plot): outside the artifact, writable, not existing
     (unless ``append``)."""
     check_outside(path, artifact, what)
     check_writable_file(path, what)

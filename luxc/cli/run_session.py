@@ -93,7 +93,7 @@ class _Curve:
 class Interrupt:
     """The first Ctrl-C asks the run to stop after the current call (then a checkpoint is
     written); a second one stops at once. Installed when the command starts: a Ctrl-C while the
-    artefact loads or compiles is not lost in a callback (jax's gc hook swallowed it, and the
+    artifact loads or compiles is not lost in a callback (jax's gc hook swallowed it, and the
     run then trained to its end) but stops the run before its first step."""
 
     def __init__(self):
@@ -131,7 +131,7 @@ class Session:
 
     def train(self, dataset: Any) -> None:
         if not self.loaded.signed_by_this_user:  # said once Ctrl-C is luxc's to handle
-            click.echo("note: training with an artefact you did not sign; Ctrl-C stops it",
+            click.echo("note: training with an artifact you did not sign; Ctrl-C stops it",
                        err=True)
         hooks = RunHooks(on_step=self.line, stop=self.stopping,
                          evaluate=None if self.eval_data is None else self.evaluate,
@@ -228,7 +228,7 @@ class Session:
         if self.interrupt.requested:
             click.echo(f"interrupted at step {self.loaded.step_count}" +
                        (f" ({GRACE_SECONDS:.0f} s after Ctrl-C, luxc stopped waiting for the "
-                        "artefact's computation)" if self.stuck else "") +
+                        "artifact's computation)" if self.stuck else "") +
                        (f"; the state is in {where}" if where else ""), err=True)
             sys.exit(130)
 

@@ -125,7 +125,7 @@ class VariationalHiddenDropout(AbstractLayer):
     Lux, with ``luxc.nn.update_state(st, "update_mask", luxc.nn.Val(True))``. Because the mask
     appears after the first call, the state's structure changes once: a compiled step
     compiles a second program then (and once more after a reset), and ``train_steps`` or an
-    exported artefact need a state that already holds its mask (run one step first).
+    exported artifact need a state that already holds its mask (run one step first).
     Test mode is the identity and leaves the state unchanged.
 
     Args:

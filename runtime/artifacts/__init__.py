@@ -1,4 +1,4 @@
-"""What luxc writes to disk and reads back: the artefact directory (its format and manifest,
+"""What luxc writes to disk and reads back: the artifact directory (its format and manifest,
 a sharded step's mesh, saving and loading), the step and the forward pass loaded from one, and
 the checkpoint file; arrays in both are safetensors bytes, checked on read."""
 

@@ -4,7 +4,7 @@ The step is stored with a flat signature, ``step(*state, *data) -> (*state, loss
 no Python class (model, optax state) is needed to load and run it. The directory format, and how
 it is read and verified, is :mod:`luxc.runtime.artifacts._format`.
 
-Trust: the StableHLO and the tensors are data, loaded from anyone's artefact. The serialized
+Trust: the StableHLO and the tensors are data, loaded from anyone's artifact. The serialized
 executable is native code: it is loaded only when this user's luxc signed the manifest (and the
 platform, jaxlib and compile options match); otherwise the portable StableHLO is compiled and
 ``notes`` says why. Nothing here unpickles anything: the executable is XLA's own serialization,
@@ -77,7 +77,7 @@ def _versions() -> dict[str, str]:
 
 def is_artifact_directory(path: Path) -> bool:
     """Whether ``path`` is a real directory holding a luxc manifest (any format version) and
-    nothing but the files luxc writes into an artefact: the only kind luxc may delete."""
+    nothing but the files luxc writes into an artifact: the only kind luxc may delete."""
     if path.is_symlink() or not path.is_dir() or not holds_only_luxc_files(path):
         return False
     try:
@@ -89,21 +89,21 @@ def is_artifact_directory(path: Path) -> bool:
 
 def check_output(out: str | Path, force: bool) -> None:
     """Refuse, before any work, an ``--out`` luxc must not write: an existing path without
-    ``force``; with it, anything but a directory holding only a luxc artefact (luxc never
+    ``force``; with it, anything but a directory holding only a luxc artifact (luxc never
     deletes what it did not make); a place it cannot write."""
     out = Path(out)
     if out.name in ("", ".", ".."):
-        raise ArtifactError(f"out={str(out)!r} names no new directory; give the artefact a "
+        raise ArtifactError(f"out={str(out)!r} names no new directory; give the artifact a "
                             "directory name, e.g. out='step.luxc'")
     if out.exists() or out.is_symlink():
         if not force:
             raise ArtifactError(f"{out} already exists; choose another out, or pass force=True to "
-                                "replace the artefact there")
+                                "replace the artifact there")
         if not is_artifact_directory(out):
             extra = [] if not out.is_dir() or out.is_symlink() else sorted(
                 p.name for p in out.iterdir() if p.name not in ARTIFACT_FILES)
             raise ArtifactError(
-                f"{out} is not a luxc artefact" + (f" (it also holds {', '.join(extra[:5])})"
+                f"{out} is not a luxc artifact" + (f" (it also holds {', '.join(extra[:5])})"
                                                    if extra else "")
                 + "; luxc replaces only directories it wrote, so choose another out")
     check_writable_directory(out.parent, "out's parent directory")
@@ -114,7 +114,7 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
          force: bool = False, forward: tuple[Callable, Sequence[Any], dict] | None = None,
          evaluate: tuple[Callable, Sequence[Any], dict] | None = None,
          autotune: dict[str, Any] | None = None) -> Manifest:
-    """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artefact
+    """Export, optimise and (for the host) compile ``step(*state, *data)``; write the artifact
     directory ``out`` atomically. Returns the :class:`Manifest` written, parsed from its bytes.
 
     ``forward`` is ``(fn, args, entry)``: the model's forward pass (:mod:`luxc.runtime.artifacts._forward`),
@@ -197,7 +197,7 @@ def _export_program(program: tuple[Callable, Sequence[Any], dict] | None,
     except Exception as e:  # noqa: BLE001 - the step is still usable; say what is not
         warnings.warn(f"{what} could not be exported for any batch size "
                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the "
-                      f"artefact trains, without {file} (`luxc predict`, `--eval-data`)",
+                      f"artifact trains, without {file} (`luxc predict`, `--eval-data`)",
                       stacklevel=4)
         return None
     files[file] = bytes(exported.serialize())
@@ -217,10 +217,10 @@ def _write_directory(out: Path, files: dict[str, bytes], manifest: bytes) -> Non
         try:
             write_atomic(tmp / SIGNATURE, sign(SIGNATURE_DOMAIN, manifest).encode() + b"\n")
         except KeyUnavailable as e:
-            warnings.warn(f"the artefact is not signed ({e}): luxc will compile its StableHLO "
+            warnings.warn(f"the artifact is not signed ({e}): luxc will compile its StableHLO "
                           "instead of loading its executable", stacklevel=3)
         if out.exists() and not is_artifact_directory(out):  # changed since check_output
-            raise ArtifactError(f"{out} is no longer a luxc artefact; nothing was replaced")
+            raise ArtifactError(f"{out} is no longer a luxc artifact; nothing was replaced")
         old = replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -247,11 +247,11 @@ def _figures(compiled: jax.stages.Compiled) -> dict[str, Any]:
 
 def load(directory: str | Path, *, allow_device_kernels: bool = False,
          allow_unchecked_native_calls: bool = False) -> LoadedStep:
-    """Load an artefact: read and verify every file once, then use its executable if this
+    """Load an artifact: read and verify every file once, then use its executable if this
     user's luxc signed it and this machine's platform and jaxlib match the ones that built it;
     else compile its portable StableHLO. Each fallback is a warning and a line in ``notes``.
 
-    The StableHLO of an artefact this user did not sign is checked first in an isolated child
+    The StableHLO of an artifact this user did not sign is checked first in an isolated child
     process (:mod:`luxc.runtime.trust._module_check`); ``allow_device_kernels=True`` admits compiled
     GPU/TPU kernels (Mosaic, Pallas) in it, which are otherwise refused. Each of its modules
     is compiled only when every native kernel it calls gets the buffer shapes jax's own lowering
@@ -289,7 +289,7 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
                                    native_check=native_check)
     loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
-        notes.append("the artefact's executable does not match this machine's XLA (devices or "
+        notes.append("the artifact's executable does not match this machine's XLA (devices or "
                      "options differ); compiled its StableHLO instead")
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -303,19 +303,19 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
 
 
 def _stored_executable(artifact: Artifact, host: str, notes: list[str]) -> MemoryCache | None:
-    """The artefact's executable as a cache to compile from, when it may and can be used here:
+    """The artifact's executable as a cache to compile from, when it may and can be used here:
     signed by this user, built for ``host`` with this jaxlib; else ``None`` and why in
     ``notes``."""
     manifest = artifact.manifest
     if "executable.bin" not in artifact.files:
-        notes.append(f"the artefact holds no executable for {host}; compiled its StableHLO")
+        notes.append(f"the artifact holds no executable for {host}; compiled its StableHLO")
     elif manifest.executable_platform != host or manifest.versions["jaxlib"] != \
             jaxlib.__version__:
         notes.append(f"the executable was built for {shown(manifest.executable_platform, 80)} "
                      f"with jaxlib {shown(manifest.versions['jaxlib'], 80)}; compiled the "
                      f"portable StableHLO for {host} with jaxlib {jaxlib.__version__} instead")
     elif not artifact.signed_by_this_user:
-        notes.append(f"did not load the artefact's executable (native code) because "
+        notes.append(f"did not load the artifact's executable (native code) because "
                      f"{artifact.unsigned_reason}; compiled its StableHLO instead")
     else:
         return MemoryCache({manifest.executable_key: artifact.files["executable.bin"]})
@@ -326,7 +326,7 @@ def _read_for_host(directory: str | Path) -> Artifact:
     artifact = read_artifact(directory)
     manifest, host = artifact.manifest, jax.default_backend()
     if host not in manifest.platforms:
-        raise ArtifactError(f"this artefact targets {shown(', '.join(manifest.platforms), 200)} but "
+        raise ArtifactError(f"this artifact targets {shown(', '.join(manifest.platforms), 200)} but "
                             f"this machine runs {host}; recompile it with platforms=[{host!r}]")
     needed_devices(manifest.mesh)  # before reading the module: say what this machine lacks
     return artifact
@@ -334,7 +334,7 @@ def _read_for_host(directory: str | Path) -> Artifact:
 
 def load_predictor(directory: str | Path, *, allow_device_kernels: bool = False,
                    allow_unchecked_native_calls: bool = False) -> Predictor:
-    """The artefact's forward pass with its initial state, without loading (or compiling) its
+    """The artifact's forward pass with its initial state, without loading (or compiling) its
     training step: what ``luxc predict`` runs. Same trust rules as :func:`load`."""
     artifact = _read_for_host(directory)
     forward = load_forward(artifact.files, artifact.manifest, artifact.directory,

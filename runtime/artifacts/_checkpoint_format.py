@@ -35,7 +35,7 @@ FORMAT = "luxc-checkpoint-3"
 # table, a few hundred bytes a leaf.
 _HEADER_BYTES, _HEADER_BYTES_PER_LEAF = 1 << 20, 2048
 # Leaves are stored grouped like a TrainState flattens them (dict keys in sorted order), so a
-# flat artefact's state (parameters, optimizer_state, states) is reordered to the same file.
+# flat artifact's state (parameters, optimizer_state, states) is reordered to the same file.
 _PART_ORDER = ("optimizer_state", "parameters", "states")
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
 # The largest step a checkpoint may hold (and a run reach): a file name stays short.
@@ -228,7 +228,7 @@ def _valid_static(entry: Any) -> bool:
 def _valid_run(run: Any) -> bool:
     """``luxc run``'s record: seed and origin (the step its data order started at), and, from
     this format on, the run's identity: ``run_id`` (32 hex digits), ``artifact`` (the SHA-256
-    naming the artefact it trains; ``artifact_dir``, where it was, to name it), ``started`` (ns
+    naming the artifact it trains; ``artifact_dir``, where it was, to name it), ``started`` (ns
     since 1970) and ``log`` (the bytes of its ``--log`` up to this checkpoint, their SHA-256,
     and the file's device and inode)."""
     if not (isinstance(run, dict) and all(type(run.get(k)) is int and 0 <= run[k] <= bound
@@ -253,7 +253,7 @@ def _valid_run(run: Any) -> bool:
 
 def check_statics(path: Path, saved: dict[str, dict[str, Any]],
                   expected: dict[str, dict[str, Any]]) -> None:
-    """Refuse a checkpoint whose static values are not those ``expected`` has (an artefact's
+    """Refuse a checkpoint whose static values are not those ``expected`` has (an artifact's
     are fixed at compile time), naming the first that differs."""
     if set(saved) != set(expected):
         names = sorted(set(saved) ^ set(expected))
@@ -262,7 +262,7 @@ def check_statics(path: Path, saved: dict[str, dict[str, Any]],
     for name in sorted(saved):
         if saved[name] != expected[name]:
             raise ArtifactError(f"checkpoint {path}: {name} is {_show(saved[name])}; this "
-                                f"artefact was compiled with {_show(expected[name])}")
+                                f"artifact was compiled with {_show(expected[name])}")
 
 
 def _show(entry: dict[str, Any]) -> str:
@@ -271,8 +271,8 @@ def _show(entry: dict[str, Any]) -> str:
 
 def state_from_checkpoint(path: str | Path, manifest: Manifest
                           ) -> tuple[list[np.ndarray], Checkpoint]:
-    """The flat state an artefact's step takes (``manifest``'s ``layout.state_names`` order),
-    read from the checkpoint at ``path`` and checked against the artefact: the same leaves, of
+    """The flat state an artifact's step takes (``manifest``'s ``layout.state_names`` order),
+    read from the checkpoint at ``path`` and checked against the artifact: the same leaves, of
     the same shapes and dtypes, and the static values it was compiled with."""
     layout = manifest.layout
     names = list(layout.state_names)
@@ -282,17 +282,17 @@ def state_from_checkpoint(path: str | Path, manifest: Manifest
     if sorted(ckpt.names) != sorted(names):
         missing = [n for n in names if n not in ckpt.names]
         extra = [n for n in ckpt.names if n not in names]
-        raise ArtifactError(f"checkpoint {path} is not of this artefact's model: "
+        raise ArtifactError(f"checkpoint {path} is not of this artifact's model: "
                             + "; ".join(filter(None, [
                                 f"missing {', '.join(missing[:3])}" if missing else "",
-                                f"not in the artefact: {', '.join(extra[:3])}" if extra
+                                f"not in the artifact: {', '.join(extra[:3])}" if extra
                                 else ""])))
     by_name = dict(zip(ckpt.names, ckpt.arrays))
     for name in names:
         a, spec = by_name[name], specs[name]
         if a.shape != spec.shape or str(a.dtype) != spec.dtype:
             raise ArtifactError(f"checkpoint {path}: {name} is {a.dtype}{list(a.shape)}; the "
-                                f"artefact takes {spec.dtype}{list(spec.shape)}")
+                                f"artifact takes {spec.dtype}{list(spec.shape)}")
     if layout.statics is not None:
         check_statics(Path(path), ckpt.statics, layout.statics)
     return [by_name[n] for n in names], ckpt

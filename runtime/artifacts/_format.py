@@ -1,4 +1,4 @@
-"""The artefact directory format, and reading one as data: every byte luxc uses is read once,
+"""The artifact directory format, and reading one as data: every byte luxc uses is read once,
 bounded, checked against the manifest, and the manifest itself against a schema.
 
 =====================  =======================================================================
@@ -7,7 +7,7 @@ bounded, checked against the manifest, and the manifest itself against a schema.
                        and SHA-256 of every other file
 ``manifest.sig``       HMAC-SHA256 of ``manifest.json`` under the key of the user who compiled it
                        (:mod:`luxc.runtime.trust._user_key`); absent when that user had no usable key
-``step.jaxexport``     the optimised StableHLO as a jax.export artefact (portable, versioned)
+``step.jaxexport``     the optimised StableHLO as a jax.export artifact (portable, versioned)
 ``step.mlir``          the same module as text, for reading
 ``executable.bin``     the XLA executable for the host platform (only when it is a target)
 ``state.safetensors``  the initial state: parameters, optimiser state and model state leaves
@@ -59,7 +59,7 @@ ARTIFACT_FILES = (MANIFEST, SIGNATURE, *REQUIRED_FILES, *OPTIONAL_FILES)
 
 
 def holds_only_luxc_files(directory: Path) -> bool:
-    """Whether every entry of ``directory`` is a regular file luxc writes into an artefact: a
+    """Whether every entry of ``directory`` is a regular file luxc writes into an artifact: a
     file of the format or a temporary of one being written. A stale directory is removed only
     if this holds."""
     def luxc_name(name: str) -> bool:
@@ -97,10 +97,10 @@ def _check_listed_files(manifest: Manifest) -> None:
     for name in manifest.files:
         if name not in REQUIRED_FILES + OPTIONAL_FILES:
             raise ArtifactError(f"manifest lists {name!r}, which is not a file of the luxc "
-                                f"artefact format ({', '.join(REQUIRED_FILES + OPTIONAL_FILES)})")
+                                f"artifact format ({', '.join(REQUIRED_FILES + OPTIONAL_FILES)})")
     missing = [name for name in REQUIRED_FILES if name not in manifest.files]
     if missing:
-        raise ArtifactError(f"manifest does not list {missing[0]}, which every artefact has")
+        raise ArtifactError(f"manifest does not list {missing[0]}, which every artifact has")
     for file, program in ((FORWARD_FILE, manifest.forward), (EVALUATE_FILE, manifest.evaluate)):
         if (file in manifest.files) != (program is not None):
             key = file.removesuffix(".jaxexport")
@@ -121,14 +121,14 @@ def check_against_module(manifest: Manifest, in_avals: Any, out_avals: Any) -> N
         if len(specs) != len(avals):
             raise ArtifactError(f"the manifest lists {len(specs)} {kind}s but step.jaxexport has "
                                 f"{len(avals)}: the manifest and the module disagree (recompile "
-                                "the artefact)")
+                                "the artifact)")
         for label, spec, aval in zip(labels, specs, avals):
             module = ArraySpec(tuple(int(d) for d in aval.shape), str(aval.dtype))
             if (spec.shape, spec.dtype) != (module.shape, module.dtype):
                 raise ArtifactError(f"the manifest says {kind} {shown(label, 200)} is "
                                     f"{describe(spec)}, but step.jaxexport's StableHLO has "
                                     f"{describe(module)}: the manifest and the module disagree "
-                                    "(recompile the artefact)")
+                                    "(recompile the artifact)")
 
 
 def size_bound(name: str, manifest: Manifest) -> int:
@@ -151,7 +151,7 @@ def _checked_sizes(directory: Path, manifest: Manifest) -> None:
 
 
 def other_entries(directory: Path) -> list[str]:
-    """The names in ``directory`` that are not files of the artefact format (luxc never reads
+    """The names in ``directory`` that are not files of the artifact format (luxc never reads
     them), escaped for printing."""
     try:
         return sorted(shown(p.name, 200) for p in directory.iterdir()
@@ -170,14 +170,14 @@ def check_files(directory: str | Path, manifest: Manifest, *, hashes: bool) -> N
         try:
             info = os.lstat(path)
         except OSError as e:
-            raise ArtifactError(f"artefact file {path}: {e.strerror}") from None
+            raise ArtifactError(f"artifact file {path}: {e.strerror}") from None
         if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-            raise ArtifactError(f"artefact file {path} is not a regular file")
+            raise ArtifactError(f"artifact file {path} is not a regular file")
         if info.st_size != entry.size:
-            raise ArtifactError(f"artefact file {path} has {info.st_size} bytes; the manifest "
-                                f"lists {entry.size}: the artefact was modified or corrupted")
+            raise ArtifactError(f"artifact file {path} has {info.st_size} bytes; the manifest "
+                                f"lists {entry.size}: the artifact was modified or corrupted")
         if hashes and _streamed_sha256(path) != entry.sha256:
-            raise ArtifactError(f"checksum mismatch for {path}: the artefact was modified or "
+            raise ArtifactError(f"checksum mismatch for {path}: the artifact was modified or "
                                 "corrupted; recompile it with `luxc compile`")
 
 
@@ -191,14 +191,14 @@ def _streamed_sha256(path: Path) -> str:
 
 
 def read_manifest(directory: str | Path) -> tuple[Manifest, bool, str | None]:
-    """The :class:`Manifest` of the artefact in ``directory``, parsed once (no other file is
+    """The :class:`Manifest` of the artifact in ``directory``, parsed once (no other file is
     read), whether this user's luxc signed it, and why not."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ArtifactError(f"artefact directory not found: {directory}")
-    raw = read_regular(directory / MANIFEST, "artefact manifest", MAX_MANIFEST_BYTES)
+        raise ArtifactError(f"artifact directory not found: {directory}")
+    raw = read_regular(directory / MANIFEST, "artifact manifest", MAX_MANIFEST_BYTES)
     try:
-        manifest = check_manifest(parse_json(raw, f"artefact manifest {directory / MANIFEST}"))
+        manifest = check_manifest(parse_json(raw, f"artifact manifest {directory / MANIFEST}"))
     except ArtifactError as e:
         raise ArtifactError(f"{directory}: {e}") from None
     signed, reason = _signature(directory, raw)
@@ -207,7 +207,7 @@ def read_manifest(directory: str | Path) -> tuple[Manifest, bool, str | None]:
 
 @dataclass(frozen=True)
 class Artifact:
-    """An artefact as read from disk: the manifest, the verified bytes of every listed file,
+    """An artifact as read from disk: the manifest, the verified bytes of every listed file,
     and whether this user's luxc signed it (why not, if not)."""
 
     directory: Path
@@ -218,15 +218,15 @@ class Artifact:
 
 
 def read_artifact(directory: str | Path) -> Artifact:
-    """Read and verify the artefact in ``directory`` (see the module docstring)."""
+    """Read and verify the artifact in ``directory`` (see the module docstring)."""
     directory = Path(directory)
     manifest, signed, reason = read_manifest(directory)
     _checked_sizes(directory, manifest)  # before any read: no file is read past its bound
     files = {}
     for name, entry in manifest.files.items():
-        data = read_regular(directory / name, "artefact file", entry.size)
+        data = read_regular(directory / name, "artifact file", entry.size)
         if len(data) != entry.size or sha256(data) != entry.sha256:
-            raise ArtifactError(f"checksum mismatch for {directory / name}: the artefact was "
+            raise ArtifactError(f"checksum mismatch for {directory / name}: the artifact was "
                                 "modified or corrupted; recompile it with `luxc compile`")
         files[name] = data
     return Artifact(directory, manifest, files, signed, reason)
@@ -234,7 +234,7 @@ def read_artifact(directory: str | Path) -> Artifact:
 
 def _signature(directory: Path, manifest_bytes: bytes) -> tuple[bool, str | None]:
     try:
-        tag = read_regular(directory / SIGNATURE, "artefact signature", 256)
+        tag = read_regular(directory / SIGNATURE, "artifact signature", 256)
     except ArtifactError:
         return False, "it carries no signature"
     if verify(tag, SIGNATURE_DOMAIN, manifest_bytes):

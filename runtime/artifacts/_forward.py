@@ -1,4 +1,4 @@
-"""The model's forward pass and its objective without an update, as an artefact stores them:
+"""The model's forward pass and its objective without an update, as an artifact stores them:
 what ``luxc predict``, ``luxc.load(DIR).predict(x)`` and ``luxc run --eval-data`` run, without the
 model's source.
 
@@ -6,13 +6,13 @@ model's source.
 mode, ``model(x, ps, testmode(st))`` (the model state it returns is dropped), with the batch axis
 of ``x`` symbolic (jax.export shape polymorphism), so one module serves any batch size. Its
 parameters and states are the first ``n_parameters`` and the last ``n_states`` leaves of the
-step's flat state (the artefact's own, or a checkpoint's). The manifest's ``forward`` entry
+step's flat state (the artifact's own, or a checkpoint's). The manifest's ``forward`` entry
 records those counts, ``x``'s trailing shape and dtype, and the number of outputs.
 ``evaluate.jaxexport`` likewise holds ``evaluate(*parameters, *states, *data) -> (loss,
 *stats)``, the objective in test mode, every data array's batch axis the same symbol; its entry,
 ``evaluate``, lists the data arrays' trailing shapes and dtypes (``inputs``).
 
-Trust: as for the step. The module of an artefact this user did not sign is checked in an
+Trust: as for the step. The module of an artifact this user did not sign is checked in an
 isolated child first (:func:`~luxc.runtime.trust._module_check.check_untrusted`) and then run where
 Ctrl-C stops it; no executable is stored for it: it is always compiled from its StableHLO, once
 per batch size, with no XLA option taken from the manifest.
@@ -162,14 +162,14 @@ def _check_signature(exported: jax_export.Exported, manifest: Manifest, spec: Pr
     else:
         for s, aval in zip(expected, avals):
             if (s.shape, s.dtype) != (tuple(int(d) for d in aval.shape), str(aval.dtype)):
-                problem = f"{file}'s parameters are not the artefact's state arrays"
+                problem = f"{file}'s parameters are not the artifact's state arrays"
         for s, x in zip(inputs, avals[len(expected):]):
             if tuple(x.shape[1:]) != s.shape or str(x.dtype) != s.dtype or \
                     isinstance(x.shape[0], int):
                 problem = f"{file}'s inputs are not the manifest's (with a symbolic batch axis)"
     if problem:
         raise ArtifactError(f"{problem}: the manifest and the module disagree (recompile the "
-                            "artefact)")
+                            "artifact)")
 
 
 def _load(kind: type[_Program], files: dict[str, bytes], manifest: Manifest,
@@ -196,7 +196,7 @@ def _load(kind: type[_Program], files: dict[str, bytes], manifest: Manifest,
 def load_evaluate(files: dict[str, bytes], manifest: Manifest, directory: Path,
                   signed: bool, allow_device_kernels: bool = False,
                   allow_unchecked_native_calls: bool = False) -> Evaluate | None:
-    """The artefact's evaluation program (``None`` when it has none), checked like the step."""
+    """The artifact's evaluation program (``None`` when it has none), checked like the step."""
     if EVALUATE_FILE not in files:
         return None
     return _load(Evaluate, files, manifest, directory, EVALUATE_FILE, signed,
@@ -206,8 +206,8 @@ def load_evaluate(files: dict[str, bytes], manifest: Manifest, directory: Path,
 def load_forward(files: dict[str, bytes], manifest: Manifest, directory: Path,
                  signed: bool, allow_device_kernels: bool = False,
                  allow_unchecked_native_calls: bool = False) -> Forward | None:
-    """The artefact's forward pass (``None`` when it has none), its module checked first when
-    this user did not sign the artefact."""
+    """The artifact's forward pass (``None`` when it has none), its module checked first when
+    this user did not sign the artifact."""
     if FORWARD_FILE not in files:
         return None
     return _load(Forward, files, manifest, directory, FORWARD_FILE, signed,

@@ -1,4 +1,4 @@
-"""A training step loaded from an artefact: runnable without the model's source, one step or
+"""A training step loaded from an artifact: runnable without the model's source, one step or
 K steps per compiled call."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LoadedStep(CompiledStages):
     """An exported training step loaded from disk, runnable without the model's source.
 
     ``state`` (parameters, optimiser state and model state, flat) and ``data`` come from the
-    artefact; ``step(state, data)`` returns ``(new_state, loss, stats)``; ``run(n)`` trains
+    artifact; ``step(state, data)`` returns ``(new_state, loss, stats)``; ``run(n)`` trains
     ``n`` steps. ``notes`` records how it was loaded (e.g. a fallback compile) and
     ``executable_source`` is ``"serialized executable"`` or ``"compiled from StableHLO"``.
     """
@@ -130,8 +130,8 @@ class LoadedStep(CompiledStages):
         return list(outs[:n]), outs[n], list(outs[n + 1:])
 
     def profile(self, steps: int = 20) -> list[OpRecord]:
-        """The step's HLO ops by time per step on the artefact's state and data, largest first
-        (:class:`~luxc.runtime.performance._op_profile.OpRecord`). The artefact's checked StableHLO is
+        """The step's HLO ops by time per step on the artifact's state and data, largest first
+        (:class:`~luxc.runtime.performance._op_profile.OpRecord`). The artifact's checked StableHLO is
         compiled again with per-op tracing (never its serialized executable), with the XLA
         options it was loaded with; a step this user did not sign runs where Ctrl-C stops it,
         as in :meth:`run`. ``state`` is not changed."""
@@ -150,7 +150,7 @@ class LoadedStep(CompiledStages):
         ``keep_losses=False``: a long run's memory stays bounded).
 
         ``batches(i)`` gives the host data of this call's ``i``-th step (a dataset); else every
-        step takes ``data`` (default: the artefact's). ``steps_per_call=K`` runs K steps in one
+        step takes ``data`` (default: the artifact's). ``steps_per_call=K`` runs K steps in one
         compiled call (a ``lax.scan`` of the stored step, compiled from its StableHLO once),
         Keras's ``steps_per_execution``: the host waits for the device once per K steps.
         ``on_step`` still sees every step's loss (``on_stats`` also its stats, in the order
@@ -160,7 +160,7 @@ class LoadedStep(CompiledStages):
 
         ``time_limit`` (seconds, the whole run) raises
         :class:`~luxc.runtime.TimeLimitExceeded` when reached, with the state of
-        the last finished call kept. The steps of an artefact this user did not sign, or of any
+        the last finished call kept. The steps of an artifact this user did not sign, or of any
         run with a time limit, run where Ctrl-C stops them (``KeyboardInterrupt``) even inside
         a call that never returns. The loop is :func:`luxc.runtime.artifacts._run_loop.train`'s, the one
         ``luxc run`` runs, on a plan without checkpoints or evaluations."""
@@ -270,7 +270,7 @@ class LoadedStep(CompiledStages):
 
 def artifact_tensors(artifact: Artifact, name: str, specs: Sequence[ArraySpec]
                      ) -> list[np.ndarray]:
-    """The arrays of the artefact's tensor file ``name``, checked to be ``specs`` (the
+    """The arrays of the artifact's tensor file ``name``, checked to be ``specs`` (the
     manifest's, in order)."""
     arrays, _ = tensors_from_bytes(artifact.files[name], f"{artifact.directory / name}")
     if len(arrays) != len(specs):
@@ -292,7 +292,7 @@ def _predict(forward: Forward | None, state: Sequence[Any], x: Any, directory: P
 
 
 class Predictor:
-    """An artefact's forward pass and a state to run it with (the artefact's initial one, or a
+    """An artifact's forward pass and a state to run it with (the artifact's initial one, or a
     checkpoint's after :meth:`load_state`); what ``luxc predict`` runs."""
 
     def __init__(self, directory: Path, manifest: Manifest, forward: Forward,

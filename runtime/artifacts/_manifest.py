@@ -1,9 +1,9 @@
-"""The artefact manifest as one typed, frozen record, parsed once: :func:`parse_manifest` checks
+"""The artifact manifest as one typed, frozen record, parsed once: :func:`parse_manifest` checks
 the JSON of ``manifest.json`` against the schema (one ``ArtifactError`` line naming the field)
 and builds a :class:`Manifest`; every reader then uses its attributes.
 
 The JSON on disk is unchanged: a :class:`Manifest` keeps the object it was parsed from and
-:meth:`Manifest.to_json` returns it as read, so an artefact written by any luxc of format
+:meth:`Manifest.to_json` returns it as read, so an artifact written by any luxc of format
 version 2 loads, and one written now has the same bytes. Fields a newer luxc may add are kept
 in that JSON and ignored here. Every number of ``layout`` and of the ``inputs``/``outputs``
 specs is checked before a record is built: a record never holds a negative count or a
@@ -203,9 +203,9 @@ def parse_manifest(raw: Any) -> Manifest:
 def _check_format(raw: Any) -> None:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else None
-        raise ArtifactError(f"not a luxc artefact (manifest format is {found!r})")
+        raise ArtifactError(f"not a luxc artifact (manifest format is {found!r})")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"artefact format version {raw.get('format_version')!r}; this "
+        raise ArtifactError(f"artifact format version {raw.get('format_version')!r}; this "
                             f"luxc reads version {FORMAT_VERSION}: recompile it with this luxc")
 
 
@@ -275,7 +275,7 @@ def _check_layout(raw: dict[str, Any]) -> None:
         raise ArtifactError("manifest layout counts do not match its inputs")
     if n_data == 0 or not layout["data_names"]:
         raise ArtifactError("manifest field layout.data_names is empty: the step takes no data, "
-                            "but every luxc training step takes some; this artefact was not "
+                            "but every luxc training step takes some; this artifact was not "
                             "written by luxc compile (recompile it)")
     if len(layout["state_names"]) != n_state or len(layout["data_names"]) != n_data:
         raise ArtifactError(f"manifest layout names {len(layout['state_names'])} state and "
@@ -303,16 +303,16 @@ def _check_stat_names(names: Any, n_stats: int) -> None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ArtifactError(f"manifest field layout.stat_names must be a list of strings, one "
                             f"name per stat; found {shown(repr(names), 200)} (recompile the "
-                            "artefact)")
+                            "artifact)")
     if len(names) != n_stats:
         raise ArtifactError(f"manifest field layout.stat_names names {len(names)} stats but "
-                            f"layout.n_stats is {n_stats} (recompile the artefact)")
+                            f"layout.n_stats is {n_stats} (recompile the artifact)")
     clash = sorted({n for n in names if n in LOG_KEYS or names.count(n) > 1})
     if clash:
         raise ArtifactError(f"manifest field layout.stat_names holds {shown(', '.join(clash), 200)}"
                             f": a stat's name must be unique and not one of the log's own keys "
                             f"({', '.join(LOG_KEYS)}), or its value would replace theirs "
-                            "(recompile the artefact)")
+                            "(recompile the artifact)")
 
 
 def _check_outputs(layout: dict[str, Any], inputs: list[dict[str, Any]],

@@ -1,4 +1,4 @@
-"""Sharded artefacts (``luxc compile --mesh data=8``): the mesh a step runs on, as the manifest
+"""Sharded artifacts (``luxc compile --mesh data=8``): the mesh a step runs on, as the manifest
 records it, and the mesh, shardings and placement ``luxc run`` uses to run it.
 
 The shardings themselves are the exported module's own (``Exported.in_shardings_hlo``); the
@@ -51,14 +51,14 @@ def needed_devices(axes: Mapping[str, int] | None) -> int:
     if jax.device_count() < needed:
         described = ",".join(f"{k}={v}" for k, v in axes.items())
         raise ArtifactError(
-            f"this artefact's step is sharded over {needed} devices (mesh {described}); this "
+            f"this artifact's step is sharded over {needed} devices (mesh {described}); this "
             f"machine has {jax.device_count()}: on CPU run it with XLA_FLAGS="
             f"--xla_force_host_platform_device_count={needed}, or compile it again without a mesh")
     return needed
 
 
 def _load_mesh(axes: Mapping[str, int] | None, exported: jax_export.Exported) -> Mesh | None:
-    """The mesh to run a sharded artefact on (this machine's first devices), or ``None``."""
+    """The mesh to run a sharded artifact on (this machine's first devices), or ``None``."""
     needed = needed_devices(axes)
     if exported.nr_devices != needed:
         raise ArtifactError(f"the step runs on {exported.nr_devices} devices but the manifest's "

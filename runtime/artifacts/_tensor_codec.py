@@ -1,4 +1,4 @@
-"""Arrays to and from safetensors bytes, the tensor format of artefacts and checkpoints.
+"""Arrays to and from safetensors bytes, the tensor format of artifacts and checkpoints.
 
 Decoding checks the header rather than trusting it (a file written by someone else is data).
 """

@@ -73,7 +73,7 @@ class AutotuneReport:
     tried: tuple[Candidate, ...]
 
     def chosen_options(self, base: CompileOptions) -> CompileOptions:
-        """The concrete options of the kept candidate (autotuning off): what an artefact
+        """The concrete options of the kept candidate (autotuning off): what an artifact
         records and compiles with."""
         return next(c for c in self.tried if c.name == self.chosen).options(base)
 

@@ -5,7 +5,7 @@
 The rewritten module goes back into a ``jax.export.Exported``, and ``jax.jit(exported.call)``
 is lowered and compiled: the resulting ``jax.stages.Compiled`` is called directly, so a cache
 hit costs what a hand-written ``jax.jit`` call costs (the arguments' signature is checked in
-C++). The exported module is also the portable, versioned artefact ``luxc compile`` writes.
+C++). The exported module is also the portable, versioned artifact ``luxc compile`` writes.
 """
 
 from __future__ import annotations

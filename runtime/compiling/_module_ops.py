@@ -21,7 +21,7 @@ def walk_operation(op: ir.Operation, visit: Callable[[ir.Operation], None]) -> N
 
 
 def walk(serialized: bytes, visit: Callable[[ir.Operation], None]) -> None:
-    """Call ``visit`` on every operation of the portable artefact ``serialized``, nested ones
+    """Call ``visit`` on every operation of the portable artifact ``serialized``, nested ones
     included (the operations live only during the call)."""
     with ir_context() as ctx:
         walk_operation(deserialize_module(serialized, ctx).operation, visit)

@@ -111,7 +111,7 @@ class CompileOptions:
     def scales_loss(self) -> bool:
         """Whether the step scales its loss dynamically: float16 mixed precision
         (``mixed_precision="f16"``), whose small gradients would underflow unscaled. The one
-        test of it: the training kinds, the step and the artefact's state layout ask here.
+        test of it: the training kinds, the step and the artifact's state layout ask here.
 
         >>> CompileOptions(mixed_precision="f16").scales_loss, CompileOptions("none").scales_loss
         (True, False)
@@ -175,14 +175,14 @@ def platform_xla_options(platform: str, module: ModuleSummary, *,
                          serializable: bool = False) -> dict[str, XlaValue]:
     """The XLA options luxc sets by default on ``platform`` for a module (its
     :class:`~luxc.runtime.compiling._module_ops.ModuleSummary`); ``serializable``: the executable will be
-    written out (an artefact, the persistent cache)."""
+    written out (an artifact, the persistent cache)."""
     if platform != "cpu":
         return {}
     options: dict[str, XlaValue] = {}
     heap = max(_CPU_HEAP_BYTES, module.largest_tensor_bytes)
     # XLA reads the limit as an int32 (beyond it: XLA's one heap), and XLA:CPU cannot serialize
     # an executable whose temporaries span several buffers ("Multiple temp buffer allocations
-    # found"): an artefact or a persistent-cache entry keeps the one heap.
+    # found"): an artifact or a persistent-cache entry keeps the one heap.
     if heap <= _INT32_MAX and not serializable:
         options[_HEAP_OPTION] = heap
     if "stablehlo.convolution" in module.op_names:

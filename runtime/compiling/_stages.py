@@ -1,5 +1,5 @@
 """What a compiled program says about itself, written once for every compiled object luxc hands
-out (``Executable``, ``CompiledStep``, a loaded artefact step): the ``jax.stages.Compiled``-like
+out (``Executable``, ``CompiledStep``, a loaded artifact step): the ``jax.stages.Compiled``-like
 surface ``as_text(stage)``, ``cost_analysis()`` and ``memory_analysis()``.
 
 A class gets the surface by deriving from :class:`CompiledStages` and defining ``_stage_text(stage)``

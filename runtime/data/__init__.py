@@ -1,4 +1,4 @@
-"""Training data for an artefact's step: ``.npy`` files read by rows (headers checked, never
+"""Training data for an artifact's step: ``.npy`` files read by rows (headers checked, never
 memory-mapped or unpickled) and drawn as shuffled batches."""
 
 from luxc.runtime.data._dataset import Dataset as Dataset

@@ -1,4 +1,4 @@
-"""A dataset for an artefact's step: arrays of N samples on their leading axis, checked against
+"""A dataset for an artifact's step: arrays of N samples on their leading axis, checked against
 the step's data inputs from the ``.npy`` headers alone, then drawn as shuffled batches.
 
 Read from a directory of ``.npy`` files (one per data array, in name order) or from an ``.npz``.

@@ -2,7 +2,7 @@
 writer left behind.
 
 A temporary is ``.{target}.luxc-{pid}-{12 hex}.{kind}`` beside its target: ``tmp`` for a file
-being written (:mod:`luxc.runtime.files._atomic_write`), ``partial`` for an artefact directory being
+being written (:mod:`luxc.runtime.files._atomic_write`), ``partial`` for an artifact directory being
 written, ``old`` for a replaced directory on its way out (:mod:`luxc.runtime.files._directory_swap`).
 The writer's process id in the name lets the next write to the same target remove the
 leftovers of a writer that died — and only those: a live writer's temporary, another user's,

@@ -1,7 +1,7 @@
 """A leaf's name in the user's terms: ``parameters['layer_1']['weight']``, ``data[0]``.
 
 Every message and file that names one array of a pytree (recompile reasons, donation warnings,
-consumed-state errors, checkpoint and artefact contents) spells it the way the user would index
+consumed-state errors, checkpoint and artifact contents) spells it the way the user would index
 it: the argument's name, then jax's key path (``['w']``, ``[0]``, ``.field``).
 """
 

@@ -83,7 +83,7 @@ def retain_host_memory(*, one_arena: bool = False) -> RetainedMemory:
 
     glibc still maps a block over 64 MiB afresh when a thread other than the main one asks
     for it, which is how XLA:CPU allocates a step's temporaries when they form one heap (an
-    executable read from an artefact or the persistent cache). ``one_arena=True`` also puts
+    executable read from an artifact or the persistent cache). ``one_arena=True`` also puts
     every thread created afterwards on the main heap (``M_ARENA_MAX = 1``), which keeps those
     too; call it before the first computation starts XLA's worker threads.
 

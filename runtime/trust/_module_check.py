@@ -4,14 +4,14 @@ Parsing and compiling a module runs none of its author's code, but two things st
 native code from it: a ``custom_call`` names a native function by string (a host callback, any
 registered kernel) and calls it with the author's operands; and MLIR's deserializer is not
 hardened against hostile bytes (fuzzed modules crashed it with heap corruption, or hung it). So
-an artefact this user did not sign is first parsed and lowered in a child process, with a time
+an artifact this user did not sign is first parsed and lowered in a child process, with a time
 limit, and its custom calls are checked against the targets jax itself guarantees stable (minus
 those that call back into a foreign runtime). A crash or a hang stays in the child and becomes
 one ``ArtifactError``; only a module that passed is then loaded here.
 
 The child is isolated from the files around it: ``python -I`` (no current directory, script
 directory, ``PYTHON*`` variable or user ``site`` on its path, so a ``json.py`` or
-``sitecustomize.py`` planted beside the artefact or in the working directory is never imported),
+``sitecustomize.py`` planted beside the artifact or in the working directory is never imported),
 started in a private empty working directory, with the parent's own import path minus those
 directories handed over explicitly so that luxc and jax import as they do in the parent.
 
@@ -77,7 +77,7 @@ def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS,
                     allow_device_kernels: bool = False) -> set[str]:
     """Parse, lower and check the custom calls of ``jaxexport`` in an isolated child process
     (see the module docstring); a sharded module is lowered on ``mesh`` (the manifest's, e.g.
-    ``{"data": 8}``). ``directory`` (the artefact's) is kept off the child's import path;
+    ``{"data": 8}``). ``directory`` (the artifact's) is kept off the child's import path;
     ``allow_device_kernels`` admits :data:`DEVICE_KERNEL_TARGETS`. Returns the module's
     custom-call targets (each on the allow-list): their shapes are checked where the module is
     compiled (:mod:`luxc.runtime.trust._native_calls`)."""
@@ -105,12 +105,12 @@ def check_untrusted(jaxexport: bytes, what: str, timeout: float = CHECK_SECONDS,
     if kernels and kernels == refused:
         raise ArtifactError(f"{what}: its StableHLO runs compiled device kernels "
                             f"({shown(', '.join(kernels), 400)}), native code luxc does not run from an "
-                            "artefact this user did not sign; if you trust its author, pass "
+                            "artifact this user did not sign; if you trust its author, pass "
                             "allow_device_kernels=True to luxc.load")
     if refused:
         raise ArtifactError(f"{what}: its StableHLO calls native functions "
                             f"{shown(', '.join(refused), 400)} "
-                            "by name (custom_call), which luxc does not accept from an artefact "
+                            "by name (custom_call), which luxc does not accept from an artifact "
                             "this user did not sign")
     return targets
 

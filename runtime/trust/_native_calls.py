@@ -7,7 +7,7 @@ write N·N floats into a one-float buffer and corrupt the process's memory. jax'
 custom calls "with a stable ABI" says the calling convention is stable, not that any shapes are
 safe.
 
-The rule, for every module of an artefact this user did not sign, on every path that compiles
+The rule, for every module of an artifact this user did not sign, on every path that compiles
 it: each custom call XLA is about to compile must be one that jax's own lowering emits. luxc
 rebuilds it: from the call's operand types it lowers, on this machine, the jax primitive that
 uses the kernel (``lax.linalg.lu`` for ``*getrf*``, ``lax.linalg.eigh`` for ``*syevd*``, ...)
@@ -81,8 +81,8 @@ _DTYPES = {"f32": np.float32, "f64": np.float64, "complex<f32>": np.complex64,
 @dataclass(frozen=True)
 class NativeCallCheck:
     """How to check the native calls of a module this user did not sign: ``what`` names it in
-    errors (the artefact and its file); ``allow_unchecked`` skips the check (the user trusts the
-    artefact's author: ``--allow-unchecked-native-calls``)."""
+    errors (the artifact and its file); ``allow_unchecked`` skips the check (the user trusts the
+    artifact's author: ``--allow-unchecked-native-calls``)."""
 
     what: str
     allow_unchecked: bool = False
@@ -183,13 +183,13 @@ def check_module(module: ir.Module, check: NativeCallCheck) -> None:
         static = False
     if not static:
         raise ArtifactError(f"{check.what}: the shapes its StableHLO passes to native kernels "
-                            "cannot be resolved; luxc refuses it from an artefact this user did "
+                            "cannot be resolved; luxc refuses it from an artifact this user did "
                             "not sign: recompile it from its source")
     distinct = list(dict.fromkeys(calls))
     if len(distinct) > MAX_DISTINCT_CALLS:
         raise ArtifactError(f"{check.what}: its StableHLO calls native kernels in {len(distinct)} "
                             f"different ways; luxc checks at most {MAX_DISTINCT_CALLS} in an "
-                            "artefact this user did not sign: recompile it from its source, or "
+                            "artifact this user did not sign: recompile it from its source, or "
                             "pass allow_unchecked_native_calls=True if you trust its author")
     for call in distinct:
         if check.allow_device_kernels and is_device_kernel(call.target):
@@ -199,13 +199,13 @@ def check_module(module: ir.Module, check: NativeCallCheck) -> None:
             raise ArtifactError(
                 f"{check.what}: its StableHLO calls the native kernel {shown(call.target, 200)}, "
                 "whose buffer shapes luxc cannot check on this machine (a wrong shape corrupts "
-                "memory), from an artefact this user did not sign; recompile it from its "
+                "memory), from an artifact this user did not sign; recompile it from its "
                 "source, or pass allow_unchecked_native_calls=True if you trust its author")
         if not any(call.matches(r) for r in references):
             raise ArtifactError(
                 f"{check.what}: its StableHLO calls the native kernel {shown(call.target, 200)} "
                 f"with {shown(call.describe(), 400)}, which jax's own lowering never emits (the "
-                "kernel would write outside its buffers); luxc refuses it from an artefact this "
+                "kernel would write outside its buffers); luxc refuses it from an artifact this "
                 "user did not sign: recompile it from its source, or pass "
                 "allow_unchecked_native_calls=True if you trust its author")
 

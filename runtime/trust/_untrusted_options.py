@@ -1,10 +1,10 @@
-"""The XLA options luxc takes from an artefact this user did not sign.
+"""The XLA options luxc takes from an artifact this user did not sign.
 
 XLA options are instructions to the compiler, not data: some write files (``xla_dump_to``), some
 abort the process (an unknown name), and XLA refuses a value that is not an int32 by failing the
-compile. From an artefact this user did not sign, luxc applies only options that change how fast
+compile. From an artifact this user did not sign, luxc applies only options that change how fast
 or how exactly the step runs, each with a value in its range; any other is dropped with a note,
-never a failed run. A signed artefact's options are the user's own and apply as written.
+never a failed run. A signed artifact's options are the user's own and apply as written.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SAFE_XLA_OPTIONS: dict[str, Callable[[Any], bool]] = {
 
 def untrusted_xla_options(options: dict[str, Any], signed: bool,
                           notes: list[str]) -> dict[str, Any]:
-    """The options of ``options`` (an artefact's) that luxc applies; one line in ``notes`` for
+    """The options of ``options`` (an artifact's) that luxc applies; one line in ``notes`` for
     each kind of option dropped.
 
     >>> notes = []
@@ -54,9 +54,9 @@ def untrusted_xla_options(options: dict[str, Any], signed: bool,
     out_of_range = sorted(f"{shown(k)}={shown(repr(v))}" for k, v in options.items()
                           if k in SAFE_XLA_OPTIONS and k not in safe)
     if unknown:
-        notes.append(f"ignored the XLA options {', '.join(unknown)} of an artefact this user did "
+        notes.append(f"ignored the XLA options {', '.join(unknown)} of an artifact this user did "
                      "not sign (only performance options are taken from one)")
     if out_of_range:
-        notes.append(f"ignored the XLA options {', '.join(out_of_range)} of an artefact this user "
+        notes.append(f"ignored the XLA options {', '.join(out_of_range)} of an artifact this user "
                      "did not sign: a value of the wrong type or out of the option's range")
     return safe

@@ -2,7 +2,7 @@
 
 luxc loads two kinds of bytes from disk. *Data* — portable StableHLO, tensors, JSON — is parsed
 and compiled by jax and XLA; parsing it runs none of its author's code, so it may come from
-anyone (it is still checked for integrity). A *serialized executable* — an artefact's
+anyone (it is still checked for integrity). A *serialized executable* — an artifact's
 ``executable.bin``, an entry of the persistent compilation cache — is native code: loading it
 runs whatever it contains. luxc loads one only when it carries an HMAC-SHA256 made with this
 user's key, i.e. when this user's luxc wrote it.
@@ -109,7 +109,7 @@ def key_problem() -> str | None:
 
 def sign(domain: str, *parts: bytes, create_key: bool = True) -> str:
     """HMAC-SHA256 (hex) of ``parts`` under this user's key, separated by ``domain`` so that a
-    tag made for one purpose (an artefact manifest) never verifies for another (a cache entry)."""
+    tag made for one purpose (an artifact manifest) never verifies for another (a cache entry)."""
     mac = hmac.new(user_key(create=create_key), domain.encode() + b"\0", hashlib.sha256)
     for part in parts:
         mac.update(len(part).to_bytes(8, "little"))  # unambiguous framing of the parts

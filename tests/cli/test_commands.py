@@ -55,7 +55,7 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def artefact(workdir):
+def artifact(workdir):
     r = luxc("compile", "model_src.py:factory", "--out", "step.luxc", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "wrote step.luxc" in r.stdout
@@ -77,8 +77,8 @@ def _expected_losses(n):
     return out
 
 
-def test_compile_writes_a_complete_artefact(artefact):
-    manifest = json.loads((artefact / "manifest.json").read_text())
+def test_compile_writes_a_complete_artifact(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
     assert set(manifest["files"]) == {"step.jaxexport", "step.mlir", "executable.bin",
                                       "state.safetensors", "data.safetensors",
                                       "forward.jaxexport", "evaluate.jaxexport"}
@@ -89,32 +89,32 @@ def test_compile_writes_a_complete_artefact(artefact):
     inputs = [i["name"] for i in manifest["inputs"]]
     assert names[0] == inputs[0] == "parameters['layer_1']['bias']"  # named by their path
     assert "optimizer_state[0].mu['layer_1']['bias']" in inputs and inputs[-2:] == ["data[0]", "data[1]"]
-    assert "func.func public @main" in (artefact / "step.mlir").read_text()
+    assert "func.func public @main" in (artifact / "step.mlir").read_text()
 
 
-def test_inspect_shows_the_manifest_and_figures(artefact, workdir):
-    r = luxc("inspect", artefact, cwd=workdir)
+def test_inspect_shows_the_manifest_and_figures(artifact, workdir):
+    r = luxc("inspect", artifact, cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "data[0]: float32[8, 3]" in r.stdout and "flops" in r.stdout and "peak" in r.stdout
     assert "objective   MSELoss(agg='mean')" in r.stdout  # what the factory trains with
     assert "optimizer   optax chain (states: ScaleByAdamState)" in r.stdout  # optax.adam's state
-    r = luxc("inspect", artefact, "--json", cwd=workdir)
+    r = luxc("inspect", artifact, "--json", cwd=workdir)
     manifest = json.loads(r.stdout)
     assert manifest["format"] == "luxc-artifact"
     assert manifest["inputs"][0] == {"name": "parameters['layer_1']['bias']", "shape": [16],
                                      "dtype": "float32"}
 
 
-def test_run_with_several_steps_per_call_gives_the_same_losses(artefact, tmp_path):
-    r = luxc("run", artefact, "--steps", "7", "--steps-per-call", "3", cwd=tmp_path)
+def test_run_with_several_steps_per_call_gives_the_same_losses(artifact, tmp_path):
+    r = luxc("run", artifact, "--steps", "7", "--steps-per-call", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split("loss")[1]) for line in r.stdout.splitlines() if line.startswith("step ")]
     np.testing.assert_allclose(losses, _expected_losses(7), rtol=1e-4)
 
 
-def test_run_needs_no_model_source_and_matches_in_process_training(artefact, tmp_path):
+def test_run_needs_no_model_source_and_matches_in_process_training(artifact, tmp_path):
     copy = tmp_path / "shipped.luxc"
-    subprocess.run(["cp", "-r", str(artefact), str(copy)], check=True)
+    subprocess.run(["cp", "-r", str(artifact), str(copy)], check=True)
     r = luxc("run", copy, "--steps", "4", "--save-state", "final.safetensors", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
@@ -122,8 +122,8 @@ def test_run_needs_no_model_source_and_matches_in_process_training(artefact, tmp
     assert (tmp_path / "final.safetensors").is_file()
 
 
-def test_run_prints_every_n_steps_and_a_summary(artefact, tmp_path):
-    r = luxc("run", artefact, "--steps", "30", "--every", "10", "--plot", "loss.png", cwd=tmp_path)
+def test_run_prints_every_n_steps_and_a_summary(artifact, tmp_path):
+    r = luxc("run", artifact, "--steps", "30", "--every", "10", "--plot", "loss.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["10", "20", "30"]
@@ -132,30 +132,30 @@ def test_run_prints_every_n_steps_and_a_summary(artefact, tmp_path):
     first, last = (float(v) for v in summary.split("loss ")[1].split(" -> "))
     np.testing.assert_allclose([first, last], [expected[0], expected[-1]], rtol=1e-4)
     assert "steps/s" in summary
-    assert "executable: serialized executable" in r.stdout  # this user's own artefact
+    assert "executable: serialized executable" in r.stdout  # this user's own artifact
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_run_quiet_prints_only_the_summary(artefact, tmp_path):
-    r = luxc("run", artefact, "--steps", "3", "--quiet", cwd=tmp_path)
+def test_run_quiet_prints_only_the_summary(artifact, tmp_path):
+    r = luxc("run", artifact, "--steps", "3", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert not any(line.startswith("step ") for line in r.stdout.splitlines())
     assert "ran 3 steps (1-3)" in r.stdout
 
 
-def test_run_takes_data_from_an_npz(artefact, tmp_path):
+def test_run_takes_data_from_an_npz(artifact, tmp_path):
     x = np.zeros((8, 3), np.float32)
     np.savez(tmp_path / "zeros.npz", x, np.zeros((8, 1), np.float32))
-    r = luxc("run", artefact, "--steps", "1", "--data", tmp_path / "zeros.npz", cwd=tmp_path)
+    r = luxc("run", artifact, "--steps", "1", "--data", tmp_path / "zeros.npz", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     np.savez(tmp_path / "wrong.npz", np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32))
-    r = luxc("run", artefact, "--steps", "1", "--data", tmp_path / "wrong.npz", cwd=tmp_path)
+    r = luxc("run", artifact, "--steps", "1", "--data", tmp_path / "wrong.npz", cwd=tmp_path)
     assert_one_line_error(r, "wrong.npz holds 4 samples; the step's batch is 8")
 
 
-def test_a_corrupted_artefact_is_refused(artefact, tmp_path):
+def test_a_corrupted_artifact_is_refused(artifact, tmp_path):
     bad = tmp_path / "bad.luxc"
-    subprocess.run(["cp", "-r", str(artefact), str(bad)], check=True)
+    subprocess.run(["cp", "-r", str(artifact), str(bad)], check=True)
     blob = bytearray((bad / "executable.bin").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     (bad / "executable.bin").write_bytes(bytes(blob))
@@ -164,9 +164,9 @@ def test_a_corrupted_artefact_is_refused(artefact, tmp_path):
     assert_one_line_error(luxc("inspect", bad, cwd=tmp_path), "is corrupt")
 
 
-def test_another_jaxlib_falls_back_to_the_portable_module(artefact, tmp_path):
+def test_another_jaxlib_falls_back_to_the_portable_module(artifact, tmp_path):
     other = tmp_path / "other.luxc"
-    subprocess.run(["cp", "-r", str(artefact), str(other)], check=True)
+    subprocess.run(["cp", "-r", str(artifact), str(other)], check=True)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["versions"]["jaxlib"] = "0.0.1"
     (other / "manifest.json").write_text(json.dumps(manifest))
@@ -177,9 +177,9 @@ def test_another_jaxlib_falls_back_to_the_portable_module(artefact, tmp_path):
     assert "executable: compiled from StableHLO" in r.stdout  # the summary says so too
 
 
-def test_unknown_format_version_is_refused(artefact, tmp_path):
+def test_unknown_format_version_is_refused(artifact, tmp_path):
     old = tmp_path / "old.luxc"
-    subprocess.run(["cp", "-r", str(artefact), str(old)], check=True)
+    subprocess.run(["cp", "-r", str(artifact), str(old)], check=True)
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 99
     (old / "manifest.json").write_text(json.dumps(manifest))
@@ -210,15 +210,15 @@ def test_compile_errors_are_one_line(workdir, compile_errors, spec, message):
     assert not list(workdir.glob(".never.luxc.*"))
 
 
-def test_compile_never_overwrites_without_force(artefact, workdir):
-    before = (artefact / "manifest.json").read_bytes()
-    r = luxc("compile", "model_src.py:factory", "--out", artefact.name, cwd=workdir)
+def test_compile_never_overwrites_without_force(artifact, workdir):
+    before = (artifact / "manifest.json").read_bytes()
+    r = luxc("compile", "model_src.py:factory", "--out", artifact.name, cwd=workdir)
     assert_one_line_error(r, "already exists", "--force")
-    assert (artefact / "manifest.json").read_bytes() == before
+    assert (artifact / "manifest.json").read_bytes() == before
 
 
-def test_missing_artefact_is_one_line(workdir):
-    assert_one_line_error(luxc("run", "nowhere.luxc", cwd=workdir), "artefact directory not found")
+def test_missing_artifact_is_one_line(workdir):
+    assert_one_line_error(luxc("run", "nowhere.luxc", cwd=workdir), "artifact directory not found")
 
 
 def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
@@ -303,6 +303,6 @@ def test_a_second_process_loads_the_step_from_the_persistent_cache(tmp_path):
 
 def test_errors_read_the_same_way_whatever_their_source(tmp_path):
     missing = luxc("run", tmp_path / "nowhere", cwd=tmp_path).stderr.strip().splitlines()[-1]
-    assert missing == f"Error: artefact directory not found: {tmp_path / 'nowhere'}"
+    assert missing == f"Error: artifact directory not found: {tmp_path / 'nowhere'}"
     bad_spec = luxc("compile", "no-colon", "--out", "x", cwd=tmp_path).stderr.strip().splitlines()[-1]
     assert bad_spec.startswith("Error: bad SPEC 'no-colon'")

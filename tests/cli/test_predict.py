@@ -1,4 +1,4 @@
-"""The trained model for inference: the artefact's forward pass (`luxc predict`,
+"""The trained model for inference: the artifact's forward pass (`luxc predict`,
 `luxc.load(DIR).predict(x)`) on batch sizes it never saw, against the model's own forward pass
 in Python, `model(x, ps, testmode(st))` (eager AutoJAX)."""
 
@@ -59,7 +59,7 @@ def test_load_predict_equals_the_models_forward_pass_on_an_unseen_batch_size(tmp
 
 
 @pytest.mark.slow
-def test_luxc_predict_equals_the_models_forward_pass_with_the_artefacts_parameters(work):
+def test_luxc_predict_equals_the_models_forward_pass_with_the_artifacts_parameters(work):
     r = luxc_cli("predict", "step.luxc", "--input", "x.npy", "--out", "y.npy", cwd=work)
     assert r.returncode == 0, r.stderr
     y = np.load(work / "y.npy")
@@ -119,7 +119,7 @@ def test_out_is_checked_before_work_and_never_overwrites_another_file(work, tmp_
     (tmp_path / "notes.npy").write_text("my notes")
     for out, message in [(tmp_path / "notes.npy", "exists and is not a .npy array"),
                          (tmp_path / "y.txt", "give a .npy name"),
-                         (work / "step.luxc" / "y.npy", "is inside the artefact")]:
+                         (work / "step.luxc" / "y.npy", "is inside the artifact")]:
         r = luxc_cli("predict", work / "step.luxc", "--input", work / "x.npy", "--out", out,
                      cwd=tmp_path)
         assert r.returncode != 0 and message in r.stderr, r.stderr
@@ -127,7 +127,7 @@ def test_out_is_checked_before_work_and_never_overwrites_another_file(work, tmp_
     assert not (work / "step.luxc" / "y.npy").exists()
 
 
-def test_an_unsigned_artefacts_forward_pass_is_checked_in_the_child_first(tmp_path, monkeypatch):
+def test_an_unsigned_artifacts_forward_pass_is_checked_in_the_child_first(tmp_path, monkeypatch):
     import shutil
 
     from luxc.runtime.artifacts import _artifact as artifact

@@ -17,7 +17,7 @@ from luxc.runtime.artifacts._mesh import needed_devices
 from luxc.runtime.data._dataset import Dataset
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.trust._module_check import check_untrusted
-from tests.trust._artefacts import exported_with_custom_call as _exported_with_custom_call
+from tests.trust._artifacts import exported_with_custom_call as _exported_with_custom_call
 
 ROOT = Path(__file__).resolve().parents[1]
 # A command-line flag (XLA's own flags, --xla_..., are what the user sets in XLA_FLAGS).
@@ -53,15 +53,15 @@ def _outs(tmp: Path) -> dict[str, tuple[Path, bool, str, str]]:
     (tmp / "notes.txt").write_text("mine")
     dots, parent = tmp / "..", tmp / "notes.txt"
     return {
-        "no name": (dots, False, f"out={str(dots)!r} names no new directory; give the artefact a "
+        "no name": (dots, False, f"out={str(dots)!r} names no new directory; give the artifact a "
                     "directory name, e.g. out='step.luxc'", f"--out {str(dots)!r} names no new "
-                    "directory; give the artefact a directory name, e.g. --out step.luxc"),
+                    "directory; give the artifact a directory name, e.g. --out step.luxc"),
         "exists": (tmp, False, f"{tmp} already exists; choose another out, or pass force=True "
-                   "to replace the artefact there", f"{tmp} already exists; choose another "
-                   "--out, or pass --force to replace the artefact there"),
-        "not an artefact": (tmp, True, f"{tmp} is not a luxc artefact (it also holds notes.txt); "
+                   "to replace the artifact there", f"{tmp} already exists; choose another "
+                   "--out, or pass --force to replace the artifact there"),
+        "not an artifact": (tmp, True, f"{tmp} is not a luxc artifact (it also holds notes.txt); "
                             "luxc replaces only directories it wrote, so choose another out",
-                            f"{tmp} is not a luxc artefact (it also holds notes.txt); luxc "
+                            f"{tmp} is not a luxc artifact (it also holds notes.txt); luxc "
                             "replaces only directories it wrote, so choose another --out"),
         "parent is a file": (parent / "step.luxc", False, f"out's parent directory {parent} "
                              "exists and is not a directory", f"--out parent {parent} exists "
@@ -69,7 +69,7 @@ def _outs(tmp: Path) -> dict[str, tuple[Path, bool, str, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["no name", "exists", "not an artefact", "parent is a file"])
+@pytest.mark.parametrize("case", ["no name", "exists", "not an artifact", "parent is a file"])
 def test_a_refused_out_names_out_and_force(tmp_path, case):
     out, force, python, cli = _outs(tmp_path)[case]
     message = _error(check_output, out, force)
@@ -77,7 +77,7 @@ def test_a_refused_out_names_out_and_force(tmp_path, case):
     assert cli_words(message) == cli
 
 
-def test_a_sharded_artefact_on_too_few_devices():
+def test_a_sharded_artifact_on_too_few_devices():
     message = _error(needed_devices, {"data": 4096})
     assert "(mesh data=4096)" in message and message.endswith("compile it again without a mesh")
     shown = cli_words(message)
@@ -120,7 +120,7 @@ def test_the_cli_prints_the_flag_a_runtime_error_names_as_an_argument(tmp_path):
     assert r.exit_code != 0
     assert r.output.strip().splitlines()[-1] == (f"Error: {d} already exists; choose another "
                                                  "--out, or pass --force to replace the "
-                                                 "artefact there")
+                                                 "artifact there")
 
 
 def test_a_native_kernel_called_with_shapes_jax_never_emits():

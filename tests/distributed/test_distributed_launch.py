@@ -337,7 +337,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
             os.kill(pid, 0)
 
 
-# --- artefacts of a sharded step --------------------------------------------------------------
+# --- artifacts of a sharded step --------------------------------------------------------------
 
 FACTORY = textwrap.dedent("""
     import jax, jax.numpy as jnp, optax, luxc
@@ -365,9 +365,9 @@ def _losses(r: subprocess.CompletedProcess) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def artefacts(tmp_path_factory):
+def artifacts(tmp_path_factory):
     """The factory's step compiled on one device, and with --mesh data=8 --strategy fsdp."""
-    tmp = tmp_path_factory.mktemp("artefacts")
+    tmp = tmp_path_factory.mktemp("artifacts")
     (tmp / "fac.py").write_text(FACTORY)
     one = _cli("compile", "fac.py:factory", "--out", "one", cwd=tmp, devices=1)
     sharded = _cli("compile", "fac.py:factory", "--out", "fsdp8", "--mesh", "data=8",
@@ -377,8 +377,8 @@ def artefacts(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_inspect_shows_the_mesh_and_each_inputs_sharding(artefacts):
-    r = _cli("inspect", "fsdp8", cwd=artefacts, devices=1)
+def test_inspect_shows_the_mesh_and_each_inputs_sharding(artifacts):
+    r = _cli("inspect", "fsdp8", cwd=artifacts, devices=1)
     assert r.returncode == 0, r.stderr
     assert "mesh        data=8" in r.stdout
     assert "parameters['layer_2']['weight']: float32[8, 32] P(None, 'data')" in r.stdout
@@ -387,26 +387,26 @@ def test_inspect_shows_the_mesh_and_each_inputs_sharding(artefacts):
 
 
 @pytest.mark.slow
-def test_a_sharded_artefact_trains_like_the_one_device_artefact(artefacts):
-    one = _losses(_cli("run", "one", "--steps", "3", cwd=artefacts, devices=1))
-    sharded = _losses(_cli("run", "fsdp8", "--steps", "3", cwd=artefacts, devices=8))
+def test_a_sharded_artifact_trains_like_the_one_device_artifact(artifacts):
+    one = _losses(_cli("run", "one", "--steps", "3", cwd=artifacts, devices=1))
+    sharded = _losses(_cli("run", "fsdp8", "--steps", "3", cwd=artifacts, devices=8))
     assert len(one) == len(sharded) == 3
     np.testing.assert_allclose(sharded, one, rtol=1e-5)
     # Without this user's signature: the module is checked in a child process on the same
     # mesh, then compiled from its StableHLO instead of loading the executable.
-    shutil.copytree(artefacts / "fsdp8", artefacts / "unsigned")
-    (artefacts / "unsigned" / "manifest.sig").unlink()
-    r = _cli("run", "unsigned", "--steps", "3", cwd=artefacts, devices=8)
+    shutil.copytree(artifacts / "fsdp8", artifacts / "unsigned")
+    (artifacts / "unsigned" / "manifest.sig").unlink()
+    r = _cli("run", "unsigned", "--steps", "3", cwd=artifacts, devices=8)
     assert "compiled its StableHLO instead" in r.stderr
     np.testing.assert_allclose(_losses(r), one, rtol=1e-5)
 
 
 @pytest.mark.slow
-def test_running_a_sharded_artefact_on_too_few_devices_says_what_it_needs(artefacts):
-    r = _cli("run", "fsdp8", "--steps", "1", cwd=artefacts, devices=2)
+def test_running_a_sharded_artifact_on_too_few_devices_says_what_it_needs(artifacts):
+    r = _cli("run", "fsdp8", "--steps", "1", cwd=artifacts, devices=2)
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1] == (
-        "Error: this artefact's step is sharded over 8 devices (--mesh data=8); "
+        "Error: this artifact's step is sharded over 8 devices (--mesh data=8); "
         "this machine has 2: on CPU run it with XLA_FLAGS=--xla_force_host_platform_device_count=8, "
         "or compile it again without --mesh")
 
@@ -416,8 +416,8 @@ def test_running_a_sharded_artefact_on_too_few_devices_says_what_it_needs(artefa
     ("data=16", "--mesh data=16 needs 16 devices; this machine has 8"),
     ("data", "--mesh takes AXIS=N (e.g. data=8); received 'data'"),
 ])
-def test_compile_refuses_a_mesh_it_cannot_build(artefacts, mesh, message):
-    r = _cli("compile", "fac.py:factory", "--out", "bad", "--mesh", mesh, cwd=artefacts, devices=8)
+def test_compile_refuses_a_mesh_it_cannot_build(artifacts, mesh, message):
+    r = _cli("compile", "fac.py:factory", "--out", "bad", "--mesh", mesh, cwd=artifacts, devices=8)
     assert r.returncode != 0 and message in r.stderr
 
 

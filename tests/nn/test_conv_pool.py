@@ -370,7 +370,7 @@ def test_printouts_are_luxs():
         nn.Chain(nn.ConvTranspose((2, 2), 4, 4, stride=2), nn.PixelShuffle(2)))
 
 
-# --- the family end to end: AutoXLA = AutoJAX, bf16, Stack, checkpoint, artefact ------------------
+# --- the family end to end: AutoXLA = AutoJAX, bf16, Stack, checkpoint, artifact ------------------
 
 FACTORY = textwrap.dedent("""
     import jax, jax.numpy as jnp, optax, luxc
@@ -440,7 +440,7 @@ def test_the_family_round_trips_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_family_trains_from_an_artefact_without_its_source(tmp_path, eager_run):
+def test_the_family_trains_from_an_artifact_without_its_source(tmp_path, eager_run):
     compile_factory(tmp_path, FACTORY)
     (tmp_path / "model_src.py").unlink()
     r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)

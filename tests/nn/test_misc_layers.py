@@ -217,7 +217,7 @@ def _steps(backend, ts, n, **kw):
     return losses, ts
 
 
-def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artefact(tmp_path):
+def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artifact(tmp_path):
     ps, st = luxc.setup(0, _misc_model())
     fresh = luxc.TrainState(_misc_model(), ps, st, optax.adam(1e-2))
     eager, ts_e = _steps(luxc.AutoJAX(), fresh, 3)
@@ -233,7 +233,7 @@ def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artefact(tmp_path
     resumed = luxc.load_state(tmp_path / "c.safetensors", like=ts_e)
     a, b = _steps(luxc.AutoXLA(), ts_c, 1), _steps(luxc.AutoXLA(), resumed, 1)
     assert a[0] == b[0]
-    # An artefact exported once the dropout mask exists (its state no longer changes shape)
+    # An artifact exported once the dropout mask exists (its state no longer changes shape)
     # trains like eager AutoJAX, in a process-independent loaded step.
     luxc.export_step(luxc.MSELoss(), _misc_data(), ts_e, tmp_path / "m.luxc")
     losses = luxc.load(tmp_path / "m.luxc").run(2)

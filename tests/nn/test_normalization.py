@@ -254,7 +254,7 @@ def test_norm_layers_compiled_step_equals_eager_and_bf16_runs():
     assert ts2.states["layer_3"]["running_mean"].dtype == jnp.float32
 
 
-def test_norm_layers_checkpoint_and_artefact_round_trip(tmp_path):
+def test_norm_layers_checkpoint_and_artifact_round_trip(tmp_path):
     ps, st = luxc.setup(0, _norm_model())
     ts = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
     step = lambda t: single_train_step(luxc.AutoXLA(), luxc.MSELoss(), _norm_data(), t)

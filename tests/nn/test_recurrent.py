@@ -412,7 +412,7 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def test_an_artefact_of_a_recurrent_model_runs_without_its_source(tmp_path):
+def test_an_artifact_of_a_recurrent_model_runs_without_its_source(tmp_path):
     compile_factory(tmp_path, FACTORY)
     r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -289,7 +289,7 @@ def test_remat_lowers_the_compiled_step_s_temporaries():
 
 
 @pytest.mark.slow
-def test_an_exported_artefact_of_a_stack_trains_like_eager_autojax(tmp_path):
+def test_an_exported_artifact_of_a_stack_trains_like_eager_autojax(tmp_path):
     model = nn.Stack(_block(), 3)
     ps, st = luxc.setup(0, model)
     data = (X, jnp.zeros_like(X))

@@ -173,7 +173,7 @@ def test_compile_autotune_records_the_choice_in_the_manifest_and_inspect(tmp_pat
     assert [c["name"] for c in record["candidates"]] == ["default", "passes=none",
                                                          "no YNN fusions", "no fusion emitters"]
     assert all(c["median_seconds"] > 0 for c in record["candidates"])
-    # The artefact was compiled with the kept candidate's options.
+    # The artifact was compiled with the kept candidate's options.
     assert manifest["compile_options"]["xla_options"] == chosen["xla_options"]
     assert manifest["compile_options"]["passes"] == (chosen["passes"] or "default")
     text = luxc_cli("inspect", "tuned.luxc", cwd=tmp_path).stdout

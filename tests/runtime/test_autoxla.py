@@ -454,7 +454,7 @@ def test_a_step_with_a_tensor_larger_than_the_heap_limit_compiles_without_xla_wa
 
 def test_a_step_with_large_temporaries_is_still_cached_and_exported_with_its_executable(tmp_path):
     # Over 30 MiB of temporaries: training splits them into heaps, which XLA:CPU cannot
-    # serialize; the persistent cache and an artefact get the one-heap executable instead.
+    # serialize; the persistent cache and an artifact get the one-heap executable instead.
     script = textwrap.dedent(f"""
         import jax, optax, luxc
         from luxc import nn

@@ -48,8 +48,8 @@ def test_a_step_without_linear_algebra_does_not_load_lapack():
     assert abs(out["loss"] - out["eager"]) <= 1e-6 * abs(out["eager"])
 
 
-def test_an_artefact_calling_lapack_runs_in_a_process_that_never_traced_it(tmp_path):
-    # `luxc run` lowers the artefact's module without tracing the model: nothing else in that
+def test_an_artifact_calling_lapack_runs_in_a_process_that_never_traced_it(tmp_path):
+    # `luxc run` lowers the artifact's module without tracing the model: nothing else in that
     # process loads LAPACK, so luxc's lowering must, for a module that calls it.
     import jax
     import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""What an artefact's manifest says about the step (what `luxc inspect` shows): the objective,
+"""What an artifact's manifest says about the step (what `luxc inspect` shows): the objective,
 the optimiser, and every input named by its path."""
 
 from pathlib import Path

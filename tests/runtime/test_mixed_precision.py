@@ -217,7 +217,7 @@ def factory():
 
 
 @pytest.mark.slow
-def test_luxc_compile_mixed_precision_f16_keeps_the_scale_in_the_artefact_and_run_shows_it(tmp_path):
+def test_luxc_compile_mixed_precision_f16_keeps_the_scale_in_the_artifact_and_run_shows_it(tmp_path):
     import json
     import subprocess
     import sys

@@ -1,7 +1,7 @@
-"""Artefacts for accelerators, compiled on this CPU-only machine: ``luxc compile --platform cpu
+"""Artifacts for accelerators, compiled on this CPU-only machine: ``luxc compile --platform cpu
 --platform cuda --platform tpu`` lowers the step (and the forward pass and the objective) once
 for every platform, carries each platform's lowering in one module, and runs here as a
-CPU-only artefact does."""
+CPU-only artifact does."""
 
 import json
 import textwrap
@@ -59,7 +59,7 @@ def _losses(workdir, out):
 
 
 @pytest.mark.parametrize("factory", ["gpt", "conv"])
-def test_one_artefact_carries_the_step_for_cpu_cuda_and_tpu(workdir, factory):
+def test_one_artifact_carries_the_step_for_cpu_cuda_and_tpu(workdir, factory):
     manifest = _compile(workdir, factory, f"{factory}-all.luxc", *PLATFORMS)
     assert manifest["platforms"] == list(PLATFORMS) and manifest["executable_platform"] == "cpu"
     for program in ("step", "forward", "evaluate"):
@@ -71,7 +71,7 @@ def test_one_artefact_carries_the_step_for_cpu_cuda_and_tpu(workdir, factory):
 
 
 @pytest.mark.parametrize("factory", ["gpt", "conv"])
-def test_the_multi_platform_artefact_trains_here_as_the_cpu_one_does(workdir, factory):
+def test_the_multi_platform_artifact_trains_here_as_the_cpu_one_does(workdir, factory):
     _compile(workdir, factory, f"{factory}-cpu.luxc", "cpu")
     if not (workdir / f"{factory}-all.luxc").exists():
         _compile(workdir, factory, f"{factory}-all.luxc", *PLATFORMS)
@@ -80,7 +80,7 @@ def test_the_multi_platform_artefact_trains_here_as_the_cpu_one_does(workdir, fa
     np.testing.assert_allclose(multi, cpu, rtol=1e-5)
 
 
-def test_an_artefact_for_accelerators_only_lowers_here_and_refuses_to_run_here(workdir):
+def test_an_artifact_for_accelerators_only_lowers_here_and_refuses_to_run_here(workdir):
     manifest = _compile(workdir, "gpt", "gpt-accel.luxc", "cuda", "tpu")
     assert manifest["platforms"] == ["cuda", "tpu"] and manifest["executable_platform"] is None
     assert not (workdir / "gpt-accel.luxc" / "executable.bin").exists()
@@ -90,5 +90,5 @@ def test_an_artefact_for_accelerators_only_lowers_here_and_refuses_to_run_here(w
     r = luxc_cli("run", "gpt-accel.luxc", "--steps", "1", cwd=workdir)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].endswith(
-        f"this artefact targets cuda, tpu but this machine runs {jax.default_backend()}; "
+        f"this artifact targets cuda, tpu but this machine runs {jax.default_backend()}; "
         f"recompile it with --platform {jax.default_backend()}")

@@ -119,7 +119,7 @@ def test_cli_compare_times_both_option_sets_and_gives_their_ratio():
 
 
 @pytest.mark.slow
-def test_cli_ops_of_an_artefact_directory(tmp_path):
+def test_cli_ops_of_an_artifact_directory(tmp_path):
     # The op profile of what `luxc compile` wrote: its StableHLO keeps the user's locations.
     r = subprocess.run([sys.executable, "-m", "luxc.cli", "compile", f"{HERE}:cnn_factory",
                         "--out", str(tmp_path / "step.luxc")], capture_output=True, text=True,

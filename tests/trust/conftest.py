@@ -1,4 +1,4 @@
-"""The artefacts the trust tests attack: each test gets its own copy of a step exported once."""
+"""The artifacts the trust tests attack: each test gets its own copy of a step exported once."""
 
 import shutil
 
@@ -9,19 +9,19 @@ import pytest
 from jax import lax
 
 import luxc
-from tests.trust._artefacts import export_quietly, mlp_state, step_data, unsigned
+from tests.trust._artifacts import export_quietly, mlp_state, step_data, unsigned
 
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory):
-    """The MLP's signed artefact (``tests/trust/_artefacts.py``), exported once; never edited."""
+    """The MLP's signed artifact (``tests/trust/_artifacts.py``), exported once; never edited."""
     return export_quietly(luxc.MSELoss(), step_data(), mlp_state(),
                           tmp_path_factory.mktemp("template") / "step.luxc")
 
 
 @pytest.fixture
 def art(template, tmp_path):
-    """A copy of the signed artefact, this test's to attack."""
+    """A copy of the signed artifact, this test's to attack."""
     d = tmp_path / "art"
     shutil.copytree(template, d)
     return d
@@ -47,7 +47,7 @@ def endless_template(tmp_path_factory):
 
 @pytest.fixture
 def endless(endless_template, tmp_path):
-    """An unsigned artefact (a stranger's) whose step never ends: a copy of its own."""
+    """An unsigned artifact (a stranger's) whose step never ends: a copy of its own."""
     d = tmp_path / "spin"
     shutil.copytree(endless_template, d)
     return d

@@ -1,4 +1,4 @@
-"""Issue 28, "attack your own fixes": a hostile author of an artefact, checkpoint, dataset or
+"""Issue 28, "attack your own fixes": a hostile author of an artifact, checkpoint, dataset or
 log, and a careless user, against the round-3 fixes (docs/trust-datasets.md, docs/trust-data.md).
 Each test is one case and asserts what a user should get: a one-line refusal naming the file,
 the argument and the fix (status 1, no traceback), or the right result. Lux.jl has no command
@@ -40,7 +40,7 @@ def _objective(model, ps, st, data):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """An artefact whose objective has one stat (``label_sum``); train.npz holds 32 samples
+    """An artifact whose objective has one stat (``label_sum``); train.npz holds 32 samples
     for it and x.npy 32 inputs."""
     d = tmp_path_factory.mktemp("adversary")
     x = np.linspace(-1, 1, 96, dtype=np.float32).reshape(32, 3)
@@ -78,7 +78,7 @@ def _luxc(*args, cwd, timeout=240, limit_bytes=None):
 
 
 def _unsigned_copy(work, tmp_path, edit):
-    """A stranger's copy of the artefact: its manifest edited, the signature dropped."""
+    """A stranger's copy of the artifact: its manifest edited, the signature dropped."""
     art = tmp_path / "art"
     shutil.copytree(work / "step.luxc", art)
     (art / "manifest.sig").unlink(missing_ok=True)
@@ -294,7 +294,7 @@ def test_an_output_named_like_a_checkpoint_in_the_checkpoint_directory_is_refuse
 
 
 @pytest.mark.parametrize("where", ["inside", "through a link"])
-def test_profile_trace_inside_the_artefact_is_refused_and_the_artefact_unchanged(work, tmp_path,
+def test_profile_trace_inside_the_artifact_is_refused_and_the_artifact_unchanged(work, tmp_path,
                                                                                   where):
     art = work / "step.luxc"
     before = sorted(p.name for p in art.rglob("*"))
@@ -304,7 +304,7 @@ def test_profile_trace_inside_the_artefact_is_refused_and_the_artefact_unchanged
         (tmp_path / "link").symlink_to(art)
         trace = tmp_path / "link" / "trace"
     r = _run("profile", art, "--steps", "1", "--trace", trace)
-    _one_line_error(r, "--trace", "inside the artefact")
+    _one_line_error(r, "--trace", "inside the artifact")
     assert sorted(p.name for p in art.rglob("*")) == before
 
 
@@ -337,7 +337,7 @@ def test_a_stored_zip64_member_is_read_at_its_true_offset(tmp_path):
 # ---------------------------------------------------------------- forged checkpoints
 
 
-def test_a_forged_artefact_dir_in_a_checkpoint_is_shown_escaped(work, tmp_path):
+def test_a_forged_artifact_dir_in_a_checkpoint_is_shown_escaped(work, tmp_path):
     from tests.trust.test_user_data_kept import _forge
 
     ck = tmp_path / "ck"
@@ -401,7 +401,7 @@ def test_float64_values_that_overflow_float32_are_refused_but_inf_kept(tmp_path)
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
-    """An artefact whose model takes int32 tokens (an Embedding)."""
+    """An artifact whose model takes int32 tokens (an Embedding)."""
     d = tmp_path_factory.mktemp("tokens")
     model = nn.Chain(nn.Embedding(10, 2), nn.Dense(2, 1))
     state = luxc.TrainState(model, *luxc.setup(jax.random.key(0), model), optax.sgd(0.1))
@@ -455,7 +455,7 @@ def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp
 
 
 @pytest.mark.parametrize("when", ["load", "compile"])
-def test_ctrl_c_while_the_artefact_loads_or_compiles_stops_before_the_first_step(
+def test_ctrl_c_while_the_artifact_loads_or_compiles_stops_before_the_first_step(
         work, tmp_path, monkeypatch, when):
     """A Ctrl-C at ~1 s (jax starting) was swallowed by jax's gc callback ("Exception ignored
     ... KeyboardInterrupt") and the run trained to its end with status 0."""

@@ -1,5 +1,5 @@
 """Adversarial tests: a file someone else wrote is data, never code, and nothing a user owns is
-lost. Each test is one attack on an artefact, a checkpoint, the persistent cache or a command's
+lost. Each test is one attack on an artifact, a checkpoint, the persistent cache or a command's
 output path (README, "Trust")."""
 
 import json
@@ -26,7 +26,7 @@ from luxc.runtime.files import _bounded_read as bounded_read
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.trust import _user_key as trust
 from tests.support import luxc_cli
-from tests.trust._artefacts import (
+from tests.trust._artifacts import (
     eager_losses,
     exported_with_custom_call,
     mlp_state,
@@ -58,10 +58,10 @@ def _reference_losses(steps=3):
     return eager_losses(mlp_state(), steps)[0]
 
 
-# ---------------------------------------------------------------- artefacts: code execution
+# ---------------------------------------------------------------- artifacts: code execution
 
 
-def test_our_own_signed_artefact_loads_its_serialized_executable(art):
+def test_our_own_signed_artifact_loads_its_serialized_executable(art):
     loaded, notes = _load(art)
     assert loaded.executable_source == "serialized executable" and notes == []
     np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
@@ -90,7 +90,7 @@ def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art,
     np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
 
 
-def test_xla_options_of_an_unsigned_artefact_cannot_write_files_or_abort(art, tmp_path):
+def test_xla_options_of_an_unsigned_artifact_cannot_write_files_or_abort(art, tmp_path):
     dump = tmp_path / "dumped-here"
     m = read_manifest(art)
     m["compile_options"]["xla_options"] = {"xla_dump_to": str(dump), "xla_no_such_flag": True,
@@ -102,11 +102,11 @@ def test_xla_options_of_an_unsigned_artefact_cannot_write_files_or_abort(art, tm
     np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
 
 
-def test_an_artefact_signed_with_another_users_key_compiles_its_stablehlo(art, tmp_path, monkeypatch):
+def test_an_artifact_signed_with_another_users_key_compiles_its_stablehlo(art, tmp_path, monkeypatch):
     monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "someone-else" / "key"))
     loaded, notes = _load(art)
     assert loaded.executable_source == "compiled from StableHLO"
-    assert any("did not load the artefact's executable (native code)" in n for n in notes)
+    assert any("did not load the artifact's executable (native code)" in n for n in notes)
 
 
 def test_a_key_file_others_can_read_is_not_used(art, tmp_path, monkeypatch):
@@ -137,7 +137,7 @@ def test_the_key_is_created_private_on_first_use(tmp_path, monkeypatch):
     assert trust.verify(tag, "test", b"abc") and not trust.verify(tag, "other", b"abc")
 
 
-# ---------------------------------------------------------------- artefacts: what is read
+# ---------------------------------------------------------------- artifacts: what is read
 
 
 def test_each_file_is_read_once_and_the_checked_bytes_are_used(art, monkeypatch):
@@ -172,7 +172,7 @@ def test_manifest_names_outside_the_format_are_refused_without_being_read(art, m
     m = read_manifest(art)
     m["files"][name] = {"sha256": "0" * 64, "size": 1}
     write_manifest(art, m)
-    with pytest.raises(ArtifactError, match="not a file of the luxc artefact format"):
+    with pytest.raises(ArtifactError, match="not a file of the luxc artifact format"):
         luxc.load(art)
     assert all(os.path.dirname(p) == str(art) for p in reads)
     assert not any(name.split("/")[-1] in p for p in reads if "manifest" not in p)
@@ -240,7 +240,7 @@ def test_a_malformed_manifest_is_one_artifact_error(art, edit, message):
         luxc.load(art)
 
 
-@pytest.mark.filterwarnings("ignore:did not load the artefact's executable")
+@pytest.mark.filterwarnings("ignore:did not load the artifact's executable")
 def test_state_tensors_that_disagree_with_the_manifest_are_refused(art):
     state = tensor_codec.tensor_bytes([np.full((8, 3), 7.0, np.float32)])
     replace_file(art, "state.safetensors", state)
@@ -261,14 +261,14 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def test_compile_force_refuses_a_directory_that_is_not_an_artefact(tmp_path):
+def test_compile_force_refuses_a_directory_that_is_not_an_artifact(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "model.py").write_text(FACTORY)
     r = luxc_cli("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
     assert r.returncode == 1 and "names no new directory" in r.stderr.strip().splitlines()[-1]
     r = luxc_cli("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
-    assert r.returncode == 1 and "is not a luxc artefact" in r.stderr
+    assert r.returncode == 1 and "is not a luxc artifact" in r.stderr
     assert (project / "model.py").read_text() == FACTORY
 
 
@@ -283,7 +283,7 @@ def test_compile_force_refuses_a_fake_manifest_beside_the_users_files(tmp_path):
     assert (proj / "thesis.tex").read_text() == "thesis" and (proj / "src").is_dir()
 
 
-def test_compile_force_replaces_an_artefact_in_one_step(tmp_path, art):
+def test_compile_force_replaces_an_artifact_in_one_step(tmp_path, art):
     (tmp_path / "model.py").write_text(FACTORY)
     before = read_manifest(art)
     r = luxc_cli("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
@@ -532,10 +532,10 @@ def test_an_unsigned_module_that_breaks_the_parser_fails_in_a_child_process_not_
     from luxc.runtime.trust._module_check import check_untrusted
 
     with pytest.raises(ArtifactError, match="made the checking process fail"):
-        check_untrusted(b"\x00garbage that is no jax.export artefact", "art")
+        check_untrusted(b"\x00garbage that is no jax.export artifact", "art")
 
 
-def test_xla_options_of_a_signed_artefact_are_the_users_own_choice(art):
+def test_xla_options_of_a_signed_artifact_are_the_users_own_choice(art):
     loaded, notes = _load(art)  # signed: its options (none here) apply, nothing is dropped
     assert not any("ignored the XLA options" in n for n in notes)
 
@@ -556,7 +556,7 @@ def test_processes_creating_the_key_at_once_all_get_the_whole_same_key(tmp_path)
     assert len(keys) == 1 and len(keys.pop()) == 64
 
 
-def test_reading_an_artefact_never_creates_a_key(art, tmp_path, monkeypatch):
+def test_reading_an_artifact_never_creates_a_key(art, tmp_path, monkeypatch):
     monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "none-yet" / "key"))
     artifact = artifact_format.read_artifact(art)
     assert not artifact.signed_by_this_user and not (tmp_path / "none-yet").exists()

@@ -1,7 +1,7 @@
-"""The artefact manifest is parsed once into a typed, frozen ``Manifest``; the JSON on disk is
-unchanged (an artefact written before the typed record still loads, and one written now has
+"""The artifact manifest is parsed once into a typed, frozen ``Manifest``; the JSON on disk is
+unchanged (an artifact written before the typed record still loads, and one written now has
 the bytes the writer produced), and the pass report is one type, ``PassRecord``, on a compiled
-step and on a loaded artefact alike."""
+step and on a loaded artifact alike."""
 
 import copy
 import hashlib
@@ -20,8 +20,8 @@ from luxc.runtime.artifacts._format import check_manifest
 from luxc.runtime.artifacts._manifest import ArraySpec, Manifest, StoredOptions, parse_manifest
 from luxc.runtime.files._bounded_read import json_bytes
 from luxc.runtime.files._errors import ArtifactError
-from tests.trust._artefacts import mlp_state as _train_state
-from tests.trust._artefacts import step_data as _data
+from tests.trust._artifacts import mlp_state as _train_state
+from tests.trust._artifacts import step_data as _data
 
 # The fields a format-2 manifest may lack: the schema checks them only when present.
 OPTIONAL = ("flops", "bytes_accessed", "memory", "mesh", "autotune", "forward", "evaluate")
@@ -98,7 +98,7 @@ def test_a_manifest_without_the_optional_fields_of_later_luxc_still_loads_and_tr
     np.testing.assert_allclose(loaded.run(2), expected, rtol=1e-6)
 
 
-def test_a_loaded_artefacts_pass_report_is_the_compiled_steps_record_type(art):
+def test_a_loaded_artifacts_pass_report_is_the_compiled_steps_record_type(art):
     loaded = _load(art)
     ts = _train_state()
     cs = luxc.compile_step(luxc.MSELoss(), _data(), ts)
@@ -156,7 +156,7 @@ def test_an_inputs_partition_spec_is_read_as_text():
     assert ArraySpec.from_json({"shape": [3], "dtype": "int32"}).sharding is None
 
 
-def test_a_run_records_the_artefact_by_the_hash_of_its_file_table_as_written(art):
+def test_a_run_records_the_artifact_by_the_hash_of_its_file_table_as_written(art):
     # The digest a checkpoint's run record holds: the same from the typed entries as from the
     # JSON on disk, so `luxc run --resume` still finds the checkpoints of earlier runs.
     files = _raw(art)["files"]

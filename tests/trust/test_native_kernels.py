@@ -1,6 +1,6 @@
-"""Adversarial tests, round 3 part A (issue 28): a stranger's artefact never hands a native kernel
+"""Adversarial tests, round 3 part A (issue 28): a stranger's artifact never hands a native kernel
 buffers of shapes it was not written for; a stranger's endless evaluation and stopped step end in
-one line; manifest text is escaped and checked where the artefact is loaded.
+one line; manifest text is escaped and checked where the artifact is loaded.
 
 The native-kernel adversary is the issue's: a step that also calls ``lax.linalg.lu`` (LAPACK's
 ``sgetrf`` through the "stable ABI" custom call ``lapack_sgetrf_ffi``) on an N×N matrix built
@@ -32,7 +32,7 @@ from luxc.runtime._jax_internal import ir_context, serialize_module
 from luxc.runtime.compiling._executable import _TARGET_VERSION, module_text
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.trust._native_calls import NativeCallCheck, check_module
-from tests.trust._artefacts import (
+from tests.trust._artifacts import (
     LUXC,
     eager_losses,
     export_quietly,
@@ -67,7 +67,7 @@ def lu_template(tmp_path_factory):
 
 @pytest.fixture
 def honest(lu_template, tmp_path):
-    """The LAPACK-calling artefact as its author wrote it, unsigned (a stranger's)."""
+    """The LAPACK-calling artifact as its author wrote it, unsigned (a stranger's)."""
     d = tmp_path / "honest.luxc"
     shutil.copytree(lu_template, d)
     return unsigned(d)
@@ -106,7 +106,7 @@ def _forge_getrf(serialized: bytes) -> bytes:
 
 @pytest.fixture
 def forged(honest):
-    """The adversary's artefact: every module's LU factor declared f32[1, 1], hashes
+    """The adversary's artifact: every module's LU factor declared f32[1, 1], hashes
     recomputed, no signature."""
     for name in ("step.jaxexport", "forward.jaxexport", "evaluate.jaxexport"):
         replace_file(honest, name, _forge_getrf((honest / name).read_bytes()))
@@ -120,7 +120,7 @@ def _reference_losses(steps):
     return eager_losses(_train_state(), steps)
 
 
-def test_an_honest_unsigned_artefact_calling_lapack_trains_predicts_and_evaluates(honest):
+def test_an_honest_unsigned_artifact_calling_lapack_trains_predicts_and_evaluates(honest):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = luxc.load(honest)
@@ -331,7 +331,7 @@ def test_the_first_ctrl_c_stops_a_strangers_endless_evaluation_with_a_checkpoint
     assert code == 130, err[-2000:]
     # Ctrl-C came during the endless evaluation, or just before it (then it never started).
     assert re.fullmatch(r"interrupted at step 1( \(5 s after Ctrl-C, luxc stopped waiting for the "
-                        r"artefact's computation\))?; the state is in ck",
+                        r"artifact's computation\))?; the state is in ck",
                         err.strip().splitlines()[-1]), err[-2000:]
     assert "terminate called" not in err and "Traceback" not in err
     assert _log_steps(tmp_path / "log.jsonl") == [1]
@@ -374,7 +374,7 @@ def test_a_stopped_strangers_step_ends_in_one_line_with_a_checkpoint(endless, tm
     # The note comes before the loop: a Ctrl-C that arrives before the first call starts stops
     # the run without starting it (no waiting to say); one that arrives during it waits 5 s.
     assert err.strip().splitlines()[-1] in (
-        "interrupted at step 0 (5 s after Ctrl-C, luxc stopped waiting for the artefact's "
+        "interrupted at step 0 (5 s after Ctrl-C, luxc stopped waiting for the artifact's "
         "computation); the state is in ck", "interrupted at step 0; the state is in ck")
     assert "terminate called" not in err and "Traceback" not in err
     assert "ran 0 steps" in out
@@ -469,12 +469,12 @@ def test_stat_names_that_are_not_names_or_replace_the_logs_keys_are_refused_at_l
 
 
 @pytest.mark.parametrize("where", [".", "trace", "../art/trace"])
-def test_profile_trace_never_writes_inside_the_artefact(stat_art, where, monkeypatch):
+def test_profile_trace_never_writes_inside_the_artifact(stat_art, where, monkeypatch):
     monkeypatch.chdir(stat_art)
     before = sorted(p.name for p in stat_art.iterdir())
     r = CliRunner().invoke(main, ["profile", ".", "--steps", "1", "--trace", where])
     assert r.exit_code == 1
-    assert f"--trace {where} is inside the artefact ., which it would destroy" in r.output
+    assert f"--trace {where} is inside the artifact ., which it would destroy" in r.output
     assert sorted(p.name for p in stat_art.iterdir()) == before
 
 

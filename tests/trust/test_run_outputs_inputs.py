@@ -1,4 +1,4 @@
-"""Issue 18, the `luxc run` side: outputs never destroy an artefact or a user's file, a data file
+"""Issue 18, the `luxc run` side: outputs never destroy an artifact or a user's file, a data file
 is checked from its headers before it is read, and bad numbers are one line before any step."""
 
 import struct
@@ -40,10 +40,10 @@ def _snapshot(directory):
                                         ("--save-state", "manifest.json"),
                                         ("--checkpoint", "."), ("--log", "log.jsonl"),
                                         ("--plot", "loss.png")])
-def test_no_output_is_written_inside_the_artefact_it_runs(art, flag, name):
+def test_no_output_is_written_inside_the_artifact_it_runs(art, flag, name):
     before = _snapshot(art)
     r = _run(art, "--steps", "2", flag, art / name)
-    assert r.exit_code == 1 and "inside the artefact" in r.output and "ran " not in r.output
+    assert r.exit_code == 1 and "inside the artifact" in r.output and "ran " not in r.output
     assert _snapshot(art) == before
 
 

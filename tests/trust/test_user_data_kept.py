@@ -128,7 +128,7 @@ def test_a_new_run_that_would_write_over_another_runs_checkpoint_is_refused(art,
     assert _files(ck) == before
 
 
-def test_resume_refuses_the_checkpoints_of_another_artefact(art, tmp_path):
+def test_resume_refuses_the_checkpoints_of_another_artifact(art, tmp_path):
     other = _export(tmp_path / "other.luxc", lr=0.05)  # same shapes, another step
     ck = tmp_path / "ck"
     assert _run(art, "--steps", "4", "--checkpoint", ck).exit_code == 0
@@ -240,7 +240,7 @@ def test_seed_with_state_is_the_new_runs_data_order(art, tmp_path):
     x = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x, x.sum(1, keepdims=True))
     start = tmp_path / "start.safetensors"
-    luxc.load(art).save_state(start)  # the artefact's state, step 0, with a run's record
+    luxc.load(art).save_state(start)  # the artifact's state, step 0, with a run's record
     _forge(start, lambda contents, arrays: contents.update(run={"seed": 0, "origin": 0}))
 
     def final(name, *args):

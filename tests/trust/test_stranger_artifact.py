@@ -1,4 +1,4 @@
-"""Adversarial tests, round 2 (issue 18): receiving a stranger's artefact. Planted modules never
+"""Adversarial tests, round 2 (issue 18): receiving a stranger's artifact. Planted modules never
 run, an endless step stops on Ctrl-C or a time limit, sizes are bounded before any read,
 manifest text is shown escaped and the manifest must be the module's signature."""
 
@@ -20,7 +20,7 @@ from luxc.runtime.artifacts import _format as artifact_format
 from luxc.runtime.files import _bounded_read as bounded_read
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.trust._module_check import check_untrusted
-from tests.trust._artefacts import (
+from tests.trust._artifacts import (
     LUXC,
     eager_losses,
     exported_with_custom_call,
@@ -49,7 +49,7 @@ def _inspect(d, *args):
 
 
 @pytest.mark.slow
-def test_modules_planted_beside_the_artefact_or_in_the_working_directory_never_run(art, tmp_path,
+def test_modules_planted_beside_the_artifact_or_in_the_working_directory_never_run(art, tmp_path,
                                                                                 monkeypatch):
     marker, cwd = tmp_path / "ran", tmp_path / "cwd"
     marker.mkdir(), cwd.mkdir()
@@ -76,7 +76,7 @@ def test_inspect_names_files_the_manifest_does_not_list_and_reads_none_of_them(a
                         lambda path, *a: reads.append(Path(path).name) or bounded_read.read_regular(path, *a))
     r = _inspect(art)
     assert r.exit_code == 0, r.output
-    assert "not listed  json.py: not part of the artefact; luxc never reads or runs them" in r.output
+    assert "not listed  json.py: not part of the artifact; luxc never reads or runs them" in r.output
     assert sorted(reads) == ["manifest.json", "manifest.sig"]  # lazy: no listed file is read
 
 
@@ -102,14 +102,14 @@ def test_sigint_stops_a_strangers_endless_step(endless, tmp_path, command):
     assert "terminate called" not in err and "Traceback" not in err
 
 
-def test_the_op_profile_of_an_unsigned_artefact_checks_its_module_as_run_does(art):
+def test_the_op_profile_of_an_unsigned_artifact_checks_its_module_as_run_does(art):
     replace_file(art, "step.jaxexport", exported_with_custom_call("my_native_kernel"))
     r = CliRunner().invoke(main, ["profile", str(art), "--ops", "3", "--steps", "1"])
     assert r.exit_code != 0
     assert "calls native functions my_native_kernel by name" in r.output.strip().splitlines()[-1]
 
 
-def test_the_op_profile_of_an_unsigned_artefact_runs_guarded_and_changes_no_state(art, monkeypatch):
+def test_the_op_profile_of_an_unsigned_artifact_runs_guarded_and_changes_no_state(art, monkeypatch):
     from luxc.runtime.artifacts import _loaded_step as loaded_step
 
     unsigned(art)

@@ -78,7 +78,7 @@ def replace_file(d: Path, name: str, data: bytes, *, relist: bool = True) -> Non
 
 
 def unsigned(d: Path) -> Path:
-    """``d`` without its signature: a stranger's artefact."""
+    """``d`` without its signature: a stranger's artifact."""
     (d / "manifest.sig").unlink()
     return d
 
