@@ -87,7 +87,7 @@ _REGISTRY: dict[str, PassInfo] = {
                                         conv_weight_grad_dot.run, ()),
     dot_flatten.NAME: PassInfo(dot_flatten.NAME, dot_flatten.DESCRIPTION, dot_flatten.run, ("cpu",)),
     dot_scale_fold.NAME: PassInfo(dot_scale_fold.NAME, dot_scale_fold.DESCRIPTION, dot_scale_fold.run,
-                                  ()),
+                                  ("cpu",)),
     dot_swap_operands.NAME: PassInfo(dot_swap_operands.NAME, dot_swap_operands.DESCRIPTION,
                                      dot_swap_operands.run, ()),
     fuse_rsqrt.NAME: PassInfo(fuse_rsqrt.NAME, fuse_rsqrt.DESCRIPTION, fuse_rsqrt.run, ()),

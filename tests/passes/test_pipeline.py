@@ -132,8 +132,8 @@ def test_available_lists_every_pass_with_a_description():
 def test_default_pipeline_only_has_passes_measured_faster_there():
     assert passes.default_pipeline("cpu") == ("maxpool_grad_select", "conv_few_channels",
                                               "conv_input_grad_dot", "dot_flatten",
-                                              "dot_f32_accumulate", "dot_bf16_canonical",
-                                              "reduce_f32_accumulate")
+                                              "dot_scale_fold", "dot_f32_accumulate",
+                                              "dot_bf16_canonical", "reduce_f32_accumulate")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 

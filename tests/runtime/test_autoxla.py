@@ -287,10 +287,10 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
                      "03-conv_input_grad_dot.mlir", "04-conv_weight_grad_dot.mlir",
-                     "05-dot_flatten.mlir", "06-dot_swap_operands.mlir", "07-fuse_rsqrt.mlir",
-                     "08-fuse_loss_reductions.mlir", "09-dot_f32_accumulate.mlir",
-                     "10-dot_bf16_canonical.mlir", "11-reduce_f32_accumulate.mlir",
-                     "99-xla-optimized.hlo.txt"]
+                     "05-dot_flatten.mlir", "06-dot_scale_fold.mlir", "07-dot_swap_operands.mlir",
+                     "08-fuse_rsqrt.mlir", "09-fuse_loss_reductions.mlir",
+                     "10-dot_f32_accumulate.mlir", "11-dot_bf16_canonical.mlir",
+                     "12-reduce_f32_accumulate.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():
