@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from luxc.cli import main
 from luxc.cli._wording import cli_words
 from luxc.runtime.artifacts._artifact import check_output
+from luxc.runtime.artifacts._manifest import ArraySpec
 from luxc.runtime.artifacts._mesh import needed_devices
 from luxc.runtime.data._dataset import Dataset
 from luxc.runtime.files._errors import ArtifactError
@@ -22,7 +23,7 @@ from tests.trust._artifacts import exported_with_custom_call as _exported_with_c
 ROOT = Path(__file__).resolve().parents[1]
 # A command-line flag (XLA's own flags, --xla_..., are what the user sets in XLA_FLAGS).
 FLAG = re.compile(r"(?<![\w-])--(?!xla_)[a-z]")
-SPECS = [{"shape": [8, 3], "dtype": "float32"}, {"shape": [8, 1], "dtype": "float32"}]
+SPECS = [ArraySpec((8, 3), "float32"), ArraySpec((8, 1), "float32")]
 NAMES = ["data[0]", "data[1]"]
 
 

@@ -288,7 +288,8 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
         if name == "default":
             assert {r.name: r.rewrites for r in cs.pass_report} == {
                 "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_input_grad_dot": 1,
-                "dot_flatten": 1, "dot_f32_accumulate": 0, "dot_bf16_canonical": 0,
+                "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
+                "dot_bf16_canonical": 0,
                 "reduce_f32_accumulate": 0}  # a float32 step: the mixed-precision passes match nothing
     (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
