@@ -1,11 +1,24 @@
 """Fixtures every test directory shares (helpers to import live in ``tests/support.py``)."""
 
 import os
+import signal
 
 import jax
 import pytest
 
 import luxc
+
+
+def pytest_configure(config):
+    """Give the processes the tests start a working Ctrl-C, however pytest itself was started.
+
+    A shell without job control starts ``cmd &`` with SIGINT ignored, and an ignored signal stays
+    ignored across ``exec``: every ``luxc`` the Ctrl-C tests start would then ignore the SIGINT
+    they send and the tests would time out. Python's own handler is reset to the default on
+    ``exec``, so the children start as they would from a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
