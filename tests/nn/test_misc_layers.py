@@ -228,11 +228,12 @@ def test_misc_layers_compiled_equals_eager_bf16_checkpoint_and_artifact(tmp_path
     assert eager[-1] < eager[0]
     bf16, _ = _steps(luxc.AutoXLA(), ts_c, 1,
                      compile_options=luxc.CompileOptions(mixed_precision="bf16"))
-    assert np.isfinite(bf16[0])
     luxc.save_state(tmp_path / "c.safetensors", ts_c)
     resumed = luxc.load_state(tmp_path / "c.safetensors", like=ts_e)
     a, b = _steps(luxc.AutoXLA(), ts_c, 1), _steps(luxc.AutoXLA(), resumed, 1)
     assert a[0] == b[0]
+    # bf16 keeps 8 bits of mantissa: the same step's loss within a few bf16 ulps of float32's
+    np.testing.assert_allclose(bf16[0], a[0][0], rtol=2e-2)
     # An artifact exported once the dropout mask exists (its state no longer changes shape)
     # trains like eager AutoJAX, in a process-independent loaded step.
     luxc.export_step(luxc.MSELoss(), _misc_data(), ts_e, tmp_path / "m.luxc")

@@ -231,7 +231,7 @@ def _norm_data():
     return (jnp.asarray(_rand(20, 4, 4, 4, 2)), jnp.asarray(_rand(21, 4, 1)))
 
 
-def test_norm_layers_compiled_step_equals_eager_and_bf16_runs():
+def test_norm_layers_compiled_step_equals_eager_and_bf16_is_close_to_f32():
     data = _norm_data()
     runs = []
     for backend in (luxc.AutoJAX(), luxc.AutoXLA()):
@@ -250,7 +250,10 @@ def test_norm_layers_compiled_step_equals_eager_and_bf16_runs():
     opts = luxc.CompileOptions(mixed_precision="bf16")
     _, loss, _, ts2 = single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
                                         compile_options=opts)
-    assert np.isfinite(float(loss)) and ts2.parameters["layer_6"]["scale"].dtype == jnp.float32
+    _, loss_f32, _, _ = single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+    # bf16 keeps 8 bits of mantissa: the same step's loss within a few bf16 ulps of float32's
+    np.testing.assert_allclose(float(loss), float(loss_f32), rtol=2e-2)
+    assert ts2.parameters["layer_6"]["scale"].dtype == jnp.float32
     assert ts2.states["layer_3"]["running_mean"].dtype == jnp.float32
 
 
