@@ -4,8 +4,9 @@
     python -m benchmarks.report                  # regenerate benchmarks/RESULTS.md
     python -m benchmarks.report --readme-table   # print the README's table block
 
-Per variant: the median seconds per step over rounds, min-max, and the median over rounds of
-that round's ratio to the fastest variant; for luxc's variants also the median per-round ratio
+Per variant: the median seconds per step over rounds (a round's figure is the median over its
+group's processes), min-max, how much slower its slowest process was than its fastest, and the
+median over rounds of that round's ratio to the fastest variant; for luxc's variants also the median per-round ratio
 to the fastest peer of the same precision (f32 or bf16). A busy run (``--allow-busy``) has
 every figure marked busy.
 """
@@ -26,14 +27,24 @@ def _precision(name: str) -> str:
     return "bf16" if "bf16" in name else "f32"
 
 
-def _samples(work: dict[str, Any]) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
-    """Seconds per step by variant and round, and each variant's group."""
-    by, group = {}, {}
+def _samples(work: dict[str, Any]) -> tuple[dict[str, dict[int, float]], dict[str, str],
+                                            dict[str, float | None]]:
+    """Seconds per step by variant and round (the median over the group's processes), each
+    variant's group, and its process spread: the slowest process's median over the fastest's
+    (``None`` with one process)."""
+    each, group = {}, {}
     for row in work["rows"]:
         for name, s in row["seconds"].items():
-            by.setdefault(name, {})[row["round"]] = s
+            each.setdefault(name, {}).setdefault(row["round"], {})[row.get("process", 0)] = s
             group[name] = row["group"]
-    return by, group
+    by = {name: {r: statistics.median(p.values()) for r, p in rounds.items()}
+          for name, rounds in each.items()}
+    spread = {}
+    for name, rounds in each.items():
+        processes = {i for p in rounds.values() for i in p}
+        medians = [statistics.median(p[i] for p in rounds.values() if i in p) for i in processes]
+        spread[name] = max(medians) / min(medians) if len(medians) > 1 else None
+    return by, group, spread
 
 
 def _median_ratio(mine: dict[int, float], others: list[dict[int, float]]) -> float | None:
@@ -47,7 +58,7 @@ def _median_ratio(mine: dict[int, float], others: list[dict[int, float]]) -> flo
 
 def summary(work: dict[str, Any]) -> list[dict[str, Any]]:
     """One record per variant, fastest first (see the module docstring for the figures)."""
-    by, group = _samples(work)
+    by, group, spread = _samples(work)
     out = []
     for name, rounds in by.items():
         proc = work["processes"].get(group[name], {})
@@ -60,6 +71,7 @@ def summary(work: dict[str, Any]) -> list[dict[str, Any]]:
             "vs_peer": _median_ratio(rounds, peers) if group[name] == "luxc" else None,
             "first": proc.get("first_seconds", {}).get(name),
             "fresh": proc.get("first_fresh") == name, "rss": proc.get("peak_rss_bytes"),
+            "spread": spread[name],
             "gflops": flops / t / 1e9 if flops else None})
     return sorted(out, key=lambda v: v["median"])
 
@@ -80,18 +92,21 @@ def loads_line(work: dict[str, Any]) -> str:
 
 
 def variant_table(work: dict[str, Any], busy: str) -> list[str]:
-    lines = ["| variant | process | median ms/step | min-max | × fastest | luxc ÷ best peer | "
-             "first step s | peak RSS MiB | GFLOP/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | processes | median ms/step | min-max | slowest ÷ fastest process | "
+             "× fastest | luxc ÷ best peer | first step s | peak RSS MiB | GFLOP/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     blocks = int(work["key"][6:]) if work["key"].startswith("depth-") else None
     for v in summary(work):
         cells = [f"{_ms(v['median'])}" + (f" ({_ms(v['median'] / blocks)}/block)" if blocks else ""),
-                 f"{_ms(v['low'])}-{_ms(v['high'])}", f"{v['ratio']:.2f}",
+                 f"{_ms(v['low'])}-{_ms(v['high'])}",
+                 "-" if v["spread"] is None else f"{v['spread']:.2f}", f"{v['ratio']:.2f}",
                  "-" if v["vs_peer"] is None else f"{v['vs_peer']:.2f}",
                  "-" if v["first"] is None else f"{v['first']:.2f}" + (" (fresh)" if v["fresh"] else ""),
                  "-" if v["rss"] is None else f"{v['rss'] / 2**20:.0f}",
                  "-" if v["gflops"] is None else f"{v['gflops']:.1f}"]
-        pid = work["processes"].get(v["group"], {}).get("pid", "?")
-        lines.append(f"| {v['variant']} | {v['group']} {pid} | "
+        proc = work["processes"].get(v["group"], {})
+        pids = ", ".join(str(p) for p in proc.get("pids", [proc.get("pid", "?")]))
+        lines.append(f"| {v['variant']} | {v['group']} {pids} | "
                      + " | ".join(c + busy if c != "-" else c for c in cells) + " |")
     return lines
 

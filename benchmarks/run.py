@@ -5,11 +5,13 @@
     python -m benchmarks --only transformer,gpt,depth-12 --rounds 9
     python -m benchmarks --device               # the same on the accelerator jax sees
 
-The protocol (benchmarks/README.md says why each rule is there). For each workload, one worker
-process per group (luxc; jax.jit/flax/equinox; torch eager and ``torch.compile``; the GEMM peak)
-is started and waited for (its ``ready`` line, after it compiled and warmed every variant),
-one after the other. Then in every round each process takes a turn, the processes in an order
-shuffled by the round, and times one sample of each of its variants (order shuffled too). At
+The protocol (benchmarks/README.md says why each rule is there). For each workload,
+``--processes`` worker processes per group (luxc; jax.jit/flax/equinox; torch eager and
+``torch.compile``; the GEMM peak) are started and waited for (each one's ``ready`` line, after
+it compiled and warmed every variant), one after the other. Then in every round each process
+takes a turn, the processes in an order shuffled by the round, and times one sample of each of
+its variants (order shuffled too); a group's figure for the round is the median over its
+processes. At
 the start of every turn the driver records the load (:mod:`benchmarks._load`). torch runs with
 its default threads and OpenMP policy and never shares a process with jax. Ratios are medians
 over rounds of each round's ratio. A run whose load exceeded ``--max-load`` refuses to write its
@@ -68,10 +70,10 @@ def _start(key: str, group: str, args: argparse.Namespace) -> _protocol.Worker:
     return worker
 
 
-def _start_all(workers: dict[str, _protocol.Worker], key: str, groups: tuple[str, ...],
-               args: argparse.Namespace) -> None:
-    """Start each group's worker in turn (into ``workers``); a peer group that cannot run here
-    is skipped with one line."""
+def _start_all(workers: dict[tuple[str, int], _protocol.Worker], key: str,
+               groups: tuple[str, ...], args: argparse.Namespace) -> None:
+    """Start ``args.processes`` workers of each group in turn (into ``workers``, keyed by group
+    and index); a peer group that cannot run here is skipped with one line."""
     for group in groups:
         missing = cases.missing_module(group)
         if missing:
@@ -79,37 +81,48 @@ def _start_all(workers: dict[str, _protocol.Worker], key: str, groups: tuple[str
                   f"(pip install -e '.[bench]')", flush=True)
             continue
         try:
-            workers[group] = _start(key, group, args)
+            for i in range(args.processes):
+                workers[group, i] = _start(key, group, args)
         except _protocol.WorkerError as e:
             if group not in cases.PEERS:
                 raise
             # A peer that cannot run here (no CUDA build of torch under --device, …).
+            for i in [i for g, i in workers if g == group]:
+                workers.pop((group, i)).close()
             print(f"  skipped the {group} rows: {e}", flush=True)
+
+
+def _group_stats(workers: list[_protocol.Worker]) -> dict[str, Any]:
+    """A group's statistics: its first process's (the one that compiled without a warm cache),
+    with every process's pid and the largest peak RSS among them."""
+    each = [{**w.ready, **w.ask({"cmd": "stats"}, "stats"), "pid": w.pid} for w in workers]
+    for stats in each:
+        del stats["event"]
+    return {**each[0], "pids": [s["pid"] for s in each],
+            "peak_rss_bytes": max(s["peak_rss_bytes"] for s in each)}
 
 
 def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace,
                      meter: LoadMeter) -> dict[str, Any]:
     """Start ``groups``' workers for ``key``, run the rounds, collect their statistics."""
     print(f"\n{cases.title(key, args.quick)}", flush=True)
-    workers: dict[str, _protocol.Worker] = {}
+    workers: dict[tuple[str, int], _protocol.Worker] = {}
     rows: list[dict[str, Any]] = []
     try:
         _start_all(workers, key, groups, args)
         for r in range(args.rounds):
             order = list(workers)
             random.Random(f"{key}:{r}").shuffle(order)
-            for group in order:
+            for group, i in order:
                 load = meter.mark()
-                reply = workers[group].ask({"cmd": "round", "seed": r}, "round")
-                rows.append({"round": r, "group": group, "load1": load.load1,
+                reply = workers[group, i].ask({"cmd": "round", "seed": r}, "round")
+                rows.append({"round": r, "group": group, "process": i, "load1": load.load1,
                              "others": load.others, "seconds": reply["seconds"]})
-        stats = {g: {**w.ready, **w.ask({"cmd": "stats"}, "stats"), "pid": w.pid}
-                 for g, w in workers.items()}
+        names = dict.fromkeys(g for g, _ in workers)
+        stats = {g: _group_stats([w for (h, _), w in workers.items() if h == g]) for g in names}
     finally:
         for worker in workers.values():
             worker.close()
-    for group in stats.values():
-        del group["event"]
     return {"key": key, "title": cases.title(key, args.quick), "rows": rows, "processes": stats}
 
 
@@ -164,6 +177,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: 1 round, short samples, a 512 GEMM, depth 1 only")
     p.add_argument("--rounds", type=int, help="rounds (default 7; 1 with --quick)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="worker processes per framework, each timed in every round (default 3; "
+                        "1 with --quick): the same code runs up to 40%% faster in one process "
+                        "than in another, so one process per framework measures its luck")
     p.add_argument("--only", help="comma-separated workloads (default all): "
                    + ", ".join(cases.workload_keys()))
     p.add_argument("--depths", help="block counts of the depth workloads (default 1,12,24)")
@@ -200,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 7)
+    args.processes = args.processes or (1 if args.quick else 3)
     if args.device:
         found = accelerator()
         if found is None:
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
         "started": began.strftime("%Y-%m-%d %H:%M UTC"), "seconds": time.monotonic() - t0,
         "cores": os.cpu_count(), "cpu": _cpu(), "versions": _versions(), "rounds": args.rounds,
+        "processes": args.processes,
         "quick": args.quick, "device": args.device, "start_load1": start.load1,
         "max_load": args.max_load, "busy": reasons, "allow_busy": args.allow_busy},
         "workloads": workloads}

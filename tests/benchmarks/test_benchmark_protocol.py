@@ -20,9 +20,10 @@ def _bench(*args, timeout=900):
 
 @pytest.fixture(scope="module")
 def quick_busy(tmp_path_factory):
-    """One tiny quick run whose threshold every load exceeds, written anyway (--allow-busy)."""
+    """One tiny quick run, two processes per framework, whose threshold every load exceeds,
+    written anyway (--allow-busy)."""
     out = tmp_path_factory.mktemp("bench")
-    r = _bench("--quick", "--allow-busy", "--max-load", "0", "--only", "tiny",
+    r = _bench("--quick", "--allow-busy", "--max-load", "0", "--only", "tiny", "--processes", "2",
                "--variants", "luxc,jax.jit+optax,torch eager", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), (out / "RESULTS.md").read_text()
@@ -33,7 +34,8 @@ def test_every_framework_runs_in_a_process_of_its_own(quick_busy):
     results, _ = quick_busy
     procs = results["workloads"][0]["processes"]
     assert set(procs) == {"luxc", "jax", "torch"}
-    assert len({p["pid"] for p in procs.values()} | {os.getpid()}) == 4
+    assert all(len(p["pids"]) == 2 and p["pid"] == p["pids"][0] for p in procs.values())
+    assert len({pid for p in procs.values() for pid in p["pids"]} | {os.getpid()}) == 7
     assert procs["jax"]["modules"] == {"jax": True, "torch": False}
     assert procs["luxc"]["modules"]["torch"] is False
     assert procs["torch"]["modules"]["torch"] is True
@@ -44,7 +46,9 @@ def test_every_framework_runs_in_a_process_of_its_own(quick_busy):
 def test_every_turn_records_the_load_at_its_start(quick_busy):
     results, _ = quick_busy
     rows = results["workloads"][0]["rows"]
-    assert sorted(r["group"] for r in rows) == ["jax", "luxc", "torch"]  # 1 round, 3 turns
+    # 1 round, a turn for each of the 2 processes of each of the 3 frameworks
+    assert sorted((r["group"], r["process"]) for r in rows) == [
+        (g, i) for g in ("jax", "luxc", "torch") for i in (0, 1)]
     for row in rows:
         assert isinstance(row["load1"], float) and row["load1"] >= 0
         assert row["others"] is None or row["others"] >= 0
@@ -110,6 +114,19 @@ def test_ratios_are_medians_of_per_round_ratios_not_ratios_of_medians():
     # The medians' ratio would be 2 ms / 1 ms = 2.
     (luxc,) = [v for v in report.summary(_results(_ROUNDS)["workloads"][0]) if v["variant"] == "luxc"]
     assert luxc["vs_peer"] == 1.0 and luxc["median"] == 0.002
+
+
+def test_a_rounds_figure_is_the_median_over_the_frameworks_processes():
+    work = _results(_ROUNDS)["workloads"][0]
+    # Two more luxc processes per round: one 3x slower, one 1.5x slower than the first.
+    work["rows"] += [{**row, "process": i, "seconds": {"luxc": row["seconds"]["luxc"] * k}}
+                     for row in work["rows"] if row["group"] == "luxc" for i, k in ((1, 3), (2, 1.5))]
+    (luxc,) = [v for v in report.summary(work) if v["variant"] == "luxc"]
+    # Each round's luxc figure is now 1.5x the first process's: per-round ratios 3, 0.75, 1.5.
+    assert luxc["vs_peer"] == 1.5 and luxc["median"] == 0.003
+    assert luxc["spread"] == 3.0
+    (torch,) = [v for v in report.summary(work) if v["variant"] == "torch.compile"]
+    assert torch["spread"] is None
 
 
 def test_the_readme_table_is_generated_from_the_results_and_marks_a_busy_run():
