@@ -7,8 +7,8 @@
 Per variant: the median seconds per step over rounds (a round's figure is the median over its
 group's processes), min-max, how much slower its slowest process was than its fastest, and the
 median over rounds of that round's ratio to the fastest variant; for luxc's variants also the
-median per-round ratio to the fastest peer of the same precision (f32 or bf16). A busy run (``--allow-busy``) has
-every figure marked busy.
+median per-round ratio to the fastest peer of the same precision (f32 or bf16). A busy run
+(``--allow-busy``) has every figure marked busy.
 """
 
 from __future__ import annotations
