@@ -20,6 +20,7 @@ from luxc.passes import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
+    dot_bf16_batched,
     dot_bf16_canonical,
     dot_f32_accumulate,
     dot_flatten,
@@ -94,12 +95,14 @@ _REGISTRY: dict[str, PassInfo] = {
     fuse_loss_reductions.NAME: PassInfo(fuse_loss_reductions.NAME,
                                         fuse_loss_reductions.DESCRIPTION,
                                         fuse_loss_reductions.run, ()),
-    # The three mixed-precision passes match bf16/f16 ops only (a float32 module is untouched),
-    # in this order: dot_bf16_canonical needs the float32 dot results dot_f32_accumulate gives.
+    # The mixed-precision passes match bf16/f16 ops only (a float32 module is untouched), in
+    # this order: dot_bf16_canonical needs the float32 dot results dot_f32_accumulate gives.
     dot_f32_accumulate.NAME: PassInfo(dot_f32_accumulate.NAME, dot_f32_accumulate.DESCRIPTION,
                                       dot_f32_accumulate.run, ("cpu",)),
     dot_bf16_canonical.NAME: PassInfo(dot_bf16_canonical.NAME, dot_bf16_canonical.DESCRIPTION,
                                       dot_bf16_canonical.run, ("cpu",)),
+    dot_bf16_batched.NAME: PassInfo(dot_bf16_batched.NAME, dot_bf16_batched.DESCRIPTION,
+                                    dot_bf16_batched.run, ("cpu",)),
     reduce_f32_accumulate.NAME: PassInfo(reduce_f32_accumulate.NAME,
                                          reduce_f32_accumulate.DESCRIPTION,
                                          reduce_f32_accumulate.run, ("cpu",)),

@@ -27,6 +27,7 @@ import jaxlib
 import numpy as np
 from jax import export as jax_export
 
+from luxc.passes import PassRecord
 from luxc.runtime.artifacts._format import (
     ARTIFACT_FILES,
     EVALUATE_FILE,
@@ -54,7 +55,13 @@ from luxc.runtime.artifacts._mesh import (
 from luxc.runtime.artifacts._tensor_codec import tensor_bytes
 from luxc.runtime.caching import persistent_cache
 from luxc.runtime.caching.persistent_cache import MemoryCache
-from luxc.runtime.compiling._executable import compile_exported, export, module_text, optimise
+from luxc.runtime.compiling._executable import (
+    compile_exported,
+    export,
+    module_text,
+    optimise,
+    settle,
+)
 from luxc.runtime.compiling._options import CompileOptions
 from luxc.runtime.compiling._stages import cost_figures, memory_figures
 from luxc.runtime.files._atomic_write import check_writable_directory, write_atomic
@@ -125,8 +132,11 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     check_output(out, force)
     host = jax.default_backend()
     args = [*state, *data]
-    _, optimized, records, trace_seconds = optimise(step, args, options, platforms)
-    files: dict[str, bytes] = {
+    traced, optimized, records, trace_seconds = optimise(step, args, options, platforms)
+    files: dict[str, bytes] = {}
+    optimized, records, (compile_seconds, executable_key, figures) = _host_step(
+        traced, optimized, records, args, options, files, host in platforms)
+    files |= {
         "step.jaxexport": bytes(optimized.serialize()),
         "step.mlir": module_text(optimized.mlir_module_serialized).encode(),
         "state.safetensors": tensor_bytes(state),
@@ -136,10 +146,6 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
                 for key, program, file, what in (
                     ("forward", forward, FORWARD_FILE, "the model's forward pass"),
                     ("evaluate", evaluate, EVALUATE_FILE, "the objective without an update"))}
-    compile_seconds, executable_key, figures = None, None, {}
-    if host in platforms:
-        compile_seconds, executable_key, figures = _host_executable(optimized, args, options,
-                                                                    files)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -171,19 +177,38 @@ def save(out: str | Path, step: Callable, state: Sequence[Any], data: Sequence[A
     return check_manifest(json.loads(written))
 
 
+def _host_step(traced: jax_export.Exported, optimized: jax_export.Exported,
+               records: list[PassRecord], args: Sequence[Any], options: CompileOptions,
+               files: dict[str, bytes], for_host: bool
+               ) -> tuple[jax_export.Exported, list[PassRecord], tuple]:
+    """Compile the step for this machine when it is ``for_host`` (:func:`_host_executable`),
+    again without ``dot_bf16_batched`` when XLA did not keep its dots (:func:`settle`); return
+    the module to store, its pass records and the compile's figures."""
+    if not for_host:
+        return optimized, records, (None, None, {})
+    *figures, compiled = _host_executable(optimized, args, options, files)
+    again = settle(traced, records, compiled, options.dump_dir)
+    if again is None:
+        return optimized, records, tuple(figures)
+    optimized, records = again
+    files.pop("executable.bin", None)
+    *figures, _ = _host_executable(optimized, args, options, files)
+    return optimized, records, tuple(figures)
+
+
 def _host_executable(optimized: jax_export.Exported, args: Sequence[Any],
                      options: CompileOptions, files: dict[str, bytes]
-                     ) -> tuple[float, str | None, dict[str, Any]]:
+                     ) -> tuple[float, str | None, dict[str, Any], jax.stages.Compiled]:
     """Compile ``optimized`` for this machine; add its serialized executable to ``files`` (as
-    ``executable.bin``); return the compile's seconds, the executable's cache key and XLA's
-    figures."""
+    ``executable.bin``); return the compile's seconds, the executable's cache key, XLA's
+    figures and the executable."""
     captured = MemoryCache()  # catches what XLA compiled, in XLA's own serialization
     compiled, compile_seconds = compile_exported(
         optimized, args, xla_options=dict(options.xla_options), cache=captured)
     executable_key = None
     if len(captured.entries) == 1:
         executable_key, files["executable.bin"] = next(iter(captured.entries.items()))
-    return compile_seconds, executable_key, _figures(compiled)
+    return compile_seconds, executable_key, _figures(compiled), compiled
 
 
 def _export_program(program: tuple[Callable, Sequence[Any], dict] | None,

@@ -38,6 +38,7 @@ from luxc.runtime.caching import persistent_cache
 from luxc.runtime.compiling._module_ops import remember, summary
 from luxc.runtime.compiling._options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.compiling._stages import CompiledStages, Stage
+from luxc.runtime.compiling._unclaimed_dots import withdraw_batched_dots, without_batched_dots
 from luxc.runtime.messages._leaf_names import leaf_name
 from luxc.runtime.messages._warn import warn_user
 from luxc.runtime.trust._native_calls import NativeCallCheck, check_lowered
@@ -204,6 +205,16 @@ class Executable(CompiledStages):
         return self.compiled
 
 
+def settle(traced: jax_export.Exported, records: list[PassRecord], compiled: jax.stages.Compiled,
+           dump_dir: str | None) -> tuple[jax_export.Exported, list[PassRecord]] | None:
+    """The module to compile again, and its records, when XLA did not give the batched bf16
+    dots ``dot_bf16_batched`` wrote to YNNPACK (:mod:`luxc.runtime.compiling._unclaimed_dots`):
+    ``traced`` rewritten by the same passes less that one. ``None``: keep ``compiled``."""
+    if not withdraw_batched_dots(records, compiled.as_text()):
+        return None
+    return rewrite(traced, without_batched_dots([r.name for r in records]), dump_dir)
+
+
 def optimise(fn: Callable, args: Sequence[Any], options: CompileOptions,
              platforms: Sequence[str], timings: dict[str, float] | None = None
              ) -> tuple[jax_export.Exported, jax_export.Exported, list[PassRecord], float]:
@@ -240,9 +251,14 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     timings: dict[str, float] = {}
     traced, optimized, records, trace_seconds = optimise(
         fn, args, options, [platform or jax.default_backend()], timings)
-    compiled, seconds = compile_exported(optimized, args, donate_argnums=donate_argnums,
-                                         xla_options=dict(options.xla_options),
-                                         arg_names=arg_names, timings=timings)
+    compile_options = {"donate_argnums": donate_argnums, "arg_names": arg_names,
+                       "xla_options": dict(options.xla_options)}
+    compiled, seconds = compile_exported(optimized, args, timings=timings, **compile_options)
+    again = settle(traced, records, compiled, options.dump_dir)
+    if again is not None:
+        optimized, records = again
+        compiled, more = compile_exported(optimized, args, **compile_options)
+        seconds += more
     call = None if committed_outputs else jax.jit(fn, donate_argnums=donate_argnums)
     exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
                      call=call, timings=timings,

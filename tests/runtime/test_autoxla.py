@@ -290,7 +290,8 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
                      "05-dot_flatten.mlir", "06-dot_scale_fold.mlir", "07-dot_swap_operands.mlir",
                      "08-fuse_rsqrt.mlir", "09-fuse_loss_reductions.mlir",
                      "10-dot_f32_accumulate.mlir", "11-dot_bf16_canonical.mlir",
-                     "12-reduce_f32_accumulate.mlir", "99-xla-optimized.hlo.txt"]
+                     "12-dot_bf16_batched.mlir", "13-reduce_f32_accumulate.mlir",
+                     "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():

@@ -1,0 +1,179 @@
+"""dot_bf16_batched: golden StableHLO in -> out, what it leaves alone, compiled = without the pass
+within the bfloat16 rounding of the result, and the compile again without it wherever XLA does
+not hand its dots to YNNPACK (where they would fail when the step runs, or run slower)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import luxc
+from luxc.passes import dot_bf16_batched
+from luxc.runtime.compiling._unclaimed_dots import batched_bf16_dots
+from tests.support import run_pass_body
+
+
+def _run(text: str) -> tuple[list[str], int]:
+    return run_pass_body(text, "dot_bf16_batched")
+
+
+def _module(lhs: str, rhs: str, out: str, dims: str) -> str:
+    return f"""
+func.func @main(%a: tensor<{lhs}>, %b: tensor<{rhs}>) -> tensor<{out}> {{
+  %0 = stablehlo.dot_general %a, %b, {dims} : (tensor<{lhs}>, tensor<{rhs}>) -> tensor<{out}>
+  return %0 : tensor<{out}>
+}}"""
+
+
+def test_a_batched_bf16_dot_gets_a_float32_result_and_one_convert():
+    body, rewrites = _run(_module("2x16x8xbf16", "2x8x12xbf16", "2x16x12xbf16",
+                                  "batching_dims = [0] x [0], contracting_dims = [2] x [1]"))
+    assert rewrites == 1
+    assert body == [
+        "%0 = stablehlo.dot_general %arg0, %arg1, batching_dims = [0] x [0], contracting_dims = "
+        "[2] x [1] : (tensor<2x16x8xbf16>, tensor<2x8x12xbf16>) -> tensor<2x16x12xf32>",
+        "%1 = stablehlo.convert %0 : (tensor<2x16x12xf32>) -> tensor<2x16x12xbf16>",
+        "return %1 : tensor<2x16x12xbf16>",
+    ]
+
+
+def test_a_left_operand_contracted_before_its_rows_is_transposed_and_pinned():
+    # The gradient p^T . g of attention: the left operand [b, s, t] is contracted over s.
+    body, rewrites = _run(_module("2x8x16xbf16", "2x8x12xbf16", "2x16x12xbf16",
+                                  "batching_dims = [0] x [0], contracting_dims = [1] x [1]"))
+    assert rewrites == 1
+    assert body == [
+        "%0 = stablehlo.transpose %arg0, dims = [0, 2, 1] "
+        ": (tensor<2x8x16xbf16>) -> tensor<2x16x8xbf16>",
+        "%1 = stablehlo.optimization_barrier %0 : tensor<2x16x8xbf16>",
+        "%2 = stablehlo.dot_general %1, %arg1, batching_dims = [0] x [0], contracting_dims = "
+        "[2] x [1] : (tensor<2x16x8xbf16>, tensor<2x8x12xbf16>) -> tensor<2x16x12xf32>",
+        "%3 = stablehlo.convert %2 : (tensor<2x16x12xf32>) -> tensor<2x16x12xbf16>",
+        "return %3 : tensor<2x16x12xbf16>",
+    ]
+
+
+def test_batch_axes_after_the_others_are_kept_in_their_pairs():
+    # jnp.einsum("bthd,bshd->bhts") before XLA moves the batch axes: (0, 2) x (0, 2).
+    body, rewrites = _run(_module("2x16x3x8xbf16", "2x12x3x8xbf16", "2x3x16x12xbf16",
+                                  "batching_dims = [0, 2] x [0, 2], contracting_dims = [3] x [3]"))
+    assert rewrites == 1
+    assert "batching_dims = [0, 2] x [0, 2], contracting_dims = [3] x [3]" in body[0]
+    assert body[0].endswith("-> tensor<2x3x16x12xf32>")
+
+
+@pytest.mark.parametrize("lhs, rhs, out, dims", [
+    ("2x16x8xf32", "2x8x12xf32", "2x16x12xf32", "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
+    ("2x16x8xbf16", "2x8x12xbf16", "2x16x12xf32", "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
+    ("2x16x8xf16", "2x8x12xf16", "2x16x12xf16", "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
+    ("16x8xbf16", "8x12xbf16", "16x12xbf16", "contracting_dims = [1] x [0]"),
+    ("2x1x8xbf16", "2x8x12xbf16", "2x1x12xbf16", "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
+    ("2x4x4xbf16", "2x4x4xbf16", "2x4x4xbf16", "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
+    ("2x16x2x4xbf16", "2x2x4x12xbf16", "2x16x12xbf16",
+     "batching_dims = [0] x [0], contracting_dims = [2, 3] x [1, 2]"),
+], ids=["f32", "already-f32-result", "f16", "no-batch-axes", "vector", "all-under-8",
+        "two-contracting-axes"])
+def test_other_dots_are_left_alone(lhs, rhs, out, dims):
+    body, rewrites = _run(_module(lhs, rhs, out, dims))
+    assert rewrites == 0 and len(body) == 2
+
+
+def _attention_step():
+    def attend(self, x):
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
+        heads = [t.reshape(4, 16, 2, 8) for t in (q, k, v)]
+        s = jnp.einsum("bthd,bshd->bhts", heads[0], heads[1])
+        o = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(s, axis=-1), heads[2])
+        return self.out(o.reshape(x.shape))
+
+    model = luxc.compact(qkv=luxc.nn.Dense(16, 48), out=luxc.nn.Dense(16, 16))(attend)
+    ps, st = luxc.setup(0, model)
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16))
+    return (x, jnp.tanh(x)), luxc.TrainState(model, ps, st, optax.sgd(0.1))
+
+
+def _compiled(passes="default", xla_options=None):
+    data, ts = _attention_step()
+    options = luxc.CompileOptions(passes=passes, mixed_precision="bf16",
+                                  xla_options=xla_options or {})
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
+    return cs, cs(ts, data)
+
+
+def _rewrites(cs) -> int:
+    return sum(r.rewrites for r in cs.pass_report if r.name == dot_bf16_batched.NAME)
+
+
+def _close_within_bf16(out, reference):
+    (g1, l1, _, _), (g0, l0, _, _) = out, reference
+    assert abs(float(l1) - float(l0)) <= 2.0**-7 * abs(float(l0))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2.0**-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_the_attention_step_keeps_its_values_and_every_dot_is_ynnpacks():
+    cs, out = _compiled()
+    # q.k^T and p.v, and the two gradients of each
+    assert _rewrites(cs) == 6
+    # (XLA may still run one in float32 when it keeps an operand's float32 producer)
+    claimed, unclaimed = batched_bf16_dots(cs.as_text("hlo"))
+    assert len(claimed) >= 4 and unclaimed == []
+    without = [p for p in luxc.passes.default_pipeline("cpu") if p != dot_bf16_batched.NAME]
+    _, reference = _compiled(passes=without)
+    _close_within_bf16(out, reference)
+
+
+def test_with_ynnpack_fusions_off_the_step_is_compiled_again_without_the_pass():
+    # XLA would upcast the dots to float32 and the pinned transposes would only cost time.
+    cs, out = _compiled(xla_options={"xla_cpu_experimental_ynn_fusion_type": ""})
+    assert _rewrites(cs) == 0
+    assert dot_bf16_batched.NAME not in [r.name for r in cs.pass_report]
+    assert batched_bf16_dots(cs.as_text("hlo")) == ([], [])
+    _, reference = _compiled(passes="none")
+    _close_within_bf16(out, reference)
+
+
+def test_a_dot_ynnpack_leaves_out_is_never_run(monkeypatch):
+    # Without the barrier XLA folds the transpose into the dot's layout: YNNPACK rejects the dot
+    # and XLA:CPU's own batched-dot kernel would fail when the step runs ("Unsupported element
+    # type for DotThunk::Execute: BF16 x BF16 = F32").
+    from jaxlib.mlir.dialects import stablehlo
+
+    def unpinned(op, plan):
+        if plan.lhs_contract > plan.lhs_free:
+            return op.operands[0], plan.lhs_batch, plan.lhs_contract
+        permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
+        return (stablehlo.TransposeOp(op.operands[0], permutation).result,
+                list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
+
+    monkeypatch.setattr(dot_bf16_batched, "_rows_first", unpinned)
+    cs, out = _compiled()
+    assert _rewrites(cs) == 0
+    _, reference = _compiled(passes="none")
+    _close_within_bf16(out, reference)
+
+
+_HLO = """\
+%fused_computation.1 (param_0: bf16[2,16,8], param_1: bf16[2,8,12]) -> f32[2,16,12] {
+  %param_0 = bf16[2,16,8]{2,1,0} parameter(0)
+  %param_1 = bf16[2,8,12]{2,1,0} parameter(1)
+  ROOT %dot.1 = f32[2,16,12]{2,1,0} dot(%param_0, %param_1), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+ENTRY %main (a: bf16[2,16,8], b: bf16[2,8,12], c: f32[2,8,16]) -> f32[2,16,12] {
+  %a = bf16[2,16,8]{2,1,0} parameter(0)
+  %b = bf16[2,8,12]{2,1,0} parameter(1)
+  %c = f32[2,8,16]{2,1,0} parameter(2)
+  %ynn_fusion = f32[2,16,12]{2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.1, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %transpose.2 = bf16[2,8,16]{1,2,0} transpose(%a), dimensions={0,2,1}
+  %dot.2 = f32[2,16,12]{2,1,0} dot(%transpose.2, %b), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+  %dot.3 = f32[2,16,16]{2,1,0} dot(%c, %c), lhs_batch_dims={0}, lhs_contracting_dims={1}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+  ROOT %add = f32[2,16,12]{2,1,0} add(%ynn_fusion, %dot.2)
+}
+"""
+
+
+def test_the_hlo_reader_sorts_bf16_dots_by_whether_ynnpack_runs_them():
+    # dot.3 multiplies float32 operands: any kernel runs it.
+    assert batched_bf16_dots(_HLO) == (["dot.1"], ["dot.2"])
