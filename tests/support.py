@@ -48,6 +48,17 @@ def run_pass_body(text: str, name: str) -> tuple[list[str], int]:
         return [x for x in lines if x and not x.startswith(("module", "func.func", "}"))], record.rewrites
 
 
+def dot_module(lhs: str, rhs: str, out: str, dims: str, extra: str = "") -> str:
+    """StableHLO text of ``@main(%a, %b)`` returning one ``dot_general`` of the two tensor types
+    ``lhs`` and ``rhs`` (``"2x16x8xbf16"``) with result type ``out``, dimension numbers ``dims``
+    (``"contracting_dims = [1] x [0]"``) and ``extra`` attributes, for golden-text tests."""
+    return f"""
+func.func @main(%a: tensor<{lhs}>, %b: tensor<{rhs}>) -> tensor<{out}> {{
+  %0 = stablehlo.dot_general %a, %b, {dims}{extra} : (tensor<{lhs}>, tensor<{rhs}>) -> tensor<{out}>
+  return %0 : tensor<{out}>
+}}"""
+
+
 _CLI_EACH = """
 import json, os, sys
 from click.testing import CliRunner

@@ -11,23 +11,16 @@ import pytest
 import luxc
 from luxc.passes import dot_bf16_batched
 from luxc.runtime.compiling._unclaimed_dots import batched_bf16_dots
-from tests.support import run_pass_body
+from tests.support import dot_module, run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:
     return run_pass_body(text, "dot_bf16_batched")
 
 
-def _module(lhs: str, rhs: str, out: str, dims: str) -> str:
-    return f"""
-func.func @main(%a: tensor<{lhs}>, %b: tensor<{rhs}>) -> tensor<{out}> {{
-  %0 = stablehlo.dot_general %a, %b, {dims} : (tensor<{lhs}>, tensor<{rhs}>) -> tensor<{out}>
-  return %0 : tensor<{out}>
-}}"""
-
 
 def test_a_batched_bf16_dot_gets_a_float32_result_and_one_convert():
-    body, rewrites = _run(_module("2x16x8xbf16", "2x8x12xbf16", "2x16x12xbf16",
+    body, rewrites = _run(dot_module("2x16x8xbf16", "2x8x12xbf16", "2x16x12xbf16",
                                   "batching_dims = [0] x [0], contracting_dims = [2] x [1]"))
     assert rewrites == 1
     assert body == [
@@ -40,7 +33,7 @@ def test_a_batched_bf16_dot_gets_a_float32_result_and_one_convert():
 
 def test_a_left_operand_contracted_before_its_rows_is_transposed_and_pinned():
     # The gradient p^T . g of attention: the left operand [b, s, t] is contracted over s.
-    body, rewrites = _run(_module("2x8x16xbf16", "2x8x12xbf16", "2x16x12xbf16",
+    body, rewrites = _run(dot_module("2x8x16xbf16", "2x8x12xbf16", "2x16x12xbf16",
                                   "batching_dims = [0] x [0], contracting_dims = [1] x [1]"))
     assert rewrites == 1
     assert body == [
@@ -56,7 +49,7 @@ def test_a_left_operand_contracted_before_its_rows_is_transposed_and_pinned():
 
 def test_batch_axes_after_the_others_are_kept_in_their_pairs():
     # jnp.einsum("bthd,bshd->bhts") before XLA moves the batch axes: (0, 2) x (0, 2).
-    body, rewrites = _run(_module("2x16x3x8xbf16", "2x12x3x8xbf16", "2x3x16x12xbf16",
+    body, rewrites = _run(dot_module("2x16x3x8xbf16", "2x12x3x8xbf16", "2x3x16x12xbf16",
                                   "batching_dims = [0, 2] x [0, 2], contracting_dims = [3] x [3]"))
     assert rewrites == 1
     assert "batching_dims = [0, 2] x [0, 2], contracting_dims = [3] x [3]" in body[0]
@@ -75,7 +68,7 @@ def test_batch_axes_after_the_others_are_kept_in_their_pairs():
 ], ids=["f32", "already-f32-result", "f16", "no-batch-axes", "vector", "all-under-8",
         "two-contracting-axes"])
 def test_other_dots_are_left_alone(lhs, rhs, out, dims):
-    body, rewrites = _run(_module(lhs, rhs, out, dims))
+    body, rewrites = _run(dot_module(lhs, rhs, out, dims))
     assert rewrites == 0 and len(body) == 2
 
 

@@ -8,23 +8,16 @@ import optax
 
 import luxc
 from luxc import nn
-from tests.support import run_pass_body
+from tests.support import dot_module, run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:
     return run_pass_body(text, "dot_f32_accumulate")
 
 
-def _module(lhs: str, rhs: str, out: str, dims: str) -> str:
-    return f"""
-func.func @main(%a: tensor<{lhs}>, %b: tensor<{rhs}>) -> tensor<{out}> {{
-  %0 = stablehlo.dot_general %a, %b, {dims} : (tensor<{lhs}>, tensor<{rhs}>) -> tensor<{out}>
-  return %0 : tensor<{out}>
-}}"""
-
 
 def test_a_bf16_dot_gets_a_float32_result_and_one_convert():
-    body, rewrites = _run(_module("4x8xbf16", "8x3xbf16", "4x3xbf16", "contracting_dims = [1] x [0]"))
+    body, rewrites = _run(dot_module("4x8xbf16", "8x3xbf16", "4x3xbf16", "contracting_dims = [1] x [0]"))
     assert rewrites == 1
     assert body == [
         "%0 = stablehlo.dot_general %arg0, %arg1, contracting_dims = [1] x [0] "
@@ -41,7 +34,7 @@ def test_float32_mixed_and_batched_dots_are_left_alone():
         ("2x4x8xbf16", "2x8x3xbf16", "2x4x3xbf16",
          "batching_dims = [0] x [0], contracting_dims = [2] x [1]"),
     ]:
-        body, rewrites = _run(_module(lhs, rhs, out, dims))
+        body, rewrites = _run(dot_module(lhs, rhs, out, dims))
         assert rewrites == 0 and len(body) == 2
 
 

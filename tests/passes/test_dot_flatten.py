@@ -11,24 +11,17 @@ from jax import lax
 import luxc
 from luxc import nn
 from luxc.runtime.compiling._executable import rewrite
-from tests.support import run_pass_body
+from tests.support import dot_module, run_pass_body
 
 
 def _run(text: str) -> tuple[list[str], int]:
     return run_pass_body(text, "dot_flatten")
 
 
-def _module(lhs: str, rhs: str, out: str, dims: str, extra: str = "") -> str:
-    return f"""
-func.func @main(%a: tensor<{lhs}>, %b: tensor<{rhs}>) -> tensor<{out}> {{
-  %0 = stablehlo.dot_general %a, %b, {dims}{extra} : (tensor<{lhs}>, tensor<{rhs}>) -> tensor<{out}>
-  return %0 : tensor<{out}>
-}}"""
-
 
 def test_a_weight_gradient_becomes_one_matrix_product_contracted_over_its_leading_axis():
     # dW = gᵀ x of a Dense layer on (batch 2, tokens 3): both operands contracted over (0, 1).
-    body, rewrites = _run(_module("2x3x8xf32", "2x3x4xf32", "8x4xf32", "contracting_dims = [0, 1] x [0, 1]",
+    body, rewrites = _run(dot_module("2x3x8xf32", "2x3x4xf32", "8x4xf32", "contracting_dims = [0, 1] x [0, 1]",
                                   ", precision = [DEFAULT, HIGHEST]"))
     assert rewrites == 1
     assert body == [
@@ -41,7 +34,7 @@ def test_a_weight_gradient_becomes_one_matrix_product_contracted_over_its_leadin
 
 
 def test_a_forward_dense_on_a_sequence_flattens_the_tokens_and_restores_them():
-    body, rewrites = _run(_module("2x3x8xf32", "5x8xf32", "2x3x5xf32", "contracting_dims = [2] x [1]"))
+    body, rewrites = _run(dot_module("2x3x8xf32", "5x8xf32", "2x3x5xf32", "contracting_dims = [2] x [1]"))
     assert rewrites == 1
     assert body == [
         "%0 = stablehlo.reshape %arg0 : (tensor<2x3x8xf32>) -> tensor<6x8xf32>",
@@ -61,7 +54,7 @@ def test_a_forward_dense_on_a_sequence_flattens_the_tokens_and_restores_them():
     ("2x3xf32", "2x3xf32", "f32", "contracting_dims = [0, 1] x [0, 1]"),  # a full contraction
 ])
 def test_dots_it_cannot_flatten_are_left_alone(lhs, rhs, out, dims):
-    _, rewrites = _run(_module(lhs, rhs, out, dims))
+    _, rewrites = _run(dot_module(lhs, rhs, out, dims))
     assert rewrites == 0
 
 
