@@ -56,6 +56,9 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "dot_scale_fold toggled": {"passes": _toggled("dot_scale_fold")},
         "temporaries in one heap (XLA's default)": {"xla_options": {_HEAP: -1}},
         "temporaries in 16 MiB heaps": {"xla_options": {_HEAP: 16 << 20}},
+        "bf16": {"mixed_precision": "bf16"},
+        "bf16, dot_bf16_batched toggled": {"mixed_precision": "bf16",
+                                           "passes": _toggled("dot_bf16_batched")},
     },
     "dice": {
         "default": {},
@@ -86,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="comma-separated workloads: " + ", ".join(ABLATIONS))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="short samples")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes, each timing every variant in every round "
+                             "(default 1; python -m benchmarks' --processes)")
     args = parser.parse_args(argv)
     args.device, args.variants, args.retain_host_memory = False, None, False
     print(f"CPU default passes: {', '.join(luxc.passes.default_pipeline('cpu'))}")
