@@ -179,8 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="rounds (default 7; 1 with --quick)")
     p.add_argument("--processes", type=int, default=None,
                    help="worker processes per framework, each timed in every round (default 3; "
-                        "1 with --quick): the same code runs up to 40%% faster in one process "
-                        "than in another, so one process per framework measures its luck")
+                        "1 with --quick): the same code can be faster in one process than in "
+                        "another, so one process per framework measures its luck")
     p.add_argument("--only", help="comma-separated workloads (default all): "
                    + ", ".join(cases.workload_keys()))
     p.add_argument("--depths", help="block counts of the depth workloads (default 1,12,24)")
