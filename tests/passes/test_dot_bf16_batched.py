@@ -170,3 +170,40 @@ ENTRY %main (a: bf16[2,16,8], b: bf16[2,8,12], c: f32[2,8,16]) -> f32[2,16,12] {
 def test_the_hlo_reader_sorts_bf16_dots_by_whether_ynnpack_runs_them():
     # dot.3 multiplies float32 operands: any kernel runs it.
     assert batched_bf16_dots(_HLO) == (["dot.1"], ["dot.2"])
+
+
+def test_an_artifact_of_the_bf16_attention_step_keeps_the_pass_and_trains_as_compiled(tmp_path):
+    data, ts = _attention_step()
+    options = luxc.CompileOptions(mixed_precision="bf16")
+    manifest = luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
+                                compile_options=options)
+    assert [r.rewrites for r in manifest.pass_report if r.name == dot_bf16_batched.NAME] == [6]
+    loaded = luxc.load(tmp_path / "step.luxc")
+    _, reference = _compiled()
+    _, loss, _ = loaded(loaded.state, loaded.data)  # the artifact's own state and batch
+    assert float(loss) == float(reference[1])
+
+
+def test_a_model_that_convolves_and_attends_is_compiled_again_without_the_pass():
+    # luxc turns YNNPACK's fusions off for a module that convolves (runtime/compiling/_options.py)
+    def embed_and_attend(self, x):
+        h = self.conv(x).reshape(4, 64, 8)  # 64 pixels of 8 features
+        s = jnp.einsum("btd,bsd->bts", h, h)
+        return jnp.einsum("bts,bsd->btd", jax.nn.softmax(s, axis=-1), h)
+
+    model = luxc.compact(conv=luxc.nn.Conv((3, 3), 1, 8, pad=1))(embed_and_attend)
+    ps, st = luxc.setup(0, model)
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    y = jnp.zeros((4, 64, 8))
+    without = [p for p in luxc.passes.default_pipeline("cpu") if p != dot_bf16_batched.NAME]
+    outs = {}
+    for name, passes in (("default", "default"), ("without", without)):
+        cs = luxc.compile_step(luxc.MSELoss(), (x, y), ts, compile_options=luxc.CompileOptions(
+            passes=passes, mixed_precision="bf16"))
+        outs[name] = cs(ts, (x, y))
+        if name == "default":
+            assert dot_bf16_batched.NAME not in [r.name for r in cs.pass_report]
+    # the same program as the pipeline without the pass: the same bits
+    for a, b in zip(jax.tree.leaves(outs["default"]), jax.tree.leaves(outs["without"])):
+        np.testing.assert_array_equal(a, b)
