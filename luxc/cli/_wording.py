@@ -28,6 +28,8 @@ _FLAGS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), r) for p
     (r"recompile it with platforms=\['([\w-]+)'\]", r"recompile it with --platform \1"),
     (r"\(mesh ([^)]*)\)", r"(--mesh \1)"),
     (r"compile it again without a mesh\b", "compile it again without --mesh"),
+    (r"export the step again on this machine \(luxc\.export_step\)",
+     "compile the step again on this machine (luxc compile)"),
 ))
 
 

@@ -64,6 +64,7 @@ from luxc.runtime.compiling._executable import (
 )
 from luxc.runtime.compiling._options import CompileOptions
 from luxc.runtime.compiling._stages import cost_figures, memory_figures
+from luxc.runtime.compiling._unclaimed_dots import batched_bf16_dots
 from luxc.runtime.files._atomic_write import check_writable_directory, write_atomic
 from luxc.runtime.files._bounded_read import json_bytes, parse_json, read_regular, sha256
 from luxc.runtime.files._directory_swap import replace_directory
@@ -312,6 +313,7 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     compile_cache = cache or persistent_cache.active() or MemoryCache()
     compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache,
                                    native_check=native_check)
+    _check_batched_dots(compiled, host, artifact.directory)
     loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
         notes.append("the artifact's executable does not match this machine's XLA (devices or "
@@ -325,6 +327,20 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
                              artifact.signed_by_this_user, *trust)
     return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate,
                       xla_options, native_check)
+
+
+def _check_batched_dots(compiled: jax.stages.Compiled, host: str, directory: Path) -> None:
+    """Refuse, before any step runs, a CPU step with batched bf16 dots XLA:CPU cannot run here
+    (:mod:`luxc.runtime.compiling._unclaimed_dots`): the first step would fail in XLA."""
+    if host != "cpu":
+        return
+    _, unclaimed = batched_bf16_dots(compiled.as_text())
+    if unclaimed:
+        raise ArtifactError(
+            f"{directory}: XLA:CPU here cannot run {len(unclaimed)} of the step's batched "
+            f"bfloat16 dots ({', '.join(unclaimed[:3])}): it runs a bf16 x bf16 -> f32 batched "
+            f"dot only inside YNNPACK, which did not take them; export the step again on this "
+            f"machine (luxc.export_step), which compiles it without dot_bf16_batched")
 
 
 def _stored_executable(artifact: Artifact, host: str, notes: list[str]) -> MemoryCache | None:

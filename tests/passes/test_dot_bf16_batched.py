@@ -207,3 +207,36 @@ def test_a_model_that_convolves_and_attends_is_compiled_again_without_the_pass()
     # the same program as the pipeline without the pass: the same bits
     for a, b in zip(jax.tree.leaves(outs["default"]), jax.tree.leaves(outs["without"])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_artifact_whose_dots_xla_cannot_run_here_is_refused_at_load(tmp_path, monkeypatch):
+    # An artifact written with the dots YNNPACK rejects (the transposes unpinned, and the
+    # compile-again step skipped, as a stranger's luxc or another XLA may have done).
+    from jaxlib.mlir.dialects import stablehlo
+
+    from luxc.runtime.artifacts import _artifact
+    from luxc.runtime.files import ArtifactError
+
+    def unpinned(op, plan):
+        if plan.lhs_contract > plan.lhs_free:
+            return op.operands[0], plan.lhs_batch, plan.lhs_contract
+        permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
+        return (stablehlo.TransposeOp(op.operands[0], permutation).result,
+                list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
+
+    data, ts = _attention_step()
+    with monkeypatch.context() as m:
+        m.setattr(dot_bf16_batched, "_rows_first", unpinned)
+        m.setattr(_artifact, "settle", lambda *args: None)
+        luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
+                         compile_options=luxc.CompileOptions(mixed_precision="bf16"))
+    with pytest.raises(ArtifactError, match=r"step\.luxc: XLA:CPU here cannot run \d+ of the "
+                                            r"step's batched bfloat16 dots \(dot\.\d+") as e:
+        luxc.load(tmp_path / "step.luxc")
+    # `luxc run` / `luxc inspect` print it in the command line's words
+    from luxc.cli._wording import cli_words
+
+    assert str(e.value).endswith("export the step again on this machine (luxc.export_step), "
+                                 "which compiles it without dot_bf16_batched")
+    assert cli_words(str(e.value)).endswith("compile the step again on this machine (luxc "
+                                            "compile), which compiles it without dot_bf16_batched")
