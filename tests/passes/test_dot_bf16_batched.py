@@ -127,20 +127,23 @@ def test_with_ynnpack_fusions_off_the_step_is_compiled_again_without_the_pass():
     _close_within_bf16(out, reference)
 
 
+def _unpinned(op, plan):
+    """The pass's ``_rows_first`` without its barrier: the transposed left operand is left for
+    XLA to fold into the dot's layout, which YNNPACK then rejects."""
+    from jaxlib.mlir.dialects import stablehlo
+
+    if plan.lhs_contract > plan.lhs_free:
+        return op.operands[0], plan.lhs_batch, plan.lhs_contract
+    permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
+    return (stablehlo.TransposeOp(op.operands[0], permutation).result,
+            list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
+
+
 def test_a_dot_ynnpack_leaves_out_is_never_run(monkeypatch):
     # Without the barrier XLA folds the transpose into the dot's layout: YNNPACK rejects the dot
     # and XLA:CPU's own batched-dot kernel would fail when the step runs ("Unsupported element
     # type for DotThunk::Execute: BF16 x BF16 = F32").
-    from jaxlib.mlir.dialects import stablehlo
-
-    def unpinned(op, plan):
-        if plan.lhs_contract > plan.lhs_free:
-            return op.operands[0], plan.lhs_batch, plan.lhs_contract
-        permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
-        return (stablehlo.TransposeOp(op.operands[0], permutation).result,
-                list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
-
-    monkeypatch.setattr(dot_bf16_batched, "_rows_first", unpinned)
+    monkeypatch.setattr(dot_bf16_batched, "_rows_first", _unpinned)
     cs, out = _compiled()
     assert _rewrites(cs) == 0
     _, reference = _compiled(passes="none")
@@ -212,21 +215,12 @@ def test_a_model_that_convolves_and_attends_is_compiled_again_without_the_pass()
 def test_an_artifact_whose_dots_xla_cannot_run_here_is_refused_at_load(tmp_path, monkeypatch):
     # An artifact written with the dots YNNPACK rejects (the transposes unpinned, and the
     # compile-again step skipped, as a stranger's luxc or another XLA may have done).
-    from jaxlib.mlir.dialects import stablehlo
-
     from luxc.runtime.artifacts import _artifact
     from luxc.runtime.files import ArtifactError
 
-    def unpinned(op, plan):
-        if plan.lhs_contract > plan.lhs_free:
-            return op.operands[0], plan.lhs_batch, plan.lhs_contract
-        permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
-        return (stablehlo.TransposeOp(op.operands[0], permutation).result,
-                list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
-
     data, ts = _attention_step()
     with monkeypatch.context() as m:
-        m.setattr(dot_bf16_batched, "_rows_first", unpinned)
+        m.setattr(dot_bf16_batched, "_rows_first", _unpinned)
         m.setattr(_artifact, "settle", lambda *args: None)
         luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
                          compile_options=luxc.CompileOptions(mixed_precision="bf16"))
