@@ -30,6 +30,7 @@ from luxc.passes import (
     fuse_rsqrt,
     maxpool_grad_select,
     reduce_f32_accumulate,
+    reduce_window_f32,
 )
 from luxc.passes._match import count_ops
 
@@ -106,6 +107,8 @@ _REGISTRY: dict[str, PassInfo] = {
     reduce_f32_accumulate.NAME: PassInfo(reduce_f32_accumulate.NAME,
                                          reduce_f32_accumulate.DESCRIPTION,
                                          reduce_f32_accumulate.run, ("cpu",)),
+    reduce_window_f32.NAME: PassInfo(reduce_window_f32.NAME, reduce_window_f32.DESCRIPTION,
+                                     reduce_window_f32.run, ("cpu",)),
 }
 
 

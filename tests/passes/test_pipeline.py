@@ -125,7 +125,8 @@ def test_available_lists_every_pass_with_a_description():
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
                            "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
                            "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
-                           "dot_bf16_canonical", "dot_bf16_batched", "reduce_f32_accumulate"}
+                           "dot_bf16_canonical", "dot_bf16_batched", "reduce_f32_accumulate",
+                           "reduce_window_f32"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
@@ -134,7 +135,7 @@ def test_default_pipeline_only_has_passes_measured_faster_there():
                                               "conv_input_grad_dot", "dot_flatten",
                                               "dot_scale_fold", "dot_f32_accumulate",
                                               "dot_bf16_canonical", "dot_bf16_batched",
-                                              "reduce_f32_accumulate")
+                                              "reduce_f32_accumulate", "reduce_window_f32")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
@@ -290,7 +291,7 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
             assert {r.name: r.rewrites for r in cs.pass_report} == {
                 "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_input_grad_dot": 1,
                 "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
-                "dot_bf16_canonical": 0, "dot_bf16_batched": 0,
+                "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,
                 "reduce_f32_accumulate": 0}  # a float32 step: the mixed-precision passes match nothing
     (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
