@@ -121,6 +121,16 @@ def _descendants() -> list[int]:
     return out
 
 
+class _Terminated(Exception):
+    """``luxc launch`` received SIGTERM (``kill``, a job scheduler's stop)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM stops the launch as Ctrl-C does: the processes get SIGINT and the grace period,
+    # then SIGKILL; by default Python would die at once and leave them running on their own.
+    raise _Terminated
+
+
 def _signal_groups(procs: list[subprocess.Popen], sig: int) -> None:
     # A group outlives its leader while a process it forked runs: signal it then too, but only
     # a group with a member under this process (its id may be reused once it is empty).
@@ -210,6 +220,7 @@ def launch(n, allow_many, devices_per_process, script, args):
                        f"them anyway")
     before = set(_descendants())
     _become_subreaper()
+    signal.signal(signal.SIGTERM, _terminate)
     port = _free_port()
     procs, relays = [], []
     try:
@@ -226,9 +237,13 @@ def launch(n, allow_many, devices_per_process, script, args):
     except KeyboardInterrupt:
         click.echo("luxc launch: interrupted; stopping every process", err=True)
         code = 130
+    except _Terminated:
+        click.echo("luxc launch: terminated (SIGTERM); stopping every process", err=True)
+        code = 128 + signal.SIGTERM
     except OSError as e:
         raise CliError(f"launch: cannot start {script}: {e}") from None
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the stop below is bounded; let it end
         _stop(procs, before)
         for t in relays:
             t.join(timeout=1.0)

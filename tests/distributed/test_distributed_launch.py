@@ -322,15 +322,20 @@ def test_a_dying_process_makes_launch_fail_fast_with_its_exit_code(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process(tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_every_process(tmp_path, sig, code, said):
+    # SIGTERM: `kill`, or a job scheduler stopping the job
     script = tmp_path / "wait.py"
     script.write_text("import os, time\nprint('PID', os.getpid(), flush=True)\ntime.sleep(120)\n")
     launcher = subprocess.Popen([sys.executable, "-m", "luxc.cli", "launch", "-n", "2", str(script)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids = [int(launcher.stdout.readline().split("PID")[1]) for _ in range(2)]
-    launcher.send_signal(signal.SIGINT)
+    launcher.send_signal(sig)
     out, err = launcher.communicate(timeout=30)
-    assert launcher.returncode == 130, err
+    assert launcher.returncode == code, err
+    assert f"luxc launch: {said}; stopping every process" in err
     assert "KeyboardInterrupt" not in err and "Traceback" not in err  # the peers stop quietly
     for pid in pids:
         with pytest.raises(ProcessLookupError):
