@@ -45,6 +45,9 @@ ABLATIONS: dict[str, dict[str, dict]] = {
             "passes": ["maxpool_grad_select", "conv_few_channels", *_CONV_PASSES],
             "xla_options": {_YNN: ""}},
         "passes=none, no YNN fusions": {"passes": "none", "xla_options": {_YNN: ""}},
+        "bf16": {"mixed_precision": "bf16"},
+        "bf16, reduce_window_f32 toggled": {"mixed_precision": "bf16",
+                                            "passes": _toggled("reduce_window_f32")},
     },
     "transformer": {
         "default": {},
