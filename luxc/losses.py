@@ -37,11 +37,10 @@ Agg = str | Callable[[jax.Array], jax.Array] | None
 
 
 _WHOLE_ARRAY: dict[Any, Callable[[jax.Array], jax.Array]] = {
-    "mean": jnp.mean, "sum": jnp.sum, sum: jnp.sum, max: jnp.max, min: jnp.min,
+    "mean": jnp.mean, "sum": jnp.sum, sum: jnp.sum, max: jnp.max, min: jnp.min, math.prod: jnp.prod,
     statistics.mean: jnp.mean, statistics.fmean: jnp.mean, statistics.median: jnp.median,
-    math.prod: jnp.prod, np.sum: jnp.sum, np.mean: jnp.mean, np.max: jnp.max, np.min: jnp.min,
-    np.median: jnp.median, np.prod: jnp.prod,
-}
+    np.sum: jnp.sum, np.mean: jnp.mean, np.max: jnp.max, np.min: jnp.min, np.median: jnp.median,
+    np.prod: jnp.prod}
 
 
 def _aggregate(agg: Agg, x: jax.Array) -> jax.Array:
@@ -394,8 +393,7 @@ class DiceCoeffLoss(AbstractLoss):
         return _aggregate(self.agg, 1 - num / den)
 
 
-L1Loss = MAELoss  # Lux's aliases (losses.jl: const L1Loss = MAELoss, const L2Loss = MSELoss)
-L2Loss = MSELoss
+L1Loss, L2Loss = MAELoss, MSELoss  # Lux's aliases (losses.jl: const L1Loss = MAELoss, ...)
 
 ALL = (GenericLossFunction, BinaryCrossEntropyLoss, BinaryFocalLoss, CrossEntropyLoss,
        DiceCoeffLoss, FocalLoss, HingeLoss, HuberLoss, KLDivergenceLoss, MAELoss, MSELoss,

@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from luxc.passes import PassRecord
+from luxc.runtime.artifacts._json_schema import check_schema
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.messages._shown import shown
 
@@ -31,8 +32,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NUMBER = (int, float)
 _OPTIONAL_NUMBER = (int, float, type(None))
 _ARRAY = {"shape": [int], "dtype": str}
-# A schema is a type (or tuple of types), a dict of field schemas, or a one-item list of the
-# schema of every item. Fields not listed are allowed (newer luxc may add some).
+# The manifest's schema (runtime/artifacts/_json_schema.py); fields not listed are allowed
+# (newer luxc may add some).
 _SCHEMA: dict[str, Any] = {
     "format": str,
     "format_version": int,
@@ -188,10 +189,10 @@ def parse_manifest(raw: Any) -> Manifest:
     """``raw`` (the parsed JSON of ``manifest.json``) checked against the schema and built into
     a :class:`Manifest`; one ``ArtifactError`` line naming the field otherwise."""
     _check_format(raw)
-    _check(raw, _SCHEMA, "")
+    check_schema(raw, _SCHEMA, "")
     for key, schema in _OPTIONAL.items():
         if key in raw:
-            _check(raw[key], schema, key)
+            check_schema(raw[key], schema, key)
     _check_values(raw)
     _check_layout(raw)
     _check_program(raw, "forward", {"input": _ARRAY})
@@ -207,35 +208,6 @@ def _check_format(raw: Any) -> None:
     if raw.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"artifact format version {raw.get('format_version')!r}; this "
                             f"luxc reads version {FORMAT_VERSION}: recompile it with this luxc")
-
-
-def _type_names(t: Any) -> str:
-    types = t if isinstance(t, tuple) else (t,)
-    return " or ".join("null" if x is type(None) else x.__name__ for x in types)
-
-
-def _check(value: Any, schema: Any, where: str) -> None:
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            raise ArtifactError(f"manifest field {where or '(top)'} must be an object; found "
-                                f"{type(value).__name__}")
-        for key, sub in schema.items():
-            name = f"{where}.{key}" if where else key
-            if key not in value:
-                raise ArtifactError(f"manifest field {name} is missing")
-            _check(value[key], sub, name)
-    elif isinstance(schema, list):
-        if not isinstance(value, list):
-            raise ArtifactError(f"manifest field {where} must be a list; found "
-                                f"{type(value).__name__}")
-        for i, item in enumerate(value):
-            _check(item, schema[0], f"{where}[{i}]")
-    else:
-        bad_bool = isinstance(value, bool) and bool not in (schema if isinstance(schema, tuple)
-                                                            else (schema,))
-        if bad_bool or not isinstance(value, schema):
-            raise ArtifactError(f"manifest field {where} must be {_type_names(schema)}; found "
-                                f"{type(value).__name__}")
 
 
 def _is_number(x: Any) -> bool:
@@ -260,7 +232,7 @@ def _check_values(raw: dict[str, Any]) -> None:
         if not isinstance(spec.get("sharding", ""), str):
             raise ArtifactError(f"manifest input/output {i} has a sharding that is not text")
     for name, entry in raw["files"].items():
-        _check(entry, {"sha256": str, "size": int}, f"files[{name!r}]")
+        check_schema(entry, {"sha256": str, "size": int}, f"files[{name!r}]")
         if not _HEX64.fullmatch(entry["sha256"]) or entry["size"] < 0:
             raise ArtifactError(f"manifest entry for {shown(name, 200)} is malformed")
     for i, record in enumerate(raw["pass_report"]):
@@ -351,7 +323,7 @@ def _check_program(raw: dict[str, Any], key: str, inputs: dict[str, Any]) -> Non
     if key not in raw:
         return
     spec = raw[key]
-    _check(spec, {"n_parameters": int, "n_states": int, "n_outputs": int, **inputs}, key)
+    check_schema(spec, {"n_parameters": int, "n_states": int, "n_outputs": int, **inputs}, key)
     n_state = raw["layout"]["n_state"]
     if min(spec["n_parameters"], spec["n_states"], spec["n_outputs"]) < 0 or \
             spec["n_parameters"] + spec["n_states"] > n_state:
