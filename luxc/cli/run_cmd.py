@@ -104,7 +104,8 @@ def run(**flags: Any) -> None:
     --eval-data every --eval-every steps (`eval step N  loss ...`), then a summary: steps,
     wall time, steps/s, first and last loss, and which executable ran (the artifact's
     serialized one, or one compiled from its portable StableHLO). Ctrl-C writes a checkpoint
-    (with --checkpoint or --save-state) and exits with status 130.
+    (with --checkpoint or --save-state) and exits with status 130; SIGTERM (kill, a job
+    scheduler's stop) does the same and exits with status 143.
     """
     _run(Flags(**flags))
 
@@ -128,8 +129,8 @@ def _run(f: Flags) -> None:
     for n in plan.segment_lengths(loaded.step_count):
         loaded.prepare(plan.steps_per_call, n, stacked=dataset is not None)
     if interrupt.requested:  # while loading or compiling: nothing written yet
-        click.echo("interrupted before the first step; nothing was written", err=True)
-        sys.exit(130)
+        click.echo(f"{interrupt.what} before the first step; nothing was written", err=True)
+        sys.exit(interrupt.exit_code)
     if f.checkpoint_dir:
         checkpoints.claim(f.checkpoint_dir, found, record["run_id"], loaded.step_count + 1,
                           plan.end)

@@ -91,25 +91,37 @@ class _Curve:
 
 
 class Interrupt:
-    """The first Ctrl-C asks the run to stop after the current call (then a checkpoint is
-    written); a second one stops at once. Installed when the command starts: a Ctrl-C while the
-    artifact loads or compiles is not lost in a callback (jax's gc hook swallowed it, and the
-    run then trained to its end) but stops the run before its first step."""
+    """The first Ctrl-C (or SIGTERM: ``kill``, a job scheduler's stop) asks the run to stop after
+    the current call (then a checkpoint is written); a second one stops at once. Installed when
+    the command starts: a Ctrl-C while the artifact loads or compiles is not lost in a callback
+    (jax's gc hook swallowed it, and the run then trained to its end) but stops the run before
+    its first step."""
 
     def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self.requested, self.signal = False, None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         click.get_current_context().call_on_close(self.__exit__)
 
     def __enter__(self):
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._old)
+        self.requested, self.signal = True, self.signal or signum
+        signal.signal(signum, self._old[signum])
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def what(self) -> str:
+        """How the run was stopped, for its last line."""
+        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process that signal stopped."""
+        return 128 + (self.signal or signal.SIGINT)
 
 
 class Session:
@@ -226,11 +238,11 @@ class Session:
                            f"{self.loaded.step_count}" + (f", the state is in {where}" if where
                                                            else ""))
         if self.interrupt.requested:
-            click.echo(f"interrupted at step {self.loaded.step_count}" +
+            click.echo(f"{self.interrupt.what} at step {self.loaded.step_count}" +
                        (f" ({GRACE_SECONDS:.0f} s after Ctrl-C, luxc stopped waiting for the "
                         "artifact's computation)" if self.stuck else "") +
                        (f"; the state is in {where}" if where else ""), err=True)
-            sys.exit(130)
+            sys.exit(self.interrupt.exit_code)
 
 
 def _nothing() -> None:

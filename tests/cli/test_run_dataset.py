@@ -175,7 +175,12 @@ def test_the_log_holds_every_stat_by_name_with_several_steps_per_call(tmp_path):
     np.testing.assert_allclose([row["stats['label_sum']"] for row in rows], expected, rtol=1e-5)
 
 
-def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_path, sig, code,
+                                                                      said):
+    # SIGTERM: `kill`, or a job scheduler stopping the job
     child = subprocess.Popen([sys.executable, "-m", "luxc.cli", "run", str(work / "step.luxc"),
                               "--data", str(work / "train.npz"), "--epochs", "5000", "-q",
                               "--checkpoint", "ck", "--checkpoint-every", "1000"],
@@ -183,10 +188,10 @@ def test_ctrl_c_writes_a_checkpoint_at_the_step_reached_and_exits_130(work, tmp_
     deadline = time.monotonic() + 120
     while not list((tmp_path / "ck").glob("step-*.safetensors")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     out, err = child.communicate(timeout=120)
-    assert child.returncode == 130, err
-    step = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert child.returncode == code, err
+    step = int(err.split(f"{said} at step ")[1].split(";")[0])
     assert 1000 <= step < 60000
     ts = luxc.load_state(tmp_path / "ck" / f"step-{step:08d}.safetensors", like=_factory_ts(work))
     assert ts.step == step
