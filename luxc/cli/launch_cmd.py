@@ -209,9 +209,10 @@ def launch(n, allow_many, devices_per_process, script, args):
     """Run SCRIPT in N processes on this machine, joined through a coordinator on 127.0.0.1.
 
     Each line of output is prefixed with the process's rank. If a process fails, the others are
-    stopped and launch exits with its code; Ctrl-C stops them all, and so does launch's end
-    any process they forked. SCRIPT calls luxc.distributed.initialize() first. N is at most
-    4 per CPU (each process is a jax runtime of ~116 MiB) unless --allow-many is given.
+    stopped and launch exits with its code; Ctrl-C or SIGTERM stops them all, and so does
+    launch's end any process they forked. SCRIPT calls luxc.distributed.initialize() first.
+    N is at most 4 per CPU (each process is a jax runtime of ~116 MiB) unless --allow-many is
+    given.
     """
     if n > process_limit() and not allow_many:
         raise CliError(f"launch: -n {n} is more than {process_limit()} processes "
