@@ -27,7 +27,7 @@ import jaxlib
 import numpy as np
 from jax import export as jax_export
 
-from luxc.passes import PassRecord
+from luxc.passes import PassRecord, dot_bf16_batched
 from luxc.runtime.artifacts._format import (
     ARTIFACT_FILES,
     EVALUATE_FILE,
@@ -313,7 +313,7 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     compile_cache = cache or persistent_cache.active() or MemoryCache()
     compiled, _ = compile_exported(exported, args, xla_options=xla_options, cache=compile_cache,
                                    native_check=native_check)
-    _check_batched_dots(compiled, host, artifact.directory)
+    _check_batched_dots(compiled, host, manifest, artifact.directory)
     loaded_executable = cache is not None and cache.loaded
     if cache is not None and not loaded_executable:
         notes.append("the artifact's executable does not match this machine's XLA (devices or "
@@ -329,10 +329,14 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
                       xla_options, native_check)
 
 
-def _check_batched_dots(compiled: jax.stages.Compiled, host: str, directory: Path) -> None:
+def _check_batched_dots(compiled: jax.stages.Compiled, host: str, manifest: Manifest,
+                        directory: Path) -> None:
     """Refuse, before any step runs, a CPU step with batched bf16 dots XLA:CPU cannot run here
-    (:mod:`luxc.runtime.compiling._unclaimed_dots`): the first step would fail in XLA."""
-    if host != "cpu":
+    (:mod:`luxc.runtime.compiling._unclaimed_dots`): the first step would fail in XLA. Read
+    only for a step ``dot_bf16_batched`` rewrote (another fails at its first step, in XLA's
+    words)."""
+    if host != "cpu" or not any(r.name == dot_bf16_batched.NAME and r.rewrites
+                                for r in manifest.pass_report):
         return
     _, unclaimed = batched_bf16_dots(compiled.as_text())
     if unclaimed:

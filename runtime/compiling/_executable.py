@@ -210,7 +210,7 @@ def settle(traced: jax_export.Exported, records: list[PassRecord], compiled: jax
     """The module to compile again, and its records, when XLA did not give the batched bf16
     dots ``dot_bf16_batched`` wrote to YNNPACK (:mod:`luxc.runtime.compiling._unclaimed_dots`):
     ``traced`` rewritten by the same passes less that one. ``None``: keep ``compiled``."""
-    if not withdraw_batched_dots(records, compiled.as_text()):
+    if not withdraw_batched_dots(records, compiled.as_text):
         return None
     return rewrite(traced, without_batched_dots([r.name for r in records]), dump_dir)
 

@@ -18,7 +18,7 @@ none inside one.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from luxc.passes import PassRecord, dot_bf16_batched
 
@@ -58,12 +58,13 @@ def batched_bf16_dots(hlo_text: str) -> tuple[list[str], list[str]]:
             [name for computation, name in bf16 if computation not in ynn])
 
 
-def withdraw_batched_dots(records: Sequence[PassRecord], hlo_text: str) -> bool:
+def withdraw_batched_dots(records: Sequence[PassRecord], hlo_text: Callable[[], str]) -> bool:
     """Whether the step compiled from ``records``' module must be compiled again without
-    ``dot_bf16_batched`` (False when the pass rewrote nothing)."""
+    ``dot_bf16_batched`` (False when the pass rewrote nothing; only then is ``hlo_text()``, the
+    executable's optimised HLO, printed and read)."""
     if not any(r.name == dot_bf16_batched.NAME and r.rewrites for r in records):
         return False
-    claimed, unclaimed = batched_bf16_dots(hlo_text)
+    claimed, unclaimed = batched_bf16_dots(hlo_text())
     return bool(unclaimed) or not claimed
 
 
