@@ -41,10 +41,14 @@ def check_ops(ops):
     assert len(ops) >= 3
     seconds = [op["seconds"] for op in ops]
     assert seconds == sorted(seconds, reverse=True)
-    total = sum(op["share"] for op in ops)
-    # The ops cover most of the step: 0.75-0.97 measured on an idle machine; on 2 cores at load
-    # 10 (a machine shared by 8 test runs) the process waits between ops and it fell to 0.35.
-    assert 0.3 <= total <= 1.0, total
+    # Every share is the op's seconds over one and the same step time, and ops that never overlap
+    # add up to at most the step. How much of the step they cover is a matter of load (0.75-0.97
+    # idle; 0.28 in CI on a busy machine, where the process waits between ops), so it is not
+    # asserted here: speed lives in benchmarks/.
+    assert all(op["seconds"] > 0 and op["share"] > 0 for op in ops), ops
+    step_seconds = {op["seconds"] / op["share"] for op in ops}
+    assert max(step_seconds) == pytest.approx(min(step_seconds), rel=1e-6), step_seconds
+    assert sum(op["share"] for op in ops) <= 1.0 + 1e-9, ops
     assert any("convolution" in op["kind"] for op in ops), [op["kind"] for op in ops]
     # XLA:CPU's events carry no FLOPs: luxc counts them from the HLO (tests/runtime/test_hlo_flops.py)
     assert all(op["flops"] > 0 for op in ops if "convolution" in op["kind"])
