@@ -45,6 +45,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
             "passes": ["maxpool_grad_select", "conv_few_channels", *_CONV_PASSES],
             "xla_options": {_YNN: ""}},
         "passes=none, no YNN fusions": {"passes": "none", "xla_options": {_YNN: ""}},
+        "default, relu_mask_from_output toggled": {"passes": _toggled("relu_mask_from_output")},
         "bf16": {"mixed_precision": "bf16"},
         "bf16, reduce_window_f32 toggled": {"mixed_precision": "bf16",
                                             "passes": _toggled("reduce_window_f32")},
@@ -75,6 +76,7 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "dot_swap_operands": {"passes": ["dot_swap_operands"]},
         "no YNN fusions": {"xla_options": {_YNN: ""}},
         "YNN dots only": {"xla_options": {_YNN: _YNN_DOTS}},
+        "relu_mask_from_output toggled": {"passes": _toggled("relu_mask_from_output")},
     },
 }
 

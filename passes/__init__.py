@@ -31,6 +31,7 @@ from luxc.passes import (
     maxpool_grad_select,
     reduce_f32_accumulate,
     reduce_window_f32,
+    relu_mask_from_output,
 )
 from luxc.passes._match import count_ops
 
@@ -109,6 +110,9 @@ _REGISTRY: dict[str, PassInfo] = {
                                          reduce_f32_accumulate.run, ("cpu",)),
     reduce_window_f32.NAME: PassInfo(reduce_window_f32.NAME, reduce_window_f32.DESCRIPTION,
                                      reduce_window_f32.run, ("cpu",)),
+    relu_mask_from_output.NAME: PassInfo(relu_mask_from_output.NAME,
+                                         relu_mask_from_output.DESCRIPTION,
+                                         relu_mask_from_output.run, ("cpu",)),
 }
 
 
