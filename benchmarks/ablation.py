@@ -49,6 +49,10 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "bf16": {"mixed_precision": "bf16"},
         "bf16, reduce_window_f32 toggled": {"mixed_precision": "bf16",
                                             "passes": _toggled("reduce_window_f32")},
+        "bf16, elementwise_bf16_f32 toggled": {"mixed_precision": "bf16",
+                                               "passes": _toggled("elementwise_bf16_f32")},
+        "bf16, convert_bf16_bits toggled": {"mixed_precision": "bf16",
+                                            "passes": _toggled("convert_bf16_bits")},
     },
     "transformer": {
         "default": {},
@@ -63,6 +67,14 @@ ABLATIONS: dict[str, dict[str, dict]] = {
         "bf16": {"mixed_precision": "bf16"},
         "bf16, dot_bf16_batched toggled": {"mixed_precision": "bf16",
                                            "passes": _toggled("dot_bf16_batched")},
+        "bf16, elementwise_bf16_f32 toggled": {"mixed_precision": "bf16",
+                                               "passes": _toggled("elementwise_bf16_f32")},
+    },
+    "gpt": {
+        "default": {},
+        "bf16": {"mixed_precision": "bf16"},
+        "bf16, elementwise_bf16_f32 toggled": {"mixed_precision": "bf16",
+                                               "passes": _toggled("elementwise_bf16_f32")},
     },
     "dice": {
         "default": {},

@@ -185,6 +185,10 @@ _MAKERS = (("luxc", "luxc", None, luxc_gpt), ("jax", "jax.jit+optax", None, jax_
 
 def variants(group: str, device: bool) -> dict[str, tuple[str | None, Callable]]:
     """``group``'s variants, f32 and bf16 each: name -> (package it needs, or None; maker)."""
+    if group == "ablation":
+        from benchmarks.ablation import makers
+
+        return makers(WORKLOAD.key)
     out = {}
     for owner, name, module, make in _MAKERS:
         if owner != group:

@@ -20,12 +20,14 @@ from luxc.passes import (
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
+    convert_bf16_bits,
     dot_bf16_batched,
     dot_bf16_canonical,
     dot_f32_accumulate,
     dot_flatten,
     dot_scale_fold,
     dot_swap_operands,
+    elementwise_bf16_f32,
     fuse_loss_reductions,
     fuse_rsqrt,
     maxpool_grad_select,
@@ -113,6 +115,13 @@ _REGISTRY: dict[str, PassInfo] = {
     relu_mask_from_output.NAME: PassInfo(relu_mask_from_output.NAME,
                                          relu_mask_from_output.DESCRIPTION,
                                          relu_mask_from_output.run, ("cpu",)),
+    # After every pass that writes bf16 converts: the first computes bf16 element-wise chains in
+    # float32 and drops the round trips between their links; the second rewrites the
+    # conversions left at a function's boundary.
+    elementwise_bf16_f32.NAME: PassInfo(elementwise_bf16_f32.NAME, elementwise_bf16_f32.DESCRIPTION,
+                                        elementwise_bf16_f32.run, ("cpu",)),
+    convert_bf16_bits.NAME: PassInfo(convert_bf16_bits.NAME, convert_bf16_bits.DESCRIPTION,
+                                     convert_bf16_bits.run, ("cpu",)),
 }
 
 

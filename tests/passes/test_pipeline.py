@@ -126,7 +126,8 @@ def test_available_lists_every_pass_with_a_description():
                            "conv_few_channels", "conv_input_grad_dot", "conv_weight_grad_dot",
                            "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
                            "dot_bf16_canonical", "dot_bf16_batched", "reduce_f32_accumulate",
-                           "reduce_window_f32", "relu_mask_from_output"}
+                           "reduce_window_f32", "relu_mask_from_output", "elementwise_bf16_f32",
+                           "convert_bf16_bits"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
@@ -136,7 +137,8 @@ def test_default_pipeline_only_has_passes_measured_faster_there():
                                               "dot_scale_fold", "dot_f32_accumulate",
                                               "dot_bf16_canonical", "dot_bf16_batched",
                                               "reduce_f32_accumulate", "reduce_window_f32",
-                                              "relu_mask_from_output")
+                                              "relu_mask_from_output", "elementwise_bf16_f32",
+                                              "convert_bf16_bits")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
@@ -293,7 +295,8 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
                 "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_input_grad_dot": 1,
                 "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
                 "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,
-                "reduce_f32_accumulate": 0, "relu_mask_from_output": 4}  # a float32 step: the mixed-precision passes match nothing
+                "reduce_f32_accumulate": 0, "relu_mask_from_output": 4,
+                "elementwise_bf16_f32": 0, "convert_bf16_bits": 0}  # a float32 step: the mixed-precision passes match nothing
     (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
