@@ -1,5 +1,6 @@
 """Helpers the tests import: the repository's root, fresh processes (Python, the ``luxc``
-command), compiling a factory with ``luxc compile``, and running one pass on StableHLO text.
+command), compiling a factory with ``luxc compile``, running one pass on StableHLO text, and a
+LeNet-5 step compiled with and without one pass.
 
 Fixtures live in ``tests/conftest.py``; a helper used by one directory only lives there
 (``tests/trust/_artifacts.py``)."""
@@ -84,3 +85,26 @@ def luxc_cli_each(cases: list[tuple[Path, list]]) -> list[subprocess.CompletedPr
     assert r.returncode == 0, r.stderr[-2000:]
     return [subprocess.CompletedProcess(args, code, out, err)
             for (_, args), (code, out, err) in zip(cases, json.loads(r.stdout.splitlines()[-1]))]
+
+
+def lenet_bits_without(pass_name: str, mixed_precision: str | None = None) -> int:
+    """Compile a LeNet-5 step (batch 16) with the CPU default pipeline and with it less
+    ``pass_name``; assert the two steps' outputs are bit-identical; return the pass's rewrites."""
+    import jax
+    import numpy as np
+
+    import luxc
+    from luxc.examples.lenet import factory
+
+    without = [p for p in luxc.passes.default_pipeline("cpu") if p != pass_name]
+    outputs, rewrites = [], []
+    for passes in ("default", without):
+        loss, data, ts = factory(16)
+        cs = luxc.compile_step(loss, data, ts, compile_options=luxc.CompileOptions(
+            passes=passes, mixed_precision=mixed_precision))
+        rewrites += [r.rewrites for r in cs.pass_report if r.name == pass_name]
+        outputs.append([np.asarray(a, np.float32) for a in jax.tree.leaves(cs(ts, data))])
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
+    (count,) = rewrites  # the pass ran once, in the default pipeline
+    return count
