@@ -93,23 +93,20 @@ def _round_trip(op: ir.Operation) -> ir.Value | None:
     return y if y.type == op.results[0].type else None
 
 
-def _unmark(module: ir.Module) -> int:
-    marked = 0
-
+def _unmark(module: ir.Module) -> None:
     def visit(op: ir.Operation) -> ir.WalkResult:
-        nonlocal marked
         if _MARK in op.attributes:
             del op.attributes[_MARK]
-            marked += 1
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(visit)
-    return marked
 
 
 def run(module: ir.Module) -> int:
     """Rewrite ``module`` in place; return the number of bf16 ops computed in float32."""
-    for name in WIDENED:
-        replace_each(module, f"stablehlo.{name}", _float_operands, _widen)
+    _unmark(module)  # a mark this run did not write (a module from elsewhere) is not ours
+    widened = sum(replace_each(module, f"stablehlo.{name}", _float_operands, _widen)
+                  for name in WIDENED)
     replace_each(module, "stablehlo.convert", _round_trip, lambda op, y: y)
-    return _unmark(module)
+    _unmark(module)
+    return widened

@@ -38,6 +38,16 @@ def test_a_bf16_chain_is_computed_in_float32_and_rounded_once():
     assert "luxc.widened" not in text  # the pass's marks are gone
 
 
+def test_the_count_is_of_ops_widened():
+    text = """
+func.func @main(%x: tensor<4xbf16>) -> tensor<4xbf16> {
+  %0 = stablehlo.add %x, %x : tensor<4xbf16>
+  return %0 : tensor<4xbf16>
+}"""
+    body, rewrites = run_pass_body(text, "elementwise_bf16_f32")
+    assert rewrites == 1 and "stablehlo.add %0, %1 : tensor<4xf32>" in "\n".join(body)
+
+
 def test_a_float32_module_is_left_alone():
     body, rewrites = run_pass_body(_CHAIN.format(t="f32"), "elementwise_bf16_f32")
     assert rewrites == 0 and "convert" not in "\n".join(body)
@@ -55,6 +65,19 @@ func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
     assert rewrites == 0
     assert "(tensor<4xf32>) -> tensor<4xbf16>" in body[0]
     assert "(tensor<4xbf16>) -> tensor<4xf32>" in body[1]
+
+
+def test_a_round_trip_marked_by_someone_else_keeps_its_rounding():
+    # The pass's mark on a conversion it did not write (a module from elsewhere) is not trusted.
+    text = """
+func.func @main(%x: tensor<4xf32>) -> tensor<4xf32> {
+  %0 = stablehlo.convert %x : (tensor<4xf32>) -> tensor<4xbf16>
+  %1 = stablehlo.convert %0 {luxc.widened} : (tensor<4xbf16>) -> tensor<4xf32>
+  return %1 : tensor<4xf32>
+}"""
+    body, rewrites = run_pass_body(text, "elementwise_bf16_f32")
+    assert rewrites == 0 and len([line for line in body if "stablehlo.convert" in line]) == 2
+    assert "luxc.widened" not in "\n".join(body)
 
 
 def test_a_value_rounded_to_bf16_and_computed_with_in_bf16_is_read_in_float32():
