@@ -43,6 +43,13 @@ WIDENED = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "negat
            "round_nearest_even", "round_nearest_afz", "sign", "remainder", "clamp", "select")
 
 
+# Ops whose region is a scalar combiner (``a + b``, ``max(a, b)``), not a chain of the step:
+# XLA recognises those bodies as they are.
+_COMBINERS = ("stablehlo.reduce", "stablehlo.reduce_window", "stablehlo.select_and_scatter",
+              "stablehlo.scatter", "stablehlo.sort", "stablehlo.all_reduce",
+              "stablehlo.reduce_scatter", "stablehlo.map")
+
+
 def _is_bf16(value: ir.Value) -> bool:
     return isinstance(ir.RankedTensorType(value.type).element_type, ir.BF16Type)
 
@@ -54,7 +61,7 @@ def _as_f32(value: ir.Value) -> ir.RankedTensorType:
 def _float_operands(op: ir.Operation) -> list[int] | None:
     """The indices of the operands to widen, when every float operand and the result are bf16
     (``select``'s predicate and ``clamp``'s bounds included as they come)."""
-    if not _is_bf16(op.results[0]):
+    if not _is_bf16(op.results[0]) or op.parent.name in _COMBINERS:
         return None
     floats = [i for i, v in enumerate(op.operands)
               if isinstance(ir.RankedTensorType(v.type).element_type, ir.FloatType)]

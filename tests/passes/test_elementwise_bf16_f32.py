@@ -48,6 +48,16 @@ func.func @main(%x: tensor<4xbf16>) -> tensor<4xbf16> {
     assert rewrites == 1 and "stablehlo.add %0, %1 : tensor<4xf32>" in "\n".join(body)
 
 
+def test_a_reductions_combiner_is_left_as_it_is():
+    text = """
+func.func @main(%x: tensor<4x8xbf16>, %init: tensor<bf16>) -> tensor<4xbf16> {
+  %0 = stablehlo.reduce(%x init: %init) applies stablehlo.maximum across dimensions = [1] : (tensor<4x8xbf16>, tensor<bf16>) -> tensor<4xbf16>
+  return %0 : tensor<4xbf16>
+}"""
+    body, rewrites = run_pass_body(text, "elementwise_bf16_f32")
+    assert rewrites == 0 and "convert" not in "\n".join(body)
+
+
 def test_a_float32_module_is_left_alone():
     body, rewrites = run_pass_body(_CHAIN.format(t="f32"), "elementwise_bf16_f32")
     assert rewrites == 0 and "convert" not in "\n".join(body)
