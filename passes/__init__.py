@@ -35,6 +35,7 @@ from luxc.passes import (
     reduce_window_f32,
     relu_mask_from_output,
 )
+from luxc.passes._marks import strip_marks
 from luxc.passes._match import count_ops
 
 
@@ -165,6 +166,7 @@ def run_pipeline(module: ir.Module, names: Sequence[str],
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
         (dump / "00-input.mlir").write_text(str(module))
+    strip_marks(module)  # a mark in a module from elsewhere is not one of this pipeline's
     for i, name in enumerate(names, start=1):
         info = _REGISTRY[name]
         before = count_ops(module)
@@ -174,6 +176,7 @@ def run_pipeline(module: ir.Module, names: Sequence[str],
         records.append(PassRecord(name, rewrites, before, count_ops(module), seconds))
         if dump is not None:
             (dump / f"{i:02d}-{name}.mlir").write_text(str(module))
+    strip_marks(module)
     return records
 
 

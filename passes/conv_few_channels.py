@@ -29,6 +29,7 @@ from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from luxc.passes._conv import simple_conv
+from luxc.passes._marks import marked_convert
 from luxc.passes._rewrite import replace_each
 
 NAME = "conv_few_channels"
@@ -53,7 +54,7 @@ def _rewrite(op: ir.Operation, dn, pads) -> ir.Value:
     if isinstance(narrow_type.element_type, ir.BF16Type | ir.F16Type):
         wide = _f32(narrow_type)
         x, w = (stablehlo.convert(_f32(ir.RankedTensorType(v.type)), v) for v in op.operands)
-        return stablehlo.convert(narrow_type, _sum(x, w, wide, dn, pads))
+        return marked_convert(narrow_type, _sum(x, w, wide, dn, pads))
     return _sum(*op.operands, narrow_type, dn, pads)
 
 

@@ -46,6 +46,7 @@ from luxc.passes._conv import (
     transpose,
     window_slice,
 )
+from luxc.passes._marks import marked_convert
 from luxc.passes._rewrite import replace_each
 
 NAME = "conv_input_grad_dot"
@@ -116,7 +117,7 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
     for o, i in zip(dn.output_spatial_dimensions, dn.input_spatial_dimensions):
         where[o] = free.index(i)
     total = transpose(total, [where[d] for d in range(len(conv.out_shape))])
-    return stablehlo.convert(narrow, total) if wide else total
+    return marked_convert(narrow, total) if wide else total
 
 
 def run(module: ir.Module) -> int:

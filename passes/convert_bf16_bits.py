@@ -50,6 +50,8 @@ def _leaves_a_function(op: ir.Operation) -> bool | None:
     if not (isinstance(_element(op.results[0]), ir.BF16Type)
             and isinstance(_element(op.operands[0]), ir.F32Type)):
         return None
+    if not ir.RankedTensorType(op.results[0].type).has_static_shape:
+        return None  # broadcast_in_dim, which writes the constants, takes static shapes only
     users = [use.owner for use in op.results[0].uses]
     if not users:
         return None

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._marks import marked_convert
 from luxc.passes._rewrite import replace_each
 
 NAME = "dot_bf16_batched"
@@ -107,7 +108,7 @@ def _rewrite(op: ir.Operation, plan: _Plan) -> ir.Value:
     precision = op.attributes["precision_config"] if "precision_config" in op.attributes else None
     product = stablehlo.DotGeneralOp(wide, lhs, op.operands[1], dims,
                                      precision_config=precision).result
-    return stablehlo.convert(plan.out, product)
+    return marked_convert(plan.out, product)
 
 
 def run(module: ir.Module) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._marks import marked_convert
 from luxc.passes._rewrite import replace_each
 
 NAME = "dot_f32_accumulate"
@@ -55,7 +56,7 @@ def _rewrite(op: ir.Operation, out: ir.RankedTensorType) -> ir.Value:
     attributes = {name: op.attributes[name] for name in op.attributes}
     new = ir.Operation.create(op.name, results=[wide], operands=list(op.operands),
                               attributes=attributes)
-    return stablehlo.convert(out, new.results[0])
+    return marked_convert(out, new.results[0])
 
 
 def run(module: ir.Module) -> int:

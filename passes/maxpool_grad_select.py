@@ -31,6 +31,7 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._marks import marked_convert
 from luxc.passes._match import region_op, splat_value
 from luxc.passes._rewrite import replace_each
 
@@ -82,7 +83,7 @@ def _rewrite(op: ir.Operation, shape: list[int], window: list[int]) -> ir.Value:
         # max, compare and select do not round, so the result is the same bits; in the narrow
         # type XLA:CPU rounds after every max and select (a convert pair per op in the loop).
         x, source, init = (_widened(v) for v in (x, source, init))
-        return stablehlo.convert(narrow, _selected(x, source, init, shape, window))
+        return marked_convert(narrow, _selected(x, source, init, shape, window))
     return _selected(x, source, init, shape, window)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._marks import marked_convert
 from luxc.passes._match import region_op
 from luxc.passes._rewrite import replace_each
 
@@ -63,7 +64,7 @@ def _rewrite(op: ir.Operation, out: ir.RankedTensorType) -> ir.Value:
     block = wide.regions[0].blocks.append(scalar, scalar)
     with ir.InsertionPoint(block):
         stablehlo.ReturnOp([stablehlo.AddOp(*block.arguments).result])
-    return stablehlo.convert(out, wide.results[0])
+    return marked_convert(out, wide.results[0])
 
 
 def run(module: ir.Module) -> int:

@@ -91,10 +91,10 @@ LENET = textwrap.dedent("""
 
 _LENET = "maxpool_grad_select=2,conv_few_channels=1,conv_input_grad_dot=1"
 REWRITES = {
-    ("lenet", "data"): _LENET + ",dot_flatten=1",
+    ("lenet", "data"): _LENET + ",dot_flatten=1,relu_mask_from_output=4",
     # FSDP splits the convolution kernels along an inner axis, which takes dot_flatten out of
     # the default pipeline (runtime/compiling/_options.py, splits_an_inner_axis).
-    ("lenet", "fsdp"): _LENET,
+    ("lenet", "fsdp"): _LENET + ",relu_mask_from_output=4",
     ("sequence", "data"): "dot_flatten=6",  # two layers: forward, input and weight gradient each
     ("sequence", "fsdp"): "dot_flatten=6",  # its weights are matrices: nothing split inside
 }

@@ -56,6 +56,17 @@ def test_only_a_conversion_that_leaves_the_function_is_rewritten():
     assert "stablehlo.bitcast_convert" in text and "stablehlo.shift_right_logical" in text
 
 
+def test_a_dynamic_shape_is_left_to_xla():
+    # the integer constants are written with broadcast_in_dim, which takes static shapes only
+    text = """
+func.func @main(%x: tensor<?x4xf32>) -> tensor<?x4xbf16> {
+  %0 = stablehlo.convert %x : (tensor<?x4xf32>) -> tensor<?x4xbf16>
+  return %0 : tensor<?x4xbf16>
+}"""
+    body, rewrites = run_pass_body(text, "convert_bf16_bits")
+    assert rewrites == 0 and "stablehlo.convert %arg0" in body[0]
+
+
 def test_a_bf16_lenet_step_is_bit_identical_with_and_without_the_pass():
     # the four ReLUs: each one's input (passed to jax's private relu) and its result
     assert lenet_bits_without("convert_bf16_bits", "bf16") == 8

@@ -58,6 +58,20 @@ def test_other_compares_and_other_maxima_are_left_alone(direction, zero):
     assert rewrites == 0 and f"compare {direction}, %arg0" in "\n".join(body)
 
 
+def test_a_totalorder_compare_and_a_declared_function_are_left_alone():
+    # Under TOTALORDER -0 < +0 and subnormals compare as bits, which maximum may flush to zero.
+    text = """
+func.func private @ext(tensor<4xf32>) -> tensor<4xf32>
+func.func @main(%x: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xi1>) {
+  %zero = stablehlo.constant dense<0.0> : tensor<4xf32>
+  %y = stablehlo.maximum %x, %zero : tensor<4xf32>
+  %mask = stablehlo.compare GT, %x, %zero, TOTALORDER : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xi1>
+  return %y, %mask : tensor<4xf32>, tensor<4xi1>
+}"""
+    body, rewrites = run_pass_body(text, "relu_mask_from_output")
+    assert rewrites == 0 and "compare GT, %arg0, %cst, TOTALORDER" in "\n".join(body)
+
+
 def test_a_maximum_computed_after_the_compare_is_not_read():
     text = """
 func.func @main(%x: tensor<4xf32>) -> (tensor<4xi1>, tensor<4xf32>) {
