@@ -39,15 +39,18 @@ def test_the_gradient_mask_reads_the_called_relus_output():
     assert "%1 = stablehlo.compare GT, %0, %cst, FLOAT" in body[2]
 
 
-def test_an_inline_maximum_is_read_too():
-    text = """
-func.func @main(%x: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xi1>) {
+_INLINE = """{declaration}
+func.func @main(%x: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xi1>) {{
   %zero = stablehlo.constant dense<0.0> : tensor<4xf32>
   %y = stablehlo.maximum %x, %zero : tensor<4xf32>
-  %mask = stablehlo.compare GT, %x, %zero, FLOAT : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xi1>
+  %mask = stablehlo.compare GT, %x, %zero, {compare_type} : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xi1>
   return %y, %mask : tensor<4xf32>, tensor<4xi1>
-}"""
-    body, rewrites = run_pass_body(text, "relu_mask_from_output")
+}}"""
+
+
+def test_an_inline_maximum_is_read_too():
+    body, rewrites = run_pass_body(_INLINE.format(declaration="", compare_type="FLOAT"),
+                                   "relu_mask_from_output")
     assert rewrites == 1 and "stablehlo.compare GT, %0, %cst" in "\n".join(body)
 
 
@@ -60,14 +63,8 @@ def test_other_compares_and_other_maxima_are_left_alone(direction, zero):
 
 def test_a_totalorder_compare_and_a_declared_function_are_left_alone():
     # Under TOTALORDER -0 < +0 and subnormals compare as bits, which maximum may flush to zero.
-    text = """
-func.func private @ext(tensor<4xf32>) -> tensor<4xf32>
-func.func @main(%x: tensor<4xf32>) -> (tensor<4xf32>, tensor<4xi1>) {
-  %zero = stablehlo.constant dense<0.0> : tensor<4xf32>
-  %y = stablehlo.maximum %x, %zero : tensor<4xf32>
-  %mask = stablehlo.compare GT, %x, %zero, TOTALORDER : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xi1>
-  return %y, %mask : tensor<4xf32>, tensor<4xi1>
-}"""
+    text = _INLINE.format(declaration="func.func private @ext(tensor<4xf32>) -> tensor<4xf32>",
+                          compare_type="TOTALORDER")
     body, rewrites = run_pass_body(text, "relu_mask_from_output")
     assert rewrites == 0 and "compare GT, %arg0, %cst, TOTALORDER" in "\n".join(body)
 
