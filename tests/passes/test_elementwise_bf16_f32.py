@@ -184,7 +184,7 @@ def test_bf16_gradients_stay_as_close_to_float32_as_without_the_pass(make):
         error[variant] = np.linalg.norm(grads - reference) / np.linalg.norm(reference)
         assert abs(value - reference_loss) <= 1e-2 * abs(reference_loss)
     # bf16 keeps 8 bits: 0.5-2% relative gradient error either way (measured without -> with:
-    # these LeNet-5 0.0182 -> 0.0171, GPT 0.0134 -> 0.0133, MLP 0.0056 -> 0.0050; the
-    # benchmarks' LeNet-5 0.0078 -> 0.0077, block 0.0042 -> 0.0037, GPT 0.0095 -> 0.0101)
+    # these LeNet-5 0.0182 -> 0.0171, GPT 0.0134 -> 0.0137, MLP 0.0056 -> 0.0050; the
+    # benchmarks' LeNet-5 0.0078 -> 0.0077, block 0.0042 -> 0.0038, GPT 0.0095 -> 0.0103)
     assert error["bf16"] <= 3e-2 and error["without"] <= 3e-2, error
     assert error["bf16"] <= 1.3 * error["without"], error
