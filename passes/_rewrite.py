@@ -52,10 +52,11 @@ def apply_greedily(module: ir.Module, patterns: Sequence[tuple[str, Pattern]]) -
         )
 
 
-def replace_each(module: ir.Module, root: str, match: Callable[[ir.Operation], Any],
-                 build: Callable[..., ir.Value]) -> int:
-    """Replace every ``root`` op for which ``match(op)`` returns a plan (not ``None``) by
-    ``build(op, plan)``, built just before it; returns the number of ops replaced."""
+def replace_each(module: ir.Module, root: str | Sequence[str],
+                 match: Callable[[ir.Operation], Any], build: Callable[..., ir.Value]) -> int:
+    """Replace every ``root`` op (or op named in ``root``, a sequence) for which ``match(op)``
+    returns a plan (not ``None``) by ``build(op, plan)``, built just before it; returns the
+    number of ops replaced."""
     rewrites = 0
 
     def pattern(op: ir.Operation, rewriter: PatternRewriter) -> bool:
@@ -69,5 +70,6 @@ def replace_each(module: ir.Module, root: str, match: Callable[[ir.Operation], A
         rewrites += 1
         return False
 
-    apply_greedily(module, [(root, pattern)])
+    roots = [root] if isinstance(root, str) else list(root)
+    apply_greedily(module, [(name, pattern) for name in roots])
     return rewrites

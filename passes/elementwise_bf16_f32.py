@@ -99,7 +99,7 @@ def _round_trip(op: ir.Operation) -> ir.Value | None:
 
 def run(module: ir.Module) -> int:
     """Rewrite ``module`` in place; return the number of bf16 ops computed in float32."""
-    widened = sum(replace_each(module, f"stablehlo.{name}", _float_operands, _widen)
-                  for name in WIDENED)
+    widened = replace_each(module, [f"stablehlo.{name}" for name in WIDENED], _float_operands,
+                           _widen)
     replace_each(module, "stablehlo.convert", _round_trip, lambda op, y: y)
     return widened
