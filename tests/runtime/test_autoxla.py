@@ -291,7 +291,9 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
                      "08-fuse_rsqrt.mlir", "09-fuse_loss_reductions.mlir",
                      "10-dot_f32_accumulate.mlir", "11-dot_bf16_canonical.mlir",
                      "12-dot_bf16_batched.mlir", "13-reduce_f32_accumulate.mlir",
-                     "14-reduce_window_f32.mlir", "99-xla-optimized.hlo.txt"]
+                     "14-reduce_window_f32.mlir", "15-relu_mask_from_output.mlir",
+                     "16-elementwise_bf16_f32.mlir", "17-convert_bf16_bits.mlir",
+                     "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():
