@@ -71,8 +71,9 @@ def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
     The heads are moved ahead of time once, so every product is a batched matrix product over
     ``(batch, heads)``. Causal attention without dropout splits the queries into up to four
-    blocks of at least 32 positions (:func:`causal_query_blocks`), and block ``[a, b)`` reads
-    only the keys ``[0, b)``: at 4 blocks it computes 5/8 of the scores and their gradients.
+    blocks of at least 32 positions, 64 in 16-bit types (:func:`causal_query_blocks`); block
+    ``[a, b)`` reads only the keys ``[0, b)``: at 4 blocks it computes 5/8 of the scores and
+    their gradients, at 2 blocks 3/4.
     ``α`` is the same matrix either way (its masked entries are zeros), and ``y`` agrees with
     the one-block result to rounding: the sums run over the same nonzero terms.
     """
@@ -82,7 +83,7 @@ def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     if is_causal and dropout is None:
         parts = [_attend(qt[:, :, a:b], kt[:, :, :min(b, lk)], vt[:, :, :min(b, lk)],
                          np.arange(min(b, lk)) <= np.arange(a, b)[:, None])
-                 for a, b in causal_query_blocks(lq)]
+                 for a, b in causal_query_blocks(lq, q.dtype.itemsize)]
         y = jnp.concatenate([y for y, _ in parts], axis=2)
         alpha = jnp.concatenate([jnp.pad(alpha, ((0, 0),) * 3 + ((0, lk - alpha.shape[-1]),))
                                  for _, alpha in parts], axis=2)
@@ -93,20 +94,25 @@ def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     return jnp.swapaxes(y, 1, 2), alpha
 
 
-def causal_query_blocks(q_len: int) -> list[tuple[int, int]]:
-    """The query blocks ``[a, b)`` of causal attention: ``q_len // 32`` of them, 1 to 4.
+def causal_query_blocks(q_len: int, itemsize: int = 4) -> list[tuple[int, int]]:
+    """The query blocks ``[a, b)`` of causal attention: up to four, each of at least 32
+    positions for 4-byte (and wider) elements and 64 for 2-byte ones (bfloat16, float16).
 
     Measured on XLA:CPU with the character GPT of examples/charlm.py (6 blocks, width 128,
-    4 heads, batch 16): at context 128, four blocks of 32 took the training step from 188 to
-    156 ms, where eight of 16 took 178; at context 256 (batch 8), four blocks of 64 took it
-    from 256 to 193 ms and eight of 32 to 199 (``benchmarks/README.md``, "Levers").
+    4 heads, batch 16): in float32 at context 128, four blocks of 32 took the training step
+    from 188 to 156 ms, where eight of 16 took 178 and two of 64 were 1.05× slower than four;
+    at context 256 (batch 8), four blocks of 64 took it from 256 to 193 ms and eight of 32 to
+    199. In bfloat16 at context 128, two blocks of 64 were 0.97× four of 32, in two runs
+    (``benchmarks/README.md``, "Levers").
 
     >>> causal_query_blocks(128)
     [(0, 32), (32, 64), (64, 96), (96, 128)]
+    >>> causal_query_blocks(128, itemsize=2)
+    [(0, 64), (64, 128)]
     >>> causal_query_blocks(40)
     [(0, 40)]
     """
-    n = max(1, min(4, q_len // 32))
+    n = max(1, min(4, q_len // (64 if itemsize <= 2 else 32)))
     return [(i * q_len // n, (i + 1) * q_len // n) for i in range(n)]
 
 
