@@ -102,7 +102,7 @@ def causal_query_blocks(q_len: int, itemsize: int = 4) -> list[tuple[int, int]]:
     4 heads, batch 16): in float32 at context 128, four blocks of 32 took the training step
     from 188 to 156 ms, where eight of 16 took 178 and two of 64 were 1.05× slower than four;
     at context 256 (batch 8), four blocks of 64 took it from 256 to 193 ms and eight of 32 to
-    199. In bfloat16 at context 128, two blocks of 64 were 0.97× four of 32, in two runs
+    199. In bfloat16 at context 128, two blocks of 64 were 0.97-0.98× four of 32, in three runs
     (``benchmarks/README.md``, "Levers").
 
     >>> causal_query_blocks(128)
