@@ -5,17 +5,22 @@ A convolution's gradient with respect to its input is itself a convolution: the 
 ``g`` (``C`` channels), zero-padded by ``(lo, hi)``, against the spatially reversed kernel ``r``
 (``K`` taps, ``O`` output channels). Grouped the other way round ("col2im"),
 
-    z[b, t, k, o]  = Σ_c g[b, t, c] · r[k, c, o]          one (B·T, C) @ (C, K·O) product
-    dx[b, s, o]    = Σ_k z[b, s + k - lo, k, o]            K shifted, in-place additions
+    z[k, o, b, t]  = Σ_c r[k, c, o] · g[b, t, c]          one (K·O, C) @ (C, B·T) product
+    dx[b, s, o]    = Σ_k z[k, o, b, s + k - lo]            K shifted additions
 
-the work is one matrix product, which XLA:CPU runs with its GEMM kernel, and ``K`` cheap
-updates of slices of the output (a bf16/f16 gradient is accumulated in float32 and rounded
-once). Alone, LeNet's conv2 input gradient (16 → 6 channels, 5×5)
-took 0.36-0.46× the time of XLA:CPU's convolution; the whole LeNet step 0.71-1.03× (median
-0.89×, six interleaved runs; ``benchmarks/README.md``). Materialising the concatenated
-shifted slices instead (im2col) was 7× slower. The other two forms were measured differently:
-forward convolutions are left to XLA, weight gradients have their own pass
-(``conv_weight_grad_dot``).
+the work is one matrix product, which XLA:CPU runs with its GEMM kernel, and cheap additions
+(a bf16/f16 gradient is accumulated in float32 and rounded once). The additions go a kernel
+row at a time: the row's taps (one per position along the last spatial axis) zero-padded to
+the row's length and summed in one loop, then the row added in place to its slice of the
+output; with the taps first and ``o`` next in ``z``, each tap is a contiguous block whose rows
+run along that last axis. Alone, LeNet's conv2 input gradient (16 → 6 channels, 5×5) took
+0.36-0.46× the time of XLA:CPU's convolution with one in-place addition per tap and ``z``
+laid out ``(b, t, k, o)``; a row at a time took it from 1.29 to 0.73 ms, and the LeNet-5 step
+from 4.9 to 4.3 ms (f32) and 6.1 to 5.1 ms (bf16), each the median of six processes a side,
+alternating. Materialising the concatenated shifted slices instead (im2col) was 7× slower; the
+25 padded taps summed in one loop (1.08 ms) and the rows summed by a second padded loop (0.95)
+were slower than the in-place rows. Forward convolutions are left to XLA, weight gradients
+have their own pass (``conv_weight_grad_dot``).
 
 Why it is exact: every output element is the defining sum of the convolution,
 ``Σ_{k, c} gp[b, s + k, c] · r[k, c, o]``, with its terms grouped per tap; only the order of the
@@ -45,6 +50,7 @@ from luxc.passes._conv import (
     simple_conv,
     transpose,
     window_slice,
+    zero_pad,
 )
 from luxc.passes._marks import marked_convert
 from luxc.passes._rewrite import replace_each
@@ -69,7 +75,8 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
     lf = dn.input_feature_dimension
     free = [d for d in range(len(conv.lhs_shape)) if d != lf]
     ks = [conv.rhs_shape[d] for d in dn.kernel_spatial_dimensions]
-    # z[..., k, o] = Σ_c x[..., c] · r[k, c, o]: the free axes of x, then the taps, then o.
+    # z[k, o, ...] = Σ_c r[c, k, o] · x[..., c]: the taps, then o, then the free axes of x, so
+    # that one tap's plane is a contiguous block and its rows run along x's last spatial axis.
     r = transpose(r, [dn.kernel_input_feature_dimension, *dn.kernel_spatial_dimensions,
                       dn.kernel_output_feature_dimension])
     narrow = ir.RankedTensorType(op.results[0].type)
@@ -77,47 +84,65 @@ def _rewrite(op: ir.Operation, conv: Conv) -> ir.Value:
     # A bf16/f16 gradient: the product accumulates in float32 and the taps are added in float32,
     # rounded once at the end (as the convolution it replaces accumulates); adding them in the
     # narrow type would round after every tap, a convert pair per tap in XLA:CPU's loops.
-    z = dot(x, r, [lf], [0], precision_of(op), ir.F32Type.get() if wide else None)
-    spatial = [free.index(d) for d in dn.input_spatial_dimensions]
-    out_spatial = [conv.out_shape[d] for d in dn.output_spatial_dimensions]
+    z = dot(r, x, [0], [lf], precision_of(op), ir.F32Type.get() if wide else None)
+    total = _added_taps(z, conv, ks, [1 + len(ks) + free.index(d) for d in dn.input_spatial_dimensions])
+    # total's axes: the output feature, then the input's axes without its feature axis.
+    where = {dn.output_batch_dimension: 1 + free.index(dn.input_batch_dimension),
+             dn.output_feature_dimension: 0}
+    for o, i in zip(dn.output_spatial_dimensions, dn.input_spatial_dimensions):
+        where[o] = 1 + free.index(i)
+    total = transpose(total, [where[d] for d in range(len(conv.out_shape))])
+    return marked_convert(narrow, total) if wide else total
+
+
+def _added_taps(z: ir.Value, conv: Conv, ks: list[int], spatial: list[int]) -> ir.Value:
+    """``Σ_k`` tap ``k`` of ``z`` at its shifted place: the taps of one kernel row (all axes but
+    the last fixed) are zero-padded to the row's full length and added in one loop, then the row
+    is added in place to its slice of the total: 5 in-place updates for a 5×5 kernel, not 25."""
     z_shape = list(ir.RankedTensorType(z.type).shape)
     element = ir.RankedTensorType(z.type).element_type
-    tap_dims = list(range(len(free), len(free) + len(ks)))
-    tap_type = ir.RankedTensorType.get([z_shape[j] for j in range(len(free))] + z_shape[-1:], element)
-    out_shape = list(tap_type.shape)
-    for j, n in zip(spatial, out_spatial):
+    nk = len(ks)
+    plane = z_shape[nk:]                       # (o, free axes...)
+    in_spatial = [z_shape[j] for j in spatial]
+    out_spatial = [conv.out_shape[d] for d in conv.dn.output_spatial_dimensions]
+    at = [j - nk for j in spatial]             # the spatial axes within a plane
+    out_shape = list(plane)
+    for j, n in zip(at, out_spatial):
         out_shape[j] = n
     total = stablehlo.BroadcastInDimOp(ir.RankedTensorType.get(out_shape, element),
                                        scalar(element, 0.0), []).result
     index = ir.IntegerType.get_signless(64)
-    in_spatial = [z_shape[j] for j in spatial]
-    for k in itertools.product(*(range(n) for n in ks)):
-        # Tap k adds z[t, k] at output position t + lo - k, for the t that land inside.
-        first = [max(0, k_j - lo) for k_j, (lo, _) in zip(k, conv.pads)]
-        last = [min(t_j, s_j + k_j - lo) for t_j, s_j, k_j, (lo, _) in
-                zip(in_spatial, out_spatial, k, conv.pads)]
-        if any(b >= e for b, e in zip(first, last)):
+    for outer in itertools.product(*(range(n) for n in ks[:-1])):
+        row, offset = None, None
+        for last in range(ks[-1]):
+            k = (*outer, last)
+            # Tap k adds z[k, t] at output position t + lo - k, for the t that land inside.
+            first = [max(0, k_j - lo) for k_j, (lo, _) in zip(k, conv.pads)]
+            end = [min(t_j, s_j + k_j - lo) for t_j, s_j, k_j, (lo, _) in
+                   zip(in_spatial, out_spatial, k, conv.pads)]
+            if any(b >= e for b, e in zip(first, end)):
+                continue
+            sizes = [e - b for b, e in zip(first, end)]
+            piece = window_slice(z, list(range(nk)) + spatial, (*k, *first), [1] * nk + sizes)
+            shape = list(plane)
+            for j, n in zip(at, sizes):
+                shape[j] = n
+            piece = stablehlo.ReshapeOp(ir.RankedTensorType.get(shape, element), piece).result
+            offset = [b + lo - k_j for b, k_j, (lo, _) in zip(first, k, conv.pads)]
+            # Along the last spatial axis the piece is padded to the row's whole length.
+            piece = zero_pad(piece, at[-1:], [(offset[-1], out_spatial[-1] - offset[-1] - sizes[-1])])
+            row = piece if row is None else stablehlo.AddOp(row, piece).result
+        if row is None:
             continue
-        sizes = [e - b for b, e in zip(first, last)]
-        piece = window_slice(z, spatial + tap_dims, (*first, *k), sizes + [1] * len(ks))
-        shape = list(tap_type.shape)
-        for j, n in zip(spatial, sizes):
-            shape[j] = n
-        piece = stablehlo.ReshapeOp(ir.RankedTensorType.get(shape, element), piece).result
-        offset = [0] * len(out_shape)
-        for j, b, k_j, (lo, _) in zip(spatial, first, k, conv.pads):
-            offset[j] = b + lo - k_j
+        row_shape = list(ir.RankedTensorType(row.type).shape)
+        starts = [0] * len(out_shape)
+        for j, b in zip(at[:-1], offset[:-1]):
+            starts[j] = b
         # Accumulated in place: XLA updates the slice of ``total`` without copying it.
-        region = window_slice(total, list(range(len(out_shape))), tuple(offset), shape)
-        region = stablehlo.AddOp(region, piece).result
-        total = stablehlo.DynamicUpdateSliceOp(total, region, [scalar(index, i) for i in offset]).result
-    # total's axes: the input's axes without its feature axis, then the output feature.
-    where = {dn.output_batch_dimension: free.index(dn.input_batch_dimension),
-             dn.output_feature_dimension: len(free)}
-    for o, i in zip(dn.output_spatial_dimensions, dn.input_spatial_dimensions):
-        where[o] = free.index(i)
-    total = transpose(total, [where[d] for d in range(len(conv.out_shape))])
-    return marked_convert(narrow, total) if wide else total
+        region = window_slice(total, list(range(len(out_shape))), tuple(starts), row_shape)
+        region = stablehlo.AddOp(region, row).result
+        total = stablehlo.DynamicUpdateSliceOp(total, region, [scalar(index, i) for i in starts]).result
+    return total
 
 
 def run(module: ir.Module) -> int:

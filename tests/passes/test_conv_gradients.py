@@ -29,6 +29,8 @@ CASES = [  # (dimension numbers, padding, input shape, kernel shape)
     (("NHWC", "HWIO", "NHWC"), "SAME", (2, 9, 8, 3), (3, 4, 3, 5)),
     (("NCHW", "OIHW", "NCHW"), ((2, 0), (1, 3)), (2, 3, 7, 9), (4, 3, 3, 2)),
     (("NWC", "WIO", "NWC"), "VALID", (3, 10, 4), (3, 4, 2)),
+    # Three spatial axes: the taps are added a kernel row (along W) at a time, 3·2 rows.
+    (("NDHWC", "DHWIO", "NDHWC"), ((1, 0), (0, 2), (1, 1)), (2, 4, 5, 6, 3), (3, 2, 4, 3, 2)),
 ]
 
 
@@ -107,19 +109,30 @@ def _rewritten_once(text: str, name: str) -> tuple[list[str], str]:
 
 def test_conv_input_grad_dot_golden_text():
     body, dot = _rewritten_once(INPUT_GRAD_IN, "conv_input_grad_dot")
-    # One product over the 3 channels: (1, 2, 2, 3) x (3, 2, 2, 1) -> (1, 2, 2, 2, 2, 1).
-    assert "contracting_dims = [3] x [0]" in dot and "-> tensor<1x2x2x2x2x1xf32>" in dot
-    # Every tap lands whole inside the 3x3 output: 4 in-place slice updates.
-    assert sum("stablehlo.dynamic_update_slice" in line for line in body) == 4
-    # Tap (0, 0) of the reversed kernel adds its 2x2 plane at output offset lo - k = (1, 1).
-    assert body[8:13] == [
-        "%5 = stablehlo.slice %3 [0:1, 0:2, 0:2, 0:1, 0:1, 0:1] : (tensor<1x2x2x2x2x1xf32>) -> tensor<1x2x2x1x1x1xf32>",
-        "%6 = stablehlo.reshape %5 : (tensor<1x2x2x1x1x1xf32>) -> tensor<1x2x2x1xf32>",
-        "%7 = stablehlo.slice %4 [0:1, 1:3, 1:3, 0:1] : (tensor<1x3x3x1xf32>) -> tensor<1x2x2x1xf32>",
-        "%8 = stablehlo.add %7, %6 : tensor<1x2x2x1xf32>",
-        "%9 = stablehlo.dynamic_update_slice %4, %8, %c_0, %c, %c, %c_0 : (tensor<1x3x3x1xf32>, "
-        "tensor<1x2x2x1xf32>, tensor<i64>, tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<1x3x3x1xf32>",
+    # One product over the 3 channels, taps and output channel first:
+    # (3, 2, 2, 1) x (1, 2, 2, 3) -> (2, 2, 1, 1, 2, 2) = (kh, kw, o, b, h, w).
+    assert "contracting_dims = [0] x [3]" in dot and "-> tensor<2x2x1x1x2x2xf32>" in dot
+    # Two kernel rows, each added in place to the (o, b, 3, 3) total: 2 updates, not 4.
+    assert sum("stablehlo.dynamic_update_slice" in line for line in body) == 2
+    # Row 0 of the reversed kernel: tap (0, 0) padded to output columns 1:3, tap (0, 1) to 0:2,
+    # summed, and added at output rows lo - k = 1:3.
+    assert body[8:18] == [
+        "%5 = stablehlo.slice %3 [0:1, 0:1, 0:1, 0:1, 0:2, 0:2] : (tensor<2x2x1x1x2x2xf32>) -> tensor<1x1x1x1x2x2xf32>",
+        "%6 = stablehlo.reshape %5 : (tensor<1x1x1x1x2x2xf32>) -> tensor<1x1x2x2xf32>",
+        "%7 = stablehlo.pad %6, %cst, low = [0, 0, 0, 1], high = [0, 0, 0, 0], interior = [0, 0, 0, 0] "
+        ": (tensor<1x1x2x2xf32>, tensor<f32>) -> tensor<1x1x2x3xf32>",
+        "%8 = stablehlo.slice %3 [0:1, 1:2, 0:1, 0:1, 0:2, 0:2] : (tensor<2x2x1x1x2x2xf32>) -> tensor<1x1x1x1x2x2xf32>",
+        "%9 = stablehlo.reshape %8 : (tensor<1x1x1x1x2x2xf32>) -> tensor<1x1x2x2xf32>",
+        "%10 = stablehlo.pad %9, %cst, low = [0, 0, 0, 0], high = [0, 0, 0, 1], interior = [0, 0, 0, 0] "
+        ": (tensor<1x1x2x2xf32>, tensor<f32>) -> tensor<1x1x2x3xf32>",
+        "%11 = stablehlo.add %7, %10 : tensor<1x1x2x3xf32>",
+        "%12 = stablehlo.slice %4 [0:1, 0:1, 1:3, 0:3] : (tensor<1x1x3x3xf32>) -> tensor<1x1x2x3xf32>",
+        "%13 = stablehlo.add %12, %11 : tensor<1x1x2x3xf32>",
+        "%14 = stablehlo.dynamic_update_slice %4, %13, %c_0, %c_0, %c, %c_0 : (tensor<1x1x3x3xf32>, "
+        "tensor<1x1x2x3xf32>, tensor<i64>, tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<1x1x3x3xf32>",
     ]
+    # The (o, b, h, w) total back to the convolution's (b, h, w, o).
+    assert "stablehlo.transpose %24, dims = [1, 2, 3, 0]" in body[-2]
 
 
 WEIGHT_GRAD_IN = """
