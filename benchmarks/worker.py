@@ -7,7 +7,7 @@ On start it builds every variant and runs its first step (the first variant's fi
 first step of a fresh process: imports done and, in a jax group, the backend started by one
 trivial jit, then the clock covers tracing, compiling and one step), warms each with one full
 sample, and says ``ready``. Each ``round`` then times one sample (``steps`` steps, waiting for
-the last) of every variant, in an order shuffled by the round's seed.
+the last, after one untimed step) of every variant, in an order shuffled by the round's seed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,22 @@ def _timed_sample(step, n: int) -> float:
         out = step()
     out.block_until_ready()
     return (time.perf_counter() - t0) / n
+
+
+def _round(built: dict[str, Any], steps: int, seed: int) -> dict[str, float]:
+    """One turn: a sample of every variant, in an order shuffled by ``seed`` (the same in
+    every process of the round), each sample after one untimed step of its own variant.
+
+    Why the untimed step: a process starts its turn cold (its threads slept and the other
+    processes' turns went through the caches), and without it the turn's first variant paid
+    for that — 1.03-1.23× its median in the later places, in the runs of 2026-12-05."""
+    names = list(built)
+    random.Random(seed).shuffle(names)
+    seconds = {}
+    for name in names:
+        built[name]().block_until_ready()
+        seconds[name] = _timed_sample(built[name], steps)
+    return seconds
 
 
 def _start_backend(group: str) -> None:
@@ -96,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "round":
-            names = list(built)
-            random.Random(command["seed"]).shuffle(names)
-            seconds = {name: _timed_sample(built[name], ready["steps"]) for name in names}
+            seconds = _round(built, ready["steps"], command["seed"])
             _protocol.send(channel, {"event": "round", "seconds": seconds})
         elif command["cmd"] == "stats":
             _protocol.send(channel, _stats())

@@ -143,3 +143,32 @@ def test_the_run_is_busy_when_the_start_or_any_turn_exceeds_the_threshold():
     quiet[0]["rows"][1]["others"] = 1.2
     (reason,) = run.busy_reasons(Load(0.3, None), quiet, 0.7)
     assert reason == "other processes used 1.20 cores before mlp's round 0 (torch)"
+
+
+class _LoggedStep:
+    """A fake variant's step: logs each call; its result can be waited on."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def __call__(self):
+        self.log.append(self.name)
+        return self
+
+    def block_until_ready(self):
+        return self
+
+
+def test_every_sample_of_a_turn_follows_one_untimed_step_of_its_own_variant():
+    from benchmarks import worker
+
+    log = []
+    built = {n: _LoggedStep(n, log) for n in ("a", "b", "c")}
+    seconds = worker._round(built, steps=3, seed=1)
+    order = list(seconds)
+    assert sorted(order) == ["a", "b", "c"]
+    # 1 untimed + 3 timed calls a variant, the variants one after the other, in the timed order
+    assert log == [n for n in order for _ in range(4)]
+    # the order is the round's seed's: every process of a round times the same order
+    assert list(worker._round(built, steps=1, seed=1)) == order
+    assert all(s >= 0 for s in seconds.values())
