@@ -40,7 +40,7 @@ def _round(built: dict[str, Any], steps: int, seed: int) -> dict[str, float]:
 
     Why the untimed step: a process starts its turn cold (its threads slept and the other
     processes' turns went through the caches), and without it the turn's first variant paid
-    for that — 1.03-1.23× its median in the later places, in the runs of 2026-12-05."""
+    for that — up to 1.23× its median in the later places, in the runs of 2026-12-05."""
     names = list(built)
     random.Random(seed).shuffle(names)
     seconds = {}
