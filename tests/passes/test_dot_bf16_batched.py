@@ -40,12 +40,33 @@ def test_a_left_operand_contracted_before_its_rows_is_transposed_and_pinned():
     assert body == [
         "%0 = stablehlo.transpose %arg0, dims = [0, 2, 1] "
         ": (tensor<2x8x16xbf16>) -> tensor<2x16x8xbf16>",
-        "%1 = stablehlo.optimization_barrier %0 : tensor<2x16x8xbf16>",
-        "%2 = stablehlo.dot_general %1, %arg1, batching_dims = [0] x [0], contracting_dims = "
+        "%1 = stablehlo.reshape %0 : (tensor<2x16x8xbf16>) -> tensor<1x2x16x8xbf16>",
+        "%2 = stablehlo.optimization_barrier %1 : tensor<1x2x16x8xbf16>",
+        "%3 = stablehlo.reshape %2 : (tensor<1x2x16x8xbf16>) -> tensor<2x16x8xbf16>",
+        "%4 = stablehlo.dot_general %3, %arg1, batching_dims = [0] x [0], contracting_dims = "
         "[2] x [1] : (tensor<2x16x8xbf16>, tensor<2x8x12xbf16>) -> tensor<2x16x12xf32>",
-        "%3 = stablehlo.convert %2 : (tensor<2x16x12xf32>) -> tensor<2x16x12xbf16>",
-        "return %3 : tensor<2x16x12xbf16>",
+        "%5 = stablehlo.convert %4 : (tensor<2x16x12xf32>) -> tensor<2x16x12xbf16>",
+        "return %5 : tensor<2x16x12xbf16>",
     ]
+
+
+def test_operands_that_are_transposes_are_kept_row_major():
+    # The forward p.v as jax writes it, vT.pT: both operands transposes. XLA gives a transpose a
+    # permuted layout, YNNPACK rejects it, and XLA runs the dot in float32 behind converts.
+    text = """func.func @main(%arg0: tensor<2x12x8xbf16>, %arg1: tensor<2x16x12xbf16>) -> tensor<2x8x16xbf16> {
+  %0 = stablehlo.transpose %arg0, dims = [0, 2, 1] : (tensor<2x12x8xbf16>) -> tensor<2x8x12xbf16>
+  %1 = stablehlo.transpose %arg1, dims = [0, 2, 1] : (tensor<2x16x12xbf16>) -> tensor<2x12x16xbf16>
+  %2 = stablehlo.dot_general %0, %1, batching_dims = [0] x [0], contracting_dims = [2] x [1] : (tensor<2x8x12xbf16>, tensor<2x12x16xbf16>) -> tensor<2x8x16xbf16>
+  return %2 : tensor<2x8x16xbf16>
+}"""
+    body, rewrites = _run(text)
+    assert rewrites == 1
+    assert [line.split(" = ")[1].split(" ")[0] for line in body[:-2]] == [
+        "stablehlo.transpose", "stablehlo.transpose",
+        "stablehlo.reshape", "stablehlo.optimization_barrier", "stablehlo.reshape",
+        "stablehlo.reshape", "stablehlo.optimization_barrier", "stablehlo.reshape",
+        "stablehlo.dot_general"]
+    assert "contracting_dims = [2] x [1]" in body[-3] and body[-3].endswith("-> tensor<2x8x16xf32>")
 
 
 def test_batch_axes_after_the_others_are_kept_in_their_pairs():
@@ -121,9 +142,10 @@ def test_the_attention_step_keeps_its_values_and_every_dot_is_ynnpacks():
     cs, out = _compiled()
     # q.k^T and p.v, and the two gradients of each
     assert _rewrites(cs) == 6
-    # (XLA may still run one in float32 when it keeps an operand's float32 producer)
+    # all six in bfloat16: none upcast to float32 because an operand was a transpose (the
+    # forward p.v and its gradient were, before operands were pinned row-major)
     claimed, unclaimed = batched_bf16_dots(cs.as_text("hlo"))
-    assert len(claimed) >= 4 and unclaimed == []
+    assert len(claimed) == 6 and unclaimed == []
     _, reference = _compiled(mixed_precision=None)
     _close_within_bf16(out, reference)
 
@@ -139,23 +161,11 @@ def test_with_ynnpack_fusions_off_the_step_is_compiled_again_without_the_pass():
                               xla_options={"xla_cpu_experimental_ynn_fusion_type": ""})[1])
 
 
-def _unpinned(op, plan):
-    """The pass's ``_rows_first`` without its barrier: the transposed left operand is left for
-    XLA to fold into the dot's layout, which YNNPACK then rejects."""
-    from jaxlib.mlir.dialects import stablehlo
-
-    if plan.lhs_contract > plan.lhs_free:
-        return op.operands[0], plan.lhs_batch, plan.lhs_contract
-    permutation = [*plan.lhs_batch, plan.lhs_free, plan.lhs_contract]
-    return (stablehlo.TransposeOp(op.operands[0], permutation).result,
-            list(range(len(plan.lhs_batch))), len(plan.lhs_batch) + 1)
-
-
 def test_a_dot_ynnpack_leaves_out_is_never_run(monkeypatch):
-    # Without the barrier XLA folds the transpose into the dot's layout: YNNPACK rejects the dot
+    # Without the pins XLA folds the transposes into the dots' layouts: YNNPACK rejects the dots
     # and XLA:CPU's own batched-dot kernel would fail when the step runs ("Unsupported element
     # type for DotThunk::Execute: BF16 x BF16 = F32").
-    monkeypatch.setattr(dot_bf16_batched, "_rows_first", _unpinned)
+    monkeypatch.setattr(dot_bf16_batched, "_row_major", lambda value: value)
     cs, out = _compiled()
     assert _rewrites(cs) == 0
     _same_bits(out, _compiled(passes=_WITHOUT)[1])
@@ -230,7 +240,7 @@ def test_an_artifact_whose_dots_xla_cannot_run_here_is_refused_at_load(tmp_path,
 
     data, ts = _attention_step()
     with monkeypatch.context() as m:
-        m.setattr(dot_bf16_batched, "_rows_first", _unpinned)
+        m.setattr(dot_bf16_batched, "_row_major", lambda value: value)
         m.setattr(_artifact, "settle", lambda *args: None)
         luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
                          compile_options=luxc.CompileOptions(mixed_precision="bf16"))
