@@ -49,6 +49,7 @@ from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from luxc.passes._marks import marked_convert
+from luxc.passes._match import op_of
 from luxc.passes._rewrite import replace_each
 
 NAME = "dot_bf16_batched"
@@ -98,9 +99,8 @@ def _plan(op: ir.Operation) -> _Plan | None:
 
 
 def _is_transpose(value: ir.Value) -> bool:
-    owner = value.owner
-    owner = getattr(owner, "operation", owner)
-    return isinstance(owner, ir.Operation) and owner.name == "stablehlo.transpose"
+    op = op_of(value)
+    return op is not None and op.name == "stablehlo.transpose"
 
 
 def _row_major(value: ir.Value) -> ir.Value:
