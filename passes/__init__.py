@@ -27,6 +27,7 @@ from luxc.passes import (
     dot_flatten,
     dot_scale_fold,
     dot_swap_operands,
+    dus_bf16_bits,
     elementwise_bf16_f32,
     fuse_loss_reductions,
     fuse_rsqrt,
@@ -123,6 +124,9 @@ _REGISTRY: dict[str, PassInfo] = {
                                         elementwise_bf16_f32.run, ("cpu",)),
     convert_bf16_bits.NAME: PassInfo(convert_bf16_bits.NAME, convert_bf16_bits.DESCRIPTION,
                                      convert_bf16_bits.run, ("cpu",)),
+    # bf16 scan stacks: bit patterns, which XLA:CPU updates in place.
+    dus_bf16_bits.NAME: PassInfo(dus_bf16_bits.NAME, dus_bf16_bits.DESCRIPTION,
+                                 dus_bf16_bits.run, ("cpu",)),
 }
 
 

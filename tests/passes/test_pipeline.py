@@ -127,7 +127,7 @@ def test_available_lists_every_pass_with_a_description():
                            "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
                            "dot_bf16_canonical", "dot_bf16_batched", "reduce_f32_accumulate",
                            "reduce_window_f32", "relu_mask_from_output", "elementwise_bf16_f32",
-                           "convert_bf16_bits"}
+                           "convert_bf16_bits", "dus_bf16_bits"}
     assert all(isinstance(d, str) and d for d in listed.values())
 
 
@@ -138,7 +138,7 @@ def test_default_pipeline_only_has_passes_measured_faster_there():
                                               "dot_bf16_canonical", "dot_bf16_batched",
                                               "reduce_f32_accumulate", "reduce_window_f32",
                                               "relu_mask_from_output", "elementwise_bf16_f32",
-                                              "convert_bf16_bits")
+                                              "convert_bf16_bits", "dus_bf16_bits")
     assert passes.default_pipeline("cuda") == ()  # nothing measured there yet
 
 
@@ -296,7 +296,8 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
                 "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
                 "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,
                 "reduce_f32_accumulate": 0, "relu_mask_from_output": 4,
-                "elementwise_bf16_f32": 0, "convert_bf16_bits": 0}  # a float32 step: the mixed-precision passes match nothing
+                "elementwise_bf16_f32": 0, "convert_bf16_bits": 0,
+                "dus_bf16_bits": 0}  # a float32 step: the mixed-precision passes match nothing
     (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)

@@ -293,7 +293,7 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
                      "12-dot_bf16_batched.mlir", "13-reduce_f32_accumulate.mlir",
                      "14-reduce_window_f32.mlir", "15-relu_mask_from_output.mlir",
                      "16-elementwise_bf16_f32.mlir", "17-convert_bf16_bits.mlir",
-                     "99-xla-optimized.hlo.txt"]
+                     "18-dus_bf16_bits.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():
