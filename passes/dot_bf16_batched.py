@@ -50,6 +50,7 @@ from jaxlib.mlir.dialects import stablehlo
 
 from luxc.passes._marks import marked_convert
 from luxc.passes._match import op_of
+from luxc.passes._pin import row_major
 from luxc.passes._rewrite import replace_each
 
 NAME = "dot_bf16_batched"
@@ -103,17 +104,6 @@ def _is_transpose(value: ir.Value) -> bool:
     return op is not None and op.name == "stablehlo.transpose"
 
 
-def _row_major(value: ir.Value) -> ir.Value:
-    """``value`` as an array of its own in row-major order: lifted to a leading unit axis, kept
-    by an ``optimization_barrier``, and lowered again. XLA gives a ``transpose`` a permuted
-    layout (the transpose becomes a relabelling, not a copy) and a barrier would keep that
-    layout; the reshapes around the barrier make the copy row-major."""
-    t = ir.RankedTensorType(value.type)
-    lifted = ir.RankedTensorType.get([1, *t.shape], t.element_type)
-    (kept,) = stablehlo.OptimizationBarrierOp([stablehlo.ReshapeOp(lifted, value).result]).results
-    return stablehlo.ReshapeOp(t, kept).result
-
-
 def _rows_first(value: ir.Value, axes: _Axes) -> tuple[ir.Value, list[int], int]:
     """The left operand with its free axis before its contracting axis, row-major; returns it
     with its batch axes and its contracting axis. One contracted over an axis before its free
@@ -122,9 +112,9 @@ def _rows_first(value: ir.Value, axes: _Axes) -> tuple[ir.Value, list[int], int]
     if axes.contract < axes.free:
         order = [*axes.batch, axes.free, axes.contract]
         batch = len(axes.batch)
-        return _row_major(stablehlo.TransposeOp(value, order).result), list(range(batch)), batch + 1
+        return row_major(stablehlo.TransposeOp(value, order).result), list(range(batch)), batch + 1
     if _is_transpose(value):
-        return _row_major(value), axes.batch, axes.contract
+        return row_major(value), axes.batch, axes.contract
     return value, axes.batch, axes.contract
 
 
@@ -132,7 +122,7 @@ def _rewrite(op: ir.Operation, plan: _Plan) -> ir.Value:
     lhs, lhs_batch, lhs_contract = _rows_first(op.operands[0], plan.lhs)
     rhs = op.operands[1]
     if _is_transpose(rhs):
-        rhs = _row_major(rhs)
+        rhs = row_major(rhs)
     dims = stablehlo.DotDimensionNumbers.get(
         lhs_batching_dimensions=lhs_batch, rhs_batching_dimensions=plan.rhs.batch,
         lhs_contracting_dimensions=[lhs_contract], rhs_contracting_dimensions=[plan.rhs.contract])

@@ -43,6 +43,7 @@ from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
 from luxc.passes._match import producer
+from luxc.passes._pin import row_major
 from luxc.passes._rewrite import replace_each
 
 NAME = "dot_bf16_canonical"
@@ -90,12 +91,7 @@ def _plan(op: ir.Operation) -> _Plan | None:
 
 def _pinned_rows(value: ir.Value) -> ir.Value:
     """``value`` (``[k, m]``) as a row-major ``[m, k]`` array that XLA cannot fold away."""
-    t = ir.RankedTensorType(value.type)
-    k, m = t.shape
-    transposed = stablehlo.TransposeOp(value, [1, 0]).result
-    lifted = stablehlo.ReshapeOp(ir.RankedTensorType.get([1, m, k], t.element_type), transposed)
-    (kept,) = stablehlo.OptimizationBarrierOp([lifted.result]).results
-    return stablehlo.ReshapeOp(ir.RankedTensorType.get([m, k], t.element_type), kept).result
+    return row_major(stablehlo.TransposeOp(value, [1, 0]).result)
 
 
 def _rewrite(op: ir.Operation, plan: _Plan) -> ir.Value:

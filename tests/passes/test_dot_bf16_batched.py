@@ -165,7 +165,7 @@ def test_a_dot_ynnpack_leaves_out_is_never_run(monkeypatch):
     # Without the pins XLA folds the transposes into the dots' layouts: YNNPACK rejects the dots
     # and XLA:CPU's own batched-dot kernel would fail when the step runs ("Unsupported element
     # type for DotThunk::Execute: BF16 x BF16 = F32").
-    monkeypatch.setattr(dot_bf16_batched, "_row_major", lambda value: value)
+    monkeypatch.setattr(dot_bf16_batched, "row_major", lambda value: value)
     cs, out = _compiled()
     assert _rewrites(cs) == 0
     _same_bits(out, _compiled(passes=_WITHOUT)[1])
@@ -240,7 +240,7 @@ def test_an_artifact_whose_dots_xla_cannot_run_here_is_refused_at_load(tmp_path,
 
     data, ts = _attention_step()
     with monkeypatch.context() as m:
-        m.setattr(dot_bf16_batched, "_row_major", lambda value: value)
+        m.setattr(dot_bf16_batched, "row_major", lambda value: value)
         m.setattr(_artifact, "settle", lambda *args: None)
         luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
                          compile_options=luxc.CompileOptions(mixed_precision="bf16"))

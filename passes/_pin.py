@@ -1,0 +1,21 @@
+"""A value kept by XLA as a row-major array of its own, for the dot passes.
+
+XLA gives a ``transpose`` a permuted layout (a relabelling, not a copy), and an
+``optimization_barrier`` keeps whatever layout its operand has; YNNPACK refuses a dot whose
+operand is not row-major, and XLA then runs a bf16 dot in float32 behind converts. A reshape to a
+leading unit axis before the barrier and back after it makes XLA write the row-major copy.
+"""
+
+from __future__ import annotations
+
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import stablehlo
+
+
+def row_major(value: ir.Value) -> ir.Value:
+    """``value`` lifted to a leading unit axis, kept by an ``optimization_barrier``, lowered
+    again: the same values, which XLA neither folds into their consumer nor lays out permuted."""
+    t = ir.RankedTensorType(value.type)
+    lifted = ir.RankedTensorType.get([1, *t.shape], t.element_type)
+    (kept,) = stablehlo.OptimizationBarrierOp([stablehlo.ReshapeOp(lifted, value).result]).results
+    return stablehlo.ReshapeOp(t, kept).result
