@@ -32,7 +32,7 @@ def _plan(op: ir.Operation) -> bool | None:
     return True if isinstance(t.element_type, ir.BF16Type) and t.has_static_shape else None
 
 
-def _rewrite(op: ir.Operation, _plan: bool) -> ir.Value:
+def _rewrite(op: ir.Operation, _matched: bool) -> ir.Value:
     u16 = ir.IntegerType.get_unsigned(16)
     buffer, update, *indices = op.operands
     updated = stablehlo.DynamicUpdateSliceOp(_as(buffer, u16), _as(update, u16), indices).result
