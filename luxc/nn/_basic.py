@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError, named_layers
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
@@ -50,7 +51,7 @@ class Dense(AbstractLayer):
         self.init_bias = init_bias or uniform_fan_in(in_dims)
 
     def init_parameters(self, key: jax.Array) -> dict:
-        kw, kb = jax.random.split(key)
+        kw, kb = _draws.split(key)
         ps = {"weight": self.init_weight(kw, (self.out_dims, self.in_dims), self.dtype)}
         if self.use_bias:
             ps["bias"] = self.init_bias(kb, (self.out_dims,), self.dtype)

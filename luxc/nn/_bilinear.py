@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer, LayerShapeError
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, ones, uniform_fan_in, zeros
@@ -56,7 +57,7 @@ class Scale(AbstractLayer):
         self.init_weight, self.init_bias = init_weight or ones, init_bias or zeros
 
     def init_parameters(self, key: jax.Array) -> dict:
-        kw, kb = jax.random.split(key)
+        kw, kb = _draws.split(key)
         ps = {"weight": self.init_weight(kw, self.dims, self.dtype)}
         if self.use_bias:
             ps["bias"] = self.init_bias(kb, self.dims, self.dtype)
@@ -112,7 +113,7 @@ class Bilinear(AbstractLayer):
         self.init_bias = init_bias or uniform_fan_in(self.in1_dims)
 
     def init_parameters(self, key: jax.Array) -> dict:
-        kw, kb = jax.random.split(key)
+        kw, kb = _draws.split(key)
         shape = (self.out_dims, self.in1_dims, self.in2_dims)
         ps = {"weight": self.init_weight(kw, shape, self.dtype)}
         if self.use_bias:

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractContainerLayer, AbstractLayer, named_layers
 
 
@@ -93,7 +94,7 @@ class _Joined(AbstractContainerLayer):
     def _init(self, key: jax.Array, kind: str) -> dict:
         if not self._nested:
             return getattr(super(), kind)(key)
-        kl, kc = jax.random.split(key)
+        kl, kc = _draws.split(key)
         return {"layers": getattr(_Branches(self._named), kind)(kl),
                 self._JOINER: getattr(self._joiner, kind)(kc)}
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
@@ -128,7 +129,7 @@ class ConvWindow(AbstractLayer):
         return (*self.kernel_size, self.in_chs // self.groups, self.out_chs)
 
     def init_parameters(self, key: jax.Array) -> dict:
-        kw, kb = jax.random.split(key)
+        kw, kb = _draws.split(key)
         ps = {"weight": self.init_weight(kw, self.weight_shape(), self.dtype)}
         if self.use_bias:
             ps["bias"] = self.init_bias(kb, (self.out_chs,), self.dtype)

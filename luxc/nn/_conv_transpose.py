@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from luxc.nn import _draws
 from luxc.nn._conv import (
     SPECS,
     ConvWindow,
@@ -29,7 +30,7 @@ def glorot_uniform(fan_in: int, fan_out: int, gain: float = 1.0) -> Initializer:
     bound = gain * math.sqrt(6 / (fan_in + fan_out)) if fan_in + fan_out else 0.0
 
     def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
+        return _draws.uniform(key, shape, dtype, -bound, bound)
 
     return init
 

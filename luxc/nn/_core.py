@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from luxc.nn import _draws
 from luxc.nn._stability import check_output, enabled, floating_dtype
 
 PyTree = Any
@@ -160,7 +161,7 @@ def named_layers(owner: str, layers: tuple, named: dict, wrap: Callable | None =
 
 
 def _split(key: jax.Array, n: int) -> list[jax.Array]:
-    return list(jax.random.split(key, n)) if n else []
+    return _draws.split(key, n) if n else []
 
 
 def _as_key(key: Any) -> jax.Array:
@@ -187,7 +188,7 @@ def setup(key: jax.Array | int, layer: AbstractLayer) -> tuple[dict, dict]:
     """
     if not isinstance(layer, AbstractLayer):
         raise TypeError(f"setup expects a luxc layer; received {type(layer).__name__}")
-    kp, ks = jax.random.split(_as_key(key))
+    kp, ks = _draws.split(_as_key(key))
     return layer.init_parameters(kp), layer.init_states(ks)
 
 

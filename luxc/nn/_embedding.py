@@ -6,13 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer, LayerShapeError
 from luxc.nn._init import Initializer
 
 
 def _uniform01(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     # Lux's default ``init_weight=rand32``: U[0, 1) (src/layers/embedding.jl).
-    return jax.random.uniform(key, tuple(shape), dtype)
+    return _draws.uniform(key, shape, dtype)
 
 
 class Embedding(AbstractLayer):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer, LayerShapeError
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, ones, zeros
@@ -27,7 +28,7 @@ def _positive(owner: str, name: str, v: object) -> int:
 def _affine_parameters(layer: AbstractLayer, key: jax.Array) -> dict:
     if not layer.affine:
         return {}
-    ks, kb = jax.random.split(key)
+    ks, kb = _draws.split(key)
     return {"scale": layer.init_scale(ks, (layer.chs,), layer.dtype),
             "bias": layer.init_bias(kb, (layer.chs,), layer.dtype)}
 

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from luxc.nn import _draws
+
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
 
@@ -18,7 +20,7 @@ def uniform_fan_in(fan_in: int, gain: float = 1 / math.sqrt(3)) -> Initializer:
     bound = math.sqrt(3) * gain / math.sqrt(fan_in) if fan_in else 0.0
 
     def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
+        return _draws.uniform(key, shape, dtype, -bound, bound)
 
     return init
 

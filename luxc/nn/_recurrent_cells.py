@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer, LayerShapeError
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, uniform_fan_in, zeros
@@ -33,7 +34,7 @@ def glorot_uniform(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.
     r"""Lux's ``glorot_uniform`` for a matrix ``(out, in)``: U(±b), :math:`b = \sqrt{6/(in + out)}`."""
     fan_out, fan_in = shape
     bound = math.sqrt(6 / (fan_in + fan_out))
-    return jax.random.uniform(key, tuple(shape), dtype, -bound, bound)
+    return _draws.uniform(key, shape, dtype, -bound, bound)
 
 
 def _per_gate(owner: str, name: str, init: Initializer | Sequence[Initializer] | None,
@@ -101,11 +102,11 @@ class AbstractRecurrentCell(AbstractLayer):
         return (self.train_state, self.train_memory)[:len(self.carry_names)]
 
     def init_parameters(self, key: jax.Array) -> dict:
-        k_ih, k_hh, k_bih, k_bhh, k_h, k_c = jax.random.split(key, 6)
+        k_ih, k_hh, k_bih, k_bhh, k_h, k_c = _draws.split(key, 6)
         out, d = self.out_dims, self.dtype
 
         def stacked(k: jax.Array, inits: tuple[Initializer, ...], shape: tuple[int, ...]):
-            keys = jax.random.split(k, self.gates)
+            keys = _draws.split(k, self.gates)
             return jnp.concatenate([init(kg, shape, d) for init, kg in zip(inits, keys)])
 
         ps = {"weight_ih": stacked(k_ih, self.init_weight, (out, self.in_dims)),

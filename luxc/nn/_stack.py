@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from luxc.nn import _draws
 from luxc.nn._core import AbstractLayer, LayerShapeError, PyTree, _fmt_int, parameter_count
 
 # Direct policies of jax.checkpoint_policies (the others are factories taking names).
@@ -191,7 +192,7 @@ class Stack(AbstractLayer):
         self.layer, self.n, self.remat = layer, n, remat
 
     def _stacked(self, init: Callable, key: jax.Array) -> PyTree:
-        return _stack_trees([init(k) for k in jax.random.split(key, self.n)])
+        return _stack_trees([init(k) for k in _draws.split(key, self.n)])
 
     def init_parameters(self, key: jax.Array) -> dict:
         return self._stacked(self.layer.init_parameters, key)

@@ -1,0 +1,80 @@
+"""luxc.setup's random draws (luxc/nn/_draws.py) give jax.random's bits: the same programs,
+compiled with XLA:CPU's loop emitters so that a model's setup compiles faster."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import luxc
+from luxc import nn
+from luxc.nn import _draws
+
+SHAPES = [(), (1,), (7,), (0, 4), (3, 5, 2), (256, 768), (1000,)]
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+KEYS = {"typed key": jax.random.key(3), "raw uint32 key": jax.random.PRNGKey(3)}
+
+
+def _bits(a: jax.Array) -> np.ndarray:
+    return np.asarray(a).reshape(-1).view(np.uint8)
+
+
+@pytest.mark.parametrize("kind", KEYS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_uniform_gives_jax_random_uniform_s_bits(shape, dtype, kind):
+    key = KEYS[kind]
+    for low, high in [(0.0, 1.0), (-0.0625, 0.0625), (-1 / 3, 2 / 7)]:
+        ours = _draws.uniform(key, shape, dtype, low, high)
+        theirs = jax.random.uniform(key, shape, dtype, low, high)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_uniform_follows_the_threefry_layout_in_force(partitionable):
+    # jax_threefry_partitionable changes the bits of a draw: the compiled program must too.
+    with jax.threefry_partitionable(partitionable):
+        ours = _draws.uniform(KEYS["typed key"], (33, 5), jnp.float32, -1.0, 1.0)
+        theirs = jax.random.uniform(KEYS["typed key"], (33, 5), jnp.float32, -1.0, 1.0)
+    np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+
+
+@pytest.mark.parametrize("kind", KEYS)
+@pytest.mark.parametrize("n", [1, 2, 6])
+def test_split_gives_jax_random_split_s_keys(n, kind):
+    ours, theirs = _draws.split(KEYS[kind], n), list(jax.random.split(KEYS[kind], n))
+    assert len(ours) == n
+    data = jax.random.key_data if kind == "typed key" else np.asarray
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(data(a), data(b))
+
+
+def test_a_traced_key_draws_through_jax_random():
+    key = KEYS["typed key"]
+    draw = jax.jit(lambda k: _draws.uniform(k, (4, 3), jnp.float32, -2.0, 2.0))
+    np.testing.assert_array_equal(draw(key), jax.random.uniform(key, (4, 3), jnp.float32, -2.0, 2.0))
+    first, second = jax.jit(lambda k: tuple(_draws.split(k, 2)))(key)
+    np.testing.assert_array_equal(jax.random.key_data(second),
+                                  jax.random.key_data(jax.random.split(key)[1]))
+
+
+def test_setup_draws_a_dense_layer_as_lux_describes_it_from_jax_random():
+    # Lux's Dense (src/layers/basic.jl): weight kaiming_uniform with gain 1 → U(±√3/√in), bias
+    # U(±1/√in); setup splits its key into the parameters' and the states', the Dense its key
+    # into the weight's and the bias's.
+    ps, _ = luxc.setup(jax.random.key(0), nn.Dense(5, 3))
+    kp, _ = jax.random.split(jax.random.key(0))
+    kw, kb = jax.random.split(kp)
+    w, b = np.sqrt(3 / 5), 1 / np.sqrt(5)
+    np.testing.assert_array_equal(ps["weight"], jax.random.uniform(kw, (3, 5), jnp.float32, -w, w))
+    np.testing.assert_array_equal(ps["bias"], jax.random.uniform(kb, (3,), jnp.float32, -b, b))
+
+
+def test_setup_under_jit_gives_the_eager_parameters():
+    model = nn.Chain(nn.Dense(4, 8, jax.nn.relu), nn.Stack(nn.Dense(8, 8, jnp.tanh), 3))
+    eager, _ = luxc.setup(jax.random.key(5), model)
+    traced, _ = jax.jit(lambda k: luxc.setup(k, model))(jax.random.key(5))
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
