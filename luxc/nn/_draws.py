@@ -15,7 +15,7 @@ multiplication and an addition, each rounded as IEEE says. ``tests/nn/test_draws
 the bits with ``jax.random``'s for every dtype luxc's initialisers draw.
 
 A key that is traced (``setup`` under ``jax.jit``), lives on another device, or runs on another
-platform goes to ``jax.random`` unchanged.
+platform, and every draw under ``jax.disable_jit()``, goes to ``jax.random`` unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def _eager_on_cpu(key: jax.Array) -> bool:
-    if isinstance(key, jax.core.Tracer) or not isinstance(key, jax.Array):
+    # Under jax.disable_jit a compiled executable refuses to run: jax.random draws op by op.
+    if (isinstance(key, jax.core.Tracer) or not isinstance(key, jax.Array)
+            or jax.config.jax_disable_jit):
         return False
     devices = key.devices()
     default = jax.devices()[0]

@@ -78,3 +78,15 @@ def test_setup_under_jit_gives_the_eager_parameters():
     traced, _ = jax.jit(lambda k: luxc.setup(k, model))(jax.random.key(5))
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
         np.testing.assert_array_equal(_bits(a), _bits(b))
+
+
+def test_setup_runs_under_disable_jit_and_draws_as_jax_random_does_there():
+    # A compiled executable refuses to run under jax.disable_jit: the draws go op by op, as
+    # jax.random's own do there (whose last bit can differ from its jitted draw's).
+    with jax.disable_jit():
+        ps, _ = luxc.setup(jax.random.key(0), nn.Dense(5, 3))
+        kp, _ = jax.random.split(jax.random.key(0))
+        kw, kb = jax.random.split(kp)
+        w = np.sqrt(3 / 5)
+        expected = jax.random.uniform(kw, (3, 5), jnp.float32, -w, w)
+    np.testing.assert_array_equal(_bits(ps["weight"]), _bits(expected))
