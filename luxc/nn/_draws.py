@@ -9,18 +9,22 @@ compiled with XLA:CPU's loop emitters (``xla_cpu_use_fusion_emitters=False``) ta
 as long.
 
 Why the values are the same: the program compiled is jax's own ``uniform`` or ``split``, traced
-here with the key, the shape and the bounds ``jax.random.uniform`` would pass it; only XLA's code
-generator differs, and threefry is integer arithmetic followed by a bit-cast, a subtraction, a
-multiplication and an addition, each rounded as IEEE says. ``tests/nn/test_draws.py`` compares
-the bits with ``jax.random``'s for every dtype luxc's initialisers draw.
+with the arguments ``jax.random`` would trace it with (the bounds as the weakly typed scalars a
+Python number becomes); only XLA's code generator differs, and threefry is integer arithmetic
+followed by a bit-cast, a subtraction, a multiplication and an addition, each rounded as IEEE
+says. ``tests/nn/test_draws.py`` compares the bits with ``jax.random``'s.
 
-A key that is traced (``setup`` under ``jax.jit``), lives on another device, or runs on another
-platform, and every draw under ``jax.disable_jit()``, goes to ``jax.random`` unchanged.
+Only the plain case takes this path: a typed key (``jax.random.key``) on the default CPU device,
+not traced; Python numbers as bounds; a static shape; a dtype jax keeps as asked; no
+``jax.disable_jit``, default device or mesh in force. Everything else — and a split into more
+than :data:`MAX_SPLIT` keys, whose one-output-per-key program compiles slowly — goes to
+``jax.random`` unchanged, with its own checks and errors.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,34 +33,40 @@ import jax.numpy as jnp
 
 # Only XLA:CPU has this option; on another platform the draws use jax.random.
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+MAX_SPLIT = 32
 
 
-def _eager_on_cpu(key: jax.Array) -> bool:
-    # Under jax.disable_jit a compiled executable refuses to run: jax.random draws op by op.
-    if (isinstance(key, jax.core.Tracer) or not isinstance(key, jax.Array)
-            or jax.config.jax_disable_jit):
+def _plain_key(key: Any) -> bool:
+    if (not isinstance(key, jax.Array) or isinstance(key, jax.core.Tracer)
+            or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
         return False
-    devices = key.devices()
+    # A compiled executable keeps the device and mesh of its first call, and refuses to run
+    # under jax.disable_jit: any of these contexts is jax.random's to handle.
+    if (jax.config.jax_disable_jit or jax.config.jax_default_device is not None
+            or not jax.sharding.get_abstract_mesh().empty):
+        return False
     default = jax.devices()[0]
-    return default.platform == "cpu" and devices == {default}
+    return (default.platform == "cpu" and isinstance(key.sharding, jax.sharding.SingleDeviceSharding)
+            and key.devices() == {default})
 
 
-def _config() -> tuple[Any, ...]:
-    # What else decides the bits of a draw: the PRNG jax uses for a raw uint32 key, and how
-    # threefry lays its counters out.
-    return (jax.config.jax_default_prng_impl, jax.config.jax_threefry_partitionable)
+def _static_ints(values: Any) -> tuple[int, ...] | None:
+    try:
+        return tuple(operator.index(v) for v in values)
+    except TypeError:  # an int, a traced or otherwise non-static entry
+        return None
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(build: Callable, static: tuple, avals: tuple, config: tuple) -> Callable:
-    del config  # part of the cache key only
-    shapes = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in avals]
-    return jax.jit(build(*static)).lower(*shapes).compile(_CPU_OPTIONS)
+@functools.lru_cache(maxsize=64)
+def _compiled(build: Callable, static: tuple, avals: tuple, layout: bool) -> Callable:
+    del layout  # part of the cache key only: threefry's counters follow it
+    args = [jax.ShapeDtypeStruct(shape, dtype, weak_type=weak) for shape, dtype, weak in avals]
+    return jax.jit(build(*static)).lower(*args).compile(_CPU_OPTIONS)
 
 
 def _run(build: Callable, static: tuple, *args: jax.Array):
-    avals = tuple((a.shape, a.dtype) for a in args)
-    return _compiled(build, static, avals, _config())(*args)
+    avals = tuple((a.shape, a.dtype, getattr(a, "weak_type", False)) for a in args)
+    return _compiled(build, static, avals, jax.config.jax_threefry_partitionable)(*args)
 
 
 def _uniform_program(shape: tuple[int, ...], dtype: jnp.dtype) -> Callable:
@@ -67,19 +77,23 @@ def _split_program(n: int) -> Callable:
     return lambda key: tuple(jax.random.split(key, n))
 
 
-def uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32,
+def uniform(key: jax.Array, shape: Sequence[int], dtype: Any = float,
             minval: float = 0.0, maxval: float = 1.0) -> jax.Array:
     """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit."""
-    if not _eager_on_cpu(key):
-        return jax.random.uniform(key, tuple(shape), dtype, minval, maxval)
-    dtype = jnp.dtype(dtype)
-    # jax.random.uniform converts the bounds to dtype before its jitted program: so do we.
-    low, high = jnp.asarray(minval, dtype), jnp.asarray(maxval, dtype)
-    return _run(_uniform_program, (tuple(shape), dtype), key, low, high)
+    static_shape = _static_ints(shape) if isinstance(shape, Sequence) else None
+    plain = (_plain_key(key) and static_shape is not None and dtype is not None
+             and all(type(b) in (float, int) for b in (minval, maxval)))
+    if plain and jax.dtypes.canonicalize_dtype(dtype) == jnp.dtype(dtype):
+        # The bounds as jit sees a Python number: a weakly typed scalar, converted to dtype
+        # inside the program (jnp.asarray(minval, dtype) would round differently).
+        low, high = jnp.asarray(minval), jnp.asarray(maxval)
+        if not isinstance(low, jax.core.Tracer):  # a tracer: a concrete key closed over by jit
+            return _run(_uniform_program, (static_shape, jnp.dtype(dtype)), key, low, high)
+    return jax.random.uniform(key, shape, dtype, minval, maxval)
 
 
 def split(key: jax.Array, n: int = 2) -> list[jax.Array]:
     """``list(jax.random.split(key, n))``, bit for bit."""
-    if not _eager_on_cpu(key):
-        return list(jax.random.split(key, n))
-    return list(_run(_split_program, (n,), key))
+    if type(n) is int and 0 <= n <= MAX_SPLIT and _plain_key(key):
+        return list(_run(_split_program, (n,), key))
+    return list(jax.random.split(key, n))
