@@ -191,3 +191,30 @@ def excluded_from_tracebacks(filename: str) -> bool:
     from jax._src import source_info_util
 
     return not source_info_util.is_user_filename(filename)
+
+
+def with_trailing_buffers(exported: Any, module_serialized: bytes, avals: tuple) -> Any:
+    """``exported`` with the module ``module_serialized``, which takes ``avals`` as new last
+    arguments and returns them, in the same order, as new last results: called as
+    ``call(*args, buffers) -> (outputs, buffers)``. Single-device, single-platform only; the
+    result cannot be differentiated (jax's VJP of ``exported`` does not apply to it)."""
+    import dataclasses
+
+    from jax import tree_util
+
+    k = len(avals)
+    args, kwargs = tree_util.tree_unflatten(exported.in_tree, [0] * len(exported.in_avals))
+    outs = tree_util.tree_unflatten(exported.out_tree, [0] * len(exported.out_avals))
+    shaped = tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals)
+    n_in = len(exported.in_avals)
+    return dataclasses.replace(
+        exported,
+        in_tree=tree_util.tree_structure(((*args, (0,) * k), kwargs)),
+        out_tree=tree_util.tree_structure((outs, (0,) * k)),
+        in_avals=(*exported.in_avals, *shaped), out_avals=(*exported.out_avals, *shaped),
+        _in_named_shardings=(*exported._in_named_shardings, *(None,) * k),
+        _out_named_shardings=(*exported._out_named_shardings, *(None,) * k),
+        in_shardings_hlo=(*exported.in_shardings_hlo, *(None,) * k),
+        out_shardings_hlo=(*exported.out_shardings_hlo, *(None,) * k),
+        module_kept_var_idx=(*exported.module_kept_var_idx, *range(n_in, n_in + k)),
+        mlir_module_serialized=module_serialized, _get_vjp=None)

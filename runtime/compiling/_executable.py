@@ -39,6 +39,7 @@ from luxc.runtime.compiling._module_ops import remember, summary
 from luxc.runtime.compiling._options import DEFAULT, CompileOptions, platform_xla_options
 from luxc.runtime.compiling._stages import CompiledStages, Stage
 from luxc.runtime.compiling._unclaimed_dots import withdraw_batched_dots, without_batched_dots
+from luxc.runtime.compiling._workspace import WorkspaceCall, with_workspace
 from luxc.runtime.messages._leaf_names import leaf_name
 from luxc.runtime.messages._warn import warn_user
 from luxc.runtime.trust._native_calls import NativeCallCheck, check_lowered
@@ -193,12 +194,16 @@ class Executable(CompiledStages):
         self.autotune_report: Any = None
         # The hot path: no Python between the caller and jax's C++ dispatch.
         self.call = direct_call(compiled) if call is None else call
+        # The scan buffers kept between calls (their types) and the module taking them.
+        self.workspace: tuple[jax.ShapeDtypeStruct, ...] = ()
+        self.workspace_module: jax_export.Exported | None = None
 
     def _stage_text(self, stage: Stage) -> str:
         if stage == "traced":
             return module_text(self.traced.mlir_module_serialized)
-        if stage == "optimized":
-            return module_text(self.optimized.mlir_module_serialized)
+        if stage == "optimized":  # what XLA compiled: with the scan buffers it keeps, if any
+            module = self.workspace_module or self.optimized
+            return module_text(module.mlir_module_serialized)
         return self.compiled.as_text()
 
     def _figures_source(self) -> jax.stages.Compiled:
@@ -247,22 +252,48 @@ def build(fn: Callable, args: Sequence[Any], *, options: CompileOptions = DEFAUL
     to a device (as an eager user's arrays are: the eager backends' update); the exported
     module's own call commits its outputs to the device it was compiled for, so an eager user
     could no longer mix them with arrays placed elsewhere. The default calls the compiled
-    executable directly (its outputs are committed)."""
+    executable directly (its outputs are committed), with the scan buffers it keeps between
+    calls (:mod:`luxc.runtime.compiling._workspace`)."""
     timings: dict[str, float] = {}
-    traced, optimized, records, trace_seconds = optimise(
-        fn, args, options, [platform or jax.default_backend()], timings)
+    platform = platform or jax.default_backend()
+    traced, optimized, records, trace_seconds = optimise(fn, args, options, [platform], timings)
     compile_options = {"donate_argnums": donate_argnums, "arg_names": arg_names,
                        "xla_options": dict(options.xla_options)}
-    compiled, seconds = compile_exported(optimized, args, timings=timings, **compile_options)
+    kept = platform if committed_outputs else None
+    compiled, seconds, workspace = _compile(optimized, args, kept, compile_options, timings)
     again = settle(traced, records, compiled, options.dump_dir)
     if again is not None:
         optimized, records = again
-        compiled, more = compile_exported(optimized, args, **compile_options)
+        compiled, more, workspace = _compile(optimized, args, kept, compile_options, {})
         seconds += more
     call = None if committed_outputs else jax.jit(fn, donate_argnums=donate_argnums)
+    if workspace:
+        call = WorkspaceCall(direct_call(compiled), workspace[1], compiled.input_shardings[0][-1])
     exe = Executable(traced, optimized, compiled, records, seconds, trace_seconds,
                      call=call, timings=timings,
                      xla_options=dict(options.xla_options))
+    if workspace:
+        exe.workspace, exe.workspace_module = workspace[1], workspace[0]
     if options.dump_dir is not None:
         Path(options.dump_dir, "99-xla-optimized.hlo.txt").write_text(compiled.as_text())
     return exe
+
+
+def _compile(optimized: jax_export.Exported, args: Sequence[Any], platform: str | None,
+             compile_options: dict[str, Any], timings: dict[str, float]
+             ) -> tuple[jax.stages.Compiled, float, tuple | None]:
+    """Compile ``optimized``, with its scan buffers kept between calls when ``platform`` allows
+    it (``None``: never); return the executable, the seconds and ``(module, buffers)`` or
+    ``None``."""
+    if platform is None:
+        return (*compile_exported(optimized, args, timings=timings, **compile_options), None)
+    t0 = time.perf_counter()
+    lifted, avals = with_workspace(optimized, platform, _TARGET_VERSION)
+    timings["scan buffers"] = lifting = time.perf_counter() - t0
+    if not avals:
+        compiled, seconds = compile_exported(optimized, args, timings=timings, **compile_options)
+        return compiled, seconds + lifting, None
+    options = {**compile_options,
+               "donate_argnums": (*compile_options["donate_argnums"], len(args))}
+    compiled, seconds = compile_exported(lifted, (*args, avals), timings=timings, **options)
+    return compiled, seconds + lifting, (lifted, avals)

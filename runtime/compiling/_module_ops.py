@@ -86,6 +86,12 @@ def remember(serialized: bytes, module: ir.Module) -> None:
     _KNOWN[serialized] = summarise(module)
 
 
+def known_summary(serialized: bytes) -> ModuleSummary | None:
+    """The summary :func:`remember` took of ``serialized``, left for :func:`summary`; ``None``
+    if it took none."""
+    return _KNOWN.get(serialized)
+
+
 def summary(serialized: bytes) -> ModuleSummary:
     """The :class:`ModuleSummary` of ``serialized`` (parsed unless :func:`remember` saw it)."""
     known = _KNOWN.pop(serialized, None)  # one use: the compile right after the passes

@@ -276,5 +276,17 @@ def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
 
 def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
     """:func:`profile_exported` for a luxc ``Executable`` (its optimised module and XLA
-    options); the executable itself is not touched."""
-    return profile_exported(exe.optimized, args, exe.xla_options, steps)
+    options); the executable itself is not touched. A step that keeps its scan buffers between
+    calls is profiled that way too: each call gets the buffers the last one returned."""
+    if not exe.workspace:
+        return profile_exported(exe.optimized, args, exe.xla_options, steps)
+    from luxc.runtime.compiling._executable import compile_exported
+    from luxc.runtime.compiling._workspace import WorkspaceCall
+
+    options = dict(exe.xla_options)
+    if jax.default_backend() == "cpu":
+        options.update(CPU_TRACE_OPTIONS)
+    compiled, _ = compile_exported(exe.workspace_module, (*args, exe.workspace),
+                                   donate_argnums=(len(args),), xla_options=options)
+    call = WorkspaceCall(compiled, exe.workspace, compiled.input_shardings[0][-1])
+    return profile_ops(compiled, lambda: jax.block_until_ready(call(*args)), steps)

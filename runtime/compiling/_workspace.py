@@ -1,0 +1,102 @@
+"""The scan buffers a compiled step keeps between calls (:mod:`._scan_buffers`).
+
+:func:`with_workspace` lifts a module's overwritten scan buffers into trailing arguments and
+results; :class:`WorkspaceCall` is the step's call: it donates to each call the buffers the
+previous call returned, so they are allocated (and their pages mapped) once, not every step.
+The price is memory: the buffers stay allocated between calls, as large as the stacked
+residuals the step writes anyway (``Executable.workspace_bytes``).
+
+Only where it pays and is simple: XLA:CPU (whose allocator maps each large temporary afresh),
+one device, one platform, static shapes, no ordered effects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from luxc.runtime._jax_internal import (
+    deserialize_module,
+    ir_context,
+    serialize_module,
+    with_trailing_buffers,
+)
+from luxc.runtime.compiling._module_ops import known_summary, remember
+from luxc.runtime.compiling._scan_buffers import lift_scan_buffers
+
+# Off for a comparison (benchmarks/README.md, "Levers"); the rewrite is exact either way.
+ENABLED = True
+
+
+def _eligible(exported: Any, platform: str) -> bool:
+    return (ENABLED and platform == "cpu" and exported.nr_devices == 1
+            and tuple(exported.platforms) == ("cpu",) and not exported.ordered_effects
+            and all(isinstance(d, int) for a in exported.in_avals for d in a.shape))
+
+
+def with_workspace(exported: Any, platform: str, target_version: str
+                   ) -> tuple[Any, tuple[jax.ShapeDtypeStruct, ...]]:
+    """``exported`` with its overwritten scan buffers as trailing arguments and results
+    (called ``call(*args, buffers) -> (outputs, buffers)``), and those buffers' types; or
+    ``exported`` unchanged and ``()``."""
+    if not _eligible(exported, platform):
+        return exported, ()
+    known = known_summary(exported.mlir_module_serialized)
+    if known is not None and "stablehlo.while" not in known.op_names:
+        return exported, ()  # no loop: not worth parsing the module again
+    with ir_context() as ctx:
+        module = deserialize_module(exported.mlir_module_serialized, ctx)
+        lifted = lift_scan_buffers(module)
+        if not lifted or any(b.dtype not in _DTYPES for b in lifted):
+            return exported, ()
+        data = serialize_module(module, target_version)
+        remember(data, module)  # the compile's module summary, without parsing it again
+    avals = tuple(jax.ShapeDtypeStruct(b.shape, _DTYPES[b.dtype]) for b in lifted)
+    return with_trailing_buffers(exported, data, avals), avals
+
+
+_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": jax.numpy.bfloat16,
+           "i32": np.int32, "i64": np.int64, "i16": np.int16, "i8": np.int8,
+           "ui32": np.uint32, "ui16": np.uint16, "ui8": np.uint8, "i1": np.bool_}
+
+
+def workspace_bytes(avals: tuple[jax.ShapeDtypeStruct, ...]) -> int:
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in avals)
+
+
+class WorkspaceCall:
+    """``call(*args)`` of a step compiled with trailing buffers: each call gets the buffers
+    the last call returned (zeros the first time), donated, and returns the step's outputs.
+
+    Calls from several threads at once each get their own buffers (one set is kept after)."""
+
+    def __init__(self, call: Callable, avals: tuple[jax.ShapeDtypeStruct, ...],
+                 sharding: Any):
+        self._call, self._avals, self._sharding = call, avals, sharding
+        self._spare: list[tuple[jax.Array, ...]] = []
+
+    def _fresh(self) -> tuple[jax.Array, ...]:
+        # numpy zeros placed on the device: no program to compile for them (a first step's time).
+        return tuple(jax.device_put(np.zeros(a.shape, a.dtype), s)
+                     for a, s in zip(self._avals, self._sharding, strict=True))
+
+    def __call__(self, *args: Any) -> Any:
+        buffers = self._spare.pop() if self._spare else self._fresh()
+        try:
+            outputs, buffers = self._call(*args, buffers)
+        except BaseException:
+            # jax checks the arguments before it takes the donated buffers: a refused call
+            # leaves them whole for the next one.
+            if not any(b.is_deleted() for b in buffers):
+                self._keep(buffers)
+            raise
+        self._keep(buffers)
+        return outputs
+
+    def _keep(self, buffers: tuple[jax.Array, ...]) -> None:
+        if not self._spare:
+            self._spare.append(buffers)

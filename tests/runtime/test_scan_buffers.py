@@ -1,0 +1,231 @@
+"""A scan's stacked buffers kept between calls (runtime/compiling/_scan_buffers.py,
+_workspace.py): which loops qualify (golden StableHLO), and compiled steps that keep their
+buffers computing the same bits as the steps that zero-fill them every call."""
+
+import threading
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jaxlib.mlir import ir
+
+import luxc
+from luxc.runtime._jax_internal import ir_context
+from luxc.runtime.compiling import _workspace
+from luxc.runtime.compiling._executable import DonationWarning, build
+from luxc.runtime.compiling._scan_buffers import ScanBuffer, lift_scan_buffers
+
+# One loop writing x into row `index` of a 3x4 buffer a turn, as jax lowers lax.scan's stacked
+# output (the write in a function of its own: jax's dynamic_update_index_in_dim); main returns
+# `result`.
+_LOOP = """
+func.func private @write_row(%buf: tensor<3x4xf32>, %row: tensor<4xf32>, %idx: tensor<i32>) -> tensor<3x4xf32> {{
+  %c = stablehlo.constant dense<{col}> : tensor<i32>
+  %u = stablehlo.broadcast_in_dim %row, dims = [1] : (tensor<4xf32>) -> tensor<{depth}x4xf32>
+  %w = stablehlo.dynamic_update_slice %buf, %u, %idx, %c : (tensor<3x4xf32>, tensor<{depth}x4xf32>, tensor<i32>, tensor<i32>) -> tensor<3x4xf32>
+  return %w : tensor<3x4xf32>
+}}
+func.func @main(%x: tensor<4xf32>) -> tensor<3x4xf32> {{
+  %z = stablehlo.constant dense<0.0> : tensor<f32>
+  %start = stablehlo.constant dense<{start}> : tensor<i32>
+  %n = stablehlo.constant dense<{bound}> : tensor<i32>
+  %step = stablehlo.constant dense<{step}> : tensor<i32>
+  %one = stablehlo.constant dense<1> : tensor<i32>
+  %b = stablehlo.broadcast_in_dim %z, dims = [] : (tensor<f32>) -> tensor<3x4xf32>
+  %r:2 = stablehlo.while(%i = %start, %buf = %b) : tensor<i32>, tensor<3x4xf32>
+  cond {{
+    %p = stablehlo.compare {direction}, %i, %n, SIGNED : (tensor<i32>, tensor<i32>) -> tensor<i1>
+    stablehlo.return %p : tensor<i1>
+  }} do {{
+    %back = stablehlo.subtract %n, %i : tensor<i32>
+    %reverse = stablehlo.subtract %back, %one : tensor<i32>
+    %double = stablehlo.add %i, %i : tensor<i32>
+    {read}
+    %w = func.call @write_row(%buf, %x, {index}) : (tensor<3x4xf32>, tensor<4xf32>, tensor<i32>) -> tensor<3x4xf32>
+    {after}
+    %i2 = stablehlo.add %i, %step : tensor<i32>
+    stablehlo.return %i2, %w : tensor<i32>, tensor<3x4xf32>
+  }}
+  %twice = stablehlo.add %r#1, %r#1 : tensor<3x4xf32>
+  return {result} : tensor<3x4xf32>
+}}"""
+
+_PLAIN = dict(depth=1, col=0, start=0, bound=3, step=1, direction="LT", index="%i", read="",
+              after="", result="%twice")
+_SUM = ("stablehlo.reduce({0} init: %z) applies stablehlo.add across dimensions = [0, 1] : "
+        "(tensor<3x4xf32>, tensor<f32>) -> tensor<f32>")
+
+
+def _lift(**change):
+    with ir_context():
+        module = ir.Module.parse(_LOOP.format(**{**_PLAIN, **change}))
+        lifted = lift_scan_buffers(module)
+        module.operation.verify()
+        return lifted, str(module).split("func.func @main")[1]
+
+
+@pytest.mark.parametrize("index", ["%i", "%reverse"])
+def test_a_loop_writing_row_i_or_row_n_minus_1_minus_i_takes_its_buffer_as_an_argument(index):
+    lifted, main = _lift(index=index)
+    assert lifted == [ScanBuffer((3, 4), "f32")]
+    signature, *body = main.splitlines()
+    assert signature.startswith("(%arg0: tensor<4xf32>, %arg1: tensor<3x4xf32>) -> "
+                                "(tensor<3x4xf32>, tensor<3x4xf32>)")
+    loop = next(line for line in body if "stablehlo.while" in line)
+    assert "= %arg1)" in loop
+    assert not any("broadcast_in_dim" in line and "tensor<3x4xf32>" in line for line in body)
+    # The loop's final buffer is the new last result.
+    (ret,) = [line.strip() for line in body if line.strip().startswith("return ")]
+    assert ret.split(" : ")[0].endswith(", %0#1")
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"start": 1}, "the first turn would skip row 0"),
+    ({"bound": 2}, "two turns leave row 2 as it was"),
+    ({"step": 2}, "every other row"),
+    ({"direction": "LE"}, "a turn past the end"),
+    ({"index": "%double"}, "row 2i is not every row"),
+    ({"index": "%back"}, "row n - i: off by one"),
+    ({"depth": 2}, "a two-row update is not one row a turn"),
+    ({"col": 1}, "an update at column 1 is not the whole row"),
+    ({"read": "%seen = " + _SUM.format("%buf")}, "the body reads it"),
+    ({"after": "%seen = " + _SUM.format("%w")}, "the body reads it after the turn's write"),
+    ({"result": "%r#1"}, "main already returns the buffer"),
+])
+def test_loops_that_may_leave_or_read_a_row_keep_their_zeros(change, why):
+    lifted, main = _lift(**change)
+    assert lifted == [], why
+    assert main.startswith("(%arg0: tensor<4xf32>) -> tensor<3x4xf32>")
+
+
+def _scan_fn(w, xs):
+    def turn(c, x):
+        c = jnp.tanh(c @ w + x)
+        return c, c * 2.0
+
+    c, ys = jax.lax.scan(turn, jnp.zeros(w.shape[0]), xs)
+    return jnp.sum(ys * ys, axis=1) + jnp.sum(c)
+
+
+def _scan_args(seed=0):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, (4, 4)), jax.random.normal(k2, (5, 4))
+
+
+def test_a_compiled_scan_reuses_its_buffer_and_computes_what_jit_computes():
+    args = _scan_args()
+    exe = build(_scan_fn, args)
+    assert [(a.shape, a.dtype) for a in exe.workspace] == [((5, 4), jnp.float32)]
+    entry = exe.compiled.as_text().split("ENTRY")[1].splitlines()
+    assert not [line for line in entry if " = f32[5,4]" in line and "broadcast" in line]
+    expected = jax.jit(_scan_fn)
+    for seed in range(3):  # later calls get the buffer the last one left full of its rows
+        args = _scan_args(seed)
+        np.testing.assert_array_equal(exe.call(*args), expected(*args))
+
+
+def test_a_refused_call_keeps_the_buffers_for_the_next():
+    args = _scan_args()
+    exe = build(_scan_fn, args)
+    with pytest.raises(TypeError):
+        exe.call(jnp.ones((3, 3)), args[1])
+    np.testing.assert_array_equal(exe.call(*args), jax.jit(_scan_fn)(*args))
+
+
+def test_calls_from_several_threads_each_get_their_own_buffers():
+    exe = build(_scan_fn, _scan_args())
+    inputs = [_scan_args(seed) for seed in range(4)]
+    expected = [np.asarray(jax.jit(_scan_fn)(*a)) for a in inputs]
+    got: dict[int, list] = {i: [] for i in range(4)}
+
+    def worker(i):
+        for _ in range(5):
+            got[i].append(np.asarray(exe.call(*inputs[i])))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        for out in got[i]:
+            np.testing.assert_array_equal(out, expected[i])
+
+
+def _stack_run(monkeypatch, lifted: bool, mixed_precision, donate: bool):
+    monkeypatch.setattr(_workspace, "ENABLED", lifted)
+    model = luxc.nn.Stack(luxc.nn.Chain(luxc.nn.Dense(16, 32, jax.nn.gelu), luxc.nn.Dense(32, 16)), 3)
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
+    x = jax.random.normal(jax.random.key(1), (8, 16))
+    data = (x, jnp.tanh(x))
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts, return_gradients=False, donate=donate,
+                           compile_options=luxc.CompileOptions(mixed_precision=mixed_precision))
+    losses = []
+    for _ in range(4):
+        _, loss, _, ts = cs(ts, data)
+        losses.append(float(loss))
+    return cs, losses, [np.asarray(a, np.float32) for a in jax.tree.leaves(ts.parameters)]
+
+
+@pytest.mark.parametrize("mixed_precision", [None, "bf16"])
+@pytest.mark.parametrize("donate", [True, False])
+def test_a_stack_step_keeps_its_scan_buffers_and_its_bits(monkeypatch, mixed_precision, donate):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DonationWarning)
+        cs, losses, params = _stack_run(monkeypatch, True, mixed_precision, donate)
+    # The forward scan's residual stacks and the backward scan's weight-gradient stacks.
+    assert len(cs.executable.workspace) == 6
+    _, ref_losses, ref_params = _stack_run(monkeypatch, False, mixed_precision, donate)
+    assert losses == ref_losses
+    for a, b in zip(params, ref_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradients_a_step_returns_are_not_kept_between_calls(monkeypatch):
+    model = luxc.nn.Stack(luxc.nn.Dense(4, 4, jax.nn.tanh), 3)
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    x = jnp.ones((2, 4))
+    cs = luxc.compile_step(luxc.MSELoss(), (x, x), ts, return_gradients=True)
+    # Only the forward scan's residuals: the gradient stacks are the step's own results.
+    shapes = [a.shape for a in cs.executable.workspace]
+    assert shapes and set(shapes) == {(3, 2, 4)}
+    grads, *_ = cs(ts, (x, x))
+    grads_again, *_ = cs(ts, (x, x))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_profile_of_a_step_that_keeps_its_buffers_has_no_zero_fill(monkeypatch):
+    cs, _, _ = _stack_run(monkeypatch, True, None, True)
+    model = cs.executable
+    assert model.workspace
+    x = jax.random.normal(jax.random.key(1), (8, 16))
+    stack = luxc.nn.Stack(luxc.nn.Chain(luxc.nn.Dense(16, 32, jax.nn.gelu), luxc.nn.Dense(32, 16)), 3)
+    ps, st = luxc.setup(0, stack)
+    ts = luxc.TrainState(stack, ps, st, optax.adam(1e-3))
+    records = cs.profile(ts, (x, jnp.tanh(x)), steps=3)
+    assert records and any(r.kind == "while" for r in records)
+    assert not any("broadcast" in r.kind and "3,8,32" in r.shape for r in records)
+
+
+def test_a_direct_write_whose_result_is_read_keeps_its_zeros():
+    # The write inlined in the loop (no function call); then the whole buffer read after it:
+    # the rows later turns write would be seen.
+    call = ("%w = func.call @write_row(%buf, %x, %i) : (tensor<3x4xf32>, tensor<4xf32>, "
+            "tensor<i32>) -> tensor<3x4xf32>")
+    inline = ("%c = stablehlo.constant dense<0> : tensor<i32>\n"
+              "    %u = stablehlo.broadcast_in_dim %x, dims = [1] : (tensor<4xf32>) -> tensor<1x4xf32>\n"
+              "    %w = stablehlo.dynamic_update_slice %buf, %u, %i, %c : (tensor<3x4xf32>, "
+              "tensor<1x4xf32>, tensor<i32>, tensor<i32>) -> tensor<3x4xf32>")
+    for after, lifted in (("", 1), ("%seen = " + _SUM.format("%w"), 0)):
+        text = _LOOP.format(**{**_PLAIN, "after": after})
+        assert call in text
+        with ir_context():
+            module = ir.Module.parse(text.replace(call, inline))
+            assert "func.call" not in str(module).split("func.func @main")[1]
+            assert len(lift_scan_buffers(module)) == lifted
