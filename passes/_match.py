@@ -56,14 +56,23 @@ def region_op(region: ir.Region) -> ir.Operation | None:
     return inner
 
 
+def constant_value(op: ir.Operation | None) -> ir.Attribute | None:
+    """The ``value`` attribute of a ``stablehlo.constant``, else ``None`` (also for the
+    element types jaxlib's bindings cannot cast, such as complex)."""
+    if op is None or op.name != "stablehlo.constant":
+        return None
+    try:
+        return op.attributes["value"]
+    except TypeError:
+        return None
+
+
 def splat_value(value: ir.Value) -> float | None:
     """The scalar of a splat constant (possibly broadcast), else ``None``."""
     op = producer(value)
     if op is not None and op.name == "stablehlo.broadcast_in_dim":
         op = producer(op.operands[0])
-    if op is None or op.name != "stablehlo.constant":
-        return None
-    attr = op.attributes["value"]
+    attr = constant_value(op)
     if isinstance(attr, ir.DenseElementsAttr) and attr.is_splat:
         try:
             return float(np.asarray(ir.DenseElementsAttr(attr).get_splat_value().value))

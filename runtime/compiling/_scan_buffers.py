@@ -15,7 +15,7 @@ What is checked of each buffer (anything else is left as it is):
 
 * a ``while`` at the top of ``main`` carries it, from a ``broadcast_in_dim`` of a constant;
 * the loop has a counter that starts at the constant 0, gains 1 a turn and runs while it is
-  below ``n`` (signed), ``n`` the buffer's first dimension: turns ``i = 0 … n-1``;
+  below ``n`` (signed), ``n ≥ 2`` the buffer's first dimension: turns ``i = 0 … n-1``;
 * in the loop's body the buffer has one use, a ``dynamic_update_slice`` at ``(i, 0, …, 0)`` or
   ``(n-1-i, 0, …, 0)`` of a slice one deep (jax's ``dynamic_update_index_in_dim``, inlined or
   called; ``bitcast_convert`` around it allowed), whose result is the body's next value of the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import func
 
-from luxc.passes._match import op_of
+from luxc.passes._match import constant_value, op_of
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class ScanBuffer:
 
 
 def _int_constant(value: ir.Value) -> int | None:
-    op = op_of(value)
-    if op is None or op.name != "stablehlo.constant":
-        return None
-    attr = op.attributes["value"]
+    attr = constant_value(op_of(value))
     if not isinstance(attr, ir.DenseIntElementsAttr) or not attr.is_splat:
         return None
     if ir.RankedTensorType(value.type).rank != 0:
@@ -162,7 +159,9 @@ def _liftable(loop: ir.Operation, j: int, module: ir.Module) -> bool:
             or op_of(init.operands[0]).name != "stablehlo.constant"):
         return False
     kind = ir.RankedTensorType(loop.operands[j].type)
-    if not kind.has_static_shape or kind.rank < 1:
+    if not kind.has_static_shape or kind.rank < 1 or kind.shape[0] < 2:
+        # One turn: XLA removes the loop and writes no zeros; as an argument the buffer would
+        # only change how XLA fuses the rest (an adversary saw Adam's moments move by an ulp).
         return False
     c = _counter(loop, kind.shape[0])
     if c is None or c == j:

@@ -28,7 +28,8 @@ from luxc.runtime._jax_internal import (
 from luxc.runtime.compiling._module_ops import known_summary, remember
 from luxc.runtime.compiling._scan_buffers import lift_scan_buffers
 
-# Off for a comparison (benchmarks/README.md, "Levers"); the rewrite is exact either way.
+# Off for a comparison (benchmarks/README.md, "Levers"). The rewrite changes no value the
+# program computes, only what XLA allocates; tests/runtime/test_scan_buffers.py compares bits.
 ENABLED = True
 
 
@@ -85,7 +86,10 @@ class WorkspaceCall:
                      for a, s in zip(self._avals, self._sharding, strict=True))
 
     def __call__(self, *args: Any) -> Any:
-        buffers = self._spare.pop() if self._spare else self._fresh()
+        try:
+            buffers = self._spare.pop()
+        except IndexError:  # the first call, or another thread holds the kept set
+            buffers = self._fresh()
         try:
             outputs, buffers = self._call(*args, buffers)
         except BaseException:
