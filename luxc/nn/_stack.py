@@ -173,6 +173,10 @@ class Stack(AbstractLayer):
             buffer); ``"nothing_saveable"`` keeps only each block's input (least memory);
             ``None`` keeps every residual (``lax.scan`` alone).
 
+    A compiled training step on CPU keeps those ``(n, ...)`` buffers (n ≥ 2) between calls
+    instead of zero-filling fresh ones every step (docs/guide/host-memory.md): their memory
+    stays allocated while the step is cached.
+
     >>> import jax, luxc
     >>> m = Stack(luxc.nn.Dense(4, 4, jax.nn.tanh), 12)
     >>> ps, st = luxc.setup(0, m)
