@@ -4,7 +4,8 @@
 results; :class:`WorkspaceCall` is the step's call: it donates to each call the buffers the
 previous call returned, so they are allocated (and their pages mapped) once, not every step.
 The price is memory: the buffers stay allocated between calls, as large as the stacked
-residuals the step writes anyway (``Executable.workspace_bytes``).
+residuals the step writes anyway (``Executable.workspace`` gives their shapes; XLA's
+``memory_analysis()`` counts them with the arguments).
 
 Only where it pays and is simple: XLA:CPU (whose allocator maps each large temporary afresh),
 one device, one platform, static shapes, no ordered effects.
@@ -12,7 +13,6 @@ one device, one platform, static shapes, no ordered effects.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -63,10 +63,6 @@ def with_workspace(exported: Any, platform: str, target_version: str
 _DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": jax.numpy.bfloat16,
            "i32": np.int32, "i64": np.int64, "i16": np.int16, "i8": np.int8,
            "ui32": np.uint32, "ui16": np.uint16, "ui8": np.uint8, "i1": np.bool_}
-
-
-def workspace_bytes(avals: tuple[jax.ShapeDtypeStruct, ...]) -> int:
-    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in avals)
 
 
 class WorkspaceCall:

@@ -254,6 +254,14 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
     return sorted(records, key=lambda r: r.seconds, reverse=True)
 
 
+def _traced(xla_options: dict) -> dict:
+    """``xla_options`` with XLA:CPU's per-op tracing on (on CPU)."""
+    options = dict(xla_options)
+    if jax.default_backend() == "cpu":
+        options.update(CPU_TRACE_OPTIONS)
+    return options
+
+
 def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
                      guard: Callable[[Callable[[], object]], object] | None = None,
                      native_check: NativeCallCheck | None = None) -> list[OpRecord]:
@@ -263,10 +271,8 @@ def profile_exported(exported, args: tuple, xla_options: dict, steps: int = 20,
     ``native_check`` checks a stranger's native calls before the compile."""
     from luxc.runtime.compiling._executable import compile_exported
 
-    options = dict(xla_options)
-    if jax.default_backend() == "cpu":
-        options.update(CPU_TRACE_OPTIONS)
-    compiled, _ = compile_exported(exported, args, xla_options=options, native_check=native_check)
+    compiled, _ = compile_exported(exported, args, xla_options=_traced(xla_options),
+                                   native_check=native_check)
 
     def run() -> object:
         return jax.block_until_ready(compiled(*args))
@@ -283,10 +289,8 @@ def profile_executable(exe, args: tuple, steps: int = 20) -> list[OpRecord]:
     from luxc.runtime.compiling._executable import compile_exported
     from luxc.runtime.compiling._workspace import WorkspaceCall
 
-    options = dict(exe.xla_options)
-    if jax.default_backend() == "cpu":
-        options.update(CPU_TRACE_OPTIONS)
     compiled, _ = compile_exported(exe.workspace_module, (*args, exe.workspace),
-                                   donate_argnums=(len(args),), xla_options=options)
+                                   donate_argnums=(len(args),),
+                                   xla_options=_traced(exe.xla_options))
     call = WorkspaceCall(compiled, exe.workspace, compiled.input_shardings[0][-1])
     return profile_ops(compiled, lambda: jax.block_until_ready(call(*args)), steps)
