@@ -26,6 +26,7 @@ So turn ``i`` writes slice ``i`` (or ``n-1-i``): all ``n`` slices, none read ins
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from jaxlib.mlir import ir
@@ -195,9 +196,15 @@ def _final(value: ir.Value) -> ir.Value:
         value = nxt
 
 
-def lift_scan_buffers(module: ir.Module) -> list[ScanBuffer]:
-    """Make every provably overwritten scan buffer of ``main`` an argument and a result, in
-    place (both appended, in the same order); return what was lifted."""
+def _bytes(value_type: ir.Type) -> int:
+    kind = ir.RankedTensorType(value_type)
+    return math.prod(kind.shape) * max(1, getattr(kind.element_type, "width", 64) // 8)
+
+
+def lift_scan_buffers(module: ir.Module, min_bytes: int = 0) -> list[ScanBuffer]:
+    """Make every provably overwritten scan buffer of ``main`` of at least ``min_bytes`` an
+    argument and a result, in place (both appended, in the same order); return what was
+    lifted."""
     main = _function(module, "main")
     if main is None:
         return []
@@ -211,7 +218,7 @@ def lift_scan_buffers(module: ir.Module) -> list[ScanBuffer]:
             if loop.name != "stablehlo.while":
                 continue
             for j in range(len(loop.operands)):
-                if not _liftable(loop, j, module):
+                if _bytes(loop.operands[j].type) < min_bytes or not _liftable(loop, j, module):
                     continue
                 final = _final(loop.results[j])
                 if final in returned:

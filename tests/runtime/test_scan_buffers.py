@@ -101,6 +101,26 @@ def test_loops_that_may_leave_or_read_a_row_keep_their_zeros(change, why):
     assert main.startswith("(%arg0: tensor<4xf32>) -> tensor<3x4xf32>")
 
 
+@pytest.fixture
+def every_size(monkeypatch):
+    # The steps below are small; by default buffers under MIN_BYTES are left to XLA.
+    monkeypatch.setattr(_workspace, "MIN_BYTES", 0)
+
+
+def test_buffers_under_the_size_floor_are_left_to_xla():
+    text = _LOOP.format(**_PLAIN)  # one 3x4 f32 buffer: 48 bytes
+    with ir_context():
+        assert lift_scan_buffers(ir.Module.parse(text), min_bytes=49) == []
+        assert len(lift_scan_buffers(ir.Module.parse(text), min_bytes=48)) == 1
+    assert build(_scan_fn, _scan_args()).workspace == ()  # 80 bytes, under the default floor
+    rows = _workspace.MIN_BYTES // 4 // 64
+    big = (jax.random.normal(jax.random.key(0), (64, 64)),
+           jax.random.normal(jax.random.key(1), (rows, 64)))
+    exe = build(_scan_fn, big)
+    assert [a.shape for a in exe.workspace] == [(rows, 64)]
+    np.testing.assert_array_equal(exe.call(*big), jax.jit(_scan_fn)(*big))
+
+
 def _scan_fn(w, xs):
     def turn(c, x):
         c = jnp.tanh(c @ w + x)
@@ -115,6 +135,7 @@ def _scan_args(seed=0):
     return jax.random.normal(k1, (4, 4)), jax.random.normal(k2, (5, 4))
 
 
+@pytest.mark.usefixtures("every_size")
 def test_a_compiled_scan_reuses_its_buffer_and_computes_what_jit_computes():
     args = _scan_args()
     exe = build(_scan_fn, args)
@@ -127,6 +148,7 @@ def test_a_compiled_scan_reuses_its_buffer_and_computes_what_jit_computes():
         np.testing.assert_array_equal(exe.call(*args), expected(*args))
 
 
+@pytest.mark.usefixtures("every_size")
 def test_a_refused_call_keeps_the_buffers_for_the_next():
     args = _scan_args()
     exe = build(_scan_fn, args)
@@ -135,6 +157,7 @@ def test_a_refused_call_keeps_the_buffers_for_the_next():
     np.testing.assert_array_equal(exe.call(*args), jax.jit(_scan_fn)(*args))
 
 
+@pytest.mark.usefixtures("every_size")
 def test_calls_from_several_threads_each_get_their_own_buffers():
     exe = build(_scan_fn, _scan_args())
     inputs = [_scan_args(seed) for seed in range(4)]
@@ -157,6 +180,7 @@ def test_calls_from_several_threads_each_get_their_own_buffers():
 
 def _stack_run(monkeypatch, lifted: bool, mixed_precision, donate: bool):
     monkeypatch.setattr(_workspace, "ENABLED", lifted)
+    monkeypatch.setattr(_workspace, "MIN_BYTES", 0)
     model = luxc.nn.Stack(luxc.nn.Chain(luxc.nn.Dense(16, 32, jax.nn.gelu), luxc.nn.Dense(32, 16)), 3)
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
@@ -185,7 +209,8 @@ def test_a_stack_step_keeps_its_scan_buffers_and_its_bits(monkeypatch, mixed_pre
         np.testing.assert_array_equal(a, b)
 
 
-def test_gradients_a_step_returns_are_not_kept_between_calls(monkeypatch):
+@pytest.mark.usefixtures("every_size")
+def test_gradients_a_step_returns_are_not_kept_between_calls():
     model = luxc.nn.Stack(luxc.nn.Dense(4, 4, jax.nn.tanh), 3)
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
@@ -249,6 +274,7 @@ class _TakenList(list):
         raise IndexError("pop from empty list")
 
 
+@pytest.mark.usefixtures("every_size")
 def test_a_call_whose_kept_buffers_another_thread_took_makes_its_own():
     args = _scan_args()
     exe = build(_scan_fn, args)
