@@ -218,7 +218,7 @@ def lift_scan_buffers(module: ir.Module, min_bytes: int = 0) -> list[ScanBuffer]
             if loop.name != "stablehlo.while":
                 continue
             for j in range(len(loop.operands)):
-                if _bytes(loop.operands[j].type) < min_bytes or not _liftable(loop, j, module):
+                if not _liftable(loop, j, module) or _bytes(loop.operands[j].type) < min_bytes:
                     continue
                 final = _final(loop.results[j])
                 if final in returned:

@@ -34,7 +34,8 @@ ENABLED = True
 # Smaller buffers are left to XLA: for them the extra donated arguments cost jax's dispatch
 # about what the fill costs XLA. A 4-block Stack of Dense(16, 16) (buffers of 0.5-1 KiB) took
 # 60 -> 66 us a step with them kept; Dense(128, 128) at batch 64 (128 KiB) 600 -> 622 us; at
-# batch 512 (1 MiB) 2,970 -> 2,913 us. The GPT's weight-gradient stacks are 384 KiB.
+# batch 512 (1 MiB) 2,970 -> 2,913 us (interleaved in one process, on a machine busy with
+# the test suite). The GPT's weight-gradient stacks are 384 KiB.
 MIN_BYTES = 1 << 18
 
 

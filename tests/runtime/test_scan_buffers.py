@@ -280,3 +280,26 @@ def test_a_call_whose_kept_buffers_another_thread_took_makes_its_own():
     exe = build(_scan_fn, args)
     exe.call._spare = _TakenList()
     np.testing.assert_array_equal(exe.call(*args), jax.jit(_scan_fn)(*args))
+
+
+def test_a_loop_carrying_a_token_is_read_with_a_size_floor():
+    # A carry that is not a tensor (an effects token) has no size: it is never a buffer.
+    text = """
+func.func @main(%x: tensor<4xf32>) -> tensor<f32> {
+  %t = stablehlo.after_all : !stablehlo.token
+  %zero = stablehlo.constant dense<0> : tensor<i32>
+  %n = stablehlo.constant dense<3> : tensor<i32>
+  %r:2 = stablehlo.while(%i = %zero, %tok = %t) : tensor<i32>, !stablehlo.token
+  cond {
+    %p = stablehlo.compare LT, %i, %n, SIGNED : (tensor<i32>, tensor<i32>) -> tensor<i1>
+    stablehlo.return %p : tensor<i1>
+  } do {
+    %one = stablehlo.constant dense<1> : tensor<i32>
+    %i2 = stablehlo.add %i, %one : tensor<i32>
+    stablehlo.return %i2, %tok : tensor<i32>, !stablehlo.token
+  }
+  %s = stablehlo.constant dense<0.0> : tensor<f32>
+  return %s : tensor<f32>
+}"""
+    with ir_context():
+        assert lift_scan_buffers(ir.Module.parse(text), min_bytes=1 << 18) == []
