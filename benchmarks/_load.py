@@ -10,6 +10,11 @@ Two figures, both recorded on every row:
   the driver and its worker processes with their descendants (``/proc/<pid>/stat``). On an
   idle machine it stays near 0 whatever the benchmark does.
 
+``others`` is taken over a window of at least ``MIN_WINDOW`` seconds: ``/proc/stat`` moves in
+whole clock ticks (10 ms) per core, so over a turn of a few milliseconds (a process whose variants
+were all filtered out) one tick read as several cores busy. A mark sooner than that after the
+previous one extends the previous mark's window instead of starting its own.
+
 A run is *busy* when ``load1`` at its start, or ``others`` during any turn, exceeds the
 threshold (``--max-load``, default 0.7: on 2 cores, the bar an idle machine passes).
 Without ``/proc`` (not Linux), ``others`` is ``None`` and ``load1`` at every turn is used.
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MIN_WINDOW = 1.0  # seconds; a tick's quantisation over it is at most ~0.02 cores a core
 
 
 def _busy_ticks() -> int | None:
@@ -77,14 +83,17 @@ class Load:
 
 
 class LoadMeter:
-    """Marks of :class:`Load`, each covering the time since the previous mark."""
+    """Marks of :class:`Load`, each covering the time since the previous mark (or, within
+    ``MIN_WINDOW`` of it, the previous mark's window extended to now)."""
 
     def __init__(self) -> None:
-        self._last = (time.monotonic(), _busy_ticks(), _tree_ticks(os.getpid()))
+        self._last = self._base = (time.monotonic(), _busy_ticks(), _tree_ticks(os.getpid()))
 
     def mark(self) -> Load:
         now, busy, ours = time.monotonic(), _busy_ticks(), _tree_ticks(os.getpid())
-        then, busy0, ours0 = self._last
+        if now - self._last[0] >= MIN_WINDOW:
+            self._base = self._last  # else: keep measuring from the older, longer window
+        then, busy0, ours0 = self._base
         self._last = (now, busy, ours)
         if busy is None or busy0 is None or now <= then:
             return Load(os.getloadavg()[0], None)

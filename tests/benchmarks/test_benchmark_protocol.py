@@ -172,3 +172,22 @@ def test_every_sample_of_a_turn_follows_one_untimed_step_of_its_own_variant():
     # the order is the round's seed's: every process of a round times the same order
     assert list(worker._round(built, steps=1, seed=1)) == order
     assert all(s >= 0 for s in seconds.values())
+
+
+def test_a_turn_of_milliseconds_is_not_read_as_cores_busy(monkeypatch):
+    """/proc/stat moves in whole 10 ms ticks: one tick over a 2 ms turn (a process whose variants
+    were all filtered out) had read as 5 cores busy on an idle machine (2026-12-06). A mark
+    within MIN_WINDOW of the previous one extends that mark's window."""
+    from benchmarks import _load
+
+    clock, busy = [100.0], [0]
+    monkeypatch.setattr(_load.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_load, "_busy_ticks", lambda: busy[0])
+    monkeypatch.setattr(_load, "_tree_ticks", lambda pid: 0)
+    meter = _load.LoadMeter()
+    clock[0], busy[0] = 102.0, 4  # 2 s, 4 ticks of someone else's: 0.02 cores
+    assert meter.mark().others == pytest.approx(0.02)
+    clock[0], busy[0] = 102.002, 5  # 2 ms later, one more tick: read alone, 5 cores
+    assert meter.mark().others == pytest.approx(5 / _load._TICK / 2.002, abs=1e-3)
+    clock[0], busy[0] = 104.002, 5  # 2 s on, nothing more: the window restarts at 102.002
+    assert meter.mark().others == 0.0
