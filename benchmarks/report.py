@@ -4,6 +4,12 @@
     python -m benchmarks.report                  # regenerate benchmarks/RESULTS.md
     python -m benchmarks.report --readme-table   # print the README's table block
 
+The same code is faster or slower against its peers on another CPU (the f32 transformer block and
+GPT were well behind torch.compile on a 2-core Intel Xeon and about even on a 2-core AMD EPYC a
+day later, the same luxc).
+So a full run the protocol accepted is also kept as ``runs/<cpu>.json``, the last one per CPU
+model, and RESULTS.md ends with luxc's ratio to its fastest peer on every CPU kept there.
+
 Per variant: the median seconds per step over rounds (a round's figure is the median over its
 group's processes), min-max, how much slower its slowest process was than its fastest, and the
 median over rounds of that round's ratio to the fastest variant; for luxc's variants also the
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -129,8 +136,47 @@ def _peak_line(results: dict[str, Any], busy: str) -> list[str]:
             f"{luxc['gflops'] / top:.0%}{busy} of it.", ""]
 
 
-def render(results: dict[str, Any]) -> str:
-    """RESULTS.md."""
+def cpu_record(directory: Path, cpu: str) -> Path:
+    """Where the last accepted full run on ``cpu`` is kept: ``directory/runs/<slug>.json``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "unknown-cpu"
+    return directory / "runs" / f"{slug}.json"
+
+
+def other_cpus(directory: Path, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The kept runs (``directory/runs/*.json``) of CPUs other than ``results``'s, by name."""
+    found = []
+    for path in sorted((directory / "runs").glob("*.json")):
+        other = json.loads(path.read_text())
+        if other["run"]["cpu"] != results["run"]["cpu"]:
+            found.append(other)
+    return found
+
+
+def _ratios(results: dict[str, Any]) -> dict[str, float]:
+    return {f"{work['title']}: {v['variant']}": v["vs_peer"] for work in results["workloads"]
+            for v in summary(work) if v["vs_peer"] is not None}
+
+
+def cpu_table(results: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """luxc ÷ its fastest peer, this run beside the last accepted run of every other CPU."""
+    if not others:
+        return []
+    runs = [results, *others]
+    columns = [_ratios(r) for r in runs]
+    head = [f"{r['run']['cpu']}, {r['run']['started'][:10]}" for r in runs]
+    lines = ["## luxc ÷ its fastest peer on each CPU", "",
+             "This run's column first, then the last full run the protocol accepted on each "
+             "other CPU (`benchmarks/runs/`); each from its own results, with that run's code.", "",
+             "| workload: variant | " + " | ".join(head) + " |",
+             "|---|" + "---:|" * len(runs)]
+    for name in dict.fromkeys(k for c in columns for k in c):
+        cells = [f"{c[name]:.2f}" if name in c else "-" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def render(results: dict[str, Any], others: list[dict[str, Any]] = ()) -> str:
+    """RESULTS.md (``others``: the kept runs of other CPUs, see :func:`cpu_table`)."""
     run = results["run"]
     busy = " (busy)" if run["busy"] else ""
     versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items())
@@ -148,7 +194,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _peak_line(results, busy)
     for work in results["workloads"]:
         lines += [f"## {work['title']}", "", loads_line(work) + ".", "", *variant_table(work, busy), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + cpu_table(results, list(others)))
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -183,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.readme_table:
         print(readme_table(results))
         return
-    (path.parent / "RESULTS.md").write_text(render(results))
+    (path.parent / "RESULTS.md").write_text(render(results, other_cpus(path.parent, results)))
     print(f"wrote {path.parent / 'RESULTS.md'}")
 
 

@@ -242,16 +242,20 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick, "device": args.device, "start_load1": start.load1,
         "max_load": args.max_load, "busy": reasons, "allow_busy": args.allow_busy},
         "workloads": workloads}
-    text = report.render(results)
+    out = Path(args.out)
+    text = report.render(results, report.other_cpus(out, results))
     print("\n" + text)
     if reasons and not args.allow_busy:
         print(f"refused to write {args.out}/results.json and RESULTS.md: the machine was busy "
               f"({'; '.join(reasons)}; --max-load {args.max_load}); rerun on an idle machine, or "
               f"pass --allow-busy to write figures marked busy", file=sys.stderr)
         sys.exit(BUSY_STATUS)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not (reasons or args.quick or args.only or args.variants or args.device):
+        record = report.cpu_record(out, results["run"]["cpu"])  # a full, idle run: kept per CPU
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(results, indent=1) + "\n")
     (out / "RESULTS.md").write_text(text)
     print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'}"
           + (" (every figure marked busy)" if reasons else ""))

@@ -191,3 +191,22 @@ def test_a_turn_of_milliseconds_is_not_read_as_cores_busy(monkeypatch):
     assert meter.mark().others == pytest.approx(5 / _load._TICK / 2.002, abs=1e-3)
     clock[0], busy[0] = 104.002, 5  # 2 s on, nothing more: the window restarts at 102.002
     assert meter.mark().others == 0.0
+
+
+def test_results_end_with_luxc_against_its_peer_on_each_cpu_kept(tmp_path):
+    """The same code on another CPU gives other ratios: the last accepted full run of each
+    other CPU is kept in runs/ and RESULTS.md ends with every CPU's luxc ÷ fastest peer."""
+    here, there = _results(_ROUNDS), _results([(0.004, 0.002)])
+    there["run"].update(cpu="Other CPU 9000", started="2026-12-05 23:42 UTC")
+    record = report.cpu_record(tmp_path, there["run"]["cpu"])
+    assert record == tmp_path / "runs" / "other-cpu-9000.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps(there))
+    report.cpu_record(tmp_path, "cpu").write_text(json.dumps(here))  # this CPU's: not a column twice
+    others = report.other_cpus(tmp_path, here)
+    assert [o["run"]["cpu"] for o in others] == ["Other CPU 9000"]
+    text = report.render(here, others)
+    table = text[text.index("## luxc ÷ its fastest peer on each CPU"):].splitlines()
+    assert table[4] == "| workload: variant | cpu, now | Other CPU 9000, 2026-12-05 |"
+    assert table[6] == "| MLP: luxc | 1.00 | 2.00 |"
+    assert "on each CPU" not in report.render(here)
