@@ -126,6 +126,12 @@ def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace
     return {"key": key, "title": cases.title(key, args.quick), "rows": rows, "processes": stats}
 
 
+def kept_per_cpu(args: argparse.Namespace, reasons: list[str]) -> bool:
+    """Whether a run is its CPU's record in ``runs/``: a full run (every workload and variant,
+    not ``--quick``, on the CPU) that was not busy."""
+    return not (reasons or args.quick or args.only or args.variants or args.device)
+
+
 def busy_reasons(start: Load, workloads: list[dict[str, Any]], max_load: float) -> list[str]:
     """Why the run counts as busy (empty: it does not): the load average at its start, and
     the worst load of any turn (other processes' cores where known, else the load average)."""
@@ -252,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(BUSY_STATUS)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    if not (reasons or args.quick or args.only or args.variants or args.device):
-        record = report.cpu_record(out, results["run"]["cpu"])  # a full, idle run: kept per CPU
+    if kept_per_cpu(args, reasons):
+        record = report.cpu_record(out, results["run"]["cpu"])
         record.parent.mkdir(exist_ok=True)
         record.write_text(json.dumps(results, indent=1) + "\n")
     (out / "RESULTS.md").write_text(text)

@@ -210,3 +210,11 @@ def test_results_end_with_luxc_against_its_peer_on_each_cpu_kept(tmp_path):
     assert table[4] == "| workload: variant | cpu, now | Other CPU 9000, 2026-12-05 |"
     assert table[6] == "| MLP: luxc | 1.00 | 2.00 |"
     assert "on each CPU" not in report.render(here)
+
+
+def test_only_a_full_idle_run_becomes_its_cpus_record():
+    full = run._parser().parse_args([])
+    assert run.kept_per_cpu(full, [])
+    assert not run.kept_per_cpu(full, ["the 1-minute load average was 1.02 at the start"])
+    for flags in (["--quick"], ["--only", "mlp"], ["--variants", "luxc"], ["--device"]):
+        assert not run.kept_per_cpu(run._parser().parse_args(flags), []), flags
