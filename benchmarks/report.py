@@ -4,11 +4,11 @@
     python -m benchmarks.report                  # regenerate benchmarks/RESULTS.md
     python -m benchmarks.report --readme-table   # print the README's table block
 
-The same code is faster or slower against its peers on another CPU (the f32 transformer block and
+The same code is faster or slower against its peers on another CPU: the f32 transformer block and
 GPT were well behind torch.compile on a 2-core Intel Xeon and about even on a 2-core AMD EPYC a
-day later, the same luxc).
-So a full run the protocol accepted is also kept as ``runs/<cpu>.json``, the last one per CPU
-model, and RESULTS.md ends with luxc's ratio to its fastest peer on every CPU kept there.
+day later, with no change to those steps in between. So a full run the protocol accepted is also
+kept as ``runs/<cpu>.json``, the last one per CPU model, and RESULTS.md ends with luxc's ratio to
+its fastest peer on every CPU kept there.
 
 Per variant: the median seconds per step over rounds (a round's figure is the median over its
 group's processes), min-max, how much slower its slowest process was than its fastest, and the
