@@ -6,9 +6,9 @@
 
 The same code is faster or slower against its peers on another CPU: the f32 transformer block and
 GPT were well behind torch.compile on a 2-core Intel Xeon and about even on a 2-core AMD EPYC a
-day later, with no change to those steps in between. So a full run the protocol accepted is also
-kept as ``runs/<cpu>.json``, the last one per CPU model, and RESULTS.md ends with luxc's ratio to
-its fastest peer on every CPU kept there.
+day later, the only change to those steps in between being which small scan buffers are kept.
+So a full run the protocol accepted is also kept as ``runs/<cpu>.json``, the last one per CPU
+model, and RESULTS.md ends with luxc's ratio to its fastest peer on every CPU kept there.
 
 Per variant: the median seconds per step over rounds (a round's figure is the median over its
 group's processes), min-max, how much slower its slowest process was than its fastest, and the
