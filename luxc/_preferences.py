@@ -6,6 +6,7 @@
 | ``recompile_check`` | ``none`` ``warn`` ``error`` | ``none`` | a recompile of a cached step |
 | ``instability_check_luxcore`` | ``disable`` ``warn`` ``error`` | ``disable`` | every layer's output dtype |
 | ``instability_check_luxlib`` | ``disable`` ``warn`` ``error`` | ``disable`` | every loss's output dtype |
+| ``chain_loop`` | ``auto`` ``never`` | ``auto`` | a ``Chain``'s long repeated runs as loops |
 
 Each is read from the environment variable ``LUXC_<NAME>`` (upper case), else from the
 ``[preferences]`` table of ``$LUXC_CONFIG`` or ``~/.config/luxc/config.toml``, else the default.
@@ -24,6 +25,7 @@ _ALLOWED = {
     "recompile_check": ("none", "warn", "error"),
     "instability_check_luxcore": ("disable", "warn", "error"),
     "instability_check_luxlib": ("disable", "warn", "error"),
+    "chain_loop": ("auto", "never"),
 }
 _values: dict[str, str] | None = None
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from luxc.nn import _draws
+from luxc.nn import _chain_loop, _draws
 from luxc.nn._core import AbstractContainerLayer, AbstractLayer, LayerShapeError, named_layers
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import Initializer, activation_name, lux_gain, uniform_fan_in
@@ -123,6 +123,13 @@ class Chain(AbstractContainerLayer):
     Plain callables are wrapped in :class:`WrappedFunction`, as Lux does. ``chain[i]`` is the
     i-th layer (0-based), ``chain["encoder"]`` / ``chain.encoder`` a named one.
 
+    A long run of one repeated layer (``Chain([block() for _ in range(24)])``: at least eight
+    layers of the same type and configuration whose activations outweigh their parameters) is
+    traced as one ``lax.scan`` over its parameters stacked inside the call, as :class:`Stack`
+    runs its block: the compiled step holds the block once. ``ps``/``st`` and the values are
+    those of the layers applied in turn (float rounding aside); see ``luxc/nn/_chain_loop.py``
+    for the measurements and ``luxc.set_preferences(chain_loop="never")`` to keep it unrolled.
+
     >>> import jax, jax.numpy as jnp, luxc
     >>> model = luxc.nn.Chain(encoder=luxc.nn.Dense(4, 2), decoder=luxc.nn.Dense(2, 4))
     >>> ps, st = luxc.setup(jax.random.key(0), model)
@@ -142,15 +149,38 @@ class Chain(AbstractContainerLayer):
         return dict(self._named)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        new_st = {}
-        for name, layer in self.sublayers().items():
-            try:
-                # The scope names the layer in the ops' metadata: `luxc profile --ops` shows it.
-                with jax.named_scope(name):
-                    x, new_st[name] = layer(x, ps[name], st[name])
-            except LayerShapeError as e:
-                raise LayerShapeError(f"Chain {name}: {e}") from None
+        names, new_st = list(self._named), {}
+        runs = dict(_chain_loop.repeated_runs(list(self.layers)))
+        i = 0
+        while i < len(names):
+            looped = self._loop(names[i:runs[i]], x, ps, st) if i in runs else None
+            if looped is None:
+                x, new_st[names[i]] = self._one(names[i], x, ps, st)
+                i += 1
+            else:
+                (x, sts), i = looped, runs[i]
+                new_st.update(sts)
         return x, new_st
+
+    def _one(self, name: str, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
+        try:
+            # The scope names the layer in the ops' metadata: `luxc profile --ops` shows it.
+            with jax.named_scope(name):
+                return self._named[name](x, ps[name], st[name])
+        except LayerShapeError as e:
+            raise LayerShapeError(f"Chain {name}: {e}") from None
+
+    def _loop(self, names: list[str], x: Any, ps: dict, st: dict) -> tuple[Any, dict] | None:
+        # The same layers `names` as one loop when they can and it pays
+        # (luxc/nn/_chain_loop.py); None: they run unrolled, and any error names its layer.
+        pss, sts = [ps[k] for k in names], [st[k] for k in names]
+        layer = self._named[names[0]]
+        if not (_chain_loop.same_shapes(pss) and _chain_loop.same_shapes(sts)
+                and _chain_loop.worth_a_loop(layer, len(names), x, pss[0], sts[0])):
+            return None
+        with jax.named_scope(f"{names[0]}-{names[-1]}"):
+            y, sts = _chain_loop.run_as_loop(layer, x, pss, sts)
+        return y, dict(zip(names, sts))
 
     def summary(self) -> str:
         return self.name or "Chain(...)"
