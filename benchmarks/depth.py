@@ -1,6 +1,7 @@
 """The ``depth-N`` workloads: N pre-LN transformer blocks (workloads.transformer_block: W256,
 4 heads, MLP 1024, T128, batch 8), one fwd+bwd+Adam step, as luxc ``Stack`` (``lax.scan``; its
-default ``remat="dots_saveable"``) and luxc ``Chain`` (unrolled), hand-written ``jax.jit`` +
+default ``remat="dots_saveable"``) and luxc ``Chain`` of the blocks as users write it (unrolled
+below 8 blocks, one loop from 8: luxc/nn/_chain_loop.py), hand-written ``jax.jit`` +
 optax unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks. Each group in
 its own process (:mod:`benchmarks.cases`).
 
