@@ -20,6 +20,7 @@ every Chain unrolled.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import weakref
@@ -61,6 +62,10 @@ def same_layer(a: Any, b: Any) -> bool:
         return list(a) == list(b) and all(same_layer(a[k], b[k]) for k in a)
     if isinstance(a, types.FunctionType):
         return _same_function(a, b)
+    if isinstance(a, functools.partial):
+        return same_layer((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
+    if isinstance(a, types.MethodType):
+        return same_layer((a.__func__, a.__self__), (b.__func__, b.__self__))
     if isinstance(a, AbstractLayer):
         return same_layer(vars(a), vars(b))
     return False

@@ -3,6 +3,8 @@ values, states and gradients as the unrolled Chain (Lux's `applychain`, src/laye
 applies the layers one after the other), the same parameter trees, errors that still name the
 layer, and the loop taken only where it pays."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,6 +108,10 @@ def test_same_layer_compares_configuration_code_and_closures():
     assert not _chain_loop.same_layer(nn.WrappedFunction(lambda x: x + 1),
                                       nn.WrappedFunction(lambda x: x + 1))
     assert not _chain_loop.same_layer(nn.Dense(4, 4), nn.LayerNorm(4))
+    leaky = lambda slope: nn.Dense(4, 4, functools.partial(jax.nn.leaky_relu,
+                                                           negative_slope=slope))
+    assert _chain_loop.same_layer(leaky(0.1), leaky(0.1))
+    assert not _chain_loop.same_layer(leaky(0.1), leaky(0.2))
 
 
 def test_runs_are_the_maximal_stretches_of_one_layer(monkeypatch):
