@@ -123,12 +123,13 @@ class Chain(AbstractContainerLayer):
     Plain callables are wrapped in :class:`WrappedFunction`, as Lux does. ``chain[i]`` is the
     i-th layer (0-based), ``chain["encoder"]`` / ``chain.encoder`` a named one.
 
-    A long run of one repeated layer (``Chain([block() for _ in range(24)])``: at least eight
-    layers of the same type and configuration whose activations outweigh their parameters) is
-    traced as one ``lax.scan`` over its parameters stacked inside the call, as :class:`Stack`
-    runs its block: the compiled step holds the block once. ``ps``/``st`` and the values are
-    those of the layers applied in turn (float rounding aside); see ``luxc/nn/_chain_loop.py``
-    for the measurements and ``luxc.set_preferences(chain_loop="never")`` to keep it unrolled.
+    Under a trace (a compiled step, ``jax.jit``, ``jax.grad``), a long run of one repeated
+    layer (``Chain([block() for _ in range(24)])``: at least eight layers of the same type and
+    configuration whose activations outweigh their parameters) becomes one ``lax.scan`` over
+    its parameters stacked inside the call, as :class:`Stack` runs its block: the compiled
+    step holds the block once. ``ps``/``st`` and the values are those of the layers applied in
+    turn (float rounding aside); see ``luxc/nn/_chain_loop.py`` for the measurements and
+    ``luxc.set_preferences(chain_loop="never")`` to keep it unrolled.
 
     >>> import jax, jax.numpy as jnp, luxc
     >>> model = luxc.nn.Chain(encoder=luxc.nn.Dense(4, 2), decoder=luxc.nn.Dense(2, 4))
@@ -144,13 +145,14 @@ class Chain(AbstractContainerLayer):
         self._named = named_layers("Chain", layers, named, wrap=WrappedFunction)
         self.layers = tuple(self._named.values())
         self.name = name
+        # Where the runs of one repeated layer are: found once, not at every call.
+        self._runs = dict(_chain_loop.repeated_runs(list(self.layers)))
 
     def sublayers(self) -> dict[str, AbstractLayer]:
         return dict(self._named)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        names, new_st = list(self._named), {}
-        runs = dict(_chain_loop.repeated_runs(list(self.layers)))
+        names, new_st, runs = list(self._named), {}, self._runs
         i = 0
         while i < len(names):
             looped = self._loop(names[i:runs[i]], x, ps, st) if i in runs else None

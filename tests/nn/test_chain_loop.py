@@ -58,10 +58,10 @@ def test_a_looped_run_has_the_unrolled_values_states_and_gradients(small_runs_lo
     chain = nn.Chain(nn.Dense(6, 6), *[_block() for _ in range(n)], nn.Dense(6, 3))
     ps, st = luxc.setup(0, chain)
     assert "scan" in _primitives(chain, ps, st)
-    (looped, st_looped), g_looped = _loss(chain)(ps, st)
+    (looped, st_looped), g_looped = jax.jit(_loss(chain))(ps, st)
     unrolled()
     assert "scan" not in _primitives(chain, ps, st)
-    (plain, st_plain), g_plain = _loss(chain)(ps, st)
+    (plain, st_plain), g_plain = jax.jit(_loss(chain))(ps, st)
     np.testing.assert_allclose(looped, plain, rtol=1e-5, atol=1e-5)
     assert jax.tree.structure(st_looped) == jax.tree.structure(st_plain)
     # float32 rounding through ten batch norms: 1e-5 of each array's scale
@@ -135,7 +135,7 @@ def test_layers_that_change_the_shape_stay_unrolled_static_state_loops(small_run
     chain = nn.Chain(*[counted] * n)
     ps, st = luxc.setup(0, chain)
     assert "scan" in _primitives(chain, ps, st)
-    y, st_out = chain(X, ps, st)
+    y, st_out = jax.jit(lambda x, ps, st: chain(x, ps, st))(X, ps, st)
     np.testing.assert_allclose(y, X * 3.0 ** n, rtol=1e-5)
     assert st_out == st
 
@@ -183,11 +183,26 @@ def test_dropout_in_a_looped_run_draws_the_unrolled_chain_s_masks(small_runs_loo
     chain = nn.Chain(*[block() for _ in range(_chain_loop.MIN_REPEATS)])
     ps, st = luxc.setup(0, chain)
     assert "scan" in _primitives(chain, ps, st)
-    y_looped, st_looped = chain(X, ps, st)
+    call = lambda: jax.jit(lambda x, ps, st: chain(x, ps, st))(X, ps, st)
+    y_looped, st_looped = call()
     unrolled()
-    y_plain, st_plain = chain(X, ps, st)
+    y_plain, st_plain = call()
     np.testing.assert_allclose(y_looped, y_plain, rtol=1e-6, atol=1e-6)
     jax.tree.map(np.testing.assert_array_equal, st_looped, st_plain)
     rngs = {tuple(np.ravel(st_looped[f"layer_{i + 1}"]["drop"]["rng"]))
             for i in range(_chain_loop.MIN_REPEATS)}
     assert len(rngs) == _chain_loop.MIN_REPEATS  # each layer's own key, moved on
+
+
+def test_a_chain_run_op_by_op_stays_unrolled(small_runs_loop, monkeypatch):
+    # Outside a trace the loop would be traced again at every call: only traced calls loop.
+    chain = nn.Chain(*[_block() for _ in range(_chain_loop.MIN_REPEATS)])
+    ps, st = luxc.setup(0, chain)
+    traced = jax.jit(lambda x, ps, st: chain(x, ps, st))(X, ps, st)
+
+    def no_loop(*args):
+        raise AssertionError("an op-by-op call ran the loop")
+
+    monkeypatch.setattr(_chain_loop, "run_as_loop", no_loop)
+    eager = chain(X, ps, st)
+    np.testing.assert_allclose(eager[0], traced[0], rtol=1e-5, atol=1e-5)
