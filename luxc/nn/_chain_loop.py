@@ -24,6 +24,7 @@ import functools
 import math
 import types
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,37 +49,53 @@ def same_layer(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` compute the same function of ``(x, ps, st)``: same type and
     equal configuration, recursively. Functions are the same when they share code, globals,
     defaults and equal closures (two calls of one block factory); arrays and other objects
-    only when they are the same object.
+    only when they are the same object. A configuration that refers back to itself (a layer
+    holding its parent) is never the same as another: the comparison stays finite.
     """
+    try:
+        return _same(a, b, set())
+    except RecursionError:  # a cycle through plain containers, or a pathologically deep one
+        return False
+
+
+def _same(a: Any, b: Any, seen: set) -> bool:
     if a is b:
         return True
     if type(a) is not type(b):
         return False
     if isinstance(a, _PLAIN):
         return a == b
+    if isinstance(a, AbstractLayer | types.FunctionType):
+        # Layers and functions are the objects a cycle passes through; both stay alive while
+        # compared, so their ids are not reused meanwhile.
+        if (id(a), id(b)) in seen:
+            return False
+        seen.add((id(a), id(b)))
+    same = lambda x, y: _same(x, y, seen)
     if isinstance(a, tuple | list):
-        return len(a) == len(b) and all(same_layer(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
-        return list(a) == list(b) and all(same_layer(a[k], b[k]) for k in a)
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, types.FunctionType):
-        return _same_function(a, b)
+        return _same_function(a, b, same)
     if isinstance(a, functools.partial):
-        return same_layer((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
+        return same((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
     if isinstance(a, types.MethodType):
-        return same_layer((a.__func__, a.__self__), (b.__func__, b.__self__))
+        return same((a.__func__, a.__self__), (b.__func__, b.__self__))
     if isinstance(a, AbstractLayer):
-        return same_layer(vars(a), vars(b))
+        return same(vars(a), vars(b))
     return False
 
 
-def _same_function(f: types.FunctionType, g: types.FunctionType) -> bool:
+def _same_function(f: types.FunctionType, g: types.FunctionType, same: Callable) -> bool:
     if f.__code__ is not g.__code__ or f.__globals__ is not g.__globals__:
         return False
-    cells = [(c.cell_contents, d.cell_contents) for c, d in zip(f.__closure__ or (),
-                                                                 g.__closure__ or ())]
-    return (same_layer(f.__defaults__, g.__defaults__)
-            and same_layer(f.__kwdefaults__, g.__kwdefaults__)
-            and all(same_layer(x, y) for x, y in cells))
+    try:
+        cells = [[c.cell_contents for c in h.__closure__ or ()] for h in (f, g)]
+    except ValueError:  # a closure cell not yet assigned
+        return False
+    return same((f.__defaults__, f.__kwdefaults__, cells[0]),
+                (g.__defaults__, g.__kwdefaults__, cells[1]))
 
 
 def repeated_runs(layers: list[AbstractLayer]) -> list[tuple[int, int]]:

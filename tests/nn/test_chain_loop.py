@@ -112,6 +112,11 @@ def test_same_layer_compares_configuration_code_and_closures():
                                                            negative_slope=slope))
     assert _chain_loop.same_layer(leaky(0.1), leaky(0.1))
     assert not _chain_loop.same_layer(leaky(0.1), leaky(0.2))
+    # A layer that refers back to its parent: the comparison ends, and says "not the same".
+    parents = [nn.Chain(nn.Dense(2, 2)) for _ in range(2)]
+    for p in parents:
+        p.layers[0].parent = p
+    assert not _chain_loop.same_layer(parents[0], parents[1])
 
 
 def test_runs_are_the_maximal_stretches_of_one_layer(monkeypatch):
