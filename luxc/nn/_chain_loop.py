@@ -82,9 +82,14 @@ def _same(a: Any, b: Any, seen: set) -> bool:
         return same((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
     if isinstance(a, types.MethodType):
         return same((a.__func__, a.__self__), (b.__func__, b.__self__))
-    if isinstance(a, AbstractLayer):
+    if isinstance(a, AbstractLayer) and not _slots(type(a)):
         return same(vars(a), vars(b))
-    return False
+    return False  # anything else (a layer keeping its configuration in slots too): only itself
+
+
+def _slots(cls: type) -> bool:
+    # Whether a class of cls's hierarchy keeps attributes in __slots__, outside vars().
+    return any(getattr(k, "__slots__", ()) for k in cls.__mro__ if k is not object)
 
 
 def _same_function(f: types.FunctionType, g: types.FunctionType, same: Callable) -> bool:

@@ -118,6 +118,19 @@ def test_same_layer_compares_configuration_code_and_closures():
         p.layers[0].parent = p
     assert not _chain_loop.same_layer(parents[0], parents[1])
 
+    class Slotted(nn.AbstractLayer):  # configuration outside vars(): only itself is the same
+        __slots__ = ("k",)
+
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, x, ps, st):
+            return x * self.k, st
+
+    assert not _chain_loop.same_layer(Slotted(1.0), Slotted(2.0))
+    one = Slotted(1.0)
+    assert _chain_loop.same_layer(one, one)
+
 
 def test_runs_are_the_maximal_stretches_of_one_layer(monkeypatch):
     monkeypatch.setattr(_chain_loop, "MIN_REPEATS", 2)
