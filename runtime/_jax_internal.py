@@ -13,6 +13,8 @@
   ``Lowered.compile()`` runs before XLA sees it), to check the module XLA will compile.
 * ``lapack_initialization(needed)`` — lowering an ``Exported`` for CPU loads LAPACK (an import
   of scipy, ~0.2 s of a first step) unless the module calls no LAPACK kernel.
+* ``staged(x)`` — whether ``x`` is being traced into a program (``jax.jit``, ``jax.export``),
+  not computed now (op by op, ``jax.grad`` without ``jit`` included).
 """
 
 from __future__ import annotations
@@ -218,3 +220,14 @@ def with_trailing_buffers(exported: Any, module_serialized: bytes, avals: tuple)
         out_shardings_hlo=(*exported.out_shardings_hlo, *(None,) * k),
         module_kept_var_idx=(*exported.module_kept_var_idx, *range(n_in, n_in + k)),
         mlir_module_serialized=module_serialized, _get_vjp=None)
+
+
+def staged(x: Any) -> bool:
+    """Whether ``x`` is a value traced into a program rather than one computed op by op: a
+    tracer whose value is not known now (under ``jax.jit``/``jax.export``, or ``jax.vmap``).
+    A ``jax.grad`` run op by op traces values it also knows: those are not staged."""
+    if not isinstance(x, jax.core.Tracer):
+        return False
+    from jax._src import core  # jax.core.is_concrete is deprecated
+
+    return not core.is_concrete(x)

@@ -123,7 +123,7 @@ class Chain(AbstractContainerLayer):
     Plain callables are wrapped in :class:`WrappedFunction`, as Lux does. ``chain[i]`` is the
     i-th layer (0-based), ``chain["encoder"]`` / ``chain.encoder`` a named one.
 
-    Under a trace (a compiled step, ``jax.jit``, ``jax.grad``), a long run of one repeated
+    Traced into a program (a compiled step, ``jax.jit``), a long run of one repeated
     layer (``Chain([block() for _ in range(24)])``: at least eight layers of the same type and
     configuration whose activations outweigh their parameters) becomes one ``lax.scan`` over
     its parameters stacked inside the call, as :class:`Stack` runs its block: the compiled
@@ -145,14 +145,15 @@ class Chain(AbstractContainerLayer):
         self._named = named_layers("Chain", layers, named, wrap=WrappedFunction)
         self.layers = tuple(self._named.values())
         self.name = name
-        # Where the runs of one repeated layer are: found once, not at every call.
-        self._runs = dict(_chain_loop.repeated_runs(list(self.layers)))
 
     def sublayers(self) -> dict[str, AbstractLayer]:
         return dict(self._named)
 
     def __call__(self, x: Any, ps: dict, st: dict) -> tuple[Any, dict]:
-        names, new_st, runs = list(self._named), {}, self._runs
+        names, new_st = list(self._named), {}
+        # Compared at each trace, not once: a layer changed after the chain was built counts.
+        runs = (dict(_chain_loop.repeated_runs(list(self.layers)))
+                if _chain_loop.may_loop(len(names), x, ps, st) else {})
         i = 0
         while i < len(names):
             looped = self._loop(names[i:runs[i]], x, ps, st) if i in runs else None
@@ -180,8 +181,11 @@ class Chain(AbstractContainerLayer):
         if not (_chain_loop.same_shapes(pss) and _chain_loop.same_shapes(sts)
                 and _chain_loop.worth_a_loop(layer, len(names), x, pss[0], sts[0])):
             return None
-        with jax.named_scope(f"{names[0]}-{names[-1]}"):
-            y, sts = _chain_loop.run_as_loop(layer, x, pss, sts)
+        try:
+            with jax.named_scope(f"{names[0]}-{names[-1]}"):
+                y, sts = _chain_loop.run_as_loop(layer, x, pss, sts)
+        except LayerShapeError:  # the unrolled chain raises it again, naming the layer, or runs
+            return None
         return y, dict(zip(names, sts))
 
     def summary(self) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from luxc._preferences import preference
 from luxc.nn._core import AbstractLayer
 from luxc.nn._stack import Stack
+from luxc.runtime._jax_internal import staged
 
 # A run shorter than this stays unrolled (see the module docstring for the measurements).
 MIN_REPEATS = 8
@@ -48,43 +49,59 @@ _PLAIN = (int, float, complex, str, bytes, bool, type(None), type, jnp.dtype)
 def same_layer(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` compute the same function of ``(x, ps, st)``: same type and
     equal configuration, recursively. Functions are the same when they share code, globals,
-    defaults and equal closures (two calls of one block factory); arrays and other objects
-    only when they are the same object. A configuration that refers back to itself (a layer
-    holding its parent) is never the same as another: the comparison stays finite.
+    defaults and equal closures (two calls of one block factory); floats when they print the
+    same (``0.0`` is not ``-0.0``); arrays and other objects only when they are one object.
+    A configuration that refers back to itself compares as a structure (two blocks each
+    holding its parent are the same when the parents are). Layers keep their configuration
+    in their attributes and compute from it alone: what a layer reads elsewhere (a global
+    table keyed by ``id(self)``, a counter advanced while tracing) is not compared.
     """
     try:
-        return _same(a, b, set())
-    except RecursionError:  # a cycle through plain containers, or a pathologically deep one
+        return _Comparison().same(a, b)
+    except RecursionError:  # a pathologically deep configuration: keep the chain unrolled
         return False
 
 
-def _same(a: Any, b: Any, seen: set) -> bool:
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, _PLAIN):
-        return a == b
-    if isinstance(a, AbstractLayer | types.FunctionType):
-        # Layers and functions are the objects a cycle passes through; both stay alive while
-        # compared, so their ids are not reused meanwhile.
-        if (id(a), id(b)) in seen:
+class _Comparison:
+    """One ``same_layer`` comparison. Each pair of objects is compared once (shared parts of
+    a configuration cost nothing more); a pair met again while it is being compared is a
+    cycle and assumed the same — every result is a conjunction, so a wrong assumption still
+    ends in ``False``. The pairs are kept, objects included, so that no id is reused meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[int, int], tuple[Any, Any, bool]] = {}
+
+    def same(self, a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        if type(a) is not type(b):
             return False
-        seen.add((id(a), id(b)))
-    same = lambda x, y: _same(x, y, seen)
-    if isinstance(a, tuple | list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, types.FunctionType):
-        return _same_function(a, b, same)
-    if isinstance(a, functools.partial):
-        return same((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
-    if isinstance(a, types.MethodType):
-        return same((a.__func__, a.__self__), (b.__func__, b.__self__))
-    if isinstance(a, AbstractLayer) and not _slots(type(a)):
-        return same(vars(a), vars(b))
-    return False  # anything else (a layer keeping its configuration in slots too): only itself
+        if isinstance(a, float | complex):
+            return repr(a) == repr(b)
+        if isinstance(a, _PLAIN):
+            return a == b
+        key = (id(a), id(b))
+        if key not in self.pairs:
+            self.pairs[key] = (a, b, True)
+            self.pairs[key] = (a, b, self._parts(a, b))
+        return self.pairs[key][2]
+
+    def _parts(self, a: Any, b: Any) -> bool:
+        same = self.same
+        if isinstance(a, tuple | list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, dict):
+            return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, types.FunctionType):
+            return _same_function(a, b, same)
+        if isinstance(a, functools.partial):
+            return same((a.func, a.args, a.keywords), (b.func, b.args, b.keywords))
+        if isinstance(a, types.MethodType):
+            return same((a.__func__, a.__self__), (b.__func__, b.__self__))
+        if isinstance(a, AbstractLayer) and not _slots(type(a)):
+            return same(vars(a), vars(b))
+        return False  # anything else (a layer keeping configuration in slots too): only itself
 
 
 def _slots(cls: type) -> bool:
@@ -128,7 +145,7 @@ def _measure(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[int, int
     # Shapes only: the bytes of every value one call computes (its forward's intermediates, a
     # proxy for the residuals an unrolled backward keeps), its parameters' bytes, and whether
     # it maps (x, st) to an output and a state of the same shapes (so that it can loop).
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (x, ps, st))
+    spec = jax.tree.map(_spec, (x, ps, st))
     try:
         closed, out = jax.make_jaxpr(layer.__call__, return_shape=True)(*spec)
     except Exception:  # noqa: BLE001 - the unrolled call raises it again, naming the layer
@@ -137,6 +154,11 @@ def _measure(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[int, int
                 if hasattr(v.aval, "shape") and hasattr(v.aval, "dtype"))
     keeps = _signature(out) == _signature((spec[0], spec[2]))
     return inter, sum(_nbytes(a) for a in jax.tree.leaves(spec[1])), keeps
+
+
+def _spec(a: Any) -> jax.ShapeDtypeStruct:
+    # weak_type kept: a weakly typed float32 input meets bfloat16 weights as bfloat16.
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
 
 
 def _sizes(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[int, int, bool]:
@@ -150,14 +172,19 @@ def _sizes(layer: AbstractLayer, x: Any, ps: dict, st: dict) -> tuple[int, int, 
     return known[key]
 
 
+def may_loop(n_layers: int, x: Any, ps: dict, st: dict) -> bool:
+    """The cheap conditions, checked at every call before any layer is compared: enough
+    layers, the preference, and a call traced into a program (run op by op, or under a
+    ``jax.grad`` without ``jit``, the loop would be traced again at every call: eight
+    transformer blocks took 0.30 s a call against 0.16 unrolled)."""
+    return (n_layers >= MIN_REPEATS and preference("chain_loop") != "never"
+            and any(staged(a) for a in jax.tree.leaves((x, ps, st))))
+
+
 def worth_a_loop(layer: AbstractLayer, n: int, x: Any, ps: dict, st: dict) -> bool:
     """Whether ``n`` repetitions of ``layer`` on ``x`` can run as a loop (its output and state
     keep the shapes of its input and state) and run faster so (module docstring)."""
     if n < MIN_REPEATS or preference("chain_loop") == "never":
-        return False
-    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((x, ps, st))):
-        # Run op by op, the loop would trace its body again at every call (eight transformer
-        # blocks: 0.30 s a call against 0.16 unrolled); traced once in a compiled step, it pays.
         return False
     if not all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves((x, ps, st))):
         return False  # a Python number is static: it cannot be stacked or carried
@@ -166,7 +193,8 @@ def worth_a_loop(layer: AbstractLayer, n: int, x: Any, ps: dict, st: dict) -> bo
 
 
 def _signature(tree: Any) -> tuple:
-    return (jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)])
+    return (jax.tree.structure(tree), [(a.shape, a.dtype, getattr(a, "weak_type", False))
+                                       for a in jax.tree.leaves(tree)])
 
 
 def same_shapes(trees: list[Any]) -> bool:

@@ -112,11 +112,29 @@ def test_same_layer_compares_configuration_code_and_closures():
                                                            negative_slope=slope))
     assert _chain_loop.same_layer(leaky(0.1), leaky(0.1))
     assert not _chain_loop.same_layer(leaky(0.1), leaky(0.2))
-    # A layer that refers back to its parent: the comparison ends, and says "not the same".
-    parents = [nn.Chain(nn.Dense(2, 2)) for _ in range(2)]
+    assert not _chain_loop.same_layer(nn.Dense(4, 4, lambda x, s=0.0: x + s),
+                                      nn.Dense(4, 4, lambda x, s=-0.0: x + s))
+    # Blocks written as Lux writes them, containers of containers (a Chain holds its layers
+    # twice, in `layers` and by name), are the same when built alike.
+    lux_block = lambda out=64: nn.Chain(nn.LayerNorm(64), nn.SkipConnection(
+        nn.Chain(nn.Dense(64, out, jax.nn.gelu), nn.Dense(out, 64)), jnp.add))
+    assert _chain_loop.same_layer(lux_block(), lux_block())
+    assert not _chain_loop.same_layer(lux_block(64), lux_block(32))
+    # A layer that refers back to its parent: compared as a structure, and the comparison ends.
+    parents = [nn.Chain(nn.Dense(2, 2)), nn.Chain(nn.Dense(2, 2)), nn.Chain(nn.Dense(2, 3))]
     for p in parents:
         p.layers[0].parent = p
-    assert not _chain_loop.same_layer(parents[0], parents[1])
+    assert _chain_loop.same_layer(parents[0], parents[1])
+    assert not _chain_loop.same_layer(parents[0], parents[2])
+    # Shared parts are compared once: two configurations of 2^40 paths each compare quickly.
+    def tower(leaf):
+        t = [leaf]
+        for _ in range(40):
+            t = (t, t)
+        return nn.WrappedFunction(lambda x, t=t: x)
+
+    assert _chain_loop.same_layer(tower(0.5), tower(0.5))
+    assert not _chain_loop.same_layer(tower(0.5), tower(0.25))
 
     class Slotted(nn.AbstractLayer):  # configuration outside vars(): only itself is the same
         __slots__ = ("k",)
@@ -224,3 +242,36 @@ def test_a_chain_run_op_by_op_stays_unrolled(small_runs_loop, monkeypatch):
     monkeypatch.setattr(_chain_loop, "run_as_loop", no_loop)
     eager = chain(X, ps, st)
     np.testing.assert_allclose(eager[0], traced[0], rtol=1e-5, atol=1e-5)
+
+
+def test_what_the_loop_cannot_take_runs_unrolled(small_runs_loop, unrolled):
+    n = _chain_loop.MIN_REPEATS
+    # A weakly typed float32 input meets bfloat16 weights: each layer returns bfloat16.
+    chain = nn.Chain(lambda x: jnp.where(x > 0, 1.0, 0.0),
+                     *[nn.Dense(6, 6, jnp.tanh, dtype=jnp.bfloat16) for _ in range(n)])
+    ps, st = luxc.setup(0, chain)
+    looped = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
+    unrolled()
+    plain = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
+    assert looped.dtype == plain.dtype == jnp.bfloat16
+    np.testing.assert_allclose(looped.astype(np.float32), plain.astype(np.float32))
+
+
+def test_a_layer_changed_after_the_chain_was_built_is_compared_again(small_runs_loop):
+    chain = nn.Chain(*[nn.Dense(6, 6, jnp.tanh) for _ in range(_chain_loop.MIN_REPEATS)])
+    ps, st = luxc.setup(0, chain)
+    chain.layers[-1].activation = jax.nn.relu
+    y = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
+    assert float(jnp.min(y)) >= 0.0  # the last layer's relu, not the others' tanh
+
+
+def test_jax_grad_op_by_op_stays_unrolled(small_runs_loop, monkeypatch):
+    chain = nn.Chain(*[_block() for _ in range(_chain_loop.MIN_REPEATS)])
+    ps, st = luxc.setup(0, chain)
+
+    def no_loop(*args):
+        raise AssertionError("an op-by-op jax.grad ran the loop")
+
+    monkeypatch.setattr(_chain_loop, "run_as_loop", no_loop)
+    g = jax.grad(lambda ps: jnp.sum(chain(X, ps, st)[0]))(ps)
+    assert jax.tree.structure(g) == jax.tree.structure(ps)
