@@ -275,3 +275,19 @@ def test_jax_grad_op_by_op_stays_unrolled(small_runs_loop, monkeypatch):
     monkeypatch.setattr(_chain_loop, "run_as_loop", no_loop)
     g = jax.grad(lambda ps: jnp.sum(chain(X, ps, st)[0]))(ps)
     assert jax.tree.structure(g) == jax.tree.structure(ps)
+
+
+def test_a_loop_a_later_preference_breaks_falls_back_to_the_unrolled_chain(small_runs_loop):
+    # Measured under eltype_mismatch_handling="none" (float32 in, float32 out: it loops), then
+    # traced under "convert", where each float16 layer returns float16: the loop cannot carry
+    # that, and the chain runs unrolled instead of raising.
+    chain = nn.Chain(*[nn.Dense(6, 6, jnp.tanh) for _ in range(_chain_loop.MIN_REPEATS)])
+    ps, st = luxc.setup(0, chain)
+    ps = jax.tree.map(lambda a: a.astype(jnp.float16), ps)
+    assert "scan" in _primitives(chain, ps, st)
+    luxc.set_preferences(eltype_mismatch_handling="convert")
+    try:
+        y = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
+    finally:
+        luxc.set_preferences(eltype_mismatch_handling="none")
+    assert y.dtype == jnp.float16
