@@ -287,7 +287,8 @@ def test_a_loop_a_later_preference_breaks_falls_back_to_the_unrolled_chain(small
     assert "scan" in _primitives(chain, ps, st)
     luxc.set_preferences(eltype_mismatch_handling="convert")
     try:
-        y = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
+        with pytest.warns(UserWarning, match="converting"):  # what "convert" says
+            y = jax.jit(lambda x, ps, st: chain(x, ps, st)[0])(X, ps, st)
     finally:
         luxc.set_preferences(eltype_mismatch_handling="none")
     assert y.dtype == jnp.float16
