@@ -183,9 +183,8 @@ def may_loop(n_layers: int, x: Any, ps: dict, st: dict) -> bool:
 
 def worth_a_loop(layer: AbstractLayer, n: int, x: Any, ps: dict, st: dict) -> bool:
     """Whether ``n`` repetitions of ``layer`` on ``x`` can run as a loop (its output and state
-    keep the shapes of its input and state) and run faster so (module docstring)."""
-    if n < MIN_REPEATS or preference("chain_loop") == "never":
-        return False
+    keep the shapes of its input and state) and run faster so (module docstring); asked of a
+    run ``may_loop`` allowed."""
     if not all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves((x, ps, st))):
         return False  # a Python number is static: it cannot be stacked or carried
     inter, params, keeps = _sizes(layer, x, ps, st)
