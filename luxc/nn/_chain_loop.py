@@ -185,8 +185,8 @@ def worth_a_loop(layer: AbstractLayer, n: int, x: Any, ps: dict, st: dict) -> bo
     """Whether ``n`` repetitions of ``layer`` on ``x`` can run as a loop (its output and state
     keep the shapes of its input and state) and run faster so (module docstring); asked of a
     run ``may_loop`` allowed."""
-    if not all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves((x, ps, st))):
-        return False  # a Python number is static: it cannot be stacked or carried
+    if not _arrays(x):  # ps and st: same_shapes has checked them
+        return False  # a Python number is static: it cannot be carried
     inter, params, keeps = _sizes(layer, x, ps, st)
     return keeps and inter * n >= MIN_RUN_BYTES and inter >= MIN_ACTIVATION_RATIO * params
 
@@ -196,10 +196,14 @@ def _signature(tree: Any) -> tuple:
                                        for a in jax.tree.leaves(tree)])
 
 
+def _arrays(tree: Any) -> bool:
+    return all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves(tree))
+
+
 def same_shapes(trees: list[Any]) -> bool:
     """Whether every tree of ``trees`` holds only arrays, with the structure, shapes and
     dtypes of the first (a Python number in a state is static: it cannot be stacked)."""
-    if not all(isinstance(a, jax.Array | np.ndarray) for t in trees for a in jax.tree.leaves(t)):
+    if not all(_arrays(t) for t in trees):
         return False
     first = _signature(trees[0])
     return all(_signature(t) == first for t in trees[1:])
