@@ -27,6 +27,7 @@ So turn ``i`` writes slice ``i`` (or ``n-1-i``): all ``n`` slices, none read ins
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jaxlib.mlir import ir
@@ -205,31 +206,45 @@ def lift_scan_buffers(module: ir.Module, min_bytes: int = 0) -> list[ScanBuffer]
     """Make every provably overwritten scan buffer of ``main`` of at least ``min_bytes`` an
     argument and a result, in place (both appended, in the same order); return what was
     lifted."""
+    def lift(op: ir.Operation, entry: ir.Block, returned: set) -> list[tuple[ir.Value, ir.Value]]:
+        if op.name != "stablehlo.while":
+            return []
+        made = []
+        for j in range(len(op.operands)):
+            if not _liftable(op, j, module) or _bytes(op.operands[j].type) < min_bytes:
+                continue
+            final = _final(op.results[j])
+            if final in returned:
+                continue
+            init = op_of(op.operands[j])
+            arg = entry.add_argument(op.operands[j].type, ir.Location.unknown())
+            op.operands[j] = arg
+            if not _uses(init.results[0]):
+                init.erase()
+            made.append((arg, final))
+            returned.add(final)
+        return made
+
+    return lift_into_arguments(module, lift)
+
+
+Lift = Callable[[ir.Operation, ir.Block, set], list[tuple[ir.Value, ir.Value]]]
+
+
+def lift_into_arguments(module: ir.Module, lift: Lift) -> list[ScanBuffer]:
+    """What every lift shares: ``lift(op, entry, returned)`` on each op at the top of ``main``
+    makes new arguments of ``entry`` and returns ``(argument, value to return)`` pairs (adding
+    the values to ``returned``); the values become ``main``'s new last results, in order."""
     main = _function(module, "main")
     if main is None:
         return []
     entry = main.regions[0].blocks[0]
     ret = entry.operations[len(entry.operations) - 1]
     returned = set(ret.operands)
-    lifted: list[tuple[ir.Value, ir.Value]] = []  # (new argument, value returned for it)
+    lifted: list[tuple[ir.Value, ir.Value]] = []
     with ir.Location.unknown(module.context):
         for op in list(entry.operations):
-            loop = op.operation
-            if loop.name != "stablehlo.while":
-                continue
-            for j in range(len(loop.operands)):
-                if not _liftable(loop, j, module) or _bytes(loop.operands[j].type) < min_bytes:
-                    continue
-                final = _final(loop.results[j])
-                if final in returned:
-                    continue
-                init = op_of(loop.operands[j])
-                arg = entry.add_argument(loop.operands[j].type, ir.Location.unknown())
-                loop.operands[j] = arg
-                if not _uses(init.results[0]):
-                    init.erase()
-                lifted.append((arg, final))
-                returned.add(final)
+            lifted += lift(op.operation, entry, returned)
         if lifted:
             _append_results(main, ret, [final for _, final in lifted])
     return [ScanBuffer(tuple(ir.RankedTensorType(a.type).shape),

@@ -1,6 +1,7 @@
-"""The scan buffers a compiled step keeps between calls (:mod:`._scan_buffers`).
+"""The buffers a compiled step keeps between calls: its scans' stacked buffers
+(:mod:`._scan_buffers`) and the stacks its loops read (:mod:`._stack_buffers`).
 
-:func:`with_workspace` lifts a module's overwritten scan buffers into trailing arguments and
+:func:`with_workspace` lifts a module's overwritten buffers into trailing arguments and
 results; :class:`WorkspaceCall` is the step's call: it donates to each call the buffers the
 previous call returned, so they are allocated (and their pages mapped) once, not every step.
 The price is memory: the buffers stay allocated between calls, as large as the stacked
@@ -27,10 +28,13 @@ from luxc.runtime._jax_internal import (
 )
 from luxc.runtime.compiling._module_ops import known_summary, remember
 from luxc.runtime.compiling._scan_buffers import lift_scan_buffers
+from luxc.runtime.compiling._stack_buffers import lift_stacks
 
 # Off for a comparison (benchmarks/README.md, "Levers"). The rewrite changes no value the
 # program computes, only what XLA allocates; tests/runtime/test_scan_buffers.py compares bits.
 ENABLED = True
+# The stacks a loop reads (`_stack_buffers`: `nn.Chain`'s looped runs); off for a comparison.
+LIFT_STACKS = True
 # Smaller buffers are left to XLA: for them the extra donated arguments cost jax's dispatch
 # about what the fill costs XLA. A 4-block Stack of Dense(16, 16) (buffers of 0.5-1 KiB) took
 # 60 -> 66 us a step with them kept; Dense(128, 128) at batch 64 (128 KiB) 600 -> 622 us; at
@@ -58,6 +62,8 @@ def with_workspace(exported: Any, platform: str, target_version: str
     with ir_context() as ctx:
         module = deserialize_module(exported.mlir_module_serialized, ctx)
         lifted = lift_scan_buffers(module, MIN_BYTES)
+        if LIFT_STACKS:
+            lifted += lift_stacks(module, MIN_BYTES)
         if not lifted or any(b.dtype not in _DTYPES for b in lifted):
             return exported, ()
         data = serialize_module(module, target_version)

@@ -182,6 +182,12 @@ def _stack_run(monkeypatch, lifted: bool, mixed_precision, donate: bool):
     monkeypatch.setattr(_workspace, "ENABLED", lifted)
     monkeypatch.setattr(_workspace, "MIN_BYTES", 0)
     model = luxc.nn.Stack(luxc.nn.Chain(luxc.nn.Dense(16, 32, jax.nn.gelu), luxc.nn.Dense(32, 16)), 3)
+    return four_steps(model, mixed_precision, donate)
+
+
+def four_steps(model, mixed_precision, donate=True):
+    """A compiled step of ``model`` (16 features in and out) and four steps of it: the step,
+    the losses, the parameters after."""
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
     x = jax.random.normal(jax.random.key(1), (8, 16))
