@@ -100,6 +100,7 @@ def makers(key: str) -> dict[str, tuple[None, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from benchmarks._slow import SlowStretches
     from benchmarks.run import measure_workload
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation")
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.device, args.variants, args.retain_host_memory = False, None, False
     print(f"CPU default passes: {', '.join(luxc.passes.default_pipeline('cpu'))}")
-    meter = LoadMeter()
+    meter, stretches = LoadMeter(), SlowStretches()
     for key in (args.only.split(",") if args.only else ABLATIONS):
-        work = measure_workload(key, ("ablation",), args, meter)
+        work = measure_workload(key, ("ablation",), args, meter, stretches)
         print("\n".join([cases.title(key), report.loads_line(work), *report.variant_table(work, "")]))
 
 

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _slow
+
 _DEFAULT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -95,7 +97,22 @@ def loads_line(work: dict[str, Any]) -> str:
     others = [r["others"] for r in rows if r["others"] is not None]
     loads = [r["load1"] for r in rows]
     text = f"load average at turn starts {min(loads):.2f}-{max(loads):.2f}"
-    return text + (f"; other processes' cores per turn at most {max(others):.2f}" if others else "")
+    text += f"; other processes' cores per turn at most {max(others):.2f}" if others else ""
+    return text + slow_stretches(rows)
+
+
+def slow_stretches(rows: list[dict[str, Any]]) -> str:
+    """What the probe said of the turns (benchmarks/_slow.py); rows of older runs have none."""
+    probed = [r for r in rows if "slowness" in r]
+    if not probed:
+        return ""
+    retaken = sum(r["retakes"] for r in probed)
+    slow = [r["slowness"] for r in probed if r["slowness"] > _slow.SLOW]
+    text = f"; turns taken again in a slow stretch: {retaken}" if retaken else ""
+    if slow:
+        text += (f"; turns still slow after {_slow.MAX_RETAKES} retakes: {len(slow)} "
+                 f"(probe up to {max(slow):.2f}x its fastest)")
+    return text
 
 
 def variant_table(work: dict[str, Any], busy: str) -> list[str]:

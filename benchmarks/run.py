@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _protocol, cases, report
+from benchmarks import _protocol, _slow, cases, report
 from benchmarks._load import Load, LoadMeter
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -102,8 +102,25 @@ def _group_stats(workers: list[_protocol.Worker]) -> dict[str, Any]:
             "peak_rss_bytes": max(s["peak_rss_bytes"] for s in each)}
 
 
+def _turn(worker: _protocol.Worker, r: int, meter: LoadMeter,
+          stretches: _slow.SlowStretches) -> dict[str, Any]:
+    """One process's turn of round ``r``, taken again while the machine's probe says it fell in
+    a slow stretch (:mod:`benchmarks._slow`); what the row records of the turn kept."""
+    retakes = 0
+    while True:
+        load = meter.mark()
+        reply = worker.ask({"cmd": "round", "seed": r}, "round")
+        slowness = stretches.slowness(reply["probe"])
+        if not _slow.take_again(slowness, retakes):
+            return {"load1": load.load1, "others": load.others, "seconds": reply["seconds"],
+                    "slowness": round(slowness, 3), "retakes": retakes}
+        retakes += 1
+        print(f"  {worker.name} round {r}: the probe took {slowness:.2f}x its fastest; "
+              "taking the turn again", flush=True)
+
+
 def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace,
-                     meter: LoadMeter) -> dict[str, Any]:
+                     meter: LoadMeter, stretches: _slow.SlowStretches) -> dict[str, Any]:
     """Start ``groups``' workers for ``key``, run the rounds, collect their statistics."""
     print(f"\n{cases.title(key, args.quick)}", flush=True)
     workers: dict[tuple[str, int], _protocol.Worker] = {}
@@ -114,10 +131,8 @@ def measure_workload(key: str, groups: tuple[str, ...], args: argparse.Namespace
             order = list(workers)
             random.Random(f"{key}:{r}").shuffle(order)
             for group, i in order:
-                load = meter.mark()
-                reply = workers[group, i].ask({"cmd": "round", "seed": r}, "round")
-                rows.append({"round": r, "group": group, "process": i, "load1": load.load1,
-                             "others": load.others, "seconds": reply["seconds"]})
+                rows.append({"round": r, "group": group, "process": i,
+                             **_turn(workers[group, i], r, meter, stretches)})
         names = dict.fromkeys(g for g, _ in workers)
         stats = {g: _group_stats([w for (h, _), w in workers.items() if h == g]) for g in names}
     finally:
@@ -234,9 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     keys = _selected(args, parser)
     start = Load(os.getloadavg()[0], None)
     began, t0 = dt.datetime.now(dt.UTC), time.monotonic()
-    meter = LoadMeter()
+    meter, stretches = LoadMeter(), _slow.SlowStretches()
     try:
-        workloads = [measure_workload(k, cases.groups_of(k), args, meter) for k in keys]
+        workloads = [measure_workload(k, cases.groups_of(k), args, meter, stretches) for k in keys]
     except _protocol.WorkerError as e:
         sys.exit(f"python -m benchmarks: {e}")
     reasons = busy_reasons(start, workloads, args.max_load)

@@ -22,7 +22,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks import _protocol
+from benchmarks import _protocol, _slow
 
 
 def _timed_sample(step, n: int) -> float:
@@ -34,9 +34,10 @@ def _timed_sample(step, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def _round(built: dict[str, Any], steps: int, seed: int) -> dict[str, float]:
+def _round(built: dict[str, Any], steps: int, seed: int) -> dict[str, Any]:
     """One turn: a sample of every variant, in an order shuffled by ``seed`` (the same in
-    every process of the round), each sample after one untimed step of its own variant.
+    every process of the round), each sample after one untimed step of its own variant; and
+    the machine's probe before and after them (:mod:`benchmarks._slow`).
 
     Why the untimed step: a process starts its turn cold (its threads slept and the other
     processes' turns went through the caches), and without it the turn's first variant paid
@@ -44,10 +45,12 @@ def _round(built: dict[str, Any], steps: int, seed: int) -> dict[str, float]:
     names = list(built)
     random.Random(seed).shuffle(names)
     seconds = {}
+    probes = [_slow.probe()]
     for name in names:
         built[name]().block_until_ready()
         seconds[name] = _timed_sample(built[name], steps)
-    return seconds
+    probes.append(_slow.probe())
+    return {"event": "round", "seconds": seconds, "probe": probes}
 
 
 def _start_backend(group: str) -> None:
@@ -112,8 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "round":
-            seconds = _round(built, ready["steps"], command["seed"])
-            _protocol.send(channel, {"event": "round", "seconds": seconds})
+            _protocol.send(channel, _round(built, ready["steps"], command["seed"]))
         elif command["cmd"] == "stats":
             _protocol.send(channel, _stats())
         elif command["cmd"] == "exit":

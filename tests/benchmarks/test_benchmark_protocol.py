@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import cases, report, run
+from benchmarks import _slow, cases, report, run
 from benchmarks._load import Load
 from tests.support import ROOT
 
@@ -89,7 +89,7 @@ def test_a_group_whose_package_is_missing_is_skipped_with_one_line(monkeypatch, 
     monkeypatch.setattr(cases, "missing_module", lambda group: "torch")
     args = run._parser().parse_args(["--quick"])
     args.rounds = 1
-    work = run.measure_workload("tiny", ("torch",), args, run.LoadMeter())
+    work = run.measure_workload("tiny", ("torch",), args, run.LoadMeter(), _slow.SlowStretches())
     assert work["rows"] == [] and work["processes"] == {}
     skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
     assert skipped == ["  skipped the torch rows: torch is not installed (pip install -e '.[bench]')"]
@@ -164,14 +164,61 @@ def test_every_sample_of_a_turn_follows_one_untimed_step_of_its_own_variant():
 
     log = []
     built = {n: _LoggedStep(n, log) for n in ("a", "b", "c")}
-    seconds = worker._round(built, steps=3, seed=1)
+    reply = worker._round(built, steps=3, seed=1)
+    seconds = reply["seconds"]
     order = list(seconds)
     assert sorted(order) == ["a", "b", "c"]
     # 1 untimed + 3 timed calls a variant, the variants one after the other, in the timed order
     assert log == [n for n in order for _ in range(4)]
     # the order is the round's seed's: every process of a round times the same order
-    assert list(worker._round(built, steps=1, seed=1)) == order
+    assert list(worker._round(built, steps=1, seed=1)["seconds"]) == order
     assert all(s >= 0 for s in seconds.values())
+    # the machine's probe, before and after the samples
+    assert reply["event"] == "round" and len(reply["probe"]) == 2
+    assert all(p > 0 for p in reply["probe"])
+
+
+class _ProbedWorker:
+    """A worker whose turns' probes are scripted: one (before, after) pair per turn asked."""
+
+    name = "luxc (tiny)"
+
+    def __init__(self, probes):
+        self.probes, self.asked = list(probes), 0
+
+    def ask(self, command, event):
+        self.asked += 1
+        return {"event": event, "seconds": {"luxc": 1e-3 * self.asked}, "probe": self.probes.pop(0)}
+
+
+def test_a_turn_in_a_slow_stretch_is_taken_again_and_the_kept_one_is_recorded():
+    from benchmarks import _load
+
+    stretches, meter = _slow.SlowStretches(), _load.LoadMeter()
+    assert run._turn(_ProbedWorker([(0.008, 0.0082)]), 0, meter, stretches)["retakes"] == 0
+    # 1.7x the fastest probe (as in the stretches of 2026-12-06): taken again, the second kept
+    worker = _ProbedWorker([(0.008, 0.0136), (0.0081, 0.008)])
+    row = run._turn(worker, 1, meter, stretches)
+    assert worker.asked == 2 and row["retakes"] == 1 and row["seconds"] == {"luxc": 2e-3}
+    assert row["slowness"] == pytest.approx(0.0081 / 0.008, abs=1e-3)
+    # still slow after MAX_RETAKES: the last turn is kept, with how slow it was
+    worker = _ProbedWorker([(0.016, 0.016)] * (_slow.MAX_RETAKES + 1))
+    row = run._turn(worker, 2, meter, stretches)
+    assert worker.asked == _slow.MAX_RETAKES + 1 and row["retakes"] == _slow.MAX_RETAKES
+    assert row["slowness"] == pytest.approx(2.0)
+    line = report.slow_stretches([{"slowness": 1.0, "retakes": 1}, row])
+    assert line == ("; turns taken again in a slow stretch: 3; turns still slow after 2 retakes: "
+                    "1 (probe up to 2.00x its fastest)")
+    assert report.slow_stretches([{"load1": 0.1}]) == ""  # a run from before the probe
+
+
+def test_the_probe_is_judged_against_the_fastest_of_the_run():
+    stretches = _slow.SlowStretches()
+    assert stretches.slowness([0.016, 0.016]) == 1.0  # the run began in a stretch: nothing known
+    assert stretches.slowness([0.008, 0.008]) == 1.0  # a faster probe becomes the reference
+    assert stretches.slowness([0.016, 0.008]) == 2.0  # the stretch began during the turn
+    assert _slow.take_again(2.0, 0) and not _slow.take_again(2.0, _slow.MAX_RETAKES)
+    assert not _slow.take_again(_slow.SLOW, 0)
 
 
 def test_a_turn_of_milliseconds_is_not_read_as_cores_busy(monkeypatch):
