@@ -74,7 +74,21 @@ def with_workspace(exported: Any, platform: str, target_version: str
 
 _DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": jax.numpy.bfloat16,
            "i32": np.int32, "i64": np.int64, "i16": np.int16, "i8": np.int8,
-           "ui32": np.uint32, "ui16": np.uint16, "ui8": np.uint8, "i1": np.bool_}
+           "ui64": np.uint64, "ui32": np.uint32, "ui16": np.uint16, "ui8": np.uint8, "i1": np.bool_,
+           "complex<f32>": np.complex64, "complex<f64>": np.complex128}
+
+
+def _failed(buffers: tuple[jax.Array, ...]) -> bool:
+    """Whether the call that wrote ``buffers`` failed after it returned (an input computed
+    asynchronously whose computation failed): they carry its error, and every later call given
+    them would fail with it. Only buffers already written are asked: this never waits."""
+    if not all(b.is_ready() for b in buffers):
+        return False
+    try:
+        jax.block_until_ready(buffers)
+    except Exception:  # noqa: BLE001 - whatever the failed call raised; its caller saw it
+        return True
+    return False
 
 
 class WorkspaceCall:
@@ -97,6 +111,8 @@ class WorkspaceCall:
         try:
             buffers = self._spare.pop()
         except IndexError:  # the first call, or another thread holds the kept set
+            buffers = self._fresh()
+        if _failed(buffers):
             buffers = self._fresh()
         try:
             outputs, buffers = self._call(*args, buffers)

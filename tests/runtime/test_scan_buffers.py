@@ -309,3 +309,67 @@ func.func @main(%x: tensor<4xf32>) -> tensor<f32> {
 }"""
     with ir_context():
         assert lift_scan_buffers(ir.Module.parse(text), min_bytes=1 << 18) == []
+
+
+class _FailedBuffer:
+    """A kept buffer whose call failed after it returned (its input's own computation failed
+    asynchronously): written, and carrying the error."""
+
+    def is_ready(self):
+        return True
+
+    def is_deleted(self):
+        return False
+
+    def block_until_ready(self):
+        raise RuntimeError("INTERNAL: CpuCallback error: boom")
+
+
+class _PendingBuffer(_FailedBuffer):
+    """A kept buffer its call is still writing: asking it whether it failed would wait."""
+
+    def is_ready(self):
+        return False
+
+
+@pytest.mark.usefixtures("every_size")
+def test_buffers_a_failed_call_left_are_replaced_and_the_next_calls_succeed():
+    # An adversary's finding (2026-12-06): a call given an input whose own computation failed
+    # returned, kept its poisoned buffers, and every later call failed with the same error.
+    args = _scan_args()
+    exe = build(_scan_fn, args)
+    exe.call._spare = [(_FailedBuffer(),)]
+    np.testing.assert_array_equal(exe.call(*args), jax.jit(_scan_fn)(*args))
+    kept = exe.call._spare[0]
+    assert all(isinstance(b, jax.Array) for b in kept)  # fresh, then the call's own
+    # Buffers still being written are passed on as they are: checking them would wait.
+    seen = []
+    exe.call._call = lambda *a: seen.append(a[-1]) or ((), a[-1])
+    exe.call._spare = [(_PendingBuffer(),)]
+    exe.call(*args)
+    assert isinstance(seen[0][0], _PendingBuffer)
+
+
+@pytest.mark.usefixtures("every_size")
+def test_a_complex_stack_keeps_its_buffer_and_the_scan_keeps_its_own():
+    # An adversary's finding: a buffer of a dtype the workspace could not make (complex64) had
+    # turned every buffer of the step back to XLA's temporaries.
+    def fn(w, xs, a, b):
+        c, ys = jax.lax.scan(lambda c, x: (jnp.tanh(c @ w + x),) * 2, jnp.zeros(4), xs)
+        s = jnp.stack([a, b * 1j])
+        h, zs = jax.lax.scan(lambda h, v: (h * v + 1, jnp.sum(jnp.abs(v))),
+                             jnp.ones(a.shape, jnp.complex64), s)
+        return jnp.sum(ys * ys, axis=1) + jnp.sum(c), jnp.abs(h), zs
+
+    def make(seed):
+        w, xs = _scan_args(seed)
+        k = jax.random.key(seed + 10)
+        a = (jax.random.normal(k, (3, 3)) + 0.5j).astype(jnp.complex64)
+        return w, xs, a, (a * 0.5).astype(jnp.complex64)
+
+    exe = build(fn, make(0))
+    assert {(a.shape, np.dtype(a.dtype)) for a in exe.workspace} == {
+        ((5, 4), np.dtype(np.float32)), ((2, 3, 3), np.dtype(np.complex64))}
+    for seed in range(3):
+        for got, want in zip(exe.call(*make(seed)), jax.jit(fn)(*make(seed)), strict=True):
+            np.testing.assert_array_equal(got, want)
