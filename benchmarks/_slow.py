@@ -7,9 +7,9 @@ seconds at a time (``python -m benchmarks.probe_watch 240`` at 08:22 UTC, 14,186
 minutes: of the samples where the dispatches were over 1.4× their fastest, 88% had the loop over
 1.2× its fastest). The load average and
 ``/proc/stat`` show nothing then (no other process, no steal). A turn taken in such a stretch
-measures the stretch, not the framework: in run L, luxc's tiny MLP turns took 72-86 µs a step in
-three rounds of five and 35-38 in two, while ``jax.jit``'s happened to fall outside them, and the
-published ratio was 2.15.
+measures the stretch, not the framework: in the run of 05:20 UTC, luxc's tiny MLP turns took
+72-86 µs a step in three rounds of five and 35-38 in two, while ``jax.jit``'s happened to fall
+outside them, and the published ratio was 2.15.
 
 So each worker times :func:`probe` before and after its samples, and the driver takes a turn again
 (same seed, same process, at most :data:`MAX_RETAKES` times) when the slower probe of the turn was
