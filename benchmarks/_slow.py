@@ -5,8 +5,8 @@ half its speed, whichever process is running: on the AMD EPYC of 2026-12-06, a p
 (:func:`probe`) and 500 dispatches of a tiny ``jax.jit`` slowed together by 1.7× for a few
 seconds at a time (``python -m benchmarks.probe_watch 240`` at 08:22 UTC, 14,186 samples over 4
 minutes: of the samples where the dispatches were over 1.4× their fastest, 88% had the loop over
-1.2× its fastest). The load average and
-``/proc/stat`` show nothing then (no other process, no steal). A turn taken in such a stretch
+1.2× its fastest). The load average and ``/proc/stat`` show nothing then (no other process, no
+steal). A turn taken in such a stretch
 measures the stretch, not the framework: in the run of 05:20 UTC, luxc's tiny MLP turns took
 72-86 µs a step in three rounds of five and 35-38 in two, while ``jax.jit``'s happened to fall
 outside them, and the published ratio was 2.15.
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import time
 
-# About 8 ms on the EPYC and the Xeon this suite ran on: short beside a turn (0.3-20 s).
+# About 8 ms on the AMD EPYC of 2026-12-06: short beside a turn (0.3 s to tens of seconds).
 PROBE_ITERATIONS = 200_000
-# The stretches slowed the probe by 1.6-1.8×; run-to-run variation outside them was under 1.1×.
+# The stretches slowed the probe by about 1.7×; outside them its window medians stayed within 1.05×.
 SLOW = 1.3
 MAX_RETAKES = 2
 
