@@ -29,17 +29,12 @@ from __future__ import annotations
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._conv import scalar
 from luxc.runtime.compiling._scan_buffers import ScanBuffer, _bytes, _final, _uses, lift_into_arguments
 
 
 def _read_by_a_loop(value: ir.Value) -> bool:
     return any(owner.name == "stablehlo.while" for owner, _ in _uses(value))
-
-
-def _scalar_i32(value: int) -> ir.Value:
-    i32 = ir.IntegerType.get_signless(32)
-    return stablehlo.ConstantOp(ir.DenseElementsAttr.get_splat(
-        ir.RankedTensorType.get([], i32), ir.IntegerAttr.get(i32, value))).result
 
 
 def _bits(value: ir.Value, element: ir.Type) -> ir.Value:
@@ -56,9 +51,10 @@ def _written(buffer: ir.Value, concat: ir.Operation) -> ir.Value:
     bits = ir.IntegerType.get_unsigned(16) if isinstance(element, (ir.BF16Type, ir.F16Type)) else None
     value = _bits(buffer, bits) if bits else buffer
     rank, offset = ir.RankedTensorType(buffer.type).rank, 0
-    zero = _scalar_i32(0)
+    i32 = ir.IntegerType.get_signless(32)
+    zero = scalar(i32, 0)
     for part in concat.operands:
-        starts = [_scalar_i32(offset) if d == dim else zero for d in range(rank)]
+        starts = [scalar(i32, offset) if d == dim else zero for d in range(rank)]
         update = _bits(part, bits) if bits else part
         value = stablehlo.DynamicUpdateSliceOp(value, update, starts).result
         offset += ir.RankedTensorType(part.type).shape[dim]

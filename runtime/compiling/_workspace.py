@@ -110,9 +110,9 @@ class WorkspaceCall:
     def __call__(self, *args: Any) -> Any:
         try:
             buffers = self._spare.pop()
+            if _failed(buffers):
+                buffers = self._fresh()
         except IndexError:  # the first call, or another thread holds the kept set
-            buffers = self._fresh()
-        if _failed(buffers):
             buffers = self._fresh()
         try:
             outputs, buffers = self._call(*args, buffers)
