@@ -265,3 +265,25 @@ def test_only_a_full_idle_run_becomes_its_cpus_record():
     assert not run.kept_per_cpu(full, ["the 1-minute load average was 1.02 at the start"])
     for flags in (["--quick"], ["--only", "mlp"], ["--variants", "luxc"], ["--device"]):
         assert not run.kept_per_cpu(run._parser().parse_args(flags), []), flags
+
+
+def test_a_short_variant_takes_several_samples_a_turn_interleaved_and_keeps_their_median(monkeypatch):
+    from benchmarks import worker
+
+    log = []
+    built = {n: _LoggedStep(n, log) for n in ("a", "b")}
+    times = iter([0.5, 0.1, 0.3, 0.2])  # a, b, a, a: the seconds of each sample in turn
+    monkeypatch.setattr(worker, "_timed_sample", lambda step, n: (step(), next(times))[1])
+    reply = worker._round(built, steps=1, seed=0, samples={"a": 3, "b": 1})
+    assert list(reply["seconds"]) == ["a", "b"]  # seed 0's order
+    assert reply["seconds"] == {"a": 0.3, "b": 0.1}
+    # one untimed step before each variant's first sample, then the variants take turns
+    assert log == ["a", "a", "b", "b", "a", "a"]
+
+
+def test_samples_per_turn_fills_a_twentieth_of_a_second_and_no_more_than_seven():
+    from benchmarks import worker
+
+    assert worker.samples_per_turn(0.007) == worker.MAX_SAMPLES == 7
+    assert worker.samples_per_turn(0.016) == 4
+    assert worker.samples_per_turn(0.05) == 1 and worker.samples_per_turn(2.0) == 1
