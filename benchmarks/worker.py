@@ -64,11 +64,13 @@ def _round(built: dict[str, Any], steps: int, seed: int,
             "probe": probes}
 
 
-# A variant whose sample is shorter than this takes several in each turn, up to MAX_SAMPLES:
-# a 7 ms sample (the tiny MLP's) is shorter than the probe, and in rounds 2-4 of run M the
-# tiny MLP's `luxc autotune` took up to 1.9x the same process's `luxc` in the same turn, with
-# the probe under 1.2x: one sample that short is one draw of the machine's stalls.
-TURN_SECONDS = 0.05
+# A variant whose sample is shorter than this takes several in each turn, up to MAX_SAMPLES,
+# and its figure is their median. Why: a 7 ms sample (the tiny MLP's) is shorter than the probe,
+# and in rounds 2-4 of run M the tiny MLP's `luxc autotune` took up to 1.9x the same process's
+# `luxc` in the same turn with the probe under 1.2x; the transformer block's one 0.23 s sample
+# put `luxc` between 67 and 87 ms in one run. One short sample is one draw of the machine's
+# stalls; the median of three or more is not moved by one.
+TURN_SECONDS = 0.5
 MAX_SAMPLES = 7
 
 
