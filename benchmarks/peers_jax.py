@@ -36,10 +36,11 @@ def luxc_step(work: wl.Workload, x, y, options: luxc.CompileOptions | None = Non
         return out
 
     def flops() -> float | None:
-        """XLA's FLOPs of one step (the cached executable: the same key as the step's)."""
+        """The FLOPs of one step (the cached executable: the same key as the step's), loops
+        counted as often as they run."""
         cs = luxc.compile_step(loss, (x, y), state["ts"], compile_options=options,
                                return_gradients=False, donate=True)
-        return (cs.cost_analysis() or {}).get("flops")
+        return cs.step_flops()
 
     step.flops = flops
     return step

@@ -109,7 +109,7 @@ def _profile_spec(spec, steps, options, trace, ops=False):
              "compile breakdown": {**cs.compile_report, "first call": first_call},
              "autotune": cs.autotune_report,
              "ops": cs.profile(state["ts"], data, steps=min(steps, 20)) if ops else None}
-    return cold, warm, (times, faults), cs.cost_analysis(), cs.memory_stats(), facts
+    return cold, warm, (times, faults), cs.step_flops(), cs.memory_stats(), facts
 
 
 def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_calls=False):
@@ -140,7 +140,7 @@ def _profile_dir(directory, steps, trace, ops=False, allow_unchecked_native_call
              "passes": _passes([(r.name, r.rewrites) for r in loaded.pass_report]),
              "executable": loaded.executable_source,
              "ops": loaded.profile(steps=min(steps, 20)) if ops else None}
-    return cold, None, (times, faults), loaded.cost_analysis(), loaded.memory_stats(), facts
+    return cold, None, (times, faults), loaded.step_flops(), loaded.memory_stats(), facts
 
 
 def _ops_rows(records, n: int) -> list[str]:
@@ -264,16 +264,16 @@ def profile(target, steps, trace, ops, as_json, compare, passes, precision, mixe
     if trace:
         _check_trace(trace, target)
     if Path(target).is_dir():
-        cold, warm, (times, faults), cost, mem, facts = _profile_dir(
+        cold, warm, (times, faults), flops, mem, facts = _profile_dir(
             target, steps, trace, ops=bool(ops),
             allow_unchecked_native_calls=allow_unchecked_native_calls)
         what = "load + compile"
     else:
-        cold, warm, (times, faults), cost, mem, facts = _profile_spec(
+        cold, warm, (times, faults), flops, mem, facts = _profile_spec(
             target, steps, compile_options(passes, precision, xla_option, mixed_precision,
                                            autotune), trace, ops=bool(ops))
         what = "compile"
-    report = _Report(what, cold, warm, times, faults, (cost or {}).get("flops"), mem, facts,
+    report = _Report(what, cold, warm, times, faults, flops, mem, facts,
                      facts.pop("ops", None), facts.pop("compile breakdown", None),
                      facts.pop("autotune", None))
     if as_json:

@@ -1,6 +1,7 @@
 """What a compiled program says about itself, written once for every compiled object luxc hands
 out (``Executable``, ``CompiledStep``, a loaded artifact step): the ``jax.stages.Compiled``-like
-surface ``as_text(stage)``, ``cost_analysis()`` and ``memory_analysis()``.
+surface ``as_text(stage)``, ``cost_analysis()`` and ``memory_analysis()``, and luxc's
+``step_flops()``.
 
 A class gets the surface by deriving from :class:`CompiledStages` and defining ``_stage_text(stage)``
 and ``_figures_source()`` (the ``jax.stages.Compiled`` to ask, or ``None``).
@@ -12,6 +13,8 @@ from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import jax
+
+from luxc.runtime.performance._hlo_flops import step_flops
 
 Stage = Literal["traced", "optimized", "hlo"]
 STAGES: tuple[Stage, ...] = ("traced", "optimized", "hlo")
@@ -81,6 +84,17 @@ class CompiledStages(ABC):
         """XLA's cost totals (``flops``, ``transcendentals``, ``bytes accessed``,
         ``optimal_seconds``), or ``None`` if unavailable."""
         return cost_figures(self._figures_source())
+
+    def step_flops(self) -> float | None:
+        """FLOPs of one call, counted from XLA's optimised HLO with each loop's body times its
+        trip count; XLA's ``cost_analysis()["flops"]`` counts a loop's body once, so for a
+        12-block ``Stack`` it gives about one block's. Falls back on XLA's figure where the
+        HLO does not say how often a loop runs; ``None`` if neither is known."""
+        text = self._stage_text("hlo")
+        counted = step_flops(text) if text else None
+        if counted is not None:
+            return float(counted)
+        return (self.cost_analysis() or {}).get("flops")
 
     def memory_analysis(self) -> dict[str, int] | None:
         """XLA's memory figures (argument, output, alias, temp … bytes), or ``None``."""

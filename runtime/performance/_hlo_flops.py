@@ -116,3 +116,49 @@ def _count(inst: _Instruction, shapes: dict[str, str], bodies: dict[str, list[_I
         body = bodies.get(calls.group(1), []) if calls else []
         return sum(_count(i, shapes, bodies, depth + 1) for i in body)
     return 0
+
+
+_WHILE = re.compile(r"condition=%([\w.\-]+),\s*body=%([\w.\-]+)")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_BRANCHES = re.compile(r"(?:branch_computations=\{([^}]*)\}|(?:true|false)_computation=%([\w.\-]+))")
+
+
+def step_flops(hlo: str) -> int | None:
+    """FLOPs of one run of the module: every instruction's (:func:`instruction_flops`) times
+    the trip counts of the loops around it. XLA's ``cost_analysis()`` counts a loop's body
+    once, whatever its trip count: a 12-block ``Stack`` reports about one block's FLOPs.
+    ``None`` when a loop's trip count is not known (XLA records it for the loops jax's ``scan``
+    and ``fori_loop`` lower to) or a conditional's branches differ in what they count."""
+    shapes, bodies = _computations(hlo)
+    entry = next((m.group(1) for line in hlo.splitlines()
+                  if line.startswith("ENTRY") and (m := _COMPUTATION.match(line))), None)
+    if entry is None:
+        return None
+    total, pending = 0, [(entry, 1)]
+    while pending:  # HLO has no recursion: a computation called twice is counted twice
+        computation, times = pending.pop()
+        for inst in bodies.get(computation, []):
+            _, _, opcode, rest = inst
+            total += times * _count(inst, shapes, bodies)
+            if opcode == "while":
+                loop, trips = _WHILE.search(rest), _TRIP_COUNT.search(rest)
+                if loop is None or trips is None:
+                    return None
+                pending += [(loop.group(1), times * (int(trips.group(1)) + 1)),
+                            (loop.group(2), times * int(trips.group(1)))]
+            elif opcode == "call":  # XLA:CPU wraps a small loop in one
+                called = re.search(r"to_apply=%([\w.\-]+)", rest)
+                pending += [(called.group(1), times)] if called else []
+            elif opcode == "conditional":
+                names = [n.strip().lstrip("%") for m in _BRANCHES.finditer(rest)
+                         for n in (m.group(1) or m.group(2)).split(",")]
+                counts = {_once(bodies, shapes, n) for n in names}
+                if len(counts) != 1:
+                    return None
+                total += times * counts.pop()
+    return total
+
+
+def _once(bodies: dict[str, list[_Instruction]], shapes: dict[str, str], name: str) -> int:
+    """FLOPs of one run of the computation ``name``, loops inside it counted once."""
+    return sum(_count(inst, shapes, bodies) for inst in bodies.get(name, []))

@@ -9,7 +9,7 @@ from jax import lax
 
 import luxc
 from luxc import nn
-from luxc.runtime.performance._hlo_flops import instruction_flops
+from luxc.runtime.performance._hlo_flops import instruction_flops, step_flops
 
 
 def _hlo(fn, *args, **options):
@@ -69,3 +69,41 @@ def test_the_op_profile_has_flops_and_flops_per_second_for_the_dense_layer():
     assert sum(r.flops * r.count for r in dots) == pytest.approx(2 * 2 * 16 * 64 * 32)
     assert all(r.flops_per_second > 0 for r in dots)
     assert all(r.as_dict()["flops_per_second"] == r.flops_per_second for r in records)
+
+
+def test_a_loops_body_counts_as_often_as_it_runs_where_xlas_cost_analysis_counts_it_once():
+    b, n = 16, 32
+    w = jnp.ones((n, n))
+
+    def layers(x, depth):
+        return lax.fori_loop(0, depth, lambda i, x: jnp.tanh(x @ w), x)
+
+    def flops(depth):
+        compiled = jax.jit(layers, static_argnums=1).lower(jnp.ones((b, n)), depth).compile()
+        return step_flops(compiled.as_text()), compiled.cost_analysis()["flops"]
+
+    per_layer = 2 * b * n * n + b * n + 2  # the dot, the tanh, the counter's add and compare
+    (three, xla_three), (seven, xla_seven) = flops(3), flops(7)
+    assert seven - three == 4 * per_layer
+    assert xla_seven == xla_three  # XLA's own figure does not see the trip count
+
+
+def test_a_loop_of_unknown_trip_count_gives_no_step_count():
+    def until(x):
+        return lax.while_loop(lambda x: jnp.sum(x) < 100.0, lambda x: x * 2.0, x)
+
+    assert step_flops(_hlo(until, jnp.ones(4))) is None
+
+
+def test_a_stacks_step_flops_grow_with_its_depth():
+    def compiled(depth):
+        model = nn.Stack(nn.Dense(8, 8, jnp.tanh), depth)
+        ps, st = luxc.setup(0, model)
+        ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+        data = (jnp.ones((4, 8)), jnp.ones((4, 8)))
+        return luxc.compile_step(luxc.MSELoss(), data, ts)
+
+    two, six = compiled(2), compiled(6)
+    # each block: forward dot 2*4*8*8, two backward dots as many, tanh and its gradient
+    assert six.step_flops() - two.step_flops() >= 4 * 3 * 2 * 4 * 8 * 8
+    assert six.step_flops() > 2 * two.step_flops()
