@@ -71,6 +71,7 @@ from luxc.runtime.files._directory_swap import replace_directory
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.files._temporary_names import remove_stale_temporaries, temporary_name
 from luxc.runtime.messages._shown import shown
+from luxc.runtime.performance._hlo_flops import step_flops
 from luxc.runtime.trust._module_check import check_untrusted
 from luxc.runtime.trust._native_calls import NativeCallCheck
 from luxc.runtime.trust._untrusted_options import untrusted_xla_options
@@ -267,8 +268,9 @@ def _output_names(layout: dict[str, Any]) -> list[str]:
 
 def _figures(compiled: jax.stages.Compiled) -> dict[str, Any]:
     cost = cost_figures(compiled) or {}
-    return {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
-            "memory": memory_figures(compiled)}
+    counted = step_flops(compiled.as_text())  # each loop as often as it runs; XLA's counts once
+    return {"flops": float(counted) if counted is not None else cost.get("flops"),
+            "bytes_accessed": cost.get("bytes accessed"), "memory": memory_figures(compiled)}
 
 
 def load(directory: str | Path, *, allow_device_kernels: bool = False,

@@ -107,3 +107,18 @@ def test_a_stacks_step_flops_grow_with_its_depth():
     # each block: forward dot 2*4*8*8, two backward dots as many, tanh and its gradient
     assert six.step_flops() - two.step_flops() >= 4 * 3 * 2 * 4 * 8 * 8
     assert six.step_flops() > 2 * two.step_flops()
+
+
+def test_an_exported_stacks_manifest_counts_every_block(tmp_path):
+    import json
+
+    def exported_flops(depth):
+        model = nn.Stack(nn.Dense(8, 8, jnp.tanh), depth)
+        ps, st = luxc.setup(0, model)
+        ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+        out = tmp_path / f"stack{depth}.luxc"
+        luxc.export_step(luxc.MSELoss(), (jnp.ones((4, 8)), jnp.ones((4, 8))), ts, out)
+        return json.loads((out / "manifest.json").read_text())["flops"]
+
+    two, six = exported_flops(2), exported_flops(6)
+    assert six - two >= 4 * 3 * 2 * 4 * 8 * 8  # each block's three dots at least
