@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "round":
-            _protocol.send(channel, _round(built, ready["steps"], command["seed"],
-                                                 ready["samples"]))
+            reply = _round(built, ready["steps"], command["seed"], ready["samples"])
+            _protocol.send(channel, reply)
         elif command["cmd"] == "stats":
             _protocol.send(channel, _stats())
         elif command["cmd"] == "exit":
