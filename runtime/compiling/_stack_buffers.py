@@ -13,8 +13,10 @@ runtime (:mod:`._workspace`) donates to each call the buffer the last call retur
 writes the operands in place, into memory already mapped (12 blocks: 0.1-2.0k faults a step).
 Not at 24 blocks: there XLA (jaxlib 0.10.2) merges the 24 writes back into one ``concatenate``
 into a temporary and one write of it into the argument, and the faults only halve (24.8k →
-12.7k); an ``optimization_barrier`` on the offsets does not stop it (XLA:CPU removes barriers
-before it simplifies).
+12.7k). Neither does an ``optimization_barrier`` on the offsets (XLA:CPU removes barriers before
+it simplifies), writing the parts in an order with no two neighbours in turn, nor offsets XLA
+cannot compute (a part's bits shifted out: XLA still merged 16 of the 24 writes, and copied the
+whole buffer besides; benchmarks/README.md, 2026-12-06).
 
 Why it computes the same values: the operands of a ``concatenate`` tile its result along its
 dimension, so the updates, at the running offsets, overwrite every element of the argument and
