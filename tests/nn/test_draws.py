@@ -16,7 +16,9 @@ from luxc import nn
 from luxc.nn import _draws
 from tests.support import run_python
 
-SHAPES = [(), (1,), (7,), (0, 4), (3, 5, 2), (256, 768), (1000,)]
+# Ranks 0-4, empty, odd sizes: luxc draws prod(shape) elements and reshapes them.
+SHAPES = [(), (1,), (7,), (0, 4), (3, 5, 2), (256, 768), (1000,), (5, 5, 1, 6), (3, 0, 2, 2),
+          (2, 3, 5, 7)]
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 KEYS = {"typed key": jax.random.key(3), "raw uint32 key": jax.random.PRNGKey(3)}
 
@@ -41,9 +43,11 @@ def test_uniform_gives_jax_random_uniform_s_bits(shape, dtype, kind):
 def test_uniform_follows_the_threefry_layout_in_force(partitionable):
     # jax_threefry_partitionable changes the bits of a draw: the compiled program must too.
     with jax.threefry_partitionable(partitionable):
-        ours = _draws.uniform(KEYS["typed key"], (33, 5), jnp.float32, -1.0, 1.0)
-        theirs = jax.random.uniform(KEYS["typed key"], (33, 5), jnp.float32, -1.0, 1.0)
-    np.testing.assert_array_equal(_bits(ours), _bits(theirs))
+        for shape, dtype in [((33, 5), jnp.float32), ((3, 3, 5, 7), jnp.float32),
+                             ((5, 5, 3), jnp.bfloat16)]:
+            ours = _draws.uniform(KEYS["typed key"], shape, dtype, -1.0, 1.0)
+            theirs = jax.random.uniform(KEYS["typed key"], shape, dtype, -1.0, 1.0)
+            np.testing.assert_array_equal(_bits(ours), _bits(theirs))
 
 
 @pytest.mark.parametrize("kind", KEYS)
