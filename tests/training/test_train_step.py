@@ -144,6 +144,27 @@ def test_non_donating_step_keeps_the_old_state_usable(key):
         assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(ts.parameters))
 
 
+def test_an_in_place_step_leaves_the_arrays_the_train_state_was_made_from(key):
+    # The TrainState copies what it is given (same device, sharding, dtype and weak type), so
+    # donating its buffers never frees the caller's.
+    model = nn.Chain(nn.Dense(3, 4, jax.nn.relu), nn.BatchNorm(4), nn.Dense(4, 1))
+    ps, st = luxc.setup(key, model)
+    ps["layer_3"]["bias"] = jnp.zeros(1) + 0.5  # a weakly typed leaf
+    given = jax.tree.leaves((ps, st))
+    values = [np.asarray(leaf) for leaf in given]
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    for mine, theirs in zip(jax.tree.leaves((ts.parameters, ts.states)), given):
+        assert mine is not theirs and mine.unsafe_buffer_pointer() != theirs.unsafe_buffer_pointer()
+        assert (mine.sharding, mine.dtype, mine.weak_type) == (theirs.sharding, theirs.dtype,
+                                                               theirs.weak_type)
+    x = jax.random.normal(key, (8, 3))
+    for backend in BACKENDS:
+        _, _, _, ts = single_train_step_(backend, luxc.MSELoss(), (x, x[:, :1]), ts)
+    assert not any(leaf.is_deleted() for leaf in given)
+    for leaf, value in zip(given, values):
+        np.testing.assert_array_equal(leaf, value)
+
+
 def test_unknown_backend_is_a_type_error_naming_the_supported_ones(key):
     ts, data = _regression(key)
     with pytest.raises(TypeError, match=r"luxc.AutoJAX\(\), luxc.AutoForwardDiff\(\), luxc.AutoXLA\(\)"):
