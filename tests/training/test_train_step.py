@@ -149,8 +149,9 @@ def test_an_in_place_step_leaves_the_arrays_the_train_state_was_made_from(key):
     # donating its buffers never frees the caller's.
     model = nn.Chain(nn.Dense(3, 4, jax.nn.relu), nn.BatchNorm(4), nn.Dense(4, 1))
     ps, st = luxc.setup(key, model)
-    ps["layer_3"]["bias"] = jnp.zeros(1) + 0.5  # a weakly typed leaf
+    ps["layer_3"]["bias"] = jnp.full((1,), 0.5)  # a weakly typed leaf
     given = jax.tree.leaves((ps, st))
+    assert any(leaf.weak_type for leaf in given)
     values = [np.asarray(leaf) for leaf in given]
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
     for mine, theirs in zip(jax.tree.leaves((ts.parameters, ts.states)), given):
