@@ -16,8 +16,8 @@ of what separates luxc from it on the f32 block. Run it again on a new jaxlib or
 a batched speed-up near the plain one means the attention products now use every core.
 
 Each case runs in a fresh process, once with the process's cores and once pinned to one core
-(``os.sched_setaffinity`` before jax starts: XLA sizes its thread pool from the cores it may
-use). Medians of interleaved samples; no figure here is published.
+(``os.sched_setaffinity``, set before jax starts). Medians of nine samples of 20 products;
+no figure here is published.
 """
 
 from __future__ import annotations
