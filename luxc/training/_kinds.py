@@ -61,6 +61,9 @@ class StepKind:
     uses_objective: bool = True  # False: objective and model take no part in the program
     committed_outputs: bool = True  # False: outputs uncommitted, as an eager step's
     event: str | None = None  # its jax.profiler trace event, as Lux's Reactant extension names it
+    # How one call's outputs become the next call's arguments in a loop of calls (the
+    # autotuner times such loops); None: a loop repeats the same arguments.
+    chain: Callable[[tuple, tuple], tuple] | None = None
 
 
 def _training_args(ts: TrainState, data: Any) -> tuple:
@@ -69,6 +72,16 @@ def _training_args(ts: TrainState, data: Any) -> tuple:
 
 def _evaluation_args(ts: TrainState, data: Any) -> tuple:
     return (ts.parameters, ts.states, data)
+
+
+def _next_training_args(args: tuple, out: tuple) -> tuple:
+    ps, opt_state, st = out[:3]
+    return (ps, opt_state, st, args[3])
+
+
+def _next_update_args(args: tuple, out: tuple) -> tuple:
+    ps, opt_state = out
+    return (ps, opt_state, args[2])
 
 
 def _trained(ts: TrainState, obj_fn: Any, out: tuple, steps: int):
@@ -94,12 +107,12 @@ TRAIN = StepKind(
     "train", ("parameters", "optimizer_state", "states", "data"), (0, 1), _training_args,
     lambda p: _step.train(_step.gradient_fn(p.objective, p.model, p.options), p.optimizer,
                           p.return_gradients),
-    _trained, returns_gradients=True, event="Train Step")
+    _trained, returns_gradients=True, event="Train Step", chain=_next_training_args)
 TRAIN_STEPS = StepKind(
     "train_steps", ("parameters", "optimizer_state", "states", "batches"), (0, 1), _training_args,
     lambda p: _step.train_scan(_step.gradient_fn(p.objective, p.model, p.options), p.optimizer,
                                p.return_gradients),
-    _trained, returns_gradients=True, event="Train Step")
+    _trained, returns_gradients=True, event="Train Step", chain=_next_training_args)
 GRADIENTS = StepKind(
     "gradients", ("parameters", "states", "data"), (), _evaluation_args,
     lambda p: _step.gradient_fn(p.objective, p.model, p.options), _differentiated,
@@ -113,7 +126,7 @@ UPDATE = StepKind(
     "update", ("parameters", "optimizer_state", "gradients"), (0, 1),
     lambda ts, grads: (ts.parameters, ts.optimizer_state, grads),
     lambda p: _step.update(p.optimizer), _updated, uses_objective=False,
-    committed_outputs=False, event="Apply Gradients")
+    committed_outputs=False, event="Apply Gradients", chain=_next_update_args)
 
 KINDS = {k.name: k for k in (TRAIN, TRAIN_STEPS, GRADIENTS, OBJECTIVE, UPDATE)}
 
@@ -149,12 +162,12 @@ _SCALED_TRAIN = StepKind(
     "train", TRAIN.arg_names, (0, 1), _scaled_args,
     lambda p: _counting_skips(_step.train_step(p.objective, p.model, p.optimizer,
                                                p.return_gradients, p.options)),
-    _scaled_trained, returns_gradients=True, event="Train Step")
+    _scaled_trained, returns_gradients=True, event="Train Step", chain=_next_training_args)
 _SCALED_TRAIN_STEPS = StepKind(
     "train_steps", TRAIN_STEPS.arg_names, (0, 1), _scaled_args,
     lambda p: _counting_skips(_step.scan(
         _step.train_step(p.objective, p.model, p.optimizer, True, p.options), p.return_gradients)),
-    _scaled_trained, returns_gradients=True, event="Train Step")
+    _scaled_trained, returns_gradients=True, event="Train Step", chain=_next_training_args)
 _SCALED = {"train": _SCALED_TRAIN, "train_steps": _SCALED_TRAIN_STEPS}
 
 
@@ -186,7 +199,8 @@ def entry(kind: StepKind, cache: ExecutableCache, program: Program, args: tuple,
 
     # Autotuned: the fastest candidate, cached under options that say autotune=True.
     with jax.profiler.TraceAnnotation(f"Compile {kind.event or kind.name}"):
-        exe = (tune(compile_with, args, options, jax.default_backend()) if options.autotune
+        exe = (tune(compile_with, args, options, jax.default_backend(), chain=kind.chain)
+               if options.autotune
                else compile_with(options))
     return cache.add(key, signature, exe)
 

@@ -2,10 +2,16 @@
 configurations that matter on the platform, each compiled and timed on a copy of the step's
 arguments; the fastest is kept, and the choice with its measured alternatives is recorded.
 
-    candidates ──compile──▶ executables ──warm-up, then rounds of one call each on a copy of
+    candidates ──compile──▶ executables ──warm-up, then rounds of one sample each on a copy of
     the arguments, order rotated──▶ per-round ratios to the default, their median ──min (the
     default unless another is more than 3% faster)──▶ the cached executable, its
     AutotuneReport
+
+A sample of a training step is what a user's loop pays: a few calls dispatched back to back,
+each on the state the last one returned, synchronised once (``chain``). One synchronised call
+would rank a short step by its latency — the wake-up and fixed costs a loop hides: on the tiny
+MLP of ``benchmarks/`` "no YNN fusions" took 0.90× the default's latency and 1.02× its time in
+a loop (2026-12-06); tuning by latency kept it in one of two tries.
 
 The candidates are few on purpose (:func:`candidates`): on CPU the default pipeline, no luxc
 passes, XLA:CPU's YNNPACK fusions off and its fusion emitters off (both flags exist in jaxlib
@@ -86,7 +92,7 @@ class AutotuneReport:
              "median_seconds": times[c.name]} for c in self.tried]}
 
     def __str__(self) -> str:
-        times = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in self.seconds)
+        times = ", ".join(f"{n} {s * 1e3:.3g} ms" for n, s in self.seconds)
         return f"autotune: kept {self.chosen} ({times})"
 
 
@@ -112,30 +118,51 @@ def _copy(args: Sequence[Any]) -> list[Any]:
     return jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, list(args))
 
 
+# How a call's outputs become the next call's arguments (a training step: the new parameters,
+# optimiser state and model states, the same data).
+Chain = Callable[[Sequence[Any], Any], Sequence[Any]]
+
+# A chained sample lasts about this long: long enough that one synchronisation is a small part
+# of it, short enough that a tuning run stays within its budget.
+SAMPLE_SECONDS = 2e-3
+MAX_CALLS_PER_SAMPLE = 64
+
+
 def interleaved_seconds(calls: Mapping[str, Callable[..., Any]], args: Sequence[Any], *,
-                        warmup: int = 3, budget: float = 4.0,
+                        chain: Chain | None = None, warmup: int = 3, budget: float = 4.0,
                         rounds: tuple[int, int] = (9, 200)) -> dict[str, float]:
-    """Seconds of one synchronised call of each executable in ``calls`` on a fresh copy of
-    ``args`` (a donating step never consumes them): ``warmup`` untimed calls each, then rounds
-    of one call of every candidate, the order rotated each round, as many rounds as fit in
-    ``budget`` seconds within ``rounds`` (least, most).
+    """Seconds per call of each executable in ``calls``, each sample on a fresh copy of
+    ``args`` (a donating step never consumes them): ``warmup`` untimed samples each, then
+    rounds of one sample of every candidate, the order rotated each round, as many rounds as
+    fit in ``budget`` seconds within ``rounds`` (least, most).
+
+    A sample is one synchronised call; with ``chain``, as many calls as take about
+    ``SAMPLE_SECONDS`` (at most ``MAX_CALLS_PER_SAMPLE``, the same number for every candidate),
+    each on ``chain(arguments, outputs)`` of the one before, synchronised once at the end.
 
     Each candidate's figure is the first one's median time times the median of its per-round
     ratios to it: a ratio taken within one round cancels what the machine's load does to both,
     which a ratio of two medians over the whole run does not."""
-    def once(call: Callable[..., Any]) -> float:
-        fresh = jax.block_until_ready(_copy(args))
+    def sample(call: Callable[..., Any], k: int) -> float:
+        current = jax.block_until_ready(_copy(args))
         t0 = time.perf_counter()
-        jax.block_until_ready(call(*fresh))
-        return time.perf_counter() - t0
+        out = call(*current)
+        for _ in range(k - 1):
+            current = chain(current, out)
+            out = call(*current)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) / k
 
     names = list(calls)
-    warm = sum(min(once(calls[n]) for _ in range(warmup)) for n in names)
+    latency = {n: min(sample(calls[n], 1) for _ in range(warmup)) for n in names}
+    k = 1 if chain is None else max(1, min(MAX_CALLS_PER_SAMPLE,
+                                           int(SAMPLE_SECONDS / max(latency[names[0]], 1e-9))))
+    warm = sum(latency.values()) * k
     n_rounds = max(rounds[0], min(rounds[1], int(budget / max(warm, 1e-9))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(n_rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            samples[n].append(once(calls[n]))
+            samples[n].append(sample(calls[n], k))
     first = samples[names[0]]
     base = statistics.median(first)
     return {n: base * statistics.median(t / f for t, f in zip(v, first)) for n, v in samples.items()}
@@ -145,13 +172,15 @@ Timer = Callable[[Mapping[str, Callable[..., Any]], Sequence[Any]], Mapping[str,
 
 
 def tune(build: Callable[[CompileOptions], Any], args: Sequence[Any], options: CompileOptions,
-         platform: str, timer: Timer | None = None) -> Any:
+         platform: str, timer: Timer | None = None, chain: Chain | None = None) -> Any:
     """Build (``build(options) -> Executable``) every candidate, time them together on
-    ``args`` (``timer``, default :func:`interleaved_seconds`) and return the fastest
-    executable with its :class:`AutotuneReport` as ``autotune_report``."""
+    ``args`` (``timer``, default :func:`interleaved_seconds`, chaining calls by ``chain``) and
+    return the fastest executable with its :class:`AutotuneReport` as ``autotune_report``."""
     tried = candidates(platform, options)
     built = {c.name: build(c.options(options)) for c in tried}
-    seconds = (timer or interleaved_seconds)({n: e.call for n, e in built.items()}, args)
+    calls = {n: e.call for n, e in built.items()}
+    seconds = (timer(calls, args) if timer is not None
+               else interleaved_seconds(calls, args, chain=chain))
     report = choose(tried, seconds)
     exe = built[report.chosen]
     exe.autotune_report = report

@@ -37,7 +37,7 @@ def _problem():
 
 def _prefer(name):
     """A timer under which candidate ``name`` is the fastest (the others 1 s a step)."""
-    return lambda calls, args: {n: 0.0 if n == name else 1.0 for n in calls}
+    return lambda calls, args, **how: {n: 0.0 if n == name else 1.0 for n in calls}
 
 
 def test_choose_keeps_the_least_median_and_gives_a_tie_to_the_earlier():
@@ -72,6 +72,54 @@ def test_the_timer_compares_candidates_within_each_round(monkeypatch):
     seconds = autotune.interleaved_seconds({"default": call(2.0), "faster": call(1.0)},
                                            [jnp.zeros(2)], warmup=1, budget=0.0, rounds=(10, 10))
     assert seconds["faster"] / seconds["default"] == pytest.approx(0.5, rel=0.06)
+
+
+def test_a_chained_sample_is_a_loop_of_calls_on_what_the_last_one_returned(monkeypatch):
+    """With ``chain`` a sample is a loop: each call gets what the one before returned, from a
+    fresh copy of the arguments each sample, and the figure is the sample's time per call."""
+    clock, seen = {"t": 0.0}, []
+
+    def step(count, data):
+        clock["t"] += 1e-5
+        seen.append(int(count))
+        return count + 1, data
+
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock["t"])
+    args = [jnp.int32(0), jnp.ones(2)]
+    seconds = autotune.interleaved_seconds({"default": step}, args, chain=lambda a, out: out,
+                                           warmup=1, budget=0.0, rounds=(2, 2))
+    k = autotune.MAX_CALLS_PER_SAMPLE  # 10 µs a call: 2 ms would be 200 calls
+    assert seen == [0] + list(range(k)) * 2  # the warm-up's one call, then two samples
+    assert seconds["default"] == pytest.approx(1e-5)
+    seen.clear()
+    autotune.interleaved_seconds({"default": step}, args, warmup=1, budget=0.0, rounds=(2, 2))
+    assert seen == [0, 0, 0]  # without a chain: one call a sample, on the same arguments
+
+
+def test_the_tuner_times_the_training_loop_a_user_runs(monkeypatch):
+    """The calls of a tuning sample are steps of training: their losses are those of
+    ``single_train_step`` run as many times from the same TrainState."""
+    losses = []
+    real = autotune.interleaved_seconds
+
+    def record(calls, args, **how):
+        def default(*a):
+            out = calls["default"](*a)
+            losses.append(float(out[3]))
+            return out
+        real({"default": default}, args, warmup=1, budget=0.0, rounds=(1, 1), **how)
+        return dict.fromkeys(calls, 1.0)
+
+    monkeypatch.setattr(autotune, "interleaved_seconds", record)
+    monkeypatch.setattr(autotune, "SAMPLE_SECONDS", 1e9)
+    monkeypatch.setattr(autotune, "MAX_CALLS_PER_SAMPLE", 5)
+    ts, data = _problem()
+    luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=luxc.CompileOptions(autotune=True))
+    expected = []
+    for _ in range(5):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        expected.append(float(loss))
+    np.testing.assert_allclose(losses, expected[:1] + expected, rtol=1e-5)
 
 
 def test_cpu_candidates_vary_passes_and_xla_options_the_user_left_free():
@@ -132,7 +180,7 @@ def test_a_tuned_step_is_reused_from_the_cache_and_never_timed_again(monkeypatch
     timed = []
     real = autotune.interleaved_seconds
     monkeypatch.setattr(autotune, "interleaved_seconds",
-                        lambda calls, args: timed.append(list(calls)) or real(calls, args))
+                        lambda calls, args, **how: timed.append(list(calls)) or real(calls, args, **how))
     ts, data = _problem()
     options = luxc.CompileOptions(autotune=True)
     for _ in range(3):
