@@ -66,7 +66,9 @@ def main(retain_host_memory: bool) -> None:
     """luxc: Lux.jl's training utilities on JAX, with the step compiled ahead of time."""
     if retain_host_memory:
         # Before any command starts XLA's worker threads, so they share the one arena.
-        _retain_host_memory(one_arena=True)
+        result = _retain_host_memory(one_arena=True)
+        if result.reason:  # not glibc, or heaps made before the call: say so, then go on
+            click.echo(f"luxc: --retain-host-memory: {result.reason}", err=True)
 
 
 def load_factory(spec: str) -> Callable[[], Any]:

@@ -48,11 +48,14 @@ _SETTINGS = (
 @dataclasses.dataclass(frozen=True)
 class RetainedMemory:
     """What :func:`retain_host_memory` did: ``applied`` is False where the C library is not
-    glibc (musl, macOS, Windows), with ``reason`` saying so."""
+    glibc (musl, macOS, Windows), with ``reason`` saying so. With ``one_arena=True``,
+    ``other_arenas`` counts the heaps threads had already made before the call (glibc keeps
+    them and may hand one to a thread started later); ``reason`` then says how to avoid them."""
 
     applied: bool
     settings: dict[str, int]
     reason: str = ""
+    other_arenas: int = 0
 
 
 def _glibc():
@@ -66,6 +69,29 @@ def _glibc():
     except (OSError, AttributeError, TypeError):
         return None, ""
     return libc, version
+
+
+def _arena_count(libc) -> int | None:
+    """How many malloc arenas the process has (``malloc_info``'s ``<heap>`` elements), or None
+    if glibc cannot say."""
+    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+    try:
+        libc.open_memstream.restype = ctypes.c_void_p
+        libc.open_memstream.argtypes = (ctypes.POINTER(ctypes.c_void_p),
+                                        ctypes.POINTER(ctypes.c_size_t))
+        libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        libc.fclose.argtypes = (ctypes.c_void_p,)
+        libc.free.argtypes = (ctypes.c_void_p,)
+        stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    except AttributeError:
+        return None
+    if not stream:
+        return None
+    failed = libc.malloc_info(0, stream) != 0
+    libc.fclose(stream)
+    text = ctypes.string_at(buffer, size.value) if buffer.value else b""
+    libc.free(buffer)
+    return None if failed else text.count(b"<heap nr=")
 
 
 def glibc_version() -> str | None:
@@ -85,7 +111,10 @@ def retain_host_memory(*, one_arena: bool = False) -> RetainedMemory:
     for it, which is how XLA:CPU allocates a step's temporaries when they form one heap (an
     executable read from an artifact or the persistent cache). ``one_arena=True`` also puts
     every thread created afterwards on the main heap (``M_ARENA_MAX = 1``), which keeps those
-    too; call it before the first computation starts XLA's worker threads.
+    too; call it before the first computation starts XLA's worker threads. A heap another
+    thread made before the call stays, and glibc may give it to a thread started later (a
+    thread that ended leaves its heap to the next one): the result's ``other_arenas`` counts
+    them. ``MALLOC_ARENA_MAX=1`` in the environment, before Python starts, has none.
 
     Returns what was set; on a C library other than glibc it changes nothing.
 
@@ -104,4 +133,9 @@ def retain_host_memory(*, one_arena: bool = False) -> RetainedMemory:
         if libc.mallopt(parameter, value) != 1:
             return RetainedMemory(False, settings, f"glibc {version} refused mallopt({name})")
         settings[name] = value
+    others = max((_arena_count(libc) or 1) - 1, 0) if one_arena else 0
+    if others:
+        return RetainedMemory(True, settings, (
+            f"{others} malloc heap(s) made by threads before this call remain and may serve a "
+            "later thread; for one heap set MALLOC_ARENA_MAX=1 before Python starts"), others)
     return RetainedMemory(True, settings)
