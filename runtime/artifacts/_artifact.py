@@ -72,7 +72,7 @@ from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.files._temporary_names import remove_stale_temporaries, temporary_name
 from luxc.runtime.messages._shown import shown
 from luxc.runtime.performance._hlo_flops import step_flops
-from luxc.runtime.trust._module_check import check_untrusted
+from luxc.runtime.trust._module_check import check_artifact_modules
 from luxc.runtime.trust._native_calls import NativeCallCheck
 from luxc.runtime.trust._untrusted_options import untrusted_xla_options
 from luxc.runtime.trust._user_key import KeyUnavailable, sign
@@ -289,14 +289,14 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
     artifact = _read_for_host(directory)
     manifest, host = artifact.manifest, jax.default_backend()
     trust = (allow_device_kernels, allow_unchecked_native_calls)
-    native_check = None
-    if not artifact.signed_by_this_user:
-        targets = check_untrusted(artifact.files["step.jaxexport"], str(artifact.directory),
-                                  mesh=manifest.mesh, directory=artifact.directory,
-                                  allow_device_kernels=allow_device_kernels)
+    native_check, checked = None, None
+    if not artifact.signed_by_this_user:  # its modules checked in one child process
+        checked = check_artifact_modules(
+            artifact.files, ("step.jaxexport", FORWARD_FILE, EVALUATE_FILE), artifact.directory,
+            mesh=manifest.mesh, allow_device_kernels=allow_device_kernels)
         native_check = NativeCallCheck.for_module(
-            targets, f"{artifact.directory} (step.jaxexport)", allow_unchecked_native_calls,
-            allow_device_kernels)
+            checked["step.jaxexport"], f"{artifact.directory} (step.jaxexport)",
+            allow_unchecked_native_calls, allow_device_kernels)
     try:
         exported = jax_export.deserialize(bytearray(artifact.files["step.jaxexport"]))
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot read this module"
@@ -324,9 +324,9 @@ def load(directory: str | Path, *, allow_device_kernels: bool = False,
         warnings.warn(note, stacklevel=2)
     source = "serialized executable" if loaded_executable else "compiled from StableHLO"
     forward = load_forward(artifact.files, manifest, artifact.directory,
-                           artifact.signed_by_this_user, *trust)
+                           artifact.signed_by_this_user, *trust, checked=checked)
     evaluate = load_evaluate(artifact.files, manifest, artifact.directory,
-                             artifact.signed_by_this_user, *trust)
+                             artifact.signed_by_this_user, *trust, checked=checked)
     return LoadedStep(artifact, exported, compiled, source, notes, shardings, forward, evaluate,
                       xla_options, native_check)
 

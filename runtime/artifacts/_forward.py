@@ -21,7 +21,7 @@ per batch size, with no XLA option taken from the manifest.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +174,12 @@ def _check_signature(exported: jax_export.Exported, manifest: Manifest, spec: Pr
 
 def _load(kind: type[_Program], files: dict[str, bytes], manifest: Manifest,
           directory: Path, file: str, signed: bool, allow_device_kernels: bool,
-          allow_unchecked_native_calls: bool) -> _Program:
+          allow_unchecked_native_calls: bool, checked: Mapping[str, set[str]] | None) -> _Program:
     native_check = None
     if not signed:
-        targets = check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.mesh,
-                                  directory=directory, allow_device_kernels=allow_device_kernels)
+        targets = (checked[file] if checked is not None and file in checked else
+                   check_untrusted(files[file], f"{directory} ({file})", mesh=manifest.mesh,
+                                   directory=directory, allow_device_kernels=allow_device_kernels))
         native_check = NativeCallCheck.for_module(targets, f"{directory} ({file})",
                                                   allow_unchecked_native_calls,
                                                   allow_device_kernels)
@@ -195,23 +196,27 @@ def _load(kind: type[_Program], files: dict[str, bytes], manifest: Manifest,
 
 def load_evaluate(files: dict[str, bytes], manifest: Manifest, directory: Path,
                   signed: bool, allow_device_kernels: bool = False,
-                  allow_unchecked_native_calls: bool = False) -> Evaluate | None:
-    """The artifact's evaluation program (``None`` when it has none), checked like the step."""
+                  allow_unchecked_native_calls: bool = False, *,
+                  checked: Mapping[str, set[str]] | None = None) -> Evaluate | None:
+    """The artifact's evaluation program (``None`` when it has none), checked like the step
+    (``checked``: the custom-call targets a check of the whole artifact found, by file)."""
     if EVALUATE_FILE not in files:
         return None
     return _load(Evaluate, files, manifest, directory, EVALUATE_FILE, signed,
-                 allow_device_kernels, allow_unchecked_native_calls)
+                 allow_device_kernels, allow_unchecked_native_calls, checked)
 
 
 def load_forward(files: dict[str, bytes], manifest: Manifest, directory: Path,
                  signed: bool, allow_device_kernels: bool = False,
-                 allow_unchecked_native_calls: bool = False) -> Forward | None:
+                 allow_unchecked_native_calls: bool = False, *,
+                 checked: Mapping[str, set[str]] | None = None) -> Forward | None:
     """The artifact's forward pass (``None`` when it has none), its module checked first when
-    this user did not sign the artifact."""
+    this user did not sign the artifact (unless ``checked`` has its file's custom-call targets
+    from a check of the whole artifact)."""
     if FORWARD_FILE not in files:
         return None
     return _load(Forward, files, manifest, directory, FORWARD_FILE, signed,
-                 allow_device_kernels, allow_unchecked_native_calls)
+                 allow_device_kernels, allow_unchecked_native_calls, checked)
 
 
 def read_input(path: str | Path, forward: Forward, what: str | None = None) -> NpyRows:
