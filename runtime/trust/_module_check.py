@@ -23,18 +23,24 @@ refused unless the user opts in (``luxc.load(..., allow_device_kernels=True)``,
 
 The child is :func:`_main`: one or more ``.jaxexport`` modules on standard input (an artifact's
 are checked together, so jax is imported once), each module's custom-call targets as a line of
-JSON on standard output.
+JSON on standard output, ``{"module": i, "targets": [...]}``, flushed as each module is done.
+Each module has its own time limit, counted from the answer about the one before; an answer out
+of turn is a failure; what an earlier module calls is judged before a later one's failure is
+reported; the child's last exception line reaches the user escaped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -50,6 +56,10 @@ _NEVER = {"tf.call_tf_function"}
 # Targets whose attributes carry a compiled kernel (device code someone else built).
 DEVICE_KERNEL_TARGETS = frozenset({"mosaic_gpu_v2", "tpu_custom_call"})
 _DEVICE_KERNEL_NAME = re.compile(r"mosaic|pallas|triton|tpu_custom_call", re.IGNORECASE)
+# An answer line's bound (a module's sorted targets), and how much of stderr is read back.
+_MAX_ANSWER = 1 << 20
+# A Python exception's line ("ValueError: ...", "jax.errors.Foo: ..."), not jax's notes after it.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 # The child: the parent's import path comes as argv[1] (JSON), the mesh as argv[2], the sizes of
 # the modules (concatenated on standard input) as argv[3].
 _CHILD = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
@@ -94,33 +104,114 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
                             allow_device_kernels: bool = False) -> dict[str, set[str]]:
     """:func:`check_untrusted` for several modules (``what`` -> ``.jaxexport`` bytes, e.g. an
     artifact's step, forward pass and evaluation) in one child process, which imports jax once
-    rather than once a module; each module has ``timeout`` seconds. Returns each module's
-    custom-call targets; an error names the module that failed."""
-    names, blobs = list(modules), [bytes(b) for b in modules.values()]
+    rather than once a module. Each module has ``timeout`` seconds of its own, counted from the
+    answer about the one before. Returns each module's custom-call targets; an error names the
+    module it is about."""
+    names = list(modules)
     path = child_import_path(*([directory] if directory is not None else []))
     argv = [sys.executable, "-I", "-W", "ignore", "-c", _CHILD, json.dumps(path),
-            json.dumps(mesh), json.dumps([len(b) for b in blobs])]
-    try:
-        with tempfile.TemporaryDirectory(prefix="luxc-module-check-") as empty:
-            child = subprocess.run(
-                argv, input=b"".join(blobs), capture_output=True, timeout=timeout * len(blobs),
-                cwd=empty, env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
-    except subprocess.TimeoutExpired as e:
-        what = names[min(len(_lines(e.stdout)), len(names) - 1)]
-        raise ArtifactError(f"{what}: checking its StableHLO did not finish in {timeout:.0f} s; "
-                            "luxc refuses it") from None
-    done = _lines(child.stdout)
-    if child.returncode != 0 or len(done) != len(names):
-        what = names[min(len(done), len(names) - 1)]
+            json.dumps(mesh), json.dumps([len(modules[n]) for n in names])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    with (tempfile.TemporaryDirectory(prefix="luxc-module-check-") as empty,
+          tempfile.TemporaryFile() as errors):
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=errors, cwd=empty, env=env)
+        # Written by a thread, one module after the other: no joined copy, nothing on disk.
+        threading.Thread(target=_feed, args=(child, [modules[n] for n in names]),
+                         daemon=True).start()
+        try:
+            found, failed = _answers(child, names, timeout)
+            if failed is None:  # every module answered: the child ends on its own
+                try:
+                    child.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    failed = "timeout"
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdout.close()
+        for what, targets in found.items():  # what an earlier module calls is said first
+            _refuse_unlisted(targets, what, allow_device_kernels)
+        if failed is None and child.returncode == 0:
+            return found
+        what = names[min(len(found), len(names) - 1)]  # the one it was on (or the last)
+        if failed == "timeout":
+            raise ArtifactError(f"{what}: checking its StableHLO did not finish in "
+                                f"{timeout:.0f} s; luxc refuses it")
         how = (f"killed by signal {signal.Signals(-child.returncode).name}"
-               if child.returncode < 0 else f"exit code {child.returncode}")
-        last = (child.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+               if child.returncode < 0 else f"exit code {child.returncode}"
+               if child.returncode else "it answered out of turn")
+        last = _last_error_line(errors)
         raise ArtifactError(f"{what}: its StableHLO made the checking process fail ({how}"
-                            f"{': ' + last[:200] if last else ''}); luxc refuses it")
-    targets = {what: set(json.loads(line)) for what, line in zip(names, done)}
-    for what, found in targets.items():
-        _refuse_unlisted(found, what, allow_device_kernels)
-    return targets
+                            f"{': ' + shown(last, 200) if last else ''}); luxc refuses it")
+
+
+def _feed(child: subprocess.Popen, modules: list[bytes]) -> None:
+    try:
+        for module in modules:
+            child.stdin.write(module)
+        child.stdin.close()
+    except (OSError, ValueError):  # the child ended (or was stopped) before reading them all
+        pass
+
+
+def _answers(child: subprocess.Popen, names: list[str], timeout: float
+             ) -> tuple[dict[str, set[str]], str | None]:
+    """Read the child's answer about each module in turn, each within ``timeout`` seconds;
+    return the targets of those answered and ``None``, ``"timeout"`` or ``"failed"`` (the child
+    ended, or answered out of turn, before the next one)."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:  # a thread, so that waiting for a line has a time limit on any OS
+        try:
+            while line := child.stdout.readline(_MAX_ANSWER):
+                lines.put(line)
+        except (OSError, ValueError):  # the pipe closed under it: the child was stopped
+            pass
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    found: dict[str, set[str]] = {}
+    for index, what in enumerate(names):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                return found, "timeout"
+            if line is None:
+                return found, "failed"
+            if line.startswith(b'{"module": '):  # anything else on stdout is not an answer
+                break
+        targets = _answer(line, index)
+        if targets is None:
+            return found, "failed"
+        found[what] = targets
+    return found, None
+
+
+def _answer(line: bytes, index: int) -> set[str] | None:
+    """The targets of the child's answer ``{"module": index, "targets": [...]}``, or ``None``
+    if it is not that."""
+    try:
+        answer = json.loads(line)
+        targets = answer["targets"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if (answer.get("module") != index or not isinstance(targets, list)
+            or not all(isinstance(t, str) for t in targets)):
+        return None
+    return set(targets)
+
+
+def _last_error_line(errors) -> str:
+    """The child's exception line from the end of its stderr (else its last line)."""
+    errors.seek(0, os.SEEK_END)
+    errors.seek(max(errors.tell() - _MAX_ANSWER, 0))
+    lines = errors.read().decode(errors="replace").strip().splitlines()
+    return next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)),
+                lines[-1] if lines else "")
 
 
 def check_artifact_modules(files: Mapping[str, bytes], names: Sequence[str],
@@ -133,12 +224,6 @@ def check_artifact_modules(files: Mapping[str, bytes], names: Sequence[str],
     found = check_untrusted_modules({w: files[f] for f, w in whats.items()}, mesh=mesh,
                                     directory=directory, allow_device_kernels=allow_device_kernels)
     return {f: found[w] for f, w in whats.items()}
-
-
-def _lines(output: bytes | None) -> list[str]:
-    """The child's complete result lines (one JSON list a module checked)."""
-    text = (output or b"").decode(errors="replace")
-    return [line for line in text.split("\n")[:-1] if line.startswith("[")]
 
 
 def _refuse_unlisted(targets: set[str], what: str, allow_device_kernels: bool) -> None:
@@ -172,15 +257,18 @@ def _main() -> None:
     from jax import export as jax_export
 
     mesh, sizes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-    data = sys.stdin.buffer.read()
-    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    if offsets[-1] != len(data):
-        raise SystemExit(f"expected {offsets[-1]} bytes of modules, read {len(data)}")
-    for start, end in zip(offsets, offsets[1:]):
-        exported = jax_export.deserialize(bytearray(data[start:end]))
+    for index, size in enumerate(sizes):
+        data = bytearray(size)  # one module at a time in memory
+        view, got = memoryview(data), 0
+        while got < size and (n := sys.stdin.buffer.readinto(view[got:])):
+            got += n
+        if got != size:
+            raise SystemExit(f"module {index}: expected {size} bytes, read {got}")
+        exported = jax_export.deserialize(data)
         shardings = input_shardings(mesh, exported)
         args = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
                 for a, s in zip(exported.in_avals, shardings)]
         jax.jit(exported.call).lower(*args)  # where fuzzed modules crashed or hung
-        # One line a module, flushed: if a later module crashes the child, the parent knows which.
-        print(json.dumps(sorted(custom_call_targets(exported))), flush=True)
+        # One line a module, flushed: the parent times each module and names the one that failed.
+        answer = {"module": index, "targets": sorted(custom_call_targets(exported))}
+        print(json.dumps(answer), flush=True)

@@ -543,9 +543,9 @@ def test_an_unsigned_artifacts_modules_are_checked_in_one_process_that_names_a_b
     # (three took `luxc run` 7.4 s, one 4.3 s); what it refuses still names its file.
     import luxc.runtime.trust._module_check as module_check
 
-    children, real_run = [], module_check.subprocess.run
-    monkeypatch.setattr(module_check.subprocess, "run",
-                        lambda argv, **kw: children.append(json.loads(argv[-1])) or real_run(argv, **kw))
+    children, real_popen = [], module_check.subprocess.Popen
+    monkeypatch.setattr(module_check.subprocess, "Popen",
+                        lambda argv, **kw: children.append(json.loads(argv[-1])) or real_popen(argv, **kw))
     modules = sorted(f.name for f in art.glob("*.jaxexport"))
     assert modules == ["evaluate.jaxexport", "forward.jaxexport", "step.jaxexport"]
     with warnings.catch_warnings():
