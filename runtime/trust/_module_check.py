@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -108,14 +107,18 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
     answer about the one before. Returns each module's custom-call targets; an error names the
     module it is about."""
     names = list(modules)
+    if not names:
+        return {}
     path = child_import_path(*([directory] if directory is not None else []))
     argv = [sys.executable, "-I", "-W", "ignore", "-c", _CHILD, json.dumps(path),
             json.dumps(mesh), json.dumps([len(modules[n]) for n in names])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     with (tempfile.TemporaryDirectory(prefix="luxc-module-check-") as empty,
           tempfile.TemporaryFile() as errors):
+        # Its own process group, so that stopping it stops whatever it started too.
         child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=errors, cwd=empty, env=env)
+                                 stderr=errors, cwd=empty, env=env,
+                                 start_new_session=os.name == "posix")
         # Written by a thread, one module after the other: no joined copy, nothing on disk.
         threading.Thread(target=_feed, args=(child, [modules[n] for n in names]),
                          daemon=True).start()
@@ -127,24 +130,40 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
                 except subprocess.TimeoutExpired:
                     failed = "timeout"
         finally:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-            child.stdout.close()
+            _stop(child)
         for what, targets in found.items():  # what an earlier module calls is said first
             _refuse_unlisted(targets, what, allow_device_kernels)
         if failed is None and child.returncode == 0:
             return found
         what = names[min(len(found), len(names) - 1)]  # the one it was on (or the last)
-        if failed == "timeout":
-            raise ArtifactError(f"{what}: checking its StableHLO did not finish in "
-                                f"{timeout:.0f} s; luxc refuses it")
-        how = (f"killed by signal {signal.Signals(-child.returncode).name}"
-               if child.returncode < 0 else f"exit code {child.returncode}"
-               if child.returncode else "it answered out of turn")
-        last = _last_error_line(errors)
-        raise ArtifactError(f"{what}: its StableHLO made the checking process fail ({how}"
-                            f"{': ' + shown(last, 200) if last else ''}); luxc refuses it")
+        raise _failure(what, failed, child.returncode, timeout, _last_error_line(errors))
+
+
+def _stop(child: subprocess.Popen) -> None:
+    """Kill the child (and its process group) if it still runs, and reap it. Its stdout is left
+    to the thread reading it, which may be inside a read (closing it here would wait for it)."""
+    if child.poll() is None:
+        try:
+            if os.name == "posix":
+                os.killpg(child.pid, signal.SIGKILL)  # not yet reaped: the group is still its
+            else:
+                child.kill()
+        except OSError:  # it ended meanwhile
+            pass
+    child.wait()
+
+
+def _failure(what: str, failed: str | None, returncode: int, timeout: float,
+             last: str) -> ArtifactError:
+    if failed == "timeout":
+        return ArtifactError(f"{what}: checking its StableHLO did not finish in {timeout:.0f} s; "
+                             "luxc refuses it")
+    how = ("it answered out of turn" if failed == "out of turn"
+           else f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
+           else f"exit code {returncode}" if returncode
+           else "it ended without answering")
+    return ArtifactError(f"{what}: its StableHLO made the checking process fail ({how}"
+                         f"{': ' + shown(last, 200) if last else ''}); luxc refuses it")
 
 
 def _feed(child: subprocess.Popen, modules: list[bytes]) -> None:
@@ -159,14 +178,20 @@ def _feed(child: subprocess.Popen, modules: list[bytes]) -> None:
 def _answers(child: subprocess.Popen, names: list[str], timeout: float
              ) -> tuple[dict[str, set[str]], str | None]:
     """Read the child's answer about each module in turn, each within ``timeout`` seconds;
-    return the targets of those answered and ``None``, ``"timeout"`` or ``"failed"`` (the child
-    ended, or answered out of turn, before the next one)."""
+    return the targets of those answered and ``None``, ``"timeout"``, ``"out of turn"`` or
+    ``"ended"`` (the child's output ended before the next answer)."""
+    # Only answer lines are kept, and no more than there are modules: memory stays bounded
+    # whatever the child writes, before, between or after its answers.
     lines: queue.Queue = queue.Queue()
 
     def pump() -> None:  # a thread, so that waiting for a line has a time limit on any OS
+        wanted = len(names)
         try:
-            while line := child.stdout.readline(_MAX_ANSWER):
-                lines.put(line)
+            while wanted and (line := child.stdout.readline(_MAX_ANSWER)):
+                if line.startswith(b'{"module": '):
+                    lines.put(line)
+                    wanted -= 1
+            child.stdout.close()
         except (OSError, ValueError):  # the pipe closed under it: the child was stopped
             pass
         lines.put(None)
@@ -174,19 +199,15 @@ def _answers(child: subprocess.Popen, names: list[str], timeout: float
     threading.Thread(target=pump, daemon=True).start()
     found: dict[str, set[str]] = {}
     for index, what in enumerate(names):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                return found, "timeout"
-            if line is None:
-                return found, "failed"
-            if line.startswith(b'{"module": '):  # anything else on stdout is not an answer
-                break
+        try:
+            line = lines.get(timeout=max(timeout, 0))
+        except queue.Empty:
+            return found, "timeout"
+        if line is None:
+            return found, "ended"
         targets = _answer(line, index)
         if targets is None:
-            return found, "failed"
+            return found, "out of turn"
         found[what] = targets
     return found, None
 
@@ -197,7 +218,7 @@ def _answer(line: bytes, index: int) -> set[str] | None:
     try:
         answer = json.loads(line)
         targets = answer["targets"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
     if (answer.get("module") != index or not isinstance(targets, list)
             or not all(isinstance(t, str) for t in targets)):

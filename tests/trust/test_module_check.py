@@ -5,7 +5,10 @@ module it is about, and what the child writes reaches the terminal escaped.
 A stand-in child (``_CHILD`` replaced) plays a slow or failing checker; the real one is
 exercised by tests/trust/test_files_are_data.py and test_stranger_artifact.py."""
 
+import os
 import re
+import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,68 @@ def test_an_answer_out_of_turn_is_a_failure_not_a_result(stand_in, monkeypatch):
     stand_in([0, 0])
     with pytest.raises(ArtifactError, match=r"^a: its StableHLO made the checking process fail"):
         check_untrusted_modules({"a": b"x", "b": b"y"}, timeout=60)
+
+
+# Answers module 0, then writes to stdout without end, counting the bytes the parent took.
+_FLOOD = """
+import json, os, sys
+sys.stdin.buffer.read()
+print(json.dumps({"module": 0, "targets": []}), flush=True)
+written, chunk = 0, b"x" * 65535 + b"\\n"
+while True:
+    written += os.write(1, chunk)
+    with open(os.environ["STAND_IN_COUNT"], "w") as f:
+        f.write(str(written))
+"""
+
+
+def test_what_a_child_writes_after_its_answers_is_not_kept(tmp_path, monkeypatch):
+    # Refused (the parent stops reading once it has every answer: the child's next writes
+    # fail), having written no more than the pipe holds and one answer line's bound.
+    monkeypatch.setattr(module_check, "_CHILD", _FLOOD)
+    monkeypatch.setenv("STAND_IN_COUNT", str(tmp_path / "count"))
+    with pytest.raises(ArtifactError, match=r"^a: .*; luxc refuses it$"):
+        check_untrusted_modules({"a": b"x"}, timeout=2)
+    count = tmp_path / "count"  # absent: its first write after the answer already failed
+    assert (int(count.read_text()) if count.exists() else 0) < 4 * 2**20
+
+
+# Starts a process that keeps its stdout (a copy of the child's) open, then hangs.
+_GRANDCHILD = """
+import os, subprocess, sys, time
+sys.stdin.buffer.read()
+sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+with open(os.environ["STAND_IN_PID"], "w") as f:
+    f.write(str(sleeper.pid))
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[:2] == ["State:", "Z"] for line in f)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(os.name != "posix" or not Path("/proc/self").exists(),
+                    reason="process groups and /proc")
+def test_a_child_that_started_a_process_is_stopped_with_it_on_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(module_check, "_CHILD", _GRANDCHILD)
+    monkeypatch.setenv("STAND_IN_PID", str(tmp_path / "pid"))
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match=r"^a: checking its StableHLO did not finish in 3 s"):
+        check_untrusted_modules({"a": b"x"}, timeout=3)
+    # Not after the 120 s the process it started sleeps: that process was stopped too.
+    assert time.monotonic() - started < 60
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 30
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel delivering SIGKILL: polled, with a bound
+    assert _gone(pid)
+
+
+def test_no_modules_start_no_child(monkeypatch):
+    monkeypatch.setattr(module_check.subprocess, "Popen", None)  # would fail if called
+    assert check_untrusted_modules({}) == {}
