@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 import luxc
 from luxc.runtime.artifacts import _format as artifact_format
@@ -475,7 +476,10 @@ def test_luxc_leaves_the_users_jax_cache_configuration_alone(tmp_path):
             _compile_and_loss(luxc.MSELoss())
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "users-own")
     finally:
+        # jax keeps the cache it opened for "users-own" after the option is unset: without the
+        # reset, every later compile in this process wrote there (other tests' warnings).
         jax.config.update("jax_compilation_cache_dir", None)
+        jax_compilation_cache.reset_cache()
 
 
 def test_import_changes_no_jax_option_and_a_bad_cache_dir_is_one_warning(tmp_path):
