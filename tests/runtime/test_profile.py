@@ -36,8 +36,10 @@ def cnn_factory():
     return objective, data, luxc.TrainState(model, ps, st, optax.adam(1e-3))
 
 
-def check_ops(ops):
-    """The brief's properties of an op list, ``ops`` as dicts."""
+def check_ops(ops, every_op=True):
+    """The brief's properties of an op list, ``ops`` as dicts; with ``every_op`` the list holds
+    all the step's ops (a top N of them is ranked by time, which load reorders: a convolution or
+    the user's line need not be among the 8 slowest on a busy machine)."""
     assert len(ops) >= 3
     seconds = [op["seconds"] for op in ops]
     assert seconds == sorted(seconds, reverse=True)
@@ -49,11 +51,12 @@ def check_ops(ops):
     step_seconds = {op["seconds"] / op["share"] for op in ops}
     assert max(step_seconds) == pytest.approx(min(step_seconds), rel=1e-6), step_seconds
     assert sum(op["share"] for op in ops) <= 1.0 + 1e-9, ops
-    assert any("convolution" in op["kind"] for op in ops), [op["kind"] for op in ops]
     # XLA:CPU's events carry no FLOPs: luxc counts them from the HLO (tests/runtime/test_hlo_flops.py)
     assert all(op["flops"] > 0 for op in ops if "convolution" in op["kind"])
     sources = {op["source"] for op in ops}
-    assert f"{HERE}:{MODEL_LINE}" in sources, sources
+    if every_op:
+        assert any("convolution" in op["kind"] for op in ops), [op["kind"] for op in ops]
+        assert f"{HERE}:{MODEL_LINE}" in sources, sources
     # luxc's own files are never named: jax skips them as it skips its own.
     luxc_dir = str(Path(luxc.__file__).parent)
     assert not any(s and s.startswith(luxc_dir) for s in sources), sources
@@ -92,8 +95,8 @@ def test_cli_ops_json_parses_and_lists_the_ops():
     r = run_cli("--ops", "8", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    check_ops(report["ops"])
-    assert len(report["ops"]) <= 8
+    check_ops(report["ops"], every_op=False)
+    assert len(report["ops"]) == 8  # of the step's 30
     breakdown = report["compile_breakdown"]
     assert abs(sum(breakdown.values()) - breakdown["first call"]
                - report["compile_seconds"]) <= 0.1 * report["compile_seconds"]
@@ -101,12 +104,14 @@ def test_cli_ops_json_parses_and_lists_the_ops():
 
 @pytest.mark.slow
 def test_cli_ops_table_names_the_users_line():
-    r = run_cli("--ops", "5")
+    r = run_cli("--ops", "1000")  # more than the step has: every op, whatever the load
     assert r.returncode == 0, r.stderr
-    assert f"{HERE}:{MODEL_LINE}" in r.stdout
     assert "XLA compile" in r.stdout and "trace + export" in r.stdout
-    table = r.stdout[r.stdout.index("ops ("):].splitlines()[2:]
-    assert len(table) == 5
+    header, _, *table = r.stdout[r.stdout.index("ops ("):].splitlines()
+    count = int(header.split()[1].strip("("))
+    assert f"top {count} by time" in header and len(table) == count
+    assert any(row.split()[4] == "convolution" for row in table), table
+    assert f"{HERE}:{MODEL_LINE}" in r.stdout
 
 
 @pytest.mark.slow
@@ -130,9 +135,8 @@ def test_cli_ops_of_an_artifact_directory(tmp_path):
                        timeout=300, cwd=HERE.parent)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "luxc.cli", "profile", str(tmp_path / "step.luxc"),
-                        "--steps", "10", "--ops", "6", "--json"], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+                        "--steps", "10", "--ops", "1000", "--json"], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)  # every op, whatever the load
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     check_ops(report["ops"])
-    assert len(report["ops"]) <= 6
