@@ -17,6 +17,8 @@ from typing import Any
 from jaxlib.mlir import ir
 
 from luxc.passes import (
+    conv_depthwise,
+    conv_depthwise_weight_grad,
     conv_few_channels,
     conv_input_grad_dot,
     conv_weight_grad_dot,
@@ -88,6 +90,11 @@ _REGISTRY: dict[str, PassInfo] = {
                                        maxpool_grad_select.run, ("cpu",)),
     conv_few_channels.NAME: PassInfo(conv_few_channels.NAME, conv_few_channels.DESCRIPTION,
                                      conv_few_channels.run, ("cpu",)),
+    conv_depthwise.NAME: PassInfo(conv_depthwise.NAME, conv_depthwise.DESCRIPTION,
+                                  conv_depthwise.run, ("cpu",)),
+    conv_depthwise_weight_grad.NAME: PassInfo(conv_depthwise_weight_grad.NAME,
+                                              conv_depthwise_weight_grad.DESCRIPTION,
+                                              conv_depthwise_weight_grad.run, ("cpu",)),
     conv_input_grad_dot.NAME: PassInfo(conv_input_grad_dot.NAME, conv_input_grad_dot.DESCRIPTION,
                                        conv_input_grad_dot.run, ("cpu",)),
     conv_weight_grad_dot.NAME: PassInfo(conv_weight_grad_dot.NAME, conv_weight_grad_dot.DESCRIPTION,

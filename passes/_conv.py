@@ -1,5 +1,6 @@
-"""Reading a ``stablehlo.convolution``: its attributes, and which of the three forms of a
-training step it is (forward, input-gradient, weight-gradient)."""
+"""Reading a ``stablehlo.convolution`` — its attributes, and which of the three forms of a
+training step it is (forward, input-gradient, weight-gradient) — and the pieces the convolution
+passes rebuild one from: the padded input, a kernel tap, float32 accumulation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import NamedTuple
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
+from luxc.passes._marks import marked_convert
 from luxc.passes._match import producer, source
 
 
@@ -36,7 +38,8 @@ def _all_ones(op: ir.Operation, name: str) -> bool:
     return name not in op.attributes or all(v == 1 for v in ir.DenseI64ArrayAttr(op.attributes[name]))
 
 
-def _int_attr(op: ir.Operation, name: str) -> int:
+def int_attr(op: ir.Operation, name: str) -> int:
+    """Integer attribute ``name`` of ``op`` (a group count), 1 when absent."""
     return ir.IntegerAttr(op.attributes[name]).value if name in op.attributes else 1
 
 
@@ -47,15 +50,73 @@ def _padding(op: ir.Operation, n: int) -> list[tuple[int, int]]:
     return list(zip(flat[0::2], flat[1::2]))
 
 
+def unit_window(op: ir.Operation) -> bool:
+    """Whether convolution ``op`` has unit strides, no dilation and no window reversal."""
+    if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
+            and _all_ones(op, "rhs_dilation")):
+        return False
+    return not ("window_reversal" in op.attributes
+                and any(ir.DenseBoolArrayAttr(op.attributes["window_reversal"])))
+
+
+def padding(op: ir.Operation) -> list[tuple[int, int]]:
+    """Convolution ``op``'s ``(low, high)`` padding of each spatial axis, in the order of its
+    input's spatial dimensions."""
+    dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
+    return _padding(op, len(dn.input_spatial_dimensions))
+
+
+def pad_spatial(x: ir.Value, dims: list[int], pads: list[tuple[int, int]],
+                element: ir.Type) -> ir.Value:
+    """``x`` padded with zeros by ``pads[i]`` along axis ``dims[i]`` (negative: cropped)."""
+    if not any(lo or hi for lo, hi in pads):
+        return x
+    rank = len(ir.RankedTensorType(x.type).shape)
+    low, high = [0] * rank, [0] * rank
+    for d, (lo, hi) in zip(dims, pads):
+        low[d], high[d] = lo, hi
+    zero = stablehlo.ConstantOp(ir.DenseElementsAttr.get_splat(
+        ir.RankedTensorType.get([], element), ir.FloatAttr.get(element, 0.0))).result
+    return stablehlo.PadOp(x, zero, low, high, [0] * rank).result
+
+
+def _f32(t: ir.RankedTensorType) -> ir.RankedTensorType:
+    return ir.RankedTensorType.get(t.shape, ir.F32Type.get())
+
+
+def in_float32(op: ir.Operation, build) -> ir.Value:
+    """``build(x, w, result_type)`` on convolution ``op``'s two operands. A bf16/f16
+    convolution is built in float32 from its converted operands and rounded once (a marked
+    ``convert``), as XLA's convolution accumulates it."""
+    out_type = ir.RankedTensorType(op.results[0].type)
+    x, w = op.operands
+    if not isinstance(out_type.element_type, ir.BF16Type | ir.F16Type):
+        return build(x, w, out_type)
+    x, w = (stablehlo.convert(_f32(ir.RankedTensorType(v.type)), v) for v in (x, w))
+    return marked_convert(out_type, build(x, w, _f32(out_type)))
+
+
+def kernel_tap(w: ir.Value, spatial: list[int], k: tuple[int, ...], pinned: dict[int, int],
+               keep: int, out_type: ir.RankedTensorType, out_feature: int) -> ir.Value:
+    """Kernel ``w`` at spatial position ``k`` (its axes ``spatial``) and at index ``pinned[d]``
+    of each axis ``d`` of ``pinned``: the vector along its axis ``keep``, broadcast over
+    ``out_type`` along ``out_feature``."""
+    shape = list(ir.RankedTensorType(w.type).shape)
+    begin, end = [0] * len(shape), list(shape)
+    for d, index in [*zip(spatial, k), *pinned.items()]:
+        begin[d], end[d] = index, index + 1
+    tap = stablehlo.SliceOp(w, begin, end, [1] * len(shape)).result
+    tap = stablehlo.ReshapeOp(ir.RankedTensorType.get([shape[keep]], out_type.element_type),
+                              tap).result
+    return stablehlo.BroadcastInDimOp(out_type, tap, [out_feature]).result
+
+
 def simple_conv(op: ir.Operation) -> Conv | None:
     """``op`` read as a :class:`Conv`, or ``None`` if it has strides, dilations, groups or
     window reversal."""
-    if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
-            and _all_ones(op, "rhs_dilation")):
+    if not unit_window(op):
         return None
-    if "window_reversal" in op.attributes and any(ir.DenseBoolArrayAttr(op.attributes["window_reversal"])):
-        return None
-    if _int_attr(op, "feature_group_count") != 1 or _int_attr(op, "batch_group_count") != 1:
+    if int_attr(op, "feature_group_count") != 1 or int_attr(op, "batch_group_count") != 1:
         return None
     dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
     pads = _padding(op, len(dn.input_spatial_dimensions))

@@ -28,8 +28,7 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from luxc.passes._conv import simple_conv
-from luxc.passes._marks import marked_convert
+from luxc.passes._conv import in_float32, kernel_tap, pad_spatial, simple_conv
 from luxc.passes._rewrite import replace_each
 
 NAME = "conv_few_channels"
@@ -50,16 +49,7 @@ def _plan(op: ir.Operation):
 
 
 def _rewrite(op: ir.Operation, dn, pads) -> ir.Value:
-    narrow_type = ir.RankedTensorType(op.results[0].type)
-    if isinstance(narrow_type.element_type, ir.BF16Type | ir.F16Type):
-        wide = _f32(narrow_type)
-        x, w = (stablehlo.convert(_f32(ir.RankedTensorType(v.type)), v) for v in op.operands)
-        return marked_convert(narrow_type, _sum(x, w, wide, dn, pads))
-    return _sum(*op.operands, narrow_type, dn, pads)
-
-
-def _f32(t: ir.RankedTensorType) -> ir.RankedTensorType:
-    return ir.RankedTensorType.get(t.shape, ir.F32Type.get())
+    return in_float32(op, lambda x, w, out_type: _sum(x, w, out_type, dn, pads))
 
 
 def _sum(x: ir.Value, w: ir.Value, out_type: ir.RankedTensorType, dn, pads) -> ir.Value:
@@ -70,13 +60,7 @@ def _sum(x: ir.Value, w: ir.Value, out_type: ir.RankedTensorType, dn, pads) -> i
         dn.kernel_output_feature_dimension
     w_shape = list(ir.RankedTensorType(w.type).shape)
     spatial = [out_type.shape[d] for d in dn.output_spatial_dimensions]
-    if any(lo or hi for lo, hi in pads):
-        low, high = [0] * lhs_rank, [0] * lhs_rank
-        for d, (lo, hi) in zip(ls, pads):
-            low[d], high[d] = lo, hi
-        zero = stablehlo.ConstantOp(ir.DenseElementsAttr.get_splat(
-            ir.RankedTensorType.get([], element), ir.FloatAttr.get(element, 0.0))).result
-        x = stablehlo.PadOp(x, zero, low, high, [0] * lhs_rank).result
+    x = pad_spatial(x, ls, pads, element)
     padded = list(ir.RankedTensorType(x.type).shape)
     # Where each input dimension lands in the output: batch -> ob, spatial d -> os[d].
     x_to_out = {lb: dn.output_batch_dimension}
@@ -93,13 +77,7 @@ def _sum(x: ir.Value, w: ir.Value, out_type: ir.RankedTensorType, dn, pads) -> i
             xs = stablehlo.ReshapeOp(ir.RankedTensorType.get(
                 [end[j] - begin[j] for j in x_dims], element), xs).result
             xs = stablehlo.BroadcastInDimOp(out_type, xs, [x_to_out[j] for j in x_dims]).result
-            w_begin, w_end = [0] * len(w_shape), list(w_shape)
-            for d, k_d in zip(rs, k):
-                w_begin[d], w_end[d] = k_d, k_d + 1
-            w_begin[ri], w_end[ri] = i, i + 1
-            tap = stablehlo.SliceOp(w, w_begin, w_end, [1] * len(w_shape)).result
-            tap = stablehlo.ReshapeOp(ir.RankedTensorType.get([w_shape[ro]], element), tap).result
-            tap = stablehlo.BroadcastInDimOp(out_type, tap, [dn.output_feature_dimension]).result
+            tap = kernel_tap(w, rs, k, {ri: i}, ro, out_type, dn.output_feature_dimension)
             term = stablehlo.MulOp(xs, tap).result
             total = term if total is None else stablehlo.AddOp(total, term).result
     return total

@@ -286,14 +286,15 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
-                     "03-conv_input_grad_dot.mlir", "04-conv_weight_grad_dot.mlir",
-                     "05-dot_flatten.mlir", "06-dot_scale_fold.mlir", "07-dot_swap_operands.mlir",
-                     "08-fuse_rsqrt.mlir", "09-fuse_loss_reductions.mlir",
-                     "10-dot_f32_accumulate.mlir", "11-dot_bf16_canonical.mlir",
-                     "12-dot_bf16_batched.mlir", "13-reduce_f32_accumulate.mlir",
-                     "14-reduce_window_f32.mlir", "15-relu_mask_from_output.mlir",
-                     "16-elementwise_bf16_f32.mlir", "17-convert_bf16_bits.mlir",
-                     "18-dus_bf16_bits.mlir", "99-xla-optimized.hlo.txt"]
+                     "03-conv_depthwise.mlir", "04-conv_depthwise_weight_grad.mlir",
+                     "05-conv_input_grad_dot.mlir", "06-conv_weight_grad_dot.mlir",
+                     "07-dot_flatten.mlir", "08-dot_scale_fold.mlir", "09-dot_swap_operands.mlir",
+                     "10-fuse_rsqrt.mlir", "11-fuse_loss_reductions.mlir",
+                     "12-dot_f32_accumulate.mlir", "13-dot_bf16_canonical.mlir",
+                     "14-dot_bf16_batched.mlir", "15-reduce_f32_accumulate.mlir",
+                     "16-reduce_window_f32.mlir", "17-relu_mask_from_output.mlir",
+                     "18-elementwise_bf16_f32.mlir", "19-convert_bf16_bits.mlir",
+                     "20-dus_bf16_bits.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():

@@ -1,0 +1,200 @@
+"""conv_depthwise: a depthwise convolution and its input gradient as sums of shifted
+multiply-adds; conv_depthwise_weight_grad: its kernel gradient (jax's ``batch_group_count``
+convolution) as per-channel products and diagonal sums. Checked against XLA's own convolutions
+(the module without the pass) and against direct numpy sums."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+import luxc
+from luxc import nn
+from luxc.runtime.compiling._executable import rewrite
+
+
+def _depthwise(x, w, pad, dn=("NHWC", "HWIO", "NHWC")):
+    channels = x.shape[dn[0].index("C")]
+    return lax.conv_general_dilated(x, w, (1,) * (x.ndim - 2), pad, dimension_numbers=dn,
+                                    feature_group_count=channels)
+
+
+def _numpy_depthwise(x, w, pads):
+    """out[b, i, j, c] = Σ_{p, q} xp[b, i + p, j + q, c] · w[p, q, 0, c], straight from the
+    definition (NHWC / HWIO)."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    kh, kw = w.shape[:2]
+    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    return sum(xp[:, p:p + oh, q:q + ow, :] * w[p, q, 0] for p in range(kh) for q in range(kw))
+
+
+@pytest.mark.parametrize("kernel,pad,pads", [
+    ((5, 5), "SAME", ((2, 2), (2, 2))),
+    ((3, 2), "VALID", ((0, 0), (0, 0))),
+    ((3, 3), ((2, 0), (1, 3)), ((2, 0), (1, 3))),
+])
+def test_the_forward_convolution_is_the_defining_sum(kernel, pad, pads):
+    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 6))
+    w = jax.random.normal(jax.random.key(1), (*kernel, 1, 6))
+    exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, pad)))(x, w)
+    new, (record,) = rewrite(exported, ["conv_depthwise"])
+    assert record.rewrites == 1
+    assert "stablehlo.convolution" not in new.mlir_module()
+    np.testing.assert_allclose(new.call(x, w), _numpy_depthwise(x, w, pads), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new.call(x, w), exported.call(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_first_layouts_are_rewritten_too():
+    dn = ("NCHW", "OIHW", "NCHW")
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8, 8))
+    w = jax.random.normal(jax.random.key(1), (5, 1, 3, 3))
+    exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, "SAME", dn)))(x, w)
+    new, (record,) = rewrite(exported, ["conv_depthwise"])
+    assert record.rewrites == 1
+    np.testing.assert_allclose(new.call(x, w), exported.call(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_1d_depthwise_convolutions_and_their_kernel_gradients_are_rewritten():
+    dn = ("NWC", "WIO", "NWC")
+    x = jax.random.normal(jax.random.key(0), (3, 11, 64))
+    w = jax.random.normal(jax.random.key(1), (4, 1, 64))
+    conv = jax.jit(lambda x, w: _depthwise(x, w, ((1, 2),), dn))
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1)))
+    for fn, names, count in ((conv, ["conv_depthwise"], 1),
+                             (grads, ["conv_depthwise", "conv_depthwise_weight_grad"], 3)):
+        exported = jax.export.export(fn)(x, w)
+        new, records = rewrite(exported, names)
+        assert sum(r.rewrites for r in records) == count
+        assert "stablehlo.convolution" not in new.mlir_module()
+        for a, b in zip(jax.tree.leaves(new.call(x, w)), jax.tree.leaves(exported.call(x, w))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _kernel_gradient(x, g, pad, kernel, dn=("NHWC", "HWIO", "NHWC")):
+    w = jnp.zeros((*kernel, 1, x.shape[-1]) if dn[1] == "HWIO" else (x.shape[1], 1, *kernel),
+                  x.dtype)
+    return jax.vjp(lambda w: _depthwise(x, w, pad, dn), w)[1](g)[0]
+
+
+@pytest.mark.parametrize("kernel,pad,pads", [
+    ((5, 5), "SAME", ((2, 2), (2, 2))),
+    ((3, 2), "VALID", ((0, 0), (0, 0))),
+    ((3, 3), ((2, 0), (1, 3)), ((2, 0), (1, 3))),
+])
+def test_the_kernel_gradient_is_the_defining_sum(kernel, pad, pads):
+    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 64))
+    out = _depthwise(x, jnp.zeros((*kernel, 1, 64)), pad)
+    g = jax.random.normal(jax.random.key(1), out.shape)
+    exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, pad, kernel)))(x, g)
+    new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
+    assert record.rewrites == 1
+    assert "stablehlo.convolution" not in new.mlir_module()
+    # dw[p, q, 0, c] = Σ_{b, i, j} xp[b, i + p, j + q, c] · g[b, i, j, c]
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
+    gn = np.asarray(g, np.float64)
+    oh, ow = gn.shape[1:3]
+    want = np.array([[np.sum(xp[:, p:p + oh, q:q + ow, :] * gn, axis=(0, 1, 2))
+                      for q in range(kernel[1])] for p in range(kernel[0])])[:, :, None, :]
+    np.testing.assert_allclose(new.call(x, g), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(new.call(x, g), exported.call(x, g), rtol=1e-4, atol=1e-4)
+
+
+def test_the_kernel_gradient_in_channels_first_layouts_and_bf16():
+    dn = ("NCHW", "OIHW", "NCHW")
+    x = jax.random.normal(jax.random.key(0), (2, 64, 8, 8))
+    g = jax.random.normal(jax.random.key(1), (2, 64, 8, 8))
+    exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3), dn)))(x, g)
+    new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
+    assert record.rewrites == 1
+    np.testing.assert_allclose(new.call(x, g), exported.call(x, g), rtol=1e-4, atol=1e-4)
+
+    xb, gb = (jnp.transpose(v, (0, 2, 3, 1)).astype(jnp.bfloat16) for v in (x, g))
+    exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3))))(xb, gb)
+    new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
+    assert record.rewrites == 1
+    got = new.call(xb, gb)
+    assert got.dtype == jnp.bfloat16
+    f32 = _kernel_gradient(xb.astype(jnp.float32), gb.astype(jnp.float32), "SAME", (3, 3))
+    # computed in float32 and rounded once: within half a bf16 step of the float32 gradient
+    np.testing.assert_allclose(np.asarray(got, np.float32), f32, rtol=2 ** -8, atol=1e-6)
+
+
+def test_a_kernel_gradient_over_fewer_than_64_channels_stays_xlas():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3))))(x, x)
+    _, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
+    assert record.rewrites == 0
+
+
+def test_both_gradients_match_xla_and_only_the_kernel_gradient_stays_a_convolution():
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 6))
+    w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
+    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_depthwise(x, w, "SAME"))), (0, 1)))
+    exported = jax.export.export(grads)(x, w)
+    new, (record,) = rewrite(exported, ["conv_depthwise"])
+    assert record.rewrites == 2  # the forward and the input gradient
+    text = new.mlir_module()
+    assert text.count("stablehlo.convolution") == 1 and "batch_group_count = 6" in text
+    for a, b in zip(new.call(x, w), exported.call(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_bf16_convolution_is_summed_in_float32_and_rounded_once():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4)).astype(jnp.bfloat16)
+    exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, "SAME")))(x, w)
+    new, (record,) = rewrite(exported, ["conv_depthwise"])
+    assert record.rewrites == 1
+    want = _numpy_depthwise(x.astype(jnp.float32), w.astype(jnp.float32), ((1, 1), (1, 1)))
+    got = new.call(x, w)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(got, jnp.asarray(want, jnp.float32).astype(jnp.bfloat16))
+
+
+def test_other_grouped_and_strided_convolutions_are_left_alone():
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def convs(x, w_mult, w_group, w):
+        return (lax.conv_general_dilated(x, w_mult, (1, 1), "SAME", dimension_numbers=dn,
+                                         feature_group_count=4),  # channel multiplier 2
+                lax.conv_general_dilated(x, w_group, (1, 1), "SAME", dimension_numbers=dn,
+                                         feature_group_count=2),  # two channels a group
+                lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=dn,
+                                         feature_group_count=4),  # strided
+                lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn,
+                                         rhs_dilation=(2, 2), feature_group_count=4))
+
+    args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 8)), jnp.ones((3, 3, 2, 4)),
+            jnp.ones((3, 3, 1, 4)))
+    _, (record,) = rewrite(jax.export.export(jax.jit(convs))(*args), ["conv_depthwise"])
+    assert record.rewrites == 0
+
+
+def test_a_conv_mixer_step_with_the_default_pipeline_trains_as_without_passes():
+    # Lux's ConvMixer tutorial (examples/lux/CIFAR10.py): depthwise 5x5 convolutions
+    dim = 64  # wide enough for the kernel gradient's rewrite
+    depthwise = nn.Chain(nn.Conv((5, 5), dim, dim, jax.nn.relu, groups=dim, pad=nn.SamePad()),
+                         nn.BatchNorm(dim))
+    model = nn.Chain(nn.Conv((2, 2), 3, dim, jax.nn.relu, stride=2), nn.BatchNorm(dim),
+                     nn.SkipConnection(depthwise, lambda a, b: a + b), nn.Conv((1, 1), dim, dim),
+                     nn.GlobalMeanPool(), nn.FlattenLayer(), nn.Dense(dim, 10))
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    x = jax.random.normal(jax.random.key(2), (16, 12, 12, 3))
+    y = jax.nn.one_hot(jnp.arange(16) % 10, 10)
+    results = {}
+    for name in ("none", "default"):
+        cs = luxc.compile_step(luxc.CrossEntropyLoss(logits=True), (x, y),
+                               ts.replace(cache=luxc.runtime.ExecutableCache()),
+                               compile_options=luxc.CompileOptions(passes=name))
+        results[name] = cs(ts, (x, y))
+        if name == "default":
+            report = {r.name: r.rewrites for r in cs.pass_report}
+            assert report["conv_depthwise"] == 2 and report["conv_depthwise_weight_grad"] == 1
+    (g0, l0, _, _), (g1, l1, _, _) = results["none"], results["default"]
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
