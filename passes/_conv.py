@@ -50,6 +50,13 @@ def _padding(op: ir.Operation, n: int) -> list[tuple[int, int]]:
     return list(zip(flat[0::2], flat[1::2]))
 
 
+def float_result(op: ir.Operation) -> bool:
+    """Whether ``op``'s result holds floats (f16, bf16, f32, f64): the rewrites write float
+    zeros and float32 sums; an integer convolution stays XLA's."""
+    element = ir.RankedTensorType(op.results[0].type).element_type
+    return isinstance(element, ir.F16Type | ir.BF16Type | ir.F32Type | ir.F64Type)
+
+
 def unit_window(op: ir.Operation) -> bool:
     """Whether convolution ``op`` has unit strides, no dilation and no window reversal."""
     if not (_all_ones(op, "window_strides") and _all_ones(op, "lhs_dilation")
@@ -89,11 +96,15 @@ def in_float32(op: ir.Operation, build) -> ir.Value:
     convolution is built in float32 from its converted operands and rounded once (a marked
     ``convert``), as XLA's convolution accumulates it."""
     out_type = ir.RankedTensorType(op.results[0].type)
-    x, w = op.operands
-    if not isinstance(out_type.element_type, ir.BF16Type | ir.F16Type):
-        return build(x, w, out_type)
-    x, w = (stablehlo.convert(_f32(ir.RankedTensorType(v.type)), v) for v in (x, w))
-    return marked_convert(out_type, build(x, w, _f32(out_type)))
+    narrow = isinstance(out_type.element_type, ir.BF16Type | ir.F16Type)
+    wide = _f32(out_type) if narrow else out_type
+    # operands of another type (bf16 operands with preferred_element_type=float32) are
+    # converted to the type the sum is built in: exact, as every narrow float is a wide one
+    x, w = (v if ir.RankedTensorType(v.type).element_type == wide.element_type else
+            stablehlo.convert(ir.RankedTensorType.get(ir.RankedTensorType(v.type).shape,
+                                                      wide.element_type), v)
+            for v in op.operands)
+    return marked_convert(out_type, build(x, w, wide)) if narrow else build(x, w, out_type)
 
 
 def kernel_tap(w: ir.Value, spatial: list[int], k: tuple[int, ...], pinned: dict[int, int],

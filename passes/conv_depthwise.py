@@ -31,7 +31,15 @@ import math
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from luxc.passes._conv import in_float32, int_attr, kernel_tap, pad_spatial, padding, unit_window
+from luxc.passes._conv import (
+    float_result,
+    in_float32,
+    int_attr,
+    kernel_tap,
+    pad_spatial,
+    padding,
+    unit_window,
+)
 from luxc.passes._rewrite import replace_each
 
 NAME = "conv_depthwise"
@@ -41,7 +49,7 @@ MAX_TAPS = 121  # 11x11; the largest kernel measured (9x9) was 12x faster than X
 
 
 def _plan(op: ir.Operation):
-    if not unit_window(op) or int_attr(op, "batch_group_count") != 1:
+    if not (unit_window(op) and float_result(op)) or int_attr(op, "batch_group_count") != 1:
         return None
     groups = int_attr(op, "feature_group_count")
     dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])

@@ -28,7 +28,7 @@ import itertools
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import stablehlo
 
-from luxc.passes._conv import in_float32, kernel_tap, pad_spatial, simple_conv
+from luxc.passes._conv import float_result, in_float32, kernel_tap, pad_spatial, simple_conv
 from luxc.passes._rewrite import replace_each
 
 NAME = "conv_few_channels"
@@ -40,7 +40,7 @@ MAX_TERMS = 128
 
 def _plan(op: ir.Operation):
     conv = simple_conv(op)
-    if conv is None:
+    if conv is None or not float_result(op):
         return None
     channels = conv.rhs_shape[conv.dn.kernel_input_feature_dimension]
     if channels > MAX_CHANNELS or conv.taps * channels > MAX_TERMS:

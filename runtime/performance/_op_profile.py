@@ -5,7 +5,9 @@ HLO's instructions and to the user's source line that made each one.
     compiled.as_text() ──▶ instruction: opcode, shape, op_name (jax.named_scope), stack frames
 
 An op's time per step is the union of its events' intervals (an op XLA splits over worker
-threads counts its wall time once), divided by the steps run. The reader keys on the events'
+threads counts its wall time once), from its start to its completion (an asynchronous op's
+``end:`` event), divided by the steps run; a stretch during which several ops are in flight
+counts equally to each, so the ops' shares of the step add up to at most 1. The reader keys on the events'
 ``hlo_op`` / ``hlo_module`` statistics, which XLA writes on every backend (XLA:CPU with
 ``--xla_cpu_enable_xprof_traceme``, GPU on its device planes); only XLA:CPU is tested.
 
@@ -172,34 +174,62 @@ def _scope(op_name: str | None) -> str | None:
     return "/".join(dict.fromkeys(layers)) or None
 
 
-def _union_seconds(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, -np.inf
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
     for s, e in sorted(intervals):
-        if e > end:
-            total += e - max(s, end)
-            end = e
-    return total / 1e9
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def _shared_seconds(events: dict[str, list[tuple[float, float, dict]]]) -> dict[str, float]:
+    """Each op's wall time in seconds: the union of its intervals (an op XLA splits over worker
+    threads counts once), a stretch during which ``k`` ops are in flight counting ``1/k`` to
+    each (a convolution running on Eigen's threads while the executor runs other ops), so that
+    the ops' times add up to at most the traced wall time."""
+    points = sorted((t, edge, op) for op, evs in events.items()
+                    for s, e in _union([(s, e) for s, e, _ in evs]) for t, edge in ((s, 1), (e, -1)))
+    seconds, active, last = dict.fromkeys(events, 0.0), set(), None
+    for t, edge, op in points:
+        if active and last is not None:
+            for other in active:
+                seconds[other] += (t - last) / len(active) / 1e9
+        (active.add if edge > 0 else active.discard)(op)
+        last = t
+    return seconds
 
 
 def read_events(trace_dir: str, module: str) -> dict[str, list[tuple[float, float, dict]]]:
     """``hlo_op -> [(start_ns, end_ns, stats)]`` of module ``module`` in the trace under
-    ``trace_dir``; device planes are preferred over the host's when both carry HLO ops."""
+    ``trace_dir``; device planes are preferred over the host's when both carry HLO ops.
+
+    XLA:CPU runs some ops asynchronously (a convolution on Eigen's threads): the op's own event
+    covers its launch only, and the executor marks its completion with an ``end: <op>`` event
+    tied to it by a trace flow (the op's ``_p`` statistic is the end event's ``_c``). An op's
+    interval runs to that completion when it comes later: a convolution's 33 ms, not the
+    0.4 ms of its launch."""
     from jax.profiler import ProfileData
 
     files = glob.glob(str(Path(trace_dir, "**", "*.xplane.pb")), recursive=True)
     by_plane: dict[bool, dict] = {True: defaultdict(list), False: defaultdict(list)}
+    completions: dict[int, float] = {}
     for file in files:
         for plane in ProfileData.from_file(file).planes:
             device = plane.name.startswith("/device:")
             for line in plane.lines:
                 for event in line.events:
                     stats = dict(event.stats)
-                    op = stats.get("hlo_op")
+                    start, op = float(event.start_ns), stats.get("hlo_op")
+                    if op is None and "_c" in stats and event.name.startswith("end: "):
+                        completions[stats["_c"]] = start + float(event.duration_ns)
                     if op is None or stats.get("hlo_module", module) != module:
                         continue
-                    start = float(event.start_ns)
                     by_plane[device][op].append((start, start + float(event.duration_ns), stats))
-    return dict(by_plane[True] or by_plane[False])
+    events = dict(by_plane[True] or by_plane[False])
+    return {op: [(s, max(e, completions.get(stats.get("_p"), e)), stats) for s, e, stats in evs]
+            for op, evs in events.items()}
 
 
 def _module_name(hlo: str) -> str:
@@ -224,7 +254,7 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
 
     ``compiled`` must emit per-op events (on CPU: compiled with :data:`CPU_TRACE_OPTIONS`).
     ``share`` is relative to ``step_seconds`` (default: the mean wall time of the traced calls,
-    so that the shares of ops that never overlap add up to at most 1).
+    so that the shares add up to at most 1).
     """
     hlo = compiled.as_text()
     instructions, stacks = parse_instructions(hlo), stack_frames(hlo)
@@ -239,10 +269,10 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
                 times.append(time.perf_counter() - t0)
         events = read_events(trace_dir, _module_name(hlo))
     step = step_seconds or float(np.mean(times))
-    records = []
+    records, shared = [], _shared_seconds(events)
     for op, evs in events.items():
         inst = instructions.get(op, _Instruction("?", None, None, None))
-        seconds = _union_seconds([(s, e) for s, e, _ in evs]) / steps
+        seconds = shared[op] / steps
         flops = next((float(st["flops"]) for _, _, st in evs if "flops" in st), None)
         if flops is None and op in counted:
             flops = float(counted[op])

@@ -74,7 +74,8 @@ def test_1d_depthwise_convolutions_and_their_kernel_gradients_are_rewritten():
 
 
 def _kernel_gradient(x, g, pad, kernel, dn=("NHWC", "HWIO", "NHWC")):
-    w = jnp.zeros((*kernel, 1, x.shape[-1]) if dn[1] == "HWIO" else (x.shape[1], 1, *kernel),
+    channels, sizes = x.shape[dn[0].index("C")], iter(kernel)
+    w = jnp.zeros([channels if a == "O" else 1 if a == "I" else next(sizes) for a in dn[1]],
                   x.dtype)
     return jax.vjp(lambda w: _depthwise(x, w, pad, dn), w)[1](g)[0]
 
@@ -171,6 +172,58 @@ def test_other_grouped_and_strided_convolutions_are_left_alone():
             jnp.ones((3, 3, 1, 4)))
     _, (record,) = rewrite(jax.export.export(jax.jit(convs))(*args), ["conv_depthwise"])
     assert record.rewrites == 0
+
+
+def test_bf16_operands_with_a_float32_result_are_widened_first():
+    # preferred_element_type=float32: the operands are converted, not mixed with f32 zeros
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 64)).astype(jnp.bfloat16)
+    for pad in ("SAME", "VALID"):
+        fn = jax.jit(lambda x, w, pad=pad: lax.conv_general_dilated(
+            x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=64, preferred_element_type=jnp.float32))
+        exported = jax.export.export(fn)(x, w)
+        new, (record,) = rewrite(exported, ["conv_depthwise"])
+        assert record.rewrites == 1
+        np.testing.assert_allclose(new.call(x, w), exported.call(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float64_kernel_gradient_is_computed_in_float64():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64), jnp.float64)
+        exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3))))(x, x)
+        new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
+        assert record.rewrites == 1
+        got = new.call(x, x)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, exported.call(x, x), rtol=1e-12)
+
+
+def test_kernel_gradients_the_row_products_would_slow_stay_xlas():
+    # a long sequence against a small kernel: (L + P) / T = 259 / 4; and no spatial axis at all
+    x = jax.random.normal(jax.random.key(0), (2, 256, 64))
+    long = jax.jit(lambda x, g: _kernel_gradient(x, g, ((3, 0),), (4,), ("NWC", "WIO", "NWC")))
+    x0 = jax.random.normal(jax.random.key(0), (3, 64))
+    flat = jax.jit(lambda x, g: _kernel_gradient(x, g, (), (), ("NC", "OI", "NC")))
+    for fn, args in ((long, (x, x)), (flat, (x0, x0))):
+        _, (record,) = rewrite(jax.export.export(fn)(*args), ["conv_depthwise_weight_grad"])
+        assert record.rewrites == 0
+
+
+def test_integer_convolutions_are_left_to_xla():
+    # the rewrites write float zeros and float32 sums; an integer convolution stayed a crash
+    x, w = jnp.ones((2, 8, 8, 4), jnp.int32), jnp.ones((3, 3, 1, 4), jnp.int32)
+    x1, w1 = jnp.ones((2, 8, 8, 1), jnp.int32), jnp.ones((3, 3, 1, 4), jnp.int32)
+
+    def convs(x, w, x1, w1):
+        return (_depthwise(x, w, "SAME"), lax.conv_general_dilated(
+            x1, w1, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+    exported = jax.export.export(jax.jit(convs))(x, w, x1, w1)
+    new, records = rewrite(exported, ["conv_depthwise", "conv_few_channels"])
+    assert [r.rewrites for r in records] == [0, 0]
+    for a, b in zip(new.call(x, w, x1, w1), exported.call(x, w, x1, w1)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_conv_mixer_step_with_the_default_pipeline_trains_as_without_passes():

@@ -200,13 +200,13 @@ _RSS = textwrap.dedent("""
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2), max_cache_entries=4)
     x, y = jnp.ones((64, 4)), jnp.zeros((64, 3))
     rss = {}
-    for n in range(1, 15):
+    for n in range(1, 29):
         luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), (x[:n], y[:n]), ts)
         gc.collect()
         rss[n] = rss_mib()
     entry = (rss[4] - rss[1]) / 3  # what one more cached entry costs while the cache fills
-    # 7 evictions between 7 and 14: a leak of one entry each would be 7 entries' growth.
-    print("RESULT", rss[14] - rss[7], entry, luxc.cache_info(ts).entries)
+    # 21 evictions between 7 and 28: the leak this guards against kept 3-5 MiB each (63+ MiB).
+    print("RESULT", rss[28] - rss[7], entry, luxc.cache_info(ts).entries)
 """)
 
 
@@ -217,4 +217,6 @@ def test_memory_stays_bounded_when_entries_are_evicted():
     assert r.returncode == 0, r.stderr[-2000:]
     growth, entry, entries = map(float, r.stdout.split("RESULT")[-1].split())
     assert entries == 4
-    assert growth < max(entry, 1.0), (growth, entry)
+    # Idle, the growth is 0-2 MiB (five runs); with both cores busy one run grew 22 MiB at once
+    # (one entry cost 10 MiB there): a one-off, where a leak grows with every eviction.
+    assert growth < 3 * max(entry, 1.0), (growth, entry)
