@@ -163,9 +163,12 @@ def normalise(options: CompileOptions | None) -> CompileOptions:
 
 
 # XLA options luxc adds for a platform, from what the module holds (a user's own xla_options
-# always win): YNNPACK fusions off where the module convolves, temporaries in heaps of at most
-# 30 MiB. Why, and the measurements: benchmarks/README.md, "Platform XLA options".
-_CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# always win): where the module convolves, YNNPACK for reductions only (its convolutions and
+# dots off; with none, XLA rewrites a BatchNorm's reductions into slow reduce-windows);
+# temporaries in heaps of at most 30 MiB. Why, and the measurements: benchmarks/README.md,
+# "Platform XLA options".
+_CPU_CONVOLUTION_OPTIONS: dict[str, XlaValue] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 _CPU_HEAP_BYTES = 30 << 20
 _HEAP_OPTION = "xla_multiheap_size_constraint_per_heap"
 _INT32_MAX = 2**31 - 1

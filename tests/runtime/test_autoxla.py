@@ -1,5 +1,6 @@
 """AutoXLA: the compiled step equals the eager one, and the cache behaves as documented."""
 
+import re
 import textwrap
 import warnings
 
@@ -399,9 +400,25 @@ def test_a_new_pytree_structure_is_explained_as_such():
         "recompiling: the pytree structure of the arguments"]
 
 
+
+def test_a_batchnorms_reductions_stay_reductions_in_a_convolving_step():
+    # With every YNNPACK fusion off where a module convolves, XLA:CPU rewrote BatchNorm's sums
+    # over (batch, image) into reduce-windows, 17x slower (benchmarks/README.md, "Platform XLA
+    # options"); luxc keeps YNNPACK's reductions there.
+    model = nn.Chain(nn.Conv((3, 3), 3, 16, jax.nn.relu, pad=1), nn.BatchNorm(16),
+                     nn.GlobalMeanPool(), nn.FlattenLayer())
+    ps, st = luxc.setup(jax.random.key(0), model)
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-3))
+    data = (jax.random.normal(jax.random.key(1), (64, 16, 16, 3)), jnp.zeros((64, 16)))
+    hlo = luxc.compile_step(luxc.MSELoss(), data, ts).as_text("hlo")
+    # (the loss's own small sum over (64, 16) may stay one: YNNPACK does not take it)
+    over_images = re.findall(r"= f32\[\d+,\d+,\d+,\d+\]\{[\d,]+\} reduce-window\(", hlo)
+    assert "convolution(" in hlo and over_images == []  # 8 with every YNNPACK fusion off
+
+
 def test_cpu_default_xla_options_follow_what_the_module_contains():
-    # benchmarks/README.md: YNNPACK fusions off speed a convolutional step up and slow the
-    # others down, so luxc decides per module; temporaries go in heaps of at most 30 MiB, or of
+    # benchmarks/README.md: YNNPACK's convolutions and dots off (its reductions kept) speed a
+    # convolutional step up and slow the others down, so luxc decides per module; temporaries go in heaps of at most 30 MiB, or of
     # the module's largest tensor when that is bigger; the user's own option wins.
     from jax import export as jax_export
 
@@ -415,7 +432,7 @@ def test_cpu_default_xla_options_follow_what_the_module_contains():
     heap = "xla_multiheap_size_constraint_per_heap"
     assert summary(big.mlir_module_serialized).largest_tensor_bytes == 3000 * 3000 * 8
     assert platform_xla_options("cpu", summary(conv.mlir_module_serialized)) == {
-        "xla_cpu_experimental_ynn_fusion_type": "", heap: 30 << 20}
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE", heap: 30 << 20}
     assert platform_xla_options("cpu", summary(dense.mlir_module_serialized)) == {heap: 30 << 20}
     assert platform_xla_options("cpu", summary(big.mlir_module_serialized)) == {heap: 3000 * 3000 * 8}
     assert platform_xla_options("cuda", summary(conv.mlir_module_serialized)) == {}
