@@ -6,9 +6,9 @@ YNNPACK's bfloat16 kernel takes. Whether YNNPACK takes them is XLA's decision, m
 - a dot YNNPACK does not claim reaches XLA:CPU's own batched-dot kernel, which has no
   ``bf16 × bf16 → f32`` form and fails when the step runs ("Unsupported element type for
   DotThunk::Execute: BF16 x BF16 = F32");
-- with YNNPACK's fusions switched off (an XLA option; luxc's own default for a module that
-  convolves) XLA upcasts the dots to float32 and the pass's transposed copies are pure cost
-  (the bf16 transformer block: 195 against 131 ms).
+- with YNNPACK's dot fusions switched off (an XLA option; luxc's own default for a module
+  that convolves keeps only its reductions) XLA upcasts the dots to float32 and the pass's
+  transposed copies are pure cost (the bf16 transformer block: 195 against 131 ms).
 
 :func:`withdraw_batched_dots` reads XLA's optimised HLO text and says when to compile the
 module again without the pass: a batched ``bf16 × bf16 → f32`` dot outside a YNNPACK fusion, or

@@ -247,7 +247,59 @@ def test_a_conv_mixer_step_with_the_default_pipeline_trains_as_without_passes():
         if name == "default":
             report = {r.name: r.rewrites for r in cs.pass_report}
             assert report["conv_depthwise"] == 2 and report["conv_depthwise_weight_grad"] == 1
+            assert report["conv_full_window_dot"] == 1  # the 1x1 convolution's kernel gradient
     (g0, l0, _, _), (g1, l1, _, _) = results["none"], results["default"]
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# conv_full_window_dot: a convolution whose window is its whole input (a 1x1 weight gradient)
+
+def _one_by_one(x, w, dn=("NHWC", "HWIO", "NHWC")):
+    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("dn", [("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")])
+def test_a_1x1_kernel_gradient_is_one_product_over_the_batch_and_image(dn):
+    x = jax.random.normal(jax.random.key(0), (4, 6, 5, 8) if dn[0] == "NHWC" else (4, 8, 6, 5))
+    w = jnp.zeros((1, 1, 8, 16) if dn[1] == "HWIO" else (16, 8, 1, 1))
+    g = jax.random.normal(jax.random.key(1), _one_by_one(x, w, dn).shape)
+    dw = jax.jit(lambda x, g: jax.vjp(lambda w: _one_by_one(x, w, dn), w)[1](g)[0])
+    exported = jax.export.export(dw)(x, g)
+    new, (record,) = rewrite(exported, ["conv_full_window_dot"])
+    assert record.rewrites == 1 and "stablehlo.convolution" not in new.mlir_module()
+    # dw[i, o] = Σ_{b, h, w} x[b, h, w, i] · g[b, h, w, o]
+    xs, gs = ((v if dn[0] == "NHWC" else jnp.moveaxis(v, 1, -1)) for v in (x, g))
+    want = np.einsum("bhwi,bhwo->io", np.asarray(xs, np.float64), np.asarray(gs, np.float64))
+    want = want[None, None] if dn[1] == "HWIO" else want.T[:, :, None, None]
+    np.testing.assert_allclose(new.call(x, g), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new.call(x, g), exported.call(x, g), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dense_layer_written_as_a_whole_image_convolution_is_one_product():
+    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (5, 5, 3, 7)).astype(jnp.bfloat16)
+    exported = jax.export.export(jax.jit(_one_by_one))(x, w)
+    new, (record,) = rewrite(exported, ["conv_full_window_dot"])
+    assert record.rewrites == 1
+    got = new.call(x, w)
+    assert got.shape == (4, 1, 1, 7) and got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32),
+                               np.asarray(exported.call(x, w), np.float32), rtol=2 ** -7, atol=1e-2)
+
+
+def test_padded_smaller_window_or_mixed_type_convolutions_are_left_alone():
+    x = jnp.ones((2, 5, 5, 3))
+    cases = [
+        lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        lambda x, w: _one_by_one(x, w[:3, :3]),
+        lambda x, w: lax.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (1, 1),
+                                              "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                              preferred_element_type=jnp.float32),
+    ]
+    for fn in cases:
+        exported = jax.export.export(jax.jit(fn))(x, jnp.ones((5, 5, 3, 4)))
+        _, (record,) = rewrite(exported, ["conv_full_window_dot"])
+        assert record.rewrites == 0

@@ -124,7 +124,8 @@ def test_available_lists_every_pass_with_a_description():
     listed = passes.available()
     assert set(listed) == {"fuse_rsqrt", "fuse_loss_reductions", "maxpool_grad_select",
                            "conv_few_channels", "conv_depthwise", "conv_depthwise_weight_grad",
-                           "conv_input_grad_dot", "conv_weight_grad_dot", "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
+                           "conv_full_window_dot", "conv_input_grad_dot", "conv_weight_grad_dot",
+                           "dot_flatten", "dot_scale_fold", "dot_swap_operands", "dot_f32_accumulate",
                            "dot_bf16_canonical", "dot_bf16_batched", "reduce_f32_accumulate",
                            "reduce_window_f32", "relu_mask_from_output", "elementwise_bf16_f32",
                            "convert_bf16_bits", "dus_bf16_bits"}
@@ -134,8 +135,8 @@ def test_available_lists_every_pass_with_a_description():
 def test_default_pipeline_only_has_passes_measured_faster_there():
     assert passes.default_pipeline("cpu") == ("maxpool_grad_select", "conv_few_channels",
                                               "conv_depthwise", "conv_depthwise_weight_grad",
-                                              "conv_input_grad_dot", "dot_flatten",
-                                              "dot_scale_fold", "dot_f32_accumulate",
+                                              "conv_full_window_dot", "conv_input_grad_dot",
+                                              "dot_flatten", "dot_scale_fold", "dot_f32_accumulate",
                                               "dot_bf16_canonical", "dot_bf16_batched",
                                               "reduce_f32_accumulate", "reduce_window_f32",
                                               "relu_mask_from_output", "elementwise_bf16_f32",
@@ -148,7 +149,7 @@ def test_resolve_names_and_keywords():
     assert passes.resolve("fuse_rsqrt, fuse_loss_reductions", "cpu") == (
         "fuse_rsqrt", "fuse_loss_reductions")
     with pytest.raises(ValueError, match="available passes are maxpool_grad_select, conv_few_channels, conv_depthwise, "
-                       "conv_depthwise_weight_grad, conv_input_grad_dot, "
+                       "conv_depthwise_weight_grad, conv_full_window_dot, conv_input_grad_dot, "
                        "conv_weight_grad_dot, dot_flatten, dot_scale_fold, dot_swap_operands, fuse_rsqrt"):
         passes.resolve(["nope"], "cpu")
 
@@ -295,6 +296,7 @@ def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
         if name == "default":
             assert {r.name: r.rewrites for r in cs.pass_report} == {
                 "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_depthwise": 0, "conv_depthwise_weight_grad": 0,
+                "conv_full_window_dot": 0,
                 "conv_input_grad_dot": 1,
                 "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
                 "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,

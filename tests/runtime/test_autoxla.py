@@ -288,14 +288,14 @@ def test_dump_dir_holds_the_module_after_every_pass(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["00-input.mlir", "01-maxpool_grad_select.mlir", "02-conv_few_channels.mlir",
                      "03-conv_depthwise.mlir", "04-conv_depthwise_weight_grad.mlir",
-                     "05-conv_input_grad_dot.mlir", "06-conv_weight_grad_dot.mlir",
-                     "07-dot_flatten.mlir", "08-dot_scale_fold.mlir", "09-dot_swap_operands.mlir",
-                     "10-fuse_rsqrt.mlir", "11-fuse_loss_reductions.mlir",
-                     "12-dot_f32_accumulate.mlir", "13-dot_bf16_canonical.mlir",
-                     "14-dot_bf16_batched.mlir", "15-reduce_f32_accumulate.mlir",
-                     "16-reduce_window_f32.mlir", "17-relu_mask_from_output.mlir",
-                     "18-elementwise_bf16_f32.mlir", "19-convert_bf16_bits.mlir",
-                     "20-dus_bf16_bits.mlir", "99-xla-optimized.hlo.txt"]
+                     "05-conv_full_window_dot.mlir", "06-conv_input_grad_dot.mlir",
+                     "07-conv_weight_grad_dot.mlir", "08-dot_flatten.mlir",
+                     "09-dot_scale_fold.mlir", "10-dot_swap_operands.mlir", "11-fuse_rsqrt.mlir",
+                     "12-fuse_loss_reductions.mlir", "13-dot_f32_accumulate.mlir",
+                     "14-dot_bf16_canonical.mlir", "15-dot_bf16_batched.mlir",
+                     "16-reduce_f32_accumulate.mlir", "17-reduce_window_f32.mlir",
+                     "18-relu_mask_from_output.mlir", "19-elementwise_bf16_f32.mlir",
+                     "20-convert_bf16_bits.mlir", "21-dus_bf16_bits.mlir", "99-xla-optimized.hlo.txt"]
 
 
 def test_xla_options_reach_the_compiler():

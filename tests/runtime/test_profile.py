@@ -80,10 +80,11 @@ def test_an_asynchronous_convolution_is_timed_to_its_completion_not_its_launch()
     data = (jax.random.normal(jax.random.key(1), (16, 32, 32, 32)), jnp.zeros((16, 32)))
     ts = luxc.TrainState(model, ps, st, optax.sgd(1e-3))
     records = luxc.compile_step(objective, data, ts).profile(ts, data, steps=5)
+    # the kernel gradient at least (XLA may fuse the forward one into YNNPACK's reduction that
+    # follows it); 0.3 GFLOP, over a third of the step whatever the load (0.05 timed by launch)
     convolutions = [r for r in records if r.kind == "convolution"]
-    assert len(convolutions) == 2  # the forward and the kernel gradient (no input gradient)
-    # 0.6 GFLOP of the step's work: most of its time, whatever the load
-    assert sum(r.share for r in convolutions) > 0.5, [(r.name, r.share) for r in records]
+    assert convolutions and sum(r.share for r in convolutions) > 0.2, \
+        [(r.name, r.kind, r.share) for r in records]
     assert sum(r.share for r in records) <= 1.0 + 1e-9
 
 
