@@ -130,7 +130,7 @@ def simple_conv(op: ir.Operation) -> Conv | None:
     if int_attr(op, "feature_group_count") != 1 or int_attr(op, "batch_group_count") != 1:
         return None
     dn = stablehlo.ConvDimensionNumbers(op.attributes["dimension_numbers"])
-    pads = _padding(op, len(dn.input_spatial_dimensions))
+    pads = padding(op)
     shapes = [list(ir.RankedTensorType(v.type).shape) for v in (*op.operands, op.results[0])]
     return Conv(dn, pads, *shapes)
 
