@@ -106,6 +106,9 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
     rather than once a module. Each module has ``timeout`` seconds of its own, counted from the
     answer about the one before. Returns each module's custom-call targets; an error names the
     module it is about."""
+    if not timeout > 0:  # NaN too
+        raise ValueError(f"timeout must be a positive number of seconds (or math.inf); "
+                         f"received {timeout!r}")
     names = list(modules)
     if not names:
         return {}
@@ -126,7 +129,7 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
             found, failed = _answers(child, names, timeout)
             if failed is None:  # every module answered: the child ends on its own
                 try:
-                    child.wait(timeout)
+                    child.wait(_bounded(timeout))
                 except subprocess.TimeoutExpired:
                     failed = "timeout"
         finally:
@@ -135,8 +138,22 @@ def check_untrusted_modules(modules: Mapping[str, bytes], timeout: float = CHECK
             _refuse_unlisted(targets, what, allow_device_kernels)
         if failed is None and child.returncode == 0:
             return found
-        what = names[min(len(found), len(names) - 1)]  # the one it was on (or the last)
-        raise _failure(what, failed, child.returncode, timeout, _last_error_line(errors))
+        last = _last_error_line(errors)
+        if len(found) < len(names):  # the module it was on
+            raise _failure(names[len(found)], failed, child.returncode, timeout, last)
+        # It answered about every module, then failed on its way out: no one module is to
+        # blame, so the message names them all (and all are refused).
+        raise _failure(_listed(names), failed, child.returncode, timeout, last,
+                       answered=len(names))
+
+
+def _bounded(timeout: float) -> float | None:
+    """``timeout`` as the standard library's waits take it (``None``: no limit)."""
+    return None if timeout == float("inf") else timeout
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -154,16 +171,23 @@ def _stop(child: subprocess.Popen) -> None:
 
 
 def _failure(what: str, failed: str | None, returncode: int, timeout: float,
-             last: str) -> ArtifactError:
+             last: str, answered: int = 0) -> ArtifactError:
+    """The refusal of ``what``; ``answered``: the child failed after answering about all of that
+    many modules (``what`` then names them all)."""
+    its, it = ("their", "them") if answered > 1 else ("its", "it")
+    when = "" if not answered else " after its answer" if answered == 1 else " after its answers"
     if failed == "timeout":
+        if answered:
+            return ArtifactError(f"{what}: the checking process did not end within {timeout:.0f} s"
+                                 f"{when}; luxc refuses {it}")
         return ArtifactError(f"{what}: checking its StableHLO did not finish in {timeout:.0f} s; "
                              "luxc refuses it")
     how = ("it answered out of turn" if failed == "out of turn"
            else f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
            else f"exit code {returncode}" if returncode
            else "it ended without answering")
-    return ArtifactError(f"{what}: its StableHLO made the checking process fail ({how}"
-                         f"{': ' + shown(last, 200) if last else ''}); luxc refuses it")
+    return ArtifactError(f"{what}: {its} StableHLO made the checking process fail{when} ({how}"
+                         f"{': ' + shown(last, 200) if last else ''}); luxc refuses {it}")
 
 
 def _feed(child: subprocess.Popen, modules: list[bytes]) -> None:
@@ -200,7 +224,7 @@ def _answers(child: subprocess.Popen, names: list[str], timeout: float
     found: dict[str, set[str]] = {}
     for index, what in enumerate(names):
         try:
-            line = lines.get(timeout=max(timeout, 0))
+            line = lines.get(timeout=_bounded(timeout))
         except queue.Empty:
             return found, "timeout"
         if line is None:

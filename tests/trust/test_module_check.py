@@ -66,6 +66,25 @@ def test_a_crash_names_the_module_it_was_on_and_its_escaped_exception_line(stand
     assert "\x1b" not in message and "\x07" not in message
 
 
+def test_a_crash_after_every_answer_names_every_module_not_the_last(stand_in):
+    # The child answered about both modules, then failed on its way out: not b's fault alone.
+    stand_in([0, 0], "ValueError: late\n")
+    with pytest.raises(ArtifactError) as raised:
+        check_untrusted_modules({"a": b"x", "b": b"y"}, timeout=60)
+    assert str(raised.value) == ("a and b: their StableHLO made the checking process fail after "
+                                 "its answers (exit code 1: ValueError: late); luxc refuses them")
+
+
+def test_no_time_limit_is_math_inf_and_a_limit_must_be_positive(stand_in):
+    import math
+
+    stand_in([0.5])
+    assert check_untrusted_modules({"a": b"x"}, timeout=math.inf) == {"a": set()}
+    for bad in (0, -1, math.nan):
+        with pytest.raises(ValueError, match=r"^timeout must be a positive number of seconds"):
+            check_untrusted_modules({"a": b"x"}, timeout=bad)
+
+
 def test_what_an_earlier_module_calls_is_refused_before_a_later_one_breaks_the_child():
     modules = {"a": exported_with_custom_call("my_native_kernel"),
                "b": b"\x00garbage that is no jax.export artifact"}
