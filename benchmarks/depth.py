@@ -2,7 +2,8 @@
 4 heads, MLP 1024, T128, batch 8), one fwd+bwd+Adam step, as luxc ``Stack`` (``lax.scan``; its
 default ``remat="dots_saveable"``) and luxc ``Chain`` of the blocks as users write it (unrolled
 below 8 blocks, one loop from 8: luxc/nn/_chain_loop.py), hand-written ``jax.jit`` +
-optax unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks. Each group in
+optax unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks; in bf16 the
+``Stack`` with ``mixed_precision="bf16"`` against ``torch.compile`` under autocast. Each group in
 its own process (:mod:`benchmarks.cases`).
 
     python -m benchmarks --only depth-1,depth-12 --quick --allow-busy
@@ -30,14 +31,15 @@ def _data():
     return x, jax.random.normal(jax.random.key(2), (B, wl.T, wl.W))
 
 
-def _luxc(model: nn.AbstractLayer) -> Callable:
+def _luxc(model: nn.AbstractLayer, options: luxc.CompileOptions | None = None) -> Callable:
     ps, st = luxc.setup(0, model)
     state = {"ts": luxc.TrainState(model, ps, st, optax.adam(1e-3))}
     data = _data()
 
     def step():
         _, loss, _, state["ts"] = luxc.training.single_train_step_(
-            luxc.AutoXLA(), luxc.MSELoss(), data, state["ts"], return_gradients=False)
+            luxc.AutoXLA(), luxc.MSELoss(), data, state["ts"], return_gradients=False,
+            compile_options=options)
         return loss
 
     return step
@@ -82,22 +84,25 @@ def _jax(n: int, scan: bool) -> Callable:
     return jit_adam_step(loss, params, x, y)
 
 
-def _torch_compile(n: int, device: bool) -> Callable:
+def _torch_compile(n: int, device: bool, autocast: bool = False) -> Callable:
     from benchmarks.peers_torch import torch_step
 
     work = next(w for w in wl.WORKLOADS if w.key == "transformer")
     x, y = _data()
-    return torch_step(work, x, y, compiled=True, blocks=n, device=device)
+    return torch_step(work, x, y, compiled=True, autocast=autocast, blocks=n, device=device)
 
 
 def variants(n: int, group: str, device: bool) -> dict[str, Callable[[], Callable]]:
     """``group``'s variants of the ``n``-block workload: name -> maker of a step."""
     if group == "luxc":
+        bf16 = luxc.CompileOptions(mixed_precision="bf16")
         return {"luxc Stack": lambda: _luxc(nn.Stack(wl.transformer_block(), n)),
-                "luxc Chain": lambda: _luxc(nn.Chain(*[wl.transformer_block() for _ in range(n)]))}
+                "luxc Chain": lambda: _luxc(nn.Chain(*[wl.transformer_block() for _ in range(n)])),
+                "luxc Stack bf16": lambda: _luxc(nn.Stack(wl.transformer_block(), n), bf16)}
     if group == "jax":
         return {"jax.jit unrolled": lambda: _jax(n, scan=False),
                 "jax.jit lax.scan": lambda: _jax(n, scan=True)}
     if group == "torch":
-        return {"torch.compile": lambda: _torch_compile(n, device)}
+        return {"torch.compile": lambda: _torch_compile(n, device),
+                "torch.compile autocast bf16": lambda: _torch_compile(n, device, autocast=True)}
     return {}
