@@ -184,18 +184,26 @@ def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(s, e) for s, e in merged]
 
 
-def _shared_seconds(events: dict[str, list[tuple[float, float, dict]]]) -> dict[str, float]:
+# Ops whose trace events enclose the events of the ops they run (a loop, a branch, a call).
+CONTAINER_KINDS = frozenset({"while", "conditional", "call"})
+
+
+def _shared_seconds(events: dict[str, list[tuple[float, float, dict]]],
+                    containers: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
     """Each op's wall time in seconds: the union of its intervals (an op XLA splits over worker
     threads counts once), a stretch during which ``k`` ops are in flight counting ``1/k`` to
     each (a convolution running on Eigen's threads while the executor runs other ops), so that
-    the ops' times add up to at most the traced wall time."""
+    the ops' times add up to at most the traced wall time. An op in ``containers`` (a ``while``
+    loop) is in flight while the ops inside it run: it counts only the stretches in which
+    nothing else does (its own bookkeeping), not half of its body's time."""
     points = sorted((t, edge, op) for op, evs in events.items()
                     for s, e in _union([(s, e) for s, e, _ in evs]) for t, edge in ((s, 1), (e, -1)))
     seconds, active, last = dict.fromkeys(events, 0.0), set(), None
     for t, edge, op in points:
         if active and last is not None:
-            for other in active:
-                seconds[other] += (t - last) / len(active) / 1e9
+            inner = [other for other in active if other not in containers] or active
+            for other in inner:
+                seconds[other] += (t - last) / len(inner) / 1e9
         (active.add if edge > 0 else active.discard)(op)
         last = t
     return seconds
@@ -269,7 +277,9 @@ def profile_ops(compiled: jax.stages.Compiled, run: Callable[[], object], steps:
                 times.append(time.perf_counter() - t0)
         events = read_events(trace_dir, _module_name(hlo))
     step = step_seconds or float(np.mean(times))
-    records, shared = [], _shared_seconds(events)
+    containers = {op for op in events if instructions.get(op) is not None
+                  and instructions[op].kind in CONTAINER_KINDS}
+    records, shared = [], _shared_seconds(events, containers)
     for op, evs in events.items():
         inst = instructions.get(op, _Instruction("?", None, None, None))
         seconds = shared[op] / steps
