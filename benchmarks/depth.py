@@ -1,10 +1,11 @@
 """The ``depth-N`` workloads: N pre-LN transformer blocks (workloads.transformer_block: W256,
 4 heads, MLP 1024, T128, batch 8), one fwd+bwd+Adam step, as luxc ``Stack`` (``lax.scan``; its
-default ``remat="dots_saveable"``) and luxc ``Chain`` of the blocks as users write it (unrolled
-below 8 blocks, one loop from 8: luxc/nn/_chain_loop.py), hand-written ``jax.jit`` +
-optax unrolled and with ``lax.scan``, and ``torch.compile`` of the same blocks; in bf16 the
-``Stack`` with ``mixed_precision="bf16"`` against ``torch.compile`` under autocast. Each group in
-its own process (:mod:`benchmarks.cases`).
+default ``remat="auto"``: ``"dots_saveable"`` in float32, ``"nothing_saveable"`` in bf16) and
+luxc ``Chain`` of the blocks as users write it (unrolled below 8 blocks, one loop from 8:
+luxc/nn/_chain_loop.py), hand-written ``jax.jit`` + optax unrolled and with ``lax.scan``, and
+``torch.compile`` of the same blocks; in bf16 the ``Stack`` with ``mixed_precision="bf16"``
+against ``torch.compile`` under autocast. Each group in its own process
+(:mod:`benchmarks.cases`).
 
     python -m benchmarks --only depth-1,depth-12 --quick --allow-busy
 """

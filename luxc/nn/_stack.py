@@ -22,15 +22,25 @@ from luxc.nn._core import AbstractLayer, LayerShapeError, PyTree, _fmt_int, para
 POLICY_NAMES = ("nothing_saveable", "everything_saveable", "dots_saveable", "checkpoint_dots",
                 "dots_with_no_batch_dims_saveable", "checkpoint_dots_with_no_batch_dims")
 
-# Stack's default: keep the matmul and convolution outputs of each block, recompute the
-# elementwise rest in the backward pass. Without a policy, lax.scan's backward reads every
-# residual of the forward from a stacked (n, ...) buffer (zero-filled, written by
-# dynamic-update-slice, read by dynamic-slice), where an unrolled program lets XLA fuse the cheap
-# elementwise producers into their backward consumers instead. On the 12-block transformer of
-# benchmarks/depth.py that is 37.6 MiB of residuals a block (the MLP's tanh-GELU alone keeps five
-# (8, 128, 1024) tensors) against 7.6 MiB with this policy, and 32.9 against 23.2 ms a block
-# (benchmarks/RESULTS.md, "Depth").
-DEFAULT_STACK_REMAT = "dots_saveable"
+# Stack's default policy, chosen when the step is traced from the precision the block runs in:
+#
+# - float32: "dots_saveable", keep the matmul and convolution outputs of each block, recompute
+#   the elementwise rest in the backward pass. Without a policy, lax.scan's backward reads every
+#   residual of the forward from a stacked (n, ...) buffer (zero-filled, written by
+#   dynamic-update-slice, read by dynamic-slice), where an unrolled program lets XLA fuse the
+#   cheap elementwise producers into their backward consumers instead. On the 12-block
+#   transformer of benchmarks/depth.py that is 37.6 MiB of residuals a block (the MLP's
+#   tanh-GELU alone keeps five (8, 128, 1024) tensors) against 7.6 MiB with this policy, and
+#   32.9 against 23.2 ms a block; "nothing_saveable" was 1.07x slower (Intel Xeon, 2026-12-07).
+# - bfloat16/float16 (mixed precision, or a half-precision model): "nothing_saveable", keep only
+#   each block's input and run its forward pass again in the backward loop. Half-precision
+#   products are ~3x cheaper than float32 ones, and the kept outputs cost more than they save:
+#   each is converted, written into its stacked buffer and read back. The same 12 blocks with
+#   mixed_precision="bf16", interleaved in one process: 262.4 -> 209.3 ms (0.80x); 4 blocks
+#   0.83x, 1 block 0.90x (benchmarks/README.md, "Levers").
+AUTO_REMAT = "auto"
+DEFAULT_STACK_REMAT = AUTO_REMAT
+_AUTO_POLICIES = {"full": "dots_saveable", "half": "nothing_saveable"}
 
 
 def checkpoint_policy(policy: str | Callable) -> Callable:
@@ -137,6 +147,22 @@ def stacked_axes(layer: AbstractLayer) -> PyTree:
     return found[0]
 
 
+def auto_remat(ps: PyTree, x: Any) -> str:
+    """The policy ``Stack(remat="auto")`` uses for a block called with parameters ``ps`` on
+    ``x``: ``"nothing_saveable"`` when the largest floating-point array among them is 16-bit
+    (bfloat16, float16), else ``"dots_saveable"`` (see ``DEFAULT_STACK_REMAT``'s comment).
+
+    >>> import jax.numpy as jnp
+    >>> auto_remat({"w": jnp.ones((4, 4), jnp.bfloat16)}, jnp.ones(4)), auto_remat({}, jnp.ones(4))
+    ('nothing_saveable', 'dots_saveable')
+    """
+    floats = [a for a in jax.tree.leaves((ps, x))
+              if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+    largest = max(floats, key=jnp.size, default=None)
+    half = largest is not None and jnp.result_type(largest).itemsize <= 2
+    return _AUTO_POLICIES["half" if half else "full"]
+
+
 def _check_n(what: str, n: Any) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"{what} must be a positive int; received {n!r}")
@@ -167,11 +193,14 @@ class Stack(AbstractLayer):
         n: the number of blocks (≥ 1).
         remat: a ``jax.checkpoint_policies`` name or callable saying which of each block's
             activations the backward pass keeps (the rest is recomputed, see :class:`Remat`);
-            the default ``"dots_saveable"`` keeps the matmul and convolution outputs and
-            recomputes the elementwise rest (README "Deep models": faster than keeping
-            everything, because a scan materialises every kept residual as an ``(n, ...)``
-            buffer); ``"nothing_saveable"`` keeps only each block's input (least memory);
-            ``None`` keeps every residual (``lax.scan`` alone).
+            ``"nothing_saveable"`` keeps only each block's input (least memory); ``None`` keeps
+            every residual (``lax.scan`` alone). The default ``"auto"`` chooses by the
+            precision the block runs in (its largest floating-point array): in float32
+            ``"dots_saveable"``, the matmul and convolution outputs kept and the elementwise
+            rest recomputed (faster than keeping everything, because a scan materialises every
+            kept residual as an ``(n, ...)`` buffer); in bfloat16 or float16
+            ``"nothing_saveable"`` (the products are cheap to run again; their kept outputs
+            were not).
 
     A compiled training step on CPU keeps those ``(n, ...)`` buffers (n ≥ 2) between calls
     instead of zero-filling fresh ones every step (docs/guide/host-memory.md): their memory
@@ -191,8 +220,11 @@ class Stack(AbstractLayer):
         if not isinstance(layer, AbstractLayer):
             raise TypeError(f"Stack expects a luxc layer; received {type(layer).__name__}")
         _check_n("Stack: n", n)
-        if remat is not None:
-            checkpoint_policy(remat)
+        if remat is not None and remat != AUTO_REMAT:
+            try:
+                checkpoint_policy(remat)
+            except ValueError as e:
+                raise ValueError(f"Stack: {e}, or \"auto\" (the default)") from None
         self.layer, self.n, self.remat = layer, n, remat
 
     def _stacked(self, init: Callable, key: jax.Array) -> PyTree:
@@ -210,7 +242,8 @@ class Stack(AbstractLayer):
             _same_shape(self.layer, h, y, "Stack")
             return y, s
 
-        step = _rematted(block, self.remat)
+        policy = auto_remat(ps, x) if self.remat == AUTO_REMAT else self.remat
+        step = _rematted(block, policy)
         return lax.scan(lambda h, ps_st: step(h, *ps_st), x, (ps, st), length=self.n)
 
     def summary(self) -> str:

@@ -286,6 +286,8 @@ def test_remat_lowers_the_compiled_step_s_temporaries():
     default = _temporaries(nn.Stack(block(), 8))  # dots_saveable: the GELU/tanh recomputed
     remat = _temporaries(nn.Stack(block(), 8, remat="nothing_saveable"))
     assert remat < default < 0.7 * plain, (remat, default, plain)
+    # in float32 the default ("auto") is "dots_saveable"
+    assert default == _temporaries(nn.Stack(block(), 8, remat="dots_saveable"))
 
 
 @pytest.mark.slow
@@ -301,3 +303,46 @@ def test_an_exported_artifact_of_a_stack_trains_like_eager_autojax(tmp_path):
         _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
         expected.append(float(loss))
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+def _bf16_step_memory_and_values(remat):
+    # A transformer-like residual MLP block, trained in mixed precision (bf16 inside the step).
+    @luxc.compact(norm=nn.LayerNorm(64), up=nn.Dense(64, 256, jax.nn.gelu), down=nn.Dense(256, 64))
+    def block(self, x):
+        return x + self.down(self.up(self.norm(x)))
+
+    model = nn.Stack(block, 6) if remat == "default" else nn.Stack(block, 6, remat=remat)
+    ps, st = luxc.setup(0, model)
+    ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
+    x = jax.random.normal(jax.random.key(3), (256, 64))
+    options = luxc.CompileOptions(mixed_precision="bf16")
+    cs = luxc.compile_step(luxc.MSELoss(), (x, x), ts, compile_options=options)
+    grads, loss, _, _ = cs(ts, (x, x))
+    return cs.memory_analysis()["temp_size_in_bytes"], float(loss), grads
+
+
+@pytest.mark.slow
+def test_stack_in_half_precision_recomputes_each_block_and_keeps_its_numbers():
+    # remat="auto" (the default) in bf16 is "nothing_saveable": only each block's input is kept
+    # (the step's temporaries are that policy's, fewer than "dots_saveable"'s), the forward
+    # pass runs again in the backward loop, and loss and gradients are those of the step that
+    # kept the products, within bf16's rounding.
+    auto, loss, grads = _bf16_step_memory_and_values("default")
+    nothing, _, _ = _bf16_step_memory_and_values("nothing_saveable")
+    dots, dots_loss, dots_grads = _bf16_step_memory_and_values("dots_saveable")
+    assert auto == nothing < dots, (auto, nothing, dots)
+    assert loss == pytest.approx(dots_loss, rel=1e-2)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(dots_grads)):
+        np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-2 * float(jnp.abs(b).max()))
+
+
+def test_auto_remat_follows_the_largest_floating_point_array():
+    bf16, f32 = jnp.ones((8, 8), jnp.bfloat16), jnp.ones((8, 8))
+    assert nn._stack.auto_remat({"w": bf16, "scale": jnp.ones(8)}, jnp.ones(8, jnp.bfloat16)) \
+        == "nothing_saveable"
+    assert nn._stack.auto_remat({"w": f32}, jnp.ones(8, jnp.bfloat16)) == "dots_saveable"
+    assert nn._stack.auto_remat({"w": jnp.ones((8, 8), jnp.float16)}, X) == "nothing_saveable"
+    assert nn._stack.auto_remat({}, jnp.ones(4, jnp.int32)) == "dots_saveable"
+    # float32 keeps the products: the same compiled step as asking for "dots_saveable"
+    assert nn.Stack(nn.Dense(2, 2), 2).summary() == "Stack(2 × Dense(2 => 2))"
+    assert "remat=dots_saveable" in nn.Stack(nn.Dense(2, 2), 2, remat="dots_saveable").summary()

@@ -207,8 +207,9 @@ def test_a_stack_step_keeps_its_scan_buffers_and_its_bits(monkeypatch, mixed_pre
     with warnings.catch_warnings():
         warnings.simplefilter("error", DonationWarning)
         cs, losses, params = _stack_run(monkeypatch, True, mixed_precision, donate)
-    # The forward scan's residual stacks and the backward scan's weight-gradient stacks.
-    assert len(cs.executable.workspace) == 6
+    # The forward scan's residual stacks and the backward scan's weight-gradient stacks (4);
+    # in bf16 one stack fewer: the Stack's "nothing_saveable" keeps no product's output.
+    assert len(cs.executable.workspace) == (6 if mixed_precision is None else 5)
     _, ref_losses, ref_params = _stack_run(monkeypatch, False, mixed_precision, donate)
     assert losses == ref_losses
     for a, b in zip(params, ref_params, strict=True):
