@@ -8,6 +8,7 @@ the layer once however deep the model is: tracing and compiling cost what one la
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -149,17 +150,23 @@ def stacked_axes(layer: AbstractLayer) -> PyTree:
 
 def auto_remat(ps: PyTree, x: Any) -> str:
     """The policy ``Stack(remat="auto")`` uses for a block called with parameters ``ps`` on
-    ``x``: ``"nothing_saveable"`` when the largest floating-point array among them is 16-bit
-    (bfloat16, float16), else ``"dots_saveable"`` (see ``DEFAULT_STACK_REMAT``'s comment).
+    ``x``: ``"nothing_saveable"`` when the block's largest floating-point parameter (with none,
+    its first floating-point input) is 16-bit (bfloat16, float16), else ``"dots_saveable"``
+    (see ``DEFAULT_STACK_REMAT``'s comment). Parameters are compared by their sizes, which are
+    known when a step is exported for any batch size; the input's is not.
 
     >>> import jax.numpy as jnp
     >>> auto_remat({"w": jnp.ones((4, 4), jnp.bfloat16)}, jnp.ones(4)), auto_remat({}, jnp.ones(4))
     ('nothing_saveable', 'dots_saveable')
     """
-    floats = [a for a in jax.tree.leaves((ps, x))
-              if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
-    largest = max(floats, key=jnp.size, default=None)
-    half = largest is not None and jnp.result_type(largest).itemsize <= 2
+    def floating(tree: PyTree) -> list:
+        return [a for a in jax.tree.leaves(tree)
+                if jnp.issubdtype(jnp.result_type(a), jnp.floating)]
+
+    params = floating(ps)
+    chosen = (max(params, key=lambda a: math.prod(a.shape)) if params
+              else next(iter(floating(x)), None))
+    half = chosen is not None and jnp.result_type(chosen).itemsize <= 2
     return _AUTO_POLICIES["half" if half else "full"]
 
 
@@ -195,7 +202,7 @@ class Stack(AbstractLayer):
             activations the backward pass keeps (the rest is recomputed, see :class:`Remat`);
             ``"nothing_saveable"`` keeps only each block's input (least memory); ``None`` keeps
             every residual (``lax.scan`` alone). The default ``"auto"`` chooses by the
-            precision the block runs in (its largest floating-point array): in float32
+            precision the block runs in (its largest floating-point parameter): in float32
             ``"dots_saveable"``, the matmul and convolution outputs kept and the elementwise
             rest recomputed (faster than keeping everything, because a scan materialises every
             kept residual as an ``(n, ...)`` buffer); in bfloat16 or float16

@@ -297,6 +297,8 @@ def test_an_exported_artifact_of_a_stack_trains_like_eager_autojax(tmp_path):
     data = (X, jnp.zeros_like(X))
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
     luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "s.luxc")
+    # exported for any batch size too: Stack's remat="auto" never compares a symbolic size
+    assert {"forward.jaxexport", "evaluate.jaxexport"} <= {f.name for f in (tmp_path / "s.luxc").iterdir()}
     losses = luxc.load(tmp_path / "s.luxc").run(3)
     expected = []
     for _ in range(3):
@@ -343,6 +345,8 @@ def test_auto_remat_follows_the_largest_floating_point_array():
     assert nn._stack.auto_remat({"w": f32}, jnp.ones(8, jnp.bfloat16)) == "dots_saveable"
     assert nn._stack.auto_remat({"w": jnp.ones((8, 8), jnp.float16)}, X) == "nothing_saveable"
     assert nn._stack.auto_remat({}, jnp.ones(4, jnp.int32)) == "dots_saveable"
+    assert nn._stack.auto_remat({}, (jnp.ones(4, jnp.int32), jnp.ones(4, jnp.bfloat16))) \
+        == "nothing_saveable"  # no parameter: the input's precision
     # float32 keeps the products: the same compiled step as asking for "dots_saveable"
     assert nn.Stack(nn.Dense(2, 2), 2).summary() == "Stack(2 × Dense(2 => 2))"
     assert "remat=dots_saveable" in nn.Stack(nn.Dense(2, 2), 2, remat="dots_saveable").summary()
