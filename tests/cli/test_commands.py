@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.support import luxc_cli_each
+from tests.support import luxc_cli, luxc_cli_each
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +34,6 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def luxc(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "luxc.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
 def assert_one_line_error(r, *fragments):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
@@ -56,22 +51,100 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def artifact(workdir):
-    r = luxc("compile", "model_src.py:factory", "--out", "step.luxc", cwd=workdir)
+    r = luxc_cli("compile", "model_src.py:factory", "--out", "step.luxc", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "wrote step.luxc" in r.stdout
     return workdir / "step.luxc"
 
 
-def _expected_losses(n):
+def _copy(artifact, copy, manifest_text=None, flip_executable=False, **fields):
+    """A copy of ``artifact`` at ``copy``: one byte of its executable flipped, its manifest's
+    top-level ``fields`` replaced (a dict updates the field) or its manifest ``manifest_text``."""
+    shutil.copytree(artifact, copy)
+    if flip_executable:
+        blob = bytearray((copy / "executable.bin").read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        (copy / "executable.bin").write_bytes(bytes(blob))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name, value in fields.items():
+        manifest[name] = {**manifest[name], **value} if isinstance(value, dict) else value
+    (copy / "manifest.json").write_text(manifest_text or json.dumps(manifest))
+    return copy
+
+
+COMPILE_ERRORS = [
+    ("missing.py:factory", "SPEC file not found: missing.py"),
+    ("model_src.py", "bad SPEC"),
+    ("model_src.py:nothing", "has no callable 'nothing'"),
+    ("model_src.py:broken", "factory model_src.py:broken raised ValueError: no data today"),
+    ("no_such_module:factory", "cannot import module 'no_such_module'"),
+    ("model_src.py:bad_objective", "must return a scalar loss"),
+]
+
+
+def _cases(mkdir, artifact, workdir):
+    """Each case: (the directory it runs in, its commands, run there in order). The shipped
+    copy runs first, before any command of the process imported the model's source."""
+    cases = {}
+    d = mkdir("shipped")
+    cases["shipped"] = (d, [["run", shutil.copytree(artifact, d / "shipped.luxc"), "--steps",
+                             "4", "--save-state", "final.safetensors"]])
+    cases["profile"] = (workdir, [["profile", "model_src.py:factory", "--steps", "5", "--trace",
+                                   "trace"]])
+    cases["inspect"] = (workdir, [["inspect", artifact], ["inspect", artifact, "--json"]])
+    cases["steps per call"] = (mkdir("k"), [["run", artifact, "--steps", "7",
+                                             "--steps-per-call", "3"]])
+    cases["every"] = (mkdir("every"), [["run", artifact, "--steps", "30", "--every", "10",
+                                        "--plot", "loss.png"]])
+    cases["quiet"] = (mkdir("quiet"), [["run", artifact, "--steps", "3", "--quiet"]])
+    d = mkdir("npz")
+    np.savez(d / "zeros.npz", np.zeros((8, 3), np.float32), np.zeros((8, 1), np.float32))
+    np.savez(d / "wrong.npz", np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32))
+    cases["npz"] = (d, [["run", artifact, "--steps", "1", "--data", d / "zeros.npz"],
+                        ["run", artifact, "--steps", "1", "--data", d / "wrong.npz"]])
+    d = mkdir("corrupted")
+    cases["corrupted"] = (d, [["run", _copy(artifact, d / "bad.luxc", flip_executable=True)],
+                              ["inspect", _copy(artifact, d / "bad-json.luxc", "{not json",
+                                                flip_executable=True)]])
+    d = mkdir("other")
+    cases["other jaxlib"] = (d, [["run", _copy(artifact, d / "other.luxc",
+                                               versions={"jaxlib": "0.0.1"}), "--steps", "2"]])
+    d = mkdir("old")
+    cases["format 99"] = (d, [["run", _copy(artifact, d / "old.luxc", format_version=99)]])
+    for spec, _ in COMPILE_ERRORS:
+        cases[f"compile {spec}"] = (workdir, [["compile", spec, "--out", "never.luxc"]])
+    (workdir / "manifest-before.json").write_bytes((artifact / "manifest.json").read_bytes())
+    cases["no force"] = (workdir, [["compile", "model_src.py:factory", "--out", artifact.name]])
+    cases["missing"] = (workdir, [["run", "nowhere.luxc"]])
+    cases["passes"] = (workdir, [["passes"]])
+    cases["demo"] = (workdir, [["demo", "--steps", "60"]])
+    d = mkdir("errors")
+    cases["errors"] = (d, [["run", d / "nowhere"], ["compile", "no-colon", "--out", "x"]])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs(artifact, workdir, tmp_path_factory):
+    """Every case of ``_cases`` in ONE fresh process (one jax start instead of one a command):
+    case -> (its directory, its commands' results)."""
+    cases = _cases(tmp_path_factory.mktemp, artifact, workdir)
+    results = iter(luxc_cli_each([(d, args) for d, commands in cases.values()
+                                  for args in commands]))
+    return {name: (d, [next(results) for _ in commands]) for name, (d, commands) in cases.items()}
+
+
+@pytest.fixture(scope="module")
+def expected_losses():
     """The same training in this process, through the Python API, run eagerly (AutoJAX): an
-    independent reference, without luxc's passes or compiled step."""
+    independent reference, without luxc's passes or compiled step. Its first 30 losses: a
+    shorter run's are the first of them."""
     import luxc as lx
 
     namespace: dict = {}
     exec(FACTORY, namespace)
     obj, data, ts = namespace["factory"]()
     out = []
-    for _ in range(n):
+    for _ in range(30):
         _, loss, _, ts = lx.training.single_train_step_(lx.AutoJAX(), obj, data, ts)
         out.append(float(loss))
     return out
@@ -92,138 +165,104 @@ def test_compile_writes_a_complete_artifact(artifact):
     assert "func.func public @main" in (artifact / "step.mlir").read_text()
 
 
-def test_inspect_shows_the_manifest_and_figures(artifact, workdir):
-    r = luxc("inspect", artifact, cwd=workdir)
+def test_inspect_shows_the_manifest_and_figures(runs):
+    _, (r, as_json) = runs["inspect"]
     assert r.returncode == 0, r.stderr
     assert "data[0]: float32[8, 3]" in r.stdout and "flops" in r.stdout and "peak" in r.stdout
     assert "objective   MSELoss(agg='mean')" in r.stdout  # what the factory trains with
     assert "optimizer   optax chain (states: ScaleByAdamState)" in r.stdout  # optax.adam's state
-    r = luxc("inspect", artifact, "--json", cwd=workdir)
-    manifest = json.loads(r.stdout)
+    manifest = json.loads(as_json.stdout)
     assert manifest["format"] == "luxc-artifact"
     assert manifest["inputs"][0] == {"name": "parameters['layer_1']['bias']", "shape": [16],
                                      "dtype": "float32"}
 
 
-def test_run_with_several_steps_per_call_gives_the_same_losses(artifact, tmp_path):
-    r = luxc("run", artifact, "--steps", "7", "--steps-per-call", "3", cwd=tmp_path)
+def _losses(stdout):
+    return [float(line.split("loss")[1]) for line in stdout.splitlines() if line.startswith("step ")]
+
+
+def test_run_with_several_steps_per_call_gives_the_same_losses(runs, expected_losses):
+    _, (r,) = runs["steps per call"]
     assert r.returncode == 0, r.stderr
-    losses = [float(line.split("loss")[1]) for line in r.stdout.splitlines() if line.startswith("step ")]
-    np.testing.assert_allclose(losses, _expected_losses(7), rtol=1e-4)
+    np.testing.assert_allclose(_losses(r.stdout), expected_losses[:7], rtol=1e-4)
 
 
-def test_run_needs_no_model_source_and_matches_in_process_training(artifact, tmp_path):
-    copy = tmp_path / "shipped.luxc"
-    subprocess.run(["cp", "-r", str(artifact), str(copy)], check=True)
-    r = luxc("run", copy, "--steps", "4", "--save-state", "final.safetensors", cwd=tmp_path)
+def test_run_needs_no_model_source_and_matches_in_process_training(runs, expected_losses):
+    d, (r,) = runs["shipped"]
+    assert not (d / "model_src.py").exists()  # only the artifact was shipped
     assert r.returncode == 0, r.stderr
-    losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
-    np.testing.assert_allclose(losses, _expected_losses(4), rtol=1e-5)
-    assert (tmp_path / "final.safetensors").is_file()
+    np.testing.assert_allclose(_losses(r.stdout), expected_losses[:4], rtol=1e-5)
+    assert (d / "final.safetensors").is_file()
 
 
-def test_run_prints_every_n_steps_and_a_summary(artifact, tmp_path):
-    r = luxc("run", artifact, "--steps", "30", "--every", "10", "--plot", "loss.png", cwd=tmp_path)
+def test_run_prints_every_n_steps_and_a_summary(runs, expected_losses):
+    d, (r,) = runs["every"]
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["10", "20", "30"]
-    expected = _expected_losses(30)
     summary = next(line for line in lines if line.startswith("ran 30 steps (1-30) in "))
     first, last = (float(v) for v in summary.split("loss ")[1].split(" -> "))
-    np.testing.assert_allclose([first, last], [expected[0], expected[-1]], rtol=1e-4)
+    np.testing.assert_allclose([first, last], [expected_losses[0], expected_losses[-1]],
+                               rtol=1e-4)
     assert "steps/s" in summary
     assert "executable: serialized executable" in r.stdout  # this user's own artifact
-    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (d / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_run_quiet_prints_only_the_summary(artifact, tmp_path):
-    r = luxc("run", artifact, "--steps", "3", "--quiet", cwd=tmp_path)
+def test_run_quiet_prints_only_the_summary(runs):
+    _, (r,) = runs["quiet"]
     assert r.returncode == 0, r.stderr
     assert not any(line.startswith("step ") for line in r.stdout.splitlines())
     assert "ran 3 steps (1-3)" in r.stdout
 
 
-def test_run_takes_data_from_an_npz(artifact, tmp_path):
-    x = np.zeros((8, 3), np.float32)
-    np.savez(tmp_path / "zeros.npz", x, np.zeros((8, 1), np.float32))
-    r = luxc("run", artifact, "--steps", "1", "--data", tmp_path / "zeros.npz", cwd=tmp_path)
+def test_run_takes_data_from_an_npz(runs):
+    _, (r, wrong) = runs["npz"]
     assert r.returncode == 0, r.stderr
-    np.savez(tmp_path / "wrong.npz", np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32))
-    r = luxc("run", artifact, "--steps", "1", "--data", tmp_path / "wrong.npz", cwd=tmp_path)
-    assert_one_line_error(r, "wrong.npz holds 4 samples; the step's batch is 8")
+    assert_one_line_error(wrong, "wrong.npz holds 4 samples; the step's batch is 8")
 
 
-def test_a_corrupted_artifact_is_refused(artifact, tmp_path):
-    bad = tmp_path / "bad.luxc"
-    subprocess.run(["cp", "-r", str(artifact), str(bad)], check=True)
-    blob = bytearray((bad / "executable.bin").read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    (bad / "executable.bin").write_bytes(bytes(blob))
-    assert_one_line_error(luxc("run", bad, cwd=tmp_path), "checksum mismatch", "executable.bin")
-    (bad / "manifest.json").write_text("{not json")
-    assert_one_line_error(luxc("inspect", bad, cwd=tmp_path), "is corrupt")
+def test_a_corrupted_artifact_is_refused(runs):
+    _, (run, inspect) = runs["corrupted"]
+    assert_one_line_error(run, "checksum mismatch", "executable.bin")
+    assert_one_line_error(inspect, "is corrupt")
 
 
-def test_another_jaxlib_falls_back_to_the_portable_module(artifact, tmp_path):
-    other = tmp_path / "other.luxc"
-    subprocess.run(["cp", "-r", str(artifact), str(other)], check=True)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["versions"]["jaxlib"] = "0.0.1"
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    r = luxc("run", other, "--steps", "2", cwd=tmp_path)
+def test_another_jaxlib_falls_back_to_the_portable_module(runs):
+    _, (r,) = runs["other jaxlib"]
     assert r.returncode == 0, r.stderr
     assert "compiled the portable StableHLO" in r.stderr
     assert sum(line.startswith("step ") for line in r.stdout.splitlines()) == 2
     assert "executable: compiled from StableHLO" in r.stdout  # the summary says so too
 
 
-def test_unknown_format_version_is_refused(artifact, tmp_path):
-    old = tmp_path / "old.luxc"
-    subprocess.run(["cp", "-r", str(artifact), str(old)], check=True)
-    manifest = json.loads((old / "manifest.json").read_text())
-    manifest["format_version"] = 99
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_line_error(luxc("run", old, cwd=tmp_path), "format version 99")
-
-
-COMPILE_ERRORS = [
-    ("missing.py:factory", "SPEC file not found: missing.py"),
-    ("model_src.py", "bad SPEC"),
-    ("model_src.py:nothing", "has no callable 'nothing'"),
-    ("model_src.py:broken", "factory model_src.py:broken raised ValueError: no data today"),
-    ("no_such_module:factory", "cannot import module 'no_such_module'"),
-    ("model_src.py:bad_objective", "must return a scalar loss"),
-]
-
-@pytest.fixture(scope="module")
-def compile_errors(workdir):
-    """Every bad SPEC compiled, all in one fresh process."""
-    runs = luxc_cli_each([(workdir, ["compile", spec, "--out", "never.luxc"])
-                          for spec, _ in COMPILE_ERRORS])
-    return {spec: r for (spec, _), r in zip(COMPILE_ERRORS, runs)}
+def test_unknown_format_version_is_refused(runs):
+    _, (r,) = runs["format 99"]
+    assert_one_line_error(r, "format version 99")
 
 
 @pytest.mark.parametrize("spec,message", COMPILE_ERRORS)
-def test_compile_errors_are_one_line(workdir, compile_errors, spec, message):
-    assert_one_line_error(compile_errors[spec], message)
+def test_compile_errors_are_one_line(workdir, runs, spec, message):
+    _, (r,) = runs[f"compile {spec}"]
+    assert_one_line_error(r, message)
     assert not (workdir / "never.luxc").exists()
     assert not list(workdir.glob(".never.luxc.*"))
 
 
-def test_compile_never_overwrites_without_force(artifact, workdir):
-    before = (artifact / "manifest.json").read_bytes()
-    r = luxc("compile", "model_src.py:factory", "--out", artifact.name, cwd=workdir)
+def test_compile_never_overwrites_without_force(runs, artifact, workdir):
+    _, (r,) = runs["no force"]
     assert_one_line_error(r, "already exists", "--force")
-    assert (artifact / "manifest.json").read_bytes() == before
+    assert (artifact / "manifest.json").read_bytes() == \
+        (workdir / "manifest-before.json").read_bytes()
 
 
-def test_missing_artifact_is_one_line(workdir):
-    assert_one_line_error(luxc("run", "nowhere.luxc", cwd=workdir), "artifact directory not found")
+def test_missing_artifact_is_one_line(runs):
+    _, (r,) = runs["missing"]
+    assert_one_line_error(r, "artifact directory not found")
 
 
-def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
-    r = luxc("profile", "model_src.py:factory", "--steps", "5", "--trace", tmp_path / "trace",
-             cwd=workdir)
+def test_profile_reports_times_memory_and_flops(runs):
+    d, (r,) = runs["profile"]
     assert r.returncode == 0, r.stderr
     for word in ("cold", "warm (persistent cache)", "median", "min", "max", "over 5 steps",
                  "steps/s", "peak memory", "page faults", "/step", "GFLOP/s"):
@@ -234,7 +273,7 @@ def test_profile_reports_times_memory_and_flops(workdir, tmp_path):
             if line.split()[0] in ("compile", "step", "throughput", "peak", "page", "achieved")]
     assert len(rows) == 6
     assert {len(line[:25].rstrip()) for line in rows} == {25}  # every number ends in one column
-    assert any((tmp_path / "trace").rglob("*.xplane.pb"))
+    assert any((d / "trace").rglob("*.xplane.pb"))
 
 
 def test_profile_counts_the_pages_a_step_maps_anew():
@@ -266,14 +305,14 @@ def test_profile_counts_the_pages_a_step_maps_anew():
     assert faults < 256
 
 
-def test_passes_lists_every_pass(workdir):
-    r = luxc("passes", cwd=workdir)
+def test_passes_lists_every_pass(runs):
+    _, (r,) = runs["passes"]
     assert r.returncode == 0 and "fuse_rsqrt" in r.stdout and "fuse_loss_reductions" in r.stdout
     assert "default on cpu" in r.stdout
 
 
-def test_demo_trains_and_reports(workdir):
-    r = luxc("demo", "--steps", "60", cwd=workdir)
+def test_demo_trains_and_reports(runs):
+    _, (r,) = runs["demo"]
     assert r.returncode == 0, r.stderr
     assert "Total: 49_921 parameters" in r.stdout and "pass report" in r.stdout
     assert "compiled the whole step" in r.stdout and "µs/step" in r.stdout
@@ -301,8 +340,8 @@ def test_a_second_process_loads_the_step_from_the_persistent_cache(tmp_path):
     assert any((tmp_path / "cache").glob("*.luxc-xla"))
 
 
-def test_errors_read_the_same_way_whatever_their_source(tmp_path):
-    missing = luxc("run", tmp_path / "nowhere", cwd=tmp_path).stderr.strip().splitlines()[-1]
-    assert missing == f"Error: artifact directory not found: {tmp_path / 'nowhere'}"
-    bad_spec = luxc("compile", "no-colon", "--out", "x", cwd=tmp_path).stderr.strip().splitlines()[-1]
-    assert bad_spec.startswith("Error: bad SPEC 'no-colon'")
+def test_errors_read_the_same_way_whatever_their_source(runs):
+    d, (missing, bad_spec) = runs["errors"]
+    assert missing.stderr.strip().splitlines()[-1] == \
+        f"Error: artifact directory not found: {d / 'nowhere'}"
+    assert bad_spec.stderr.strip().splitlines()[-1].startswith("Error: bad SPEC 'no-colon'")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import luxc
-from tests.support import compile_factory, luxc_cli, luxc_cli_each
+from tests.support import luxc_cli_each
 
 # BatchNorm: test mode must use the running statistics, which training changes.
 FACTORY = textwrap.dedent("""
@@ -31,58 +31,6 @@ def _factory(directory):
     return namespace["factory"]()
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    d = tmp_path_factory.mktemp("predict")
-    compile_factory(d, FACTORY)
-    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)  # batch 5, never seen
-    np.save(d / "x.npy", x)
-    return d
-
-
-def _reference(ts, x):
-    y, _ = ts.model(jnp.asarray(x), ts.parameters, luxc.testmode(ts.states))
-    return np.asarray(y)
-
-
-def test_load_predict_equals_the_models_forward_pass_on_an_unseen_batch_size(tmp_path):
-    (tmp_path / "model_src.py").write_text(FACTORY)
-    objective, data, ts = _factory(tmp_path)
-    luxc.export_step(objective, data, ts, tmp_path / "s.luxc")
-    loaded = luxc.load(tmp_path / "s.luxc")
-    for batch in (1, 13):
-        x = np.random.default_rng(batch).normal(size=(batch, 3)).astype(np.float32)
-        np.testing.assert_allclose(loaded.predict(x), _reference(ts, x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(luxc.runtime.ArtifactError, match=r"^x has shape \[2, 4\]; the "
-                       r"model takes float32\[b, 3\]"):
-        loaded.predict(np.zeros((2, 4), np.float32))
-
-
-@pytest.mark.slow
-def test_luxc_predict_equals_the_models_forward_pass_with_the_artifacts_parameters(work):
-    r = luxc_cli("predict", "step.luxc", "--input", "x.npy", "--out", "y.npy", cwd=work)
-    assert r.returncode == 0, r.stderr
-    y = np.load(work / "y.npy")
-    assert y.shape == (5, 2)
-    np.testing.assert_allclose(y, _reference(_factory(work)[2], np.load(work / "x.npy")),
-                               rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_luxc_predict_uses_a_checkpoints_parameters_after_luxc_run(work, tmp_path):
-    r = luxc_cli("run", work / "step.luxc", "--steps", "3", "--save-state", tmp_path / "c.st",
-                 cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = luxc_cli("predict", work / "step.luxc", "--input", work / "x.npy", "--state",
-                 tmp_path / "c.st", "--out", tmp_path / "y.npy", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    trained = luxc.load_state(tmp_path / "c.st", like=_factory(work)[2])
-    assert trained.step == 3
-    y, x = np.load(tmp_path / "y.npy"), np.load(work / "x.npy")
-    np.testing.assert_allclose(y, _reference(trained, x), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(y, _reference(_factory(work)[2], x), atol=1e-4)  # it trained
-
-
 WRONG_INPUTS = {  # the message -> how the input is written
     "x (--input bad.npy) has shape [4, 5]; the model takes float32[b, 3]":
         lambda d: np.save(d / "bad.npy", np.zeros((4, 5), np.float32)),
@@ -94,49 +42,119 @@ WRONG_INPUTS = {  # the message -> how the input is written
 }
 
 
-@pytest.fixture(scope="module")
-def wrong_input_runs(work, tmp_path_factory):
-    """``luxc predict`` on each wrong input, in a directory of its own, all in one process."""
-    dirs = {message: tmp_path_factory.mktemp("wrong-input") for message in WRONG_INPUTS}
+def _cases(mkdir, work):
+    """Each case after ``luxc compile``: (its directory, its commands, run there in order)."""
+    art = work / "step.luxc"
+    cases = {"predict": (work, [["predict", "step.luxc", "--input", "x.npy", "--out", "y.npy"]])}
+    d = mkdir("checkpoint")
+    cases["checkpoint"] = (d, [["run", art, "--steps", "3", "--save-state", d / "c.st"],
+                               ["predict", art, "--input", work / "x.npy", "--state", d / "c.st",
+                                "--out", d / "y.npy"]])
+    d = mkdir("out")
+    (d / "notes.npy").write_text("my notes")
+    cases["out"] = (d, [["predict", art, "--input", work / "x.npy", "--out", out]
+                        for out in (d / "notes.npy", d / "y.txt", art / "y.npy")])
     for message, make in WRONG_INPUTS.items():
-        make(dirs[message])
-    runs = luxc_cli_each([(d, ["predict", work / "step.luxc", "--input", "bad.npy", "--out", "y.npy"])
-                          for d in dirs.values()])
-    return {message: (d, r) for (message, d), r in zip(dirs.items(), runs)}
+        d = mkdir("wrong-input")
+        make(d)
+        cases[message] = (d, [["predict", art, "--input", "bad.npy", "--out", "y.npy"]])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """``luxc compile`` of FACTORY, then every case of ``_cases``, in ONE fresh process (one
+    jax start instead of one a command): (the directory of the artifact, its source and x.npy,
+    case -> (its directory, its commands' results))."""
+    work = tmp_path_factory.mktemp("predict")
+    (work / "model_src.py").write_text(FACTORY)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)  # batch 5, never seen
+    np.save(work / "x.npy", x)
+    cases = _cases(tmp_path_factory.mktemp, work)
+    compile_, *results = luxc_cli_each(
+        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
+        [(d, args) for d, commands in cases.values() for args in commands])
+    assert compile_.returncode == 0, compile_.stderr
+    results = iter(results)
+    return work, {name: (d, [next(results) for _ in commands])
+                  for name, (d, commands) in cases.items()}
+
+
+@pytest.fixture(scope="module")
+def work(compiled):
+    return compiled[0]
+
+
+@pytest.fixture(scope="module")
+def runs(compiled):
+    return compiled[1]
+
+
+def _reference(ts, x):
+    y, _ = ts.model(jnp.asarray(x), ts.parameters, luxc.testmode(ts.states))
+    return np.asarray(y)
+
+
+def test_load_predict_equals_the_models_forward_pass_on_an_unseen_batch_size(work):
+    ts = _factory(work)[2]
+    loaded = luxc.load(work / "step.luxc")
+    for batch in (1, 13):
+        x = np.random.default_rng(batch).normal(size=(batch, 3)).astype(np.float32)
+        np.testing.assert_allclose(loaded.predict(x), _reference(ts, x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(luxc.runtime.ArtifactError, match=r"^x has shape \[2, 4\]; the "
+                       r"model takes float32\[b, 3\]"):
+        loaded.predict(np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.slow
+def test_luxc_predict_equals_the_models_forward_pass_with_the_artifacts_parameters(work, runs):
+    _, (r,) = runs["predict"]
+    assert r.returncode == 0, r.stderr
+    y = np.load(work / "y.npy")
+    assert y.shape == (5, 2)
+    np.testing.assert_allclose(y, _reference(_factory(work)[2], np.load(work / "x.npy")),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_luxc_predict_uses_a_checkpoints_parameters_after_luxc_run(work, runs):
+    d, (run, predict) = runs["checkpoint"]
+    assert run.returncode == 0, run.stderr
+    assert predict.returncode == 0, predict.stderr
+    trained = luxc.load_state(d / "c.st", like=_factory(work)[2])
+    assert trained.step == 3
+    y, x = np.load(d / "y.npy"), np.load(work / "x.npy")
+    np.testing.assert_allclose(y, _reference(trained, x), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(y, _reference(_factory(work)[2], x), atol=1e-4)  # it trained
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("message", WRONG_INPUTS)
-def test_a_wrong_input_is_one_line_and_writes_nothing(wrong_input_runs, message):
-    d, r = wrong_input_runs[message]
+def test_a_wrong_input_is_one_line_and_writes_nothing(runs, message):
+    d, (r,) = runs[message]
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (d / "y.npy").exists()
 
 
 @pytest.mark.slow
-def test_out_is_checked_before_work_and_never_overwrites_another_file(work, tmp_path):
-    (tmp_path / "notes.npy").write_text("my notes")
-    for out, message in [(tmp_path / "notes.npy", "exists and is not a .npy array"),
-                         (tmp_path / "y.txt", "give a .npy name"),
-                         (work / "step.luxc" / "y.npy", "is inside the artifact")]:
-        r = luxc_cli("predict", work / "step.luxc", "--input", work / "x.npy", "--out", out,
-                     cwd=tmp_path)
+def test_out_is_checked_before_work_and_never_overwrites_another_file(work, runs):
+    d, results = runs["out"]
+    for r, message in zip(results, ["exists and is not a .npy array", "give a .npy name",
+                                    "is inside the artifact"], strict=True):
         assert r.returncode != 0 and message in r.stderr, r.stderr
-    assert (tmp_path / "notes.npy").read_text() == "my notes"
+    assert (d / "notes.npy").read_text() == "my notes"
     assert not (work / "step.luxc" / "y.npy").exists()
 
 
-def test_an_unsigned_artifacts_forward_pass_is_checked_in_the_child_first(tmp_path, monkeypatch):
+def test_an_unsigned_artifacts_forward_pass_is_checked_in_the_child_first(work, tmp_path,
+                                                                          monkeypatch):
     import shutil
 
     from luxc.runtime.artifacts import _artifact as artifact
     from luxc.runtime.artifacts import _forward as forward
 
-    (tmp_path / "model_src.py").write_text(FACTORY)
-    objective, data, ts = _factory(tmp_path)
-    luxc.export_step(objective, data, ts, tmp_path / "s.luxc")
-    shutil.copytree(tmp_path / "s.luxc", tmp_path / "stranger.luxc")
+    shutil.copytree(work / "step.luxc", tmp_path / "stranger.luxc")
     (tmp_path / "stranger.luxc" / "manifest.sig").unlink()  # as from someone else
     checked = []
     original = forward.check_untrusted
@@ -145,7 +163,7 @@ def test_an_unsigned_artifacts_forward_pass_is_checked_in_the_child_first(tmp_pa
                                                                                        **kw))
     x = np.random.default_rng(3).normal(size=(6, 3)).astype(np.float32)
     np.testing.assert_allclose(artifact.load_predictor(tmp_path / "stranger.luxc").predict(x),
-                               _reference(ts, x), rtol=1e-5, atol=1e-6)
+                               _reference(_factory(work)[2], x), rtol=1e-5, atol=1e-6)
     assert len(checked) == 1 and "forward.jaxexport" in checked[0]
-    artifact.load_predictor(tmp_path / "s.luxc")  # signed by this user: no check needed
+    artifact.load_predictor(work / "step.luxc")  # signed by this user: no check needed
     assert len(checked) == 1

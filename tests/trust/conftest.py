@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 import luxc
-from tests.trust._artifacts import export_quietly, mlp_state, step_data, unsigned
+from tests.trust._artifacts import eager_losses, export_quietly, mlp_state, step_data, unsigned
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,12 @@ def template(tmp_path_factory):
     """The MLP's signed artifact (``tests/trust/_artifacts.py``), exported once; never edited."""
     return export_quietly(luxc.MSELoss(), step_data(), mlp_state(),
                           tmp_path_factory.mktemp("template") / "step.luxc")
+
+
+@pytest.fixture(scope="session")
+def mlp_losses():
+    """The reference for the template's first 3 steps: their losses, trained eagerly."""
+    return eager_losses(mlp_state(), 3)[0]
 
 
 @pytest.fixture

@@ -430,7 +430,8 @@ def test_predict_refuses_int64_tokens_out_of_int32_range_naming_the_input(tokens
 
 
 @pytest.mark.slow
-def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp_path):
+def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp_path,
+                                                                       monkeypatch):
     """SIGINT once the child has printed step 3 (its readiness line); the checkpoint it then
     writes records the log as it is, so --resume appends, every step logged once."""
     args = [sys.executable, "-m", "luxc.cli", "run", work / "step.luxc", "--data",
@@ -448,8 +449,9 @@ def test_ctrl_c_after_a_logged_step_leaves_log_and_checkpoint_agreeing(work, tmp
     assert (tmp_path / "ck" / f"step-{step:08d}.safetensors").is_file()
     logged = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
     assert logged == list(range(1, step + 1))
-    r = _luxc(*args[3:], "--resume", "-q", "--steps", step + 2, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.chdir(tmp_path)  # the same command, relative paths and all, in this process
+    r = _run(*args[3:], "--resume", "-q", "--steps", step + 2)
+    assert r.exit_code == 0, r.output
     logged = [json.loads(row)["step"] for row in (tmp_path / "l").read_text().splitlines()]
     assert logged == list(range(1, step + 3))
 

@@ -20,7 +20,7 @@ from luxc.runtime.data import _npy_rows as npy_rows
 from luxc.runtime.data._dataset import Dataset
 from luxc.runtime.files._errors import ArtifactError
 from tests.cli.test_run_dataset import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
-from tests.support import compile_factory, luxc_cli, run_python
+from tests.support import luxc_cli_each, run_python
 
 SPECS = [ArraySpec((8, 3), "float32"), ArraySpec((8, 1), "float32")]
 NAMES = ["data[0]", "data[1]"]
@@ -60,33 +60,83 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
     return text
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trust_datasets")
-    compile_factory(d, FACTORY)
+BAD_PREDICT_INPUTS = {  # how x.npy is written -> the message
+    "truncated": (lambda p: p.write_bytes(_header((100, 3)) + bytes(40)),
+                  "x (--input x.npy) is truncated: its header declares float32[100, 3] (1.17 "
+                  "KiB) but the file holds 40 bytes of data"),
+    "symlink-loop": (lambda p: p.symlink_to("x.npy"),
+                     "cannot read x (--input x.npy): Too many levels of symbolic links"),
+}
+
+
+def _cases(mkdir, work):
+    """Each case after ``luxc compile``: (its directory, its commands, run there in order)."""
+    art, train = work / "step.luxc", work / "train.npz"
+    cases = {}
+    for command, args in {
+            "--data": ["run", art, "--steps", "2", "--data", "ds"],
+            "--eval-data": ["run", art, "--steps", "2", "--data", train, "--eval-data", "ds"],
+            "predict --input": ["predict", art, "--input", "x.npy", "--out", "y.npy"]}.items():
+        d = mkdir("fifo")
+        os.mkfifo(_directory(d / "ds", _xy()[0]) / "1.npy")  # no writer: a blocking open
+        os.mkfifo(d / "x.npy")  # would wait forever
+        cases[f"fifo {command}"] = (d, [args])
+    d = mkdir("follow")
     x, y = _xy()
-    np.savez(d / "train.npz", x, y)
-    return d
+    np.save(d / "y.npy", y)
+    (_directory(d / "ds", x) / "1.npy").symlink_to(d / "y.npy")
+    cases["follow"] = (d, [["run", art, "--data", "ds", "--steps", "2"],
+                           ["run", art, "--data", "ds", "--steps", "2", "--follow-symlinks"]])
+    d = mkdir("small-eval")
+    np.savez(d / "eval.npz", *_xy(3, seed=9))  # the step's batch is 8; evaluation takes any
+    cases["small eval"] = (d, [["run", art, "--data", train, "--steps", "3", "--eval-data",
+                                "eval.npz", "--save-state", "s.safetensors"]])
+    d = mkdir("batches")
+    np.save(d / "x.npy", _xy(20, seed=4)[0])
+    cases["batches"] = (d, [["predict", art, "--input", "x.npy", "--out", "y.npy",
+                             "--batch-size", "7"]])
+    for name, (make, _) in BAD_PREDICT_INPUTS.items():
+        d = mkdir("bad-input")
+        make(d / "x.npy")
+        cases[name] = (d, [["predict", art, "--input", "x.npy", "--out", "y.npy"]])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """``luxc compile`` of FACTORY, then every case of ``_cases``, in ONE fresh process (one
+    jax start instead of one a command; its timeout fails an open that blocks): (the directory
+    of the artifact, its source and train.npz, case -> (its directory, its commands' results))."""
+    work = tmp_path_factory.mktemp("trust_datasets")
+    (work / "model_src.py").write_text(FACTORY)
+    np.savez(work / "train.npz", *_xy())
+    cases = _cases(tmp_path_factory.mktemp, work)
+    compile_, *results = luxc_cli_each(
+        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
+        [(d, args) for d, commands in cases.values() for args in commands])
+    assert compile_.returncode == 0, compile_.stderr
+    results = iter(results)
+    return work, {name: (d, [next(results) for _ in commands])
+                  for name, (d, commands) in cases.items()}
+
+
+@pytest.fixture(scope="module")
+def work(compiled):
+    return compiled[0]
+
+
+@pytest.fixture(scope="module")
+def runs(compiled):
+    return compiled[1]
 
 
 # --- files that are not regular files, or not the stranger's own --------------------------------
 
 @pytest.mark.slow  # a child process
 @pytest.mark.parametrize("command", ["--data", "--eval-data", "predict --input"])
-def test_a_fifo_named_like_a_data_file_is_refused_at_once_naming_it(work, tmp_path, command):
-    x, y = _xy()
-    ds = _directory(tmp_path / "ds", x)
-    os.mkfifo(ds / "1.npy")  # no writer: a blocking open would wait forever
-    os.mkfifo(tmp_path / "x.npy")
-    if command == "predict --input":
-        args = ["predict", work / "step.luxc", "--input", "x.npy", "--out", "y.npy"]
-        named = "x.npy"
-    else:
-        args = ["run", work / "step.luxc", "--steps", "2",
-                *(["--data", "ds"] if command == "--data" else
-                  ["--data", work / "train.npz", "--eval-data", "ds"])]
-        named = "ds/1.npy"
-    r = luxc_cli(*args, cwd=tmp_path)  # the fixture's timeout fails a blocked open
+def test_a_fifo_named_like_a_data_file_is_refused_at_once_naming_it(runs, command):
+    _, (r,) = runs[f"fifo {command}"]
+    named = "x.npy" if command == "predict --input" else "ds/1.npy"
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert named in r.stderr and "is a named pipe (FIFO), not a regular file" in r.stderr
 
@@ -106,15 +156,9 @@ def test_a_symlink_inside_a_strangers_data_directory_is_refused_unless_followed(
 
 
 @pytest.mark.slow  # a child process
-def test_follow_symlinks_on_the_command_line_trains_on_the_linked_file(work, tmp_path):
-    x, y = _xy()
-    np.save(tmp_path / "y.npy", y)
-    ds = _directory(tmp_path / "ds", x)
-    (ds / "1.npy").symlink_to(tmp_path / "y.npy")
-    refused = luxc_cli("run", work / "step.luxc", "--data", "ds", "--steps", "2", cwd=tmp_path)
+def test_follow_symlinks_on_the_command_line_trains_on_the_linked_file(runs):
+    _, (refused, r) = runs["follow"]
     assert refused.returncode == 1 and "is a symbolic link" in refused.stderr
-    r = luxc_cli("run", work / "step.luxc", "--data", "ds", "--steps", "2", "--follow-symlinks",
-                 cwd=tmp_path)
     assert r.returncode == 0 and "ran 2 steps (1-2)" in r.stdout, r.stderr
 
 
@@ -353,16 +397,15 @@ def test_the_permutation_is_drawn_once_per_epoch(tmp_path, monkeypatch):
 # --- evaluation and prediction -------------------------------------------------------------------
 
 @pytest.mark.slow  # a child process
-def test_eval_data_with_fewer_samples_than_the_training_batch_is_evaluated(work, tmp_path):
-    gx, gy = _xy(3, seed=9)  # the step's batch is 8; evaluation takes any batch
-    np.savez(tmp_path / "eval.npz", gx, gy)
-    r = luxc_cli("run", work / "step.luxc", "--data", work / "train.npz", "--steps", "3",
-                 "--eval-data", "eval.npz", "--save-state", "s.safetensors", cwd=tmp_path)
+def test_eval_data_with_fewer_samples_than_the_training_batch_is_evaluated(work, runs,
+                                                                          tmp_path):
+    d, (r,) = runs["small eval"]
+    gx, gy = _xy(3, seed=9)  # what eval.npz holds
     assert r.returncode == 0, r.stderr
     last = [line for line in r.stdout.splitlines() if line.startswith("eval step 3")]
     namespace: dict = {}
     exec((work / "model_src.py").read_text(), namespace)
-    ts = luxc.load_state(tmp_path / "s.safetensors", like=namespace["factory"]()[2])
+    ts = luxc.load_state(d / "s.safetensors", like=namespace["factory"]()[2])
     want = float(luxc.MSELoss()(ts.model, ts.parameters, luxc.testmode(ts.states), (gx, gy))[0])
     assert last and abs(float(last[0].split()[4]) - want) <= 1e-5 * max(1, abs(want)), r.stdout
     with pytest.raises(ArtifactError) as e:
@@ -380,35 +423,33 @@ def test_an_evaluation_set_over_the_memory_bound_is_one_line(tmp_path):
 
 
 @pytest.mark.slow  # a child process
-def test_predict_in_batches_equals_one_call(work, tmp_path):
-    x, _ = _xy(20, seed=4)
-    np.save(tmp_path / "x.npy", x)
-    r = luxc_cli("predict", work / "step.luxc", "--input", "x.npy", "--out", "y.npy",
-                 "--batch-size", "7", cwd=tmp_path)
+def test_predict_in_batches_equals_one_call(work, runs):
+    d, (r,) = runs["batches"]
     assert r.returncode == 0, r.stderr
     assert "(20 samples in 3 batches of up to 7;" in r.stdout
-    one_call = luxc.load(work / "step.luxc").predict(x)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), one_call, rtol=1e-6, atol=1e-7)
+    one_call = luxc.load(work / "step.luxc").predict(np.load(d / "x.npy"))
+    np.testing.assert_allclose(np.load(d / "y.npy"), one_call, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow  # a child process
 def test_predict_memory_stays_bounded_on_a_large_input(work, tmp_path):
-    def peak_mib(rows: int) -> int:
-        path = tmp_path / f"x{rows}.npy"
+    inputs = {}
+    for rows in (16, 1 << 23):  # 96 MiB in; one call held > 700 MiB
+        inputs[rows] = path = tmp_path / f"x{rows}.npy"
         path.write_bytes(_header((rows, 3)))
         os.truncate(path, 128 + rows * 12)  # a sparse file of zeros
-        code = textwrap.dedent(f"""
-            import resource
-            from luxc.cli import main
-            main(["predict", {str(work / "step.luxc")!r}, "--input", {str(path)!r}, "--out",
-                  {str(tmp_path / f"y{rows}.npy")!r}], standalone_mode=False)
-            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
-        """)
-        r = run_python(code)
-        assert r.returncode == 0, r.stderr
-        return int(r.stdout.strip().splitlines()[-1])
-
-    small, large = peak_mib(16), peak_mib(1 << 23)  # 96 MiB in; one call held > 700 MiB
+    # One process, the small input first: the peak the large one adds to it is what it needs.
+    code = textwrap.dedent(f"""
+        import resource
+        from luxc.cli import main
+        for rows, path in {({rows: str(path) for rows, path in inputs.items()})!r}.items():
+            main(["predict", {str(work / "step.luxc")!r}, "--input", path, "--out",
+                  {str(tmp_path)!r} + f"/y{{rows}}.npy"], standalone_mode=False)
+            print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, flush=True)
+    """)
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    small, large = (int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("PEAK"))
     assert large - small < 96, (small, large)
     y = np.load(tmp_path / f"y{1 << 23}.npy", mmap_mode="r")
     assert y.shape == (1 << 23, 1)
@@ -416,20 +457,13 @@ def test_predict_memory_stays_bounded_on_a_large_input(work, tmp_path):
 
 
 @pytest.mark.slow  # a child process
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(_header((100, 3)) + bytes(40)),
-     "x (--input x.npy) is truncated: its header declares float32[100, 3] (1.17 KiB) but the "
-     "file holds 40 bytes of data"),
-    (lambda p: p.symlink_to("x.npy"), "cannot read x (--input x.npy): Too many levels of "
-                                      "symbolic links"),
-], ids=['truncated', 'symlink-loop'])
-def test_a_bad_predict_input_is_one_line(work, tmp_path, make, message):
-    make(tmp_path / "x.npy")
-    r = luxc_cli("predict", work / "step.luxc", "--input", "x.npy", "--out", "y.npy",
-                 cwd=tmp_path)
+@pytest.mark.parametrize("name", BAD_PREDICT_INPUTS)
+def test_a_bad_predict_input_is_one_line(runs, name):
+    d, (r,) = runs[name]
+    _, message = BAD_PREDICT_INPUTS[name]
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"Error: {message}"), r.stderr
-    assert not (tmp_path / "y.npy").exists()
+    assert not (d / "y.npy").exists()
 
 
 # --- names from the manifest and the stranger's directory are escaped ---------------------------

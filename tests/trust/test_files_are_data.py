@@ -27,9 +27,8 @@ from luxc.runtime.caching import persistent_cache
 from luxc.runtime.files import _bounded_read as bounded_read
 from luxc.runtime.files._errors import ArtifactError
 from luxc.runtime.trust import _user_key as trust
-from tests.support import luxc_cli
+from tests.support import luxc_cli_each
 from tests.trust._artifacts import (
-    eager_losses,
     exported_with_custom_call,
     mlp_state,
     read_manifest,
@@ -57,30 +56,27 @@ def _load(d):
     return loaded, [str(w.message) for w in caught]
 
 
-def _reference_losses(steps=3):
-    return eager_losses(mlp_state(), steps)[0]
-
-
 # ---------------------------------------------------------------- artifacts: code execution
 
 
-def test_our_own_signed_artifact_loads_its_serialized_executable(art):
+def test_our_own_signed_artifact_loads_its_serialized_executable(art, mlp_losses):
     loaded, notes = _load(art)
     assert loaded.executable_source == "serialized executable" and notes == []
-    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+    np.testing.assert_allclose(loaded.run(3), mlp_losses, rtol=1e-5)
 
 
-def test_a_pickle_payload_with_recomputed_hashes_never_runs(art, tmp_path):
+def test_a_pickle_payload_with_recomputed_hashes_never_runs(art, tmp_path, mlp_losses):
     marker = tmp_path / "payload-ran"
     replace_file(art, "executable.bin", _payload(marker))
     loaded, notes = _load(art)
     assert not marker.exists()
     assert loaded.executable_source == "compiled from StableHLO"
     assert any("signature is not this user's" in n for n in notes), notes
-    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+    np.testing.assert_allclose(loaded.run(3), mlp_losses, rtol=1e-5)
 
 
-def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art, tmp_path):
+def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art, tmp_path,
+                                                                            mlp_losses):
     # The worst case: the attacker can sign (e.g. the user was tricked into re-signing). The
     # executable bytes go to XLA's deserializer, never to pickle, so the payload still cannot run.
     marker = tmp_path / "payload-ran"
@@ -90,10 +86,11 @@ def test_a_pickle_payload_is_not_unpickled_even_when_the_manifest_is_signed(art,
     loaded, notes = _load(art)
     assert not marker.exists()
     assert loaded.executable_source == "compiled from StableHLO"
-    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+    np.testing.assert_allclose(loaded.run(3), mlp_losses, rtol=1e-5)
 
 
-def test_xla_options_of_an_unsigned_artifact_cannot_write_files_or_abort(art, tmp_path):
+def test_xla_options_of_an_unsigned_artifact_cannot_write_files_or_abort(art, tmp_path,
+                                                                        mlp_losses):
     dump = tmp_path / "dumped-here"
     m = read_manifest(art)
     m["compile_options"]["xla_options"] = {"xla_dump_to": str(dump), "xla_no_such_flag": True,
@@ -102,7 +99,7 @@ def test_xla_options_of_an_unsigned_artifact_cannot_write_files_or_abort(art, tm
     loaded, notes = _load(art)
     assert not dump.exists()
     assert any("ignored the XLA options xla_dump_to, xla_no_such_flag" in n for n in notes), notes
-    np.testing.assert_allclose(loaded.run(3), _reference_losses(), rtol=1e-5)
+    np.testing.assert_allclose(loaded.run(3), mlp_losses, rtol=1e-5)
 
 
 def test_an_artifact_signed_with_another_users_key_compiles_its_stablehlo(art, tmp_path, monkeypatch):
@@ -264,58 +261,99 @@ FACTORY = textwrap.dedent("""
 """)
 
 
-def test_compile_force_refuses_a_directory_that_is_not_an_artifact(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "model.py").write_text(FACTORY)
-    r = luxc_cli("compile", "model.py:factory", "--out", ".", "--force", cwd=project)
-    assert r.returncode == 1 and "names no new directory" in r.stderr.strip().splitlines()[-1]
-    r = luxc_cli("compile", "project/model.py:factory", "--out", "project", "--force", cwd=tmp_path)
-    assert r.returncode == 1 and "is not a luxc artifact" in r.stderr
-    assert (project / "model.py").read_text() == FACTORY
+def _with_factory(d, source=FACTORY):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "model.py").write_text(source)
+    return d
 
 
-def test_compile_force_refuses_a_fake_manifest_beside_the_users_files(tmp_path):
-    (tmp_path / "model.py").write_text(FACTORY)
-    proj = tmp_path / "proj"
-    (proj / "src").mkdir(parents=True)
-    (proj / "manifest.json").write_text('{"format": "luxc-artifact"}')
-    (proj / "thesis.tex").write_text("thesis")
-    r = luxc_cli("compile", "model.py:factory", "--out", proj, "--force", cwd=tmp_path)
+def _command_cases(mkdir, template):
+    """Each case: (its directory, its commands as ``(cwd, args)``, run in order)."""
+    cases = {}
+    d = mkdir("not-an-artifact")
+    project = _with_factory(d / "project")
+    cases["not an artifact"] = (d, [(project, ["compile", "model.py:factory", "--out", ".",
+                                               "--force"]),
+                                    (d, ["compile", "project/model.py:factory", "--out",
+                                         "project", "--force"])])
+    d = _with_factory(mkdir("fake-manifest"))
+    (d / "proj" / "src").mkdir(parents=True)
+    (d / "proj" / "manifest.json").write_text('{"format": "luxc-artifact"}')
+    (d / "proj" / "thesis.tex").write_text("thesis")
+    cases["fake manifest"] = (d, [(d, ["compile", "model.py:factory", "--out", d / "proj",
+                                       "--force"])])
+    d = _with_factory(mkdir("replace"))
+    shutil.copytree(template, d / "art")
+    cases["replace"] = (d, [(d, ["compile", "model.py:factory", "--out", d / "art", "--force"])])
+    d = mkdir("unwritable")
+    _with_factory(d, FACTORY + f"\nopen({str(d / 'factory-ran')!r}, 'w')\n")
+    (d / "file").write_text("x")
+    cases["unwritable out"] = (d, [(d, ["compile", "model.py:factory", "--out", "file/sub"])])
+    d = mkdir("save-state")
+    art = shutil.copytree(template, d / "art")
+    cases["save state"] = (d, [(d, ["run", art, "--steps", "3", "--save-state", bad])
+                               for bad in (d / "no-such-dir" / "state.safetensors", d)])
+    d = mkdir("trace")
+    (d / "file").write_text("x")
+    art = shutil.copytree(template, d / "art")
+    cases["trace"] = (d, [(d, ["profile", art, "--trace", d / "file" / "trace"])])
+    d = _with_factory(mkdir("parent"))
+    cases["missing parent"] = (d, [(d, ["compile", "model.py:factory", "--out", "nd/sub/art"])])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def commands(template, tmp_path_factory):
+    """Every case of ``_command_cases`` in ONE fresh process (one jax start instead of one a
+    command): case -> (its directory, its commands' results)."""
+    cases = _command_cases(tmp_path_factory.mktemp, template)
+    results = iter(luxc_cli_each([run for _, runs in cases.values() for run in runs]))
+    return {name: (d, [next(results) for _ in runs]) for name, (d, runs) in cases.items()}
+
+
+def test_compile_force_refuses_a_directory_that_is_not_an_artifact(commands):
+    d, (dot, project) = commands["not an artifact"]
+    assert dot.returncode == 1 and "names no new directory" in dot.stderr.strip().splitlines()[-1]
+    assert project.returncode == 1 and "is not a luxc artifact" in project.stderr
+    assert (d / "project" / "model.py").read_text() == FACTORY
+
+
+def test_compile_force_refuses_a_fake_manifest_beside_the_users_files(commands):
+    d, (r,) = commands["fake manifest"]
     assert r.returncode == 1 and "it also holds src, thesis.tex" in r.stderr, r.stderr
-    assert (proj / "thesis.tex").read_text() == "thesis" and (proj / "src").is_dir()
+    assert (d / "proj" / "thesis.tex").read_text() == "thesis" and (d / "proj" / "src").is_dir()
 
 
-def test_compile_force_replaces_an_artifact_in_one_step(tmp_path, art):
-    (tmp_path / "model.py").write_text(FACTORY)
-    before = read_manifest(art)
-    r = luxc_cli("compile", "model.py:factory", "--out", art, "--force", cwd=tmp_path)
+def test_compile_force_replaces_an_artifact_in_one_step(commands, template):
+    d, (r,) = commands["replace"]
     assert r.returncode == 0, r.stderr
-    after = read_manifest(art)
+    before, after = read_manifest(template), read_manifest(d / "art")  # art was a copy
     # 5 inputs: the parameters, the optimiser state with its adjustable learning rate, the data
     assert after["layout"]["model"] != before["layout"]["model"] and len(after["inputs"]) == 5
-    assert not [p for p in tmp_path.iterdir() if ".luxc-" in p.name]  # no leftovers
+    assert not [p for p in d.iterdir() if ".luxc-" in p.name]  # no leftovers
 
 
-def test_compile_refuses_an_unwritable_out_before_running_the_factory(tmp_path):
-    marker = tmp_path / "factory-ran"
-    (tmp_path / "model.py").write_text(FACTORY + f"\nopen({str(marker)!r}, 'w')\n")
-    (tmp_path / "file").write_text("x")
-    r = luxc_cli("compile", "model.py:factory", "--out", "file/sub", cwd=tmp_path)
-    assert r.returncode == 1 and not marker.exists(), r.stderr
+def test_compile_refuses_an_unwritable_out_before_running_the_factory(commands):
+    d, (r,) = commands["unwritable out"]
+    assert r.returncode == 1 and not (d / "factory-ran").exists(), r.stderr
 
 
-def test_run_checks_save_state_before_training(art, tmp_path):
-    for bad in (tmp_path / "no-such-dir" / "state.safetensors", tmp_path):
-        r = luxc_cli("run", art, "--steps", "3", "--save-state", bad, cwd=tmp_path)
+def test_run_checks_save_state_before_training(commands):
+    _, runs = commands["save state"]
+    for r in runs:
         assert r.returncode != 0 and "--save-state" in r.stderr
         assert "loss" not in r.stdout  # refused before the first step
 
 
-def test_profile_checks_trace_before_compiling(art, tmp_path):
-    (tmp_path / "file").write_text("x")
-    r = luxc_cli("profile", art, "--trace", tmp_path / "file" / "trace", cwd=tmp_path)
+def test_profile_checks_trace_before_compiling(commands):
+    _, (r,) = commands["trace"]
     assert r.returncode == 1 and "--trace" in r.stderr and "step time" not in r.stdout
+
+
+def test_compile_creates_a_missing_parent_of_out(commands):
+    d, (r,) = commands["missing parent"]
+    assert r.returncode == 0, r.stderr
+    assert (d / "nd/sub/art/manifest.json").exists()
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -579,26 +617,39 @@ def test_a_temporary_with_an_impossible_pid_does_not_break_a_save(tmp_path):
     assert (tmp_path / "ckpt.safetensors").exists() and not odd.exists()
 
 
+# Four processes forked from one that imported luxc (one import, not four), each waiting for
+# the same byte: they ask for the key at the same moment. Each prints the key it got.
+KEY_RACE = textwrap.dedent("""
+    import os, sys, traceback
+    from luxc.runtime.trust._user_key import user_key
+    go, start = os.pipe()
+    for _ in range(4):
+        if os.fork() == 0:
+            try:
+                os.read(go, 1)
+                print(user_key().hex(), flush=True)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(0)
+    os.write(start, b"go" * 2)
+    print("EXIT", *sorted(os.waitstatus_to_exitcode(os.wait()[1]) for _ in range(4)), flush=True)
+""")
+
+
 def test_processes_creating_the_key_at_once_all_get_the_whole_same_key(tmp_path):
-    code = "from luxc.runtime.trust._user_key import user_key; print(user_key().hex())"
     env = {**os.environ, "LUXC_KEY_FILE": str(tmp_path / "fresh" / "key")}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              env=env) for _ in range(4)]
-    keys = {p.communicate(timeout=300)[0].strip() for p in procs}
-    assert len(keys) == 1 and len(keys.pop()) == 64
+    r = subprocess.run([sys.executable, "-c", KEY_RACE], capture_output=True, text=True, env=env,
+                       timeout=300)
+    *keys, exits = r.stdout.splitlines()
+    assert exits == "EXIT 0 0 0 0" and len(keys) == 4, r.stdout + r.stderr
+    assert len(set(keys)) == 1 and len(keys[0]) == 64, r.stdout + r.stderr
 
 
 def test_reading_an_artifact_never_creates_a_key(art, tmp_path, monkeypatch):
     monkeypatch.setenv("LUXC_KEY_FILE", str(tmp_path / "none-yet" / "key"))
     artifact = artifact_format.read_artifact(art)
     assert not artifact.signed_by_this_user and not (tmp_path / "none-yet").exists()
-
-
-def test_compile_creates_a_missing_parent_of_out(tmp_path):
-    (tmp_path / "model.py").write_text(FACTORY)
-    r = luxc_cli("compile", "model.py:factory", "--out", "nd/sub/art", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "nd/sub/art/manifest.json").exists()
 
 
 def test_bfloat16_checkpoints_round_trip(tmp_path):

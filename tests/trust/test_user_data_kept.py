@@ -309,7 +309,8 @@ def test_a_checkpoint_taken_before_the_first_log_row_names_its_log_by_file(art, 
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [3]
 
 
-def test_sigkill_after_a_checkpoint_loses_no_log_row_and_resume_agrees(art, tmp_path):
+def test_sigkill_after_a_checkpoint_loses_no_log_row_and_resume_agrees(art, tmp_path,
+                                                                      monkeypatch):
     args = [sys.executable, "-m", "luxc.cli", "run", str(art), "--steps", "100000", "--every",
             "1", "-q", "--checkpoint", "ck", "--checkpoint-every", "5", "--keep", "1", "--log",
             "log.jsonl"]
@@ -331,9 +332,9 @@ def test_sigkill_after_a_checkpoint_loses_no_log_row_and_resume_agrees(art, tmp_
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()
              if line.endswith("}")]
     assert steps[:saved] == list(range(1, saved + 1))  # every row up to the checkpoint on disk
-    r = subprocess.run([*args[:5], "--steps", str(saved + 3), *args[7:], "--resume"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.chdir(tmp_path)  # the same command, relative paths and all, in this process
+    r = _run(*args[4:5], "--steps", saved + 3, *args[7:], "--resume")
+    assert r.exit_code == 0, r.output
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, saved + 4))  # cut back to the checkpoint, then continued
 
