@@ -11,7 +11,6 @@ differences.
 import itertools
 import math
 import re
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from jax.test_util import check_grads
 
 import luxc
 from luxc import nn
-from tests.support import compile_factory, luxc_cli
+from tests.support import luxc_cli
 
 RNG = np.random.default_rng(0)
 
@@ -372,38 +371,32 @@ def test_printouts_are_luxs():
 
 # --- the family end to end: AutoXLA = AutoJAX, bf16, Stack, checkpoint, artifact ------------------
 
-FACTORY = textwrap.dedent("""
-    import jax, jax.numpy as jnp, optax, luxc
-    from luxc import nn
-
-    def model():
-        return nn.Chain(
-            nn.Conv((3, 3), 1, 4, jax.nn.relu, pad=nn.SamePad()),
-            nn.Stack(nn.Conv((3, 3), 4, 4, jnp.tanh, pad=nn.SamePad()), 2),
-            nn.MaxPool((2, 2), dilation=2), nn.ConvTranspose((2, 2), 4, 4, jnp.tanh, stride=2),
-            nn.LPPool((2, 2)), nn.AdaptiveMaxPool((2, 2)), nn.Upsample("bilinear", scale=2),
-            nn.PixelShuffle(2), nn.MeanPool((2, 2)), nn.AdaptiveMeanPool((2, 2)),
-            nn.Conv((1, 1), 1, 3, cross_correlation=True), nn.GlobalMeanPool(), nn.FlattenLayer(),
-            nn.Dense(3, 2))
-
-    def factory():
-        ps, st = luxc.setup(jax.random.key(0), model())
-        x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
-        y = jnp.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)
-        return luxc.MSELoss(), (x, y), luxc.TrainState(model(), ps, st, optax.adam(1e-2))
-""")
+def _model():
+    return nn.Chain(
+        nn.Conv((3, 3), 1, 4, jax.nn.relu, pad=nn.SamePad()),
+        nn.Stack(nn.Conv((3, 3), 4, 4, jnp.tanh, pad=nn.SamePad()), 2),
+        nn.MaxPool((2, 2), dilation=2), nn.ConvTranspose((2, 2), 4, 4, jnp.tanh, stride=2),
+        nn.LPPool((2, 2)), nn.AdaptiveMaxPool((2, 2)), nn.Upsample("bilinear", scale=2),
+        nn.PixelShuffle(2), nn.MeanPool((2, 2)), nn.AdaptiveMeanPool((2, 2)),
+        nn.Conv((1, 1), 1, 3, cross_correlation=True), nn.GlobalMeanPool(), nn.FlattenLayer(),
+        nn.Dense(3, 2))
 
 
 def _factory():
-    namespace: dict = {}
-    exec(FACTORY, namespace)
-    return namespace["factory"]()
+    """The family's objective, data (each image's mean and deviation to learn) and initial
+    TrainState, the same at every call."""
+    ps, st = luxc.setup(jax.random.key(0), _model())
+    x = np.random.default_rng(1).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    y = np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)
+    return luxc.MSELoss(), (jnp.asarray(x), jnp.asarray(y)), luxc.TrainState(
+        _model(), ps, st, optax.adam(1e-2))
 
 
-def _losses(ad, n, **kw):
-    """``n`` steps of the family with ``ad`` from its factory: the losses, the first step's
-    gradients and the state after them."""
-    obj, data, ts = _factory()
+def _losses(ad, n, ts=None, **kw):
+    """``n`` steps of the family with ``ad`` from ``ts`` (default: its factory's): the losses,
+    the first step's gradients and the state after them."""
+    obj, data, fresh = _factory()
+    ts = fresh if ts is None else ts
     out, first = [], None
     for _ in range(n):
         grads, loss, _, ts = luxc.training.single_train_step(ad, obj, data, ts, **kw)
@@ -419,9 +412,17 @@ def eager_run():
     return _losses(luxc.AutoJAX(), 3)
 
 
-def test_the_family_compiles_to_the_eager_step_and_runs_in_bf16(eager_run):
+@pytest.fixture(scope="module")
+def compiled_run():
+    """The factory's TrainState and 3 AutoXLA steps from it; TrainStates made from it share its
+    compiled step."""
+    start = _factory()[2]
+    return start, _losses(luxc.AutoXLA(), 3, start)
+
+
+def test_the_family_compiles_to_the_eager_step_and_runs_in_bf16(eager_run, compiled_run):
     eager, eager_grads, _ = eager_run
-    compiled, grads, _ = _losses(luxc.AutoXLA(), 3)
+    compiled, grads, _ = compiled_run[1]
     for a, b in zip(jax.tree.leaves(eager_grads), jax.tree.leaves(grads)):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
@@ -429,20 +430,22 @@ def test_the_family_compiles_to_the_eager_step_and_runs_in_bf16(eager_run):
     np.testing.assert_allclose(bf16, compiled[:2], rtol=5e-2)
 
 
-def test_the_family_round_trips_a_checkpoint(tmp_path):
-    obj, data, ts = _factory()
+def test_the_family_round_trips_a_checkpoint(tmp_path, compiled_run):
+    start, (_, _, ts) = compiled_run
+    obj, data, _ = _factory()
     step = lambda t: luxc.training.single_train_step(luxc.AutoXLA(), obj, data, t)  # noqa: E731
-    ts = step(ts)[3]
     luxc.save_state(tmp_path / "c.safetensors", ts)
-    resumed = luxc.load_state(tmp_path / "c.safetensors", like=_factory()[2])
-    assert resumed.step == 1
+    # `like` holds the initial values (a load that kept them would fail) and shares the
+    # compiled step.
+    resumed = luxc.load_state(tmp_path / "c.safetensors", like=start)
+    assert resumed.step == 3
     np.testing.assert_array_equal(step(resumed)[1], step(ts)[1])
 
 
 @pytest.mark.slow
 def test_the_family_trains_from_an_artifact_without_its_source(tmp_path, eager_run):
-    compile_factory(tmp_path, FACTORY)
-    (tmp_path / "model_src.py").unlink()
+    # Exported here, run by `luxc run` in a fresh process that cannot import the model.
+    luxc.export_step(*_factory(), tmp_path / "step.luxc")
     r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
@@ -459,9 +462,13 @@ def test_lenet_as_a_true_convolution_gets_the_same_conv_passes_and_reverses_only
         model = nn.Chain(*(nn.Conv(c.kernel_size, c.in_chs, c.out_chs, c.activation,
                                    cross_correlation=cc) if isinstance(c, nn.Conv) else c
                            for c in lenet.make_model().layers))
-        obj, data, _ = lenet.factory(batch=32)
         ps, st = luxc.setup(0, model)
-        return luxc.compile_step(obj, data, luxc.TrainState(model, ps, st, optax.adam(1e-3)))
+        return luxc.compile_step(luxc.CrossEntropyLoss(logits=True), data,
+                                 luxc.TrainState(model, ps, st, optax.adam(1e-3)))
+
+    # lenet.factory's shapes (batch 32), drawn by numpy: jax.random compiles a program per shape
+    x = np.random.default_rng(0).normal(size=(32, 28, 28, 1)).astype(np.float32)
+    data = (jnp.asarray(x), jnp.asarray(np.eye(10, dtype=np.float32)[np.arange(32) % 10]))
 
     flipped, plain = compiled(False), compiled(True)
     assert [(r.name, r.rewrites) for r in flipped.pass_report] == \

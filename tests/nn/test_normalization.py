@@ -17,7 +17,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import single_train_step
-from tests.support import ROOT, compile_factory, luxc_cli
+from tests.support import luxc_cli
 
 
 def _rand(seed, *shape, scale=1.0, shift=0.0):
@@ -231,22 +231,30 @@ def _norm_data():
     return (jnp.asarray(_rand(20, 4, 4, 4, 2)), jnp.asarray(_rand(21, 4, 1)))
 
 
-def test_norm_layers_compiled_step_equals_eager_and_bf16_is_close_to_f32():
+def _norm_steps(backend, ts, n=3):
+    losses = []
+    for _ in range(n):
+        _, loss, _, ts = single_train_step(backend, luxc.MSELoss(), _norm_data(), ts)
+        losses.append(float(loss))
+    return losses, ts
+
+
+@pytest.fixture(scope="module")
+def norm_runs():
+    """3 eager and 3 compiled steps from one initial TrainState, once for the module; every
+    TrainState made from it shares its compiled step."""
+    ps, st = luxc.setup(0, _norm_model())
+    start = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
+    return start, _norm_steps(luxc.AutoJAX(), start), _norm_steps(luxc.AutoXLA(), start)
+
+
+def test_norm_layers_compiled_step_equals_eager_and_bf16_is_close_to_f32(norm_runs):
     data = _norm_data()
-    runs = []
-    for backend in (luxc.AutoJAX(), luxc.AutoXLA()):
-        ps, st = luxc.setup(0, _norm_model())
-        ts = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
-        losses = []
-        for _ in range(3):
-            _, loss, _, ts = single_train_step(backend, luxc.MSELoss(), data, ts)
-            losses.append(float(loss))
-        runs.append((losses, ts))
-    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    _, (eager, ts_e), (compiled, ts) = norm_runs
+    np.testing.assert_allclose(eager, compiled, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 (runs[0][1].parameters, runs[0][1].states), (runs[1][1].parameters, runs[1][1].states))
-    assert runs[0][0][-1] < runs[0][0][0]
-    ts = runs[1][1]
+                 (ts_e.parameters, ts_e.states), (ts.parameters, ts.states))
+    assert eager[-1] < eager[0]
     opts = luxc.CompileOptions(mixed_precision="bf16")
     _, loss, _, ts2 = single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts,
                                         compile_options=opts)
@@ -257,36 +265,23 @@ def test_norm_layers_compiled_step_equals_eager_and_bf16_is_close_to_f32():
     assert ts2.states["layer_3"]["running_mean"].dtype == jnp.float32
 
 
-def test_norm_layers_checkpoint_and_artifact_round_trip(tmp_path):
-    ps, st = luxc.setup(0, _norm_model())
-    ts = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
+def test_norm_layers_checkpoint_and_artifact_round_trip(tmp_path, norm_runs):
+    start, (eager, _), (_, ts) = norm_runs
     step = lambda t: single_train_step(luxc.AutoXLA(), luxc.MSELoss(), _norm_data(), t)
-    ts = step(ts)[3]
     luxc.save_state(tmp_path / "c.safetensors", ts)
-    like = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
-    resumed = luxc.load_state(tmp_path / "c.safetensors", like=like)
+    # `like` holds the initial values (a load that kept them would fail) and shares the
+    # compiled step.
+    resumed = luxc.load_state(tmp_path / "c.safetensors", like=start)
     a, b = step(ts)[3], step(resumed)[3]
     for u, v in zip(jax.tree.leaves((a.parameters, a.states)), jax.tree.leaves((b.parameters, b.states))):
         np.testing.assert_array_equal(u, v)
-    # `luxc compile` of a model holding every new norm, `luxc run` in a fresh process.
-    compile_factory(tmp_path, f"""
-import sys
-sys.path.insert(0, {str(ROOT)!r})
-import optax, luxc
-from tests.nn.test_normalization import _norm_model, _norm_data
-def factory():
-    ps, st = luxc.setup(0, _norm_model())
-    return luxc.MSELoss(), _norm_data(), luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
-""")
+    # An artifact of a model holding every new norm, exported here, run by `luxc run` in a
+    # fresh process that cannot import this module.
+    luxc.export_step(luxc.MSELoss(), _norm_data(), start, tmp_path / "step.luxc")
     r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("step")]
-    ts = luxc.TrainState(_norm_model(), ps, st, optax.adam(1e-2))
-    expected = []
-    for _ in range(3):
-        _, loss, _, ts = single_train_step(luxc.AutoJAX(), luxc.MSELoss(), _norm_data(), ts)
-        expected.append(float(loss))
-    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    np.testing.assert_allclose(losses, eager, rtol=1e-4)
 
 
 def _stack_equals_slices_in_turn(block, x, calls=2):

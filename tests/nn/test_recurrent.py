@@ -4,7 +4,6 @@ against a Python loop of the cell, Lux's own test values, the carry API and its 
 scan (the module does not grow with T), and one end-to-end check of the family."""
 
 import re
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.nn import BatchLastIndex, TimeLastIndex
-from tests.support import compile_factory, luxc_cli
+from tests.support import luxc_cli
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(4, 3)).astype(np.float32)          # (batch, in)
@@ -263,8 +262,9 @@ def test_recurrence_ordering_gives_luxs_values_issue_302():
 def test_recurrence_gradient_matches_finite_differences():
     rnn = nn.Recurrence(nn.GRUCell(3, 4, train_state=True), return_sequence=True)
     ps, st = luxc.setup(5, rnn)
-    loss = lambda p: jnp.sum(jnp.sin(rnn(SEQ, p, st)[0]))
-    grads = jax.grad(loss)(ps)
+    # compiled once each: op by op, every call would compile the scan again
+    loss = jax.jit(lambda p: jnp.sum(jnp.sin(rnn(SEQ, p, st)[0])))
+    grads = jax.jit(jax.grad(loss))(ps)
     direction = jax.tree.map(lambda v: jnp.asarray(RNG.normal(size=v.shape), v.dtype), ps)
     eps = 1e-3
     shifted = lambda s: jax.tree.map(lambda p, d: p + s * eps * d, ps, direction)
@@ -371,9 +371,10 @@ def _objective(model, ps, st, data):
 
 
 DATA = (jnp.asarray(SEQ), jnp.asarray(RNG.normal(size=(2, 2)), jnp.float32))
+STEPS = 2  # the second step's loss and the parameters after it see the first update
 
 
-def _train(backend, ts, steps=3, **kw):
+def _train(backend, ts, steps=STEPS, **kw):
     losses = []
     for _ in range(steps):
         _, loss, _, ts = luxc.training.single_train_step(backend, _objective, DATA, ts, **kw)
@@ -381,48 +382,40 @@ def _train(backend, ts, steps=3, **kw):
     return losses, ts
 
 
-def test_the_family_trains_compiled_as_eager_in_bf16_and_through_a_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def family():
+    """The family's initial TrainState and its eager (AutoJAX) run, once for the module: op by
+    op, each step compiles every scan again (about 4 s a step)."""
     model = _model()
     ps, st = luxc.setup(0, model)
-    fresh = lambda: luxc.TrainState(model, ps, st, optax.adam(1e-2))
-    eager, ts_e = _train(luxc.AutoJAX(), fresh())
-    compiled, ts_c = _train(luxc.AutoXLA(), fresh())
+    start = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    return start, _train(luxc.AutoJAX(), start)
+
+
+def test_the_family_trains_compiled_as_eager_in_bf16_and_through_a_checkpoint(tmp_path, family):
+    start, (eager, ts_e) = family
+    compiled, ts_c = _train(luxc.AutoXLA(), start)
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
     assert compiled[-1] < compiled[0]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                  ts_e.parameters, ts_c.parameters)
-    bf16, _ = _train(luxc.AutoXLA(), fresh(), steps=2,
+    bf16, _ = _train(luxc.AutoXLA(), start,
                      compile_options=luxc.CompileOptions(mixed_precision="bf16"))
     assert np.all(np.isfinite(bf16)) and abs(bf16[0] - eager[0]) < 0.05 * eager[0] + 0.05
     luxc.save_state(tmp_path / "s.safetensors", ts_c)
-    resumed = luxc.load_state(tmp_path / "s.safetensors", like=fresh())
+    # `start` holds the initial values (a load that kept them would fail) and shares ts_c's
+    # compiled step: the resumed step needs no second compile.
+    resumed = luxc.load_state(tmp_path / "s.safetensors", like=start)
     a, b = _train(luxc.AutoXLA(), ts_c, 1)[0], _train(luxc.AutoXLA(), resumed, 1)[0]
     assert a == b
 
 
-FACTORY = textwrap.dedent("""
-    import jax.numpy as jnp, numpy as np, optax, luxc
-    from luxc import nn
-
-    def factory():
-        model = nn.Chain(nn.BidirectionalRNN(nn.GRUCell(3, 4)), nn.Recurrence(nn.LSTMCell(8, 3)))
-        ps, st = luxc.setup(0, model)
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3)), jnp.float32)
-        return luxc.MSELoss(), (x, jnp.ones((2, 3))), luxc.TrainState(model, ps, st, optax.adam(1e-2))
-""")
-
-
-def test_an_artifact_of_a_recurrent_model_runs_without_its_source(tmp_path):
-    compile_factory(tmp_path, FACTORY)
-    r = luxc_cli("run", "step.luxc", "--steps", "3", cwd=tmp_path)
+def test_an_artifact_of_a_recurrent_model_runs_without_its_source(tmp_path, family):
+    # Exported here, run by `luxc run` in a fresh process that cannot import this module.
+    start, (eager, _) = family
+    luxc.export_step(_objective, DATA, start, tmp_path / "step.luxc")
+    r = luxc_cli("run", "step.luxc", "--steps", STEPS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     losses = [float(line.split("loss")[1]) for line in r.stdout.splitlines()
               if line.startswith("step ")]
-    namespace: dict = {}
-    exec(FACTORY, namespace)
-    objective, data, ts = namespace["factory"]()
-    expected = []
-    for _ in range(3):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), objective, data, ts)
-        expected.append(float(loss))
-    np.testing.assert_allclose(losses, expected, rtol=1e-4)
+    np.testing.assert_allclose(losses, eager, rtol=1e-4)

@@ -121,17 +121,16 @@ FSDP_STACK = textwrap.dedent("""
     import json, jax, jax.numpy as jnp, numpy as np, optax, luxc
     from luxc import nn
     model = nn.Chain(nn.Dense(4, 8), nn.Stack(nn.Dense(8, 8, jax.nn.tanh), 16))
-    def fresh():
-        ps, st = luxc.setup(0, model)
-        return luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    ps, st = luxc.setup(0, model)
+    start = luxc.TrainState(model, ps, st, optax.adam(1e-2))  # on device 0; the steps keep it
     x = np.asarray(jax.random.normal(jax.random.key(1), (16, 4)))
     y = np.asarray(jax.random.normal(jax.random.key(2), (16, 8)))
     with jax.default_device(jax.local_devices()[0]):
-        ref = fresh()
+        ref = start
         for _ in range(2):
             ref = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), (x, y), ref)[3]
     mesh = jax.make_mesh((8,), ("data",))
-    ts = luxc.distributed.shard(fresh(), mesh, strategy="fsdp")
+    ts = luxc.distributed.shard(start, mesh, strategy="fsdp")
     placed = [str(a.sharding.spec) for a in jax.tree.leaves(ts.optimizer_state[0].mu)]
     data = luxc.distributed.shard_batch((x, y), mesh)
     for _ in range(2):
@@ -162,10 +161,11 @@ def test_a_stack_trains_checkpoints_and_resumes(tmp_path):
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
     data = (X, jnp.zeros_like(X))
     step = lambda t: luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, t)[3]
-    ts = step(ts)
+    start, ts = ts, step(ts)
     luxc.save_state(tmp_path / "s.safetensors", ts)
-    resumed = luxc.load_state(tmp_path / "s.safetensors", like=luxc.TrainState(
-        model, ps, st, optax.adam(1e-2)))
+    # `start` holds the initial values (a load that kept them would fail) and shares ts's
+    # compiled step.
+    resumed = luxc.load_state(tmp_path / "s.safetensors", like=start)
     a, b = step(ts), step(resumed)
     for u, v in zip(jax.tree.leaves((a.parameters, a.states)), jax.tree.leaves((b.parameters, b.states))):
         np.testing.assert_array_equal(u, v)
@@ -242,19 +242,38 @@ def test_repeated_layer_with_input_injection_feeds_x_to_every_repetition():
 
 # --- Remat ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("policy", ["nothing_saveable", "dots_saveable",
-                                    jax.checkpoint_policies.everything_saveable])
-def test_remat_has_the_plain_values_and_gradients(policy):
+def _sum_of_squares(ps, model, st):
+    return jnp.sum(model(X, ps, st)[0] ** 2)
+
+
+@pytest.fixture(scope="module")
+def plain_stack():
+    """A block, its plain stack's parameters and state, and that stack's value and gradients
+    (lax.scan alone: every residual kept), once for the module: the reference of every
+    remat below."""
     block = _block()
-    plain = nn.Stack(block, 3, remat=None)  # lax.scan alone: every residual kept
+    plain = nn.Stack(block, 3, remat=None)
     ps, st = luxc.setup(0, plain)
-    for model in (nn.Stack(nn.Remat(block, policy), 3, remat=None),
-                  nn.Stack(block, 3, remat=policy), nn.Stack(block, 3)):
-        f = lambda p, m: jnp.sum(m(X, p, st)[0] ** 2)
-        np.testing.assert_allclose(f(ps, model), f(ps, plain), rtol=1e-6)
-        for a, b in zip(jax.tree.leaves(jax.grad(f)(ps, model)),
-                        jax.tree.leaves(jax.grad(f)(ps, plain))):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # float32 rounding of ~8
+    return block, ps, st, _sum_of_squares(ps, plain, st), jax.grad(_sum_of_squares)(ps, plain, st)
+
+
+POLICIES = {"nothing_saveable": "nothing_saveable", "dots_saveable": "dots_saveable",
+            "everything_saveable": jax.checkpoint_policies.everything_saveable}
+REMATS = {**{f"Remat({name})": lambda b, p=p: nn.Stack(nn.Remat(b, p), 3, remat=None)
+             for name, p in POLICIES.items()},
+          **{f"Stack(remat={name})": lambda b, p=p: nn.Stack(b, 3, remat=p)
+             for name, p in POLICIES.items()},
+          "Stack(default remat)": lambda b: nn.Stack(b, 3)}
+
+
+@pytest.mark.parametrize("make", REMATS.values(), ids=REMATS.keys())
+def test_remat_has_the_plain_values_and_gradients(make, plain_stack):
+    block, ps, st, value, grads = plain_stack
+    model = make(block)
+    np.testing.assert_allclose(_sum_of_squares(ps, model, st), value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(jax.grad(_sum_of_squares)(ps, model, st)),
+                    jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # float32 rounding of ~8
 
 
 def test_an_unknown_policy_lists_the_allowed_names():
@@ -299,9 +318,9 @@ def test_an_exported_artifact_of_a_stack_trains_like_eager_autojax(tmp_path):
     luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "s.luxc")
     # exported for any batch size too: Stack's remat="auto" never compares a symbolic size
     assert {"forward.jaxexport", "evaluate.jaxexport"} <= {f.name for f in (tmp_path / "s.luxc").iterdir()}
-    losses = luxc.load(tmp_path / "s.luxc").run(3)
+    losses = luxc.load(tmp_path / "s.luxc").run(2)  # the second step sees the first update
     expected = []
-    for _ in range(3):
+    for _ in range(2):
         _, loss, _, ts = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
         expected.append(float(loss))
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
