@@ -13,6 +13,7 @@ from jax import lax
 import luxc
 from luxc import nn
 from luxc.runtime.compiling._executable import rewrite
+from tests.passes._inputs import normal
 
 
 def _depthwise(x, w, pad, dn=("NHWC", "HWIO", "NHWC")):
@@ -37,8 +38,8 @@ def _numpy_depthwise(x, w, pads):
     ((3, 3), ((2, 0), (1, 3)), ((2, 0), (1, 3))),
 ])
 def test_the_forward_convolution_is_the_defining_sum(kernel, pad, pads):
-    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 6))
-    w = jax.random.normal(jax.random.key(1), (*kernel, 1, 6))
+    x = normal(0, (3, 9, 7, 6))
+    w = normal(1, (*kernel, 1, 6))
     exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, pad)))(x, w)
     new, (record,) = rewrite(exported, ["conv_depthwise"])
     assert record.rewrites == 1
@@ -49,8 +50,8 @@ def test_the_forward_convolution_is_the_defining_sum(kernel, pad, pads):
 
 def test_channels_first_layouts_are_rewritten_too():
     dn = ("NCHW", "OIHW", "NCHW")
-    x = jax.random.normal(jax.random.key(0), (2, 5, 8, 8))
-    w = jax.random.normal(jax.random.key(1), (5, 1, 3, 3))
+    x = normal(0, (2, 5, 8, 8))
+    w = normal(1, (5, 1, 3, 3))
     exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, "SAME", dn)))(x, w)
     new, (record,) = rewrite(exported, ["conv_depthwise"])
     assert record.rewrites == 1
@@ -59,8 +60,8 @@ def test_channels_first_layouts_are_rewritten_too():
 
 def test_1d_depthwise_convolutions_and_their_kernel_gradients_are_rewritten():
     dn = ("NWC", "WIO", "NWC")
-    x = jax.random.normal(jax.random.key(0), (3, 11, 64))
-    w = jax.random.normal(jax.random.key(1), (4, 1, 64))
+    x = normal(0, (3, 11, 64))
+    w = normal(1, (4, 1, 64))
     conv = jax.jit(lambda x, w: _depthwise(x, w, ((1, 2),), dn))
     grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1)))
     for fn, names, count in ((conv, ["conv_depthwise"], 1),
@@ -86,9 +87,8 @@ def _kernel_gradient(x, g, pad, kernel, dn=("NHWC", "HWIO", "NHWC")):
     ((3, 3), ((2, 0), (1, 3)), ((2, 0), (1, 3))),
 ])
 def test_the_kernel_gradient_is_the_defining_sum(kernel, pad, pads):
-    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 64))
-    out = _depthwise(x, jnp.zeros((*kernel, 1, 64)), pad)
-    g = jax.random.normal(jax.random.key(1), out.shape)
+    x = normal(0, (3, 9, 7, 64))
+    g = normal(1, jax.eval_shape(lambda x: _depthwise(x, jnp.zeros((*kernel, 1, 64)), pad), x).shape)
     exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, pad, kernel)))(x, g)
     new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
     assert record.rewrites == 1
@@ -105,8 +105,8 @@ def test_the_kernel_gradient_is_the_defining_sum(kernel, pad, pads):
 
 def test_the_kernel_gradient_in_channels_first_layouts_and_bf16():
     dn = ("NCHW", "OIHW", "NCHW")
-    x = jax.random.normal(jax.random.key(0), (2, 64, 8, 8))
-    g = jax.random.normal(jax.random.key(1), (2, 64, 8, 8))
+    x = normal(0, (2, 64, 8, 8))
+    g = normal(1, (2, 64, 8, 8))
     exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3), dn)))(x, g)
     new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
     assert record.rewrites == 1
@@ -124,15 +124,15 @@ def test_the_kernel_gradient_in_channels_first_layouts_and_bf16():
 
 
 def test_a_kernel_gradient_over_fewer_than_64_channels_stays_xlas():
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    x = normal(0, (2, 8, 8, 32))
     exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3))))(x, x)
     _, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
     assert record.rewrites == 0
 
 
 def test_both_gradients_match_xla_and_only_the_kernel_gradient_stays_a_convolution():
-    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 6))
-    w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
+    x = normal(0, (4, 8, 8, 6))
+    w = normal(1, (5, 5, 1, 6))
     grads = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(_depthwise(x, w, "SAME"))), (0, 1)))
     exported = jax.export.export(grads)(x, w)
     new, (record,) = rewrite(exported, ["conv_depthwise"])
@@ -144,8 +144,8 @@ def test_both_gradients_match_xla_and_only_the_kernel_gradient_stays_a_convoluti
 
 
 def test_a_bf16_convolution_is_summed_in_float32_and_rounded_once():
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4)).astype(jnp.bfloat16)
+    x = normal(0, (2, 8, 8, 4), jnp.bfloat16)
+    w = normal(1, (3, 3, 1, 4), jnp.bfloat16)
     exported = jax.export.export(jax.jit(lambda x, w: _depthwise(x, w, "SAME")))(x, w)
     new, (record,) = rewrite(exported, ["conv_depthwise"])
     assert record.rewrites == 1
@@ -176,8 +176,8 @@ def test_other_grouped_and_strided_convolutions_are_left_alone():
 
 def test_bf16_operands_with_a_float32_result_are_widened_first():
     # preferred_element_type=float32: the operands are converted, not mixed with f32 zeros
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64)).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 64)).astype(jnp.bfloat16)
+    x = normal(0, (2, 8, 8, 64), jnp.bfloat16)
+    w = normal(1, (3, 3, 1, 64), jnp.bfloat16)
     for pad in ("SAME", "VALID"):
         fn = jax.jit(lambda x, w, pad=pad: lax.conv_general_dilated(
             x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -190,7 +190,7 @@ def test_bf16_operands_with_a_float32_result_are_widened_first():
 
 def test_a_float64_kernel_gradient_is_computed_in_float64():
     with jax.enable_x64(True):
-        x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64), jnp.float64)
+        x = normal(0, (2, 8, 8, 64), jnp.float64)
         exported = jax.export.export(jax.jit(lambda x, g: _kernel_gradient(x, g, "SAME", (3, 3))))(x, x)
         new, (record,) = rewrite(exported, ["conv_depthwise_weight_grad"])
         assert record.rewrites == 1
@@ -201,9 +201,9 @@ def test_a_float64_kernel_gradient_is_computed_in_float64():
 
 def test_kernel_gradients_the_row_products_would_slow_stay_xlas():
     # a long sequence against a small kernel: (L + P) / T = 259 / 4; and no spatial axis at all
-    x = jax.random.normal(jax.random.key(0), (2, 256, 64))
+    x = normal(0, (2, 256, 64))
     long = jax.jit(lambda x, g: _kernel_gradient(x, g, ((3, 0),), (4,), ("NWC", "WIO", "NWC")))
-    x0 = jax.random.normal(jax.random.key(0), (3, 64))
+    x0 = normal(0, (3, 64))
     flat = jax.jit(lambda x, g: _kernel_gradient(x, g, (), (), ("NC", "OI", "NC")))
     for fn, args in ((long, (x, x)), (flat, (x0, x0))):
         _, (record,) = rewrite(jax.export.export(fn)(*args), ["conv_depthwise_weight_grad"])
@@ -236,7 +236,7 @@ def test_a_conv_mixer_step_with_the_default_pipeline_trains_as_without_passes():
                      nn.GlobalMeanPool(), nn.FlattenLayer(), nn.Dense(dim, 10))
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
-    x = jax.random.normal(jax.random.key(2), (16, 12, 12, 3))
+    x = normal(2, (16, 12, 12, 3))
     y = jax.nn.one_hot(jnp.arange(16) % 10, 10)
     results = {}
     for name in ("none", "default"):
@@ -262,9 +262,9 @@ def _one_by_one(x, w, dn=("NHWC", "HWIO", "NHWC")):
 
 @pytest.mark.parametrize("dn", [("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")])
 def test_a_1x1_kernel_gradient_is_one_product_over_the_batch_and_image(dn):
-    x = jax.random.normal(jax.random.key(0), (4, 6, 5, 8) if dn[0] == "NHWC" else (4, 8, 6, 5))
+    x = normal(0, (4, 6, 5, 8) if dn[0] == "NHWC" else (4, 8, 6, 5))
     w = jnp.zeros((1, 1, 8, 16) if dn[1] == "HWIO" else (16, 8, 1, 1))
-    g = jax.random.normal(jax.random.key(1), _one_by_one(x, w, dn).shape)
+    g = normal(1, jax.eval_shape(lambda x, w: _one_by_one(x, w, dn), x, w).shape)
     dw = jax.jit(lambda x, g: jax.vjp(lambda w: _one_by_one(x, w, dn), w)[1](g)[0])
     exported = jax.export.export(dw)(x, g)
     new, (record,) = rewrite(exported, ["conv_full_window_dot"])
@@ -278,8 +278,8 @@ def test_a_1x1_kernel_gradient_is_one_product_over_the_batch_and_image(dn):
 
 
 def test_a_dense_layer_written_as_a_whole_image_convolution_is_one_product():
-    x = jax.random.normal(jax.random.key(0), (4, 5, 5, 3)).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(1), (5, 5, 3, 7)).astype(jnp.bfloat16)
+    x = normal(0, (4, 5, 5, 3), jnp.bfloat16)
+    w = normal(1, (5, 5, 3, 7), jnp.bfloat16)
     exported = jax.export.export(jax.jit(_one_by_one))(x, w)
     new, (record,) = rewrite(exported, ["conv_full_window_dot"])
     assert record.rewrites == 1

@@ -8,6 +8,7 @@ import pytest
 from jax import lax
 
 from luxc.runtime.compiling._executable import rewrite
+from tests.passes._inputs import normal
 from tests.support import run_pass_body
 
 _run = run_pass_body
@@ -19,8 +20,8 @@ def _grads(spec, pad, x_shape, w_shape, wrt):
         return jnp.sum(jnp.sin(lax.conv_general_dilated(x, w, (1,) * (len(x_shape) - 2), pad,
                                                         dimension_numbers=spec)))
 
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    w = jax.random.normal(jax.random.key(1), w_shape)
+    x = normal(0, x_shape)
+    w = normal(1, w_shape)
     return jax.export.export(jax.jit(jax.grad(loss, argnums=wrt)))(x, w), (x, w)
 
 
@@ -57,8 +58,8 @@ def _true_conv_grads(x_shape, w_shape, wrt):
         return jnp.sum(jnp.sin(lax.conv_general_dilated(
             x, lax.rev(w, (0, 1)), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
 
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    w = jax.random.normal(jax.random.key(1), w_shape)
+    x = normal(0, x_shape)
+    w = normal(1, w_shape)
     return jax.export.export(jax.jit(jax.grad(loss, argnums=wrt)))(x, w), (x, w)
 
 
@@ -192,8 +193,8 @@ def test_dot_swap_operands_gives_the_same_dense_weight_gradient():
     def loss(w, x):  # a Dense layer on (batch, tokens, features), widening 8 -> 32
         return jnp.sum(jnp.tanh(jnp.matmul(x, w.T)))
 
-    w = jax.random.normal(jax.random.key(0), (32, 8))
-    x = jax.random.normal(jax.random.key(1), (4, 5, 8))
+    w = normal(0, (32, 8))
+    x = normal(1, (4, 5, 8))
     exported = jax.export.export(jax.jit(jax.grad(loss)))(w, x)
     new, (record,) = rewrite(exported, ["dot_swap_operands"])
     assert record.rewrites == 1
@@ -207,15 +208,15 @@ def test_a_bf16_input_gradient_is_accumulated_in_float32_and_rounded_once():
     spec, pad, x_shape, w_shape = CASES[0]
 
     # The convolution's cotangent is ``c`` itself: the same bf16 values in the float32 reference.
-    c = jax.random.normal(jax.random.key(2), (4, 8, 8, 16)).astype(jnp.bfloat16)
+    c = normal(2, (4, 8, 8, 16), jnp.bfloat16)
 
     def loss(x, w):
         y = lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=spec)
         y = y.astype(jnp.float32)  # the forward stays in the module, its cotangent adds 0
         return jnp.sum(y * c.astype(jnp.float32)) + 0.0 * jnp.sum(jnp.sin(y))
 
-    x = jax.random.normal(jax.random.key(0), x_shape).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(1), w_shape).astype(jnp.bfloat16)
+    x = normal(0, x_shape, jnp.bfloat16)
+    w = normal(1, w_shape, jnp.bfloat16)
     exported = jax.export.export(jax.jit(jax.grad(loss)))(x, w)
     new, (record,) = rewrite(exported, ["conv_input_grad_dot"])
     assert record.rewrites == 1

@@ -8,7 +8,8 @@ import numpy as np
 from jax import export as jax_export
 
 from luxc.runtime.compiling._executable import rewrite
-from tests.support import lenet_bits_without, run_pass_body
+from tests.passes._lenet import lenet_bits_without
+from tests.support import run_pass_body
 
 
 def _float32_classes() -> np.ndarray:

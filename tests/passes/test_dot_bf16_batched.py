@@ -12,6 +12,7 @@ import pytest
 import luxc
 from luxc.passes import dot_bf16_batched
 from luxc.runtime.compiling._unclaimed_dots import batched_bf16_dots
+from tests.passes._inputs import normal
 from tests.support import dot_module, run_pass_body
 
 
@@ -104,7 +105,7 @@ def _attention_step():
 
     model = luxc.compact(qkv=luxc.nn.Dense(16, 48), out=luxc.nn.Dense(16, 16))(attend)
     ps, st = luxc.setup(0, model)
-    x = jax.random.normal(jax.random.key(1), (4, 16, 16))
+    x = normal(1, (4, 16, 16))
     return (x, jnp.tanh(x)), luxc.TrainState(model, ps, st, optax.sgd(0.1))
 
 
@@ -114,6 +115,13 @@ def _compiled(passes="default", xla_options=None, mixed_precision="bf16"):
                                   xla_options=xla_options or {})
     cs = luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options)
     return cs, cs(ts, data)
+
+
+@pytest.fixture(scope="module")
+def bf16_attention():
+    """The bf16 attention step with the default pipeline and its first step's outputs, compiled
+    once for the tests that read it."""
+    return _compiled()
 
 
 def _rewrites(cs) -> int:
@@ -138,8 +146,8 @@ def _same_bits(out, reference):
 _WITHOUT = [p for p in luxc.passes.default_pipeline("cpu") if p != dot_bf16_batched.NAME]
 
 
-def test_the_attention_step_keeps_its_values_and_every_dot_is_ynnpacks():
-    cs, out = _compiled()
+def test_the_attention_step_keeps_its_values_and_every_dot_is_ynnpacks(bf16_attention):
+    cs, out = bf16_attention
     # q.k^T and p.v, and the two gradients of each
     assert _rewrites(cs) == 6
     # all six in bfloat16: none upcast to float32 because an operand was a transpose (the
@@ -196,14 +204,15 @@ def test_the_hlo_reader_sorts_bf16_dots_by_whether_ynnpack_runs_them():
     assert batched_bf16_dots(_HLO) == (["dot.1"], ["dot.2"])
 
 
-def test_an_artifact_of_the_bf16_attention_step_keeps_the_pass_and_trains_as_compiled(tmp_path):
+def test_an_artifact_of_the_bf16_attention_step_keeps_the_pass_and_trains_as_compiled(tmp_path,
+                                                                                        bf16_attention):
     data, ts = _attention_step()
     options = luxc.CompileOptions(mixed_precision="bf16")
     manifest = luxc.export_step(luxc.MSELoss(), data, ts, tmp_path / "step.luxc",
                                 compile_options=options)
     assert [r.rewrites for r in manifest.pass_report if r.name == dot_bf16_batched.NAME] == [6]
     loaded = luxc.load(tmp_path / "step.luxc")
-    _, reference = _compiled()
+    _, reference = bf16_attention
     _, loss, _ = loaded(loaded.state, loaded.data)  # the artifact's own state and batch
     assert float(loss) == float(reference[1])
 
@@ -217,7 +226,7 @@ def test_a_model_that_convolves_and_attends_is_compiled_again_without_the_pass()
 
     model = luxc.compact(conv=luxc.nn.Conv((3, 3), 1, 8, pad=1))(embed_and_attend)
     ps, st = luxc.setup(0, model)
-    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    x = normal(1, (4, 8, 8, 1))
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
     y = jnp.zeros((4, 64, 8))
     outs = {}

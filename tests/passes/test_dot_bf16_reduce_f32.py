@@ -9,6 +9,7 @@ import optax
 
 import luxc
 from luxc import nn
+from tests.passes._inputs import normal
 from tests.support import run_pass_body
 
 
@@ -98,7 +99,7 @@ def _mlp_step(passes):
     # every size >= 16: XLA:CPU gives smaller dots to its own loops, in float32
     model = nn.Chain(nn.Dense(24, 32, jax.nn.relu), nn.Dense(32, 16, jnp.tanh), nn.Dense(16, 16))
     ps, st = luxc.setup(0, model)
-    x = jax.random.normal(jax.random.key(1), (64, 24))
+    x = normal(1, (64, 24))
     y = jax.nn.one_hot(jnp.arange(64) % 16, 16)
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
     cs = luxc.compile_step(luxc.CrossEntropyLoss(logits=True), (x, y), ts, compile_options=
@@ -133,8 +134,8 @@ def test_a_bf16_one_channel_convolution_is_summed_in_float32_and_rounded_once():
     def conv(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 1)).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6)).astype(jnp.bfloat16)
+    x = normal(0, (4, 9, 7, 1), jnp.bfloat16)
+    w = normal(1, (5, 5, 1, 6), jnp.bfloat16)
     exported = jax.export.export(jax.jit(conv))(x, w)
     new, (record,) = rewrite(exported, ["conv_few_channels"])
     assert record.rewrites == 1

@@ -8,6 +8,7 @@ import optax
 
 import luxc
 from luxc import nn
+from tests.passes._inputs import normal
 from tests.support import dot_module, run_pass_body
 
 
@@ -41,7 +42,7 @@ def test_float32_mixed_and_batched_dots_are_left_alone():
 def test_a_bf16_step_with_the_pass_equals_the_step_without_it_within_bf16_rounding():
     model = nn.Chain(nn.Dense(6, 16, jnp.tanh), nn.Dense(16, 3))
     ps, st = luxc.setup(0, model)
-    x = jax.random.normal(jax.random.key(1), (32, 6))
+    x = normal(1, (32, 6))
     y = jax.nn.one_hot(jnp.arange(32) % 3, 3)
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
     out = {}

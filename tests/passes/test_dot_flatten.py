@@ -11,6 +11,7 @@ from jax import lax
 import luxc
 from luxc import nn
 from luxc.runtime.compiling._executable import rewrite
+from tests.passes._inputs import normal
 from tests.support import dot_module, run_pass_body
 
 
@@ -67,8 +68,8 @@ def _dense_grads(x, w):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_a_sequence_dense_gives_the_same_value_and_gradients(dtype):
-    x = jax.random.normal(jax.random.key(1), (4, 5, 8)).astype(dtype)
-    w = jax.random.normal(jax.random.key(0), (32, 8)).astype(dtype)
+    x = normal(1, (4, 5, 8), dtype)
+    w = normal(0, (32, 8), dtype)
     exported = _dense_grads(x, w)
     new, (record,) = rewrite(exported, ["dot_flatten"])
     assert record.rewrites == 3  # forward, input gradient, weight gradient
@@ -79,8 +80,8 @@ def test_a_sequence_dense_gives_the_same_value_and_gradients(dtype):
 
 
 def test_a_mixed_precision_dot_keeps_its_result_type():
-    a = jax.random.normal(jax.random.key(0), (2, 3, 8)).astype(jnp.bfloat16)
-    b = jax.random.normal(jax.random.key(1), (2, 3, 4)).astype(jnp.bfloat16)
+    a = normal(0, (2, 3, 8), jnp.bfloat16)
+    b = normal(1, (2, 3, 4), jnp.bfloat16)
     f = jax.jit(lambda a, b: lax.dot_general(a, b, (((0, 1), (0, 1)), ((), ())),
                                              preferred_element_type=jnp.float32))
     exported = jax.export.export(f)(a, b)
@@ -97,7 +98,7 @@ def test_a_compiled_sequence_model_step_equals_the_eager_step():
     model = nn.Chain(nn.LayerNorm(8), nn.Dense(8, 16, jax.nn.gelu), nn.Dense(16, 8))
     ps, st = luxc.setup(jax.random.key(0), model)
     ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
-    data = (jax.random.normal(jax.random.key(1), (4, 6, 8)), jax.random.normal(jax.random.key(2), (4, 6, 8)))
+    data = (normal(1, (4, 6, 8)), normal(2, (4, 6, 8)))
     loss = luxc.MSELoss()
     cs = luxc.compile_step(loss, data, ts)
     assert dict((r.name, r.rewrites) for r in cs.pass_report)["dot_flatten"] == 6

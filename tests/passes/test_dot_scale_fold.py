@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from luxc.runtime.compiling._executable import export, rewrite
+from tests.passes._inputs import normal
 from tests.support import run_pass_body
 
 
@@ -100,7 +101,7 @@ def _attention_loss(q, k, v):
 @pytest.mark.parametrize("d,exact", [(16, True), (12, False)])
 def test_attention_gives_the_same_loss_and_gradients(d, exact):
     """1/√16 is a power of two: bit-identical; 1/√12 is not: equal to a few ulps."""
-    q, k, v = (jax.random.normal(jax.random.key(i), (2, 32, 3, d)) for i in range(3))  # T > d
+    q, k, v = (normal(i, (2, 32, 3, d)) for i in range(3))  # T > d
     exported = export(jax.value_and_grad(_attention_loss, argnums=(0, 1, 2)), (q, k, v))
     new, (record,) = rewrite(exported, ["dot_scale_fold"])
     assert record.rewrites == 3  # the scores forward; their cotangent into dq and dk
@@ -121,8 +122,8 @@ def _full_size_ops(text: str, shape: str) -> int:
 def test_the_tracer_differentiates_softmax_by_jax_s_own_rule():
     """``export`` traces under ``jax.softmax_custom_jvp(True)`` whatever the process says: the
     gradient equals jax's default derivative to rounding, with fewer (4, 8, 8) operations."""
-    x = jax.random.normal(jax.random.key(0), (4, 8, 8))
-    w = jax.random.normal(jax.random.key(1), (4, 8, 8))
+    x = normal(0, (4, 8, 8))
+    w = normal(1, (4, 8, 8))
 
     def f(x):
         return jnp.sum(jax.nn.softmax(x, axis=-1) * w)

@@ -3,6 +3,7 @@ once, a round trip the user wrote kept), float32 modules untouched, and bf16 ste
 models that stay as close to their float32 steps as without the pass."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -10,7 +11,8 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.examples import charlm
-from luxc.examples.lenet import factory
+from luxc.examples.lenet import make_model
+from tests.passes._inputs import normal
 from tests.support import run_pass_body
 
 _CHAIN = """
@@ -157,20 +159,22 @@ def _gradients(model, data, loss, precision):
 
 
 def _lenet():
-    loss, data, ts = factory(32)
-    return ts.model, data, loss
+    labels = np.random.default_rng(1).integers(0, 10, 32)
+    data = (normal(0, (32, 28, 28, 1)), jnp.asarray(np.eye(10, dtype=np.float32)[labels]))
+    return make_model(), data, luxc.CrossEntropyLoss(logits=True)
 
 
 def _gpt():
-    config = charlm.Config(layers=2, dim=32, heads=2, context=16, batch=4)
-    tokens = jax.random.randint(jax.random.key(1), (4, 17), 0, 20)
-    return charlm.GPT(20, config), (tokens[:, :-1], tokens[:, 1:]), charlm.objective
+    # one block: nn.Stack traces one body whatever the count, the pass rewrites the same 47 ops
+    config = charlm.Config(layers=1, dim=32, heads=2, context=16, batch=4)
+    tokens = np.random.default_rng(1).integers(0, 20, (4, 17)).astype(np.int32)
+    data = (jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:]))
+    return charlm.GPT(20, config), data, charlm.objective
 
 
 def _mlp():
     model = nn.Chain(nn.Dense(16, 64, jax.nn.gelu), nn.LayerNorm((64,)), nn.Dense(64, 4))
-    x = jax.random.normal(jax.random.key(2), (32, 16))
-    return model, (x, jax.random.normal(jax.random.key(3), (32, 4))), luxc.MSELoss()
+    return model, (normal(2, (32, 16)), normal(3, (32, 4))), luxc.MSELoss()
 
 
 @pytest.mark.parametrize("make", [_lenet, _gpt, _mlp], ids=["lenet", "gpt", "gelu-layernorm"])
@@ -184,7 +188,7 @@ def test_bf16_gradients_stay_as_close_to_float32_as_without_the_pass(make):
         error[variant] = np.linalg.norm(grads - reference) / np.linalg.norm(reference)
         assert abs(value - reference_loss) <= 1e-2 * abs(reference_loss)
     # bf16 keeps 8 bits: 0.5-2% relative gradient error either way (measured without -> with:
-    # these LeNet-5 0.0182 -> 0.0171, GPT 0.0134 -> 0.0137, MLP 0.0056 -> 0.0050; the
+    # these LeNet-5 0.0213 -> 0.0203, GPT 0.0110 -> 0.0107, MLP 0.0059 -> 0.0048; the
     # benchmarks' LeNet-5 0.0078 -> 0.0077, block 0.0042 -> 0.0038, GPT 0.0095 -> 0.0103)
     assert error["bf16"] <= 3e-2 and error["without"] <= 3e-2, error
     assert error["bf16"] <= 1.3 * error["without"], error

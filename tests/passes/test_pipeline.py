@@ -10,6 +10,8 @@ from jaxlib.mlir import ir
 import luxc
 from luxc import nn, passes
 from luxc.runtime._jax_internal import ir_context
+from tests.passes._inputs import normal
+from tests.passes._lenet import lenet_step
 
 
 def _run(text: str, name: str) -> tuple[str, int]:
@@ -107,7 +109,7 @@ def test_variadic_reduce_computes_the_same_sums():
     def three_sums(a, b):
         return jnp.sum(a * b, axis=1), jnp.sum(a * a, axis=1), jnp.sum(b * b, axis=1)
 
-    a, b = jax.random.normal(jax.random.key(0), (2, 64, 300))
+    a, b = normal(0, (2, 64, 300))
     exported = jax.export.export(jax.jit(three_sums))(a, b)
     from luxc.runtime.compiling._executable import rewrite
 
@@ -154,27 +156,37 @@ def test_resolve_names_and_keywords():
         passes.resolve(["nope"], "cpu")
 
 
-@pytest.mark.parametrize("pipeline", [["fuse_rsqrt"], ["fuse_loss_reductions"], "all"])
-def test_training_with_a_pass_gives_the_same_numbers(pipeline):
+def _five_steps(passes) -> tuple[float, dict, tuple]:
+    """A BatchNorm network's loss and parameters after five AutoXLA steps compiled with
+    ``passes``, and the step's pass report."""
     model = nn.Chain(nn.Dense(8, 32, use_bias=False), nn.BatchNorm(32, jax.nn.relu),
                      nn.Dense(32, 4), jax.nn.sigmoid)
     ps, st = luxc.setup(jax.random.key(0), model)
-    x = jax.random.normal(jax.random.key(1), (32, 8))
-    y = (jax.random.uniform(jax.random.key(2), (32, 4)) > 0.5).astype(jnp.float32)
-    runs = {}
-    for name, options in (("none", luxc.CompileOptions(passes="none")),
-                          ("with", luxc.CompileOptions(passes=pipeline))):
-        ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
-        for _ in range(5):
-            _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.DiceCoeffLoss(),
-                                                             (x, y), ts, compile_options=options)
-        runs[name] = (float(loss), ts.parameters)
-        if name == "with":
-            cs = luxc.compile_step(luxc.DiceCoeffLoss(), (x, y), ts, compile_options=options)
-            assert sum(r.rewrites for r in cs.pass_report) > 0
-    assert runs["with"][0] == pytest.approx(runs["none"][0], rel=1e-5)
+    x = normal(1, (32, 8))
+    y = jnp.asarray((np.random.default_rng(2).random((32, 4)) > 0.5).astype(np.float32))
+    options = luxc.CompileOptions(passes=passes)
+    ts = luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    for _ in range(5):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.DiceCoeffLoss(),
+                                                         (x, y), ts, compile_options=options)
+    cs = luxc.compile_step(luxc.DiceCoeffLoss(), (x, y), ts, compile_options=options)
+    return float(loss), ts.parameters, cs.pass_report
+
+
+@pytest.fixture(scope="module")
+def without_passes():
+    """The five steps without passes, compiled once: every pipeline below is compared to them."""
+    return _five_steps("none")
+
+
+@pytest.mark.parametrize("pipeline", [["fuse_rsqrt"], ["fuse_loss_reductions"], "all"])
+def test_training_with_a_pass_gives_the_same_numbers(pipeline, without_passes):
+    loss, parameters, report = _five_steps(pipeline)
+    assert sum(r.rewrites for r in report) > 0
+    reference_loss, reference_parameters, _ = without_passes
+    assert loss == pytest.approx(reference_loss, rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 runs["with"][1], runs["none"][1])
+                 parameters, reference_parameters)
 
 
 def _maxpool_grad(window, shape):
@@ -197,7 +209,8 @@ def test_maxpool_grad_select_is_bit_identical_even_with_ties(window, shape, dtyp
     from luxc.runtime.compiling._executable import rewrite
 
     g, shape = _maxpool_grad(window, shape)
-    x = (jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2).astype(dtype)  # many ties
+    halves = np.round(2 * np.random.default_rng(0).standard_normal(shape)) / 2  # many ties
+    x = jnp.asarray(halves.astype(dtype))
     exported = jax.export.export(g)(x)
     new, (record,) = rewrite(exported, ["maxpool_grad_select"])
     assert record.rewrites == 1
@@ -261,8 +274,8 @@ def test_conv_few_channels_computes_the_convolution(pad, channels_out):
     def conv(x, w):
         return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    x = jax.random.normal(jax.random.key(0), (4, 9, 7, 1))
-    w = jax.random.normal(jax.random.key(1), (3, 4, 1, channels_out))
+    x = normal(0, (4, 9, 7, 1))
+    w = normal(1, (3, 4, 1, channels_out))
     exported = jax.export.export(jax.jit(conv))(x, w)
     new, (record,) = rewrite(exported, ["conv_few_channels"])
     assert record.rewrites == 1
@@ -285,25 +298,17 @@ def test_conv_few_channels_leaves_multichannel_and_strided_convolutions_alone():
 
 
 def test_lenet_step_with_the_cpu_default_pipeline_matches_no_passes():
-    from luxc.examples.lenet import factory
-
-    loss, data, ts = factory(batch=16)
-    results = {}
-    for name in ("none", "default"):
-        cs = luxc.compile_step(loss, data, ts.replace(cache=luxc.runtime.ExecutableCache()),
-                               compile_options=luxc.CompileOptions(passes=name))
-        results[name] = cs(ts, data)
-        if name == "default":
-            assert {r.name: r.rewrites for r in cs.pass_report} == {
-                "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_depthwise": 0, "conv_depthwise_weight_grad": 0,
-                "conv_full_window_dot": 0,
-                "conv_input_grad_dot": 1,
-                "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
-                "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,
-                "reduce_f32_accumulate": 0, "relu_mask_from_output": 4,
-                "elementwise_bf16_f32": 0, "convert_bf16_bits": 0,
-                "dus_bf16_bits": 0}  # a float32 step: the mixed-precision passes match nothing
-    (g0, l0, _, t0), (g1, l1, _, t1) = results["none"], results["default"]
+    (g0, l0, _, t0), _ = lenet_step("none", None)
+    (g1, l1, _, t1), report = lenet_step("default", None)
+    assert report == {
+        "maxpool_grad_select": 2, "conv_few_channels": 1, "conv_depthwise": 0, "conv_depthwise_weight_grad": 0,
+        "conv_full_window_dot": 0,
+        "conv_input_grad_dot": 1,
+        "dot_flatten": 1, "dot_scale_fold": 0, "dot_f32_accumulate": 0,
+        "dot_bf16_canonical": 0, "dot_bf16_batched": 0, "reduce_window_f32": 0,
+        "reduce_f32_accumulate": 0, "relu_mask_from_output": 4,
+        "elementwise_bf16_f32": 0, "convert_bf16_bits": 0,
+        "dus_bf16_bits": 0}  # a float32 step: the mixed-precision passes match nothing
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g0, g1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

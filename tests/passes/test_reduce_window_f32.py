@@ -3,7 +3,8 @@ bit-identical with and without it (its windows are maxima: exact in float32)."""
 
 import pytest
 
-from tests.support import lenet_bits_without, run_pass_body
+from tests.passes._lenet import lenet_bits_without
+from tests.support import run_pass_body
 
 _WINDOW = """
 func.func @main(%x: tensor<4x6x{t}>, %init: tensor<{t}>) -> tensor<2x3x{t}> {{

@@ -9,7 +9,8 @@ import pytest
 
 import luxc
 from luxc import nn
-from tests.support import lenet_bits_without, run_pass_body
+from tests.passes._lenet import lenet_bits_without
+from tests.support import run_pass_body
 
 # jax's relu: the forward pass calls a private function, the gradient compares the input.
 _CALLED = """

@@ -15,6 +15,7 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import adjust, adjust_, single_train_step, single_train_step_
+from tests.passes._inputs import normal
 
 OPTIMISERS = {
     "adam": lambda lr: optax.adam(lr),
@@ -28,8 +29,8 @@ OPTIMISERS = {
 def _problem():
     model = nn.Chain(nn.Dense(3, 8, jax.nn.tanh), nn.Dense(8, 2))
     ps, st = luxc.setup(jax.random.key(0), model)
-    x = jax.random.normal(jax.random.key(1), (16, 3))
-    y = jax.random.normal(jax.random.key(2), (16, 2))
+    x = normal(1, (16, 3))
+    y = normal(2, (16, 2))
     return model, ps, st, (x, y)
 
 

@@ -11,9 +11,10 @@ import pytest
 import luxc
 from luxc import nn
 from luxc.training import compute_gradients
+from tests.passes._inputs import normal
 
-X = jax.random.normal(jax.random.key(0), (4, 3))
-U = jax.random.normal(jax.random.key(1), (4, 3))
+X = normal(0, (4, 3))
+U = normal(1, (4, 3))
 
 
 def _f(x):
@@ -30,9 +31,9 @@ def test_jacobian_vector_product_is_the_directional_derivative(ad):
 
 @pytest.mark.parametrize("ad", [luxc.AutoJAX(), luxc.AutoXLA()], ids=repr)
 def test_vector_jacobian_product_is_the_transposed_jacobian_times_u(ad):
-    a = jax.random.normal(jax.random.key(2), (5, 3))
+    a = normal(2, (5, 3))
     f = lambda x: x @ a.T  # noqa: E731  (4, 3) -> (4, 5)
-    u = jax.random.normal(jax.random.key(3), (4, 5))
+    u = normal(3, (4, 5))
     got = luxc.vector_jacobian_product(f, ad, X, u)
     np.testing.assert_allclose(got, u @ a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got, jax.vjp(f, X)[1](u)[0], rtol=1e-6)
@@ -40,7 +41,7 @@ def test_vector_jacobian_product_is_the_transposed_jacobian_times_u(ad):
 
 def test_the_products_are_adjoint():
     # <J u, w> == <u, Jᵀ w>
-    w = jax.random.normal(jax.random.key(4), X.shape)
+    w = normal(4, X.shape)
     jvp = luxc.jacobian_vector_product(_f, luxc.AutoForwardDiff(), X, U)
     vjp = luxc.vector_jacobian_product(_f, luxc.AutoJAX(), X, w)
     assert float(jnp.vdot(jvp, w)) == pytest.approx(float(jnp.vdot(U, vjp)), rel=1e-5)
@@ -62,7 +63,7 @@ def test_batched_jacobian_is_batch_out_in(ad):
 
 
 def test_batched_jacobian_flattens_the_non_batch_axes():
-    x = jax.random.normal(jax.random.key(6), (2, 2, 3))
+    x = normal(6, (2, 2, 3))
     f = lambda x: jnp.concatenate([x, x ** 2], axis=1)  # noqa: E731  (2, 2, 3) -> (2, 4, 3)
     got = luxc.batched_jacobian(f, luxc.AutoJAX(), x)
     assert got.shape == (2, 12, 6)

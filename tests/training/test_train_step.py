@@ -16,6 +16,7 @@ from luxc.training import (
     single_train_step,
     single_train_step_,
 )
+from tests.passes._inputs import normal
 
 BACKENDS = [luxc.AutoJAX(), luxc.AutoXLA()]
 
@@ -39,20 +40,20 @@ def _regression(key):
 def test_regression_loss_falls_tenfold(key, backend):
     ts, data = _regression(key)
     _, first, _, ts = single_train_step_(backend, luxc.MSELoss(), data, ts)
-    for _ in range(300):
+    for _ in range(60):  # measured: tenfold after 17 steps, over 300-fold from 40 to 60
         _, loss, _, ts = single_train_step_(backend, luxc.MSELoss(), data, ts)
     assert float(loss) < float(first) / 10
-    assert ts.step == 301
+    assert ts.step == 61
 
 
 def test_classifier_learns(key):
-    k1, k2, k3 = jax.random.split(key, 3)
-    centers = jnp.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
-    labels = jax.random.randint(k1, (300,), 0, 3)
-    x = centers[labels] + 0.5 * jax.random.normal(k2, (300, 2))
-    y = jax.nn.one_hot(labels, 3)
+    rng = np.random.default_rng(1)
+    centers = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    labels = rng.integers(0, 3, 300)
+    x = jnp.asarray((centers[labels] + 0.5 * rng.standard_normal((300, 2))).astype(np.float32))
+    y = jnp.asarray(np.eye(3, dtype=np.float32)[labels])
     model = nn.Chain(nn.Dense(2, 16, jax.nn.relu), nn.BatchNorm(16), nn.Dense(16, 3))
-    ps, st = luxc.setup(k3, model)
+    ps, st = luxc.setup(key, model)
     ts = luxc.TrainState(model, ps, st, optax.adam(3e-2))
     loss_fn = luxc.CrossEntropyLoss(logits=True)
     _, first, _, ts = single_train_step_(luxc.AutoXLA(), loss_fn, (x, y), ts)
@@ -89,7 +90,7 @@ def test_batchnorm_state_is_updated_by_a_step_and_frozen_in_test_mode(key, backe
     model = nn.Chain(nn.Dense(3, 4), nn.BatchNorm(4))
     ps, st = luxc.setup(key, model)
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
-    data = (jax.random.normal(key, (16, 3)), jnp.zeros((16, 4)))
+    data = (normal(0, (16, 3)), jnp.zeros((16, 4)))
     _, _, _, ts2 = single_train_step(backend, luxc.MSELoss(), data, ts)
     assert not bool(jnp.all(ts2.states["layer_2"]["running_mean"] == 0))
     frozen = ts2.replace(states=luxc.testmode(ts2.states))
@@ -158,7 +159,7 @@ def test_an_in_place_step_leaves_the_arrays_the_train_state_was_made_from(key):
         assert mine is not theirs and mine.unsafe_buffer_pointer() != theirs.unsafe_buffer_pointer()
         assert (mine.sharding, mine.dtype, mine.weak_type) == (theirs.sharding, theirs.dtype,
                                                                theirs.weak_type)
-    x = jax.random.normal(key, (8, 3))
+    x = normal(0, (8, 3))
     for backend in BACKENDS:
         _, _, _, ts = single_train_step_(backend, luxc.MSELoss(), (x, x[:, :1]), ts)
     assert not any(leaf.is_deleted() for leaf in given)
@@ -260,8 +261,8 @@ def _objective_with_stats(model, ps, st, data):
 def test_train_steps_equals_k_single_steps(key, backend):
     model = nn.Chain(nn.Dense(3, 8, jax.nn.relu), nn.BatchNorm(8), nn.Dense(8, 2))
     k = 4
-    xs = jax.random.normal(jax.random.key(1), (k, 5, 3))
-    ys = jax.random.normal(jax.random.key(2), (k, 5, 2))
+    xs = normal(1, (k, 5, 3))
+    ys = normal(2, (k, 5, 2))
     ps, st = luxc.setup(key, model)
     ref = luxc.TrainState(model, ps, st, optax.adam(1e-2))
     losses, stats = [], []
