@@ -6,9 +6,10 @@ after ``ClipNorm``), logit CrossEntropyLoss, compiled steps (AutoXLA) without gr
 ``adjust``s the learning rate every step along Lux's piecewise-linear schedule (one program: the
 rate is a device scalar); ``--bfloat16`` trains in BFloat16 as Lux's ``bf16(ps, st)``.
 
-Data: scikit-learn's ``load_digits`` (8×8 grey, each pixel repeated 4×4 to 32×32 and the channel
-3 times, normalised per channel) instead of CIFAR-10 (no download here): 1497 training and 300 test
-images, no random crop or flip (a flipped digit is another digit).
+Data: scikit-learn's ``load_digits`` (8×8 grey, each pixel repeated 4×4 to 32×32, not repeated
+with ``--quick``, and the channel 3 times, normalised per channel) instead of CIFAR-10 (no
+download here): 1497 training and 300 test images, no random crop or flip (a flipped digit is
+another digit).
 
 Run it:  python examples/lux/CIFAR10.py simple_cnn|resnet20|conv_mixer [--epochs N] [--quick] ...
 """
@@ -31,13 +32,16 @@ from luxc import nn
 from luxc.training import adjust_, single_train_step_
 
 
-def load_digits_as_cifar(dtype: jnp.dtype, n_test: int = 300, seed: int = 0) -> tuple:
-    """``((x_train, y_train), (x_test, y_test))``: images ``(N, 32, 32, 3)`` normalised with
-    the training set's per-channel mean and std, one-hot labels ``(N, 10)``."""
+def load_digits_as_cifar(dtype: jnp.dtype, n_test: int = 300, seed: int = 0,
+                         image_size: int = 32) -> tuple:
+    """``((x_train, y_train), (x_test, y_test))``: images ``(N, image_size, image_size, 3)``
+    (a multiple of 8) normalised with the training set's per-channel mean and std, one-hot
+    labels ``(N, 10)``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = np.repeat(np.kron(digits.images / 16.0, np.ones((4, 4)))[..., None], 3, axis=-1)
+    scale = np.ones((image_size // 8, image_size // 8))  # each pixel of the 8×8 repeated
+    x = np.repeat(np.kron(digits.images / 16.0, scale)[..., None], 3, axis=-1)
     y = np.eye(10, dtype=np.float32)[digits.target]
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
@@ -132,14 +136,14 @@ def accuracy(model_compiled, ps: dict, st: dict, data: tuple, batchsize: int) ->
 
 def train_model(model: nn.AbstractLayer, opt: optax.GradientTransformation,
                 scheduler: Callable[[float], float] | None = None, *, batchsize: int = 512,
-                seed: int = 1234, epochs: int = 25, bfloat16: bool = False
-                ) -> tuple[list[tuple], luxc.TrainState]:
+                seed: int = 1234, epochs: int = 25, bfloat16: bool = False,
+                image_size: int = 32) -> tuple[list[tuple], luxc.TrainState]:
     """Lux's ``train_model``: one table row per epoch (learning rate, train and test accuracy
     in percent, seconds); returns the rows and the trained state."""
     prec, dtype = (luxc.bf16, jnp.bfloat16) if bfloat16 else (luxc.f32, jnp.float32)
     print(f"[Info] Using {'BFloat16' if bfloat16 else 'Float32'} precision")
     rng = np.random.default_rng(seed)
-    train_data, test_data = load_digits_as_cifar(dtype)
+    train_data, test_data = load_digits_as_cifar(dtype, image_size=image_size)
     ps, st = prec(luxc.setup(jax.random.key(seed), model))
     train_state = luxc.TrainState(model, ps, st, opt)
     print("[Info] Compiling model with XLA")
@@ -188,13 +192,15 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[tuple], luxc.TrainStat
     parser.add_argument("--patch-size", type=int, default=2, help="conv_mixer")
     parser.add_argument("--kernel-size", type=int, default=5, help="conv_mixer")
     parser.add_argument("--quick", action="store_true",
-                        help="batches of 128, 3 epochs unless --epochs (conv_mixer: dim 32, "
-                             "depth 2)")
+                        help="8×8 images, batches of 128, 3 epochs unless --epochs "
+                             "(conv_mixer: dim 32, depth 2)")
     args = parser.parse_args(argv)
     epochs, lr = {"simple_cnn": (50, 0.003), "resnet20": (100, 0.001),
                   "conv_mixer": (25, 0.05)}[args.model]
+    image_size = 32
     if args.quick:
         epochs, args.batchsize, args.hidden_dim, args.depth = 3, 128, 32, 2
+        image_size = 8
     epochs, lr = args.epochs or epochs, args.lr or lr
     scheduler = None
     if args.model == "simple_cnn":
@@ -208,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[tuple], luxc.TrainStat
         scheduler = lambda t: float(np.interp(t, knots, [0, lr, lr / 20, 0]))  # noqa: E731
     opt = adamw(lr, args.weight_decay, args.clip_norm)
     return train_model(model, opt, scheduler, batchsize=args.batchsize, seed=args.seed,
-                       epochs=epochs, bfloat16=args.bfloat16)
+                       epochs=epochs, bfloat16=args.bfloat16, image_size=image_size)
 
 
 if __name__ == "__main__":

@@ -203,11 +203,11 @@ def _save(picture: np.ndarray, plot: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="3 epochs of 32×32 images instead of 50 of 64×64")
+                        help="3 epochs of 16×16 images instead of 50 of 64×64")
     parser.add_argument("--plot", help="save reconstructions and generated samples to this image")
     args = parser.parse_args(argv)
     if args.quick:
-        return train(epochs=3, image_size=32, plot=args.plot)
+        return train(epochs=3, image_size=16, plot=args.plot)
     return train(plot=args.plot)
 
 

@@ -140,10 +140,10 @@ def train(datasets: list[tuple], nepochs: int = 50, seed: int = 1234) -> list[fl
 
 def main(argv: Sequence[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 epochs instead of 50")
+    parser.add_argument("--quick", action="store_true", help="2 epochs instead of 50")
     args = parser.parse_args(argv)
     datasets = load_datasets(np.random.default_rng(0))
-    return train(datasets, nepochs=3 if args.quick else 50)
+    return train(datasets, nepochs=2 if args.quick else 50)
 
 
 if __name__ == "__main__":

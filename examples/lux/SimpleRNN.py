@@ -139,9 +139,9 @@ def train(model: nn.AbstractLayer, data: tuple, epochs: int, seed: int) -> list[
 def main(argv: Sequence[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="sequences of 20 steps and 4 epochs instead of 50 and 25")
+                        help="sequences of 10 steps and 4 epochs instead of 50 and 25")
     args = parser.parse_args(argv)
-    sequence_length, epochs = (20, 4) if args.quick else (50, 25)
+    sequence_length, epochs = (10, 4) if args.quick else (50, 25)
     rng = np.random.default_rng(0)
     x, labels = create_dataset(rng, sequence_length=sequence_length)
     # MLUtils' splitobs(...; at=0.8, shuffle=true)
