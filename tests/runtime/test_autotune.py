@@ -12,7 +12,8 @@ import pytest
 import luxc
 from luxc.runtime.compiling import _autotune as autotune
 from luxc.runtime.compiling._autotune import Candidate, candidates, choose, tune
-from tests.support import luxc_cli
+from tests.runtime._random import normal
+from tests.support import luxc_cli_each
 
 FACTORY = """
 import jax, jax.numpy as jnp, optax, luxc
@@ -23,21 +24,50 @@ def factory():
     ps, st = luxc.setup(jax.random.key(0), model)
     x = jnp.linspace(-1, 1, 24).reshape(8, 3)
     return luxc.MSELoss(), (x, jnp.sum(x, axis=1, keepdims=True)), luxc.TrainState(
-        model, ps, st, optax.adam(1e-2))
+        model, ps, st, optax.sgd(1e-2, momentum=0.9))
 """
 
 
 def _problem():
+    # SGD with momentum: an optimiser state to donate, and each candidate compiles in 3/4 of
+    # Adam's time.
     model = luxc.nn.Chain(luxc.nn.Dense(4, 32, jax.nn.tanh), luxc.nn.LayerNorm(32),
                           luxc.nn.Dense(32, 2))
     ps, st = luxc.setup(jax.random.key(0), model)
-    x = jax.random.normal(jax.random.key(1), (16, 4))
-    return luxc.TrainState(model, ps, st, optax.adam(1e-2)), (x, jnp.sin(x[:, :2]))
+    x = normal(1, (16, 4))
+    return luxc.TrainState(model, ps, st, optax.sgd(1e-2, momentum=0.9)), (x, jnp.sin(x[:, :2]))
 
 
 def _prefer(name):
     """A timer under which candidate ``name`` is the fastest (the others 1 s a step)."""
     return lambda calls, args, **how: {n: 0.0 if n == name else 1.0 for n in calls}
+
+
+def _time_briefly(monkeypatch, seen=None):
+    """Tune with the real timer, cut to one warm-up sample and one round (the tests check what
+    tuning does with the steps and buffers, not how well it times them); with ``seen``, record
+    the candidates of each timing."""
+    real = autotune.interleaved_seconds
+
+    def brief(calls, args, **how):
+        if seen is not None:
+            seen.append(list(calls))
+        return real(calls, args, warmup=1, budget=0.0, rounds=(1, 1), **how)
+
+    monkeypatch.setattr(autotune, "interleaved_seconds", brief)
+
+
+@pytest.fixture(scope="module")
+def untuned():
+    """Five steps of ``_problem()`` compiled without tuning, from the same start as every test's:
+    each step's loss and the parameters after it."""
+    ts, data = _problem()
+    losses, parameters = [], []
+    for _ in range(5):
+        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
+        losses.append(float(loss))
+        parameters.append(ts.parameters)
+    return losses, parameters
 
 
 def test_choose_keeps_the_least_median_and_gives_a_tie_to_the_earlier():
@@ -96,7 +126,7 @@ def test_a_chained_sample_is_a_loop_of_calls_on_what_the_last_one_returned(monke
     assert seen == [0, 0, 0]  # without a chain: one call a sample, on the same arguments
 
 
-def test_the_tuner_times_the_training_loop_a_user_runs(monkeypatch):
+def test_the_tuner_times_the_training_loop_a_user_runs(monkeypatch, untuned):
     """The calls of a tuning sample are steps of training: their losses are those of
     ``single_train_step`` run as many times from the same TrainState."""
     losses = []
@@ -115,10 +145,7 @@ def test_the_tuner_times_the_training_loop_a_user_runs(monkeypatch):
     monkeypatch.setattr(autotune, "MAX_CALLS_PER_SAMPLE", 5)
     ts, data = _problem()
     luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=luxc.CompileOptions(autotune=True))
-    expected = []
-    for _ in range(5):
-        _, loss, _, ts = luxc.training.single_train_step(luxc.AutoXLA(), luxc.MSELoss(), data, ts)
-        expected.append(float(loss))
+    expected, _ = untuned  # single_train_step's losses, five times from the same TrainState
     np.testing.assert_allclose(losses, expected[:1] + expected, rtol=1e-5)
 
 
@@ -160,27 +187,25 @@ def test_tune_builds_every_candidate_and_returns_the_fastest_with_its_report():
 
 
 @pytest.mark.parametrize("name", ["default", "passes=none", "no YNN fusions", "no fusion emitters"])
-def test_the_tuned_step_computes_what_the_untuned_step_computes(monkeypatch, name):
+def test_the_tuned_step_computes_what_the_untuned_step_computes(monkeypatch, untuned, name):
     monkeypatch.setattr(autotune, "interleaved_seconds", _prefer(name))
-    outs = []
-    for options in (None, luxc.CompileOptions(autotune=True)):
-        ts, data = _problem()
-        for _ in range(3):
-            _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data,
-                                                              ts, compile_options=options)
-        outs.append((loss, ts.parameters))
-    cs = luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=luxc.CompileOptions(autotune=True))
-    assert cs.autotune_report.chosen == name
-    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(outs[1][1]), jax.tree.leaves(outs[0][1])):
+    options = luxc.CompileOptions(autotune=True)
+    ts, data = _problem()
+    for _ in range(3):
+        _, loss, _, ts = luxc.training.single_train_step_(luxc.AutoXLA(), luxc.MSELoss(), data,
+                                                          ts, compile_options=options)
+    # Donating, as the steps were: the cached entry they ran, not a second tuning.
+    cs = luxc.compile_step(luxc.MSELoss(), data, ts, compile_options=options, donate=True)
+    assert cs.autotune_report.chosen == name and luxc.cache_info(ts).misses == 1
+    losses, parameters = untuned
+    np.testing.assert_allclose(loss, losses[2], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ts.parameters), jax.tree.leaves(parameters[2])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_a_tuned_step_is_reused_from_the_cache_and_never_timed_again(monkeypatch):
     timed = []
-    real = autotune.interleaved_seconds
-    monkeypatch.setattr(autotune, "interleaved_seconds",
-                        lambda calls, args, **how: timed.append(list(calls)) or real(calls, args, **how))
+    _time_briefly(monkeypatch, timed)
     ts, data = _problem()
     options = luxc.CompileOptions(autotune=True)
     for _ in range(3):
@@ -193,12 +218,14 @@ def test_a_tuned_step_is_reused_from_the_cache_and_never_timed_again(monkeypatch
     assert cs.autotune_report is not None
 
 
-def test_tuning_never_consumes_the_users_donated_buffers():
+def test_tuning_never_consumes_the_users_donated_buffers(monkeypatch):
+    _time_briefly(monkeypatch)  # every sample still runs the donating step, on copies
     ts, data = _problem()
     cs = luxc.compile_step(luxc.MSELoss(), data, ts, donate=True,
                            compile_options=luxc.CompileOptions(autotune=True))
     before = jax.tree.map(np.asarray, ts.parameters)  # readable: not donated by the tuning
-    eager = luxc.training.single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ts)[1]
+    # the step's loss, evaluated op by op: the objective before the update
+    eager = luxc.training.compute_objective(luxc.AutoJAX(), luxc.MSELoss(), data, ts)[0]
     _, loss, _, ts2 = cs(ts, data)
     assert float(loss) == pytest.approx(float(eager), rel=1e-5) and ts2.step == 1
     assert jax.tree.leaves(before)
@@ -209,13 +236,24 @@ def test_autotune_must_be_a_bool():
         luxc.CompileOptions(autotune="yes")
 
 
+@pytest.fixture(scope="module")
+def tuned_by_the_cli(tmp_path_factory):
+    """``luxc compile --autotune``, ``luxc inspect`` (JSON and text) and ``luxc run`` of what it
+    wrote, and ``luxc profile --autotune``, in one process: each command's result."""
+    d = tmp_path_factory.mktemp("autotune")
+    (d / "model_src.py").write_text(FACTORY)
+    commands = [["compile", "model_src.py:factory", "--out", "tuned.luxc", "--autotune"],
+                ["inspect", "tuned.luxc", "--json"], ["inspect", "tuned.luxc"],
+                ["run", "tuned.luxc", "--steps", "2"],
+                ["profile", "model_src.py:factory", "--autotune", "--steps", "5", "--json"]]
+    return luxc_cli_each([(d, args) for args in commands])
+
+
 @pytest.mark.slow
-def test_compile_autotune_records_the_choice_in_the_manifest_and_inspect(tmp_path):
-    (tmp_path / "model_src.py").write_text(FACTORY)
-    r = luxc_cli("compile", "model_src.py:factory", "--out", "tuned.luxc", "--autotune", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = luxc_cli("inspect", "tuned.luxc", "--json", cwd=tmp_path)
-    manifest = json.loads(r.stdout)
+def test_compile_autotune_records_the_choice_in_the_manifest_and_inspect(tuned_by_the_cli):
+    compiled, inspected, text, ran, _ = tuned_by_the_cli
+    assert compiled.returncode == 0, compiled.stderr
+    manifest = json.loads(inspected.stdout)
     record = manifest["autotune"]
     chosen = next(c for c in record["candidates"] if c["name"] == record["chosen"])
     assert [c["name"] for c in record["candidates"]] == ["default", "passes=none",
@@ -224,16 +262,13 @@ def test_compile_autotune_records_the_choice_in_the_manifest_and_inspect(tmp_pat
     # The artifact was compiled with the kept candidate's options.
     assert manifest["compile_options"]["xla_options"] == chosen["xla_options"]
     assert manifest["compile_options"]["passes"] == (chosen["passes"] or "default")
-    text = luxc_cli("inspect", "tuned.luxc", cwd=tmp_path).stdout
-    assert f"autotune    kept {record['chosen']} of default " in text
-    assert luxc_cli("run", "tuned.luxc", "--steps", "2", cwd=tmp_path).returncode == 0
+    assert f"autotune    kept {record['chosen']} of default " in text.stdout
+    assert ran.returncode == 0, ran.stderr
 
 
 @pytest.mark.slow
-def test_profile_autotune_reports_the_candidates(tmp_path):
-    (tmp_path / "model_src.py").write_text(FACTORY)
-    r = luxc_cli("profile", "model_src.py:factory", "--autotune", "--steps", "5", "--json",
-                 cwd=tmp_path)
+def test_profile_autotune_reports_the_candidates(tuned_by_the_cli):
+    r = tuned_by_the_cli[-1]
     assert r.returncode == 0, r.stderr
     record = json.loads(r.stdout)["autotune"]
     assert record["chosen"] in [c["name"] for c in record["candidates"]]

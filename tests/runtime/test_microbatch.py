@@ -11,9 +11,10 @@ import luxc
 from luxc import nn
 from luxc.training import single_train_step, train_steps_
 from luxc.training._microbatch import accumulate
+from tests.runtime._random import normal
 
-X = jax.random.normal(jax.random.key(1), (16, 5))
-Y = jax.random.normal(jax.random.key(2), (16, 3))
+X = normal(1, (16, 5))
+Y = normal(2, (16, 3))
 
 
 def _lstsq_grads(w, st, data):
@@ -25,7 +26,7 @@ def _lstsq_grads(w, st, data):
 
 @pytest.mark.parametrize("k", [1, 2, 4, 16])
 def test_accumulated_gradients_of_a_mean_loss_are_the_full_batch_s(k):
-    w = jax.random.normal(jax.random.key(3), (5, 3))
+    w = normal(3, (5, 3))
     g, loss, st, stats = accumulate(_lstsq_grads, k)(w, {"s": 1}, (X, Y))
     g_full, loss_full, _, _ = _lstsq_grads(w, {}, (X, Y))
     np.testing.assert_allclose(g, g_full, rtol=1e-5, atol=1e-7)
@@ -43,11 +44,22 @@ def test_the_state_is_carried_through_the_microbatches():
 def _mlp_state():
     model = nn.Chain(nn.Dense(5, 32, jax.nn.tanh), nn.Dense(32, 3))
     ps, st = luxc.setup(0, model)
-    return luxc.TrainState(model, ps, st, optax.adam(1e-2))
+    return luxc.TrainState(model, ps, st, optax.sgd(1e-2, momentum=0.9))  # less to compile than Adam
 
 
-def test_compiled_microbatches_equal_the_eager_full_batch():
-    ref_grads, ref_loss, _, ref = single_train_step(luxc.AutoJAX(), luxc.MSELoss(), (X, Y), _mlp_state())
+@pytest.fixture(scope="module")
+def full_batch_steps():
+    """Two eager full-batch steps from ``_mlp_state()``, on (X, Y) then on both reversed: each
+    step's gradients, loss and TrainState after it."""
+    ts, steps = _mlp_state(), []
+    for data in ((X, Y), (X[::-1], Y[::-1])):
+        grads, loss, _, ts = single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ts)
+        steps.append((grads, loss, ts))
+    return steps
+
+
+def test_compiled_microbatches_equal_the_eager_full_batch(full_batch_steps):
+    ref_grads, ref_loss, ref = full_batch_steps[0]
     options = luxc.CompileOptions(microbatches=4)
     grads, loss, _, ts = single_train_step(luxc.AutoXLA(), luxc.MSELoss(), (X, Y), _mlp_state(),
                                            compile_options=options)
@@ -59,16 +71,12 @@ def test_compiled_microbatches_equal_the_eager_full_batch():
     assert ts.step == 1  # one optimiser update for the four parts
 
 
-def test_train_steps_with_microbatches_equal_full_batch_steps():
+def test_train_steps_with_microbatches_equal_full_batch_steps(full_batch_steps):
     batches = (jnp.stack([X, X[::-1]]), jnp.stack([Y, Y[::-1]]))
     _, losses, _, ts = train_steps_(luxc.AutoXLA(), luxc.MSELoss(), batches, _mlp_state(),
                                     compile_options=luxc.CompileOptions(microbatches=2))
-    ref = _mlp_state()
-    ref_losses = []
-    for data in ((X, Y), (X[::-1], Y[::-1])):
-        _, loss, _, ref = single_train_step(luxc.AutoJAX(), luxc.MSELoss(), data, ref)
-        ref_losses.append(loss)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(losses, [loss for _, loss, _ in full_batch_steps], rtol=1e-5)
+    ref = full_batch_steps[-1][2]
     for a, b in zip(jax.tree.leaves(ts.parameters), jax.tree.leaves(ref.parameters)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -108,7 +116,7 @@ def test_microbatches_keep_a_kth_of_the_activation_temporaries():
                      nn.Dense(256, 32))
     ps, st = luxc.setup(0, model)
     ts = luxc.TrainState(model, ps, st, optax.sgd(0.1))
-    x = jax.random.normal(jax.random.key(3), (2048, 32))
+    x = normal(3, (2048, 32))
     parameter_bytes = 4 * luxc.parameter_count(model)
 
     def temporaries(k):

@@ -2,9 +2,6 @@
 breakdown (``cs.compile_report``)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -33,7 +30,8 @@ def cnn_factory():
                      nn.Dense(8 * 7 * 7, 10))
     ps, st = luxc.setup(jax.random.key(0), model)
     data = (jnp.ones((32, 16, 16, 1)), jnp.zeros((32, 10)))
-    return objective, data, luxc.TrainState(model, ps, st, optax.adam(1e-3))
+    # SGD with momentum: less to compile than Adam, in each of the CLI tests' compiles too
+    return objective, data, luxc.TrainState(model, ps, st, optax.sgd(1e-2, momentum=0.9))
 
 
 def check_ops(ops, every_op=True):
@@ -75,9 +73,11 @@ def test_profile_lists_the_steps_ops_by_time_with_the_users_line_and_layer():
 def test_an_asynchronous_convolution_is_timed_to_its_completion_not_its_launch():
     # XLA:CPU runs a convolution on Eigen's threads: its own trace event covers the launch
     # (0.2 of 80 ms in a step that was one convolution), its `end:` event the completion.
+    from tests.runtime._random import normal  # (not at the top: see `profiled`)
+
     model = nn.Chain(nn.Conv((3, 3), 32, 32, pad=1), nn.GlobalMeanPool(), nn.FlattenLayer())
     ps, st = luxc.setup(jax.random.key(0), model)
-    data = (jax.random.normal(jax.random.key(1), (16, 32, 32, 32)), jnp.zeros((16, 32)))
+    data = (normal(1, (16, 32, 32, 32)), jnp.zeros((16, 32)))
     ts = luxc.TrainState(model, ps, st, optax.sgd(1e-3))
     records = luxc.compile_step(objective, data, ts).profile(ts, data, steps=5)
     # the kernel gradient at least (XLA may fuse the forward one into YNNPACK's reduction that
@@ -116,27 +116,43 @@ def test_compile_breakdown_adds_up_to_the_compile():
     assert sum(parts.values()) == pytest.approx(cs.trace_seconds + cs.compile_seconds, rel=1e-9)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "luxc.cli", "profile", f"{HERE}:cnn_factory",
-                           "--steps", "10", *args], capture_output=True, text=True, timeout=300,
-                          cwd=HERE.parent, env={**os.environ})
+# The `luxc profile` commands the CLI tests read, by name: of the factory above (10 steps each),
+# and of the artifact `luxc compile` writes of it.
+_PROFILES = {"json": ["--ops", "8", "--json"],
+             "table": ["--ops", "1000"],  # more than the step has: every op, whatever the load
+             "compare": ["--compare", "passes=none", "--json"],
+             "bad compare": ["--compare", "batch=3"]}
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """Each command's result, all run in one process (one jax start, not one per command)."""
+    # Imported here: `luxc profile` imports this file for its factory, where `tests` is no package.
+    from tests.support import luxc_cli_each
+
+    d = tmp_path_factory.mktemp("profile")
+    factory, artifact = f"{HERE}:cnn_factory", str(d / "step.luxc")
+    commands = [(HERE.parent, ["profile", factory, "--steps", "10", *args]) for args in _PROFILES.values()]
+    commands += [(HERE.parent, ["compile", factory, "--out", artifact]),
+                 (d, ["profile", artifact, "--steps", "10", "--ops", "1000", "--json"])]  # every op
+    return dict(zip([*_PROFILES, "compile", "artifact"], luxc_cli_each(commands)))
 
 
 @pytest.mark.slow
-def test_cli_ops_json_parses_and_lists_the_ops():
-    r = run_cli("--ops", "8", "--json")
+def test_cli_ops_json_parses_and_lists_the_ops(profiled):
+    r = profiled["json"]
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     check_ops(report["ops"], every_op=False)
-    assert len(report["ops"]) == 8  # of the step's 30
+    assert len(report["ops"]) == 8  # of the step's 23
     breakdown = report["compile_breakdown"]
     assert abs(sum(breakdown.values()) - breakdown["first call"]
                - report["compile_seconds"]) <= 0.1 * report["compile_seconds"]
 
 
 @pytest.mark.slow
-def test_cli_ops_table_names_the_users_line():
-    r = run_cli("--ops", "1000")  # more than the step has: every op, whatever the load
+def test_cli_ops_table_names_the_users_line(profiled):
+    r = profiled["table"]
     assert r.returncode == 0, r.stderr
     assert "XLA compile" in r.stdout and "trace + export" in r.stdout
     header, _, *table = r.stdout[r.stdout.index("ops ("):].splitlines()
@@ -147,28 +163,23 @@ def test_cli_ops_table_names_the_users_line():
 
 
 @pytest.mark.slow
-def test_cli_compare_times_both_option_sets_and_gives_their_ratio():
-    r = run_cli("--compare", "passes=none", "--json")
+def test_cli_compare_times_both_option_sets_and_gives_their_ratio(profiled):
+    r = profiled["compare"]
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     a, b = report["variants"]
     assert (a["options"]["passes"], b["options"]["passes"]) == ("default", "none")
     assert a["steps"] == b["steps"] == 10
     assert report["ratio"] == pytest.approx(b["median_seconds"] / a["median_seconds"])
-    bad = run_cli("--compare", "batch=3")
+    bad = profiled["bad compare"]
     assert bad.returncode != 0 and "--compare takes passes=" in bad.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
-def test_cli_ops_of_an_artifact_directory(tmp_path):
+def test_cli_ops_of_an_artifact_directory(profiled):
     # The op profile of what `luxc compile` wrote: its StableHLO keeps the user's locations.
-    r = subprocess.run([sys.executable, "-m", "luxc.cli", "compile", f"{HERE}:cnn_factory",
-                        "--out", str(tmp_path / "step.luxc")], capture_output=True, text=True,
-                       timeout=300, cwd=HERE.parent)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "luxc.cli", "profile", str(tmp_path / "step.luxc"),
-                        "--steps", "10", "--ops", "1000", "--json"], capture_output=True,
-                       text=True, timeout=300, cwd=tmp_path)  # every op, whatever the load
+    assert profiled["compile"].returncode == 0, profiled["compile"].stderr
+    r = profiled["artifact"]
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     check_ops(report["ops"])

@@ -17,6 +17,7 @@ from luxc.runtime.compiling import _workspace
 from luxc.runtime.compiling._executable import DonationWarning, build
 from luxc.runtime.compiling._scan_buffers import ScanBuffer
 from luxc.runtime.compiling._stack_buffers import lift_stacks
+from tests.runtime._random import normal
 from tests.runtime.test_scan_buffers import four_steps
 
 # A 3x4 stack of a 2x4 and a 1x4 part that a loop reads a row a turn (the sum of its rows).
@@ -114,8 +115,7 @@ def test_a_compiled_stack_reuses_its_buffer_and_computes_what_jit_computes(monke
     fn = _stack_fn(axis)
 
     def weights(seed):
-        keys = jax.random.split(jax.random.key(seed), 5)
-        return [(0.3 * jax.random.normal(k, (8, 8))).astype(dtype) for k in keys]
+        return [normal(5 * seed + i, (8, 8), dtype, scale=0.3) for i in range(5)]
 
     exe = build(fn, weights(0))
     monkeypatch.setattr(_workspace, "LIFT_STACKS", False)
