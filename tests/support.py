@@ -108,3 +108,15 @@ def lenet_bits_without(pass_name: str, mixed_precision: str | None = None) -> in
         np.testing.assert_array_equal(a, b)
     (count,) = rewrites  # the pass ran once, in the default pipeline
     return count
+
+
+def compile_then_run_each(work: Path, cases: dict[str, tuple[Path, list]]) -> dict:
+    """``luxc compile model_src.py:factory --out step.luxc`` in ``work``, then every case's
+    commands (``name: (cwd, [args, ...])``), all in ONE fresh process (``luxc_cli_each``):
+    ``name: (cwd, [CompletedProcess, ...])``."""
+    compile_, *results = luxc_cli_each(
+        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
+        [(d, args) for d, commands in cases.values() for args in commands])
+    assert compile_.returncode == 0, compile_.stderr
+    results = iter(results)
+    return {name: (d, [next(results) for _ in commands]) for name, (d, commands) in cases.items()}

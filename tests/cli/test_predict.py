@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import luxc
-from tests.support import luxc_cli_each
+from tests.support import compile_then_run_each
 
 # BatchNorm: test mode must use the running statistics, which training changes.
 FACTORY = textwrap.dedent("""
@@ -71,13 +71,7 @@ def compiled(tmp_path_factory):
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)  # batch 5, never seen
     np.save(work / "x.npy", x)
     cases = _cases(tmp_path_factory.mktemp, work)
-    compile_, *results = luxc_cli_each(
-        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
-        [(d, args) for d, commands in cases.values() for args in commands])
-    assert compile_.returncode == 0, compile_.stderr
-    results = iter(results)
-    return work, {name: (d, [next(results) for _ in commands])
-                  for name, (d, commands) in cases.items()}
+    return work, compile_then_run_each(work, cases)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import luxc
 from luxc.cli import main
 from luxc.runtime.artifacts._tensor_codec import tensors_from_bytes
-from tests.support import luxc_cli_each
+from tests.support import compile_then_run_each
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +80,7 @@ def compiled(tmp_path_factory):
     x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     np.savez(work / "train.npz", x, x.sum(1, keepdims=True))
     cases = _cases(tmp_path_factory.mktemp, work)
-    compile_, *results = luxc_cli_each(
-        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
-        [(d, args) for d, commands in cases.values() for args in commands])
-    assert compile_.returncode == 0, compile_.stderr
-    results = iter(results)
-    return work, {name: (d, [next(results) for _ in commands])
-                  for name, (d, commands) in cases.items()}
+    return work, compile_then_run_each(work, cases)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from luxc.runtime.data import _npy_rows as npy_rows
 from luxc.runtime.data._dataset import Dataset
 from luxc.runtime.files._errors import ArtifactError
 from tests.cli.test_run_dataset import FACTORY  # Dense-BatchNorm-Dense, batch 8, x (8, 3), y (8, 1)
-from tests.support import luxc_cli_each, run_python
+from tests.support import compile_then_run_each, run_python
 
 SPECS = [ArraySpec((8, 3), "float32"), ArraySpec((8, 1), "float32")]
 NAMES = ["data[0]", "data[1]"]
@@ -111,13 +111,7 @@ def compiled(tmp_path_factory):
     (work / "model_src.py").write_text(FACTORY)
     np.savez(work / "train.npz", *_xy())
     cases = _cases(tmp_path_factory.mktemp, work)
-    compile_, *results = luxc_cli_each(
-        [(work, ["compile", "model_src.py:factory", "--out", "step.luxc"])] +
-        [(d, args) for d, commands in cases.values() for args in commands])
-    assert compile_.returncode == 0, compile_.stderr
-    results = iter(results)
-    return work, {name: (d, [next(results) for _ in commands])
-                  for name, (d, commands) in cases.items()}
+    return work, compile_then_run_each(work, cases)
 
 
 @pytest.fixture(scope="module")
