@@ -87,29 +87,6 @@ def luxc_cli_each(cases: list[tuple[Path, list]]) -> list[subprocess.CompletedPr
             for (_, args), (code, out, err) in zip(cases, json.loads(r.stdout.splitlines()[-1]))]
 
 
-def lenet_bits_without(pass_name: str, mixed_precision: str | None = None) -> int:
-    """Compile a LeNet-5 step (batch 16) with the CPU default pipeline and with it less
-    ``pass_name``; assert the two steps' outputs are bit-identical; return the pass's rewrites."""
-    import jax
-    import numpy as np
-
-    import luxc
-    from luxc.examples.lenet import factory
-
-    without = [p for p in luxc.passes.default_pipeline("cpu") if p != pass_name]
-    outputs, rewrites = [], []
-    for passes in ("default", without):
-        loss, data, ts = factory(16)
-        cs = luxc.compile_step(loss, data, ts, compile_options=luxc.CompileOptions(
-            passes=passes, mixed_precision=mixed_precision))
-        rewrites += [r.rewrites for r in cs.pass_report if r.name == pass_name]
-        outputs.append([np.asarray(a, np.float32) for a in jax.tree.leaves(cs(ts, data))])
-    for a, b in zip(*outputs):
-        np.testing.assert_array_equal(a, b)
-    (count,) = rewrites  # the pass ran once, in the default pipeline
-    return count
-
-
 def compile_then_run_each(work: Path, cases: dict[str, tuple[Path, list]]) -> dict:
     """``luxc compile model_src.py:factory --out step.luxc`` in ``work``, then every case's
     commands (``name: (cwd, [args, ...])``), all in ONE fresh process (``luxc_cli_each``):

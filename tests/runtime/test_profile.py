@@ -70,6 +70,19 @@ def test_profile_lists_the_steps_ops_by_time_with_the_users_line_and_layer():
     assert ts.step == 0 and cs(ts, data)[3].step == 1  # profiling consumed nothing
 
 
+def _profile_until(cs, ts, data, holds, retakes=3):
+    """The first of up to ``retakes`` profiles for which ``holds(records)`` is true, else the
+    last: a share is wall time, and on a busy machine a preempted thread's gap lands on whatever
+    was in flight (a loop, a convolution's neighbours). The property the test asserts is
+    deterministic in the attribution (tests below on synthetic events), so a retake cannot hide
+    a wrong one: it would fail every time."""
+    for _ in range(retakes):
+        records = cs.profile(ts, data, steps=5)
+        if holds(records):
+            break
+    return records
+
+
 def test_an_asynchronous_convolution_is_timed_to_its_completion_not_its_launch():
     # XLA:CPU runs a convolution on Eigen's threads: its own trace event covers the launch
     # (0.2 of 80 ms in a step that was one convolution), its `end:` event the completion.
@@ -79,12 +92,15 @@ def test_an_asynchronous_convolution_is_timed_to_its_completion_not_its_launch()
     ps, st = luxc.setup(jax.random.key(0), model)
     data = (normal(1, (16, 32, 32, 32)), jnp.zeros((16, 32)))
     ts = luxc.TrainState(model, ps, st, optax.sgd(1e-3))
-    records = luxc.compile_step(objective, data, ts).profile(ts, data, steps=5)
+
     # the kernel gradient at least (XLA may fuse the forward one into YNNPACK's reduction that
-    # follows it); 0.3 GFLOP, over a third of the step whatever the load (0.05 timed by launch)
-    convolutions = [r for r in records if r.kind == "convolution"]
-    assert convolutions and sum(r.share for r in convolutions) > 0.2, \
-        [(r.name, r.kind, r.share) for r in records]
+    # follows it); 0.3 GFLOP, over a third of the step on an idle machine (0.05 timed by launch)
+    def convolutions(records):
+        return sum(r.share for r in records if r.kind == "convolution")
+
+    records = _profile_until(luxc.compile_step(objective, data, ts), ts, data,
+                             lambda rs: convolutions(rs) > 0.2)
+    assert convolutions(records) > 0.2, [(r.name, r.kind, r.share) for r in records]
     assert sum(r.share for r in records) <= 1.0 + 1e-9
 
 
@@ -96,12 +112,34 @@ def test_a_loops_body_keeps_its_time_and_the_loop_only_its_own():
     ps, st = luxc.setup(jax.random.key(0), model)
     data = (jax.random.normal(jax.random.key(1), (512, 256)), jnp.zeros((512, 256)))
     ts = luxc.TrainState(model, ps, st, optax.sgd(1e-3))
-    records = luxc.compile_step(objective, data, ts).profile(ts, data, steps=5)
-    loops = sum(r.share for r in records if r.kind == "while")
-    products = sum(r.share for r in records if r.kind in ("dot", "fusion(dot)"))
-    shown = [(r.name, r.kind, round(r.share, 3)) for r in records]
-    assert loops < 0.1 and products > 2 * loops, shown
+
+    def shares(records):
+        loops = sum(r.share for r in records if r.kind == "while")
+        return loops, sum(r.share for r in records if r.kind in ("dot", "fusion(dot)"))
+
+    def holds(records):
+        loops, products = shares(records)
+        return loops < 0.1 and products > 2 * loops
+
+    records = _profile_until(luxc.compile_step(objective, data, ts), ts, data, holds)
+    assert holds(records), [(r.name, r.kind, round(r.share, 3)) for r in records]
     assert sum(r.share for r in records) <= 1.0 + 1e-9
+
+
+def test_ops_in_flight_together_share_their_stretch_and_a_loop_keeps_only_its_own():
+    # Synthetic events (ns): a loop from 0 to 100 running a dot 10-50 and a fusion 40-90 (both
+    # in flight 40-50); the dot split over two threads (10-30, 20-50) counts its union once.
+    from luxc.runtime.performance._op_profile import _shared_seconds
+
+    events = {"while.1": [(0, 100, {})], "dot.2": [(10, 30, {}), (20, 50, {})],
+              "fusion.3": [(40, 90, {})]}
+    seconds = {op: s * 1e9 for op, s in _shared_seconds(events, {"while.1"}).items()}
+    assert seconds == pytest.approx({"while.1": 10 + 10, "dot.2": 30 + 5, "fusion.3": 5 + 40})
+    # Not a container, the loop is one more op in flight: half of its body's time.
+    seconds = {op: s * 1e9 for op, s in _shared_seconds(events).items()}
+    assert seconds == pytest.approx({"while.1": 20 + 15 + 10 / 3 + 20,
+                                     "dot.2": 15 + 10 / 3, "fusion.3": 10 / 3 + 20})
+    assert sum(seconds.values()) == pytest.approx(100)
 
 
 def test_compile_breakdown_adds_up_to_the_compile():
