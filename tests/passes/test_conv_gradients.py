@@ -88,6 +88,29 @@ def test_each_conv_pass_leaves_the_other_forms_alone():
     assert record.rewrites == 0
 
 
+def test_conv_input_grad_dot_leaves_a_1x1_kernels_input_gradient_to_xla():
+    # One tap: the gradient is one matrix product already, which XLA runs in the activations'
+    # layout (taps- and channel-first it was 1.3x slower in ConvMixer-256's step).
+    for spec, x_shape, w_shape in [(("NHWC", "HWIO", "NHWC"), (4, 6, 6, 8), (1, 1, 8, 16)),
+                                   (("NCHW", "OIHW", "NCHW"), (2, 8, 5, 5), (16, 8, 1, 1))]:
+        exported, _ = _grads(spec, "VALID", x_shape, w_shape, wrt=0)
+        assert [r.rewrites for r in rewrite(exported, ["conv_input_grad_dot"])[1]] == [0]
+    two_taps, _ = _grads(("NHWC", "HWIO", "NHWC"), "SAME", (4, 6, 6, 6), (1, 2, 6, 16), wrt=0)
+    assert [r.rewrites for r in rewrite(two_taps, ["conv_input_grad_dot"])[1]] == [1]
+
+
+def test_conv_input_grad_dot_leaves_wide_gradients_to_xla():
+    # From 8 input channels, or a product z over 24 MiB, XLA's convolution was faster
+    # (passes/conv_input_grad_dot.py): ResNet-20's 3x3 layers keep XLA's.
+    def rewrites(x_shape, w_shape):
+        exported, _ = _grads(("NHWC", "HWIO", "NHWC"), "SAME", x_shape, w_shape, wrt=0)
+        return rewrite(exported, ["conv_input_grad_dot"])[1][0].rewrites
+
+    assert rewrites((8, 32, 32, 6), (3, 3, 6, 16)) == 1  # z: 9·6·8·1024 floats, 1.7 MiB
+    assert rewrites((8, 32, 32, 16), (3, 3, 16, 16)) == 0  # 16 channels
+    assert rewrites((128, 24, 24, 6), (5, 5, 6, 16)) == 0  # z 42 MiB
+
+
 # A true convolution's (nn.Conv's default) input gradient: the forward's kernel k = reverse(w),
 # reversed again by jax's transpose rule.
 INPUT_GRAD_IN = """
