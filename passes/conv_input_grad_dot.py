@@ -33,10 +33,12 @@ transpose rule emits for the input gradient; ``_conv.is_input_gradient`` tells i
 forward of a true convolution, ``nn.Conv``'s default, whose kernel is reversed too), with 2 to
 ``MAX_TAPS`` taps, at most ``MAX_FEATURES`` output channels and a product ``z`` of at most
 ``MAX_PRODUCT_BYTES`` (in float32). Only there was it measured faster: the input gradient and
-its forward convolution alone (batch 128, "SAME"; Intel Xeon, 2026-12-07), the pass over XLA's
-time was 0.66-1.05 with 3-6 channels and ``z`` up to 19 MiB (4 channels at 32×32, 3×3: 0.66;
-6 at 12×12, 5×5: 0.86-1.05), but 1.8 for 6 channels at 24×24 (``z`` 44 MiB), 1.18 for 8
-channels, 1.16-6.8 from 16 channels up (``z`` 19-105 MiB: it is written and read once a tap);
+its forward convolution alone (batch 128, "SAME", under the XLA options luxc gives a
+convolutional step; Intel Xeon, 2026-12-07), the pass over XLA's time was 0.54-0.92 with 3-6
+channels and ``z`` up to 19 MiB (3 channels at 14×14, 5×5: 0.54; 4 at 32×32, 3×3: 0.65; 6 at
+12×12, 5×5: 0.84-1.19 over three runs), but 2.0 for 6 channels at 24×24 (``z`` 44 MiB),
+1.07-1.15 for 8 channels, 1.6-6.0 from 16 channels up (``z`` 19-105 MiB: it is written and read
+once a tap);
 Lux's ResNet-20 step (16-64 channels, 3×3) took 549 ms with it and 392 without, and a 1×1
 kernel's gradient, one matrix product already, ran at a third of the speed taps- and
 channel-first (ConvMixer-256/2, batch 64: 378 → 288 ms without).
