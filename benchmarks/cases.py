@@ -6,8 +6,8 @@ bf16), ``peak`` (the plain 2048³ float32 GEMM in jax and numpy: the machine's f
 ``ablation`` (luxc under the option sets of :mod:`benchmarks.ablation`, only when asked). torch
 is imported in the torch group's process only.
 
-Workloads: the five of :mod:`benchmarks.workloads`, ``resnet20`` (Lux's CIFAR-10 tutorial
-ResNet-20, :mod:`benchmarks.peers_resnet`), ``gpt`` (examples/charlm.py's model,
+Workloads: the five of :mod:`benchmarks.workloads`, ``resnet20`` and ``convmixer`` (Lux's
+CIFAR-10 tutorial CNNs, :mod:`benchmarks.peers_cnn`), ``gpt`` (examples/charlm.py's model,
 :mod:`benchmarks.peers_gpt`), ``depth-N`` (N pre-LN blocks as luxc ``Stack`` and ``Chain``,
 :mod:`benchmarks.depth`) and ``gemm``.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 
-from benchmarks import depth, peers_gpt, peers_resnet
+from benchmarks import depth, peers_cnn, peers_gpt
 from benchmarks import workloads as wl
 
 Maker = Callable[[], Callable[[], object]]
@@ -31,7 +31,8 @@ JIT_BASELINE = "jax.jit+optax"
 
 def workload_keys(depths: tuple[int, ...] = DEPTHS) -> list[str]:
     """Every workload, in the order a full run measures them."""
-    return [*(w.key for w in wl.WORKLOADS), peers_resnet.WORKLOAD.key, peers_gpt.WORKLOAD.key,
+    return [*(w.key for w in wl.WORKLOADS), *(w.key for w in peers_cnn.WORKLOADS),
+            peers_gpt.WORKLOAD.key,
             *(f"depth-{n}" for n in depths), GEMM]
 
 
@@ -70,8 +71,9 @@ def missing_module(group: str) -> str | None:
 def _workload(key: str) -> wl.Workload:
     if key == peers_gpt.WORKLOAD.key:
         return peers_gpt.WORKLOAD
-    if key == peers_resnet.WORKLOAD.key:
-        return peers_resnet.WORKLOAD
+    for work in peers_cnn.WORKLOADS:
+        if work.key == key:
+            return work
     for work in wl.WORKLOADS:
         if work.key == key:
             return work
@@ -87,8 +89,8 @@ def variants(key: str, group: str, device: bool, quick: bool = False) -> tuple[d
         return depth.variants(int(key[6:]), group, device), []
     if key == peers_gpt.WORKLOAD.key:
         return _with_data(peers_gpt.WORKLOAD, peers_gpt.variants(group, device))
-    if key == peers_resnet.WORKLOAD.key:
-        return _with_data(peers_resnet.WORKLOAD, peers_resnet.variants(group, device))
+    if key in (w.key for w in peers_cnn.WORKLOADS):
+        return _with_data(_workload(key), peers_cnn.variants(group, device))
     return _with_data(_workload(key), _standard(key, group, device))
 
 
