@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from luxc.nn._batch_statistics import batch_normalise
 from luxc.nn._core import AbstractLayer, LayerShapeError, Val
 from luxc.nn._eltype import match_eltype
 from luxc.nn._init import activation_name
@@ -91,7 +92,6 @@ class BatchNorm(AbstractLayer):
         self._check_features(x, self.chs)
         x = match_eltype(self, ps, st, x)
         dtype, x = x.dtype, _statistics_dtype(x)
-        axes = tuple(range(x.ndim - 1))
         training = bool(st["training"])
         if (training or not self.track_stats) and x.size == 0:
             # Batch statistics of no rows are NaN, and the running statistics would keep them
@@ -103,13 +103,14 @@ class BatchNorm(AbstractLayer):
                 f"statistics need at least one row (drop empty batches, or use "
                 f"luxc.testmode(st) to normalise with the running statistics)")
         if training or not self.track_stats:
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            scale, bias = ((ps["scale"], ps["bias"]) if self.affine else
+                           (jnp.ones(self.chs, x.dtype), jnp.zeros(self.chs, x.dtype)))
+            y, mean, var = batch_normalise(x, scale, bias, self.epsilon)
         else:
             mean, var = st["running_mean"], st["running_var"]
-        y = (x - mean) / jnp.sqrt(var + self.epsilon)
-        if self.affine:
-            y = y * ps["scale"] + ps["bias"]
+            y = (x - mean) / jnp.sqrt(var + self.epsilon)
+            if self.affine:
+                y = y * ps["scale"] + ps["bias"]
         y = y if x.dtype == dtype else y.astype(dtype)
         if self.activation:
             y = self.activation(y)
