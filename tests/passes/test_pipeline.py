@@ -157,10 +157,11 @@ def test_resolve_names_and_keywords():
 
 
 def _five_steps(passes) -> tuple[float, dict, tuple]:
-    """A BatchNorm network's loss and parameters after five AutoXLA steps compiled with
-    ``passes``, and the step's pass report."""
+    """A normalising network's loss and parameters after five AutoXLA steps compiled with
+    ``passes``, and the step's pass report (LayerNorm's ``/ sqrt`` is what ``fuse_rsqrt``
+    rewrites; BatchNorm's training mode already multiplies by an ``rsqrt``)."""
     model = nn.Chain(nn.Dense(8, 32, use_bias=False), nn.BatchNorm(32, jax.nn.relu),
-                     nn.Dense(32, 4), jax.nn.sigmoid)
+                     nn.LayerNorm(32), nn.Dense(32, 4), jax.nn.sigmoid)
     ps, st = luxc.setup(jax.random.key(0), model)
     x = normal(1, (32, 8))
     y = jnp.asarray((np.random.default_rng(2).random((32, 4)) > 0.5).astype(np.float32))
