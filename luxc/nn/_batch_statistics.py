@@ -3,8 +3,9 @@ step reads each activation as few times as it can.
 
 Differentiated as written, ``(x - μ) / sqrt(v + ε) · γ + β`` gives a backward pass with four
 reductions over the activation (the gradients of γ and β, and of μ and v through ``x``) and
-more elementwise passes than it needs; XLA:CPU keeps them apart. ResNet-20's training step (Lux's
-CIFAR-10 tutorial, batch 128) spent 26% of its time in BatchNorm.
+more elementwise passes than it needs; XLA:CPU keeps them apart. BatchNorm was about a quarter of
+ResNet-20's training step (Lux's CIFAR-10 tutorial, batch 128: 503.7 ms, 380.3 with every
+BatchNorm removed, interleaved in one process, 2026-12-07; benchmarks/README.md, *Levers*).
 
 The tangent below is the same linear map, grouped so that every per-channel factor multiplies
 a reduced ``(C,)`` value rather than the whole activation. Reverse mode (jax transposes the
