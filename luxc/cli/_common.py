@@ -15,7 +15,7 @@ import click
 
 from luxc.cli._wording import cli_words
 from luxc.runtime.performance._host_memory import retain_host_memory as _retain_host_memory
-from luxc.runtime.trust._guarded_call import exit_now_if_abandoned
+from luxc.runtime.trust._guarded_call import exit_now, exit_now_if_abandoned
 
 
 class CliError(click.ClickException):
@@ -33,6 +33,12 @@ class _Group(click.Group):
             return super().__call__(*args, **kwargs)
         except SystemExit as e:
             exit_now_if_abandoned(e.code)
+            if getattr(self, "_interrupted", False):
+                # After Ctrl-C a helper thread may still be inside native code; one that comes
+                # back during Python's shutdown is unwound there and the process aborts (seen
+                # once under `luxc profile --ops`: SIGABRT instead of 130). The command's own
+                # `with` and `finally` blocks have run by now: nothing is left to close.
+                exit_now(e.code)
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -41,6 +47,7 @@ class _Group(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for it
+            self._interrupted = True
             click.echo("luxc: interrupted (Ctrl-C)", err=True)
             raise click.exceptions.Exit(130) from None
         except BrokenPipeError:  # `luxc inspect … | head`: the reader has all it wanted

@@ -41,8 +41,13 @@ _abandoned: list[threading.Thread] = []
 def exit_now_if_abandoned(code: int | str | None) -> None:
     """When a guarded computation is still running, end the process now with ``code`` (as
     ``sys.exit`` reads it), after flushing stdout and stderr; else return."""
-    if not any(t.is_alive() for t in _abandoned):
-        return
+    if any(t.is_alive() for t in _abandoned):
+        exit_now(code)
+
+
+def exit_now(code: int | str | None) -> None:
+    """End the process now with ``code`` (as ``sys.exit`` reads it), after flushing stdout and
+    stderr, without Python's shutdown."""
     if isinstance(code, str):
         print(code, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
