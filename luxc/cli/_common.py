@@ -26,6 +26,8 @@ class CliError(click.ClickException):
 
 
 class _Group(click.Group):
+    _interrupted = False  # set when a command ended by Ctrl-C
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The `luxc` command itself (not CliRunner): a stranger's computation left running
         # must not reach Python's shutdown (runtime/trust/_guarded_call.py).
@@ -33,7 +35,7 @@ class _Group(click.Group):
             return super().__call__(*args, **kwargs)
         except SystemExit as e:
             exit_now_if_abandoned(e.code)
-            if getattr(self, "_interrupted", False):
+            if self._interrupted:
                 # After Ctrl-C a helper thread may still be inside native code; one that comes
                 # back during Python's shutdown is unwound there and the process aborts (seen
                 # once under `luxc profile --ops`: SIGABRT instead of 130). The command's own
